@@ -1,0 +1,30 @@
+"""avo_inductor: a torch.compile backend that runs evolved Triton attention kernels.
+
+``torch.compile(model, backend="avo")`` works once the package is installed (entry point). Public API:
+``configure``, ``explain``, ``AttentionSpec``, ``HardwareKey``, ``SoftwareKey``, ``avo_backend``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .settings import Settings, configure, get_settings
+from .spec import AttentionSpec, HardwareKey, MaskKind, SoftwareKey
+
+__all__ = [
+    "AttentionSpec", "HardwareKey", "MaskKind", "Settings", "SoftwareKey",
+    "avo_backend", "configure", "explain", "get_settings",
+]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: importing the backend pulls in torch._inductor, which users of the CLI tools need not pay for.
+    if name == "avo_backend":
+        from .backend.register import avo_backend
+
+        return avo_backend
+    if name == "explain":
+        from .backend.explain import explain
+
+        return explain
+    raise AttributeError(f"module 'avo_inductor' has no attribute {name!r}")

@@ -1,0 +1,92 @@
+"""KernelGenome: every knob that distinguishes one attention kernel variant from another.
+
+The structured search mutates these fields; templates render Triton source from them. Validation lives in
+``__post_init__`` so an invalid genome can never reach the renderer.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+_POW2_BLOCKS = (16, 32, 64, 128, 256)
+
+# Search space: knob name -> allowed values (plain data, pruned per spec by the template's filter).
+GENOME_SPACE: dict[str, tuple[Any, ...]] = {
+    "block_m": (16, 32, 64, 128, 256),
+    "block_n": (16, 32, 64, 128),
+    "num_warps": (2, 4, 8),
+    "num_stages": (1, 2, 3, 4, 5),
+    "exp2": (False, True),
+    "causal_split": (False, True),
+    "even_fast_path": (False, True),
+    "persistent": (False, True),
+    "use_tma": (False, True),
+    "lazy_rescale": (False, True),
+    "kv_splits": (1, 2, 4, 8, 16, 32),
+    "bwd_block_m": (16, 32, 64, 128),
+    "bwd_block_n": (16, 32, 64, 128),
+    "bwd_num_warps": (2, 4, 8),
+    "bwd_num_stages": (1, 2, 3, 4),
+}
+
+
+@dataclass(frozen=True)
+class KernelGenome:
+    """A kernel variant.
+
+    block_m/block_n: query/key tile sizes. num_warps/num_stages: launch config (stages = software pipelining).
+    exp2: softmax in base 2 with log2(e) folded into the scale. causal_split: causal loop split into
+    unmasked full blocks + masked diagonal blocks. even_fast_path: drop boundary masks when lengths divide the
+    tiles. persistent: one program per SM looping over tiles. use_tma: tensor descriptors (Hopper+).
+    lazy_rescale: rescale the accumulator only when the running max grows by more than a threshold.
+    kv_splits: split the key sequence across programs (decode, q_len <= 16), reduced by a second kernel.
+    bwd_*: the same for the backward kernels. template: which template family renders the source.
+    """
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    exp2: bool = True
+    causal_split: bool = True
+    even_fast_path: bool = True
+    persistent: bool = False
+    use_tma: bool = False
+    lazy_rescale: bool = False
+    kv_splits: int = 1
+    bwd_block_m: int = 32
+    bwd_block_n: int = 64
+    bwd_num_warps: int = 4
+    bwd_num_stages: int = 2
+    template: str = "flash_v1"
+
+    def __post_init__(self) -> None:
+        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n"):
+            value = getattr(self, name)
+            if value not in _POW2_BLOCKS:
+                raise ValueError(f"KernelGenome.{name} must be one of {_POW2_BLOCKS}; got {value!r}")
+        for name, allowed in (("num_warps", (1, 2, 4, 8, 16)), ("bwd_num_warps", (1, 2, 4, 8, 16))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"KernelGenome.{name} must be one of {allowed}; got {getattr(self, name)!r}")
+        for name in ("num_stages", "bwd_num_stages"):
+            if not 1 <= getattr(self, name) <= 8:
+                raise ValueError(f"KernelGenome.{name} must be in 1..8; got {getattr(self, name)!r}")
+        if self.kv_splits < 1 or self.kv_splits & (self.kv_splits - 1):
+            raise ValueError(f"KernelGenome.kv_splits must be a power of two >= 1; got {self.kv_splits!r}")
+        if not self.template.isidentifier():
+            raise ValueError(f"KernelGenome.template must be an identifier; got {self.template!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KernelGenome:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown KernelGenome field(s) {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> KernelGenome:
+        return dataclasses.replace(self, **changes)
