@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install what they need.
+# On a CPU-only machine torch must come first, pinned, so no resolver pulls a multi-GB CUDA wheel.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test test-gpu bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	TRITON_INTERPRET=$${TRITON_INTERPRET:-1} AVO_CACHE_DIR=$${AVO_CACHE_DIR:-.avo-demo-cache} $(PY) -m avo_inductor.demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu
+
+clean:
+	rm -rf $(VENV) .avo-demo-cache build *.egg-info

@@ -1,0 +1,209 @@
+"""The avo pass on the graph Dynamo hands the backend: detect attention → look up a kernel → rewrite.
+
+It runs before AOTAutograd, so the avo op's own autograd formula gives the backward. Cache safety: the
+decision is encoded in the graph itself (the avo op carries the kernel id, a hash of the kernel source and
+launch config; a fallback is an SDPA call), so Inductor's FX graph cache can never serve a stale decision.
+Any failure on one site leaves that site as it was, warns once and bumps a counter (AVO_STRICT re-raises).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+
+from ..settings import Settings
+from ..spec import AttentionSpec, HardwareKey, SoftwareKey
+from . import report as rep
+from .report import SiteReport
+
+
+class AvoMissError(RuntimeError):
+    """AVO_ON_MISS=error and some attention sites have no tuned kernel for this GPU."""
+
+
+@dataclass
+class PassResult:
+    sites: list[SiteReport]
+    changed: bool
+
+
+_warned: set[str] = set()
+_search_started = False
+_search_lock = threading.Lock()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _count(name: str) -> None:
+    from torch._dynamo.utils import counters
+
+    counters["avo"][name] += 1
+
+
+def _site_device(match: Any) -> torch.device | None:
+    value = match.q.meta.get("example_value") if hasattr(match.q, "meta") else None
+    return value.device if isinstance(value, torch.Tensor) else None
+
+
+def avo_unavailable_reason(match: Any) -> str | None:
+    """Why the avo op cannot run this site at all (None = it can)."""
+    device = _site_device(match)
+    if device is None:
+        return "device of the inputs unknown"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "CPU tensors need TRITON_INTERPRET=1 for Triton kernels"
+    if device.type not in ("cpu", "cuda"):
+        return f"device {device.type} not supported by avo kernels"
+    if match.spec.dropout_p > 0:
+        return f"dropout p={match.spec.dropout_p} is not fused by avo kernels"
+    return None
+
+
+def _lookup(store: Any, spec: AttentionSpec, hardware: HardwareKey) -> Any:
+    """Exact spec first; a training site may reuse the inference record's forward kernel (+ its backward)."""
+    hit = store.lookup(spec, hardware)
+    if hit is None and spec.needs_grad:
+        hit = store.lookup(dataclasses.replace(spec, needs_grad=False), hardware)
+    return hit
+
+
+def _ensure_verified(store: Any, hit: Any) -> bool:
+    """A record tuned on other software is re-verified (compile + correctness) once before use."""
+    if not getattr(hit, "needs_reverify", False):
+        return True
+    from ..kernels.verify import verify_record
+
+    report = verify_record(hit.record)
+    if report.ok:
+        store.mark_verified(hit.key, SoftwareKey.current())
+    return bool(report.ok)
+
+
+def start_background_search(settings: Settings) -> None:
+    """AVO_ON_MISS=search: start one background `python -m avo_inductor.search run --pending` per process."""
+    global _search_started
+    with _search_lock:
+        if _search_started:
+            return
+        _search_started = True
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    log_path = settings.cache_dir / "background-search.log"
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "avo_inductor.search", "run", "--pending"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    rep.logger.warning("avo: started a background search for the pending shapes (log: %s)", log_path)
+
+
+def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings, origin: str,
+                 dry_run: bool, misses: list[SiteReport]) -> SiteReport:
+    from ..detect import rewrite
+
+    spec: AttentionSpec = match.spec
+    is_sdpa = match.pattern.startswith("sdpa")
+    base = SiteReport(module_path=match.module_path, pattern=match.pattern, action=rep.KEPT, spec=spec)
+    unavailable = avo_unavailable_reason(match)
+    if unavailable is not None:
+        if not is_sdpa and not dry_run:
+            rewrite.rewrite_to_sdpa(gm, match)
+        return dataclasses.replace(base, action=rep.KEPT if is_sdpa else rep.SDPA, reason=unavailable)
+
+    device = _site_device(match)
+    hardware = HardwareKey.current(device)
+    hit = _lookup(store, spec, hardware)
+    if hit is not None and not _ensure_verified(store, hit):
+        _warn_once(f"reverify:{hit.record.kernel_id}", f"avo: kernel {hit.record.kernel_id} failed re-verification on "
+                   f"{SoftwareKey.current()}; using the fallback")
+        hit = None
+    if hit is not None:
+        record = hit.record
+        if not dry_run:
+            from ..kernels.op import register_kernel
+
+            kernel_id = register_kernel(record)
+            rewrite.rewrite_to_avo(gm, match, kernel_id)
+        _count("hit")
+        return dataclasses.replace(base, action=rep.AVO, status="hit", kernel_id=record.kernel_id,
+                                   speedup=record.metrics.speedup, layer=hit.layer)
+
+    _count("miss")
+    if not dry_run:
+        store.enqueue_pending(spec, hardware, origin)
+    miss = dataclasses.replace(base, status="miss", reason=f"no tuned kernel for {hardware.name}; shape queued")
+    misses.append(miss)
+    if not is_sdpa and not dry_run:
+        rewrite.rewrite_to_sdpa(gm, match)
+    return dataclasses.replace(miss, action=rep.KEPT if is_sdpa else rep.SDPA)
+
+
+def _origin(gm: fx.GraphModule) -> str:
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            _, module_type = next(iter(stack.values()))
+            return getattr(module_type, "__qualname__", str(module_type))
+    return type(gm).__name__
+
+
+def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = None, *,
+                 dry_run: bool = False, store_factory: Callable[[Settings], Any] | None = None) -> PassResult:
+    """Detect, look up and rewrite every attention site of ``gm`` in place (``dry_run``: report only).
+
+    Raises AvoMissError for AVO_ON_MISS=error; any other failure on a site leaves it untouched.
+    """
+    from ..detect.match import AttentionMatch, find_attention_sites
+
+    sites: list[SiteReport] = []
+    misses: list[SiteReport] = []
+    found = find_attention_sites(gm)
+    if not found:
+        return PassResult(sites, changed=False)
+    if store is None:
+        from ..cache.store import KernelStore
+
+        store = (store_factory or KernelStore.from_settings)(settings)
+    origin = _origin(gm)
+    changed = False
+    for match in found:
+        if not isinstance(match, AttentionMatch):
+            _count("skipped")
+            sites.append(SiteReport(module_path=match.module_path, pattern=match.pattern, action=rep.SKIPPED,
+                                    reason=match.reason))
+            continue
+        try:
+            site = _handle_site(gm, match, store, settings, origin, dry_run, misses)
+        except Exception as exc:  # the backend never breaks a user's compile
+            if settings.strict:
+                raise
+            _count("error")
+            _warn_once(f"site:{type(exc).__name__}:{exc}", f"avo: left an attention site at "
+                       f"{match.module_path or '<root>'} untouched after an internal error: {type(exc).__name__}: {exc}")
+            site = SiteReport(module_path=match.module_path, pattern=match.pattern, action=rep.ERROR,
+                              spec=match.spec, reason=f"{type(exc).__name__}: {exc}")
+        changed |= site.action in (rep.AVO, rep.SDPA)
+        sites.append(site)
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+    if misses and not dry_run:
+        if settings.on_miss == "error":
+            listed = "; ".join(f"{m.module_path or '<root>'}: {m.spec.short() if m.spec else '?'}" for m in misses)
+            raise AvoMissError(f"AVO_ON_MISS=error and {len(misses)} attention site(s) have no tuned kernel: {listed}. "
+                               f"Tune them with `python -m avo_inductor.search run --pending` or import a bundle.")
+        if settings.on_miss == "search":
+            start_background_search(settings)
+    return PassResult(sites, changed)

@@ -1,0 +1,84 @@
+"""The ``avo`` torch.compile backend: the avo pass, then Inductor's compile_fx under scoped config patches.
+
+Registered through the ``torch_dynamo_backends`` entry point, so ``torch.compile(model, backend="avo")``
+works after ``pip install`` without importing avo_inductor. ``mode=`` and ``options=`` mean what they mean
+for ``backend="inductor"``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import warnings
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.fx as fx
+
+from ..settings import get_settings
+from . import report as rep
+from .graph_pass import AvoMissError, run_avo_pass
+from .report import SiteReport
+
+_collectors = threading.local()
+
+
+@contextlib.contextmanager
+def collect_sites() -> Iterator[list[SiteReport]]:
+    """Within this context every avo compile appends its SiteReports to the yielded list (used by explain())."""
+    stack = getattr(_collectors, "stack", None)
+    if stack is None:
+        stack = _collectors.stack = []
+    rows: list[SiteReport] = []
+    stack.append(rows)
+    try:
+        yield rows
+    finally:
+        stack.pop()
+
+
+def _publish(sites: list[SiteReport]) -> None:
+    for rows in getattr(_collectors, "stack", []) or []:
+        rows.extend(sites)
+
+
+def _inductor_config_patches(mode: str | None, options: dict[str, Any] | None, dynamic: bool | None) -> dict[str, Any]:
+    """The same patches ``torch.compile(backend="inductor", mode=..., options=...)`` would apply."""
+    if not mode and not options:
+        return {}
+    wrapper = torch._TorchCompileInductorWrapper(mode if mode else None, dict(options or {}), dynamic)  # type: ignore[attr-defined]
+    return dict(wrapper.config)
+
+
+def _apply_pass(gm: fx.GraphModule) -> None:
+    settings = get_settings()
+    if settings.log and not rep.logger.handlers and not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO)
+    if settings.log:
+        rep.logger.setLevel(logging.INFO)
+    try:
+        result = run_avo_pass(gm, settings)
+    except AvoMissError:
+        raise
+    except Exception as exc:
+        if settings.strict:
+            raise
+        from torch._dynamo.utils import counters
+
+        counters["avo"]["pass_error"] += 1
+        warnings.warn(f"avo: attention pass failed ({type(exc).__name__}: {exc}); compiling this graph with stock "
+                      f"Inductor", RuntimeWarning, stacklevel=2)
+        return
+    if settings.log:
+        rep.log_sites(result.sites)
+    _publish(result.sites)
+
+
+def avo_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str | None = None,
+                options: dict[str, Any] | None = None, **_: Any) -> Callable[..., Any]:
+    """Dynamo backend: rewrite attention sites, then compile with Inductor exactly like ``backend="inductor"``."""
+    from torch._inductor.compile_fx import compile_fx
+
+    _apply_pass(gm)
+    patches = _inductor_config_patches(mode, options, dynamic=None)
+    return compile_fx(gm, list(example_inputs), config_patches=patches or None)

@@ -1,0 +1,37 @@
+"""Suite-wide set-up: Triton's CPU interpreter, an isolated kernel store per test, fresh settings.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here at collection time.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.pop("ANTHROPIC_API_KEY", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_avo(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test gets its own writable store and no shipped bundles unless it asks for them."""
+    from avo_inductor.settings import reset_settings
+
+    cache_dir = tmp_path_factory.mktemp("avo-cache")
+    monkeypatch.setenv("AVO_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("AVO_USE_SHIPPED", "0")
+    for name in ("AVO_CACHE_PATH", "AVO_ON_MISS", "AVO_STRICT", "AVO_LOG", "AVO_TRUSTED_KEYS", "AVO_REQUIRE_SIGNED"):
+        monkeypatch.delenv(name, raising=False)
+    reset_settings()
+    torch._dynamo.reset()
+    yield cache_dir
+    reset_settings()
+
+
+@pytest.fixture
+def seeded() -> torch.Generator:
+    """A fresh generator per test: inputs are random and differ between tests, never zeros."""
+    g = torch.Generator()
+    g.seed()
+    return g
