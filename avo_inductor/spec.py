@@ -112,11 +112,23 @@ class AttentionSpec:
     def gqa_group(self) -> int:
         return self.q_heads // self.kv_heads
 
+    def attended_pairs(self) -> int:
+        """Number of (query, key) pairs the causal / window structure allows (tensor masks not counted)."""
+        if not self.causal and self.window is None:
+            return self.q_len * self.kv_len
+        off, total = self.kv_len - self.q_len, 0
+        for i in range(self.q_len):
+            hi = min(self.kv_len - 1, i + off)
+            lo = max(0, i + off - self.window + 1) if self.window else 0
+            total += max(0, hi - lo + 1)
+        return total
+
     def flops(self, backward: bool = False) -> float:
-        """Analytic FLOPs of the dense computation (2 matmuls), halved for causal; backward counted 2.5x."""
-        f = 2.0 * self.batch * self.q_heads * self.q_len * self.kv_len * (self.head_dim + self.v_head_dim)
-        if self.causal and self.q_len == self.kv_len:
-            f *= 0.5
+        """Analytic FLOPs of useful work (2 matmuls over attended pairs; causal ~halves them, as FA counts).
+
+        ``backward``: forward + backward, the backward counted 2.5x the forward (the convention in ANCHORS.md).
+        """
+        f = 2.0 * self.batch * self.q_heads * self.attended_pairs() * (self.head_dim + self.v_head_dim)
         return f * (3.5 if backward else 1.0)
 
     def bucketed(self) -> AttentionSpec:
