@@ -1,0 +1,210 @@
+"""``python -m avo_inductor.cache``: inspect, ship and maintain kernel stores and bundles.
+
+Thin: parses arguments, calls library functions, prints rich tables (or JSON with --json).
+Exit codes for CI: 0 ok, 1 verification failed / refused / not found, 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m avo_inductor.cache", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="machine-readable output (ls, show, pending, stats, verify, import)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("ls", help="list records (spec, hardware, software, speedup, kernel id, layer)")
+    ls.add_argument("--all", action="store_true", help="also records shadowed by an earlier layer")
+    ls.add_argument("--hardware", help="hardware slug substring")
+    ls.add_argument("--spec-filter", help="substring of the store key or spec text")
+    sub.add_parser("show", help="one record and its source").add_argument("ref", metavar="KEY|ID")
+    ex = sub.add_parser("export", help="write records as a bundle folder or .tar.gz")
+    ex.add_argument("-o", "--out", required=True, help="DIR or FILE.tar.gz")
+    ex.add_argument("--hardware", help="hardware slug (substring), e.g. nvidia-h100")
+    ex.add_argument("--spec-filter", help="substring of the store key or spec text")
+    ex.add_argument("--key", help="sign with this private key (from keygen)")
+    im = sub.add_parser("import", help="verify a bundle and admit its records")
+    im.add_argument("bundle")
+    im.add_argument("--require-signed", action="store_true", default=None)
+    im.add_argument("--trusted-key", action="append", help="trusted public key (hex or file); repeatable")
+    ve = sub.add_parser("verify", help="check a bundle (or every configured bundle) without importing")
+    ve.add_argument("bundle", nargs="?")
+    ve.add_argument("--all", action="store_true", help="every layer the store reads, plus local entries")
+    ve.add_argument("--correctness", action="store_true", help="also compile + check kernels for this device")
+    ve.add_argument("--require-signed", action="store_true", default=None)
+    ve.add_argument("--trusted-key", action="append")
+    sub.add_parser("rm", help="remove a record from the writable store").add_argument("key")
+    pr = sub.add_parser("prune", help="remove stale or unused local records")
+    pr.add_argument("--stale-software", action="store_true")
+    pr.add_argument("--unused-days", type=float)
+    sub.add_parser("stats", help="layers, counts, generation")
+    pe = sub.add_parser("pending", help="specs that missed, most frequent first")
+    pe.add_argument("--clear", action="store_true")
+    sub.add_parser("keygen", help="create an Ed25519 signing key pair").add_argument("dir")
+    sg = sub.add_parser("sign", help="sign a bundle's manifest")
+    sg.add_argument("bundle")
+    sg.add_argument("--key", required=True, help="private key file from keygen")
+    sub.add_parser("trust", help="add a public key to the trusted set").add_argument("pubkey")
+    ba = sub.add_parser("baseline", help="store a plain untuned record for a spec")
+    ba.add_argument("--spec", required=True, help='"B,H,HKV,NQ,NK,D[,DV] dtype mask"')
+    return p
+
+
+def _store() -> Any:
+    from .store import KernelStore
+
+    return KernelStore.from_settings()
+
+
+def _records_table(hits: list[Any]) -> Any:
+    from rich.table import Table
+
+    t = Table("spec", "hardware", "software", "speedup", "kernel id", "layer", title=f"{len(hits)} record(s)")
+    for h in hits:
+        r = h.record
+        sw = f"triton {r.software.triton} / torch {r.software.torch}" + (" (reverify)" if h.needs_reverify else "")
+        speed = f"{r.metrics.speedup:.2f}x" if r.metrics.speedup else "-"
+        t.add_row(r.spec.short(), r.hardware.slug, sw, speed, r.kernel_id, h.layer)
+    return t
+
+
+def _report_out(console: Any, reports: list[Any], as_json: bool) -> int:
+    from rich.markup import escape
+
+    if as_json:
+        print(json.dumps([{"path": r.path, "ok": r.ok, "problems": r.problems, "notes": r.notes,
+                           "records": sorted(r.records), "unverified": r.unverified} for r in reports], indent=1))
+    for r in reports if not as_json else ():
+        status = "[green]OK[/green]" if r.ok else "[red]REFUSED[/red]"
+        console.print(f"{status} {escape(r.path)}: {len(r.records)} record(s)" + escape("".join(f"; {n}" for n in r.notes)))
+        for problem in r.problems:
+            console.print(f"  [red]-[/red] {escape(problem)}", highlight=False)
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, console: Any) -> int:  # noqa: C901 - one branch per subcommand
+    from . import admin, bundle, signing
+    from ..settings import get_settings
+
+    if args.cmd == "ls":
+        hits = [h for h in _store().iter_records(include_shadowed=args.all)
+                if (not args.hardware or args.hardware in h.record.hardware.slug)
+                and (not args.spec_filter or args.spec_filter in h.key or args.spec_filter in h.record.spec.short())]
+        if args.json:
+            print(json.dumps([{"key": h.key, "layer": h.layer, "kernel_id": h.record.kernel_id,
+                               "needs_reverify": h.needs_reverify, "spec": h.record.spec.short(),
+                               "speedup": h.record.metrics.speedup} for h in hits], indent=1))
+        else:
+            console.print(_records_table(hits))
+    elif args.cmd == "show":
+        hit = admin.find_record(_store(), args.ref)
+        data = {k: v for k, v in hit.record.to_dict().items() if k != "source"}
+        if args.json:
+            print(json.dumps({"key": hit.key, "layer": hit.layer, "kernel_id": hit.record.kernel_id,
+                              "needs_reverify": hit.needs_reverify, "record": hit.record.to_dict()}, indent=1))
+            return EXIT_OK
+        from rich.syntax import Syntax
+
+        console.print(f"[bold]{hit.key}[/bold]  kernel {hit.record.kernel_id}  layer {hit.layer}"
+                      + ("  (needs re-verification)" if hit.needs_reverify else ""))
+        console.print_json(json.dumps(data))
+        console.print(Syntax(hit.record.source, "python", line_numbers=True))
+    elif args.cmd == "export":
+        manifest = bundle.export_bundle(_store(), args.out, args.hardware, args.spec_filter, sign_key=args.key)
+        console.print(f"exported {len(manifest.records)} record(s) to {args.out}"
+                      + (" (signed)" if args.key else ""))
+    elif args.cmd == "import":
+        report = bundle.import_bundle(_store(), args.bundle, trusted_keys=args.trusted_key,
+                                      require_signed=args.require_signed)
+        report.notes.append(f"admitted {len(report.records)}, {len(report.unverified)} to verify on first use")
+        return _report_out(console, [report], args.json)
+    elif args.cmd == "verify":
+        if bool(args.bundle) == bool(args.all):
+            console.print("[red]error:[/red] give a BUNDLE or --all (not both)")
+            return EXIT_USAGE
+        reports = admin.verify_all(_store(), correctness=args.correctness) if args.all else [
+            bundle.verify_bundle(args.bundle, args.trusted_key, args.require_signed, correctness=args.correctness)]
+        return _report_out(console, reports, args.json)
+    elif args.cmd == "rm":
+        if not _store().remove(args.key):
+            console.print(f"[red]no local record under {args.key!r}[/red]")
+            return EXIT_FAILED
+        console.print(f"removed {args.key}")
+    elif args.cmd == "prune":
+        if not args.stale_software and args.unused_days is None:
+            console.print("[red]error:[/red] prune needs --stale-software and/or --unused-days N")
+            return EXIT_USAGE
+        removed = admin.prune(_store(), stale_software=args.stale_software, unused_days=args.unused_days)
+        console.print(f"pruned {len(removed)} record(s)" + "".join(f"\n  {k}" for k in removed), highlight=False)
+    elif args.cmd == "stats":
+        info = admin.stats(_store())
+        if args.json:
+            print(json.dumps(info, indent=1))
+            return EXIT_OK
+        from rich.table import Table
+
+        t = Table("layer", "records", "status", "path", title=f"generation {info['generation']} on {info['hardware']}")
+        for layer in info["layers"]:
+            t.add_row(layer["layer"], str(layer["records"]), layer["status"], layer["path"])
+        console.print(t)
+        console.print(f"pending: {info['pending_specs']} spec(s), {info['pending_misses']} miss(es)")
+    elif args.cmd == "pending":
+        store = _store()
+        entries = store.pending()
+        if args.clear:
+            console.print(f"cleared {store.clear_pending()} pending spec(s)")
+        elif args.json:
+            print(json.dumps([e.to_dict() for e in entries], indent=1))
+        else:
+            from rich.table import Table
+
+            t = Table("count", "spec", "hardware", "origins", title=f"{len(entries)} pending spec(s)")
+            for e in entries:
+                t.add_row(str(e.count), e.spec.short(), e.hardware.slug, ", ".join(e.origins))
+            console.print(t)
+    elif args.cmd == "keygen":
+        priv, pub, hex_key = signing.keygen(args.dir)
+        console.print(f"private key: {priv} (keep secret)\npublic key:  {pub}\n{hex_key}", highlight=False)
+    elif args.cmd == "sign":
+        signer = bundle.sign_bundle(args.bundle, args.key)
+        console.print(f"signed {args.bundle} with key {signing.fingerprint(signer)}")
+    elif args.cmd == "trust":
+        path = signing.trust(args.pubkey, get_settings().cache_dir)
+        console.print(f"trusted {path.stem} ({path})")
+    elif args.cmd == "baseline":
+        key = admin.add_baseline(_store(), admin.parse_spec_text(args.spec))
+        console.print(f"stored baseline record {key}", highlight=False)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from .manifest import BundleError
+
+    args = _parser().parse_args(argv)
+    # Piped output (CI logs, grep) gets wide tables instead of rich's 80-column default, so ids aren't cut.
+    width = None if sys.stdout.isatty() else 200
+    console, err = Console(soft_wrap=True, width=width), Console(stderr=True, soft_wrap=True, width=width)
+    try:
+        return _run(args, console)
+    except BundleError as exc:
+        if hasattr(exc, "report"):
+            return _report_out(err, [exc.report], args.json)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_FAILED
+    except (KeyError, RuntimeError, FileExistsError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc.args[0] if exc.args else exc))}", highlight=False)
+        return EXIT_FAILED
+    except ValueError as exc:
+        err.print(f"[red]usage error:[/red] {escape(str(exc))}", highlight=False)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Store maintenance behind the CLI: find, prune, stats, verify-all, baseline records and spec text parsing.
+
+Kept apart from ``__main__`` so every command's logic is a plain function tests can call without argparse.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from ..spec import DTYPES, AttentionSpec, HardwareKey, MaskKind
+from .bundle import BundleReport, verify_bundle
+from .store import LOCAL_LAYER, KernelStore, StoreHit
+
+_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+_SPEC_HELP = ('"B,H,HKV,NQ,NK,D[,DV] [dtype] [mask]", e.g. "1,32,8,2048,2048,128 bf16 causal"; mask words joined '
+              "by '+': full|causal|winN|bias|bool|padding|alibi|train")
+
+
+def parse_spec_text(text: str) -> AttentionSpec:
+    """``"1,32,8,2048,2048,128 bfloat16 causal+win256"`` -> AttentionSpec; ValueError with the bad part."""
+    tokens = text.replace("/", "+").split()
+    if not tokens:
+        raise ValueError(f"empty spec; expected {_SPEC_HELP}")
+    try:
+        dims = [int(x) for x in tokens[0].split(",")]
+    except ValueError:
+        raise ValueError(f"spec dimensions {tokens[0]!r} must be integers; expected {_SPEC_HELP}") from None
+    if len(dims) not in (6, 7):
+        raise ValueError(f"spec needs 6 or 7 dimensions, got {len(dims)} in {tokens[0]!r}; expected {_SPEC_HELP}")
+    kwargs: dict[str, Any] = dict(zip(("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "v_head_dim"), dims))
+    rest = tokens[1:]
+    if rest and (rest[0] in DTYPES or rest[0] in _DTYPE_ALIASES):
+        kwargs["dtype"] = _DTYPE_ALIASES.get(rest[0], rest[0])
+        rest = rest[1:]
+    for word in "+".join(rest).split("+"):
+        word = word.strip().lower()
+        if word in ("", "full", "none"):
+            continue
+        if word == "causal":
+            kwargs["causal"] = True
+        elif word == "train":
+            kwargs["needs_grad"] = True
+        elif m := re.fullmatch(r"win(?:dow)?=?(\d+)", word):
+            kwargs["window"] = int(m.group(1))
+        elif word in {k.value for k in MaskKind}:
+            kwargs["mask"] = MaskKind(word)
+        else:
+            raise ValueError(f"unknown spec word {word!r} in {text!r}; expected {_SPEC_HELP}")
+    return AttentionSpec(**kwargs)
+
+
+def find_record(store: KernelStore, ref: str) -> StoreHit:
+    """A record by exact store key or by kernel id (prefix); KeyError if none, ValueError if ambiguous."""
+    hit = store.get(ref, touch=False)
+    if hit is not None:
+        return hit
+    matches = [h for h in store.iter_records(include_shadowed=True) if h.record.kernel_id.startswith(ref)]
+    ids = {h.record.kernel_id for h in matches}
+    if not matches:
+        raise KeyError(f"no record with key or kernel id {ref!r}")
+    if len(ids) > 1:
+        raise ValueError(f"kernel id prefix {ref!r} is ambiguous: {sorted(ids)}")
+    return matches[0]
+
+
+def prune(store: KernelStore, *, stale_software: bool = False, unused_days: float | None = None,
+          now: float | None = None) -> list[str]:
+    """Remove local records tuned on other software (never verified on this one) and/or not used for
+    ``unused_days`` days (last lookup, else creation time). Read-only layers are never touched."""
+    now = time.time() if now is None else now
+    removed = []
+    for hit in list(store.iter_records(include_shadowed=True)):
+        if hit.layer != LOCAL_LAYER:
+            continue
+        r = hit.record
+        stale = stale_software and store.software != r.software and store.software not in r.verified_software
+        last = store.last_used(hit.key) or r.created_at
+        unused = unused_days is not None and now - last > unused_days * 86400
+        if (stale or unused) and store.remove(hit.key):
+            removed.append(hit.key)
+    return removed
+
+
+def stats(store: KernelStore) -> dict[str, Any]:
+    """Counts per layer, pending queue size and the store's identity, for `stats` and bug reports."""
+    layers = [{"layer": LOCAL_LAYER, "path": str(store.directory), "records": len(store.local_keys()),
+               "status": "writable" if store.writable else "unavailable"}]
+    for layer in store.layers:
+        count = len(layer.keys())
+        layers.append({"layer": layer.label, "path": str(layer.root), "records": count,
+                       "status": layer.error or "read-only"})
+    pending = store.pending()
+    return {
+        "generation": store.generation(),
+        "hardware": HardwareKey.current().slug,
+        "software": store.software.to_dict(),
+        "layers": layers,
+        "pending_specs": len(pending),
+        "pending_misses": sum(e.count for e in pending),
+    }
+
+
+def verify_all(store: KernelStore, *, correctness: bool = False) -> list[BundleReport]:
+    """Check every read-only bundle the store reads, plus every local entry (static gates)."""
+    local = BundleReport(f"{LOCAL_LAYER}:{store.directory}", problems=store.local_problems())
+    reports = [local]
+    for layer in store.layers:
+        reports.append(verify_bundle(layer.root, store.trusted_keys, store.require_signed, correctness=correctness))
+    return reports
+
+
+def add_baseline(store: KernelStore, spec: AttentionSpec) -> str:
+    """Store a plain untuned record for ``spec`` (so deployments can run AVO_ON_MISS=error before tuning)."""
+    try:
+        from ..kernels.baseline import baseline_record
+    except ImportError as exc:
+        raise RuntimeError(f"avo_inductor.kernels.baseline is unavailable: {exc}") from None
+    return store.put(baseline_record(spec))

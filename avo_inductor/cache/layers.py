@@ -1,0 +1,128 @@
+"""Read-only store layers: bundle folders from AVO_CACHE_PATH and the ones shipped with the package.
+
+Layers are only ever opened for reading (they may live on a read-only filesystem or inside a wheel). The
+manifest and its signature are checked once when a layer is first used; each record file is checked against
+the manifest sha256 and the static gates when it is looked up, so a bad file costs one miss, not the layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .manifest import (MANIFEST_NAME, BundleError, Manifest, read_capped, read_manifest, check_signature,
+                       sha256_bytes, validate_record)
+from .record import KernelRecord
+
+SHIPPED_PACKAGE_DIR = "shipped"
+REPO_CACHE_DIR = "cache"
+
+
+def discover_bundles(path: Path) -> list[Path]:
+    """``path`` if it is a bundle folder, else its immediate sub-folders that are bundles (sorted by name)."""
+    path = Path(path)
+    if (path / MANIFEST_NAME).is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
+
+
+def shipped_roots() -> list[Path]:
+    """Where bundles shipped with avo_inductor live: package data, and the repo's ``cache/`` in a checkout."""
+    import avo_inductor
+
+    pkg = Path(avo_inductor.__file__).resolve().parent
+    roots = [pkg / SHIPPED_PACKAGE_DIR]
+    repo = pkg.parent
+    # Only a source checkout has pyproject.toml beside the package; in site-packages a sibling `cache/`
+    # folder belongs to someone else and must not be read as kernels.
+    if (repo / "pyproject.toml").is_file():
+        roots.append(repo / REPO_CACHE_DIR)
+    return [r for r in roots if r.is_dir()]
+
+
+@dataclass
+class BundleLayer:
+    """One read-only bundle folder. ``label`` names it in StoreHit.layer and in warnings."""
+
+    root: Path
+    label: str
+    trusted_keys: frozenset[str] = frozenset()
+    require_signed: bool = False
+    _manifest: Manifest | None = field(default=None, init=False, repr=False)
+    _index: dict[str, tuple[str, str, int]] | None = field(default=None, init=False, repr=False)
+    _parsed: dict[str, KernelRecord] = field(default_factory=dict, init=False, repr=False)
+    error: str | None = field(default=None, init=False)
+
+    def _load(self) -> dict[str, tuple[str, str, int]]:
+        """Index key -> (file, sha256, size); an unreadable or untrusted bundle becomes an empty layer."""
+        if self._index is not None:
+            return self._index
+        self._index = {}
+        try:
+            manifest, sig = read_manifest(self.root)
+            check_signature(manifest, sig, self.trusted_keys, self.require_signed)
+        except (BundleError, OSError) as exc:
+            self.error = f"bundle {self.root} skipped: {exc}"
+            return self._index
+        self._manifest = manifest
+        files = {f.path: f for f in manifest.files}
+        for rec in manifest.records:
+            entry = files.get(rec.file)
+            if entry is not None:
+                self._index[rec.key] = (rec.file, entry.sha256, entry.size)
+        return self._index
+
+    @property
+    def manifest(self) -> Manifest | None:
+        self._load()
+        return self._manifest
+
+    def keys(self) -> list[str]:
+        return sorted(self._load())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._load()
+
+    def get(self, key: str) -> KernelRecord | None:
+        """The record under ``key``, None if absent; BundleError if present but corrupt or tampered."""
+        index = self._load()
+        if key not in index:
+            return None
+        if key in self._parsed:
+            return self._parsed[key]
+        rel, sha, size = index[key]
+        try:
+            raw = read_capped(self.root / rel, self.root)
+        except OSError as exc:
+            raise BundleError(f"{rel}: cannot read: {exc}") from None
+        if len(raw) != size or sha256_bytes(raw) != sha:
+            raise BundleError(f"{rel}: sha256/size do not match the manifest ({len(raw)} bytes vs {size}); "
+                              "truncated or tampered")
+        record = validate_record(raw, key)
+        self._parsed[key] = record
+        return record
+
+
+def open_layers(paths: Iterable[Path], *, shipped: bool, trusted_keys: frozenset[str],
+                require_signed: bool) -> list[BundleLayer]:
+    """Layers in lookup order: each AVO_CACHE_PATH entry (bundle or folder of bundles), then shipped ones."""
+    layers: list[BundleLayer] = []
+    for path in paths:
+        for root in discover_bundles(Path(path)):
+            layers.append(BundleLayer(root, str(root), trusted_keys, require_signed))
+    if shipped:
+        for base in shipped_roots():
+            for root in discover_bundles(base):
+                layers.append(BundleLayer(root, f"shipped:{root.name}", trusted_keys, require_signed))
+    return layers
+
+
+def iter_layer_records(layer: BundleLayer) -> Iterator[tuple[str, KernelRecord | None, str | None]]:
+    """(key, record or None, error or None) for every key a layer lists."""
+    for key in layer.keys():
+        try:
+            yield key, layer.get(key), None
+        except BundleError as exc:
+            yield key, None, str(exc)

@@ -1,0 +1,388 @@
+"""KernelStore: the writable diskcache store, the read-only bundle layers behind it, and the pending queue.
+
+Lookup order: the writable store (AVO_CACHE_DIR), then each AVO_CACHE_PATH bundle, then shipped bundles; the
+first valid record wins. Records are stored as JSON text (never pickles) and pass the same static gates in
+every layer, so a corrupt, tampered or half-written entry is a miss plus one warning, never a crash. When the
+writable directory cannot be opened (read-only deployment) the store keeps working from its layers alone.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from ..settings import Settings, get_settings
+from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
+from .layers import BundleLayer, open_layers
+from .manifest import BundleError, validate_record
+from .record import KernelRecord
+from .signing import load_trusted_keys
+
+LOCAL_LAYER = "local"
+_REC, _PENDING, _MARK, _USED, _GEN = "rec:", "pending:", "mark:", "used:", "meta:generation"
+_TOUCH_INTERVAL_S = 3600.0  # last-use stamps feed `prune --unused-days`; hourly resolution keeps lookups read-only
+_WARNED: set[tuple[str, str]] = set()
+
+
+class CacheWarning(UserWarning):
+    """A store entry or layer was skipped (corrupt, tampered, untrusted) or the store is read-only."""
+
+
+def _warn_once(scope: str, key: str, message: str) -> None:
+    if (scope, key) in _WARNED:
+        return
+    _WARNED.add((scope, key))
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class StoreHit:
+    """A found record. ``needs_reverify``: tuned on other software (or imported unverified); the backend
+    re-verifies it once with ``kernels.verify.verify_record`` and then calls ``store.mark_verified(key)``."""
+
+    record: KernelRecord
+    layer: str
+    key: str = ""
+    needs_reverify: bool = False
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """A spec that missed: how often, from which models, when first and last."""
+
+    key: str
+    spec: AttentionSpec
+    hardware: HardwareKey
+    count: int
+    origins: tuple[str, ...]
+    first_seen: float
+    last_seen: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "spec": self.spec.to_dict(), "hardware": self.hardware.to_dict(),
+                "count": self.count, "origins": list(self.origins), "first_seen": self.first_seen,
+                "last_seen": self.last_seen}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PendingEntry:
+        return cls(str(data["key"]), AttentionSpec.from_dict(data["spec"]), HardwareKey.from_dict(data["hardware"]),
+                   int(data["count"]), tuple(data.get("origins", ())), float(data["first_seen"]),
+                   float(data["last_seen"]))
+
+
+class KernelStore:
+    """Kernel records by ``store_key(spec, hardware)`` across a writable store and read-only layers.
+
+    directory: the writable diskcache folder (None = read-only store). layers: AVO_CACHE_PATH entries, each a
+    bundle folder or a folder of bundle folders. shipped: also search bundles shipped with the package.
+    trusted_keys / require_signed: signature policy applied to every layer's manifest.
+    """
+
+    def __init__(self, directory: str | Path | None, layers: Iterable[str | Path] = (), shipped: bool = True, *,
+                 trusted_keys: Iterable[str] = (), require_signed: bool = False,
+                 software: SoftwareKey | None = None) -> None:
+        self.directory = Path(directory).expanduser() if directory is not None else None
+        self.trusted_keys = frozenset(trusted_keys)
+        self.require_signed = require_signed
+        self.layers: list[BundleLayer] = open_layers([Path(p) for p in layers], shipped=shipped,
+                                                     trusted_keys=self.trusted_keys, require_signed=require_signed)
+        self._software = software
+        self._db_obj: Any = None
+        self._db_failed = False
+        self._touched: dict[str, float] = {}
+        self._memory_marks: set[tuple[str, str, SoftwareKey]] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> KernelStore:
+        s = settings or get_settings()
+        keys = load_trusted_keys(s.trusted_keys, s.cache_dir)
+        return cls(s.cache_dir, s.cache_path, s.use_shipped, trusted_keys=keys, require_signed=s.require_signed)
+
+    # ---- plumbing --------------------------------------------------------------------------------
+    @property
+    def software(self) -> SoftwareKey:
+        if self._software is None:
+            self._software = SoftwareKey.current()
+        return self._software
+
+    @property
+    def db(self) -> Any:
+        """The diskcache.Cache, or None when the directory can't be opened for writing (warned once)."""
+        if self._db_obj is None and not self._db_failed and self.directory is not None:
+            import diskcache
+
+            try:
+                self._db_obj = diskcache.Cache(str(self.directory), timeout=60)
+            except (OSError, sqlite3.Error) as exc:
+                self._db_failed = True
+                _warn_once("open", str(self.directory), f"avo kernel store {self.directory} is not writable "
+                           f"({exc}); using read-only layers only")
+        return self._db_obj
+
+    @property
+    def writable(self) -> bool:
+        return self.db is not None
+
+    def _require_db(self) -> Any:
+        if self.db is None:
+            raise RuntimeError(f"the avo kernel store {self.directory} is read-only or unavailable; "
+                               "set AVO_CACHE_DIR to a writable folder")
+        return self.db
+
+    def _db_get(self, key: str) -> Any:
+        db = self.db
+        if db is None:
+            return None
+        try:
+            return db.get(key)
+        except (OSError, sqlite3.Error, UnicodeDecodeError) as exc:
+            _warn_once(str(self.directory), key, f"avo kernel store entry {key!r} unreadable ({exc}); treated as a miss")
+            return None
+
+    def close(self) -> None:
+        if self._db_obj is not None:
+            self._db_obj.close()
+            self._db_obj = None
+
+    def __enter__(self) -> KernelStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- lookup ----------------------------------------------------------------------------------
+    def lookup(self, spec: AttentionSpec, hardware: HardwareKey | None = None) -> StoreHit | None:
+        """The best record for ``spec`` on ``hardware`` (default: this device), or None on a miss."""
+        return self.get(store_key(spec, hardware or HardwareKey.current()))
+
+    def get(self, key: str, *, touch: bool = True) -> StoreHit | None:
+        """The first valid record under ``key`` in layer order; corrupt entries are skipped with a warning."""
+        for layer, record in self._candidates(key):
+            if touch and layer == LOCAL_LAYER:
+                self._touch(key)
+            return StoreHit(record, layer, key, self._needs_reverify(key, record))
+        return None
+
+    def _candidates(self, key: str) -> Iterator[tuple[str, KernelRecord]]:
+        raw = self._db_get(_REC + key)
+        if raw is not None:
+            try:
+                yield LOCAL_LAYER, validate_record(raw.encode() if isinstance(raw, str) else raw, key)
+            except (BundleError, AttributeError) as exc:
+                _warn_once(str(self.directory), key, f"avo kernel store: corrupt entry {key!r} in {self.directory} "
+                           f"treated as a miss: {exc}")
+        for layer in self.layers:
+            try:
+                record = layer.get(key)
+            except BundleError as exc:
+                _warn_once(layer.label, key, f"avo kernel store: bad entry {key!r} in {layer.label} skipped: {exc}")
+                continue
+            if layer.error:
+                _warn_once(layer.label, "", layer.error)
+            if record is not None:
+                yield layer.label, record
+
+    def _mark(self, key: str, sha: str) -> dict[str, Any]:
+        raw = self._db_get(f"{_MARK}{key}:{sha}")
+        try:
+            data = json.loads(raw) if raw else {}
+            return data if isinstance(data, dict) else {}
+        except (TypeError, json.JSONDecodeError):
+            return {}
+
+    def _needs_reverify(self, key: str, record: KernelRecord) -> bool:
+        mark = self._mark(key, record.sha256)
+        if mark.get("unverified"):
+            return (key, record.sha256, self.software) not in self._memory_marks
+        sw = self.software
+        if sw == record.software or sw in record.verified_software or (key, record.sha256, sw) in self._memory_marks:
+            return False
+        try:
+            marked = {SoftwareKey.from_dict(s) for s in mark.get("software", ())}
+        except (KeyError, TypeError):
+            marked = set()
+        return sw not in marked
+
+    def _touch(self, key: str) -> None:
+        now = time.time()
+        if now - self._touched.get(key, 0.0) < _TOUCH_INTERVAL_S or self.db is None:
+            return
+        self._touched[key] = now
+        try:
+            self.db.set(_USED + key, now)
+        except (OSError, sqlite3.Error):
+            pass  # a usage stamp is a hint for prune; losing one is harmless
+
+    # ---- writes (writable layer only) ---------------------------------------------------------------
+    def put(self, record: KernelRecord, *, unverified: bool = False) -> str:
+        """Store ``record`` under its key; ``unverified`` records are re-verified on first use."""
+        return self.put_many([record], unverified_keys={store_key(record.spec, record.hardware)} if unverified else ())[0]
+
+    def put_many(self, records: Iterable[KernelRecord], unverified_keys: Iterable[str] = ()) -> list[str]:
+        """Store several records in one transaction (all or nothing), bumping the generation once."""
+        db = self._require_db()
+        unverified = set(unverified_keys)
+        items = [(store_key(r.spec, r.hardware), r) for r in records]
+        payloads = [(k, r, json.dumps(r.to_dict(), sort_keys=True)) for k, r in items]
+        with db.transact(retry=True):
+            for key, record, payload in payloads:
+                db.set(_REC + key, payload)
+                mark_key = f"{_MARK}{key}:{record.sha256}"
+                if key in unverified:
+                    db.set(mark_key, json.dumps({"unverified": True}))
+                else:
+                    db.delete(mark_key)
+            db.incr(_GEN, 1, default=0, retry=True)
+        return [k for k, _ in items]
+
+    def remove(self, key: str) -> bool:
+        """Delete ``key`` from the writable store; ValueError if it lives only in a read-only layer."""
+        db = self._require_db()
+        with db.transact(retry=True):
+            found = db.delete(_REC + key)
+            db.delete(_USED + key)
+            if found:
+                db.incr(_GEN, 1, default=0, retry=True)
+        if not found:
+            for layer in self.layers:
+                if key in layer:
+                    raise ValueError(f"{key!r} is in the read-only layer {layer.label}; it cannot be removed "
+                                     "(drop the bundle from AVO_CACHE_PATH or set AVO_USE_SHIPPED=0)")
+        return bool(found)
+
+    def mark_verified(self, key: str, software: SoftwareKey | None = None) -> bool:
+        """Record that the record now served under ``key`` passed verification on ``software`` (default: now).
+
+        Local records get ``software`` added to ``verified_software``; read-only ones get a side mark in the
+        writable store (in memory only if there is none). Returns False if ``key`` has no record.
+        """
+        hit = self.get(key, touch=False)
+        if hit is None:
+            return False
+        sw = software or self.software
+        record = hit.record
+        self._memory_marks.add((key, record.sha256, sw))
+        db = self.db
+        if db is None:
+            return True
+        mark_key = f"{_MARK}{key}:{record.sha256}"
+        with db.transact(retry=True):
+            if hit.layer == LOCAL_LAYER:
+                verified = record.verified_software + (() if sw in record.verified_software else (sw,))
+                db.set(_REC + key, json.dumps(record.with_changes(verified_software=verified).to_dict(), sort_keys=True))
+                db.delete(mark_key)
+            else:
+                marked = [s for s in self._mark(key, record.sha256).get("software", []) if s != sw.to_dict()]
+                db.set(mark_key, json.dumps({"unverified": False, "software": marked + [sw.to_dict()]}))
+            db.incr(_GEN, 1, default=0, retry=True)
+        return True
+
+    def generation(self) -> str:
+        """Changes whenever a record is written, removed or marked verified (in any process), or layers change.
+
+        Pending-queue and last-use updates do not change it: they never change what a lookup returns.
+        """
+        counter = 0
+        db = self.db
+        if db is not None:
+            try:
+                counter = int(db.get(_GEN, 0))
+            except (OSError, sqlite3.Error, TypeError, ValueError):
+                counter = -1
+        layers = [(layer.label, stable_hash(layer.manifest.to_dict()) if layer.manifest else layer.error)
+                  for layer in self.layers]
+        return f"{counter}-{stable_hash([str(self.directory), layers])[:12]}"
+
+    # ---- listing -----------------------------------------------------------------------------------
+    def local_keys(self) -> list[str]:
+        db = self.db
+        if db is None:
+            return []
+        return sorted(k[len(_REC):] for k in db.iterkeys() if isinstance(k, str) and k.startswith(_REC))
+
+    def iter_records(self, include_shadowed: bool = False) -> Iterator[StoreHit]:
+        """Every valid record, local first then layers; a key shadowed by an earlier layer only if asked."""
+        seen: set[str] = set()
+        sources: list[tuple[str, list[str]]] = [(LOCAL_LAYER, self.local_keys())]
+        sources += [(layer.label, layer.keys()) for layer in self.layers]
+        for label, keys in sources:
+            for key in keys:
+                if key in seen and not include_shadowed:
+                    continue
+                record = self._record_in(label, key)
+                if record is None:
+                    continue
+                seen.add(key)
+                yield StoreHit(record, label, key, self._needs_reverify(key, record))
+
+    def _record_in(self, label: str, key: str) -> KernelRecord | None:
+        for layer_label, record in self._candidates(key):
+            if layer_label == label:
+                return record
+        return None
+
+    def local_problems(self) -> list[str]:
+        """Every local entry that fails the static gates, as ``key: reason`` (for `verify --all`)."""
+        problems = []
+        for key in self.local_keys():
+            raw = self._db_get(_REC + key)
+            try:
+                validate_record(raw.encode() if isinstance(raw, str) else raw, key)
+            except (BundleError, AttributeError) as exc:
+                problems.append(f"{key}: {exc}")
+        return problems
+
+    def last_used(self, key: str) -> float | None:
+        value = self._db_get(_USED + key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    # ---- pending queue -----------------------------------------------------------------------------
+    def enqueue_pending(self, spec: AttentionSpec, hardware: HardwareKey | None = None,
+                        origin: str | None = None) -> PendingEntry | None:
+        """Count a miss for ``spec`` (atomic across processes); None when the store is read-only."""
+        db = self.db
+        if db is None:
+            return None
+        hardware = hardware or HardwareKey.current()
+        key, now = store_key(spec, hardware), time.time()
+        with db.transact(retry=True):
+            entry = self._pending_entry(key)
+            if entry is None:
+                entry = PendingEntry(key, spec, hardware, 0, (), now, now)
+            origins = entry.origins + ((origin,) if origin and origin not in entry.origins else ())
+            entry = PendingEntry(key, entry.spec, entry.hardware, entry.count + 1, origins, entry.first_seen, now)
+            db.set(_PENDING + key, json.dumps(entry.to_dict(), sort_keys=True))
+        return entry
+
+    def _pending_entry(self, key: str) -> PendingEntry | None:
+        raw = self._db_get(_PENDING + key)
+        if raw is None:
+            return None
+        try:
+            return PendingEntry.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            _warn_once(str(self.directory), _PENDING + key, f"avo pending entry {key!r} is corrupt and was reset: {exc}")
+            return None
+
+    def pending(self) -> list[PendingEntry]:
+        """Missed specs, most frequent first."""
+        db = self.db
+        if db is None:
+            return []
+        keys = [k[len(_PENDING):] for k in db.iterkeys() if isinstance(k, str) and k.startswith(_PENDING)]
+        entries = [e for e in (self._pending_entry(k) for k in keys) if e is not None]
+        return sorted(entries, key=lambda e: (-e.count, e.key))
+
+    def clear_pending(self, keys: Iterable[str] | None = None) -> int:
+        """Drop the given pending keys (all when None); returns how many were removed."""
+        db = self.db
+        if db is None:
+            return 0
+        with db.transact(retry=True):
+            if keys is None:
+                keys = [k[len(_PENDING):] for k in db.iterkeys() if isinstance(k, str) and k.startswith(_PENDING)]
+            return sum(1 for k in list(keys) if db.delete(_PENDING + k))

@@ -1,0 +1,233 @@
+"""Mask terms of an attention site and what they mean: causal, sliding window, or a tensor the kernel must read.
+
+A mask that depends only on shapes, constants and module buffers (``triu(ones(N, N))``, ``arange`` comparisons,
+HF's ``where(kv_idx <= q_idx, 0, finfo.min)``, nanoGPT's ``tril`` buffer sliced ``[:T, :T]``) is evaluated at
+compile time and compared with the causal / sliding-window patterns; a mask fed by user data (padding) stays a
+tensor. Policy (documented for ``explain()``):
+- Module buffers are read at compile time, like constants: mutating a causal buffer after compiling is not seen.
+- Under dynamic shapes the mask is evaluated at the traced sizes and again at larger sizes; the pattern must hold
+  at both points, otherwise the mask is kept as a tensor (always correct, just not the causal kernel).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import sympy
+import torch
+from torch import fx
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from .fx_utils import env_hints, example, is_inplace, is_symbolic
+
+MAX_EVAL_NUMEL = 1 << 24  # a (1, 1, 4096, 4096) mask; anything larger stays a tensor
+NEG_THRESHOLD = -1e4  # fill values at or below this mask a key (-inf, finfo.min, -1e9, -10000.0 all do)
+PERTURB = 5  # second evaluation point: every size symbol + 5
+
+
+class TermKind(str, enum.Enum):
+    """How a mask tensor enters the scores: KEEP (bool, True attends), DROP (bool, True is masked), BIAS (added)."""
+
+    KEEP = "keep"
+    DROP = "drop"
+    BIAS = "bias"
+
+
+@dataclass(frozen=True)
+class MaskTerm:
+    """One tensor combined into the scores. ``factor`` scales a BIAS term by the scales applied after it."""
+
+    node: fx.Node
+    kind: TermKind
+    factor: float = 1.0
+
+
+class Pattern(str, enum.Enum):
+    ALL = "all"  # attends everywhere: the term is a no-op
+    CAUSAL = "causal"
+    WINDOW = "window"
+    GENERIC = "generic"
+
+
+class NotConstant(Exception):
+    """The node depends on user data (or randomness) and cannot be evaluated at compile time."""
+
+
+_RANDOM = {"dropout", "rand", "randn", "randint", "bernoulli", "normal", "uniform_", "rand_like", "randn_like"}
+
+
+def _is_buffer_placeholder(node: fx.Node) -> bool:
+    graph_arg = node.meta.get("grapharg")
+    if graph_arg is None:
+        return False
+    try:
+        name = graph_arg.source.name
+    except Exception:  # noqa: BLE001 - sources without a name are never buffers
+        return False
+    return "_buffers[" in name
+
+
+class Evaluator:
+    """Evaluates shape-only FX subgraphs on real tensors with every size symbol bound to a chosen value."""
+
+    def __init__(self, gm: fx.GraphModule, assign: dict[sympy.Symbol, Any]) -> None:
+        self.gm = gm
+        self.assign = assign
+        self.memo: dict[fx.Node, Any] = {}
+
+    def sym(self, value: Any) -> Any:
+        expr = value.node.expr.xreplace(self.assign)
+        if expr.free_symbols:
+            raise NotConstant(f"unbound symbols {expr.free_symbols}")
+        if isinstance(value, torch.SymInt):
+            return int(expr)
+        if isinstance(value, torch.SymFloat):
+            return float(expr)
+        return bool(expr)
+
+    def __call__(self, node: Any) -> Any:
+        if not isinstance(node, fx.Node):
+            return fx.node.map_aggregate(node, lambda a: self(a) if isinstance(a, fx.Node) else a)
+        if node in self.memo:
+            return self.memo[node]
+        value = self._eval(node)
+        self.memo[node] = value
+        return value
+
+    def _eval(self, node: fx.Node) -> Any:
+        ev = example(node)
+        if is_symbolic(ev):
+            return self.sym(ev)
+        if isinstance(ev, (int, float, bool)):
+            return ev
+        if isinstance(ev, (tuple, torch.Size)) and all(isinstance(x, (int, torch.SymInt)) for x in ev):
+            return torch.Size([self.sym(x) if is_symbolic(x) else x for x in ev])
+        if node.op == "placeholder":
+            if _is_buffer_placeholder(node):
+                return node.meta["grapharg"].example
+            raise NotConstant(f"{node.name} is a graph input")
+        if node.op == "get_attr":
+            value: Any = self.gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part)
+            return value
+        if node.op not in ("call_function", "call_method") or is_inplace(node):
+            raise NotConstant(f"{node.name}: {node.op} {node.target}")
+        name = getattr(node.target, "__name__", str(node.target))
+        if name in _RANDOM:
+            raise NotConstant(f"{node.name} is random")
+        args = self(node.args)
+        kwargs = self(dict(node.kwargs))
+        if node.op == "call_method":
+            result = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            result = node.target(*args, **kwargs)
+        if isinstance(result, torch.Tensor) and result.numel() > MAX_EVAL_NUMEL:
+            raise NotConstant(f"{node.name} has {result.numel()} elements")
+        return result
+
+
+def is_shape_only(node: fx.Node) -> bool:
+    """True when ``node`` depends only on sizes, constants and module buffers (cheap check before evaluating)."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        ev = example(n)
+        if is_symbolic(ev) or isinstance(ev, (int, float, bool, torch.Size)):
+            continue  # a size: evaluated from its symbolic expression, its producers do not matter
+        if n.op == "placeholder":
+            if not _is_buffer_placeholder(n):
+                return False
+            continue
+        if n.op == "get_attr":
+            continue
+        if is_inplace(n) or getattr(n.target, "__name__", str(n.target)) in _RANDOM:
+            return False
+        stack.extend(n.all_input_nodes)
+    return True
+
+
+def _hints(values: list[Any]) -> dict[sympy.Symbol, Any]:
+    for v in values:
+        if is_symbolic(v):
+            return env_hints(v.node.shape_env)
+        if isinstance(v, torch.Tensor):
+            env = getattr(getattr(v, "fake_mode", None), "shape_env", None)
+            if env is not None:
+                return env_hints(env)
+    return {}
+
+
+def _keep_of(value: torch.Tensor, kind: TermKind) -> torch.Tensor | None:
+    """The bool keep-mask a constant term stands for, or None if it is a genuine bias (not just 0 / -inf)."""
+    if kind is TermKind.KEEP:
+        return value.bool()
+    if kind is TermKind.DROP:
+        return ~value.bool()
+    value = value.double()
+    masked = value <= NEG_THRESHOLD
+    if not torch.all((value == 0) | masked):
+        return None
+    return ~masked
+
+
+def _pattern_2d(keep: torch.Tensor, q_len: int, kv_len: int) -> tuple[Pattern, int | None]:
+    """Classify a keep-mask broadcast over leading dims against bottom-right aligned causal / window masks."""
+    if keep.dim() < 2:
+        keep = keep.reshape((1,) * (2 - keep.dim()) + tuple(keep.shape))
+    try:
+        keep = torch.broadcast_to(keep, (*keep.shape[:-2], q_len, kv_len))
+    except RuntimeError:
+        return Pattern.GENERIC, None
+    flat = keep.reshape(-1, q_len, kv_len)
+    if not torch.equal(flat, flat[:1].expand_as(flat)):
+        return Pattern.GENERIC, None
+    keep2 = flat[0]
+    if bool(keep2.all()):
+        return Pattern.ALL, None
+    i = torch.arange(q_len).unsqueeze(1)
+    j = torch.arange(kv_len).unsqueeze(0)
+    offset = kv_len - q_len
+    causal = j <= i + offset
+    if torch.equal(keep2, causal):
+        return Pattern.CAUSAL, None
+    window = int(keep2[-1].sum())
+    if 0 < window < kv_len and torch.equal(keep2, causal & (j > i + offset - window)):
+        return Pattern.WINDOW, window
+    return Pattern.GENERIC, None
+
+
+def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -> tuple[Pattern, int | None]:
+    """Pattern of one mask term: a shape-only term is evaluated (twice under dynamic shapes), others are GENERIC.
+
+    ``q_len``/``kv_len`` are the scores' last two sizes (ints or SymInts).
+    """
+    if not is_shape_only(term.node):
+        return Pattern.GENERIC, None
+    assign = _hints([q_len, kv_len, example(term.node)])
+    points = [assign]
+    sizes = {s: v for s, v in assign.items() if isinstance(v, sympy.Integer)}
+    if any(is_symbolic(x) for x in (q_len, kv_len)) and sizes:
+        points.append({**assign, **{s: v + PERTURB for s, v in sizes.items()}})
+    results = set()
+    for point in points:
+        evaluator = Evaluator(gm, point)
+        try:
+            with unset_fake_temporarily(), torch.no_grad():
+                value = evaluator(term.node)
+                nq, nk = (evaluator.sym(x) if is_symbolic(x) else int(x) for x in (q_len, kv_len))
+        except NotConstant:
+            return Pattern.GENERIC, None
+        except Exception:  # noqa: BLE001 - a mask we cannot evaluate is kept as a tensor, never an error
+            return Pattern.GENERIC, None
+        if not isinstance(value, torch.Tensor):
+            return Pattern.GENERIC, None
+        keep = _keep_of(value.cpu(), term.kind)
+        if keep is None:
+            return Pattern.GENERIC, None
+        results.add(_pattern_2d(keep, nq, nk))
+    return results.pop() if len(results) == 1 else (Pattern.GENERIC, None)

@@ -1,0 +1,283 @@
+"""Attention sites in the FX graph Dynamo hands a backend: typed matches, or the reason a site was left alone.
+
+``find_attention_sites(gm)`` anchors on every SDPA call and every softmax; a softmax that sits between two
+matmuls is parsed with the grammar in ``patterns.py``. Anything that looks like attention (softmax over a matmul)
+but does not parse becomes a ``SkippedSite`` with a reason, which ``explain()`` shows. Detection is pure: the
+graph is not modified.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from ..spec import DTYPES, AttentionSpec, MaskKind
+from .fx_utils import example, hint, is_symbolic, module_path, shape_of, single_user, sym_expr, tensor_meta
+from .masks import MaskTerm, Pattern, TermKind, classify_term
+from .patterns import (
+    Unsupported, is_matmul, is_qk, is_sdpa, is_softmax, peel_key, peel_repeat, peel_scale, prob_step,
+    reaches_qk, score_step, sdpa_arguments, softmax_dim, softmax_dtype,
+)
+
+
+@dataclass(frozen=True)
+class AttentionMatch:
+    """One understood attention site.
+
+    ``q``/``v`` are (B, Hq, Nq, D) / (B, Hkv, Nk, Dv) nodes before any GQA repeat; ``k`` is (B, Hkv, Nk, D), or
+    its transpose (B, Hkv, D, Nk) when ``k_is_transposed`` (the rewrite then transposes it back). ``rank3`` sites
+    (bmm on (B*H, N, D)) are run as batch 1 with B*H heads. ``scale`` is the concrete softmax scale (the spec
+    holds None when it is the default 1/sqrt(D)). ``mask`` is the one tensor the kernel reads (None if none or if
+    several ``mask_terms`` are combined by the rewrite); causal / window masks are folded into flags.
+    """
+
+    output: fx.Node
+    q: fx.Node
+    k: fx.Node
+    v: fx.Node
+    mask: fx.Node | None
+    mask_kind: MaskKind
+    causal: bool
+    window: int | None
+    scale: float
+    dropout_p: float
+    spec: AttentionSpec
+    module_path: str
+    pattern: str
+    nodes: tuple[fx.Node, ...] = ()
+    mask_terms: tuple[MaskTerm, ...] = ()
+    k_is_transposed: bool = False
+    rank3: bool = False
+    sdpa_causal: bool = field(default=False)  # SDPA's own is_causal=True (top-left == bottom-right: Nq == Nk)
+
+
+@dataclass(frozen=True)
+class SkippedSite:
+    """Something attention-like the detector left untouched, and why."""
+
+    node: fx.Node
+    module_path: str
+    pattern: str
+    reason: str
+
+
+def find_attention_sites(gm: fx.GraphModule) -> list[AttentionMatch | SkippedSite]:
+    """Every attention site of ``gm`` in graph order: SDPA calls and hand-written softmax(q k^T) v chains."""
+    sites: list[AttentionMatch | SkippedSite] = []
+    for node in list(gm.graph.nodes):
+        if is_sdpa(node):
+            sites.append(_guard(gm, node, "sdpa", _match_sdpa))
+        elif is_softmax(node) and _attention_like(node):
+            sites.append(_guard(gm, node, "matmul_softmax", _match_handwritten))
+    return sites
+
+
+def _guard(gm: fx.GraphModule, node: fx.Node, pattern: str, fn: Any) -> AttentionMatch | SkippedSite:
+    try:
+        return fn(gm, node)
+    except Unsupported as exc:
+        return SkippedSite(node, module_path(node), pattern, str(exc))
+    except ValueError as exc:  # AttentionSpec validation: shapes / dtypes the kernels do not take
+        return SkippedSite(node, module_path(node), pattern, f"unsupported spec: {exc}")
+
+
+def _attention_like(softmax: fx.Node) -> bool:
+    """A softmax whose input comes from a matmul or whose output feeds one (else: a classifier head, a router...)."""
+    if reaches_qk(softmax.args[0]):
+        return True
+    frontier = list(softmax.users)
+    for _ in range(4):
+        nxt = []
+        for user in frontier:
+            if is_matmul(user) or getattr(user.target, "__name__", "") == "einsum":
+                return True
+            nxt.extend(user.users)
+        frontier = nxt
+    return False
+
+
+# ---- SDPA ------------------------------------------------------------------------------------------------
+def _match_sdpa(gm: fx.GraphModule, node: fx.Node) -> AttentionMatch:
+    a = sdpa_arguments(node)
+    q, k, v, mask = a["query"], a["key"], a["value"], a["attn_mask"]
+    if any(not isinstance(x, fx.Node) for x in (q, k, v)):
+        raise Unsupported("q/k/v are not graph tensors")
+    if not isinstance(a["is_causal"], bool) or not isinstance(a["enable_gqa"], bool):
+        raise Unsupported("non-constant is_causal / enable_gqa")
+    dropout_p = _number(a["dropout_p"], "dropout_p")
+    scale = None if a["scale"] is None else _number(a["scale"], "scale")
+    k0, nk = peel_repeat(k)
+    v0, nv = peel_repeat(v)
+    if nk != nv:
+        k0, v0 = k, v
+    terms = () if mask is None else (MaskTerm(mask, TermKind.KEEP if _is_bool(mask) else TermKind.BIAS),)
+    return _build(gm, node, "sdpa", q, k0, v0, transposed_k=False, scale=scale, terms=terms, dropout_p=dropout_p,
+                  sdpa_causal=a["is_causal"], nodes=(node, k, v))
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    ev = example(value)
+    if isinstance(ev, (torch.SymFloat, torch.SymInt)):
+        return float(hint(ev))
+    raise Unsupported(f"non-constant {what}")
+
+
+def _is_bool(node: fx.Node) -> bool:
+    meta = tensor_meta(node)
+    return meta is not None and meta.dtype == torch.bool
+
+
+# ---- hand-written ----------------------------------------------------------------------------------------
+def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
+    dim, dtype = softmax_dim(softmax), softmax_dtype(softmax)
+    rank = len(shape_of(softmax) or ())
+    if dim not in (-1, rank - 1):
+        raise Unsupported(f"softmax over dim {dim!r}, not the key dim")
+    if dtype not in (None, torch.float32):
+        raise Unsupported(f"softmax in {dtype}")
+    # forward: softmax -> (cast | dropout)* -> matmul(probs, v)
+    nodes, dropout_p, cur = [softmax], 0.0, softmax
+    while True:
+        user = single_user(cur)
+        if user is None:
+            raise Unsupported("attention probabilities are used outside the site")
+        if is_matmul(user) and user.args[0] is cur:
+            pv = user
+            break
+        step = prob_step(user)
+        if step is None or step[0] is not cur:
+            raise Unsupported(f"unrecognised op between softmax and the PV matmul ({user.format_node()})")
+        dropout_p = max(dropout_p, step[1])
+        nodes.append(user)
+        cur = user
+    nodes.append(pv)
+    # backward: softmax input -> (score op)* -> qk matmul
+    scale, terms, cur = 1.0, [], softmax.args[0]
+    while not is_qk(cur):
+        step = score_step(cur) if isinstance(cur, fx.Node) else None
+        if step is None:
+            raise Unsupported(f"unrecognised op between the QK matmul and softmax ({getattr(cur, 'name', cur)})")
+        if len(cur.users) != 1:
+            raise Unsupported("attention scores are used outside the site")
+        if step.term is not None:
+            node, kind, sign = step.term
+            if not isinstance(node, fx.Node):
+                raise Unsupported("mask is not a tensor")
+            terms.append(MaskTerm(node, kind, scale * sign if kind is TermKind.BIAS else 1.0))
+        scale *= step.scale
+        nodes.append(cur)
+        cur = step.source
+    qk = cur
+    nodes.append(qk)
+    if qk.target == "baddbmm" or qk.target is torch.baddbmm:
+        bias, q_op, k_op = qk.args[:3]
+        beta = _number(qk.kwargs.get("beta", 1.0), "beta")
+        scale *= _number(qk.kwargs.get("alpha", 1.0), "alpha")
+        if beta != 0.0:
+            terms.append(MaskTerm(bias, TermKind.BIAS, scale * beta))
+    else:
+        q_op, k_op = qk.args[:2]
+    q, q_factor = peel_scale(q_op)
+    k, k_is_k, k_factor, n_rep = peel_key(k_op)
+    v, v_rep = peel_repeat(pv.args[1])
+    if n_rep != v_rep:  # repeated one way only: keep both repeated, which is still exact
+        k, k_is_k, k_factor, _ = peel_key(k_op, gqa=False)
+        v = pv.args[1]
+    nodes.extend([q_op, k_op, pv.args[1]])
+    scale *= q_factor * k_factor
+    if not math.isfinite(scale) or scale <= 0:
+        raise Unsupported(f"softmax scale {scale} is not a positive finite number")
+    pattern = "matmul_softmax" + ("[fp32]" if dtype is torch.float32 or _upcast(nodes) else "")
+    return _build(gm, pv, pattern, q, k, v, transposed_k=not k_is_k, scale=scale, terms=tuple(terms),
+                  dropout_p=dropout_p, sdpa_causal=False, nodes=tuple(nodes))
+
+
+def _upcast(nodes: list[fx.Node]) -> bool:
+    return any(n.op == "call_method" and n.target in ("float", "to", "type") for n in nodes)
+
+
+# ---- spec ------------------------------------------------------------------------------------------------
+def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.Node, v: fx.Node, *,
+           transposed_k: bool, scale: float | None, terms: tuple[MaskTerm, ...], dropout_p: float,
+           sdpa_causal: bool, nodes: tuple[fx.Node, ...]) -> AttentionMatch:
+    qs, ks, vs = shape_of(q), shape_of(k), shape_of(v)
+    if qs is None or ks is None or vs is None:
+        raise Unsupported("q/k/v without tensor metadata")
+    if not (len(qs) == len(ks) == len(vs) and len(qs) in (3, 4)):
+        raise Unsupported(f"q/k/v ranks {len(qs)}/{len(ks)}/{len(vs)} (need 4-D, or 3-D bmm)")
+    rank3 = len(qs) == 3
+    if transposed_k:
+        ks = (*ks[:-2], ks[-1], ks[-2])
+    dims = dict(zip(("batch", "q_heads", "q_len", "head_dim"), (1, *qs) if rank3 else qs))
+    dims.update(zip(("kv_heads", "kv_len", "k_dim"), ks[-3:]))
+    dims["v_head_dim"] = vs[-1]
+    if hint(dims["k_dim"]) != hint(dims["head_dim"]) or hint(vs[-2]) != hint(dims["kv_len"]):
+        raise Unsupported(f"q/k/v shapes do not line up: q {qs}, k {ks}, v {vs}")
+    if hint(ks[0]) != hint(qs[0]) and not rank3:
+        raise Unsupported(f"q batch {qs[0]} != k batch {ks[0]}")
+    q_meta = tensor_meta(q)
+    assert q_meta is not None
+    dtype = str(q_meta.dtype).removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise Unsupported(f"dtype {dtype} (kernels take {DTYPES})")
+    if any(tensor_meta(x).dtype != q_meta.dtype for x in (k, v)):  # type: ignore[union-attr]
+        raise Unsupported("q, k and v have different dtypes")
+
+    causal, window, generic = sdpa_causal, None, []
+    for term in terms:
+        pat, w = classify_term(gm, term, dims["q_len"], dims["kv_len"])
+        if pat is Pattern.ALL:
+            continue
+        if pat is Pattern.CAUSAL:
+            causal = True
+        elif pat is Pattern.WINDOW:
+            causal, window = True, min(w, window or w)  # type: ignore[type-var]
+        else:
+            generic.append(term)
+    equal_lens = sym_expr(dims["q_len"]) == sym_expr(dims["kv_len"])
+    if sdpa_causal and not equal_lens:
+        raise Unsupported("is_causal=True with q_len != kv_len: SDPA aligns it top-left, the avo kernel bottom-right")
+    mask_kind, mask = _mask_kind(generic, dims)
+    sym_dims = tuple(name for name in ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "v_head_dim")
+                     if is_symbolic(dims[name]))
+    head_dim = int(hint(dims["head_dim"]))
+    default_scale = 1.0 / math.sqrt(head_dim)
+    eff_scale = default_scale if scale is None else scale
+    spec = AttentionSpec(
+        batch=int(hint(dims["batch"])), q_heads=int(hint(dims["q_heads"])), kv_heads=int(hint(dims["kv_heads"])),
+        q_len=int(hint(dims["q_len"])), kv_len=int(hint(dims["kv_len"])), head_dim=head_dim,
+        v_head_dim=int(hint(dims["v_head_dim"])), dtype=dtype,
+        scale=None if math.isclose(eff_scale, default_scale, rel_tol=1e-6) else eff_scale,
+        causal=causal, window=window, mask=mask_kind, dropout_p=dropout_p,
+        needs_grad=any(bool(getattr(tensor_meta(x), "requires_grad", False)) for x in (q, k, v)), dynamic=sym_dims,
+    )
+    if dropout_p:
+        pattern += "[dropout]"
+    if spec.kv_heads != spec.q_heads:
+        pattern += "[gqa]"
+    return AttentionMatch(
+        output=output, q=q, k=k, v=v, mask=mask, mask_kind=mask_kind, causal=causal, window=window, scale=eff_scale,
+        dropout_p=dropout_p, spec=spec, module_path=module_path(output), pattern=pattern, nodes=nodes,
+        mask_terms=tuple(generic), k_is_transposed=transposed_k, rank3=rank3, sdpa_causal=sdpa_causal and not generic,
+    )
+
+
+def _mask_kind(generic: list[MaskTerm], dims: dict[str, Any]) -> tuple[MaskKind, fx.Node | None]:
+    """Kind of the tensor mask left after causal/window folding; PADDING for a (B, 1, 1, Nk) bool keep-mask."""
+    if not generic:
+        return MaskKind.NONE, None
+    if any(t.kind is TermKind.BIAS for t in generic):
+        return MaskKind.BIAS, generic[0].node if len(generic) == 1 else None
+    if len(generic) > 1:
+        return MaskKind.BOOL, None
+    node = generic[0].node
+    shape = shape_of(node) or ()
+    if (len(shape) == 4 and hint(shape[1]) == 1 and hint(shape[2]) == 1
+            and sym_expr(shape[0]) == sym_expr(dims["batch"]) and sym_expr(shape[3]) == sym_expr(dims["kv_len"])):
+        return MaskKind.PADDING, node
+    return MaskKind.BOOL, node

@@ -1,0 +1,175 @@
+"""Replace a matched attention site by one call: ``F.scaled_dot_product_attention`` or ``torch.ops.avo.attention``.
+
+New nodes go right before the site's output (every input of the site precedes it), carry the output's
+``nn_module_stack`` / ``stack_trace`` and an ``example_value`` computed in the graph's fake mode, so later passes
+and AOTAutograd see a well-formed Dynamo graph. Nodes of the old site that lose their last user are erased.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+from torch._guards import detect_fake_mode
+
+from ..spec import MaskKind
+from .fx_utils import erase_dead, is_symbolic, shape_of, sym_expr, tensor_meta
+from .masks import TermKind
+from .match import AttentionMatch
+
+_COPIED_META = ("nn_module_stack", "stack_trace", "source_fn_stack", "seq_nr")
+
+
+class _Builder:
+    """Inserts nodes before ``anchor`` and fills their meta (example value from running the op on fake values)."""
+
+    def __init__(self, gm: fx.GraphModule, anchor: fx.Node) -> None:
+        self.gm, self.anchor = gm, anchor
+
+    def __call__(self, op: str, target: Any, *args: Any, **kwargs: Any) -> fx.Node:
+        with self.gm.graph.inserting_before(self.anchor):
+            node = self.gm.graph.create_node(op, target, args, kwargs)
+        for key in _COPIED_META:
+            if key in self.anchor.meta:
+                node.meta[key] = self.anchor.meta[key]
+        node.meta["example_value"] = self._fake(op, target, args, kwargs)
+        return node
+
+    def _fake(self, op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        real_args, real_kwargs = fx.node.map_arg((args, kwargs), lambda n: n.meta.get("example_value"))
+        # the mode of the operands themselves: a graph can hold fake tensors of several modes (buffers)
+        fake_mode = detect_fake_mode([a for a in fx.node.map_aggregate(real_args, lambda a: a)
+                                      if isinstance(a, torch.Tensor)] if isinstance(real_args, tuple) else [])
+        if fake_mode is None:
+            return None
+        try:
+            with fake_mode:
+                if op == "call_method":
+                    return getattr(real_args[0], target)(*real_args[1:], **real_kwargs)
+                return target(*real_args, **real_kwargs)
+        except Exception:  # noqa: BLE001 - meta is best effort; the avo op may have no fake impl yet
+            return None
+
+    def size(self, node: fx.Node, dim: int) -> Any:
+        """A size as an int, or a node computing it when it is symbolic."""
+        value = shape_of(node)[dim]  # type: ignore[index]
+        return self("call_method", "size", node, dim) if is_symbolic(value) else int(value)
+
+
+def _operands(b: _Builder, match: AttentionMatch) -> tuple[fx.Node, fx.Node, fx.Node]:
+    """q, k, v as (B, H, N, D): k transposed back from k^T if needed; 3-D bmm operands get a batch dim of 1."""
+    q, k, v = match.q, match.k, match.v
+    if match.k_is_transposed:
+        k = b("call_method", "transpose", k, -2, -1)
+    if match.rank3:
+        q, k, v = (b("call_method", "unsqueeze", x, 0) for x in (q, k, v))
+    return q, k, v
+
+
+def _band(b: _Builder, q: fx.Node, k: fx.Node, window: int | None) -> fx.Node:
+    """Bottom-right aligned causal (and sliding-window) keep-mask (Nq, Nk): key j for query i iff
+    i + Nk - Nq - window < j <= i + Nk - Nq (what the avo kernel computes from its flags)."""
+    nq, nk = b.size(q, -2), b.size(k, -2)
+    device = tensor_meta(q).device  # type: ignore[union-attr]
+    rows = b("call_function", torch.arange, nq, device=device)
+    cols = b("call_function", torch.arange, nk, device=device)
+    offset = b("call_function", operator.sub, nk, nq) if isinstance(nk, fx.Node) or isinstance(nq, fx.Node) else nk - nq
+    diag = b("call_function", operator.add, b("call_method", "unsqueeze", rows, -1), offset)
+    keep = b("call_function", operator.le, cols, diag)
+    if window is not None:
+        low = b("call_function", operator.sub, diag, window)
+        keep = b("call_function", operator.and_, keep, b("call_function", operator.gt, cols, low))
+    return keep
+
+
+def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None) -> fx.Node | None:
+    """Combine the site's generic mask terms (and an optional extra keep-mask) into one SDPA-style mask.
+
+    Bool terms become keep-masks (masked_fill's mask is inverted: SDPA keeps True); bias terms are scaled by the
+    scales applied after them and cast to q's dtype; bool and bias together give ``where(keep, bias, -inf)``.
+    """
+    dtype = tensor_meta(match.q).dtype  # type: ignore[union-attr]
+    keeps: list[fx.Node] = [extra_keep] if extra_keep is not None else []
+    biases: list[fx.Node] = []
+    for term in match.mask_terms:
+        node = term.node
+        if term.kind is TermKind.BIAS:
+            if term.factor != 1.0:
+                node = b("call_function", operator.mul, node, term.factor)
+            if tensor_meta(node).dtype != dtype:  # type: ignore[union-attr]
+                node = b("call_method", "to", node, dtype)
+            biases.append(node)
+        else:
+            if tensor_meta(node).dtype != torch.bool:  # type: ignore[union-attr]
+                node = b("call_method", "bool", node)
+            if term.kind is TermKind.DROP:
+                node = b("call_function", torch.logical_not, node)
+            keeps.append(node)
+    keep = _fold(b, operator.and_, keeps)
+    bias = _fold(b, operator.add, biases)
+    if keep is not None and bias is not None:
+        return b("call_function", torch.where, keep, bias, float("-inf"))
+    return keep if keep is not None else bias
+
+
+def _fold(b: _Builder, op: Any, nodes: list[fx.Node]) -> fx.Node | None:
+    out = nodes[0] if nodes else None
+    for node in nodes[1:]:
+        out = b("call_function", op, out, node)
+    return out
+
+
+def _finish(gm: fx.GraphModule, match: AttentionMatch, b: _Builder, result: fx.Node) -> fx.Node:
+    if match.rank3:
+        result = b("call_method", "squeeze", result, 0)
+    if any(user.op == "call_method" and user.target == "view" for user in match.output.users):
+        # SDPA's CPU flash path returns a transposed (B, N, H, D) buffer; the matmul it replaces was contiguous.
+        result = b("call_method", "contiguous", result)
+    result.meta["example_value"] = match.output.meta.get("example_value", result.meta.get("example_value"))
+    match.output.replace_all_uses_with(result)
+    erase_dead(gm, [match.output, *match.nodes, *(t.node for t in match.mask_terms)])
+    gm.graph.lint()
+    gm.recompile()
+    return result
+
+
+def rewrite_to_sdpa(gm: fx.GraphModule, match: AttentionMatch) -> fx.Node:
+    """Replace the site by ``F.scaled_dot_product_attention`` computing the same values; returns the new node.
+
+    Causal with Nq == Nk becomes ``is_causal=True``; bottom-right causal with Nq != Nk and sliding windows become
+    an explicit keep-mask (SDPA's is_causal is top-left aligned). GQA sites pass un-repeated k/v with
+    ``enable_gqa=True`` (torch >= 2.5).
+    """
+    b = _Builder(gm, match.output)
+    q, k, v = _operands(b, match)
+    same_len = sym_expr(shape_of(q)[-2]) == sym_expr(shape_of(k)[-2])  # type: ignore[index]
+    is_causal = match.causal and match.window is None and not match.mask_terms and same_len
+    band = _band(b, q, k, match.window) if match.causal and not is_causal else None
+    mask = _tensor_mask(b, match, band)
+    kwargs: dict[str, Any] = {"attn_mask": mask, "dropout_p": match.dropout_p, "is_causal": is_causal,
+                              "scale": match.scale}
+    if match.spec.kv_heads != match.spec.q_heads:
+        kwargs["enable_gqa"] = True
+    out = b("call_function", F.scaled_dot_product_attention, q, k, v, **kwargs)
+    return _finish(gm, match, b, out)
+
+
+def rewrite_to_avo(gm: fx.GraphModule, match: AttentionMatch, kernel_id: str) -> fx.Node:
+    """Replace the site by ``torch.ops.avo.attention(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)``.
+
+    k/v are passed un-repeated (the kernel does GQA); mask follows CONTRACTS.md: keep-mask for BOOL, (B, Nk) keep
+    for PADDING, additive for BIAS. Raises ValueError for dropout sites (the op has no dropout argument): the
+    caller falls back to ``rewrite_to_sdpa`` for those.
+    """
+    if match.dropout_p:
+        raise ValueError(f"avo.attention has no dropout; site {match.module_path!r} has dropout_p={match.dropout_p}")
+    b = _Builder(gm, match.output)
+    q, k, v = _operands(b, match)
+    mask = _tensor_mask(b, match, None)
+    if mask is not None and match.mask_kind is MaskKind.PADDING:
+        mask = b("call_method", "flatten", mask, 1)
+    out = b("call_function", torch.ops.avo.attention.default, q, k, v, mask, kernel_id, float(match.scale),
+            bool(match.causal), int(match.window or 0), match.mask_kind.value)
+    return _finish(gm, match, b, out)

@@ -1,0 +1,47 @@
+"""CPU-interpreter shim: Triton's interpreter (3.9) multiplies bf16 tiles as raw uint16 bits in ``tl.dot``.
+
+The interpreter stores bfloat16 as uint16 and ``create_dot`` hands those bits to np.matmul, so any bf16
+``tl.dot`` returns garbage (~1e10 errors on randn 16x16 tiles). Kernels are unaffected on GPUs; this
+widens bf16 operands to fp32 (exact) before the interpreter's matmul. Applied only when TRITON_INTERPRET=1.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+_LOCK = threading.Lock()
+_PATCHED = False
+
+
+def _bf16_bits_to_f32(data):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    return (data.astype(np.uint32) << 16).view(np.float32)
+
+
+def ensure_interpreter_fixes() -> None:
+    """Idempotently patch the interpreter's bf16 dot when running under TRITON_INTERPRET=1."""
+    global _PATCHED
+    if _PATCHED or os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
+        return
+    with _LOCK:
+        if _PATCHED:
+            return
+        import triton.language as tl
+        from triton.runtime import interpreter
+
+        builder_cls = interpreter.InterpreterBuilder
+        original = builder_cls.create_dot
+
+        def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # type: ignore[no-untyped-def]
+            if a.dtype == tl.bfloat16 or b.dtype == tl.bfloat16:
+                import numpy as np
+
+                a_data = _bf16_bits_to_f32(a.data) if a.dtype == tl.bfloat16 else a.data.astype(np.float32)
+                b_data = _bf16_bits_to_f32(b.data) if b.dtype == tl.bfloat16 else b.data.astype(np.float32)
+                out = np.matmul(a_data, b_data, dtype=np.float32).astype(d.data.dtype) + d.data
+                return interpreter.TensorHandle(out, d.dtype.scalar)
+            return original(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+        builder_cls.create_dot = create_dot
+        _PATCHED = True

@@ -1,0 +1,248 @@
+"""Trusted host launcher: the ONE fixed ABI every attention kernel source follows (rendered or agent-written).
+
+Kernels never allocate, never see Python objects, and are launched only from here, through
+``torch.library.wrap_triton`` so Inductor sees (and inlines) each launch when traced inside a triton_op.
+
+Forward ``{entry}`` (all arguments by keyword, in this order):
+    Q, K, V, O, LSE, MASK,
+    stride_{q,k,v,o,m}{b,h,m|n,d}  -- 4 strides each for q, k, v, o and the mask operand (20 ints)
+    BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale (float, may arrive as fp64), window (int, 0 = none),
+    constexprs HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV (next pow2 >= 16 of the head dims), BLOCK_M, BLOCK_N,
+    IS_CAUSAL (also set when window > 0), HAS_WINDOW, MASK_KIND (0 none, 1 bias, 2 keep-mask uint8,
+    3 alibi slopes), EVEN_M, EVEN_N (lengths divide the tiles; only with even_fast_path), SPLITS.
+  MASK is a (B, Hq, Nq, Nk)-broadcast view (stride 0 on broadcast dims); padding becomes a keep-mask with
+  strides (sb, 0, 0, sn); alibi passes the (Hq,) fp32 slopes with strides (0, s, 0, 0); none passes Q, all 0.
+  LSE is contiguous fp32 (B, Hq * SPLITS, Nq), natural log, +inf for rows with no allowed key.
+  With SPLITS > 1, O is a contiguous fp32 (B, Hq * SPLITS, Nq, Dv) partial buffer (head index h * SPLITS + s)
+  and ``{entry}_reduce``(OP, LSEP, O, LSE, stride_o{b,h,m,d}, BATCH, H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV,
+  SPLITS) combines it, grid (cdiv(Nq, BLOCK_M), B * Hq).
+Grid rules (launch["grid"]): "fwd" (cdiv(Nq, BLOCK_M), B * Hq) with kv_splits 1; "splitkv"
+  (cdiv(Nq, BLOCK_M) * SPLITS, B * Hq); "persistent" (min(tiles, SM count),), tiles walked in-kernel.
+Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV),
+  grid (cdiv(Nq, BWD_BLOCK_M), B * Hq), DELTA contiguous fp32 (B, Hq, Nq) = rowsum(o * do).
+  ``{bwd}_dkdv`` and ``{bwd}_dq`` share one argument list:
+    Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV, stride_{q,k,v,do,m,dq,dk,dv} (4 each),
+    BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window, and the forward's constexprs without SPLITS
+    (BLOCK_M/BLOCK_N = BWD_BLOCK_M/BWD_BLOCK_N).
+  Grid rule "bwd": dkdv (cdiv(Nk, BWD_BLOCK_N), B * Hkv), summing the GQA group in-kernel; dq (cdiv(Nq, BWD_BLOCK_M), B * Hq).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .interpreter import ensure_interpreter_fixes
+from .reference import MASK_KINDS
+
+MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
+GRID_RULES = ("fwd", "splitkv", "persistent")
+BWD_GRID_RULES = ("bwd",)
+_CPU_PROGRAMS = 4  # "SM count" of the interpreter for the persistent grid
+
+
+def _pow2(n: int) -> int:
+    return 1 << (max(int(n), 16) - 1).bit_length()
+
+
+def _cdiv(a: Any, b: int) -> Any:
+    return (a + b - 1) // b
+
+
+def _known_multiple(n: Any, block: int) -> bool:
+    """True only when n % block == 0 holds without adding a guard (SymInt lengths take the masked path)."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return bool(statically_known_true(n % block == 0))
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """A record's ``launch`` dict, validated: tiles, warps, stages, split count and the grid rule names."""
+
+    grid: str = "fwd"
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    kv_splits: int = 1
+    even_fast_path: bool = True
+    bwd_grid: str = "bwd"
+    bwd_block_m: int = 32
+    bwd_block_n: int = 64
+    bwd_num_warps: int = 4
+    bwd_num_stages: int = 2
+
+    def __post_init__(self) -> None:
+        if self.grid not in GRID_RULES or self.bwd_grid not in BWD_GRID_RULES:
+            raise ValueError(f"unknown grid rule {self.grid!r}/{self.bwd_grid!r}; known {GRID_RULES}, {BWD_GRID_RULES}")
+        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n", "kv_splits"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1 or v & (v - 1) or (name != "kv_splits" and not 16 <= v <= 256):
+                raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
+        if (self.grid == "fwd") != (self.kv_splits == 1) and self.grid != "persistent":
+            raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
+
+    @classmethod
+    def from_dict(cls, launch: dict[str, Any]) -> LaunchConfig:
+        keys = {"grid": "grid", "BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps",
+                "num_stages": "num_stages", "kv_splits": "kv_splits", "even_fast_path": "even_fast_path",
+                "bwd_grid": "bwd_grid", "BWD_BLOCK_M": "bwd_block_m", "BWD_BLOCK_N": "bwd_block_n",
+                "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages"}
+        unknown = set(launch) - set(keys)
+        if unknown:
+            raise ValueError(f"unknown launch key(s) {sorted(unknown)}; known {sorted(keys)}")
+        return cls(**{keys[k]: v for k, v in launch.items()})
+
+
+@dataclass(frozen=True)
+class KernelFunctions:
+    """The @triton.jit functions of one loaded source; backward ones are None without a bwd entry point."""
+
+    fwd: Callable[..., Any]
+    reduce: Callable[..., Any] | None = None
+    bwd_preprocess: Callable[..., Any] | None = None
+    bwd_dkdv: Callable[..., Any] | None = None
+    bwd_dq: Callable[..., Any] | None = None
+
+    @property
+    def has_backward(self) -> bool:
+        return self.bwd_dkdv is not None and self.bwd_dq is not None and self.bwd_preprocess is not None
+
+
+def _launch(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> None:
+    ensure_interpreter_fixes()
+    torch.library.wrap_triton(fn)[grid](**kwargs)
+
+
+def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_kv: Any) -> tuple[torch.Tensor, tuple[Any, ...], int]:
+    """(tensor, 4 strides, MASK_KIND code) as the kernels read the mask; views only, no copies but alibi's cast."""
+    if mask_kind not in MASK_KINDS:
+        raise ValueError(f"mask_kind must be one of {MASK_KINDS}; got {mask_kind!r}")
+    code = MASK_CODES[mask_kind]
+    if code == 0:
+        return q, (0, 0, 0, 0), 0
+    if mask is None:
+        raise ValueError(f"mask_kind={mask_kind!r} needs a mask tensor")
+    b, hq, nq = q.shape[0], q.shape[1], q.shape[2]
+    if mask_kind == "alibi":
+        slopes = mask.reshape(-1).to(torch.float32)
+        if slopes.shape[0] != hq:
+            raise ValueError(f"alibi slopes must have one value per q head ({hq}); got shape {tuple(mask.shape)}")
+        return slopes, (0, slopes.stride(0), 0, 0), code
+    if mask_kind == "padding":
+        if mask.dim() != 2 or mask.dtype != torch.bool:
+            raise ValueError(f"padding mask must be a (B, Nk) bool tensor; got {tuple(mask.shape)} {mask.dtype}")
+        m = mask.view(torch.uint8)
+        return m, (m.stride(0), 0, 0, m.stride(1)), code
+    if (mask.dtype == torch.bool) != (mask_kind == "bool"):
+        raise ValueError(f"mask_kind={mask_kind!r} got a {mask.dtype} mask (bool needs torch.bool, bias a float)")
+    if mask.dim() > 4:
+        raise ValueError(f"mask must be broadcastable to (B, H, Nq, Nk); got shape {tuple(mask.shape)}")
+    m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+    m = torch.broadcast_to(m, (b, hq, nq, n_kv))
+    return m, tuple(m.stride()), code
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k, v must share one of float16/bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"incompatible q/k/v shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+
+
+def _scalars(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None, causal: bool,
+             window: int, mask_kind: str) -> dict[str, Any]:
+    d, dv = q.shape[3], v.shape[3]
+    window = int(window or 0)
+    return dict(BATCH=q.shape[0], H_Q=q.shape[1], GROUP=q.shape[1] // k.shape[1], N_Q=q.shape[2], N_KV=k.shape[2],
+                sm_scale=float(1.0 / math.sqrt(d) if scale is None else scale), window=window,
+                HEAD_DIM=d, V_HEAD_DIM=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv),
+                IS_CAUSAL=bool(causal or window > 0), HAS_WINDOW=window > 0)
+
+
+def _strides(prefix: str, t: torch.Tensor | tuple[Any, ...], names: str = "bhmd") -> dict[str, Any]:
+    s = t if isinstance(t, tuple) else t.stride()
+    return {f"stride_{prefix}{n}": s[i] for i, n in enumerate(names)}
+
+
+def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor | None, *, scale: float | None, causal: bool, window: int, mask_kind: str,
+            out: torch.Tensor | None = None, lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward: returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) fp32.
+
+    ``out``/``lse`` may be passed pre-allocated (tests poison them with NaN to catch unwritten elements).
+    """
+    _check_qkv(q, k, v)
+    b, hq, nq = q.shape[0], q.shape[1], q.shape[2]
+    nk, dv = k.shape[2], v.shape[3]
+    if out is None:
+        out = torch.empty((b, hq, nq, dv), dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
+    m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
+    sc = _scalars(q, k, v, scale, causal, window, mask_kind)
+    splits = cfg.kv_splits
+    even = cfg.even_fast_path
+    if splits > 1:
+        o_buf = torch.empty((b, hq * splits, nq, dv), dtype=torch.float32, device=q.device)
+        l_buf = torch.empty((b, hq * splits, nq), dtype=torch.float32, device=q.device)
+    else:
+        o_buf, l_buf = out, lse
+    num_m = _cdiv(nq, cfg.block_m)
+    if cfg.grid == "persistent":
+        n_prog = (torch.cuda.get_device_properties(q.device).multi_processor_count
+                  if q.device.type == "cuda" else _CPU_PROGRAMS)
+        grid: tuple[Any, ...] = (torch.sym_min(num_m * splits * b * hq, n_prog),)
+    else:
+        grid = (num_m * splits, b * hq)
+    _launch(fns.fwd, grid, Q=q, K=k, V=v, O=o_buf, LSE=l_buf, MASK=m,
+            **_strides("q", q), **_strides("k", k, "bhnd"), **_strides("v", v, "bhnd"), **_strides("o", o_buf),
+            **_strides("m", m_strides, "bhmn"), **sc, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, MASK_KIND=code,
+            EVEN_M=even and _known_multiple(nq, cfg.block_m), EVEN_N=even and _known_multiple(nk, cfg.block_n),
+            SPLITS=splits, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if splits > 1:
+        if fns.reduce is None:
+            raise RuntimeError("kv_splits > 1 needs the source's '{entry}_reduce' kernel")
+        _launch(fns.reduce, (num_m, b * hq), OP=o_buf, LSEP=l_buf, O=out, LSE=lse, **_strides("o", out),
+                BATCH=b, H_Q=hq, N_Q=nq, V_HEAD_DIM=dv, BLOCK_M=cfg.block_m, BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits,
+                num_warps=4, num_stages=1)
+    return out, lse
+
+
+def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, mask: torch.Tensor | None, *, scale: float | None,
+             causal: bool, window: int, mask_kind: str, dq: torch.Tensor | None = None, dk: torch.Tensor | None = None,
+             dv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the Triton backward: (dq, dk, dv) shaped like q, k, v (dk/dv summed over each GQA group)."""
+    if not fns.has_backward:
+        raise RuntimeError("this kernel has no Triton backward entry point; use the recompute fallback")
+    _check_qkv(q, k, v)
+    b, hq, nq = q.shape[0], q.shape[1], q.shape[2]
+    hkv, nk = k.shape[1], k.shape[2]
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format) if dq is None else dq
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format) if dk is None else dk
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format) if dv is None else dv
+    if lse.dtype != torch.float32 or not lse.is_contiguous():
+        raise ValueError(f"lse must be contiguous float32 (B, Hq, Nq); got {lse.dtype}, strides {lse.stride()}")
+    delta = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
+    sc = _scalars(q, k, v, scale, causal, window, mask_kind)
+    bm, bn = cfg.bwd_block_m, cfg.bwd_block_n
+    _launch(fns.bwd_preprocess, (_cdiv(nq, bm), b * hq), O=o, DO=do, DELTA=delta, **_strides("o", o),
+            **_strides("do", do), H_Q=hq, N_Q=nq, V_HEAD_DIM=sc["V_HEAD_DIM"], BLOCK_M=bm, BLOCK_DV=sc["BLOCK_DV"],
+            num_warps=4, num_stages=1)
+    m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
+    even = cfg.even_fast_path
+    args = dict(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, MASK=m, DQ=dq, DK=dk, DV=dv,
+                **_strides("q", q), **_strides("k", k, "bhnd"), **_strides("v", v, "bhnd"), **_strides("do", do),
+                **_strides("m", m_strides, "bhmn"), **_strides("dq", dq), **_strides("dk", dk, "bhnd"),
+                **_strides("dv", dv, "bhnd"), **sc, BLOCK_M=bm, BLOCK_N=bn, MASK_KIND=code,
+                EVEN_M=even and _known_multiple(nq, bm), EVEN_N=even and _known_multiple(nk, bn),
+                num_warps=cfg.bwd_num_warps, num_stages=cfg.bwd_num_stages)
+    _launch(fns.bwd_dkdv, (_cdiv(nk, bn), b * hkv), **args)
+    _launch(fns.bwd_dq, (_cdiv(nq, bm), b * hq), **args)
+    return dq, dk, dv

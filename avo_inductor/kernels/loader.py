@@ -1,0 +1,148 @@
+"""Kernel source -> callable, only after its sha256 matches and the static allowlist passes.
+
+Triton's JIT reads a kernel's text with inspect.getsource, so the source is written to a real file named by
+its sha256 under ``<AVO_CACHE_DIR>/kernel_src/`` and imported from there with importlib (never exec of a string).
+Loaded kernels are cached in-process by kernel id, so a record is imported once per process.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..spec import stable_hash
+from .allowlist import assert_allowed
+from .launch import KernelFunctions, LaunchConfig
+
+_LOCK = threading.Lock()
+_LOADED: dict[str, LoadedKernel] = {}
+
+
+@dataclass(frozen=True)
+class LoadedKernel:
+    """An imported, allowlisted kernel module with its validated launch config."""
+
+    kernel_id: str
+    sha256: str
+    entry_point: str
+    bwd_entry_point: str | None
+    launch: LaunchConfig
+    functions: KernelFunctions
+    path: Path
+
+    @property
+    def has_backward(self) -> bool:
+        return self.functions.has_backward
+
+
+def kernel_id_for(sha256: str, entry_point: str, bwd_entry_point: str | None, launch: dict[str, Any]) -> str:
+    """Same formula as KernelRecord.kernel_id, so a record and its raw source get one id."""
+    return stable_hash({"sha": sha256, "launch": launch, "entry": entry_point, "bwd": bwd_entry_point})[:16]
+
+
+def required_functions(entry_point: str, bwd_entry_point: str | None, launch: dict[str, Any]) -> tuple[str, ...]:
+    """Every @triton.jit name the launcher will call for this entry point / launch config."""
+    names = [entry_point]
+    if int(launch.get("kv_splits", 1)) > 1:
+        names.append(f"{entry_point}_reduce")
+    if bwd_entry_point:
+        names += [f"{bwd_entry_point}_preprocess", f"{bwd_entry_point}_dkdv", f"{bwd_entry_point}_dq"]
+    return tuple(names)
+
+
+def _source_dir() -> Path:
+    from ..settings import get_settings
+
+    return Path(get_settings().cache_dir) / "kernel_src"
+
+
+def _write_source(source: str, sha: str) -> Path:
+    """Write atomically (temp file + rename); an existing file is reused only if its bytes hash to ``sha``."""
+    directory = _source_dir()
+    path = directory / f"avo_kernel_{sha}.py"
+    data = source.encode("utf-8")
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha:
+        return path
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise RuntimeError(f"cannot write kernel source to {directory}: {exc}") from exc
+    return path
+
+
+def _import(path: Path, sha: str) -> ModuleType:
+    name = f"avo_kernel_{sha[:16]}"
+    if name in sys.modules and getattr(sys.modules[name], "__avo_sha256__", None) == sha:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot import kernel source from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise RuntimeError(f"kernel module {path.name} failed to import: {type(exc).__name__}: {exc}") from exc
+    module.__avo_sha256__ = sha  # type: ignore[attr-defined]
+    return module
+
+
+def _function(module: ModuleType, name: str) -> Any:
+    fn = module.__dict__.get(name)
+    if fn is None or not hasattr(fn, "run"):  # triton.JITFunction (or an autotuner / heuristics wrapper)
+        raise RuntimeError(f"kernel source has no @triton.jit function {name!r}")
+    return fn
+
+
+def load_source(source: str, entry_point: str, bwd_entry_point: str | None, launch: dict[str, Any],
+                sha256: str | None = None) -> LoadedKernel:
+    """Check, write, import and bind ``source``; ``sha256`` (if given) must match the text.
+
+    Raises ValueError for a hash mismatch, an allowlist violation or a bad launch dict; RuntimeError when the
+    module cannot be written or imported.
+    """
+    actual = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    if sha256 is not None and sha256 != actual:
+        raise ValueError(f"kernel source sha256 mismatch: expected {sha256[:12]}…, source hashes to {actual[:12]}…")
+    kid = kernel_id_for(actual, entry_point, bwd_entry_point, launch)
+    with _LOCK:
+        cached = _LOADED.get(kid)
+    if cached is not None:
+        return cached
+    cfg = LaunchConfig.from_dict(launch)
+    assert_allowed(source, required_functions(entry_point, bwd_entry_point, launch))
+    module = _import(_write_source(source, actual), actual)
+    reduce_name = f"{entry_point}_reduce"
+    fns = KernelFunctions(
+        fwd=_function(module, entry_point),
+        reduce=_function(module, reduce_name) if reduce_name in module.__dict__ or cfg.kv_splits > 1 else None,
+        bwd_preprocess=_function(module, f"{bwd_entry_point}_preprocess") if bwd_entry_point else None,
+        bwd_dkdv=_function(module, f"{bwd_entry_point}_dkdv") if bwd_entry_point else None,
+        bwd_dq=_function(module, f"{bwd_entry_point}_dq") if bwd_entry_point else None,
+    )
+    loaded = LoadedKernel(kid, actual, entry_point, bwd_entry_point, cfg, fns, Path(module.__file__ or ""))
+    with _LOCK:
+        return _LOADED.setdefault(kid, loaded)
+
+
+def load_record(record: Any) -> LoadedKernel:
+    """Load a KernelRecord's kernel (its recorded sha256 is checked against its source before anything runs)."""
+    return load_source(record.source, record.entry_point, record.bwd_entry_point, dict(record.launch),
+                       sha256=record.sha256)
+
+
+def get_loaded(kernel_id: str) -> LoadedKernel | None:
+    with _LOCK:
+        return _LOADED.get(kernel_id)

@@ -1,0 +1,133 @@
+"""KernelGenome -> Triton source + launch config (the only place knobs turn into code).
+
+Source-level knobs (exp2, causal_split, lazy_rescale, persistent) become module constants of the rendered
+file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py); launch-level knobs (tiles, warps, stages,
+kv_splits, even_fast_path, grid rule) go into ``launch`` for the trusted launcher. A knob the template cannot
+honour (use_tma, other templates, dropout) raises ValueError instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from ..spec import AttentionSpec, HardwareKey, next_power_of_two
+from .genome import KernelGenome
+
+TEMPLATES = ("flash_v1",)
+FWD_ENTRY = "attn_fwd"
+BWD_ENTRY = "attn_bwd"
+MAX_HEAD_DIM = 256
+_CONSTANTS_RE = re.compile(r"# GENOME-CONSTANTS-START\n.*?# GENOME-CONSTANTS-END\n", re.S)
+_IMPORT_LINES = ("import triton\n", "import triton.language as tl\n")
+
+
+@dataclass(frozen=True)
+class RenderedKernel:
+    """A rendered module: ``source`` defines ``entry_point`` (+ ``entry_point``_reduce) and, when
+    ``bwd_entry_point`` is set, ``{bwd}_preprocess``, ``{bwd}_dkdv``, ``{bwd}_dq``; ``launch`` is the config
+    the launcher reads (see launch.py)."""
+
+    source: str
+    entry_point: str
+    bwd_entry_point: str | None
+    launch: dict[str, Any] = field(default_factory=dict)
+
+
+def _template_text(name: str) -> str:
+    return resources.files("avo_inductor.kernels").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def _strip_docstring_and_imports(text: str) -> str:
+    """The backward template is appended to the forward one: drop its module docstring and imports."""
+    if text.startswith('"""'):
+        text = text[text.index('"""', 3) + 3:].lstrip("\n")
+    for line in _IMPORT_LINES:
+        text = text.replace(line, "", 1)
+    return text
+
+
+def _constants_block(genome: KernelGenome) -> str:
+    values = {"USE_EXP2": genome.exp2, "CAUSAL_SPLIT": genome.causal_split,
+              "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent}
+    body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
+    return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
+
+
+def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
+    """Raise ValueError naming the first knob or spec field flash_v1 cannot honour."""
+    if genome.template not in TEMPLATES:
+        raise ValueError(f"unknown kernel template {genome.template!r}; available: {TEMPLATES}")
+    if genome.use_tma:
+        raise ValueError("use_tma=True is not implemented by template flash_v1 (no tensor-descriptor path yet)")
+    if spec.dropout_p > 0:
+        raise ValueError(f"dropout (p={spec.dropout_p}) is not implemented by avo kernels")
+    if max(spec.head_dim, spec.v_head_dim or 0) > MAX_HEAD_DIM:
+        raise ValueError(f"head dim {spec.head_dim}/{spec.v_head_dim} exceeds {MAX_HEAD_DIM}")
+
+
+def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
+    """Render ``genome`` for ``spec``: forward + split-kv reduce + backward kernels in one module."""
+    check_renderable(genome, spec)
+    fwd = _template_text(f"{genome.template}_fwd.py")
+    if not _CONSTANTS_RE.search(fwd):
+        raise RuntimeError(f"template {genome.template}_fwd.py lost its GENOME-CONSTANTS block")
+    fwd = _CONSTANTS_RE.sub(_constants_block(genome), fwd, count=1)
+    bwd = _strip_docstring_and_imports(_template_text(f"{genome.template}_bwd.py"))
+    source = f"{fwd.rstrip()}\n\n\n# ---- backward ({genome.template}_bwd.py) ----\n{bwd}"
+    if genome.persistent:
+        grid = "persistent"
+    elif genome.kv_splits > 1:
+        grid = "splitkv"
+    else:
+        grid = "fwd"
+    launch = {
+        "grid": grid,
+        "BLOCK_M": genome.block_m,
+        "BLOCK_N": genome.block_n,
+        "num_warps": genome.num_warps,
+        "num_stages": genome.num_stages,
+        "kv_splits": genome.kv_splits,
+        "even_fast_path": genome.even_fast_path,
+        "bwd_grid": "bwd",
+        "BWD_BLOCK_M": genome.bwd_block_m,
+        "BWD_BLOCK_N": genome.bwd_block_n,
+        "bwd_num_warps": genome.bwd_num_warps,
+        "bwd_num_stages": genome.bwd_num_stages,
+    }
+    return RenderedKernel(source=source, entry_point=FWD_ENTRY, bwd_entry_point=BWD_ENTRY, launch=launch)
+
+
+def _is_cpu(hardware: HardwareKey | None) -> bool:
+    if hardware is None:
+        import torch
+
+        return not torch.cuda.is_available()
+    return hardware.vendor == "cpu"
+
+
+def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None) -> KernelGenome:
+    """A plain, untuned genome valid for ``spec`` on ``hardware`` (default: this process's device).
+
+    CPU (Triton interpreter): 16-wide tiles, the interpreter's cost grows with tile area. GPU: the Triton
+    tutorial's H100 tiles by head dim (128x64 up to d=128, 64x32 above, where shared memory runs out).
+    """
+    if _is_cpu(hardware):
+        return KernelGenome(block_m=16, block_n=16, num_warps=4, num_stages=1, bwd_block_m=16, bwd_block_n=16,
+                            bwd_num_warps=4, bwd_num_stages=1)
+    d = max(spec.head_dim, spec.v_head_dim or spec.head_dim)
+    wide = spec.dtype == "float32" or d > 128
+    block_m, block_n = (64, 32) if wide else (128, 64)
+    warps, stages = (4, 2) if wide else ((8, 3) if d > 64 else (4, 3))
+    bwd_m, bwd_n, bwd_warps, bwd_stages = (16, 32, 8, 1) if wide else (32, 64, 4 if d <= 64 else 8, 2)
+    block_m = min(block_m, next_power_of_two(spec.q_len))
+    block_n = min(block_n, next_power_of_two(spec.kv_len))
+    kv_splits = 1
+    if spec.is_decode:
+        # Decode: one query tile per head leaves most SMs idle; split keys so each split sees >= 512 keys.
+        kv_splits = 1 << max(0, min(4, (spec.kv_len // 512).bit_length() - 1))
+    return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
+                        kv_splits=kv_splits, bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
+                        bwd_block_n=min(bwd_n, next_power_of_two(spec.kv_len)), bwd_num_warps=bwd_warps,
+                        bwd_num_stages=bwd_stages)

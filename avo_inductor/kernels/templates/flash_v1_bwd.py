@@ -1,0 +1,162 @@
+"""flash_v1 backward: delta = rowsum(o * do), then dk/dv per key tile (GQA group summed in-kernel) and dq per query tile.
+
+Rendered after flash_v1_fwd.py into one module (it reuses _dot, _load_tile, _apply_masks, _kv_range and the
+genome constants). ABI in avo_inductor/kernels/launch.py. Two kernels instead of dq atomics: deterministic
+and no fp32 scratch for dq. The bias is treated as a non-differentiable constant (no dbias here).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def attn_bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_od,
+                        stride_dob, stride_doh, stride_dom, stride_dod, H_Q, N_Q,
+                        V_HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    off_b = bh // H_Q
+    off_h = bh % H_Q
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    ok = (offs_m[:, None] < N_Q) & (offs_dv[None, :] < V_HEAD_DIM)
+    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
+                mask=ok, other=0.0)
+    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                 mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh * N_Q + offs_m, delta, mask=offs_m < N_Q)
+
+
+# EVOLVE-BLOCK-START
+@triton.jit
+def _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window, qk_scale,
+           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+           HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
+    """P (BM, BN) recomputed from the saved logsumexp; rows past N_Q load lse = +inf and give 0."""
+    s = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)) * qk_scale
+    s = _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                     MASK_KIND, IS_CAUSAL, HAS_WINDOW, CHECK_N)
+    lse = tl.load(LSE_base + offs_m, mask=offs_m < N_Q, other=float("inf"))
+    if USE_EXP2:
+        p = tl.math.exp2(s - lse[:, None] * LOG2E)
+    else:
+        p = tl.exp(s - lse[:, None])
+    return p
+
+
+@triton.jit
+def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
+                  stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+                  stride_vb, stride_vh, stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod,
+                  stride_mb, stride_mh, stride_mm, stride_mn, stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+                  stride_dkb, stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                  BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+                  HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                  MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
+    """One program per (key tile, batch * kv head): loops over the GROUP q heads sharing this kv head."""
+    pid_n = tl.program_id(0)
+    bkv = tl.program_id(1).to(tl.int64)
+    h_kv = H_Q // GROUP
+    off_b = bkv // h_kv
+    off_kvh = bkv % h_kv
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    kt = _load_tile(K + off_b * stride_kb + off_kvh * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                    offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, not EVEN_N)
+    vt = _load_tile(V + off_b * stride_vb + off_kvh * stride_vh + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                    offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, not EVEN_N)
+    qk_scale = tl.cast(sm_scale, tl.float32)
+    if USE_EXP2:
+        qk_scale = qk_scale * LOG2E
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    # Query rows that can see this key tile: i + off >= start_n (causal), i + off - window < start_n + BLOCK_N.
+    lo = start_n * 0
+    hi = start_n * 0 + N_Q
+    if IS_CAUSAL:
+        lo = tl.maximum(lo, start_n - (N_KV - N_Q)) // BLOCK_M * BLOCK_M
+    if HAS_WINDOW:
+        hi = tl.minimum(hi, start_n + BLOCK_N - 1 - (N_KV - N_Q) + window)
+    for g in range(GROUP):
+        off_h = off_kvh * GROUP + g
+        M_base = MASK + off_b * stride_mb + off_h * stride_mh
+        slope = 0.0
+        if MASK_KIND == 3:
+            slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+        LSE_base = LSE + (off_b * H_Q + off_h) * N_Q
+        for start_m in range(lo, hi, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                           offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M, HEAD_DIM != BLOCK_D)
+            do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
+                            + offs_dv[None, :] * stride_dod, offs_m, offs_dv, N_Q, V_HEAD_DIM, not EVEN_M, V_HEAD_DIM != BLOCK_DV)
+            p = _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                       qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
+            dv = _dot(tl.trans(p.to(do.dtype)), do, dv)
+            dp = _dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+            delta = tl.load(DELTA + (off_b * H_Q + off_h) * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
+            ds = p * (dp - delta[:, None])
+            dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
+    dk = dk * tl.cast(sm_scale, tl.float32)
+    ok_n = offs_n[:, None] < N_KV
+    tl.store(DK + off_b * stride_dkb + off_kvh * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(DK.dtype.element_ty), mask=ok_n & (offs_d[None, :] < HEAD_DIM))
+    tl.store(DV + off_b * stride_dvb + off_kvh * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+             dv.to(DV.dtype.element_ty), mask=ok_n & (offs_dv[None, :] < V_HEAD_DIM))
+
+
+@triton.jit
+def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
+                stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+                stride_vb, stride_vh, stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod,
+                stride_mb, stride_mh, stride_mm, stride_mn, stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+                stride_dkb, stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+                HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
+    """One program per (query tile, batch * q head): dq = scale * sum_n dS K."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    off_b = bh // H_Q
+    off_h = bh % H_Q
+    off_kvh = off_h // GROUP
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                   offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M, HEAD_DIM != BLOCK_D)
+    do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                    offs_m, offs_dv, N_Q, V_HEAD_DIM, not EVEN_M, V_HEAD_DIM != BLOCK_DV)
+    delta = tl.load(DELTA + bh * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
+    qk_scale = tl.cast(sm_scale, tl.float32)
+    if USE_EXP2:
+        qk_scale = qk_scale * LOG2E
+    M_base = MASK + off_b * stride_mb + off_h * stride_mh
+    slope = 0.0
+    if MASK_KIND == 3:
+        slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+    K_base = K + off_b * stride_kb + off_kvh * stride_kh
+    V_base = V + off_b * stride_vb + off_kvh * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    lo, hi = _kv_range(start_m, N_Q, N_KV, window, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                        offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, not EVEN_N)
+        vt = _load_tile(V_base + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                        offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, not EVEN_N)
+        p = _probs(q, kt, LSE + bh * N_Q, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                   qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
+        dp = _dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        ds = p * (dp - delta[:, None])
+        dq = _dot(ds.to(q.dtype), tl.trans(kt), dq)
+    dq = dq * tl.cast(sm_scale, tl.float32)
+    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(DQ.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
+# EVOLVE-BLOCK-END

@@ -1,0 +1,264 @@
+"""flash_v1 forward: online-softmax attention, one program per (query tile, kv split, batch*head).
+
+Rendered by avo_inductor/kernels/render.py, which rewrites the GENOME-CONSTANTS block from a KernelGenome.
+Follows the launcher ABI documented at the top of avo_inductor/kernels/launch.py. Masks: MASK_KIND 0 none,
+1 additive bias, 2 keep-mask (uint8 view of bool/padding), 3 alibi slopes; causal/window bottom-right aligned.
+LSE is natural-log logsumexp, +inf for rows with no allowed key (their output is 0).
+"""
+import triton
+import triton.language as tl
+
+# GENOME-CONSTANTS-START
+USE_EXP2 = tl.constexpr(True)
+CAUSAL_SPLIT = tl.constexpr(True)
+LAZY_RESCALE = tl.constexpr(False)
+PERSISTENT = tl.constexpr(False)
+# GENOME-CONSTANTS-END
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+# Lazy rescale: keep the stale row max until the new one exceeds it by 2^8 (base-2 units): p <= 256 stays
+# exactly representable in fp16/bf16 and the accumulator rescale is skipped on most iterations.
+RESCALE_THRESHOLD = tl.constexpr(8.0)
+
+
+@triton.jit
+def _dot(a, b, acc):
+    # fp32 inputs: tl.dot defaults to tf32 (rel. err ~3e-3 on H100); the fp32 contract needs ieee.
+    if a.dtype == tl.float32:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _load_tile(ptrs, offs_r, offs_c, n_r, n_c, CHECK_R: tl.constexpr, CHECK_C: tl.constexpr):
+    if CHECK_R:
+        if CHECK_C:
+            x = tl.load(ptrs, mask=(offs_r[:, None] < n_r) & (offs_c[None, :] < n_c), other=0.0)
+        else:
+            x = tl.load(ptrs, mask=offs_r[:, None] < n_r, other=0.0)
+    else:
+        if CHECK_C:
+            x = tl.load(ptrs, mask=offs_c[None, :] < n_c, other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                 MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 CHECK_N: tl.constexpr):
+    """s: (BM, BN) fp32 scaled scores (log2 units when USE_EXP2); masked entries become -inf."""
+    diag = offs_m[:, None] + (N_KV - N_Q)  # bottom-right aligned query position
+    if MASK_KIND == 1 or MASK_KIND == 2:
+        inb = (offs_m[:, None] < N_Q) & (offs_n[None, :] < N_KV)
+        m_ptrs = M_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+        if MASK_KIND == 1:
+            bias = tl.load(m_ptrs, mask=inb, other=0.0)
+            bias = bias.to(tl.float32)
+            if USE_EXP2:
+                bias = bias * LOG2E
+            s = s + bias
+        else:
+            keep = tl.load(m_ptrs, mask=inb, other=0)
+            s = tl.where(keep != 0, s, float("-inf"))
+    if MASK_KIND == 3:
+        dist = tl.abs(diag - offs_n[None, :]).to(tl.float32)
+        if USE_EXP2:
+            dist = dist * LOG2E
+        s = s - slope * dist
+    if APPLY_CAUSAL:
+        s = tl.where(offs_n[None, :] <= diag, s, float("-inf"))
+    if HAS_WINDOW:
+        s = tl.where(offs_n[None, :] > diag - window, s, float("-inf"))
+    if CHECK_N:
+        s = tl.where(offs_n[None, :] < N_KV, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _kv_range(start_m, N_Q, N_KV, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Key range [lo, hi) a query tile can see, lo aligned to BLOCK_N; hi <= lo means nothing to do."""
+    lo = start_m * 0
+    hi = start_m * 0 + N_KV
+    if IS_CAUSAL:
+        hi = tl.minimum(hi, start_m + BLOCK_M + (N_KV - N_Q))
+    if HAS_WINDOW:
+        lo = tl.maximum(lo, start_m + (N_KV - N_Q) - window + 1)
+        lo = lo // BLOCK_N * BLOCK_N
+    return lo, hi
+
+
+# EVOLVE-BLOCK-START
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, lo, hi,
+               stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+               N_Q, N_KV, window, qk_scale,
+               HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+               HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + offs_n0
+        kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                        offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, CHECK_N)
+        s = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)) * qk_scale
+        s = _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                         MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if LAZY_RESCALE:
+            m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
+        if USE_EXP2:
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+        else:
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = _load_tile(V_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                       offs_n, offs_dv, N_KV, V_HEAD_DIM, CHECK_N, V_HEAD_DIM != BLOCK_DV)
+        acc = _dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
+              stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+              stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+              stride_mb, stride_mh, stride_mm, stride_mn,
+              H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+              HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
+    off_b = off_b.to(tl.int64)
+    off_h = off_h.to(tl.int64)
+    off_kvh = off_h // GROUP
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                   offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M, HEAD_DIM != BLOCK_D)
+    # Scalars may arrive as fp64 from Inductor: cast once, before anything loop-carried uses them.
+    qk_scale = tl.cast(sm_scale, tl.float32)
+    if USE_EXP2:
+        qk_scale = qk_scale * LOG2E
+    K_base = K + off_b * stride_kb + off_kvh * stride_kh
+    V_base = V + off_b * stride_vb + off_kvh * stride_vh
+    M_base = MASK + off_b * stride_mb + off_h * stride_mh
+    slope = 0.0
+    if MASK_KIND == 3:
+        slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    lo, hi = _kv_range(start_m, N_Q, N_KV, window, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
+    if SPLITS > 1:
+        chunk = tl.cdiv(tl.cdiv(N_KV, SPLITS), BLOCK_N) * BLOCK_N
+        lo = tl.maximum(lo, split * chunk)
+        hi = tl.minimum(hi, split * chunk + chunk)
+    if IS_CAUSAL and CAUSAL_SPLIT:
+        # Blocks wholly below the diagonal of the tile's first row need no causal test and no key bounds
+        # test (they end at or before key start_m + off < N_KV); only the diagonal band pays for masks.
+        full_hi = (start_m + (N_KV - N_Q) + 1) // BLOCK_N * BLOCK_N
+        full_hi = tl.minimum(tl.maximum(full_hi, lo), hi)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, lo, full_hi,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                   N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
+                                   BLOCK_M, BLOCK_N, MASK_KIND, False, HAS_WINDOW, False)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, full_hi, hi,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                   N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
+                                   BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_N)
+    else:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, lo, hi,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                   N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
+                                   BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
+    empty = l_i == 0.0
+    acc = acc / tl.where(empty, 1.0, l_i)[:, None]
+    if USE_EXP2:
+        lse = (m_i + tl.math.log2(l_i)) * LN2
+    else:
+        lse = m_i + tl.log(l_i)
+    if SPLITS == 1:
+        lse = tl.where(empty, float("inf"), lse)  # +inf: exp(s - lse) = 0 in the backward
+    else:
+        lse = tl.where(empty, float("-inf"), lse)  # -inf: weight 0 in the split reduction
+    out_h = off_h * SPLITS + split
+    o_ptrs = O + off_b * stride_ob + out_h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_dv[None, :] < V_HEAD_DIM))
+    tl.store(LSE + (off_b * H_Q * SPLITS + out_h) * N_Q + offs_m, lse, mask=offs_m < N_Q)
+
+
+@triton.jit
+def attn_fwd(Q, K, V, O, LSE, MASK,
+             stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+             stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+             stride_mb, stride_mh, stride_mm, stride_mn,
+             BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+             HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
+    if PERSISTENT:
+        # One program per SM walks tiles with a grid stride: no tail wave, one launch's worth of setup.
+        tiles_per_bh = tl.cdiv(N_Q, BLOCK_M) * SPLITS
+        total = tiles_per_bh * BATCH * H_Q
+        for tile in range(tl.program_id(0), total, tl.num_programs(0)):
+            bh = tile // tiles_per_bh
+            r = tile % tiles_per_bh
+            _fwd_tile(Q, K, V, O, LSE, MASK, r // SPLITS, r % SPLITS, bh // H_Q, bh % H_Q,
+                      stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+                      stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+                      stride_mb, stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+                      HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW,
+                      MASK_KIND, EVEN_M, EVEN_N, SPLITS)
+    else:
+        pid0 = tl.program_id(0)
+        bh = tl.program_id(1)
+        _fwd_tile(Q, K, V, O, LSE, MASK, pid0 // SPLITS, pid0 % SPLITS, bh // H_Q, bh % H_Q,
+                  stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+                  stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+                  stride_mb, stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+                  HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW,
+                  MASK_KIND, EVEN_M, EVEN_N, SPLITS)
+# EVOLVE-BLOCK-END
+
+
+@triton.jit
+def attn_fwd_reduce(OP, LSEP, O, LSE, stride_ob, stride_oh, stride_om, stride_od, BATCH, H_Q, N_Q,
+                    V_HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr):
+    """Combine SPLITS partial (normalised output, lse) pairs: o = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    off_b = bh // H_Q
+    off_h = bh % H_Q
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < N_Q
+    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        m = tl.maximum(m, tl.load(LSEP + (bh * SPLITS + s) * N_Q + offs_m, mask=row_ok, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    den = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        w = tl.exp(tl.load(LSEP + (bh * SPLITS + s) * N_Q + offs_m, mask=row_ok, other=float("-inf")) - m_safe)
+        part = tl.load(OP + ((bh * SPLITS + s) * N_Q + offs_m[:, None]) * V_HEAD_DIM + offs_dv[None, :],
+                       mask=row_ok[:, None] & (offs_dv[None, :] < V_HEAD_DIM), other=0.0)
+        den += w
+        acc += w[:, None] * part
+    empty = den == 0.0
+    acc = acc / tl.where(empty, 1.0, den)[:, None]
+    lse = tl.where(empty, float("inf"), m_safe + tl.log(den))
+    o_ptrs = O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < V_HEAD_DIM))
+    tl.store(LSE + bh * N_Q + offs_m, lse, mask=row_ok)

@@ -1,0 +1,294 @@
+"""Timing helpers, the built-in attention baselines and the GPU peak table (shared by the evaluator and benchmarks).
+
+GPU timing is ``triton.testing.do_bench`` (median, L2 flushed by do_bench before every call) over rotated input
+buffers, candidate and baseline interleaved round by round in one process, so clock drift and thermal state hit
+both alike. On CPU (Triton interpreter) timing is a wall-clock median of a few runs and informative only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..spec import AttentionSpec, MaskKind
+
+# Dense tensor-core peak (no sparsity), TFLOP/s, from NVIDIA datasheets; HBM bandwidth in TB/s.
+# Matched by substring of torch.cuda.get_device_name(), first match wins (so "H100 PCIe" precedes "H100").
+# fp32 means tf32 tensor cores (tl.dot's default on fp32). The CPU interpreter gets a generous 1 TFLOP/s cap:
+# numpy on a few cores cannot beat that, so a higher claim on CPU means the harness was fooled.
+PEAK_TABLE: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bfloat16": 756.5, "float16": 756.5, "float32": 378.0, "hbm_tbs": 2.0}),
+    ("H100 NVL", {"bfloat16": 835.5, "float16": 835.5, "float32": 417.5, "hbm_tbs": 3.9}),
+    ("H100", {"bfloat16": 989.4, "float16": 989.4, "float32": 494.7, "hbm_tbs": 3.35}),
+    ("H200", {"bfloat16": 989.4, "float16": 989.4, "float32": 494.7, "hbm_tbs": 4.8}),
+    ("GH200", {"bfloat16": 989.4, "float16": 989.4, "float32": 494.7, "hbm_tbs": 4.0}),
+    ("B200", {"bfloat16": 2250.0, "float16": 2250.0, "float32": 1100.0, "hbm_tbs": 8.0}),
+    ("A100", {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0, "hbm_tbs": 2.039}),
+    ("L40S", {"bfloat16": 362.05, "float16": 362.05, "float32": 183.0, "hbm_tbs": 0.864}),
+    ("triton-interpreter", {"bfloat16": 1.0, "float16": 1.0, "float32": 1.0, "hbm_tbs": 0.1}),
+    ("cpu", {"bfloat16": 1.0, "float16": 1.0, "float32": 1.0, "hbm_tbs": 0.1}),
+)
+# A Triton kernel more than 10% faster than cuDNN on the same shape is far more likely a timing artefact than a
+# breakthrough (cuDNN ~570-617 TFLOP/s vs tuned Triton ~410-490 on the H100, see ANCHORS.md): re-measure it.
+MAX_CUDNN_RATIO = 1.10
+
+
+def peak_entry(device_name: str) -> dict[str, float] | None:
+    """The peak-table row for ``device_name`` (substring match), or None for an unknown device."""
+    for key, row in PEAK_TABLE:
+        if key.lower() in device_name.lower():
+            return row
+    return None
+
+
+def peak_tflops(device_name: str, dtype: str) -> float | None:
+    row = peak_entry(device_name)
+    return None if row is None else row.get(dtype)
+
+
+def effective_flops(spec: AttentionSpec) -> float:
+    """FLOPs of the useful work: 2 matmuls over the (query, key) pairs the causal/window mask allows.
+
+    Counting dense FLOPs for a sliding-window kernel would overstate its rate and trip the plausibility check.
+    Tensor masks (bias/bool/padding/alibi) are data-dependent and counted dense.
+    """
+    offset = spec.kv_len - spec.q_len  # bottom-right alignment, as the reference
+    pairs = 0
+    if not spec.causal and spec.window is None:
+        pairs = spec.q_len * spec.kv_len
+    else:
+        for i in range(spec.q_len):
+            hi = min(spec.kv_len - 1, i + offset) if spec.causal or spec.window else spec.kv_len - 1
+            lo = max(0, i + offset - spec.window + 1) if spec.window else 0
+            pairs += max(0, hi - lo + 1)
+    return 2.0 * spec.batch * spec.q_heads * pairs * (spec.head_dim + (spec.v_head_dim or spec.head_dim))
+
+
+@dataclass(frozen=True)
+class Plausibility:
+    """ok False: physically impossible (above the device peak). needs_remeasure: suspicious, time again."""
+
+    ok: bool
+    needs_remeasure: bool
+    tflops: float
+    peak_tflops: float | None
+    cudnn_ratio: float | None
+    message: str
+
+
+def check_plausibility(flops: float, median_ms: float, device_name: str, dtype: str,
+                       cudnn_ms: float | None = None) -> Plausibility:
+    """Judge a measured time: a rate above the device's peak is rejected, > MAX_CUDNN_RATIO x cuDNN is flagged."""
+    if not (median_ms > 0 and math.isfinite(median_ms)):
+        return Plausibility(False, False, math.inf, None, None, f"non-positive or non-finite time {median_ms!r} ms")
+    tflops = flops / (median_ms * 1e-3) / 1e12
+    peak = peak_tflops(device_name, dtype)
+    ratio = (cudnn_ms / median_ms) if cudnn_ms else None
+    if peak is not None and tflops > peak:
+        return Plausibility(False, False, tflops, peak, ratio,
+                            f"claimed {tflops:.1f} TFLOP/s exceeds the {device_name} {dtype} peak of {peak:.1f} TFLOP/s")
+    if ratio is not None and ratio > MAX_CUDNN_RATIO:
+        return Plausibility(True, True, tflops, peak, ratio,
+                            f"{ratio:.2f}x cuDNN on the same shape (> {MAX_CUDNN_RATIO}x): needs re-measurement")
+    return Plausibility(True, False, tflops, peak, ratio, "")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """median_ms: median over rounds of each round's median. spread: (max - min) / median over rounds."""
+
+    median_ms: float
+    spread: float
+    samples_ms: tuple[float, ...]
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_ms": self.median_ms, "spread": self.spread, "samples_ms": list(self.samples_ms),
+                "method": self.method}
+
+
+class Rotating:
+    """Cycles through several argument sets so no timed call sees the buffers of the previous one.
+
+    A kernel that caches its result keyed on pointer or shape gets stale answers (caught by correctness) and no
+    timing benefit, and the inputs are not warm in L2 from the previous iteration.
+    """
+
+    def __init__(self, fn: Callable[..., Any], arg_sets: Sequence[Sequence[Any]]) -> None:
+        if not arg_sets:
+            raise ValueError("Rotating needs at least one argument set")
+        self.fn, self.arg_sets, self.i = fn, list(arg_sets), 0
+
+    def __call__(self) -> Any:
+        args = self.arg_sets[self.i % len(self.arg_sets)]
+        self.i += 1
+        return self.fn(*args)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # device-wide: work on any stream is finished before the clock stops
+
+
+def _wall_median_ms(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device | str, *, rounds: int = 5,
+                     rep_ms: int = 100, cpu_reps: int = 3) -> dict[str, Timing]:
+    """Time every fn, interleaved: round r times fn_0, fn_1, ... (order alternating each round).
+
+    GPU: each round is one ``do_bench(return_mode="median")``. CPU: each round is a wall-clock median of
+    ``cpu_reps`` calls. Returns name -> Timing.
+    """
+    device = torch.device(device)
+    names = list(fns)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    if device.type == "cuda":
+        import triton.testing
+
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                samples[name].append(float(triton.testing.do_bench(fns[name], warmup=10, rep=rep_ms,
+                                                                   return_mode="median")))
+        method = "do_bench"
+    else:
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                samples[name].append(_wall_median_ms(fns[name], device, cpu_reps))
+        method = "wall"
+    out = {}
+    for name, vals in samples.items():
+        med = statistics.median(vals)
+        out[name] = Timing(med, (max(vals) - min(vals)) / med if med > 0 else math.inf, tuple(vals), method)
+    return out
+
+
+def wall_ms_per_call(fn: Callable[[], Any], device: torch.device | str, calls: int = 20) -> float:
+    """Wall-clock ms per call over ``calls`` back-to-back calls with one device-wide sync at the end.
+
+    Cross-check for event timing: work hidden on a side stream or thread shows up here, not in events.
+    """
+    device = torch.device(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
+# ---- built-in baselines -------------------------------------------------------------------------------------
+def _dense_mask(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """The spec's mask as one SDPA attn_mask (bool keep or float bias), bottom-right causal/window included."""
+    nq, nk = spec.q_len, spec.kv_len
+    tensor: torch.Tensor | None = None
+    if spec.mask is MaskKind.ALIBI and mask is not None:
+        i = torch.arange(nq, device=device)[:, None] + (nk - nq)
+        j = torch.arange(nk, device=device)[None, :]
+        tensor = (-mask.float()[:, None, None] * (i - j).abs()).to(spec.torch_dtype)[None]
+    elif spec.mask is MaskKind.PADDING and mask is not None:
+        tensor = mask[:, None, None, :]
+    elif mask is not None:
+        tensor = mask
+    if spec.causal or spec.window:
+        i = torch.arange(nq, device=device)[:, None] + (nk - nq)
+        j = torch.arange(nk, device=device)[None, :]
+        keep = j <= i
+        if spec.window:
+            keep &= j > i - spec.window
+        if tensor is None:
+            tensor = keep
+        elif tensor.dtype == torch.bool:
+            tensor = tensor & keep
+        else:
+            tensor = tensor.masked_fill(~keep, float("-inf"))
+    return tensor
+
+
+def baseline_fns(spec: AttentionSpec, device: torch.device | str) -> dict[str, Callable[..., torch.Tensor]]:
+    """Built-in attention implementations for ``spec``: name -> fn(q, k, v, mask) -> out (B, Hq, Nq, Dv).
+
+    On CUDA: SDPA default / flash / efficient / cudnn and FlexAttention (compiled once per spec); on CPU the
+    SDPA default only. Availability is not checked here: :func:`available_baselines` runs each once.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    device = torch.device(device)
+    gqa = spec.q_heads != spec.kv_heads
+    plain_causal = spec.causal and spec.q_len == spec.kv_len and not spec.window and spec.mask is MaskKind.NONE
+
+    def sdpa(backend: Any | None) -> Callable[..., torch.Tensor]:
+        def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            attn_mask = None if plain_causal else _dense_mask(spec, mask, device)
+            kwargs = dict(attn_mask=attn_mask, is_causal=plain_causal, scale=spec.effective_scale, enable_gqa=gqa)
+            if backend is None:
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+            with sdpa_kernel(backend):
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+        return run
+
+    fns: dict[str, Callable[..., torch.Tensor]] = {"sdpa": sdpa(None)}
+    if device.type == "cuda":
+        fns["sdpa_flash"] = sdpa(SDPBackend.FLASH_ATTENTION)
+        fns["sdpa_efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION)
+        fns["sdpa_cudnn"] = sdpa(SDPBackend.CUDNN_ATTENTION)
+        fns["flex"] = _flex_fn(spec, device)
+    return fns
+
+
+def _flex_fn(spec: AttentionSpec, device: torch.device) -> Callable[..., torch.Tensor]:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    compiled = torch.compile(flex_attention, dynamic=False)
+    offset = spec.kv_len - spec.q_len
+    block_mask = None
+    if spec.causal or spec.window:
+        window = spec.window
+
+        def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+            keep = kv_idx <= q_idx + offset
+            if window:
+                keep = keep & (kv_idx > q_idx + offset - window)
+            return keep
+        block_mask = create_block_mask(mask_mod, None, None, spec.q_len, spec.kv_len, device=device)
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        score_mod = None
+        if mask is not None:
+            bias = _dense_mask(dataclasses.replace(spec, causal=False, window=None), mask, device)
+            if bias is not None and bias.dtype == torch.bool:
+                bias = torch.zeros(bias.shape, device=device).masked_fill(~bias, float("-inf"))
+            bias = bias.expand(spec.batch, spec.q_heads, spec.q_len, spec.kv_len) if bias is not None else None
+
+            def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+                return score + bias[b, h, q_idx, kv_idx]
+        return compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=spec.effective_scale,
+                        enable_gqa=spec.q_heads != spec.kv_heads)
+    return run
+
+
+def available_baselines(spec: AttentionSpec, device: torch.device | str, q: torch.Tensor, k: torch.Tensor,
+                        v: torch.Tensor, mask: torch.Tensor | None) -> dict[str, Callable[..., torch.Tensor]]:
+    """The baselines that run on this device for this spec (each called once; failures dropped)."""
+    ok = {}
+    for name, fn in baseline_fns(spec, device).items():
+        try:
+            fn(q, k, v, mask)
+            _sync(torch.device(device))
+            ok[name] = fn
+        except Exception:  # a backend that does not support this shape/device is simply not a baseline
+            continue
+    return ok

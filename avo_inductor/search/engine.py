@@ -1,0 +1,341 @@
+"""The evolutionary loop: seed → (select → propose → evaluate → record → archive) per generation → promote.
+
+No I/O of its own: the database, evaluator, operators and store are handed in, progress goes to a callback.
+Every step is committed to the database before the next, so ``SearchEngine.run(run_id=...)`` resumes a
+killed run from its last committed state (in-flight candidates are re-queued and evaluated again).
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
+from . import population as pop
+from .database import PENDING, SearchDatabase
+from .operators import StructuredOperator, candidate_id, content_hash
+from .promotion import build_record, failed_result, promotion_decision, promotion_eval
+from .types import Candidate, EvalResult, Evaluator, VariationOperator
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to search and how hard. ``population``: children per island per generation.
+    ``eval_batch``: candidates per evaluator call (0 = a whole generation); smaller batches lose less on a kill.
+    ``require_speedup`` False stores any winner that passes re-evaluation (CPU interpreter runs)."""
+
+    specs: tuple[AttentionSpec, ...]
+    generations: int = 8
+    budget_s: float | None = None
+    population: int = 6
+    islands: int = 2
+    migration_interval: int = 2
+    migrants: int = 1
+    seed: int = 0
+    seed_variants: int = 3
+    exploit_ratio: float = 0.7
+    top_k: int = 4
+    eval_batch: int = 0
+    promote: bool = True
+    require_speedup: bool = True
+    min_gain: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "specs", tuple(self.specs))
+        if not self.specs:
+            raise ValueError("SearchConfig.specs is empty: nothing to search")
+        for name in ("generations", "population", "islands", "seed_variants", "eval_batch", "migration_interval"):
+            if getattr(self, name) < 0 or (name in ("population", "islands") and getattr(self, name) < 1):
+                raise ValueError(f"SearchConfig.{name} out of range: {getattr(self, name)}")
+        if self.budget_s is not None and self.budget_s <= 0:
+            raise ValueError(f"SearchConfig.budget_s must be positive or None; got {self.budget_s}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["specs"] = [s.to_dict() for s in self.specs]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["specs"] = tuple(AttentionSpec.from_dict(s) for s in data["specs"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class SearchEvent:
+    """Progress for displays and the JSONL log. kind: run_started | generation | evaluated | migration |
+    promotion | note | run_finished. ``best``: spec key -> best speedup so far."""
+
+    kind: str
+    run_id: str
+    generation: int
+    message: str = ""
+    evaluated: int = 0
+    failed: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    budget_left_s: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    run_id: str
+    stop_reason: str
+    best: dict[str, tuple[str, float]]  # spec key -> (candidate id, score)
+    promoted: dict[str, str]  # spec key -> kernel id
+    rejected: dict[str, str]  # spec key -> why not promoted
+
+
+def _rng(*parts: Any) -> random.Random:
+    return random.Random(int(stable_hash([str(p) for p in parts])[:16], 16))
+
+
+class SearchEngine:
+    """Runs one search over ``config.specs``. ``operators``: (operator, weight) pairs; ``store`` (KernelStore
+    interface: put/lookup) may be None to search without promoting. ``render``/``default_genome`` default to
+    ``avo_inductor.kernels.render``'s, imported lazily."""
+
+    def __init__(self, db: SearchDatabase, evaluator: Evaluator,
+                 operators: Sequence[tuple[VariationOperator, float]], config: SearchConfig, *, store: Any = None,
+                 hardware: HardwareKey | None = None, software: SoftwareKey | None = None,
+                 on_event: Callable[[SearchEvent], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 render: Callable[..., Any] | None = None, default_genome: Callable[..., Any] | None = None) -> None:
+        if not operators or all(w <= 0 for _, w in operators):
+            raise ValueError("need at least one variation operator with a positive weight")
+        self.db, self.evaluator, self.config, self.store = db, evaluator, config, store
+        self.operators = [(op, float(w)) for op, w in operators if w > 0]
+        self.hardware = hardware or HardwareKey.current()
+        self.software = software or SoftwareKey.current()
+        self.on_event, self.clock, self.render, self._default_genome = on_event, clock, render, default_genome
+        self.islands: dict[str, list[pop.Island]] = {}
+        self._counts = [0, 0]
+        self._spent_before = 0.0
+        self._run_id = ""
+        self._run_candidates: list[Candidate] = []
+
+    # ---- public --------------------------------------------------------------------------------------
+    def run(self, run_id: str | None = None, meta: dict[str, Any] | None = None) -> SearchOutcome:
+        """Start a new run (``meta``: extra JSON stored with its config, e.g. CLI options for resume), or
+        resume ``run_id``; returns when generations or budget are used up."""
+        if run_id is None:
+            run_id = self.db.create_run({"search": self.config.to_dict(), **(meta or {})})
+        else:
+            requeued = self.db.requeue_in_flight(run_id)
+            self.db.set_run_status(run_id, "running")
+            if requeued:
+                self._emit("note", run_id, f"re-queued {requeued} candidate(s) left in flight by the previous process")
+        self._run_id = run_id
+        info = self.db.get_run(run_id)
+        self._spent_before, self._counts = info.budget_spent_s, [info.evaluated, info.failed]
+        self._segment_start = self._mark = self.clock()
+        self._spend = self._operator_spend()
+        evaluated = self.db.evaluated(run_id)
+        migrations = self.db.migrations(run_id)
+        for spec in self.config.specs:
+            key = spec.cache_key()
+            mine = [ind for ind in evaluated if ind[0].spec.cache_key() == key]
+            self.islands[key] = pop.rebuild(self.config.islands, mine, migrations)
+        self._emit("run_started", run_id, info.generation, "resumed" if info.evaluated or info.pending else "started")
+        try:
+            stop = self._loop(run_id)
+            outcome = self._promote_all(run_id, stop)
+        except BaseException:
+            self._account(run_id)
+            self.db.requeue_in_flight(run_id)
+            self.db.set_run_status(run_id, "interrupted")
+            raise
+        self._account(run_id)
+        self.db.set_run_status(run_id, "finished")
+        self._emit("run_finished", run_id, self.db.get_run(run_id).generation, stop,
+                   data={"promoted": outcome.promoted, "rejected": outcome.rejected})
+        return outcome
+
+    # ---- loop ----------------------------------------------------------------------------------------
+    def _loop(self, run_id: str) -> str:
+        while True:
+            gen = self.db.get_run(run_id).generation  # the next generation to finish; 0 = the seeds
+            if gen > self.config.generations:
+                return "generations"
+            if self._budget_left() == 0.0:
+                return "budget"
+            pending = self.db.candidates(run_id, PENDING)
+            if not pending:
+                proposals = self._seeds() if gen == 0 else self._propose(gen)
+                self.db.add_candidates(run_id, proposals, [content_hash(c) for c in proposals])
+                pending = self.db.candidates(run_id, PENDING)
+            self._emit("generation", run_id, gen, f"generation {gen}: {len(pending)} candidate(s)")
+            step = self.config.eval_batch or max(1, len(pending))
+            for i in range(0, len(pending), step):
+                if self._budget_left() == 0.0:
+                    return "budget"
+                self._evaluate(run_id, gen, pending[i:i + step])
+            if gen and self.config.migration_interval and gen % self.config.migration_interval == 0:
+                self._migrate(run_id, gen)
+            self.db.complete_generation(run_id, gen + 1)
+
+    def _seeds(self) -> list[Candidate]:
+        """Per spec: the template's default genome plus ``seed_variants`` structured variants of it."""
+        if self._default_genome is None:
+            from ..kernels.render import default_genome
+            self._default_genome = default_genome
+        out: list[Candidate] = []
+        for spec in self.config.specs:
+            base = self._default_genome(spec, self.hardware)
+            seed = Candidate(id="", spec=spec, genome=base, operator="seed", diff="default genome")
+            seed = dataclasses.replace(seed, id=candidate_id(spec, content_hash(seed)))
+            variants = StructuredOperator(crossover_rate=0.0, hardware=self.hardware).propose(
+                [(seed, None)], self.config.seed_variants, _rng(self.config.seed, spec.cache_key()).getrandbits(31))
+            out.append(seed)
+            out += [dataclasses.replace(v, island=(i + 1) % self.config.islands, generation=0)
+                    for i, v in enumerate(variants)]
+        return out
+
+    def _parents(self, spec: AttentionSpec, island: pop.Island, rng: random.Random) -> list[tuple[Candidate, EvalResult | None]]:
+        k = max(2, min(self.config.population, 8))
+        chosen = pop.select_parents(island, k, rng, self.config.exploit_ratio, self.config.top_k)
+        if chosen:
+            return list(chosen)
+        # Empty island (its seeds failed or it has none yet): borrow the spec's best elites from any island,
+        # else restart from whatever seeds exist, failed or not, so mutation can move away from a bad default.
+        others = [ind for isl in self.islands[spec.cache_key()] for ind in isl.ranked()]
+        if others:
+            return [(dataclasses.replace(c, island=island.index), r) for c, r in others[:k]]
+        return [(dataclasses.replace(c, island=island.index), None) for c in self._seed_pool(spec)]
+
+    def _seed_pool(self, spec: AttentionSpec) -> list[Candidate]:
+        return [c for c in self._run_candidates if c.spec.cache_key() == spec.cache_key() and c.generation == 0]
+
+    def _propose(self, gen: int) -> list[Candidate]:
+        self._run_candidates = self.db.candidates(self._run_id)
+        out: list[Candidate] = []
+        seen: set[str] = set()
+        for spec in self.config.specs:
+            key = spec.cache_key()
+            for island in self.islands[key]:
+                rng = _rng(self.config.seed, key, island.index, gen)
+                parents = self._parents(spec, island, rng)
+                if not parents:
+                    continue
+                weights = [w for _, w in self.operators]
+                picks = rng.choices(range(len(self.operators)), weights=weights, k=self.config.population)
+                for idx, (op, _) in enumerate(self.operators):
+                    want = picks.count(idx)
+                    for attempt in range(3):
+                        if want <= 0:
+                            break
+                        try:
+                            children = op.propose(parents, want, rng.getrandbits(31))
+                        except Exception as exc:  # one broken operator (API down, budget) must not stop the search
+                            self._emit("note", self._run_id, gen, f"operator {op.name} failed: {type(exc).__name__}: {exc}")
+                            break
+                        for c in children:
+                            c = dataclasses.replace(c, spec=spec, island=island.index, generation=gen,
+                                                    operator=c.operator if c.operator not in ("", "seed") else op.name)
+                            c = dataclasses.replace(c, id=candidate_id(spec, content_hash(c)))
+                            if c.id in seen or self.db.has_candidate(self._run_id, c.id):
+                                continue
+                            seen.add(c.id)
+                            out.append(c)
+                            want -= 1
+        return out
+
+    def _evaluate(self, run_id: str, gen: int, batch: Sequence[Candidate]) -> None:
+        self.db.mark_evaluating(run_id, [c.id for c in batch])
+        results = list(self.evaluator.evaluate(batch))
+        if [r.candidate_id for r in results] != [c.id for c in batch]:
+            raise RuntimeError(f"evaluator returned results for {[r.candidate_id for r in results]}, "
+                               f"expected {[c.id for c in batch]} in order")
+        self.db.record_results(run_id, results)
+        for cand, res in zip(batch, results):
+            self._counts[0] += 1
+            self._counts[1] += 0 if res.ok else 1
+            key = cand.spec.cache_key()
+            isl = self.islands[key]
+            isl[cand.island % len(isl)] = pop.insert(isl[cand.island % len(isl)], (cand, res))
+        self._account(run_id)
+        self._emit("evaluated", run_id, gen, f"{len(batch)} evaluated, {sum(not r.ok for r in results)} failed",
+                   data={"stages": [r.stage.value for r in results]})
+
+    def _migrate(self, run_id: str, gen: int) -> None:
+        for key, islands in self.islands.items():
+            self.islands[key], moves = pop.migrate(islands, self.config.migrants)
+            if moves:
+                self.db.record_migrations(run_id, gen, moves)
+                self._emit("migration", run_id, gen, f"{key}: {len(moves)} migrant(s)", data={"moves": moves})
+
+    # ---- promotion -----------------------------------------------------------------------------------
+    def _promote_all(self, run_id: str, stop: str) -> SearchOutcome:
+        best, promoted, rejected = {}, {}, {}
+        for spec in self.config.specs:
+            key = spec.cache_key()
+            top = pop.best_overall(self.islands[key])
+            if top is None:
+                rejected[key] = "no candidate passed the cascade"
+                continue
+            cand, res = top
+            best[key] = (cand.id, res.score)
+            if not self.config.promote:
+                continue
+            try:
+                again = promotion_eval(self.evaluator, cand)
+            except Exception as exc:
+                again = failed_result(cand, exc)
+            self.db.record_results(run_id, [again], promotion=True)
+            ok, why = promotion_decision(again, self.config.require_speedup, self.config.min_gain)
+            if ok and self.store is not None:
+                ok, why = self._store(run_id, cand, again, why)
+            if ok:
+                promoted[key] = why
+            else:
+                rejected[key] = why
+            self._emit("promotion", run_id, self.config.generations, f"{key}: {why}",
+                       data={"candidate": cand.id, "promoted": ok})
+        return SearchOutcome(run_id, stop, best, promoted, rejected)
+
+    def _store(self, run_id: str, cand: Candidate, result: EvalResult, why: str) -> tuple[bool, str]:
+        record = build_record(cand, result, self.hardware, self.software, self.render)
+        hit = self.store.lookup(record.spec, record.hardware)
+        old = hit.record.metrics.speedup if hit is not None and hit.record.operator != "baseline" else None
+        if old is not None and result.speedup is not None and old >= result.speedup:
+            return False, f"store already holds {hit.record.kernel_id} at {old:.3f}x (>= {result.speedup:.3f}x)"
+        skey = self.store.put(record)
+        self.db.record_promotion(record.kernel_id, run_id, cand.id, cand.spec.cache_key(),
+                                 str(skey or store_key(record.spec, record.hardware)), result.speedup)
+        return True, record.kernel_id
+
+    # ---- accounting ----------------------------------------------------------------------------------
+    def _operator_spend(self) -> tuple[float, int]:
+        """(dollars, tokens) spent so far by operators that keep a ``budget`` (AgentOperator) or ``spent_dollars``."""
+        dollars, tokens = 0.0, 0
+        for op, _ in self.operators:
+            budget = getattr(op, "budget", None)
+            dollars += float(getattr(budget, "dollars_used", getattr(op, "spent_dollars", 0.0)) or 0.0)
+            tokens += int(getattr(budget, "tokens_used", 0) or 0)
+        return dollars, tokens
+
+    def _account(self, run_id: str) -> None:
+        now, (dollars, tokens) = self.clock(), self._operator_spend()
+        self.db.add_spend(run_id, seconds=now - self._mark, dollars=dollars - self._spend[0], tokens=tokens - self._spend[1])
+        self._mark, self._spend = now, (dollars, tokens)
+
+    def _budget_left(self) -> float | None:
+        if self.config.budget_s is None:
+            return None
+        used = self._spent_before + (self.clock() - self._segment_start)
+        return max(0.0, self.config.budget_s - used)
+
+    def _best_scores(self) -> dict[str, float]:
+        out = {}
+        for key, islands in self.islands.items():
+            top = pop.best_overall(islands)
+            out[key] = top[1].score if top else 0.0
+        return out
+
+    def _emit(self, kind: str, run_id: str, gen: int, message: str = "", data: dict[str, Any] | None = None) -> None:
+        if self.on_event is not None:
+            self.on_event(SearchEvent(kind, run_id, gen, message, self._counts[0], self._counts[1],
+                                      self._best_scores(), self._budget_left(), data or {}))

@@ -1,0 +1,201 @@
+"""Structured variation: mutate / cross over KernelGenome knobs inside the space a spec allows.
+
+Everything here is a pure, seeded function of its inputs (no I/O, no global RNG), so a search is
+reproducible from its seed and a resumed run proposes what the killed one would have proposed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any, Callable, Sequence
+
+from ..kernels.genome import GENOME_SPACE, KernelGenome
+from ..spec import AttentionSpec, HardwareKey, next_power_of_two, stable_hash
+from .types import Candidate, EvalResult
+
+_BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages")
+
+
+def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict[str, tuple[Any, ...]]:
+    """GENOME_SPACE pruned to the knobs and values that mean something for ``spec``.
+
+    Why each cut: a tile larger than next_pow2(length) only computes masked-out padding; kv_splits is the
+    decode (q_len <= 16) split-K and must leave every split at least one key tile; causal_split is a no-op
+    without a causal mask (left frozen); backward tiles matter only when the spec needs grad; TMA needs Hopper (sm90+)
+    and does not exist in the CPU interpreter. A knob left with a single value is frozen (not mutated).
+    """
+    max_m = next_power_of_two(spec.q_len)
+    max_n = next_power_of_two(spec.kv_len)
+    space: dict[str, tuple[Any, ...]] = {}
+    for knob, values in GENOME_SPACE.items():
+        allowed: tuple[Any, ...] = values
+        if knob in _BWD_KNOBS and not spec.needs_grad:
+            continue
+        if knob in ("block_m", "bwd_block_m"):
+            allowed = tuple(v for v in values if v <= max_m)
+        elif knob in ("block_n", "bwd_block_n"):
+            allowed = tuple(v for v in values if v <= max_n)
+        elif knob == "kv_splits":
+            allowed = tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
+        elif knob == "causal_split" and not (spec.causal or spec.window):
+            continue
+        elif knob == "use_tma":
+            hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
+            allowed = values if hopper else (False,)
+        space[knob] = allowed or values[:1]
+    return space
+
+
+def clamp_to_spec(genome: KernelGenome, spec: AttentionSpec, hardware: HardwareKey | None = None) -> KernelGenome:
+    """Project ``genome`` into ``spec_space``: each out-of-space value becomes the nearest allowed one."""
+    space = spec_space(spec, hardware)
+    changes: dict[str, Any] = {}
+    for knob, allowed in space.items():
+        value = getattr(genome, knob)
+        if value in allowed:
+            continue
+        if isinstance(value, bool) or not all(isinstance(v, (int, float)) for v in allowed):
+            changes[knob] = allowed[0]
+        else:
+            changes[knob] = min(allowed, key=lambda v: (abs(v - value), v))
+    return genome.replace(**changes) if changes else genome
+
+
+def in_space(genome: KernelGenome, spec: AttentionSpec, hardware: HardwareKey | None = None) -> bool:
+    """True when every searched knob of ``genome`` holds a value ``spec_space`` allows."""
+    return all(getattr(genome, k) in allowed for k, allowed in spec_space(spec, hardware).items())
+
+
+def genome_hash(genome: KernelGenome) -> str:
+    return stable_hash(genome.to_dict())[:16]
+
+
+def content_hash(candidate: Candidate) -> str:
+    """Dedup key of a candidate: its source when it has one (the source wins at render time), else its genome."""
+    if candidate.source is not None:
+        return stable_hash({"source": candidate.source, "launch": candidate.launch,
+                            "entry": candidate.entry_point, "bwd": candidate.bwd_entry_point})[:16]
+    if candidate.genome is None:
+        raise ValueError(f"candidate {candidate.id} has neither genome nor source")
+    return genome_hash(candidate.genome)
+
+
+def genome_diff(before: KernelGenome, after: KernelGenome) -> str:
+    """Human-readable change list, e.g. ``block_n 64→128, exp2 False→True``; empty when equal."""
+    parts = []
+    for f in dataclasses.fields(KernelGenome):
+        a, b = getattr(before, f.name), getattr(after, f.name)
+        if a != b:
+            parts.append(f"{f.name} {a}→{b}")
+    return ", ".join(parts)
+
+
+def mutate(genome: KernelGenome, spec: AttentionSpec, rng: random.Random, n_knobs: int = 1,
+           hardware: HardwareKey | None = None) -> KernelGenome:
+    """Change ``n_knobs`` distinct mutable knobs to another allowed value.
+
+    Numeric knobs step to a neighbouring value with probability 0.7 (local search keeps what works),
+    otherwise jump anywhere in the allowed range. The result is always in ``spec_space``.
+    """
+    base = clamp_to_spec(genome, spec, hardware)
+    space = spec_space(spec, hardware)
+    mutable = sorted(k for k, v in space.items() if len(v) > 1)
+    if not mutable:
+        return base
+    changes: dict[str, Any] = {}
+    for knob in rng.sample(mutable, min(max(1, n_knobs), len(mutable))):
+        allowed = space[knob]
+        current = getattr(base, knob)
+        idx = allowed.index(current)
+        if len(allowed) > 2 and rng.random() < 0.7 and not isinstance(current, bool):
+            steps = [i for i in (idx - 1, idx + 1) if 0 <= i < len(allowed)]
+            changes[knob] = allowed[rng.choice(steps)]
+        else:
+            changes[knob] = rng.choice([v for v in allowed if v != current])
+    return base.replace(**changes)
+
+
+def crossover(a: KernelGenome, b: KernelGenome, spec: AttentionSpec, rng: random.Random,
+              hardware: HardwareKey | None = None) -> KernelGenome:
+    """Uniform crossover: each searched knob taken from ``a`` or ``b`` with probability 1/2."""
+    a, b = clamp_to_spec(a, spec, hardware), clamp_to_spec(b, spec, hardware)
+    picks = {k: getattr(b if rng.random() < 0.5 else a, k) for k in spec_space(spec, hardware)}
+    return a.replace(**picks)
+
+
+def renderable(genome: KernelGenome, spec: AttentionSpec) -> bool:
+    """True when the template can render ``genome`` for ``spec`` (e.g. use_tma is not implemented yet).
+
+    Asks ``kernels.render.check_renderable``; if that module is unavailable every genome counts as renderable
+    and the evaluator's compile stage reports the problem instead."""
+    try:
+        from ..kernels.render import check_renderable
+    except ImportError:
+        return True
+    try:
+        check_renderable(genome, spec)
+    except ValueError:
+        return False
+    return True
+
+
+def candidate_id(spec: AttentionSpec, digest: str) -> str:
+    """Stable id of a (spec, content) pair: the same kernel for the same spec always gets the same id."""
+    return f"c{stable_hash(spec.cache_key())[:6]}-{digest[:12]}"
+
+
+class StructuredOperator:
+    """VariationOperator over genome knobs: mutation (1–``max_knobs`` knobs) or uniform crossover.
+
+    Parents without a genome (free-form agent sources) are skipped; children repeating a parent or each
+    other, or rejected by ``valid`` (default: the template can render them), are dropped, so ``propose`` may return fewer than ``n`` when the space is nearly exhausted.
+    """
+
+    name = "structured"
+
+    def __init__(self, crossover_rate: float = 0.3, max_knobs: int = 2, hardware: HardwareKey | None = None,
+                 attempts_per_child: int = 8,
+                 valid: Callable[[KernelGenome, AttentionSpec], bool] | None = renderable) -> None:
+        if not 0.0 <= crossover_rate <= 1.0:
+            raise ValueError(f"crossover_rate must be in [0, 1]; got {crossover_rate}")
+        if max_knobs < 1:
+            raise ValueError(f"max_knobs must be >= 1; got {max_knobs}")
+        self.crossover_rate = crossover_rate
+        self.max_knobs = max_knobs
+        self.hardware = hardware
+        self.attempts_per_child = attempts_per_child
+        self.valid = valid
+
+    def propose(self, parents: Sequence[tuple[Candidate, EvalResult | None]], n: int, seed: int) -> list[Candidate]:
+        rng = random.Random(seed)
+        # Selection samples with replacement: the same parent may come several times; keep one of each.
+        usable = list({p.id: p for p, _ in parents if p.genome is not None}.values())
+        if not usable or n <= 0:
+            return []
+        seen = {genome_hash(p.genome) for p in usable if p.genome is not None}
+        children: list[Candidate] = []
+        for _ in range(n * self.attempts_per_child):
+            if len(children) >= n:
+                break
+            first = rng.choice(usable)
+            assert first.genome is not None
+            if len(usable) > 1 and rng.random() < self.crossover_rate:
+                second = rng.choice([p for p in usable if p.id != first.id])
+                assert second.genome is not None
+                child = crossover(first.genome, second.genome, first.spec, rng, self.hardware)
+                if rng.random() < 0.5:  # crossover of near-identical parents rarely moves; nudge one knob
+                    child = mutate(child, first.spec, rng, 1, self.hardware)
+                parent_ids: tuple[str, ...] = (first.id, second.id)
+                diff = f"crossover({first.id}, {second.id}): {genome_diff(first.genome, child) or 'no change'}"
+            else:
+                child = mutate(first.genome, first.spec, rng, rng.randint(1, self.max_knobs), self.hardware)
+                parent_ids = (first.id,)
+                diff = genome_diff(first.genome, child)
+            digest = genome_hash(child)
+            if digest in seen or (self.valid is not None and not self.valid(child, first.spec)):
+                continue
+            seen.add(digest)
+            children.append(Candidate(id=candidate_id(first.spec, digest), spec=first.spec, genome=child,
+                                      parent_ids=parent_ids, operator=self.name, island=first.island,
+                                      generation=first.generation + 1, diff=diff))
+        return children

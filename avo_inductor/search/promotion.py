@@ -1,0 +1,87 @@
+"""Promotion: re-evaluate a search winner with fresh seeds and turn it into a KernelRecord if it holds up.
+
+A candidate's search score came from one evaluation; noise and lucky inputs make some winners fake
+(ANTICHEAT.md: "noise counted as speedup"). So the winner is evaluated again — through the evaluator's
+``promote(candidate)`` when it offers one (new seeds, held-out shapes), else ``evaluate([c], promotion=True)``
+when its ``evaluate`` accepts that flag, else a plain second ``evaluate`` — and is stored only if it passes
+and its speedup exceeds 1 by more than the spread measured in that same evaluation.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from ..cache.record import KernelMetrics, KernelRecord
+from ..spec import AttentionSpec, HardwareKey, SoftwareKey
+from .types import Candidate, EvalResult, Evaluator, Stage
+
+
+def promotion_eval(evaluator: Evaluator, candidate: Candidate) -> EvalResult:
+    """Re-evaluate ``candidate`` the strictest way ``evaluator`` offers (see module docstring)."""
+    promote = getattr(evaluator, "promote", None)
+    if callable(promote):
+        result = promote(candidate)
+    else:
+        params = inspect.signature(evaluator.evaluate).parameters
+        accepts = "promotion" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        results = evaluator.evaluate([candidate], promotion=True) if accepts else evaluator.evaluate([candidate])  # type: ignore[call-arg]
+        if len(results) != 1:
+            raise RuntimeError(f"evaluator returned {len(results)} results for one promotion candidate")
+        result = results[0]
+    if result.candidate_id != candidate.id:
+        raise RuntimeError(f"evaluator answered for {result.candidate_id!r}, asked about {candidate.id!r}")
+    return result
+
+
+def promotion_decision(result: EvalResult, require_speedup: bool = True, min_gain: float = 0.0) -> tuple[bool, str]:
+    """(promote?, reason). ``spread`` is read as the relative run-to-run spread of the candidate's timing
+    (e.g. 0.02 = 2 %); the speedup must clear ``1 + max(spread, min_gain)``. Without ``require_speedup``
+    (CPU interpreter, where timings say nothing about a GPU) passing the cascade is enough."""
+    if not result.ok:
+        return False, f"re-evaluation failed at {result.stage.value}: {result.message}"
+    if not require_speedup:
+        return True, "passed re-evaluation (speedup not required)"
+    if result.speedup is None:
+        return False, "re-evaluation reported no speedup"
+    margin = max(result.spread or 0.0, min_gain)
+    if result.speedup - 1.0 <= margin:
+        return False, f"speedup {result.speedup:.3f}x does not beat the baseline by more than the spread ({margin:.3f})"
+    return True, f"speedup {result.speedup:.3f}x > 1 + spread {margin:.3f}"
+
+
+def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey, software: SoftwareKey,
+                 render: Callable[[Any, AttentionSpec], Any] | None = None) -> KernelRecord:
+    """KernelRecord for a promoted candidate; genome candidates are rendered, source candidates kept verbatim.
+
+    Hardware/software keys reported by the evaluator (``result.extra["hardware"|"software"]``, as dicts) win
+    over the driver's: with Ray the driver may not have the GPU the kernel was timed on.
+    """
+    if candidate.source is not None:
+        source, entry, bwd, launch = candidate.source, candidate.entry_point, candidate.bwd_entry_point, candidate.launch
+    elif candidate.genome is not None:
+        if render is None:
+            from ..kernels.render import render as render_fn
+            render = render_fn
+        rendered = render(candidate.genome, candidate.spec)
+        source, entry, bwd, launch = rendered.source, rendered.entry_point, rendered.bwd_entry_point, rendered.launch
+    else:
+        raise ValueError(f"candidate {candidate.id} has neither genome nor source")
+    extra = result.extra or {}
+    if isinstance(extra.get("hardware"), dict):
+        hardware = HardwareKey.from_dict(extra["hardware"])
+    if isinstance(extra.get("software"), dict):
+        software = SoftwareKey.from_dict(extra["software"])
+    metrics = KernelMetrics(median_ms=result.median_ms, tflops=result.tflops, speedup=result.speedup,
+                            baseline=result.baseline, baseline_ms=result.baseline_ms, max_abs_err=result.max_abs_err,
+                            rel_err=result.rel_err, bwd_median_ms=extra.get("bwd_median_ms"),
+                            bwd_speedup=extra.get("bwd_speedup"))
+    return KernelRecord(spec=candidate.spec, hardware=hardware, software=software, source=source, entry_point=entry,
+                        bwd_entry_point=bwd, launch=dict(launch), genome=candidate.genome.to_dict() if candidate.genome else None,
+                        metrics=metrics, lineage_id=candidate.id, parent_ids=candidate.parent_ids,
+                        operator=candidate.operator, verified_software=(software,))
+
+
+def failed_result(candidate: Candidate, exc: BaseException) -> EvalResult:
+    """An EvalResult for a promotion attempt that raised, so the failure is recorded as data."""
+    return EvalResult(candidate_id=candidate.id, ok=False, stage=Stage.PROMOTION,
+                      message=f"{type(exc).__name__}: {exc}")

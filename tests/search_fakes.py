@@ -1,0 +1,55 @@
+"""In-test stand-ins for the search's plug points: a synthetic-score evaluator and a fixed default genome.
+
+The synthetic landscape has one best genome (TARGET); speedup falls by 0.15 per knob that differs, so a
+working search must climb to it. Seeded and pure, so tests are deterministic.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from avo_inductor.kernels.genome import KernelGenome
+from avo_inductor.search.types import Candidate, EvalResult, Stage
+from avo_inductor.spec import AttentionSpec, HardwareKey, SoftwareKey
+
+TARGET = {"block_m": 64, "block_n": 32, "num_warps": 8, "num_stages": 3, "exp2": True, "lazy_rescale": True}
+SPEC = AttentionSpec(2, 4, 4, 256, 256, 64, causal=True)
+HW = HardwareKey("nvidia", "fake-gpu", (9, 0), 132)
+SW = SoftwareKey("3.9.0", "2.13.0")
+
+
+def synthetic_speedup(genome: KernelGenome) -> float:
+    return 2.0 - 0.15 * sum(getattr(genome, k) != v for k, v in TARGET.items())
+
+
+def default_genome(spec: AttentionSpec, hardware: Any = None) -> KernelGenome:
+    return KernelGenome(block_m=16, block_n=16, num_warps=4, num_stages=1, exp2=False)
+
+
+class FakeEvaluator:
+    """Scores genomes with ``synthetic_speedup``; genomes with block_m == 256 "fail to compile"."""
+
+    def __init__(self, delay_s: float = 0.0, spread: float = 0.02, promote_speedup: float | None = None) -> None:
+        self.delay_s, self.spread, self.promote_speedup = delay_s, spread, promote_speedup
+        self.calls: list[list[str]] = []
+        self.promoted: list[str] = []
+
+    def _one(self, c: Candidate) -> EvalResult:
+        assert c.genome is not None
+        if c.genome.block_m == 256:
+            return EvalResult(c.id, False, Stage.COMPILE, message="out of shared memory")
+        return EvalResult(c.id, True, Stage.PASSED, speedup=synthetic_speedup(c.genome), spread=self.spread,
+                          median_ms=1.0 / synthetic_speedup(c.genome), baseline_ms=1.0, baseline="sdpa")
+
+    def evaluate(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        self.calls.append([c.id for c in candidates])
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return [self._one(c) for c in candidates]
+
+    def promote(self, candidate: Candidate) -> EvalResult:
+        self.promoted.append(candidate.id)
+        r = self._one(candidate)
+        if self.promote_speedup is not None:
+            r = EvalResult(r.candidate_id, r.ok, r.stage, speedup=self.promote_speedup, spread=self.spread)
+        return r

@@ -1,0 +1,123 @@
+"""avo::attention end to end: registry, loader gates, eager and torch.compile(inductor, dynamic) fwd+bwd,
+recompute fallback, verify_record and baseline_record."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from avo_inductor.cache.record import KernelRecord
+from avo_inductor.kernels.baseline import baseline_record
+from avo_inductor.kernels.loader import load_record, load_source
+from avo_inductor.kernels.op import attention, get_kernel, register_kernel
+from avo_inductor.kernels.reference import attention_reference, make_inputs, reference_grads, tolerance
+from avo_inductor.kernels.verify import verify_record
+from avo_inductor.spec import AttentionSpec, HardwareKey, SoftwareKey
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+CPU = HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
+
+
+def _record(spec: AttentionSpec, **changes) -> KernelRecord:
+    return baseline_record(spec, CPU, SoftwareKey.current()).with_changes(**changes) if changes \
+        else baseline_record(spec, CPU, SoftwareKey.current())
+
+
+def _grads(fn, inp, requires_mask_grad=False):
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (inp.q, inp.k, inp.v))
+    mask = inp.mask
+    if requires_mask_grad:
+        mask = mask.detach().clone().requires_grad_(True)
+    out = fn(q, k, v, mask)
+    do = torch.randn_like(out)
+    out.backward(do)
+    return out, do, (q.grad, k.grad, v.grad), (mask.grad if requires_mask_grad else None)
+
+
+def test_unknown_kernel_id_is_a_clear_error():
+    q = torch.randn(1, 2, 4, 16)
+    with pytest.raises(RuntimeError, match="not registered"):
+        attention(q, q, q, kernel_id="does-not-exist")
+    with pytest.raises(RuntimeError, match="not registered"):
+        get_kernel("nope")
+
+
+def test_loader_rejects_tampered_and_disallowed_sources():
+    spec = AttentionSpec(1, 2, 2, 16, 16, 16, dtype="float32")
+    rec = _record(spec)
+    with pytest.raises(ValueError, match="sha256"):
+        load_source(rec.source + "\n", rec.entry_point, rec.bwd_entry_point, rec.launch, sha256=rec.sha256)
+    evil = rec.source + "\nimport os\n"
+    with pytest.raises(ValueError, match="allowlist"):
+        load_source(evil, rec.entry_point, rec.bwd_entry_point, rec.launch)
+    with pytest.raises(ValueError, match="entry point"):
+        load_source(rec.source, "missing_fn", None, rec.launch)
+    with pytest.raises(ValueError, match="launch"):
+        load_source(rec.source, rec.entry_point, None, {**rec.launch, "BLOCK_M": 24})
+    assert load_record(rec) is load_record(rec)  # cached by kernel id
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_op_forward_backward_matches_reference(compiled):
+    spec = AttentionSpec(2, 4, 2, 17, 33, 40, dtype="float32", causal=True, mask="bias", needs_grad=True)
+    kid = register_kernel(_record(spec))
+
+    def fn(q, k, v, m):
+        return attention(q, k, v, m, kernel_id=kid, causal=True, mask_kind="bias")
+
+    if compiled:
+        fn = torch.compile(fn, backend="inductor", dynamic=True, fullgraph=True)
+    inp = make_inputs(spec)
+    out, do, grads, _ = _grads(fn, inp)
+    args = dict(causal=True, mask_kind="bias", mask=inp.mask)
+    atol, rtol = tolerance("float32")
+    torch.testing.assert_close(out.double(), attention_reference(inp.q, inp.k, inp.v, **args), atol=atol, rtol=rtol)
+    gatol, grtol = tolerance("float32", grad=True)
+    for g, r in zip(grads, reference_grads(inp.q, inp.k, inp.v, do, **args)):
+        torch.testing.assert_close(g.double(), r, atol=gatol, rtol=grtol)
+    if compiled:  # a second, different length reuses the dynamic graph
+        spec2 = dataclasses.replace(spec, q_len=9, kv_len=21)
+        inp2 = make_inputs(spec2)
+        out2, _, _, _ = _grads(fn, inp2)
+        torch.testing.assert_close(out2.double(), attention_reference(inp2.q, inp2.k, inp2.v, causal=True,
+                                   mask_kind="bias", mask=inp2.mask), atol=atol, rtol=rtol)
+
+
+def test_bias_requiring_grad_uses_recompute_fallback():
+    spec = AttentionSpec(1, 2, 2, 9, 17, 16, dtype="float32", mask="bias")
+    kid = register_kernel(_record(spec))
+    inp = make_inputs(spec)
+    out, do, grads, dmask = _grads(lambda q, k, v, m: attention(q, k, v, m, kernel_id=kid, mask_kind="bias"), inp,
+                                   requires_mask_grad=True)
+    bias = inp.mask.detach().double().requires_grad_(True)
+    ref = attention_reference(inp.q, inp.k, inp.v, mask_kind="bias", mask=bias)
+    (ref_db,) = torch.autograd.grad(ref, bias, do.double())
+    torch.testing.assert_close(dmask.double(), ref_db, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_without_backward_uses_recompute_fallback():
+    spec = AttentionSpec(1, 4, 1, 9, 17, 16, dtype="float32", causal=True)
+    kid = register_kernel(_record(spec, bwd_entry_point=None))
+    assert not get_kernel(kid).has_backward
+    inp = make_inputs(spec)
+    out, do, grads, _ = _grads(lambda q, k, v, m: attention(q, k, v, kernel_id=kid, causal=True), inp)
+    for g, r in zip(grads, reference_grads(inp.q, inp.k, inp.v, do, causal=True)):
+        torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-4)
+
+
+def test_verify_record_accepts_baseline_and_rejects_a_wrong_kernel():
+    spec = AttentionSpec(1, 4, 2, 20, 40, 16, dtype="float16", causal=True, needs_grad=True)
+    rec = _record(spec)
+    assert rec.operator == "baseline" and rec.genome is not None and rec.bwd_entry_point
+    report = verify_record(rec, "cpu")
+    assert report.ok, report.problems
+    assert report.max_rel_err < 1e-2
+    bad_src = rec.source.replace("acc = acc / tl.where(empty, 1.0, l_i)[:, None]",
+                                 "acc = acc / tl.where(empty, 1.0, l_i)[:, None] * 1.01")
+    assert bad_src != rec.source
+    bad = _record(dataclasses.replace(spec, needs_grad=False), source=bad_src, sha256="")
+    report = verify_record(bad, "cpu")
+    assert not report.ok and any("forward mismatch" in p for p in report.problems)
+    evil = _record(spec, source=rec.source + "\nimport os\n", sha256="")
+    assert not verify_record(evil, "cpu").ok

@@ -1,0 +1,50 @@
+"""The sandbox itself: scrubbed environment, protocol hygiene, hard timeouts, crash containment, tamper evidence.
+
+Uses the diagnostic handler (no torch import in the worker), so these run in a few seconds.
+"""
+from __future__ import annotations
+
+import pytest
+
+from avo_inductor.search.sandbox import WorkerPool, Worker, harness_sha256, scrubbed_env
+
+DIAG = "avo_inductor.search.sandbox:diagnostic_handler"
+
+
+def test_scrubbed_env_keeps_no_secrets():
+    env = scrubbed_env("cuda:3", base={"ANTHROPIC_API_KEY": "sk-ant", "AWS_SECRET_ACCESS_KEY": "x", "GITHUB_TOKEN": "t",
+                                       "HF_TOKEN": "h", "PATH": "/usr/bin", "TRITON_CACHE_DIR": "/tmp/t",
+                                       "CUDA_VISIBLE_DEVICES": "0,1,2,3", "TRITON_INTERPRET": "1", "RANDOM": "r"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and "TRITON_INTERPRET" not in env
+    assert env["PATH"] == "/usr/bin" and env["TRITON_CACHE_DIR"] == "/tmp/t"
+    assert not {"ANTHROPIC_API_KEY", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "HF_TOKEN", "RANDOM"} & set(env)
+    cpu = scrubbed_env("cpu", base={"CUDA_VISIBLE_DEVICES": "0"}, work_dir="/tmp/w")
+    assert cpu["TRITON_INTERPRET"] == "1" and "CUDA_VISIBLE_DEVICES" not in cpu and cpu["AVO_CACHE_DIR"] == "/tmp/w"
+
+
+def test_pool_timeouts_crashes_and_order(monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-must-not-leak")
+    monkeypatch.setenv("SOME_SERVICE_PASSWORD", "hunter2")
+    pool = WorkerPool(["cpu", "cpu"], handler=DIAG)
+    try:
+        msgs = [{"op": "ping"}, {"op": "print"}, {"op": "sleep", "seconds": 30}, {"op": "crash"},
+                {"op": "ping"}, {"op": "ping"}]
+        replies = pool.map(msgs, timeout_s=3)
+        assert [r.status for r in replies] == ["ok", "ok", "timeout", "crash", "ok", "ok"]
+        env_keys = set(replies[0].payload["env_keys"])
+        assert "ANTHROPIC_API_KEY" not in env_keys and "SOME_SERVICE_PASSWORD" not in env_keys
+        assert env_keys >= {"TRITON_INTERPRET", "AVO_CACHE_DIR"}
+        assert replies[1].payload["ok"]  # a stray print() went to stderr, not into the protocol
+        assert replies[2].last_progress == "sleeping" and replies[2].duration_s < 10
+        assert replies[3].payload["exit_code"] == -11 and "diagnostic crash requested" in replies[3].stderr_tail
+        assert sum(w.restarts for w in pool.workers) == 2  # one SIGKILL restart, one crash restart
+    finally:
+        pool.close()
+
+
+def test_harness_hash_mismatch_refuses_to_start():
+    worker = Worker("cpu", DIAG, expected_harness="0" * 64)
+    with pytest.raises(RuntimeError, match="tamper evidence"):
+        worker.start()
+    worker.close()
+    assert len(harness_sha256()) == 64 and harness_sha256() == harness_sha256()

@@ -1,0 +1,132 @@
+"""The CLI's library layer (runner): run from a campaign / the pending queue, status, lineage, resume, and the
+one-line errors of the thin argparse front end. Asserts on returned data, never on stdout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avo_inductor.cache.store import KernelStore
+from avo_inductor.search import runner
+from avo_inductor.search.cli import main
+from avo_inductor.search.database import SearchDatabase
+from avo_inductor.search.engine import SearchEvent
+from avo_inductor.settings import get_settings
+
+from search_fakes import HW, SPEC, FakeEvaluator
+
+CAMPAIGN = """
+[campaign]
+name = "tiny"
+[search]
+generations = 3
+population = 3
+islands = 2
+operators = ["structured", "agent"]
+[[spec]]
+batch = 2
+q_heads = 4
+kv_heads = 4
+seq_len = 256
+head_dim = 64
+causal = true
+"""
+
+
+def _campaign(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(CAMPAIGN)
+    return path
+
+
+def test_campaign_run_status_lineage(tmp_path: Path) -> None:
+    events: list[SearchEvent] = []
+    db = tmp_path / "search.db"
+    opts = runner.RunOptions(campaign=str(_campaign(tmp_path)), db=str(db), generations=2)
+    store = KernelStore(tmp_path / "store", shipped=False)
+    outcome = runner.execute(opts, store=store, evaluator=FakeEvaluator(), sink=events.append, hardware=HW)
+    # agent requested by the campaign, no ANTHROPIC_API_KEY: said once, structured carries on
+    notes = [e.message for e in events if e.kind == "note" and "ANTHROPIC_API_KEY" in e.message]
+    assert len(notes) == 1
+    report = runner.status(db)
+    (run,) = report.runs
+    assert run.id == outcome.run_id and run.status == "finished" and run.generation == 3  # seeds + 2 generations
+    assert run.config["search"]["population"] == 3 and run.config["options"]["generations"] == 2
+    assert run.evaluated > 4 and run.budget_spent_s > 0
+    (best,) = report.best
+    assert best.spec_key == SPEC.cache_key() and best.speedup == outcome.best[SPEC.cache_key()][1]
+    assert best.kernel_id == outcome.promoted[SPEC.cache_key()]  # stored in the real store
+    steps = runner.lineage(best.kernel_id, db)
+    assert steps[0].operator == "seed" and steps[0].parent_ids == ()
+    assert steps[-1].candidate_id == best.candidate_id and steps[-1].score == best.speedup
+    assert all(s.diff for s in steps)
+    assert runner.lineage(SPEC.cache_key(), db) == steps
+    with SearchDatabase(db) as d:
+        assert d.promotions(outcome.run_id)[0]["kernel_id"] == best.kernel_id
+
+
+def test_pending_queue_is_searched_and_cleared(tmp_path: Path) -> None:
+    store = KernelStore(tmp_path / "store", shipped=False)
+    store.enqueue_pending(SPEC, HW, origin="tests")
+    other = HW.__class__("nvidia", "other-gpu", (8, 0), 108)
+    store.enqueue_pending(SPEC, other, origin="tests")  # another GPU's miss: not ours to search
+    opts = runner.RunOptions(pending=True, db=str(tmp_path / "s.db"), quick=True)
+    outcome = runner.execute(opts, store=store, evaluator=FakeEvaluator(), hardware=HW)
+    assert SPEC.cache_key() in outcome.promoted
+    assert [e.hardware for e in store.pending()] == [other]
+    with pytest.raises(runner.NothingToDo):
+        runner.execute(opts, store=store, evaluator=FakeEvaluator(), hardware=HW)
+
+
+def test_quick_and_explicit_options_precedence(tmp_path: Path) -> None:
+    inputs = runner.Inputs((SPEC,), {}, {"generations": 9, "population": 7, "islands": 3}, {})
+    cfg = runner.build_config(runner.RunOptions(campaign="x", quick=True, population=5), inputs, HW)
+    assert (cfg.generations, cfg.population, cfg.islands, cfg.require_speedup) == (1, 5, 1, True)
+    cpu = HW.__class__("cpu", "triton-interpreter", (0, 0), 0)
+    assert not runner.build_config(runner.RunOptions(campaign="x"), inputs, cpu).require_speedup
+    with pytest.raises(ValueError, match="exactly one of"):
+        runner.RunOptions(pending=True, campaign="x")
+    with pytest.raises(ValueError, match="unknown operator"):
+        runner.RunOptions(pending=True, operators=("genetic",))
+
+
+def test_resume_finishes_an_interrupted_run(tmp_path: Path) -> None:
+    class Interrupting(FakeEvaluator):
+        def evaluate(self, candidates):  # type: ignore[no-untyped-def]
+            if len(self.calls) == 2:
+                raise KeyboardInterrupt
+            return super().evaluate(candidates)
+
+    db = tmp_path / "s.db"
+    opts = runner.RunOptions(campaign=str(_campaign(tmp_path)), db=str(db), operators=("structured",))
+    store = KernelStore(tmp_path / "store", shipped=False)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(opts, store=store, evaluator=Interrupting(), hardware=HW)
+    (run,) = runner.status(db).runs
+    assert run.status == "interrupted" and run.pending > 0
+    outcome = runner.resume(run.id, db, store=store, evaluator=FakeEvaluator(), hardware=HW)
+    (run,) = runner.status(db).runs
+    assert outcome.run_id == run.id and run.status == "finished" and run.pending == 0 and run.generation == 4
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--campaign", str(tmp_path / "missing.toml"), "--db", str(tmp_path / "s.db")]) == 2
+    assert main(["status", "--db", str(tmp_path / "none.db")]) == 2
+    assert main(["lineage", "abc", "--db", str(tmp_path / "none.db")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and "missing.toml: cannot read campaign file" in err[0] and "no search database" in err[1]
+
+
+def test_ray_address_without_ray_is_a_clear_error() -> None:
+    pytest.importorskip("pytest")
+    try:
+        import ray  # noqa: F401
+        pytest.skip("ray is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match=r"pip install 'avo_inductor\[ray\]'"):
+        runner.build_evaluator(runner.RunOptions(pending=True, ray_address="ray://head:10001"))
+
+
+def test_default_db_lives_next_to_the_store() -> None:
+    assert runner.default_db_path() == get_settings().cache_dir / "search.db"
