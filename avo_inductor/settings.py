@@ -46,7 +46,7 @@ class Settings:
     use_shipped: bool = True
     trusted_keys: tuple[str, ...] = ()
     require_signed: bool = False
-    agent_model: str = "claude-sonnet-4-5"
+    agent_model: str = "claude-sonnet-4-6"
     agent_max_tokens: int = 2_000_000
     agent_max_dollars: float = 20.0
     anthropic_api_key: str | None = field(default=None, repr=False)

@@ -139,13 +139,14 @@ _POOL: Any = None
 
 
 def spawn_pool() -> Any:
-    """One 3-process ``spawn`` pool per test session, shared by the store and bundle tests: each child pays the
-    torch import once (~3 s of CPU on this box), not once per test."""
+    """One 2-process ``spawn`` pool per test session, shared by the store and bundle tests: each child pays the
+    torch import once (~3 s of CPU on this box), not once per test. The test process itself is the third
+    concurrent writer/reader."""
     global _POOL
     if _POOL is None:
         import atexit
         import multiprocessing
 
-        _POOL = multiprocessing.get_context("spawn").Pool(3)
+        _POOL = multiprocessing.get_context("spawn").Pool(2)
         atexit.register(_POOL.terminate)
     return _POOL

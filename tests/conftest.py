@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# CPU: Triton kernels run in the interpreter. GPU (-m gpu): real kernels; wrap_triton refuses interpreted ones.
+os.environ.setdefault("TRITON_INTERPRET", "0" if _has_cuda() else "1")
 os.environ.pop("ANTHROPIC_API_KEY", None)
 
 import pytest  # noqa: E402

@@ -23,7 +23,7 @@ MAX_LEN = 64
 class Cfg:
     """One hand-written attention variant. ``mask``: none | triu_buffer | tril_buffer | ingraph_tril | arange |
     additive_inf | window | bias | padding | decode_causal. ``gqa``: none | repeat_interleave | expand.
-    ``scale_on``: scores_mul | scores_div | q | k | qk. ``softmax``: plain | float | dtype | method.
+    ``scale_on``: scores_mul | scores_div | q | k | qk | after_mask. ``softmax``: plain | float | dtype | method.
     ``matmul``: matmul | operator | bmm | baddbmm."""
 
     heads: int = 4
@@ -84,6 +84,8 @@ class HandAttention(nn.Module):
         elif cfg.scale_on == "scores_div":
             s = s / (1.0 / scale)
         s = self._mask(s, n, nk, pad)
+        if cfg.scale_on == "after_mask":  # a bias added before the scale gets scaled too
+            s = s * scale
         if cfg.softmax == "float":
             p = F.softmax(s.float(), dim=-1).to(q.dtype)
         elif cfg.softmax == "dtype":

@@ -53,3 +53,15 @@ class FakeEvaluator:
         if self.promote_speedup is not None:
             r = EvalResult(r.candidate_id, r.ok, r.stage, speedup=self.promote_speedup, spread=self.spread)
         return r
+
+
+def tiny_sdpa_model() -> tuple[Any, tuple[Any, ...]]:
+    """``--model search_fakes:tiny_sdpa_model``: one causal SDPA site (B=1, H=4, N=32, D=16)."""
+    import torch
+    import torch.nn.functional as F
+
+    class Model(torch.nn.Module):
+        def forward(self, q: Any, k: Any, v: Any) -> Any:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True) * 2
+
+    return Model(), tuple(torch.randn(1, 4, 32, 16) for _ in range(3))

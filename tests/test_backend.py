@@ -94,7 +94,7 @@ def test_on_miss_error_names_the_shapes() -> None:
 
 def test_on_miss_search_starts_one_background_search(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(graph_pass.subprocess, "Popen", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(graph_pass, "_spawn_detached", lambda cmd, log: calls.append(cmd))
     monkeypatch.setattr(graph_pass, "_search_started", False)
     avo_inductor.configure(on_miss="search")
     torch.compile(TwoSdpa(), backend="avo")(*_inputs())
@@ -115,7 +115,9 @@ def test_hit_runs_the_kernel_and_matches_eager() -> None:
     out, code = run_and_get_code(torch.compile(model, backend="avo"), q, k, v)
     torch.testing.assert_close(out, model(q, k, v), atol=1e-4, rtol=1e-4)
     assert counters["avo"]["hit"] == 1
-    assert any(record.entry_point in c for c in code), "the kernel must be inlined into Inductor's output code"
+    # Under the CPU interpreter the op stays opaque (wrap_triton cannot trace interpreted kernels); on a GPU the
+    # kernel source is inlined (tests/test_gpu_backend.py checks that).
+    assert any("avo.attention" in c for c in code), "the compiled code must call the avo op"
 
 
 def test_hit_training_gradients_match_eager() -> None:

@@ -300,12 +300,12 @@ def test_concurrent_import_and_lookup(tmp_path: Path) -> None:
     b = [make_record(n, tag=2, hardware=H100) for n in (32, 64, 128, 256)]
     path_a, path_b = _export(tmp_path / "a", "a.tar.gz", a), _export(tmp_path / "b", "b", b)
     directory = str(tmp_path / "dst")
-    _store(Path(directory)).db
+    assert _store(Path(directory)).writable  # create the cache before the race
     keys = [key_of(r) for r in a + b]
-    results = spawn_pool().map(import_or_lookup_worker, [("lookup", directory, keys, 40.0),
-                                                         ("import", directory, [str(path_a)], 0.0),
-                                                         ("import", directory, [str(path_b)], 0.0)])
-    lookup = results[0]
+    imports = spawn_pool().map_async(import_or_lookup_worker, [("import", directory, [str(path_a)], 0.0),
+                                                               ("import", directory, [str(path_b)], 0.0)])
+    lookup = import_or_lookup_worker(("lookup", directory, keys, 60.0))  # polls while the imports land
+    results = imports.get(timeout=60)
     assert lookup["errors"] == [] and sorted(lookup["found"]) == sorted(keys)
-    assert sorted(results[1]["found"] + results[2]["found"]) == sorted(keys)
+    assert sorted(results[0]["found"] + results[1]["found"]) == sorted(keys)
     assert sorted(_store(Path(directory)).local_keys()) == sorted(keys)

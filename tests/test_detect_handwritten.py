@@ -25,13 +25,14 @@ CASES: dict[str, tuple[Cfg, dict]] = {
     "additive_inf": (Cfg(mask="additive_inf"), {"causal": True}),
     "sliding_window": (Cfg(mask="window", window=5), {"causal": True, "window": 5}),
     "bias": (Cfg(mask="bias"), {"mask": MaskKind.BIAS}),
+    "bias_then_scale": (Cfg(mask="bias", scale_on="after_mask", custom_scale=0.5), {"mask": MaskKind.BIAS, "scale": 0.5}),
     "padding": (Cfg(mask="padding"), {"mask": MaskKind.PADDING}),
     "gqa_repeat_interleave": (Cfg(kv_heads=2, gqa="repeat_interleave", mask="triu_buffer"), {"kv_heads": 2, "causal": True}),
     "gqa_expand_fp32": (Cfg(kv_heads=1, gqa="expand", softmax="dtype"), {"kv_heads": 1}),
     "fp32_softmax_cast": (Cfg(softmax="float", mask="arange"), {"causal": True}),
     "softmax_method": (Cfg(softmax="method"), {}),
     "bmm_3d": (Cfg(matmul="bmm", mask="ingraph_tril"), {"batch": 1, "q_heads": B * 4, "kv_heads": B * 4, "causal": True}),
-    "baddbmm_3d": (Cfg(matmul="baddbmm", scale_on="q"), {"batch": 1, "q_heads": B * 4}),
+    "baddbmm_3d": (Cfg(matmul="baddbmm", scale_on="q"), {"batch": 1, "q_heads": B * 4, "kv_heads": B * 4}),
 }
 TRAIN = ["plain", "triu_buffer", "gqa_repeat_interleave", "padding", "sliding_window", "bias"]
 DYNAMIC = ["tril_buffer_nanogpt", "arange_where", "gqa_expand_fp32", "padding", "sliding_window", "additive_inf"]
@@ -139,3 +140,16 @@ def test_bottom_right_causal_with_cache_offset() -> None:
         torch.testing.assert_close(compiled(x, None, kv), model(x, None, kv), atol=1e-5, rtol=1e-5)
     match = seen.matches[0]
     assert (match.spec.q_len, match.spec.kv_len, match.causal, match.mask_kind) == (5, 12, True, MaskKind.NONE)
+
+
+def test_bf16_causal_gqa_with_fp32_softmax() -> None:
+    """The shape DESIGN.md measured Inductor leaving unfused: causal GQA, repeat_interleave, fp32 softmax, bf16."""
+    model = HandAttention(Cfg(kv_heads=2, gqa="repeat_interleave", mask="triu_buffer", softmax="float")).eval()
+    model = model.to(torch.bfloat16)
+    x = torch.randn(B, N, C, dtype=torch.bfloat16)
+    compiled, seen = compile_with(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=2e-2, rtol=2e-2)
+    (match,) = seen.matches
+    assert match.pattern == "matmul_softmax[fp32][gqa]"
+    assert (match.spec.dtype, match.spec.kv_heads, match.spec.causal) == ("bfloat16", 2, True)

@@ -67,6 +67,8 @@ def test_correct_candidate_passes_every_stage(evaluator, rendered):
     assert result.speedup is not None and result.median_ms and result.baseline == "sdpa"
     assert result.extra["informative_only"] and len(result.extra["harness_sha256"]) == 64
     assert result.max_abs_err is not None and result.max_abs_err < 2e-3
+    promoted = evaluator.promote(honest)  # new seeds + held-out shapes before anything enters the store
+    assert promoted.ok and promoted.extra["held_out"] and promoted.extra["seed"] != result.extra["seed"]
 
 
 def test_numerical_cheats_rejected_at_correct_small(evaluator, rendered):
@@ -116,7 +118,7 @@ def test_hang_times_out_crash_is_contained_and_the_run_goes_on(rendered):
 
 def test_impossible_flop_rate_rejected_by_plausibility():
     spec = AttentionSpec(batch=4, q_heads=32, kv_heads=32, q_len=4096, kv_len=4096, head_dim=128, causal=True)
-    flops = bench.effective_flops(spec)
+    flops = spec.flops()
     honest_ms = flops / 450e12 * 1e3  # 450 TFLOP/s: tuned Triton territory on an H100
     fine = bench.check_plausibility(flops, honest_ms, "NVIDIA H100 80GB HBM3", "bfloat16", cudnn_ms=flops / 541e12 * 1e3)
     assert fine.ok and not fine.needs_remeasure and 440 < fine.tflops < 460
@@ -127,5 +129,5 @@ def test_impossible_flop_rate_rejected_by_plausibility():
     assert suspicious.ok and suspicious.needs_remeasure and "re-measurement" in suspicious.message
     # sliding window: useful work, not dense work, so a good window kernel is not flagged as impossible
     windowed = dataclasses.replace(spec, window=512)
-    assert bench.effective_flops(windowed) == pytest.approx(0.25 * bench.effective_flops(spec), rel=0.01)
+    assert windowed.flops() == pytest.approx(0.2344 * spec.flops(), rel=0.01)
     assert bench.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == pytest.approx(756.5)

@@ -130,3 +130,22 @@ def test_ray_address_without_ray_is_a_clear_error() -> None:
 
 def test_default_db_lives_next_to_the_store() -> None:
     assert runner.default_db_path() == get_settings().cache_dir / "search.db"
+
+
+def test_model_factory_shapes_are_traced() -> None:
+    (spec,) = runner.specs_from_model("search_fakes:tiny_sdpa_model")
+    assert (spec.batch, spec.q_heads, spec.q_len, spec.head_dim, spec.causal) == (1, 4, 32, 16, True)
+    with pytest.raises(ValueError, match="pkg.module:factory"):
+        runner.specs_from_model("search_fakes")
+    with pytest.raises(ValueError, match="cannot load factory"):
+        runner.specs_from_model("search_fakes:nope")
+
+
+def test_agent_operator_is_built_when_a_key_is_set(tmp_path: Path) -> None:
+    import dataclasses
+
+    settings = dataclasses.replace(get_settings(), anthropic_api_key="sk-test")
+    notes: list[str] = []
+    with SearchDatabase(tmp_path / "s.db") as db:
+        ops = runner.build_operators(("structured", "agent:0.5"), settings, FakeEvaluator(), HW, db, notes.append)
+    assert [(op.name, w) for op, w in ops] == [("structured", 1.0), ("agent", 0.5)] and notes == []

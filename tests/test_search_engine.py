@@ -126,3 +126,15 @@ def test_promotion_eval_falls_back_to_evaluate_flag() -> None:
     ev = _EvaluateOnly()
     res = promotion_eval(ev, Candidate("x", SPEC, genome=default_genome(SPEC)))
     assert res.ok and ev.flags == [True]
+
+
+def test_promotion_keeps_a_faster_stored_kernel(tmp_path: Path) -> None:
+    from avo_inductor.search.promotion import build_record
+
+    store = FakeStore()
+    champion = Candidate("old", SPEC, genome=default_genome(SPEC), operator="structured")
+    store.put(build_record(champion, EvalResult("old", True, Stage.PASSED, speedup=3.0), HW, SW))
+    eng, _ = _engine(tmp_path, FakeEvaluator(), store=store, generations=2)
+    outcome = eng.run()
+    assert "store already holds" in outcome.rejected[SPEC.cache_key()]
+    assert store.lookup(SPEC, HW).record.lineage_id == "old"

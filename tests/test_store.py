@@ -57,7 +57,7 @@ def test_layer_order_shadowing_and_folder_of_bundles(tmp_path: Path, monkeypatch
     monkeypatch.setattr(layers_mod, "shipped_roots", lambda: [shipped])
 
     store = _store(tmp_path / "s", tmp_path / "path", shipped=True)
-    assert [l.label for l in store.layers] == [str(tmp_path / "path" / "b1"), "shipped:cpu-target"]
+    assert [layer.label for layer in store.layers] == [str(tmp_path / "path" / "b1"), "shipped:cpu-target"]
     assert store.get(key_of(path_r)).record == path_r  # AVO_CACHE_PATH before shipped
     store.put(local_r)
     assert store.get(key_of(local_r)).record == local_r  # writable store before everything
@@ -236,11 +236,15 @@ def test_pending_queue_counts_origins_and_clear(tmp_path: Path) -> None:
 
 def test_pending_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     directory = str(tmp_path / "s")
-    _store(Path(directory)).db  # create the cache before the race
-    counts = spawn_pool().map(pending_worker, [(directory, 40, f"model{i}") for i in range(3)])
+    assert _store(Path(directory)).writable  # create the cache before the race
+    result = spawn_pool().map_async(pending_worker, [(directory, 40, f"model{i}") for i in range(2)])
+    mine = 0
+    while not result.ready() or mine < 2:  # this process writes too, for as long as the workers run
+        mine += pending_worker((directory, 2, "model2"))
+    total = sum(result.get()) + mine
     entries = _store(Path(directory)).pending()
-    assert sum(counts) == 120 and sum(e.count for e in entries) == 120
-    assert sorted(e.count for e in entries) == [60, 60]
+    assert sum(e.count for e in entries) == total == 80 + mine
+    assert sorted(e.count for e in entries) == [total // 2, total // 2]
     assert all(sorted(e.origins) == ["model0", "model1", "model2"] for e in entries)
 
 
@@ -255,3 +259,36 @@ def test_prune_stale_software_and_unused(tmp_path: Path) -> None:
     now = 1_700_000_000.0 + 40 * 86400
     assert admin.prune(store, unused_days=30, now=now) == [verified]  # never looked up, created long ago
     assert store.local_keys() == [fresh]
+
+
+def test_from_settings_layers_and_signature_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from avo_inductor.cache.signing import keygen, trust
+    from avo_inductor.settings import reset_settings
+
+    record = make_record()
+    unsigned = _bundle_of(tmp_path, "unsigned", record)
+    monkeypatch.setenv("AVO_CACHE_PATH", str(unsigned))
+    reset_settings()
+    assert KernelStore.from_settings().get(key_of(record)).layer == str(unsigned)
+
+    priv, pub_path, _ = keygen(tmp_path / "keys")
+    trust(pub_path, os.environ["AVO_CACHE_DIR"])  # the persistent trusted set lives beside the store
+    monkeypatch.setenv("AVO_REQUIRE_SIGNED", "1")
+    reset_settings()
+    with pytest.warns(CacheWarning, match="unsigned"):
+        assert KernelStore.from_settings().get(key_of(record)) is None  # the whole layer is skipped
+    signed = tmp_path / "signed"
+    src = _store(tmp_path / "src-signed")
+    src.put(record)
+    export_bundle(src, signed, sign_key=priv)
+    monkeypatch.setenv("AVO_CACHE_PATH", str(signed))
+    reset_settings()
+    assert KernelStore.from_settings().get(key_of(record)).layer == str(signed)
+
+
+def test_misconfigured_cache_path_warns(tmp_path: Path) -> None:
+    archive = tmp_path / "b.tar.gz"
+    archive.write_bytes(b"not unpacked")
+    for path, needle in ((tmp_path / "typo", "missing"), (archive, "archive"), (tmp_path, "no manifest.json")):
+        with pytest.warns(CacheWarning, match=needle):
+            assert _store(tmp_path / "s", path).get(key_of(make_record())) is None

@@ -100,12 +100,14 @@ def start_background_search(settings: Settings) -> None:
         _search_started = True
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.cache_dir / "background-search.log"
-    with open(log_path, "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "avo_inductor.search", "run", "--pending"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
+    _spawn_detached([sys.executable, "-m", "avo_inductor.search", "run", "--pending"], log_path)
     rep.logger.warning("avo: started a background search for the pending shapes (log: %s)", log_path)
+
+
+def _spawn_detached(cmd: list[str], log_path: Any) -> None:
+    """Start ``cmd`` in its own session so it outlives neither a Ctrl-C nor the compile that started it."""
+    with open(log_path, "ab") as log:
+        subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings, origin: str,

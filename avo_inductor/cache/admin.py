@@ -28,7 +28,8 @@ def parse_spec_text(text: str) -> AttentionSpec:
         raise ValueError(f"spec dimensions {tokens[0]!r} must be integers; expected {_SPEC_HELP}") from None
     if len(dims) not in (6, 7):
         raise ValueError(f"spec needs 6 or 7 dimensions, got {len(dims)} in {tokens[0]!r}; expected {_SPEC_HELP}")
-    kwargs: dict[str, Any] = dict(zip(("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "v_head_dim"), dims))
+    names = ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "v_head_dim")
+    kwargs: dict[str, Any] = dict(zip(names, dims, strict=False))  # DV is optional
     rest = tokens[1:]
     if rest and (rest[0] in DTYPES or rest[0] in _DTYPE_ALIASES):
         kwargs["dtype"] = _DTYPE_ALIASES.get(rest[0], rest[0])

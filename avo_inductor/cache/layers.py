@@ -60,6 +60,10 @@ class BundleLayer:
         if self._index is not None:
             return self._index
         self._index = {}
+        if not self.root.is_dir():
+            what = "an archive; AVO_CACHE_PATH takes unpacked bundle folders" if self.root.is_file() else "missing"
+            self.error = f"bundle {self.root} skipped: it is {what}"
+            return self._index
         try:
             manifest, sig = read_manifest(self.root)
             check_signature(manifest, sig, self.trusted_keys, self.require_signed)
@@ -110,7 +114,9 @@ def open_layers(paths: Iterable[Path], *, shipped: bool, trusted_keys: frozenset
     """Layers in lookup order: each AVO_CACHE_PATH entry (bundle or folder of bundles), then shipped ones."""
     layers: list[BundleLayer] = []
     for path in paths:
-        for root in discover_bundles(Path(path)):
+        # A configured path with no bundle (typo, an unpacked .tar.gz, empty folder) becomes an empty layer whose
+        # error is warned on first lookup, instead of silently serving nothing.
+        for root in discover_bundles(Path(path)) or [Path(path)]:
             layers.append(BundleLayer(root, str(root), trusted_keys, require_signed))
     if shipped:
         for base in shipped_roots():

@@ -160,12 +160,6 @@ def module_path(node: fx.Node) -> str:
     return path.strip(".")
 
 
-def sorted_nodes(gm: fx.GraphModule, nodes: Iterable[fx.Node]) -> list[fx.Node]:
-    """``nodes`` in graph (topological) order."""
-    wanted = set(nodes)
-    return [n for n in gm.graph.nodes if n in wanted]
-
-
 def is_inplace(node: fx.Node) -> bool:
     """In-place tensor methods (``masked_fill_``) and ``operator.i*`` mutate their input: never erase or fold them."""
     if node.op == "call_method" and str(node.target).endswith("_") and not str(node.target).startswith("__"):

@@ -4,11 +4,18 @@
 matmuls is parsed with the grammar in ``patterns.py``. Anything that looks like attention (softmax over a matmul)
 but does not parse becomes a ``SkippedSite`` with a reason, which ``explain()`` shows. Detection is pure: the
 graph is not modified.
+
+Policy: q/k/v are taken after layout transposes and before GQA repeats (repeat_interleave / repeat_kv), so the
+kernel does GQA itself; scales on q, k or the scores fold into one constant; masks fold into causal / window flags
+when they are shape-only (see ``masks.py``), else stay a tensor (BOOL keep-mask, PADDING (B, 1, 1, Nk) bool, or
+BIAS). SDPA's ``is_causal`` counts as causal only when Nq == Nk is provable (SDPA aligns it top-left).
+Skipped: softmax not over the last dim, scores scaled by a tensor, masked_fill/where with a value that does not
+mask, probabilities or scores used elsewhere (``output_attentions``), einsum, dtypes other than fp16/bf16/fp32.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,7 +58,6 @@ class AttentionMatch:
     mask_terms: tuple[MaskTerm, ...] = ()
     k_is_transposed: bool = False
     rank3: bool = False
-    sdpa_causal: bool = field(default=False)  # SDPA's own is_causal=True (top-left == bottom-right: Nq == Nk)
 
 
 @dataclass(frozen=True)
@@ -177,9 +183,9 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
     if qk.target == "baddbmm" or qk.target is torch.baddbmm:
         bias, q_op, k_op = qk.args[:3]
         beta = _number(qk.kwargs.get("beta", 1.0), "beta")
-        scale *= _number(qk.kwargs.get("alpha", 1.0), "alpha")
-        if beta != 0.0:
+        if beta != 0.0:  # beta * input + alpha * (q @ k^T): input is a bias scaled by beta, not by alpha
             terms.append(MaskTerm(bias, TermKind.BIAS, scale * beta))
+        scale *= _number(qk.kwargs.get("alpha", 1.0), "alpha")
     else:
         q_op, k_op = qk.args[:2]
     q, q_factor = peel_scale(q_op)
@@ -192,13 +198,15 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
     scale *= q_factor * k_factor
     if not math.isfinite(scale) or scale <= 0:
         raise Unsupported(f"softmax scale {scale} is not a positive finite number")
-    pattern = "matmul_softmax" + ("[fp32]" if dtype is torch.float32 or _upcast(nodes) else "")
+    q_dtype = getattr(tensor_meta(q), "dtype", None)
+    upcast = q_dtype is not torch.float32 and (dtype is torch.float32 or _dtype(softmax) is torch.float32)
+    pattern = "matmul_softmax" + ("[fp32]" if upcast else "")
     return _build(gm, pv, pattern, q, k, v, transposed_k=not k_is_k, scale=scale, terms=tuple(terms),
                   dropout_p=dropout_p, sdpa_causal=False, nodes=tuple(nodes))
 
 
-def _upcast(nodes: list[fx.Node]) -> bool:
-    return any(n.op == "call_method" and n.target in ("float", "to", "type") for n in nodes)
+def _dtype(node: fx.Node) -> torch.dtype | None:
+    return getattr(tensor_meta(node), "dtype", None)
 
 
 # ---- spec ------------------------------------------------------------------------------------------------
@@ -225,8 +233,9 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
     dtype = str(q_meta.dtype).removeprefix("torch.")
     if dtype not in DTYPES:
         raise Unsupported(f"dtype {dtype} (kernels take {DTYPES})")
-    if any(tensor_meta(x).dtype != q_meta.dtype for x in (k, v)):  # type: ignore[union-attr]
-        raise Unsupported("q, k and v have different dtypes")
+    if any(_dtype(x) != q_meta.dtype for x in (k, v, output)):
+        raise Unsupported(f"q, k, v and the output have different dtypes "
+                          f"({q_meta.dtype}, {_dtype(k)}, {_dtype(v)}, {_dtype(output)})")
 
     causal, window, generic = sdpa_causal, None, []
     for term in terms:
@@ -263,7 +272,7 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
     return AttentionMatch(
         output=output, q=q, k=k, v=v, mask=mask, mask_kind=mask_kind, causal=causal, window=window, scale=eff_scale,
         dropout_p=dropout_p, spec=spec, module_path=module_path(output), pattern=pattern, nodes=nodes,
-        mask_terms=tuple(generic), k_is_transposed=transposed_k, rank3=rank3, sdpa_causal=sdpa_causal and not generic,
+        mask_terms=tuple(generic), k_is_transposed=transposed_k, rank3=rank3,
     )
 
 

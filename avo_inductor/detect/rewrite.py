@@ -1,8 +1,9 @@
 """Replace a matched attention site by one call: ``F.scaled_dot_product_attention`` or ``torch.ops.avo.attention``.
 
 New nodes go right before the site's output (every input of the site precedes it), carry the output's
-``nn_module_stack`` / ``stack_trace`` and an ``example_value`` computed in the graph's fake mode, so later passes
-and AOTAutograd see a well-formed Dynamo graph. Nodes of the old site that lose their last user are erased.
+``nn_module_stack`` / ``stack_trace`` and an ``example_value`` computed in the operands' fake mode, so later passes
+and AOTAutograd see a well-formed Dynamo graph. The output node is reused for the final call (its meta is kept);
+nodes of the old site that lose their last user are erased.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx
-from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ..spec import MaskKind
 from .fx_utils import erase_dead, is_symbolic, shape_of, sym_expr, tensor_meta
@@ -39,9 +40,10 @@ class _Builder:
 
     def _fake(self, op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         real_args, real_kwargs = fx.node.map_arg((args, kwargs), lambda n: n.meta.get("example_value"))
-        # the mode of the operands themselves: a graph can hold fake tensors of several modes (buffers)
-        fake_mode = detect_fake_mode([a for a in fx.node.map_aggregate(real_args, lambda a: a)
-                                      if isinstance(a, torch.Tensor)] if isinstance(real_args, tuple) else [])
+        # The operands' own mode: the backend may run under a tracing context with a different (re-fakified) mode.
+        flat = []
+        fx.node.map_aggregate((real_args, real_kwargs), lambda a: flat.append(a) or a)
+        fake_mode = next((a.fake_mode for a in flat if isinstance(a, FakeTensor)), None)
         if fake_mode is None:
             return None
         try:
@@ -127,12 +129,16 @@ def _finish(gm: fx.GraphModule, match: AttentionMatch, b: _Builder, result: fx.N
     if any(user.op == "call_method" and user.target == "view" for user in match.output.users):
         # SDPA's CPU flash path returns a transposed (B, N, H, D) buffer; the matmul it replaces was contiguous.
         result = b("call_method", "contiguous", result)
-    result.meta["example_value"] = match.output.meta.get("example_value", result.meta.get("example_value"))
-    match.output.replace_all_uses_with(result)
-    erase_dead(gm, [match.output, *match.nodes, *(t.node for t in match.mask_terms)])
+    # The site's output node itself becomes the final call: matches of later sites that take this site's output
+    # as an input (two stacked attentions) keep pointing at a live node.
+    out = match.output
+    out.op, out.target = result.op, result.target
+    out.args, out.kwargs = result.args, result.kwargs
+    gm.graph.erase_node(result)
+    erase_dead(gm, [*match.nodes, *(t.node for t in match.mask_terms)])
     gm.graph.lint()
     gm.recompile()
-    return result
+    return out
 
 
 def rewrite_to_sdpa(gm: fx.GraphModule, match: AttentionMatch) -> fx.Node:

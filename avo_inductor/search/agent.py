@@ -72,7 +72,7 @@ def hardware_notes(hardware: HardwareKey | None) -> tuple[str, str]:
 
 def format_result(result: EvalResult) -> str:
     """What a tool returns to the model: the stage reached, the error text, the measurements."""
-    if not result.ok and result.stage is not Stage.PASSED:
+    if not result.ok:
         head = f"FAILED at stage {result.stage.value}: {result.message[:2500]}"
     else:
         head = f"PASSED up to stage {result.stage.value}" + (f" ({result.message})" if result.message else "")
@@ -139,10 +139,11 @@ class AgentOperator:
         """One agent session per child (parents round-robin); returns only fully verified children."""
         children: list[Candidate] = []
         for i in range(max(0, n)):
-            if not parents or self.budget.exhausted():
-                if self.budget.exhausted():
-                    self.stop_reason = f"agent budget exhausted: {self.budget.exhausted()}"
-                    log.warning(self.stop_reason)
+            spent = self.budget.exhausted()
+            if spent:
+                self.stop_reason = f"agent budget exhausted: {spent}"
+                log.warning(self.stop_reason)
+            if spent or not parents:
                 break
             parent, result = parents[i % len(parents)]
             child = self._session(parent, result, seed + i)
@@ -226,11 +227,11 @@ class AgentOperator:
                 raise ValueError("nothing submitted yet to re-submit")
             return state.last_submitted
         if data.get("source"):
-            src, _ = self._parent_source(parent)
+            src, launch = self._parent_source(parent)
             diff = "".join(difflib.unified_diff(src.splitlines(True), str(data["source"]).splitlines(True), "parent", "child"))
             child = Candidate(id="", spec=parent.spec, genome=parent.genome, source=str(data["source"]),
                               entry_point=parent.entry_point, bwd_entry_point=parent.bwd_entry_point,
-                              launch=dict(data.get("launch") or self._parent_source(parent)[1]), diff=diff[:4000])
+                              launch=dict(data.get("launch") or launch), diff=diff[:4000])
         elif data.get("genome"):
             if parent.genome is None:
                 raise ValueError("the parent is free-form source: pass `source`, not `genome`")

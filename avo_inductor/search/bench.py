@@ -6,7 +6,6 @@ both alike. On CPU (Triton interpreter) timing is a wall-clock median of a few r
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import time
@@ -15,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from ..kernels.reference import additive_mask
 from ..spec import AttentionSpec, MaskKind
 
 # Dense tensor-core peak (no sparsity), TFLOP/s, from NVIDIA datasheets; HBM bandwidth in TB/s.
@@ -51,24 +51,6 @@ def peak_tflops(device_name: str, dtype: str) -> float | None:
     return None if row is None else row.get(dtype)
 
 
-def effective_flops(spec: AttentionSpec) -> float:
-    """FLOPs of the useful work: 2 matmuls over the (query, key) pairs the causal/window mask allows.
-
-    Counting dense FLOPs for a sliding-window kernel would overstate its rate and trip the plausibility check.
-    Tensor masks (bias/bool/padding/alibi) are data-dependent and counted dense.
-    """
-    offset = spec.kv_len - spec.q_len  # bottom-right alignment, as the reference
-    pairs = 0
-    if not spec.causal and spec.window is None:
-        pairs = spec.q_len * spec.kv_len
-    else:
-        for i in range(spec.q_len):
-            hi = min(spec.kv_len - 1, i + offset) if spec.causal or spec.window else spec.kv_len - 1
-            lo = max(0, i + offset - spec.window + 1) if spec.window else 0
-            pairs += max(0, hi - lo + 1)
-    return 2.0 * spec.batch * spec.q_heads * pairs * (spec.head_dim + (spec.v_head_dim or spec.head_dim))
-
-
 @dataclass(frozen=True)
 class Plausibility:
     """ok False: physically impossible (above the device peak). needs_remeasure: suspicious, time again."""
@@ -83,7 +65,11 @@ class Plausibility:
 
 def check_plausibility(flops: float, median_ms: float, device_name: str, dtype: str,
                        cudnn_ms: float | None = None) -> Plausibility:
-    """Judge a measured time: a rate above the device's peak is rejected, > MAX_CUDNN_RATIO x cuDNN is flagged."""
+    """Judge a measured time: a rate above the device's peak is rejected, > MAX_CUDNN_RATIO x cuDNN is flagged.
+
+    ``flops`` must count useful work (``AttentionSpec.flops()``: attended pairs only), or a good sliding-window
+    kernel would be charged for dense work and look impossible.
+    """
     if not (median_ms > 0 and math.isfinite(median_ms)):
         return Plausibility(False, False, math.inf, None, None, f"non-positive or non-finite time {median_ms!r} ms")
     tflops = flops / (median_ms * 1e-3) / 1e12
@@ -191,31 +177,15 @@ def wall_ms_per_call(fn: Callable[[], Any], device: torch.device | str, calls: i
 
 
 # ---- built-in baselines -------------------------------------------------------------------------------------
-def _dense_mask(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    """The spec's mask as one SDPA attn_mask (bool keep or float bias), bottom-right causal/window included."""
-    nq, nk = spec.q_len, spec.kv_len
-    tensor: torch.Tensor | None = None
-    if spec.mask is MaskKind.ALIBI and mask is not None:
-        i = torch.arange(nq, device=device)[:, None] + (nk - nq)
-        j = torch.arange(nk, device=device)[None, :]
-        tensor = (-mask.float()[:, None, None] * (i - j).abs()).to(spec.torch_dtype)[None]
-    elif spec.mask is MaskKind.PADDING and mask is not None:
-        tensor = mask[:, None, None, :]
-    elif mask is not None:
-        tensor = mask
-    if spec.causal or spec.window:
-        i = torch.arange(nq, device=device)[:, None] + (nk - nq)
-        j = torch.arange(nk, device=device)[None, :]
-        keep = j <= i
-        if spec.window:
-            keep &= j > i - spec.window
-        if tensor is None:
-            tensor = keep
-        elif tensor.dtype == torch.bool:
-            tensor = tensor & keep
-        else:
-            tensor = tensor.masked_fill(~keep, float("-inf"))
-    return tensor
+def _dense_mask(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.device, *,
+                structural: bool = True) -> torch.Tensor | None:
+    """The spec's mask (and, with ``structural``, its causal/window part) as one additive SDPA attn_mask.
+
+    The reference's own mask builder, in the spec dtype: baselines and the reference agree on the semantics.
+    """
+    return additive_mask(spec.batch, spec.q_heads, spec.q_len, spec.kv_len, causal=spec.causal and structural,
+                         window=spec.window if structural else None, mask_kind=spec.mask.value, mask=mask,
+                         dtype=spec.torch_dtype, device=device)
 
 
 def baseline_fns(spec: AttentionSpec, device: torch.device | str) -> dict[str, Callable[..., torch.Tensor]]:
@@ -268,9 +238,7 @@ def _flex_fn(spec: AttentionSpec, device: torch.device) -> Callable[..., torch.T
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         score_mod = None
         if mask is not None:
-            bias = _dense_mask(dataclasses.replace(spec, causal=False, window=None), mask, device)
-            if bias is not None and bias.dtype == torch.bool:
-                bias = torch.zeros(bias.shape, device=device).masked_fill(~bias, float("-inf"))
+            bias = _dense_mask(spec, mask, device, structural=False)
             bias = bias.expand(spec.batch, spec.q_heads, spec.q_len, spec.kv_len) if bias is not None else None
 
             def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:

@@ -201,7 +201,8 @@ class SearchEngine:
             return list(chosen)
         # Empty island (its seeds failed or it has none yet): borrow the spec's best elites from any island,
         # else restart from whatever seeds exist, failed or not, so mutation can move away from a bad default.
-        others = [ind for isl in self.islands[spec.cache_key()] for ind in isl.ranked()]
+        others = sorted((ind for isl in self.islands[spec.cache_key()] for ind in isl.elites.values()),
+                        key=lambda ind: (-ind[1].score, ind[0].id))
         if others:
             return [(dataclasses.replace(c, island=island.index), r) for c, r in others[:k]]
         return [(dataclasses.replace(c, island=island.index), None) for c in self._seed_pool(spec)]
@@ -224,7 +225,7 @@ class SearchEngine:
                 picks = rng.choices(range(len(self.operators)), weights=weights, k=self.config.population)
                 for idx, (op, _) in enumerate(self.operators):
                     want = picks.count(idx)
-                    for attempt in range(3):
+                    for _ in range(3):  # retry when children repeat known candidates
                         if want <= 0:
                             break
                         try:

@@ -49,7 +49,7 @@ class PlainProgress:
             line = (f"[{event.run_id}] gen {event.generation}: {event.evaluated} evaluated, {event.failed} failed, "
                     f"best {best:.3f}x, budget left {_fmt_budget(event.budget_left_s)}")
         else:
-            line = f"[{event.run_id}] {event.kind}: {event.message}"
+            line = (f"[{event.run_id}] " if event.run_id else "") + f"{event.kind}: {event.message}"
         print(line, file=self.stream, flush=True)
 
 

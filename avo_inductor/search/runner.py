@@ -266,6 +266,8 @@ def resume(run_id: str, db_path: str | Path | None = None, **kwargs: Any) -> Sea
     path = _existing(db_path or default_db_path(kwargs.get("settings")))
     with SearchDatabase(path) as db:
         info = db.get_run(run_id)
+    if info.status == "finished":
+        raise ValueError(f"run {run_id} already finished; start a new run (the database keeps its population)")
     options = dataclasses.replace(RunOptions.from_dict(info.config["options"]), db=str(path))
     config = SearchConfig.from_dict(info.config["search"])
     inputs = Inputs(config.specs, info.config.get("labels", {}), info.config.get("campaign_search", {}),

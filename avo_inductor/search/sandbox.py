@@ -27,8 +27,7 @@ from typing import Any, Callable, Sequence
 _PKG = Path(__file__).resolve().parent.parent  # avo_inductor/
 # Files whose code decides a verdict; any change between worker starts is tamper evidence.
 HARNESS_FILES = ("search/sandbox.py", "search/evaluate.py", "search/correctness.py", "search/bench.py", "search/types.py",
-                 "kernels/allowlist.py", "kernels/loader.py", "kernels/launch.py", "kernels/reference.py",
-                 "kernels/render.py", "spec.py")
+                 "kernels/allowlist.py", "kernels/loader.py", "kernels/launch.py", "kernels/reference.py", "spec.py")
 DEFAULT_HANDLER = "avo_inductor.search.evaluate:handle_request"
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "LD_LIBRARY_PATH", "USER",
              "VIRTUAL_ENV", "XDG_CACHE_HOME")
