@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
+	rm -rf .avo-demo-cache
 	TRITON_INTERPRET=$${TRITON_INTERPRET:-1} AVO_CACHE_DIR=$${AVO_CACHE_DIR:-.avo-demo-cache} $(PY) -m avo_inductor.demo
 
 test: install

@@ -39,11 +39,12 @@ def main() -> int:
                   f"store {settings.cache_dir}")
 
     torch.manual_seed(0)
-    model = tiny_llama().to(device=device, dtype=dtype)
+    model = tiny_llama().to(device=device, dtype=dtype).eval()
     x = torch.randn(2, 48, 64, device=device, dtype=dtype)
 
     _banner(console, "1. explain(): attention sites in the model")
-    avo_inductor.explain(model, x)
+    with torch.no_grad():
+        avo_inductor.explain(model, x)
 
     _banner(console, "2. torch.compile(model, backend='avo') — before tuning")
     torch._dynamo.reset()
@@ -65,7 +66,11 @@ def main() -> int:
 
     _banner(console, "4. compile again: the tuned kernel is used")
     torch._dynamo.reset()
-    report = avo_inductor.explain(model, x)
+    with torch.no_grad():
+        report = avo_inductor.explain(model, x)
+    if not on_gpu:
+        console.print("(speedups are timed against SDPA on this device: the CPU interpreter is ~1000x slower than "
+                      "native kernels, so they mean something only on a GPU)")
     compiled = torch.compile(model, backend="avo")
     with torch.no_grad():
         out = compiled(x)

@@ -54,46 +54,51 @@ def measure(model: torch.nn.Module, backend: str | None, x: torch.Tensor, train:
     return {"ms": time_ms(step, warmup_ms=50, rep_ms=300), "first_call_s": compile_s}
 
 
+DEFAULT_VARIANTS = "eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa,avo:sdpa"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", default=DEFAULT_CASES, help="comma list of kind:batch:seq")
     parser.add_argument("--modes", default="infer,train")
-    parser.add_argument("--backends", default="eager,inductor,avo")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help="comma list of backend:attn")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    variants = [v.split(":") for v in args.variants.split(",")]
     rows = []
     for case in args.cases.split(","):
         kind, batch, seq = case.split(":")
         for mode in args.modes.split(","):
-            train = mode == "train"
             row: dict[str, object] = {"model": kind, "B": int(batch), "N": int(seq), "mode": mode}
             dim = 2048 if kind == "llama" else 768
             x = torch.randn(int(batch), int(seq), dim, device=device, dtype=dtype)
+            models: dict[str, torch.nn.Module] = {}
+            for backend, attn in variants:
+                model = models.setdefault(attn, build(kind, attn, device, dtype))
+                name = f"{backend}[{attn}]"
+                try:
+                    res = measure(model, None if backend == "eager" else backend, x, mode == "train")
+                    row[f"{name} ms"], row[f"{name} first s"] = res["ms"], res["first_call_s"]
+                except torch.cuda.OutOfMemoryError:
+                    row[f"{name} ms"] = None
+                if device == "cuda":
+                    torch.cuda.empty_cache()
             for attn in ("handwritten", "sdpa"):
-                model = build(kind, attn, device, dtype)
-                for backend in args.backends.split(","):
-                    name = f"{backend}[{attn}]"
-                    try:
-                        res = measure(model, None if backend == "eager" else backend, x, train)
-                        row[f"{name} ms"] = res["ms"]
-                        row[f"{name} first s"] = res["first_call_s"]
-                    except torch.cuda.OutOfMemoryError:
-                        row[f"{name} ms"] = None
-                    torch.cuda.empty_cache() if device == "cuda" else None
                 ind, avo = row.get(f"inductor[{attn}] ms"), row.get(f"avo[{attn}] ms")
                 if ind and avo:
                     row[f"speedup avo/inductor [{attn}]"] = ind / avo
             rows.append(row)
-            print_table([row], list(row))
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     out = args.out or RESULTS / gpu_slug()
     write_csv(out / "models.csv", rows)
     groups = [f"{r['model']} B{r['B']} N{r['N']} {r['mode']}" for r in rows]
     series = {k: [r.get(k) for r in rows] for k in ("speedup avo/inductor [handwritten]", "speedup avo/inductor [sdpa]")}
     bar_plot(out / "models.png", groups, series, "speedup over backend=inductor", f"avo end to end ({gpu_slug()})")
     cols = ["model", "B", "N", "mode", "eager[handwritten] ms", "inductor[handwritten] ms", "avo[handwritten] ms",
-            "speedup avo/inductor [handwritten]", "inductor[sdpa] ms", "avo[sdpa] ms", "speedup avo/inductor [sdpa]"]
+            "speedup avo/inductor [handwritten]", "inductor[sdpa] ms", "avo[sdpa] ms", "speedup avo/inductor [sdpa]",
+            "inductor[handwritten] first s", "avo[handwritten] first s"]
     print()
     print_table(rows, [c for c in cols if any(c in r for r in rows)])
 

@@ -144,7 +144,7 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
     _count("miss")
     if not dry_run:
         store.enqueue_pending(spec, hardware, origin)
-    miss = dataclasses.replace(base, status="miss", reason=f"no tuned kernel for {hardware.name}; shape queued")
+    miss = dataclasses.replace(base, status="miss", reason=f"no kernel for {hardware.name}; queued")
     misses.append(miss)
     if not is_sdpa and not dry_run:
         rewrite.rewrite_to_sdpa(gm, match)

@@ -52,15 +52,15 @@ def log_sites(sites: Iterable[SiteReport]) -> None:
 
 
 def render_table(sites: list[SiteReport], title: str = "avo attention sites") -> Any:
-    """A rich Table of the sites (printed by explain())."""
+    """A rich Table of the sites (printed by explain()); the pattern and full spec are in ``to_dict()``."""
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for column in ("module", "pattern", "spec (B,H,HKV,Nq,Nk,D dtype mask)", "store", "action", "kernel", "speedup", "why"):
+    for column in ("module", "B,H,HKV,Nq,Nk,D dtype mask", "store", "action", "kernel", "speedup", "note"):
         table.add_column(column, overflow="fold")
     for s in sites:
         table.add_row(
-            s.module_path or "<root>", s.pattern, s.spec.short() if s.spec else "-", s.status, s.action,
+            s.module_path or "<root>", s.spec.short() if s.spec else "-", s.status, s.action,
             s.kernel_id or "-", f"{s.speedup:.2f}x" if s.speedup else "-", s.reason or "",
         )
     return table

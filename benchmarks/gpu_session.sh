@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One device call: install carried wheels + the package, then run the named steps; logs and CSV/PNG under $OUT.
+# Usage (on the GPU host, repo root):  bash benchmarks/gpu_session.sh tests attention models search
+set -uo pipefail
+OUT=${OUT:-/tmp/avo-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . >/dev/null
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-store} AVO_USE_SHIPPED=0
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+for step in "$@"; do
+  echo "=== $step ($(date +%T))"
+  case "$step" in
+    tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py 2>&1 | tail -25 | tee "$OUT/gpu-tests.log" ;;
+    attention) python3 benchmarks/attention.py --suite issue4 --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -12 ;;
+    attention-train) python3 benchmarks/attention.py --suite issue4 --train --providers sdpa-default,flex --out "$OUT" 2>&1 | tee "$OUT/attention-train.log" | tail -10 ;;
+    models) python3 benchmarks/models.py --cases llama:4:2048,llama:1:8192 --variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa --out "$OUT" 2>&1 | tee "$OUT/models.log" | tail -9 ;;
+    search) timeout 480 python3 -m avo_inductor.search run --campaign search/h100-smoke.toml --budget-minutes 6 2>&1 | tail -30 | tee "$OUT/search.log"
+            python3 -m avo_inductor.search status 2>&1 | tail -20 | tee -a "$OUT/search.log"
+            cp "$AVO_CACHE_DIR"/search.db* "$OUT/" 2>/dev/null; ls "$AVO_CACHE_DIR" ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
