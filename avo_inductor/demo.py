@@ -79,13 +79,13 @@ def main() -> int:
     console.print(f"{hits}/{len(report)} site(s) run avo kernels · max |compiled - eager| = {err:.2e}")
     model.train()
     xg = x.clone().requires_grad_(True)
-    model(xg).square().mean().backward()
-    ref_grad = xg.grad.clone()
-    xg.grad = None
+    w = torch.randn_like(x)  # random projection: the output is RMS-normalised, so mean(out**2) has ~no gradient
+    ref_grad = torch.autograd.grad((model(xg) * w).sum(), xg)[0]
     torch._dynamo.reset()
-    torch.compile(model, backend="avo")(xg).square().mean().backward()
-    console.print(f"training step: max |grad compiled - grad eager| = {float((xg.grad - ref_grad).abs().max()):.2e}")
-    ok = hits == len(report) and err < (2e-2 if on_gpu else 1e-4)
+    grad = torch.autograd.grad((torch.compile(model, backend="avo")(xg) * w).sum(), xg)[0]
+    grad_err = float((grad - ref_grad).norm() / ref_grad.norm())
+    console.print(f"training step: |grad compiled - grad eager| / |grad eager| = {grad_err:.2e}")
+    ok = hits == len(report) and err < (2e-2 if on_gpu else 1e-4) and grad_err < (3e-2 if on_gpu else 1e-4)
     console.print("[green]demo OK" if ok else "[red]demo: kernel not used or outputs differ")
     return 0 if ok else 1
 

@@ -13,7 +13,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 for step in "$@"; do
   echo "=== $step ($(date +%T))"
   case "$step" in
-    tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py 2>&1 | tail -25 | tee "$OUT/gpu-tests.log" ;;
+    tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
     attention) python3 benchmarks/attention.py --suite issue4 --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -12 ;;
     attention-train) python3 benchmarks/attention.py --suite issue4 --train --providers sdpa-default,flex --out "$OUT" 2>&1 | tee "$OUT/attention-train.log" | tail -10 ;;
     models) python3 benchmarks/models.py --cases llama:4:2048,llama:1:8192 --variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa --out "$OUT" 2>&1 | tee "$OUT/models.log" | tail -9 ;;

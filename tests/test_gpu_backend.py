@@ -24,14 +24,16 @@ def test_hit_path_inlines_the_kernel_and_matches_eager(seq: int) -> None:
     from avo_inductor.cache.store import KernelStore
     from avo_inductor.kernels.baseline import baseline_record
 
-    model = _model()
+    model = _model().eval()
     x = torch.randn(2, seq, 512, device="cuda", dtype=torch.bfloat16)
-    report = avo_inductor.explain(model, x, quiet=True)
+    with torch.no_grad():
+        report = avo_inductor.explain(model, x, quiet=True)
     assert len(report) == 2 and all(s.spec.causal and s.spec.kv_heads == 2 for s in report)
     store = KernelStore.from_settings()
     record = baseline_record(report[0].spec)
     store.put(record)
-    assert all(s.action == "avo" for s in avo_inductor.explain(model, x, quiet=True))
+    with torch.no_grad():
+        assert all(s.action == "avo" for s in avo_inductor.explain(model, x, quiet=True))
     with torch.no_grad():
         out, code = run_and_get_code(torch.compile(model, backend="avo"), x)
         ref = model(x)
@@ -42,7 +44,9 @@ def test_hit_path_inlines_the_kernel_and_matches_eager(seq: int) -> None:
 def test_training_step_matches_eager_on_miss_and_hit() -> None:
     model = _model()
     x = torch.randn(2, 256, 512, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    ref = torch.autograd.grad(model(x).float().square().mean(), x)[0]
+    w = torch.randn(2, 256, 512, device="cuda")  # a random projection: the output is RMS-normalised, so a
+    ref = torch.autograd.grad((model(x).float() * w).sum(), x)[0]  # loss like mean(out**2) has ~zero gradient
     torch._dynamo.reset()
-    got = torch.autograd.grad(torch.compile(model, backend="avo")(x).float().square().mean(), x)[0]
-    assert (got.float() - ref.float()).norm() / ref.float().norm() < 3e-2
+    got = torch.autograd.grad((torch.compile(model, backend="avo")(x).float() * w).sum(), x)[0]
+    err = float((got.float() - ref.float()).norm() / ref.float().norm())
+    assert err < 3e-2, f"relative gradient error {err:.3e}"

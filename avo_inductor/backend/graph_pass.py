@@ -72,10 +72,11 @@ def avo_unavailable_reason(match: Any) -> str | None:
 
 
 def _lookup(store: Any, spec: AttentionSpec, hardware: HardwareKey) -> Any:
-    """Exact spec first; a training site may reuse the inference record's forward kernel (+ its backward)."""
+    """Exact spec first, then the same shape tuned for the other direction: every record carries a forward
+    kernel, and its backward (or the recompute fallback) serves a training site."""
     hit = store.lookup(spec, hardware)
-    if hit is None and spec.needs_grad:
-        hit = store.lookup(dataclasses.replace(spec, needs_grad=False), hardware)
+    if hit is None:
+        hit = store.lookup(dataclasses.replace(spec, needs_grad=not spec.needs_grad), hardware)
     return hit
 
 

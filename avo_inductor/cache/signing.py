@@ -10,11 +10,22 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+
+def _crypto() -> Any:
+    """The cryptography primitives, imported on first use: hosts that never sign or check signatures (e.g. a
+    GPU box running only the search) need not have the package."""
+    try:
+        from cryptography import exceptions
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError as exc:
+        raise RuntimeError(f"bundle signatures need the 'cryptography' package ({exc}); pip install cryptography") from None
+    return exceptions, serialization, ed25519
 
 SIG_ALGORITHM = "ed25519"
 PRIVATE_KEY_NAME = "avo_ed25519.key"
@@ -76,7 +87,8 @@ def keygen(directory: str | Path) -> tuple[Path, Path, str]:
     priv_path, pub_path = directory / PRIVATE_KEY_NAME, directory / PUBLIC_KEY_NAME
     if priv_path.exists() or pub_path.exists():
         raise FileExistsError(f"refusing to overwrite an existing key pair in {directory}")
-    key = Ed25519PrivateKey.generate()
+    _, serialization, ed25519 = _crypto()
+    key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -88,16 +100,18 @@ def keygen(directory: str | Path) -> tuple[Path, Path, str]:
 
 
 def public_key_hex(key: Ed25519PublicKey) -> str:
+    _, serialization, _ = _crypto()
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     """Load a PEM (PKCS8) Ed25519 private key written by :func:`keygen`."""
+    _, serialization, ed25519 = _crypto()
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise ValueError(f"cannot load Ed25519 private key from {path}: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key ({type(key).__name__})")
     return key
 
@@ -108,9 +122,11 @@ def sign_bytes(payload: bytes, private_key: Ed25519PrivateKey) -> Signature:
 
 def verify_signature(payload: bytes, sig: Signature) -> bool:
     """True iff ``sig`` is a valid signature of ``payload`` by ``sig.public_key`` (trust is checked elsewhere)."""
+    exceptions, _, ed25519 = _crypto()
     try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig.public_key)).verify(bytes.fromhex(sig.signature), payload)
-    except (InvalidSignature, ValueError):
+        ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(sig.public_key)).verify(
+            bytes.fromhex(sig.signature), payload)
+    except (exceptions.InvalidSignature, ValueError):
         return False
     return True
 
