@@ -16,7 +16,8 @@ for step in "$@"; do
     tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
     attention) python3 benchmarks/attention.py --suite issue4 --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -12 ;;
     attention-train) python3 benchmarks/attention.py --suite issue4 --train --providers sdpa-default,flex --out "$OUT" 2>&1 | tee "$OUT/attention-train.log" | tail -10 ;;
-    models) python3 benchmarks/models.py --cases llama:4:2048,llama:1:8192 --variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa --out "$OUT" 2>&1 | tee "$OUT/models.log" | tail -9 ;;
+    models*) cases=${MODEL_CASES:-llama:4:2048,llama:1:8192}
+            python3 benchmarks/models.py --cases "$cases" --variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -8 ;;
     search) timeout 480 python3 -m avo_inductor.search run --campaign search/h100-smoke.toml --budget-minutes 6 2>&1 | tail -30 | tee "$OUT/search.log"
             python3 -m avo_inductor.search status 2>&1 | tail -20 | tee -a "$OUT/search.log"
             cp "$AVO_CACHE_DIR"/search.db* "$OUT/" 2>/dev/null; ls "$AVO_CACHE_DIR" ;;
