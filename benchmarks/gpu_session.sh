@@ -18,7 +18,7 @@ for step in "$@"; do
     attention-train) python3 benchmarks/attention.py --suite issue4 --train --providers sdpa-default,flex --out "$OUT" 2>&1 | tee "$OUT/attention-train.log" | tail -10 ;;
     models*) cases=${MODEL_CASES:-llama:4:2048,llama:1:8192}
             python3 benchmarks/models.py --cases "$cases" --variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -8 ;;
-    search) timeout 480 python3 -m avo_inductor.search run --campaign search/h100-smoke.toml --budget-minutes 6 2>&1 | tail -30 | tee "$OUT/search.log"
+    search) timeout 390 python3 -m avo_inductor.search run --campaign search/h100-smoke.toml --budget-minutes 5 2>&1 | tail -30 | tee "$OUT/search.log"
             python3 -m avo_inductor.search status 2>&1 | tail -20 | tee -a "$OUT/search.log"
             cp "$AVO_CACHE_DIR"/search.db* "$OUT/" 2>/dev/null; ls "$AVO_CACHE_DIR" ;;
     *) echo "unknown step $step" ;;
