@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-gpu bench clean
+.PHONY: install demo test test-gpu wheel clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: install
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu
+
+# The wheel carries the shipped kernel bundles: cache/<gpu>/ is copied to avo_inductor/shipped/ (package data).
+wheel: install
+	rm -rf avo_inductor/shipped && mkdir -p avo_inductor/shipped
+	find cache -mindepth 1 -maxdepth 1 -type d -exec cp -r {} avo_inductor/shipped/ \;
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
+	rm -rf avo_inductor/shipped
 
 clean:
 	rm -rf $(VENV) .avo-demo-cache build *.egg-info
