@@ -208,6 +208,8 @@ HOSTILE = {
     "bad_signature": (_bad_signature, SIGNED, "bad signature"),
     "unknown_signer": (_resigned_by_mallory, SIGNED, "unknown key"),
     "unsigned_when_required": (_unsigned, SIGNED, "unsigned but signatures are required"),
+    # deleting manifest.sig must not get a bundle past the trusted-key check when signatures are not required
+    "signature_stripped_with_trusted_keys": (_unsigned, {"trusted": "alice"}, "unsigned but trusted keys are configured"),
     "symlink_escape": (_symlink_escape, {}, "symlink escaping the bundle"),
     "huge_file": (_huge_file, {}, "limit"),
     "truncated_file": (_truncated_file, {}, "truncated"),

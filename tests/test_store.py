@@ -105,10 +105,13 @@ def _corrupt(data: dict, how: str) -> str:
         data["format"] = 99
     elif how == "wrong_key":
         data["spec"]["head_dim"] = 32
+    elif how == "bad_launch":
+        data["launch"]["kv_splits"] = "many"
     return json.dumps(data)
 
 
-@pytest.mark.parametrize("how", ["bad_json", "sha_mismatch", "allowlist", "missing_fields", "future_format", "wrong_key"])
+@pytest.mark.parametrize("how", ["bad_json", "sha_mismatch", "allowlist", "missing_fields", "future_format", "wrong_key",
+                                 "bad_launch"])
 def test_corrupt_local_entry_is_a_miss_with_one_warning(tmp_path: Path, how: str) -> None:
     record = make_record(tag=1)
     fallback = make_record(tag=2)
@@ -292,3 +295,16 @@ def test_misconfigured_cache_path_warns(tmp_path: Path) -> None:
     for path, needle in ((tmp_path / "typo", "missing"), (archive, "archive"), (tmp_path, "no manifest.json")):
         with pytest.warns(CacheWarning, match=needle):
             assert _store(tmp_path / "s", path).get(key_of(make_record())) is None
+
+
+def test_layer_records_are_verified_once_before_use(tmp_path: Path) -> None:
+    """A read-only layer's record passed only hash / signature / allowlist checks: first use verifies it."""
+    record = make_record(tag=3)
+    store = _store(tmp_path / "s", _bundle_of(tmp_path, "b", record))
+    hit = store.lookup(record.spec, record.hardware)
+    assert hit is not None and hit.layer != "local" and hit.needs_reverify
+    store.mark_verified(hit.key)
+    assert not store.lookup(record.spec, record.hardware).needs_reverify
+    local = _store(tmp_path / "t")
+    local.put(record)
+    assert not local.lookup(record.spec, record.hardware).needs_reverify

@@ -80,15 +80,23 @@ def _lookup(store: Any, spec: AttentionSpec, hardware: HardwareKey) -> Any:
     return hit
 
 
+_failed_verification: set[str] = set()
+
+
 def _ensure_verified(store: Any, hit: Any) -> bool:
-    """A record tuned on other software is re-verified (compile + correctness) once before use."""
+    """A record tuned on other software, or read from a bundle layer, is verified (compile + correctness) once
+    before use; a pass is marked in the store, a failure is remembered for this process (not retried per compile)."""
     if not getattr(hit, "needs_reverify", False):
         return True
+    if hit.record.sha256 in _failed_verification:
+        return False
     from ..kernels.verify import verify_record
 
     report = verify_record(hit.record)
     if report.ok:
         store.mark_verified(hit.key, SoftwareKey.current())
+    else:
+        _failed_verification.add(hit.record.sha256)
     return bool(report.ok)
 
 

@@ -218,6 +218,10 @@ def check_signature(manifest: Manifest, sig: Signature | None, trusted: Iterable
     if sig is None:
         if require_signed:
             raise BundleError("bundle is unsigned but signatures are required (AVO_REQUIRE_SIGNED=1)")
+        if trusted:
+            # Otherwise deleting manifest.sig would get a bundle from an unknown signer past the trusted-key check.
+            raise BundleError("bundle is unsigned but trusted keys are configured: only bundles signed by one of "
+                              f"{sorted(fingerprint(k) for k in trusted)} are accepted")
         return None
     if not verify_signature(manifest.signing_payload(), sig):
         raise BundleError(f"bad signature: manifest.sig by key {fingerprint(sig.public_key)} does not match the "
@@ -252,7 +256,10 @@ def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None
     # Same names the trusted launcher will call ({entry}, {entry}_reduce, {bwd}_preprocess/_dkdv/_dq): one rule.
     from ..kernels.loader import required_functions
 
-    entries = required_functions(record.entry_point, record.bwd_entry_point, record.launch)
+    try:
+        entries = required_functions(record.entry_point, record.bwd_entry_point, record.launch)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"kernel {record.kernel_id} has a malformed launch config {record.launch!r}: {exc}") from None
     problems = check_source(record.source, entries)
     if problems:
         listed = "; ".join(str(p) for p in problems[:5])

@@ -164,7 +164,7 @@ class KernelStore:
         for layer, record in self._candidates(key):
             if touch and layer == LOCAL_LAYER:
                 self._touch(key)
-            return StoreHit(record, layer, key, self._needs_reverify(key, record))
+            return StoreHit(record, layer, key, self._needs_reverify(key, record, layer))
         return None
 
     def _candidates(self, key: str) -> Iterator[tuple[str, KernelRecord]]:
@@ -194,12 +194,16 @@ class KernelStore:
         except (TypeError, json.JSONDecodeError):
             return {}
 
-    def _needs_reverify(self, key: str, record: KernelRecord) -> bool:
+    def _needs_reverify(self, key: str, record: KernelRecord, layer: str = LOCAL_LAYER) -> bool:
+        """Records in the writable store were verified on import or by the search; a read-only layer's records
+        only passed hash / signature / allowlist checks, so they are compiled and checked once on this host."""
         mark = self._mark(key, record.sha256)
-        if mark.get("unverified"):
-            return (key, record.sha256, self.software) not in self._memory_marks
         sw = self.software
-        if sw == record.software or sw in record.verified_software or (key, record.sha256, sw) in self._memory_marks:
+        if (key, record.sha256, sw) in self._memory_marks:
+            return False
+        if mark.get("unverified"):
+            return True
+        if layer == LOCAL_LAYER and (sw == record.software or sw in record.verified_software):
             return False
         try:
             marked = {SoftwareKey.from_dict(s) for s in mark.get("software", ())}

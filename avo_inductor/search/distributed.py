@@ -70,6 +70,11 @@ class RayEvaluator:
         actor_cls = self.ray.remote(num_gpus=1)(_EvalActorImpl)
         self.actors = [actor_cls.remote(factory, evaluator_kwargs) for _ in range(count)]
 
+    @property
+    def parallelism(self) -> int:
+        """Candidates evaluated at once (one per actor / GPU)."""
+        return len(self.actors)
+
     def evaluate(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
         if not candidates:
             return []

@@ -16,14 +16,14 @@ from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_k
 from . import population as pop
 from .database import PENDING, SearchDatabase
 from .operators import StructuredOperator, candidate_id, content_hash
-from .promotion import build_record, failed_result, promotion_decision, promotion_eval
+from .promotion import build_record, failed_result, promotion_decision, promotion_eval, verify_isolated
 from .types import Candidate, EvalResult, Evaluator, VariationOperator
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     """What to search and how hard. ``population``: children per island per generation.
-    ``eval_batch``: candidates per evaluator call (0 = a whole generation); smaller batches lose less on a kill.
+    ``eval_batch``: candidates per evaluator call (0 = one per evaluation device); smaller batches lose less on a kill.
     ``require_speedup`` False stores any winner that passes re-evaluation (CPU interpreter runs)."""
 
     specs: tuple[AttentionSpec, ...]
@@ -168,7 +168,9 @@ class SearchEngine:
                 self.db.add_candidates(run_id, proposals, [content_hash(c) for c in proposals])
                 pending = self.db.candidates(run_id, PENDING)
             self._emit("generation", run_id, gen, f"generation {gen}: {len(pending)} candidate(s)")
-            step = self.config.eval_batch or max(1, len(pending))
+            # Default batch: one candidate per evaluation device, so the wall-clock budget is checked between
+            # batches (a whole generation per call overran a 5-minute budget by minutes on an H200).
+            step = self.config.eval_batch or max(1, int(getattr(self.evaluator, "parallelism", 1)))
             for i in range(0, len(pending), step):
                 if self._budget_left() == 0.0:
                     return "budget"
@@ -303,6 +305,11 @@ class SearchEngine:
         old = hit.record.metrics.speedup if hit is not None and hit.record.operator != "baseline" else None
         if old is not None and result.speedup is not None and old >= result.speedup:
             return False, f"store already holds {hit.record.kernel_id} at {old:.3f}x (>= {result.speedup:.3f}x)"
+        if record.spec.needs_grad and record.bwd_entry_point:
+            # The cascade times and checks the forward; the backward kernels are checked here, in a child process.
+            ok, problems = verify_isolated(record)
+            if not ok:
+                return False, f"backward verification failed: {problems}"
         skey = self.store.put(record)
         self.db.record_promotion(record.kernel_id, run_id, cand.id, cand.spec.cache_key(),
                                  str(skey or store_key(record.spec, record.hardware)), result.speedup)

@@ -233,6 +233,11 @@ class SandboxedEvaluator:
             self._pool = WorkerPool(self.devices, start_timeout_s=self.start_timeout_s)
         return self._pool
 
+    @property
+    def parallelism(self) -> int:
+        """Candidates evaluated at once (one worker per device)."""
+        return len(self.devices)
+
     def evaluate(self, candidates: Sequence[Candidate], until: Stage | None = None,
                  promotion: bool = False) -> list[EvalResult]:
         """One EvalResult per candidate, in order; ``until`` stops after that stage (used by the agent's tools)."""

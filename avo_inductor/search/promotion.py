@@ -9,6 +9,9 @@ and its speedup exceeds 1 by more than the spread measured in that same evaluati
 from __future__ import annotations
 
 import inspect
+import json
+import subprocess
+import sys
 from typing import Any, Callable
 
 from ..cache.record import KernelMetrics, KernelRecord
@@ -85,3 +88,33 @@ def failed_result(candidate: Candidate, exc: BaseException) -> EvalResult:
     """An EvalResult for a promotion attempt that raised, so the failure is recorded as data."""
     return EvalResult(candidate_id=candidate.id, ok=False, stage=Stage.PROMOTION,
                       message=f"{type(exc).__name__}: {exc}")
+
+
+_VERIFY_SNIPPET = (
+    "import json, sys\n"
+    "from avo_inductor.cache.record import KernelRecord\n"
+    "from avo_inductor.kernels.verify import verify_record\n"
+    "report = verify_record(KernelRecord.from_dict(json.load(sys.stdin)))\n"
+    "print(json.dumps({'ok': bool(report.ok), 'problems': list(report.problems)[:5]}))\n"
+)
+
+
+def verify_isolated(record: KernelRecord, timeout_s: float = 900.0) -> tuple[bool, str]:
+    """``kernels.verify.verify_record`` (forward and, for training specs, gradients) in a child process with the
+    evaluator workers' scrubbed environment, so a crashing or hanging kernel costs the promotion, not the run."""
+    from .sandbox import scrubbed_env
+
+    device = "cpu" if record.hardware.vendor == "cpu" else "cuda:0"
+    try:
+        proc = subprocess.run([sys.executable, "-c", _VERIFY_SNIPPET], input=json.dumps(record.to_dict()),
+                              capture_output=True, text=True, timeout=timeout_s, env=scrubbed_env(device))
+    except subprocess.TimeoutExpired:
+        return False, f"verification timed out after {timeout_s:.0f}s"
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return False, f"verification process exited {proc.returncode}: {proc.stderr.strip()[-400:]}"
+    try:
+        verdict = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return False, f"unreadable verification output: {lines[-1][:200]}"
+    return bool(verdict.get("ok")), "; ".join(verdict.get("problems", []))
