@@ -113,6 +113,11 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(**kwargs)
 
 
+def triton_interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET, read the way Triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 _active: Settings | None = None
 
 

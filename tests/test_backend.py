@@ -216,3 +216,42 @@ def test_large_causal_mask_is_still_recognised_as_causal() -> None:
         torch.compile(HandWritten(), backend=backend)(q, k, v)  # traced with fake tensors only
     matches = [m for m in found if isinstance(m, AttentionMatch)]
     assert len(matches) == 1 and matches[0].causal and matches[0].mask is None
+
+
+class InPlaceAndAttention(nn.Module):
+    """A user's in-place write whose result is unused, next to an attention site the pass rewrites."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = HandWritten()
+        self.register_buffer("calls", torch.zeros(1))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        return self.attn(q, k, v)
+
+
+def test_rewrite_keeps_the_users_in_place_ops() -> None:
+    model = InPlaceAndAttention()
+    compiled = torch.compile(model, backend="avo")
+    for _ in range(2):
+        compiled(*_inputs())
+    assert model.calls.item() == 2
+
+
+def test_detector_bug_on_one_site_skips_that_site_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import avo_inductor.detect.match as match
+
+    calls = []
+
+    def flaky(gm, node):
+        calls.append(node)
+        if len(calls) == 1:
+            raise IndexError("synthetic detector bug")
+        return real(gm, node)
+
+    real = match._match_sdpa
+    monkeypatch.setattr(match, "_match_sdpa", flaky)
+    report = avo_inductor.explain(TwoSdpa(), *_inputs(), quiet=True)
+    assert [s.action for s in report] == ["skipped", "kept"]
+    assert "internal error: IndexError" in report[0].reason

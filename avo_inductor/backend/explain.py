@@ -9,7 +9,7 @@ import torch.fx as fx
 
 from ..settings import get_settings
 from .graph_pass import run_avo_pass
-from .report import SiteReport, render_table
+from .report import ERROR, SiteReport, render_table
 
 
 @dataclass
@@ -41,7 +41,14 @@ class ExplainReport:
 
 def _explaining_backend(rows: list[SiteReport]) -> Callable[..., Any]:
     def backend(gm: fx.GraphModule, example_inputs: Sequence[Any], **_: Any) -> Callable[..., Any]:
-        rows.extend(run_avo_pass(gm, get_settings(), dry_run=True).sites)
+        settings = get_settings()
+        try:
+            rows.extend(run_avo_pass(gm, settings, dry_run=True).sites)
+        except Exception as exc:  # where a compile would warn and fall back, explain() reports the failure
+            if settings.strict:
+                raise
+            rows.append(SiteReport(module_path="", pattern="-", action=ERROR,
+                                   reason=f"attention pass failed: {type(exc).__name__}: {exc}"))
         return gm.forward  # run eagerly: explain() must not pay for an Inductor compile
 
     return backend

@@ -8,7 +8,6 @@ Any failure on one site leaves that site as it was, warns once and bumps a count
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 
-from ..settings import Settings
+from ..settings import Settings, triton_interpreting
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey
 from . import report as rep
 from .report import SiteReport
@@ -62,7 +61,7 @@ def avo_unavailable_reason(match: Any) -> str | None:
     device = _site_device(match)
     if device is None:
         return "device of the inputs unknown"
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type == "cpu" and not triton_interpreting():
         return "CPU tensors need TRITON_INTERPRET=1 for Triton kernels"
     if device.type not in ("cpu", "cuda"):
         return f"device {device.type} not supported by avo kernels"
@@ -83,7 +82,7 @@ def _lookup(store: Any, spec: AttentionSpec, hardware: HardwareKey) -> Any:
 _failed_verification: set[str] = set()
 
 
-def _ensure_verified(store: Any, hit: Any) -> bool:
+def _ensure_verified(store: Any, hit: Any, device: torch.device | None) -> bool:
     """A record tuned on other software, or read from a bundle layer, is verified (compile + correctness) once
     before use; a pass is marked in the store, a failure is remembered for this process (not retried per compile)."""
     if not getattr(hit, "needs_reverify", False):
@@ -92,7 +91,7 @@ def _ensure_verified(store: Any, hit: Any) -> bool:
         return False
     from ..kernels.verify import verify_record
 
-    report = verify_record(hit.record)
+    report = verify_record(hit.record, device=device)
     if report.ok:
         store.mark_verified(hit.key, SoftwareKey.current())
     else:
@@ -107,14 +106,19 @@ def start_background_search(settings: Settings) -> None:
         if _search_started:
             return
         _search_started = True
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
     log_path = settings.cache_dir / "background-search.log"
-    _spawn_detached([sys.executable, "-m", "avo_inductor.search", "run", "--pending"], log_path)
+    try:
+        settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        _spawn_detached([sys.executable, "-m", "avo_inductor.search", "run", "--pending"], log_path)
+    except OSError as exc:
+        _warn_once("search-spawn", f"avo: AVO_ON_MISS=search could not start the background search: {exc}")
+        return
     rep.logger.warning("avo: started a background search for the pending shapes (log: %s)", log_path)
 
 
 def _spawn_detached(cmd: list[str], log_path: Any) -> None:
-    """Start ``cmd`` in its own session so it outlives neither a Ctrl-C nor the compile that started it."""
+    """Start ``cmd`` in its own session: a Ctrl-C in the user's program does not kill the search, and it keeps
+    running after the compile (its progress is in ``log_path``; the search is resumable if killed)."""
     with open(log_path, "ab") as log:
         subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -135,7 +139,11 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
     device = _site_device(match)
     hardware = HardwareKey.current(device)
     hit = _lookup(store, spec, hardware)
-    if hit is not None and not _ensure_verified(store, hit):
+    if hit is not None and dry_run and getattr(hit, "needs_reverify", False):
+        return dataclasses.replace(base, action=rep.AVO, status="hit", kernel_id=hit.record.kernel_id,
+                                   speedup=hit.record.metrics.speedup, layer=hit.layer,
+                                   reason="verified on this GPU at first compile")
+    if hit is not None and not _ensure_verified(store, hit, device):
         _warn_once(f"reverify:{hit.record.kernel_id}", f"avo: kernel {hit.record.kernel_id} failed re-verification on "
                    f"{SoftwareKey.current()}; using the fallback")
         hit = None
@@ -158,6 +166,19 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
     if not is_sdpa and not dry_run:
         rewrite.rewrite_to_sdpa(gm, match)
     return dataclasses.replace(miss, action=rep.KEPT if is_sdpa else rep.SDPA)
+
+
+_stores: dict[Settings, Any] = {}
+
+
+def _shared_store(settings: Settings) -> Any:
+    """One KernelStore per settings for the whole process, not one per compiled graph."""
+    with _search_lock:
+        if settings not in _stores:
+            from ..cache.store import KernelStore
+
+            _stores[settings] = KernelStore.from_settings(settings)
+        return _stores[settings]
 
 
 def _origin(gm: fx.GraphModule) -> str:
@@ -183,9 +204,7 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
     if not found:
         return PassResult(sites, changed=False)
     if store is None:
-        from ..cache.store import KernelStore
-
-        store = (store_factory or KernelStore.from_settings)(settings)
+        store = (store_factory or _shared_store)(settings)
     origin = _origin(gm)
     changed = False
     for match in found:
@@ -207,7 +226,8 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
         changed |= site.action in (rep.AVO, rep.SDPA)
         sites.append(site)
     if changed:
-        gm.graph.eliminate_dead_code()
+        # No gm.graph.eliminate_dead_code(): FX treats call_method nodes as pure, so it would drop a user's
+        # in-place ops (buf.add_(1), cache.index_copy_(...)); each rewrite erased its own dead nodes already.
         gm.graph.lint()
         gm.recompile()
     if misses and not dry_run:

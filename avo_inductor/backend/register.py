@@ -6,11 +6,9 @@ for ``backend="inductor"``.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import warnings
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
@@ -18,28 +16,6 @@ import torch.fx as fx
 from ..settings import get_settings
 from . import report as rep
 from .graph_pass import AvoMissError, run_avo_pass
-from .report import SiteReport
-
-_collectors = threading.local()
-
-
-@contextlib.contextmanager
-def collect_sites() -> Iterator[list[SiteReport]]:
-    """Within this context every avo compile appends its SiteReports to the yielded list (used by explain())."""
-    stack = getattr(_collectors, "stack", None)
-    if stack is None:
-        stack = _collectors.stack = []
-    rows: list[SiteReport] = []
-    stack.append(rows)
-    try:
-        yield rows
-    finally:
-        stack.pop()
-
-
-def _publish(sites: list[SiteReport]) -> None:
-    for rows in getattr(_collectors, "stack", []) or []:
-        rows.extend(sites)
 
 
 def _inductor_config_patches(mode: str | None, options: dict[str, Any] | None, dynamic: bool | None) -> dict[str, Any]:
@@ -71,7 +47,6 @@ def _apply_pass(gm: fx.GraphModule) -> None:
         return
     if settings.log:
         rep.log_sites(result.sites)
-    _publish(result.sites)
 
 
 def avo_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str | None = None,

@@ -88,6 +88,8 @@ def _guard(gm: fx.GraphModule, node: fx.Node, pattern: str, fn: Any) -> Attentio
         return SkippedSite(node, module_path(node), pattern, str(exc))
     except ValueError as exc:  # AttentionSpec validation: shapes / dtypes the kernels do not take
         return SkippedSite(node, module_path(node), pattern, f"unsupported spec: {exc}")
+    except Exception as exc:  # a detector bug on one odd graph shape must not cost the other sites
+        return SkippedSite(node, module_path(node), pattern, f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _attention_like(softmax: fx.Node) -> bool:

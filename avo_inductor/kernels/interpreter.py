@@ -6,8 +6,9 @@ widens bf16 operands to fp32 (exact) before the interpreter's matmul. Applied on
 """
 from __future__ import annotations
 
-import os
 import threading
+
+from ..settings import triton_interpreting
 
 _LOCK = threading.Lock()
 _PATCHED = False
@@ -22,7 +23,7 @@ def _bf16_bits_to_f32(data):  # type: ignore[no-untyped-def]
 def ensure_interpreter_fixes() -> None:
     """Idempotently patch the interpreter's bf16 dot when running under TRITON_INTERPRET=1."""
     global _PATCHED
-    if _PATCHED or os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True"):
+    if _PATCHED or not triton_interpreting():
         return
     with _LOCK:
         if _PATCHED:

@@ -8,12 +8,12 @@
   Triton backward; otherwise (or when a bias needs its own gradient) the plain-torch recompute fallback runs.
 Kernels are looked up by ``kernel_id`` in an in-process registry filled by :func:`register_kernel`.
 """
-import os
 import threading
 from typing import Any, Optional
 
 import torch
 
+from ..settings import triton_interpreting
 from . import launch
 from .fallback import recompute_backward
 from .loader import LoadedKernel, load_record
@@ -116,7 +116,7 @@ def _keep_opaque(mode, func, types, args, kwargs):
     return mode.__torch_dispatch__(func, types, args, kwargs)
 
 
-if os.environ.get("TRITON_INTERPRET", "0") in ("1", "true", "True"):
+if triton_interpreting():
     # Under TRITON_INTERPRET=1, wrap_triton hands back the InterpretedFunction untraceable (torch 2.11-2.13),
     # so the triton_op's functional decomposition would run the interpreter on functional/fake tensors. Keep
     # the ops opaque in traced graphs instead: Inductor calls them as extern ops (shapes from register_fake)

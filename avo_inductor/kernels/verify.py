@@ -98,7 +98,8 @@ def verify_record(record, device: torch.device | str | None = None) -> Verificat
         return VerificationReport(False, (f"load: {exc}",), float("inf"))
     problems: list[str] = []
     worst = 0.0
-    grads = bool(record.spec.needs_grad and loaded.has_backward)
+    # Every kernel with a Triton backward gets it checked: an inference-tuned record also serves training sites.
+    grads = bool(loaded.has_backward)
     for spec in verification_specs(record.spec, dev):
         try:
             case_problems, rel = check_case(loaded, spec, dev, grads)

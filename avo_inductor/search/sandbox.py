@@ -76,6 +76,10 @@ def scrubbed_env(device: str, base: dict[str, str] | None = None, work_dir: str 
     return env
 
 
+class HarnessTampered(RuntimeError):
+    """A restarted worker's harness files hash differently from the pool's first worker: stop evaluating."""
+
+
 @dataclass(frozen=True)
 class WorkerReply:
     """status: "ok" (payload holds the handler's reply), "timeout" or "crash" (stderr_tail says why)."""
@@ -120,13 +124,18 @@ class Worker:
         elif self.hello["harness_sha256"] != self.expected_harness:
             got = self.hello["harness_sha256"]
             self.close()
-            raise RuntimeError(f"harness files changed since the pool started (tamper evidence): "
+            raise HarnessTampered(f"harness files changed since the pool started (tamper evidence): "
                                f"{self.expected_harness[:12]}… -> {got[:12]}…; refusing to evaluate")
 
     def request(self, message: dict[str, Any], timeout_s: float) -> WorkerReply:
         """Send one request; wait at most ``timeout_s`` for the reply, SIGKILL + restart on timeout or crash."""
         if self.proc is None or self.proc.poll() is not None:
-            self.start()
+            try:
+                self.start()
+            except HarnessTampered:
+                raise
+            except Exception as exc:  # a worker that cannot start (GPU stuck after a fault) costs this candidate
+                return WorkerReply("crash", {"exit_code": None}, "", f"worker failed to start: {exc}", 0.0)
         assert self.proc is not None and self.proc.stdin is not None
         t0 = time.monotonic()
         self._stderr.seek(0, os.SEEK_END)
@@ -150,10 +159,9 @@ class Worker:
                 tail = self._stderr_tail(err_offset)
                 code = self.proc.poll()
                 self._kill()
-                reply = WorkerReply("timeout" if timed_out else "crash", {"exit_code": code}, progress, tail,
-                                    time.monotonic() - t0)
-                self.start()
-                return reply
+                # restarted lazily by the next request, so a failed restart costs a candidate, not the run
+                return WorkerReply("timeout" if timed_out else "crash", {"exit_code": code}, progress, tail,
+                                   time.monotonic() - t0)
             if "progress" in msg:
                 progress = str(msg["progress"])
                 continue
@@ -161,7 +169,6 @@ class Worker:
             if msg.get("restart"):  # e.g. a CUDA error: the context may be poisoned, start clean
                 reply = WorkerReply("ok", msg, progress, self._stderr_tail(err_offset), reply.duration_s)
                 self._kill()
-                self.start()
             return reply
 
     def _read_message(self, deadline: float) -> dict[str, Any] | None:
