@@ -195,7 +195,7 @@ class AgentOperator:
         return replace(cand, notes=(state.critique or cand.notes)[:2000])
 
     def _task_prompt(self, parent: Candidate, result: EvalResult | None) -> str:
-        source, launch = self._parent_source(parent)
+        source, _, _, launch = self._parent_source(parent)
         target, notes = hardware_notes(self.hardware)
         history = self.history(parent) if self.history else ()
         try:
@@ -211,13 +211,11 @@ class AgentOperator:
                              lineage=lineage_summary(parent, result, history), hardware_notes=notes)
 
     @staticmethod
-    def _parent_source(parent: Candidate) -> tuple[str, dict[str, Any]]:
-        if parent.source is not None:
-            return parent.source, dict(parent.launch)
-        from ..kernels.render import render
+    def _parent_source(parent: Candidate) -> tuple[str, str, str | None, dict[str, Any]]:
+        """(source, entry, bwd entry, launch) of the parent, rendered when it is a genome (one rule: materialize)."""
+        from .evaluate import materialize
 
-        rendered = render(parent.genome, parent.spec)
-        return rendered.source, dict(rendered.launch)
+        return materialize(parent)
 
     def _child(self, state: _Session, data: dict[str, Any]) -> Candidate:
         """The candidate a tool call describes (ValueError on a malformed call, fed back to the model)."""
@@ -227,10 +225,11 @@ class AgentOperator:
                 raise ValueError("nothing submitted yet to re-submit")
             return state.last_submitted
         if data.get("source"):
-            src, launch = self._parent_source(parent)
+            src, entry, bwd, launch = self._parent_source(parent)
             diff = "".join(difflib.unified_diff(src.splitlines(True), str(data["source"]).splitlines(True), "parent", "child"))
+            # entry names come from the materialised parent: a genome parent's Candidate defaults are not its names
             child = Candidate(id="", spec=parent.spec, genome=parent.genome, source=str(data["source"]),
-                              entry_point=parent.entry_point, bwd_entry_point=parent.bwd_entry_point,
+                              entry_point=entry, bwd_entry_point=bwd,
                               launch=dict(data.get("launch") or launch), diff=diff[:4000])
         elif data.get("genome"):
             if parent.genome is None:

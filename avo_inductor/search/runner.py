@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey
+from .budget import Budget
 from .campaign import load_campaign
 from .database import BestEntry, LineageStep, RunInfo, SearchDatabase
 from .engine import SearchConfig, SearchEngine, SearchEvent, SearchOutcome
@@ -164,9 +165,11 @@ def operator_names(options: RunOptions, inputs: Inputs) -> tuple[str, ...]:
 
 
 def build_operators(names: tuple[str, ...], settings: Settings, evaluator: Evaluator, hardware: HardwareKey,
-                    db: SearchDatabase, notify: Callable[[str], None]) -> list[tuple[VariationOperator, float]]:
+                    db: SearchDatabase, notify: Callable[[str], None],
+                    spent: tuple[int, float] = (0, 0.0)) -> list[tuple[VariationOperator, float]]:
     """(operator, weight) pairs; "name:weight" overrides the default weight. A requested agent without an
-    API key is announced once through ``notify`` and left out."""
+    API key is announced once through ``notify`` and left out. ``spent`` (tokens, dollars) already charged to the
+    run: a resumed run's agent budget continues from there instead of starting again from zero."""
     ops: list[tuple[VariationOperator, float]] = []
     for item in names:
         name, _, raw_weight = item.partition(":")
@@ -192,7 +195,10 @@ def build_operators(names: tuple[str, ...], settings: Settings, evaluator: Evalu
             except ValueError:
                 return []
 
-        ops.append((AgentOperator(client_factory, settings, evaluator, hardware=hardware, history=history), weight))
+        budget = Budget(settings.agent_max_tokens, settings.agent_max_dollars, tokens_used=spent[0],
+                        dollars_used=spent[1])
+        ops.append((AgentOperator(client_factory, settings, evaluator, hardware=hardware, history=history,
+                                  budget=budget), weight))
     if not ops:
         ops.append((StructuredOperator(hardware=hardware), OPERATOR_WEIGHTS["structured"]))
     return ops
@@ -244,8 +250,12 @@ def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | 
         def notify(message: str) -> None:
             emit(SearchEvent("note", run_id or "", 0, message))
 
+        spent = (0, 0.0)
+        if run_id:
+            info = db.get_run(run_id)
+            spent = (info.tokens, info.dollars)
         ops = build_operators(operator_names(options, inputs), _agent_settings(options, inputs.search, settings),
-                              evaluator, hardware, db, notify)
+                              evaluator, hardware, db, notify, spent)
         engine = SearchEngine(db, evaluator, ops, config, store=store, hardware=hardware, on_event=emit)
         meta = {"options": options.to_dict(), "labels": inputs.labels, "pending_keys": inputs.pending_keys,
                 "campaign_search": inputs.search}

@@ -159,9 +159,10 @@ class Worker:
                 tail = self._stderr_tail(err_offset)
                 code = self.proc.poll()
                 self._kill()
-                # restarted lazily by the next request, so a failed restart costs a candidate, not the run
-                return WorkerReply("timeout" if timed_out else "crash", {"exit_code": code}, progress, tail,
-                                   time.monotonic() - t0)
+                reply = WorkerReply("timeout" if timed_out else "crash", {"exit_code": code}, progress, tail,
+                                    time.monotonic() - t0)
+                self._restart_quietly()
+                return reply
             if "progress" in msg:
                 progress = str(msg["progress"])
                 continue
@@ -169,7 +170,18 @@ class Worker:
             if msg.get("restart"):  # e.g. a CUDA error: the context may be poisoned, start clean
                 reply = WorkerReply("ok", msg, progress, self._stderr_tail(err_offset), reply.duration_s)
                 self._kill()
+                self._restart_quietly()
             return reply
+
+    def _restart_quietly(self) -> None:
+        """Restart now so the next candidate finds a warm worker; if that fails (e.g. a GPU still stuck after a
+        fault), leave it down: the next request retries and reports a failed start as that candidate's crash."""
+        try:
+            self.start()
+        except HarnessTampered:
+            raise
+        except Exception:
+            self._kill()
 
     def _read_message(self, deadline: float) -> dict[str, Any] | None:
         """Next JSON line from the worker, or None on EOF / deadline."""
