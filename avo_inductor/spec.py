@@ -240,6 +240,14 @@ def store_key(spec: AttentionSpec, hardware: HardwareKey) -> str:
     return f"{hardware.slug}/{spec.cache_key()}"
 
 
+def kernel_id(sha256: str, entry_point: str, bwd_entry_point: str | None, launch: dict[str, Any]) -> str:
+    """Short content id of a kernel: changes whenever its source, entry points or launch config change.
+
+    The one formula shared by KernelRecord.kernel_id and the loader, so a record and its raw source get one id.
+    """
+    return stable_hash({"sha": sha256, "launch": launch, "entry": entry_point, "bwd": bwd_entry_point})[:16]
+
+
 def stable_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (dicts sorted), for ids and manifests."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

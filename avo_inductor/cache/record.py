@@ -81,10 +81,9 @@ class KernelRecord:
     @property
     def kernel_id(self) -> str:
         """Short content id: changes whenever the source or launch config changes."""
-        from ..spec import stable_hash
+        from ..spec import kernel_id
 
-        return stable_hash({"sha": self.sha256, "launch": self.launch, "entry": self.entry_point,
-                            "bwd": self.bwd_entry_point})[:16]
+        return kernel_id(self.sha256, self.entry_point, self.bwd_entry_point, self.launch)
 
     def to_dict(self) -> dict[str, Any]:
         return {

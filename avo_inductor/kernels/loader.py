@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..spec import stable_hash
+from ..spec import kernel_id
 from .allowlist import assert_allowed
 from .launch import KernelFunctions, LaunchConfig
 
@@ -40,11 +40,6 @@ class LoadedKernel:
     @property
     def has_backward(self) -> bool:
         return self.functions.has_backward
-
-
-def kernel_id_for(sha256: str, entry_point: str, bwd_entry_point: str | None, launch: dict[str, Any]) -> str:
-    """Same formula as KernelRecord.kernel_id, so a record and its raw source get one id."""
-    return stable_hash({"sha": sha256, "launch": launch, "entry": entry_point, "bwd": bwd_entry_point})[:16]
 
 
 def required_functions(entry_point: str, bwd_entry_point: str | None, launch: dict[str, Any]) -> tuple[str, ...]:
@@ -116,7 +111,7 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
     actual = hashlib.sha256(source.encode("utf-8")).hexdigest()
     if sha256 is not None and sha256 != actual:
         raise ValueError(f"kernel source sha256 mismatch: expected {sha256[:12]}…, source hashes to {actual[:12]}…")
-    kid = kernel_id_for(actual, entry_point, bwd_entry_point, launch)
+    kid = kernel_id(actual, entry_point, bwd_entry_point, launch)
     with _LOCK:
         cached = _LOADED.get(kid)
     if cached is not None:

@@ -8,7 +8,6 @@
   Triton backward; otherwise (or when a bias needs its own gradient) the plain-torch recompute fallback runs.
 Kernels are looked up by ``kernel_id`` in an in-process registry filled by :func:`register_kernel`.
 """
-import threading
 from typing import Any, Optional
 
 import torch
@@ -16,36 +15,26 @@ import torch
 from ..settings import triton_interpreting
 from . import launch
 from .fallback import recompute_backward
-from .loader import LoadedKernel, load_record
+from .loader import LoadedKernel, get_loaded, load_record
 
-_REGISTRY: dict = {}
-_LOCK = threading.Lock()
 _ARGS = "str kernel_id, float scale, bool causal, int window, str mask_kind"
 
 
-def register_loaded(loaded: LoadedKernel) -> str:
-    """Make an already loaded kernel (e.g. a search candidate from load_source) callable by id."""
-    with _LOCK:
-        _REGISTRY[loaded.kernel_id] = loaded
-    return loaded.kernel_id
-
-
 def register_kernel(record: Any) -> str:
-    """Load ``record`` (sha256 + allowlist checked) and return the kernel id the op takes."""
-    loaded = load_record(record)
-    if loaded.kernel_id != record.kernel_id:
-        raise RuntimeError(f"kernel id mismatch for record {record.kernel_id}: loader computed {loaded.kernel_id}")
-    return register_loaded(loaded)
+    """Load ``record`` (sha256 + allowlist checked) and return the kernel id the op takes.
+
+    The loader's cache is the registry: anything loaded (a record, or a search candidate via load_source) is
+    callable by its id.
+    """
+    return load_record(record).kernel_id
 
 
 def get_kernel(kernel_id: str) -> LoadedKernel:
-    """The registered kernel for ``kernel_id``; RuntimeError naming the id when it was never registered."""
-    with _LOCK:
-        loaded = _REGISTRY.get(kernel_id)
-        known = sorted(_REGISTRY)[:8]
+    """The loaded kernel for ``kernel_id``; RuntimeError naming the id when it was never loaded here."""
+    loaded = get_loaded(kernel_id)
     if loaded is None:
         raise RuntimeError(f"avo kernel {kernel_id!r} is not registered in this process (call "
-                           f"avo_inductor.kernels.op.register_kernel(record) first); registered: {known}")
+                           f"avo_inductor.kernels.op.register_kernel(record) first)")
     return loaded
 
 
