@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 
 demo: install
 	rm -rf .avo-demo-cache
-	TRITON_INTERPRET=$${TRITON_INTERPRET:-1} AVO_CACHE_DIR=$${AVO_CACHE_DIR:-.avo-demo-cache} $(PY) -m avo_inductor.demo
+	TRITON_INTERPRET=$${TRITON_INTERPRET:-$$($(PY) -c "import torch; print(0 if torch.cuda.is_available() else 1)")} AVO_CACHE_DIR=$${AVO_CACHE_DIR:-.avo-demo-cache} $(PY) -m avo_inductor.demo
 
 test: install
 	$(PY) -m pytest -q
