@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One device call: install carried wheels + the package, then run the named steps; logs and CSV/PNG under $OUT.
 # Usage (on the GPU host, repo root):  bash benchmarks/gpu_session.sh tests attention models search
+# The GPU image lacks diskcache and platformdirs: carry them as wheels in .whl/ (pure Python), made here with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diskcache platformdirs
 set -uo pipefail
 OUT=${OUT:-/tmp/avo-out}
 mkdir -p "$OUT"
