@@ -42,7 +42,7 @@ def make_record(q_len: int = 128, *, hardware: HardwareKey = CPU_HW, software: S
                             "head_dim": 16, "dtype": "float32", **spec_kw})
     return KernelRecord(spec=spec, hardware=hardware, software=software,
                         source=source if source is not None else KERNEL_SRC.format(entry=entry, tag=tag),
-                        entry_point=entry, launch={"block_m": 16, "block_n": 16, "num_warps": 1, "num_stages": 1},
+                        entry_point=entry, launch={"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1},
                         metrics=KernelMetrics(median_ms=1.0, speedup=speedup, baseline="sdpa"), operator="test",
                         created_at=1_700_000_000.0)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from ..kernels.allowlist import check_source
 from ..spec import HardwareKey, SoftwareKey, store_key
 from .record import KernelRecord
 from .signing import Signature, fingerprint, verify_signature
@@ -253,14 +252,13 @@ def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None
         record = KernelRecord.from_dict(raw)
     except ValueError as exc:
         raise BundleError(f"record rejected: {exc}") from None
-    # Same names the trusted launcher will call ({entry}, {entry}_reduce, {bwd}_preprocess/_dkdv/_dq): one rule.
-    from ..kernels.loader import required_functions
+    # The loader's static gate: launch config + allowlist over every function the launcher will call.
+    from ..kernels.loader import static_violations
 
     try:
-        entries = required_functions(record.entry_point, record.bwd_entry_point, record.launch)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise BundleError(f"kernel {record.kernel_id} has a malformed launch config {record.launch!r}: {exc}") from None
-    problems = check_source(record.source, entries)
+        problems = static_violations(record.source, record.entry_point, record.bwd_entry_point, record.launch)
+    except ValueError as exc:
+        raise BundleError(f"kernel {record.kernel_id} has a malformed launch config: {exc}") from None
     if problems:
         listed = "; ".join(str(p) for p in problems[:5])
         raise BundleError(f"kernel {record.kernel_id} source rejected by the static allowlist: {listed}")

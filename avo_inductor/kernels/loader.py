@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from ..spec import kernel_id
-from .allowlist import assert_allowed
+from .allowlist import Violation, check_source
 from .launch import KernelFunctions, LaunchConfig
 
 _LOCK = threading.Lock()
@@ -50,6 +50,21 @@ def required_functions(entry_point: str, bwd_entry_point: str | None, launch: di
     if bwd_entry_point:
         names += [f"{bwd_entry_point}_preprocess", f"{bwd_entry_point}_dkdv", f"{bwd_entry_point}_dq"]
     return tuple(names)
+
+
+def static_violations(source: str, entry_point: str, bwd_entry_point: str | None,
+                      launch: dict[str, Any]) -> list[Violation]:
+    """The one static gate for kernel source (bundles, the store, search candidates, the loader): a valid launch
+    config, then the AST allowlist with every function the launcher will call. Nothing is executed.
+
+    Raises ValueError ("invalid launch config: ...") for a launch dict the launcher cannot use.
+    """
+    try:
+        LaunchConfig.from_dict(launch)
+        names = required_functions(entry_point, bwd_entry_point, launch)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"invalid launch config {launch!r}: {exc}") from None
+    return check_source(source, names)
 
 
 def _source_dir() -> Path:
@@ -116,8 +131,11 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
         cached = _LOADED.get(kid)
     if cached is not None:
         return cached
+    problems = static_violations(source, entry_point, bwd_entry_point, launch)
+    if problems:
+        listed = "; ".join(str(p) for p in problems[:10])
+        raise ValueError(f"kernel source rejected by the static allowlist ({len(problems)} problem(s)): {listed}")
     cfg = LaunchConfig.from_dict(launch)
-    assert_allowed(source, required_functions(entry_point, bwd_entry_point, launch))
     module = _import(_write_source(source, actual), actual)
     reduce_name = f"{entry_point}_reduce"
     fns = KernelFunctions(

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from ..spec import AttentionSpec
-from .allowlist import check_source
 from .launch import backward, forward
-from .loader import LoadedKernel, load_record, required_functions
+from .loader import LoadedKernel, load_record, static_violations
 from .reference import attention_reference, make_inputs, reference_grads, tolerance
 
 RAGGED_LENGTHS = ((1, 17), (17, 33), (33, 17))
@@ -88,8 +87,10 @@ def check_case(loaded: LoadedKernel, spec: AttentionSpec, device: torch.device, 
 def verify_record(record, device: torch.device | str | None = None) -> VerificationReport:  # type: ignore[no-untyped-def]
     """Allowlist, load and check ``record`` on ``device`` (default: CUDA if available, else the CPU interpreter)."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    violations = check_source(record.source, required_functions(record.entry_point, record.bwd_entry_point,
-                                                                 dict(record.launch)))
+    try:
+        violations = static_violations(record.source, record.entry_point, record.bwd_entry_point, dict(record.launch))
+    except ValueError as exc:
+        return VerificationReport(False, (f"launch: {exc}",), float("inf"))
     if violations:
         return VerificationReport(False, tuple(f"allowlist: {v}" for v in violations[:10]), float("inf"))
     try:

@@ -13,7 +13,6 @@ import time
 import traceback
 from typing import Any, Callable, Sequence
 
-from ..kernels.allowlist import check_source
 from ..spec import AttentionSpec
 from .types import Candidate, EvalResult, Stage
 
@@ -48,14 +47,12 @@ def materialize(candidate: Candidate) -> tuple[str, str, str | None, dict[str, A
 
 def static_check(source: str, entry: str, bwd: str | None, launch: dict[str, Any]) -> None:
     """Allowlist (AST, nothing executed), every entry point the launcher will call, a valid launch config."""
-    from ..kernels.launch import LaunchConfig
-    from ..kernels.loader import required_functions
+    from ..kernels.loader import static_violations
 
     try:
-        LaunchConfig.from_dict(launch)
-    except (ValueError, TypeError) as exc:
-        raise StageError(Stage.STATIC, f"invalid launch config: {exc}") from None
-    problems = check_source(source, required_functions(entry, bwd, launch))
+        problems = static_violations(source, entry, bwd, launch)
+    except ValueError as exc:
+        raise StageError(Stage.STATIC, str(exc)) from None
     if problems:
         raise StageError(Stage.STATIC, "static allowlist: " + "; ".join(str(p) for p in problems[:10]))
 
