@@ -17,7 +17,7 @@ from avo_inductor.spec import AttentionSpec, HardwareKey
 
 SPEC = AttentionSpec(batch=2, q_heads=4, kv_heads=2, q_len=100, kv_len=120, head_dim=16, dtype="float16", causal=True)
 STORE_O = "    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_dv[None, :] < V_HEAD_DIM))\n"
-KV_LOOP = "    for start_n in range(lo, hi, BLOCK_N):\n        start_n = tl.multiple_of(start_n, BLOCK_N)\n"
+KV_LOOP = "    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):\n        start_n = tl.multiple_of(start_n, BLOCK_N)\n"
 AFTER_Q = "    q = _load_tile(Q + "  # start of the statement loading the q tile; the cheat stores q back right before
 FWD_BODY = "    if PERSISTENT:\n"
 
@@ -46,7 +46,7 @@ def cheats(rendered) -> dict[str, Candidate]:
             "    prev = tl.load(o_ptrs, mask=o_mask, other=0.0).to(tl.float32)\n"
             "    acc = tl.where(prev == prev, prev, acc)\n" + STORE_O),
         "skips_tail": edited(rendered, "skips_tail", KV_LOOP,
-                             KV_LOOP.replace("range(lo, hi, BLOCK_N)", "range(lo, hi // BLOCK_N * BLOCK_N, BLOCK_N)")),
+                             KV_LOOP.replace("range(lo, hi, BLOCK_N,", "range(lo, hi // BLOCK_N * BLOCK_N, BLOCK_N,")),
         "modifies_inputs": edited(rendered, "modifies_inputs", AFTER_Q,
             "    tl.store(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,"
             " tl.zeros([BLOCK_M, BLOCK_D], dtype=Q.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))\n"

@@ -48,3 +48,24 @@ def test_harness_hash_mismatch_refuses_to_start():
         worker.start()
     worker.close()
     assert len(harness_sha256()) == 64 and harness_sha256() == harness_sha256()
+
+
+def test_pool_affinity_prefers_served_then_unclaimed_keys_and_never_idles():
+    pool = WorkerPool(["cpu", "cpu"], handler=DIAG)
+    try:
+        keys = ["a", "b", "a", "c", "b"]
+        remaining = list(range(len(keys)))
+        pool._served = [{"b"}, {"a"}]
+        assert pool._take(0, remaining, keys) == 1  # its own key first
+        assert pool._take(0, remaining, keys) == 4
+        assert pool._take(0, remaining, keys) == 3  # then a key no other worker has served
+        assert pool._take(0, remaining, keys) == 0  # then anything: a worker never idles while work remains
+        assert pool._take(1, remaining, keys) == 2 and pool._take(1, remaining, keys) is None
+        pool._served = [set(), set()]
+        replies = pool.map([{"op": "ping"}] * 4, timeout_s=30, affinity=["x", "y", "x", "y"])
+        assert [r.status for r in replies] == ["ok"] * 4
+        assert set().union(*pool._served) == {"x", "y"}
+        with pytest.raises(ValueError, match="affinity"):
+            pool.map([{"op": "ping"}], timeout_s=30, affinity=[])
+    finally:
+        pool.close()

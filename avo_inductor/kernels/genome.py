@@ -22,6 +22,7 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "even_fast_path": (False, True),
     "persistent": (False, True),
     "use_tma": (False, True),
+    "warp_specialize": (False, True),
     "lazy_rescale": (False, True),
     "kv_splits": (1, 2, 4, 8, 16, 32),
     "bwd_block_m": (16, 32, 64, 128),
@@ -39,6 +40,8 @@ class KernelGenome:
     exp2: softmax in base 2 with log2(e) folded into the scale. causal_split: causal loop split into
     unmasked full blocks + masked diagonal blocks. even_fast_path: drop boundary masks when lengths divide the
     tiles. persistent: one program per SM looping over tiles. use_tma: tensor descriptors (Hopper+).
+    warp_specialize: Triton's automatic warp specialization of the key loop (producer warps load K/V while
+    consumer warps compute; Hopper+, where the compiler supports it for the loop body).
     lazy_rescale: rescale the accumulator only when the running max grows by more than a threshold.
     kv_splits: split the key sequence across programs (decode, q_len <= 16), reduced by a second kernel.
     bwd_*: the same for the backward kernels. template: which template family renders the source.
@@ -53,6 +56,7 @@ class KernelGenome:
     even_fast_path: bool = True
     persistent: bool = False
     use_tma: bool = False
+    warp_specialize: bool = False
     lazy_rescale: bool = False
     kv_splits: int = 1
     bwd_block_m: int = 32

@@ -159,8 +159,12 @@ def _scalars(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | N
              window: int, mask_kind: str) -> dict[str, Any]:
     d, dv = q.shape[3], v.shape[3]
     window = int(window or 0)
+    sm_scale = float(1.0 / math.sqrt(d) if scale is None else scale)
+    if not (math.isfinite(sm_scale) and sm_scale > 0):
+        # The kernels take the row max on unscaled scores: a non-positive scale would pick the wrong max.
+        raise ValueError(f"attention scale must be a positive finite float; got {sm_scale}")
     return dict(BATCH=q.shape[0], H_Q=q.shape[1], GROUP=q.shape[1] // k.shape[1], N_Q=q.shape[2], N_KV=k.shape[2],
-                sm_scale=float(1.0 / math.sqrt(d) if scale is None else scale), window=window,
+                sm_scale=sm_scale, window=window,
                 HEAD_DIM=d, V_HEAD_DIM=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv),
                 IS_CAUSAL=bool(causal or window > 0), HAS_WINDOW=window > 0)
 

@@ -1,6 +1,6 @@
 """KernelGenome -> Triton source + launch config (the only place knobs turn into code).
 
-Source-level knobs (exp2, causal_split, lazy_rescale, persistent) become module constants of the rendered
+Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize) become module constants of the rendered
 file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py); launch-level knobs (tiles, warps, stages,
 kv_splits, even_fast_path, grid rule) go into ``launch`` for the trusted launcher. A knob the template cannot
 honour (use_tma, other templates, dropout) raises ValueError instead of being silently ignored.
@@ -50,7 +50,8 @@ def _strip_docstring_and_imports(text: str) -> str:
 
 def _constants_block(genome: KernelGenome) -> str:
     values = {"USE_EXP2": genome.exp2, "CAUSAL_SPLIT": genome.causal_split,
-              "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent}
+              "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
+              "WARP_SPECIALIZE": genome.warp_specialize}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 

@@ -258,7 +258,8 @@ class SandboxedEvaluator:
                              "promotion": promotion, "quick": self.quick and not promotion,
                              "seed": int.from_bytes(os.urandom(8), "little") >> 1}))
         if jobs:
-            replies = self.pool.map([job for _, job in jobs], self.timeout_s)
+            replies = self.pool.map([job for _, job in jobs], self.timeout_s,
+                                    affinity=[candidates[i].spec.cache_key() for i, _ in jobs])
             for (i, _), reply in zip(jobs, replies):
                 results[i] = self._to_result(candidates[i], reply)
         return [r for r in results if r is not None]
@@ -266,7 +267,11 @@ class SandboxedEvaluator:
     def promote(self, candidate: Candidate) -> EvalResult:
         """Re-evaluate a winner before it is stored: new seeds, held-out shapes, twice the timing rounds,
         and any needs-re-measure flag becomes a failure (Stage.PROMOTION)."""
-        return self.evaluate([candidate], promotion=True)[0]
+        return self.promote_many([candidate])[0]
+
+    def promote_many(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        """``promote`` for several winners at once, one per worker."""
+        return self.evaluate(candidates, promotion=True)
 
     def _to_result(self, cand: Candidate, reply: Any) -> EvalResult:
         extra = {"worker_restarts": [w.restarts for w in self.pool.workers], "harness_sha256": self.pool.harness}

@@ -21,8 +21,9 @@ def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict
 
     Why each cut: a tile larger than next_pow2(length) only computes masked-out padding; kv_splits is the
     decode (q_len <= 16) split-K and must leave every split at least one key tile; causal_split is a no-op
-    without a causal mask (left frozen); backward tiles matter only when the spec needs grad; TMA needs Hopper (sm90+)
-    and does not exist in the CPU interpreter. A knob left with a single value is frozen (not mutated).
+    without a causal mask (left frozen); backward tiles matter only when the spec needs grad; TMA and warp
+    specialization need Hopper (sm90+) and do not exist in the CPU interpreter. A knob left with a single value
+    is frozen (not mutated).
     """
     max_m = next_power_of_two(spec.q_len)
     max_n = next_power_of_two(spec.kv_len)
@@ -39,7 +40,7 @@ def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict
             allowed = tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
         elif knob == "causal_split" and not (spec.causal or spec.window):
             continue
-        elif knob == "use_tma":
+        elif knob in ("use_tma", "warp_specialize"):
             hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
             allowed = values if hopper else (False,)
         space[knob] = allowed or values[:1]

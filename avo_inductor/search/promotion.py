@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any, Callable
 
 from ..cache.record import KernelMetrics, KernelRecord
@@ -52,6 +55,26 @@ def promotion_decision(result: EvalResult, require_speedup: bool = True, min_gai
     return True, f"speedup {result.speedup:.3f}x > 1 + spread {margin:.3f}"
 
 
+def promotion_eval_batch(evaluator: Evaluator, candidates: list[Candidate]) -> list[EvalResult]:
+    """``promotion_eval`` for several winners, one per evaluation device at a time when the evaluator offers
+    ``promote_many`` (one winner per spec: a 19-spec campaign re-checked one by one left 3 of 4 GPUs idle for
+    minutes). A batch that raises becomes failed results for its candidates; the others still count."""
+    step = max(1, int(getattr(evaluator, "parallelism", 1)))
+    many = getattr(evaluator, "promote_many", None)
+    out: list[EvalResult] = []
+    for i in range(0, len(candidates), step):
+        batch = candidates[i:i + step]
+        try:
+            results = list(many(batch)) if callable(many) else [promotion_eval(evaluator, c) for c in batch]
+            if [r.candidate_id for r in results] != [c.id for c in batch]:
+                raise RuntimeError(f"evaluator answered for {[r.candidate_id for r in results]}, "
+                                   f"asked about {[c.id for c in batch]}")
+        except Exception as exc:
+            results = [failed_result(c, exc) for c in batch]
+        out += results
+    return out
+
+
 def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey, software: SoftwareKey,
                  render: Callable[[Any, AttentionSpec], Any] | None = None) -> KernelRecord:
     """KernelRecord for a promoted candidate; genome candidates are rendered, source candidates kept verbatim.
@@ -90,31 +113,58 @@ def failed_result(candidate: Candidate, exc: BaseException) -> EvalResult:
                       message=f"{type(exc).__name__}: {exc}")
 
 
+# The verdict goes to a private dup of stdout and fd 1 is pointed at stderr first (as in sandbox.worker_main), so
+# anything the kernel prints (the interpreter runs kernel bodies as Python) cannot forge the verdict line.
 _VERIFY_SNIPPET = (
-    "import json, sys\n"
+    "import json, os, sys\n"
+    "verdict = os.fdopen(os.dup(1), 'w')\n"
+    "os.dup2(2, 1)\n"
     "from avo_inductor.cache.record import KernelRecord\n"
     "from avo_inductor.kernels.verify import verify_record\n"
     "report = verify_record(KernelRecord.from_dict(json.load(sys.stdin)))\n"
-    "print(json.dumps({'ok': bool(report.ok), 'problems': list(report.problems)[:5]}))\n"
+    "verdict.write(json.dumps({'ok': bool(report.ok), 'problems': list(report.problems)[:5]}) + '\\n')\n"
+    "verdict.flush()\n"
 )
 
 
 def verify_isolated(record: KernelRecord, timeout_s: float = 900.0) -> tuple[bool, str]:
     """``kernels.verify.verify_record`` (forward and, for training specs, gradients) in a child process with the
-    evaluator workers' scrubbed environment, so a crashing or hanging kernel costs the promotion, not the run."""
+    evaluator workers' scrubbed environment and a private scratch cache folder, so a crashing, hanging or hostile
+    kernel costs the verification, never the calling process (a search run, or ``python -m avo_inductor.cache
+    import`` holding the store). The one implementation both callers share: no second sandbox to keep in step."""
     from .sandbox import scrubbed_env
 
     device = "cpu" if record.hardware.vendor == "cpu" else "cuda:0"
+    with tempfile.TemporaryDirectory(prefix="avo-verify-") as work_dir:
+        proc = subprocess.Popen([sys.executable, "-s", "-c", _VERIFY_SNIPPET], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work_dir,
+                                env=scrubbed_env(device, work_dir=work_dir), start_new_session=True)
+        try:
+            out, err = proc.communicate(json.dumps(record.to_dict()), timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return False, f"verification timed out after {timeout_s:.0f}s"
+    return _read_verdict(proc.returncode, out, err)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the child's whole session (compiler grandchildren too) and reap it."""
     try:
-        proc = subprocess.run([sys.executable, "-c", _VERIFY_SNIPPET], input=json.dumps(record.to_dict()),
-                              capture_output=True, text=True, timeout=timeout_s, env=scrubbed_env(device))
-    except subprocess.TimeoutExpired:
-        return False, f"verification timed out after {timeout_s:.0f}s"
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return False, f"verification process exited {proc.returncode}: {proc.stderr.strip()[-400:]}"
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
+def _read_verdict(returncode: int, stdout: str, stderr: str) -> tuple[bool, str]:
+    """(ok, problems) from the child's last stdout line; anything else (crash, garbage) is a failure."""
+    lines = stdout.strip().splitlines()
+    if returncode != 0 or not lines:
+        return False, f"verification process exited {returncode}: {stderr.strip()[-400:]}"
     try:
         verdict = json.loads(lines[-1])
     except json.JSONDecodeError:
         return False, f"unreadable verification output: {lines[-1][:200]}"
-    return bool(verdict.get("ok")), "; ".join(verdict.get("problems", []))
+    if not isinstance(verdict, dict):
+        return False, f"unreadable verification output: {lines[-1][:200]}"
+    return bool(verdict.get("ok")), "; ".join(str(p) for p in verdict.get("problems", []))

@@ -13,6 +13,7 @@ USE_EXP2 = tl.constexpr(True)
 CAUSAL_SPLIT = tl.constexpr(True)
 LAZY_RESCALE = tl.constexpr(False)
 PERSISTENT = tl.constexpr(False)
+WARP_SPECIALIZE = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -102,24 +103,38 @@ def _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
     offs_n0 = tl.arange(0, BLOCK_N)
-    for start_n in range(lo, hi, BLOCK_N):
+    # A block with nothing to mask takes the short path: the row max is taken on raw scores and the scale folds
+    # into one FMA per score (x * scale - m), as in the Triton tutorial; the scale is positive (launcher checks).
+    NO_MASK: tl.constexpr = MASK_KIND == 0 and not APPLY_CAUSAL and not HAS_WINDOW and not CHECK_N
+    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + offs_n0
         kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
                         offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, CHECK_N)
-        s = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)) * qk_scale
-        s = _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                         MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        if LAZY_RESCALE:
-            m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
-        if USE_EXP2:
-            p = tl.math.exp2(s - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
+        qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        if NO_MASK:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            if LAZY_RESCALE:
+                m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
+            if USE_EXP2:
+                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+                alpha = tl.math.exp2(m_i - m_new)
+            else:
+                p = tl.exp(qk * qk_scale - m_new[:, None])
+                alpha = tl.exp(m_i - m_new)
         else:
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m_i - m_safe)
+            s = _apply_masks(qk * qk_scale, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                             MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            if LAZY_RESCALE:
+                m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
+            if USE_EXP2:
+                p = tl.math.exp2(s - m_safe[:, None])
+                alpha = tl.math.exp2(m_i - m_safe)
+            else:
+                p = tl.exp(s - m_safe[:, None])
+                alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         v = _load_tile(V_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
