@@ -104,9 +104,11 @@ def test_resume_finishes_an_interrupted_run(tmp_path: Path) -> None:
         runner.execute(opts, store=store, evaluator=Interrupting(), hardware=HW)
     (run,) = runner.status(db).runs
     assert run.status == "interrupted" and run.pending > 0
-    outcome = runner.resume(run.id, db, store=store, evaluator=FakeEvaluator(), hardware=HW)
+    outcome = runner.resume("latest", db, store=store, evaluator=FakeEvaluator(), hardware=HW)
     (run,) = runner.status(db).runs
     assert outcome.run_id == run.id and run.status == "finished" and run.pending == 0 and run.generation == 4
+    with pytest.raises(ValueError, match="no unfinished run"):
+        runner.resume("latest", db, store=store, evaluator=FakeEvaluator(), hardware=HW)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "lineage":
             sp.add_argument("ref", metavar="SPEC_KEY|KERNEL_ID|CANDIDATE_ID")
         if name == "resume":
-            sp.add_argument("run_id", metavar="RUN_ID")
+            sp.add_argument("run_id", metavar="RUN_ID", help='a run id from `status`, or "latest" (newest unfinished run)')
     return p
 
 

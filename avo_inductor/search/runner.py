@@ -271,10 +271,21 @@ def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | 
             close()
 
 
+def latest_unfinished(db: SearchDatabase) -> str:
+    """The most recently started run that has not finished (what a campaign sliced over GPU leases continues)."""
+    open_runs = sorted((r for r in db.runs() if r.status != "finished"), key=lambda r: r.started)
+    if not open_runs:
+        raise ValueError("no unfinished run in the database: every run has finished (start a new one with `run`)")
+    return open_runs[-1].id
+
+
 def resume(run_id: str, db_path: str | Path | None = None, **kwargs: Any) -> SearchOutcome:
-    """Continue ``run_id`` with the options, specs and config it was started with."""
+    """Continue ``run_id`` ("latest": the newest unfinished run) with the options, specs and config it was
+    started with."""
     path = _existing(db_path or default_db_path(kwargs.get("settings")))
     with SearchDatabase(path) as db:
+        if run_id == "latest":
+            run_id = latest_unfinished(db)
         info = db.get_run(run_id)
     if info.status == "finished":
         raise ValueError(f"run {run_id} already finished; start a new run (the database keeps its population)")
