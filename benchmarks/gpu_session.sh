@@ -20,6 +20,33 @@ for step in "$@"; do
     attention-train) python3 benchmarks/attention.py --suite issue4 --train --providers sdpa-default,flex --out "$OUT" 2>&1 | tee "$OUT/attention-train.log" | tail -10 ;;
     models*) cases=${MODEL_CASES:-llama:4:2048,llama:1:8192}
             python3 benchmarks/models.py --cases "$cases" --variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -8 ;;
+    variants) python3 benchmarks/variants.py --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
+    sanity) python3 benchmarks/sanity.py > "$OUT/sanity.log" 2>&1; rc=$?; tail -12 "$OUT/sanity.log"; [ $rc = 0 ] || exit 3 ;;
+    campaign) # Run or resume (newest unfinished run) the campaign under a wall-clock limit; SIGINT lets the engine
+              # re-queue in-flight candidates and mark the run interrupted. The database comes back in $OUT.
+            DB=${CAMPAIGN_DB:-search/runs/h100-core.db}; mkdir -p "$(dirname "$DB")"
+            state=$(python3 - "$DB" <<'PY'
+import sys
+from pathlib import Path
+from avo_inductor.search.database import SearchDatabase
+path = Path(sys.argv[1])
+runs = SearchDatabase(path).runs() if path.exists() else []
+print("resume" if any(r.status != "finished" for r in runs) else ("done" if runs else "new"))
+PY
+)
+            echo "campaign state: $state ($DB)"
+            case "$state" in
+              new) timeout -s INT "${CAMPAIGN_WALL:-480}" python3 -m avo_inductor.search run --campaign "${CAMPAIGN:-search/h100-core.toml}" --db "$DB" ${CAMPAIGN_ARGS:-} > "$OUT/campaign.log" 2>&1 ;;
+              resume) timeout -s INT "${CAMPAIGN_WALL:-480}" python3 -m avo_inductor.search resume latest --db "$DB" > "$OUT/campaign.log" 2>&1 ;;
+            esac
+            echo "exit $?"; grep -E "stored|kept out|stopped|interrupted|error" "$OUT/campaign.log" | tail -25
+            python3 -m avo_inductor.search status --db "$DB" 2>&1 | tee "$OUT/campaign-status.txt" | tail -25
+            python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.close()" "$DB"
+            cp "$DB" "${DB%.db}.jsonl" "$OUT/" 2>/dev/null ;;
+    export) # The promoted records of this host's store as a bundle (unsigned: the repository is its provenance).
+            python3 -m avo_inductor.cache ls 2>&1 | tee "$OUT/store.txt" | tail -25
+            python3 -m avo_inductor.cache export -o "$OUT/bundle" 2>&1 | tail -3
+            python3 -m avo_inductor.cache verify "$OUT/bundle" 2>&1 | tail -3 ;;
     search) timeout 390 python3 -m avo_inductor.search run --campaign search/h100-smoke.toml --budget-minutes 5 2>&1 | tail -30 | tee "$OUT/search.log"
             python3 -m avo_inductor.search status 2>&1 | tail -20 | tee -a "$OUT/search.log"
             cp "$AVO_CACHE_DIR"/search.db* "$OUT/" 2>/dev/null; ls "$AVO_CACHE_DIR" ;;

@@ -155,3 +155,72 @@ def test_prices_unknown_models_pay_the_most():
     b = Budget(max_tokens=100, max_dollars=1.0)
     b.charge("claude-haiku-4-5", {"input_tokens": 60, "output_tokens": 50})
     assert b.exhausted().startswith("token budget spent")
+
+
+class _FakeClock:
+    """Seconds that pass only when the test says so (a model call or a tool evaluation "takes" some)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _SlowEvaluator(RecordingEvaluator):
+    def __init__(self, clock: _FakeClock, seconds: float) -> None:
+        super().__init__()
+        self.clock, self.seconds = clock, seconds
+
+    def evaluate(self, candidates, until: Stage | None = None):
+        self.clock.now += self.seconds
+        return super().evaluate(candidates, until)
+
+
+def test_deadline_stops_a_session_before_the_next_model_call_and_keeps_the_verified_child():
+    """Regression: the wall-clock budget was never checked inside a session, so a long tool-use conversation ran
+    past the search's budget. Each tool evaluation takes 10 s here; the deadline is at 15 s."""
+    clock = _FakeClock()
+    other = GOOD.replace("USE_EXP2 = tl.constexpr(False)", "USE_EXP2 = tl.constexpr(True)")
+    client = ScriptedClient([
+        [tool_use("t1", "time_candidate", {"source": GOOD})],      # t=0: fully verified, becomes the best
+        [tool_use("t2", "compile_candidate", {"source": other})],  # t=10: still in time
+        [tool_use("t3", "time_candidate", {"source": other})],     # t=20: must never be requested
+    ])
+    ev = _SlowEvaluator(clock, 10.0)
+    op = AgentOperator(lambda: client, settings(), ev, hardware=CPU)
+    op.set_deadline(15.0, clock)
+    (child,) = op.propose([(PARENT, None)], n=3, seed=0)
+    assert child.source == GOOD  # ended cleanly with the candidate verified before the deadline
+    assert len(client.requests) == 2 and len(ev.calls) == 2
+    assert "wall-clock" in op.stop_reason
+    assert op.propose([(PARENT, None)], n=1, seed=1) == [] and len(client.requests) == 2  # no new session either
+
+
+def test_deadline_passing_during_a_model_call_skips_its_tool_round():
+    """A model call that ends past the deadline: its tool calls (each possibly a full evaluation) are not run."""
+    clock = _FakeClock()
+
+    class SlowClient(ScriptedClient):
+        def create(self, **request):
+            clock.now += 60.0
+            return super().create(**request)
+
+    client = SlowClient([[tool_use("t1", "time_candidate", {"source": GOOD})]])
+    ev = RecordingEvaluator()
+    op = AgentOperator(lambda: client, settings(), ev, hardware=CPU)
+    op.set_deadline(30.0, clock)
+    assert op.propose([(PARENT, None)], n=1, seed=0) == []
+    assert len(client.requests) == 1 and ev.calls == [] and "wall-clock" in op.stop_reason
+
+
+def test_budget_deadline_is_part_of_exhausted():
+    clock = _FakeClock()
+    b = Budget(max_tokens=10_000, max_dollars=1.0)
+    assert b.out_of_time() == "" and b.exhausted() == ""
+    b.set_deadline(5.0, clock)
+    assert b.exhausted() == "" and b.refuse_next("claude-sonnet-4-5", 100) == ""
+    clock.now = 5.0
+    assert b.exhausted().startswith("wall-clock budget spent") and b.refuse_next("claude-sonnet-4-5", 100)
+    b.set_deadline(None)
+    assert b.exhausted() == ""

@@ -127,11 +127,64 @@ def test_other_hardware_admitted_unverified(tmp_path: Path) -> None:
 
 
 def test_default_verifier_is_kernels_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.ModuleType("avo_inductor.kernels.verify")
-    fake.verify_record = wrong_results_verifier
-    monkeypatch.setitem(sys.modules, "avo_inductor.kernels.verify", fake)
+    """The default verifier is the sandboxed one; a failing verdict from it refuses the import."""
+    import avo_inductor.cache.bundle as bundle_mod
+
+    monkeypatch.setattr(bundle_mod, "isolated_verifier", wrong_results_verifier)
     with pytest.raises(BundleRefused, match="failed verification"):
         import_bundle(_store(tmp_path / "dst"), _export(tmp_path, "b"), settings=_settings(tmp_path))
+
+
+# A stand-in for the child's verify script: reports where it ran (pid, secrets visible, working folder) as its
+# verdict's problems, without importing torch, so the isolation itself is checked in well under a second.
+_SPY_SNIPPET = (
+    "import json, os, sys\n"
+    "json.load(sys.stdin)\n"
+    "print(json.dumps({'ok': False, 'problems': ['pid=%d' % os.getpid(),\n"
+    "    'secret=%s' % ('AVO_TEST_API_KEY' in os.environ), 'cwd=' + os.getcwd()]}))\n"
+)
+
+
+def _tripwire_verify(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Replace the in-process verify_record so any verification run in the importing process is recorded."""
+    calls: list = []
+    fake = types.ModuleType("avo_inductor.kernels.verify")
+    fake.verify_record = lambda record, device=None: calls.append(record) or ok_verifier(record)
+    monkeypatch.setitem(sys.modules, "avo_inductor.kernels.verify", fake)
+    return calls
+
+
+def test_import_verifies_in_a_scrubbed_child_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: `import` compiled and ran bundle kernels in the importing process. The default verifier must
+    run them in a child (other pid, scrubbed environment, private scratch folder) and refuse on its verdict."""
+    import os
+
+    from avo_inductor.search import promotion
+
+    calls = _tripwire_verify(monkeypatch)
+    monkeypatch.setattr(promotion, "_VERIFY_SNIPPET", _SPY_SNIPPET)
+    monkeypatch.setenv("AVO_TEST_API_KEY", "sk-secret")
+    path = _export(tmp_path, "b")
+    _assert_refused_and_unchanged(tmp_path, path, _settings(tmp_path), "failed verification", verifier=None)
+    with pytest.raises(BundleRefused) as info:
+        import_bundle(_store(tmp_path / "dst2"), path, settings=_settings(tmp_path))
+    text = str(info.value)
+    pids = {int(p.split("=")[1].split(";")[0]) for p in text.split() if p.startswith("pid=")}
+    assert pids and os.getpid() not in pids, text
+    assert "secret=False" in text and "avo-verify-" in text
+    assert calls == []  # nothing was verified (compiled, run) in this process
+
+
+def test_crashing_verification_refuses_without_harming_the_importer(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that segfaults the verifier kills only the child: the import is refused, the store unchanged."""
+    from avo_inductor.search import promotion
+
+    calls = _tripwire_verify(monkeypatch)
+    monkeypatch.setattr(promotion, "_VERIFY_SNIPPET", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    _assert_refused_and_unchanged(tmp_path, _export(tmp_path, "b"), _settings(tmp_path), "verification process exited",
+                                  verifier=None)
+    assert calls == []
 
 
 # ---- hostile bundles: (mutation of an exported folder, settings overrides, expected message) ----------------
@@ -248,7 +301,7 @@ def test_wrong_results_refused(tmp_path: Path) -> None:
                                   verifier=wrong_results_verifier)
 
 
-def test_real_wrong_kernel_refused(tmp_path: Path) -> None:
+def test_real_wrong_kernel_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     verify = pytest.importorskip("avo_inductor.kernels.verify")
     baseline = pytest.importorskip("avo_inductor.kernels.baseline")
     good = baseline.baseline_record(make_record(16).spec)
@@ -259,8 +312,10 @@ def test_real_wrong_kernel_refused(tmp_path: Path) -> None:
     bad_source = good.source.replace(target, "acc = 1.5 * acc / tl.where(empty, 1.0, l_i)", 1)
     bad = good.with_changes(source=bad_source, sha256="")
     assert verify.verify_record is not None
+    calls = _tripwire_verify(monkeypatch)  # the verdict must come from the sandboxed child's real verifier
     _assert_refused_and_unchanged(tmp_path, _export(tmp_path, "b", [bad]), _settings(tmp_path),
-                                  "failed verification", verifier=None, reverify=False)  # the real verifier, ~5 s on CPU
+                                  "forward mismatch", verifier=None, reverify=False)  # the real verifier, ~5 s on CPU
+    assert calls == []
 
 
 def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:

@@ -195,3 +195,66 @@ def test_stacked_sites_rewrite_in_sequence(to_avo: bool) -> None:
         torch.testing.assert_close(compiled(q, k, v), Stacked()(q, k, v), atol=1e-5, rtol=1e-5)
     assert [m.pattern for m in seen.matches] == ["matmul_softmax", "sdpa"]
     assert len(calls) == (2 if to_avo else 0)
+
+
+class BiasedBf16(nn.Module):
+    """bf16 attention plus a float32 bias buffer: eager adds it to the bf16 scores in float32 (type promotion)."""
+
+    def __init__(self, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("bias", bias)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        s = (q @ k.transpose(-2, -1)) * 0.25 + self.bias
+        return torch.softmax(s, dim=-1).to(q.dtype) @ v
+
+
+def test_rewrite_to_avo_keeps_a_float32_bias_float32_with_bf16_q() -> None:
+    """Regression: rewrite_to_avo cast the bias to q's dtype. Values ~1e3 apart from each other by less than
+    bf16's spacing there (4.0) lose every difference in bf16; the avo op must get the float32 bias and honour it
+    against the float64 reference far better than a bf16-cast bias would."""
+    from avo_inductor.kernels.baseline import baseline_record
+    from avo_inductor.kernels.op import register_kernel
+    from avo_inductor.kernels.reference import attention_reference, tolerance
+    from avo_inductor.spec import AttentionSpec
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=g).to(torch.bfloat16) for n in (16, 24, 24))
+    bias = 1000.0 + 4.0 * torch.rand(1, 2, 16, 24, generator=g)
+    kid = register_kernel(baseline_record(AttentionSpec(1, 2, 2, 16, 24, 16, dtype="bfloat16", mask="bias")))
+    seen: list[tuple] = []
+
+    def finalize(gm: fx.GraphModule) -> None:
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and node.target is torch.ops.avo.attention.default:
+                seen.append((node.args[3].meta["example_value"].dtype, node.meta["example_value"]))
+
+    compiled, _ = compile_with(BiasedBf16(bias), rewrite=lambda gm, m: rewrite_to_avo(gm, m, kid), finalize=finalize)
+    with torch.no_grad():
+        out = compiled(q, k, v)
+    ((mask_dtype, fake_out),) = seen
+    assert mask_dtype == torch.float32  # not cast to q's bf16
+    assert fake_out is not None and fake_out.dtype == torch.bfloat16  # the fake impl takes a float32 bias too
+    ref = attention_reference(q, k, v, scale=0.25, mask_kind="bias", mask=bias)
+    cast = attention_reference(q, k, v, scale=0.25, mask_kind="bias", mask=bias.to(torch.bfloat16))
+    err, cast_err = (out.double() - ref).abs().max(), (cast - ref).abs().max()
+    atol, rtol = tolerance(torch.bfloat16)
+    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
+    assert err * 10 < cast_err, (err, cast_err)
+
+
+def test_rewrite_to_sdpa_still_casts_the_bias_to_q_dtype() -> None:
+    """SDPA's fused kernels want the mask in the query's dtype: only the avo path keeps the bias's own dtype."""
+    bias = torch.randn(1, 2, 16, 24)
+    q, k, v = (torch.randn(1, 2, n, 16).to(torch.bfloat16) for n in (16, 24, 24))
+    dtypes: list[torch.dtype] = []
+
+    def finalize(gm: fx.GraphModule) -> None:
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and node.target is F.scaled_dot_product_attention:
+                dtypes.append(node.kwargs["attn_mask"].meta["example_value"].dtype)
+
+    compiled, _ = compile_with(BiasedBf16(bias), finalize=finalize)
+    with torch.no_grad():
+        compiled(q, k, v)
+    assert dtypes == [torch.bfloat16]

@@ -121,3 +121,39 @@ def test_verify_record_accepts_baseline_and_rejects_a_wrong_kernel():
     assert not report.ok and any("forward mismatch" in p for p in report.problems)
     evil = _record(spec, source=rec.source + "\nimport os\n", sha256="")
     assert not verify_record(evil, "cpu").ok
+
+
+def _bias_1e3(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """A float32 bias ~1e3 whose entries differ by less than bf16's spacing there (4.0): cast to bf16, the
+    differences between keys are rounded away; kept in float32, they decide the softmax."""
+    g = torch.Generator().manual_seed(seed)
+    return 1000.0 + 4.0 * torch.rand(shape, generator=g)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_float32_bias_keeps_its_precision_with_bf16_q(compiled):
+    """The op's side of keeping a bias's precision (the rewrite's side is in test_detect_sdpa.py): a float32 bias
+    with bf16 q/k/v goes through the launcher, the fake impl under torch.compile and the Triton backward as
+    float32, and matches the float64 reference far better than the bf16-cast bias could."""
+    spec = AttentionSpec(1, 2, 2, 16, 24, 16, dtype="bfloat16", mask="bias", needs_grad=True)
+    kid = register_kernel(_record(spec))
+    assert get_kernel(kid).has_backward
+
+    def fn(q, k, v, m):
+        return attention(q, k, v, m, kernel_id=kid, mask_kind="bias")
+
+    if compiled:
+        fn = torch.compile(fn, backend="inductor", fullgraph=True)
+    inp = make_inputs(spec)
+    bias = _bias_1e3((1, 2, 16, 24))
+    out, do, grads, _ = _grads(fn, dataclasses.replace(inp, mask=bias))
+    assert out.dtype == torch.bfloat16
+    ref = attention_reference(inp.q, inp.k, inp.v, mask_kind="bias", mask=bias)
+    cast_err = (attention_reference(inp.q, inp.k, inp.v, mask_kind="bias", mask=bias.to(torch.bfloat16)) - ref).abs().max()
+    err = (out.double() - ref).abs().max()
+    atol, rtol = tolerance("bfloat16")
+    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
+    assert err * 10 < cast_err, (err, cast_err)
+    gatol, grtol = tolerance("bfloat16", grad=True)
+    for g, r in zip(grads, reference_grads(inp.q, inp.k, inp.v, do, mask_kind="bias", mask=bias)):
+        torch.testing.assert_close(g.double(), r, atol=gatol, rtol=grtol)

@@ -138,3 +138,122 @@ def test_promotion_keeps_a_faster_stored_kernel(tmp_path: Path) -> None:
     outcome = eng.run()
     assert "store already holds" in outcome.rejected[SPEC.cache_key()]
     assert store.lookup(SPEC, HW).record.lineage_id == "old"
+
+
+class _Batching:
+    """promote_many with two devices; the batch holding candidate "boom" raises."""
+
+    parallelism = 2
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def promote_many(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        ids = [c.id for c in candidates]
+        self.batches.append(ids)
+        if "boom" in ids:
+            raise RuntimeError("worker pool died")
+        return [EvalResult(c.id, True, Stage.PASSED, speedup=1.2) for c in candidates]
+
+
+def test_promotion_batches_by_parallelism_and_isolates_failures() -> None:
+    from avo_inductor.search.promotion import promotion_eval_batch
+
+    ev = _Batching()
+    cands = [Candidate(cid, SPEC, genome=default_genome(SPEC)) for cid in ("a", "b", "boom", "c", "d")]
+    results = promotion_eval_batch(ev, cands)
+    assert ev.batches == [["a", "b"], ["boom", "c"], ["d"]]
+    assert [r.candidate_id for r in results] == ["a", "b", "boom", "c", "d"]
+    assert [r.ok for r in results] == [True, True, False, False, True]
+    assert results[2].stage is Stage.PROMOTION and "worker pool died" in results[2].message
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL/Ctrl-C at one exact point (BaseException: the engine must not swallow it)."""
+
+
+def _generation_sets(db: SearchDatabase, run_id: str) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for c in db.candidates(run_id):
+        out.setdefault(c.generation, []).append(c.id)
+    return out
+
+
+def test_resume_after_a_kill_before_complete_generation_does_not_repeat_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: killed between a generation's last evaluated batch and ``complete_generation``, the resumed
+    run proposed (and evaluated) a second set for the same generation, and could migrate twice."""
+    cfg = dict(generations=4, population=4, islands=2, migration_interval=2, eval_batch=2, promote=False)
+    clean, _ = _engine(tmp_path / "clean", FakeEvaluator(), **cfg)
+    clean_id = clean.run().run_id
+    killed_gen = 2  # a migration generation: its migration must be recorded exactly once
+    eng, _ = _engine(tmp_path / "killed", FakeEvaluator(), **cfg)
+    real = eng.db.complete_generation
+
+    def die_once(run_id: str, generation: int, migrations=()) -> None:
+        if generation == killed_gen + 1:
+            raise _Killed()
+        real(run_id, generation, migrations)
+
+    monkeypatch.setattr(eng.db, "complete_generation", die_once)
+    with pytest.raises(_Killed):
+        eng.run()
+    (info,) = eng.db.runs()
+    assert info.generation == killed_gen and info.pending == 0  # every candidate of the generation is done
+    before = _generation_sets(eng.db, info.id)
+    monkeypatch.setattr(eng.db, "complete_generation", real)
+    evaluator = FakeEvaluator()
+    resumed, events = _engine(tmp_path / "killed", evaluator, **cfg)
+    resumed.run(run_id=info.id)
+    after = _generation_sets(resumed.db, info.id)
+    assert after[killed_gen] == before[killed_gen]  # no second set proposed for the killed generation
+    assert not set(before[killed_gen]) & {cid for call in evaluator.calls for cid in call}  # nor re-evaluated
+    assert any(e.kind == "note" and f"generation {killed_gen} was fully evaluated" in e.message for e in events)
+    # The same search as one uninterrupted run: same candidates per generation, each migration recorded once.
+    assert after == _generation_sets(clean.db, clean_id)
+    assert resumed.db.migrations(info.id) == clean.db.migrations(clean_id)
+    assert resumed.db.get_run(info.id).generation == cfg["generations"] + 1
+
+
+class _DeadlineRecorder(StructuredOperator):
+    """A structured operator that also records the deadline the engine hands it (as the agent would take it)."""
+
+    def __init__(self) -> None:
+        super().__init__(valid=None)
+        self.deadlines: list[tuple[float | None, Any]] = []
+
+    def set_deadline(self, deadline: float | None, clock: Any = None) -> None:
+        self.deadlines.append((deadline, clock))
+
+
+def test_engine_hands_its_wall_clock_deadline_to_operators(tmp_path: Path) -> None:
+    """The agent's session checks the search's deadline itself (see test_agent.py); the engine must give it one,
+    on the engine's own clock, before each generation's proposals."""
+    now = [0.0]
+    op = _DeadlineRecorder()
+    eng, _ = _engine(tmp_path, FakeEvaluator(), ops=[(op, 1.0)], generations=2, budget_s=100.0, promote=False)
+    eng.clock = lambda: now[0]
+    eng.run()
+    assert len(op.deadlines) == 2  # generations 1 and 2 (generation 0 is the seeds)
+    assert all(d == pytest.approx(100.0) and clock is eng.clock for d, clock in op.deadlines)
+    unbounded = _DeadlineRecorder()
+    eng, _ = _engine(tmp_path / "u", FakeEvaluator(), ops=[(unbounded, 1.0)], generations=1, promote=False)
+    eng.run()
+    assert [d for d, _ in unbounded.deadlines] == [None]
+
+
+def test_campaign_seed_genomes_join_the_seeds_and_batches_interleave_specs(tmp_path: Path) -> None:
+    from avo_inductor.search.engine import _round_robin_by_spec
+    from avo_inductor.spec import AttentionSpec
+
+    other = AttentionSpec(1, 2, 2, 64, 64, 32, dtype="float16", causal=True)
+    eng, _ = _engine(tmp_path, FakeEvaluator())
+    eng.config = SearchConfig(specs=(SPEC, other), generations=0, seed_variants=0, islands=2,
+                              seed_genomes=({"block_n": 32}, {"num_warps": 2}, {"block_n": 32}))
+    seeds = eng._seeds()
+    per_spec = [c for c in seeds if c.spec == SPEC]
+    assert len(per_spec) == 3  # default + two distinct campaign seeds (the repeated override is dropped)
+    assert {c.genome.block_n for c in per_spec[1:]} | {c.genome.num_warps for c in per_spec[1:]} >= {32, 2}
+    assert all(c.diff.startswith("campaign seed") for c in per_spec[1:]) and [c.island for c in per_spec] == [0, 1, 0]
+    order = [c.spec for c in _round_robin_by_spec(seeds)]
+    assert order[:4] == [SPEC, other, SPEC, other]

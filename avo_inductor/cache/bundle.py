@@ -3,7 +3,8 @@
 Import trusts nothing in the bundle: tar members are extracted by hand (no links, devices or escaping paths;
 capped counts and sizes), every file is checked against the manifest sha256, the signature against the trusted
 keys, every record against the static allowlist, and each kernel for this device is compiled and checked for
-correctness. Only when every check passes is anything written, in one store transaction.
+correctness in a sandboxed child process (never in the importing process). Only when every check passes is
+anything written, in one store transaction.
 """
 from __future__ import annotations
 
@@ -199,21 +200,33 @@ def check_bundle_root(root: Path, report: BundleReport, trusted: frozenset[str],
         report.records[entry.key] = record
 
 
-def _default_verifier() -> Verifier | None:
-    try:
-        from ..kernels.verify import verify_record
-    except ImportError:
-        return None
-    return verify_record
+@dataclass(frozen=True)
+class IsolatedVerdict:
+    """What ``isolated_verifier`` returns: the Verifier protocol's ``ok`` and ``problems``."""
+
+    ok: bool
+    problems: tuple[str, ...] = ()
+
+
+def isolated_verifier(record: KernelRecord) -> IsolatedVerdict:
+    """The default Verifier: compile + correctness in a sandboxed child process (``verify_isolated``, shared with
+    the search's promotion), never in this one. A bundle is untrusted input, and the importing process holds the
+    writable store: a hostile kernel that crashes, hangs or misbehaves there must cost only its own admission.
+    (Imported lazily: cache sits below search, and only importing a bundle needs the sandbox.)"""
+    from ..search.promotion import verify_isolated
+
+    ok, problems = verify_isolated(record)
+    return IsolatedVerdict(ok, (problems,) if problems else ())
 
 
 def check_correctness(report: BundleReport, verifier: Verifier | None = None,
                       hardware: HardwareKey | None = None) -> None:
-    """Compile + correctness-check every record tuned for this device; others are listed as unverified."""
+    """Compile + correctness-check every record tuned for this device (``verifier``, default the sandboxed
+    ``isolated_verifier``); others are listed as unverified."""
     here = hardware or HardwareKey.current()
-    verifier = verifier or _default_verifier()
+    verifier = verifier or isolated_verifier
     for key, record in report.records.items():
-        if record.hardware != here or verifier is None:
+        if record.hardware != here:
             report.unverified.append(key)
             continue
         try:
@@ -225,8 +238,6 @@ def check_correctness(report: BundleReport, verifier: Verifier | None = None,
         if not getattr(result, "ok", False):
             details = "; ".join(str(p) for p in getattr(result, "problems", ()) or ["no details"])
             report.problems.append(f"kernel {record.kernel_id} ({key}) failed verification on {here.slug}: {details}")
-    if verifier is None and report.records:
-        report.notes.append("avo_inductor.kernels.verify unavailable: records admitted unverified")
 
 
 def verify_bundle(path: str | Path, trusted_keys: Any = None, require_signed: bool | None = None, *,

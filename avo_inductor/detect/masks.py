@@ -4,7 +4,10 @@ A mask that depends only on shapes, constants and module buffers (``triu(ones(N,
 HF's ``where(kv_idx <= q_idx, 0, finfo.min)``, nanoGPT's ``tril`` buffer sliced ``[:T, :T]``) is evaluated at
 compile time and compared with the causal / sliding-window patterns; a mask fed by user data (padding) stays a
 tensor. Policy (documented for ``explain()``):
-- Module buffers are read at compile time, like constants: mutating a causal buffer after compiling is not seen.
+- Module buffers are read at compile time, like constants: mutating a causal buffer after compiling is not seen
+  (Dynamo guards on a buffer's shape/dtype, not its values). Call ``torch._dynamo.reset()`` and recompile after
+  changing one. A runtime guard was weighed and left out: ``_version`` also moves on ``load_state_dict`` of equal
+  values (false alarms), and comparing contents per call would cost an N x N read per layer.
 - Under dynamic shapes the mask is evaluated at the traced sizes and again at larger sizes; the pattern must hold
   at both points, otherwise the mask is kept as a tensor (always correct, just not the causal kernel).
 """

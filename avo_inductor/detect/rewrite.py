@@ -86,11 +86,24 @@ def _band(b: _Builder, q: fx.Node, k: fx.Node, window: int | None) -> fx.Node:
     return keep
 
 
-def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None) -> fx.Node | None:
+# Bias dtypes the avo kernels load as they are (then convert to fp32 in-kernel, like the scores).
+KERNEL_BIAS_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def kernel_bias_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a bias reaches the avo op in: its own when the kernels load it (a float32 bias added to bf16
+    scores is float32 math in eager; casting it to bf16 would round 1000.3 to 1000), else float32."""
+    return dtype if dtype in KERNEL_BIAS_DTYPES else torch.float32
+
+
+def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None, *,
+                 bias_in_q_dtype: bool = True) -> fx.Node | None:
     """Combine the site's generic mask terms (and an optional extra keep-mask) into one SDPA-style mask.
 
     Bool terms become keep-masks (masked_fill's mask is inverted: SDPA keeps True); bias terms are scaled by the
-    scales applied after them and cast to q's dtype; bool and bias together give ``where(keep, bias, -inf)``.
+    scales applied after them and cast to q's dtype (SDPA's fused kernels want it), or with ``bias_in_q_dtype``
+    False keep their precision (:func:`kernel_bias_dtype`, the avo op); bool and bias together give
+    ``where(keep, bias, -inf)``.
     """
     dtype = tensor_meta(match.q).dtype  # type: ignore[union-attr]
     keeps: list[fx.Node] = [extra_keep] if extra_keep is not None else []
@@ -100,8 +113,10 @@ def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None)
         if term.kind is TermKind.BIAS:
             if term.factor != 1.0:
                 node = b("call_function", operator.mul, node, term.factor)
-            if tensor_meta(node).dtype != dtype:  # type: ignore[union-attr]
-                node = b("call_method", "to", node, dtype)
+            have = tensor_meta(node).dtype  # type: ignore[union-attr]
+            want = dtype if bias_in_q_dtype else kernel_bias_dtype(have)
+            if have != want:
+                node = b("call_method", "to", node, want)
             biases.append(node)
         else:
             if tensor_meta(node).dtype != torch.bool:  # type: ignore[union-attr]
@@ -166,14 +181,14 @@ def rewrite_to_avo(gm: fx.GraphModule, match: AttentionMatch, kernel_id: str) ->
     """Replace the site by ``torch.ops.avo.attention(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)``.
 
     k/v are passed un-repeated (the kernel does GQA); mask follows CONTRACTS.md: keep-mask for BOOL, (B, Nk) keep
-    for PADDING, additive for BIAS. Raises ValueError for dropout sites (the op has no dropout argument): the
+    for PADDING, additive for BIAS (float32/float16/bfloat16 kept as is, whatever q's dtype). Raises ValueError for dropout sites (the op has no dropout argument): the
     caller falls back to ``rewrite_to_sdpa`` for those.
     """
     if match.dropout_p:
         raise ValueError(f"avo.attention has no dropout; site {match.module_path!r} has dropout_p={match.dropout_p}")
     b = _Builder(gm, match.output)
     q, k, v = _operands(b, match)
-    mask = _tensor_mask(b, match, None)
+    mask = _tensor_mask(b, match, None, bias_in_q_dtype=False)  # the kernels read a bias in its own precision
     if mask is not None and match.mask_kind is MaskKind.PADDING:
         mask = b("call_method", "flatten", mask, 1)
     out = b("call_function", torch.ops.avo.attention.default, q, k, v, mask, kernel_id, float(match.scale),

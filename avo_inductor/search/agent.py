@@ -3,7 +3,8 @@
 The agent sees the parent's source, its lineage and hardware notes (data files in prompts/ and hardware_notes/),
 and can run the evaluator cascade up to a stage through tools. Only candidates that passed the full cascade in
 the sandbox come back to the engine. Tokens and dollars are charged against one budget per operator; when it
-runs out the operator stops cleanly and proposes nothing more.
+runs out, or the search's wall-clock deadline (``set_deadline``) passes, the operator stops cleanly and proposes
+nothing more.
 """
 from __future__ import annotations
 
@@ -135,6 +136,11 @@ class AgentOperator:
         params = inspect.signature(evaluator.evaluate).parameters
         self._staged = "until" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
+    def set_deadline(self, deadline: float | None, clock: Callable[[], float] | None = None) -> None:
+        """The search's wall-clock deadline (on ``clock``, the engine's): checked before every model call and
+        every tool round, so a long tool-use session ends with the search's budget, not after it."""
+        self.budget.set_deadline(deadline, clock)
+
     def propose(self, parents: Sequence[tuple[Candidate, EvalResult | None]], n: int, seed: int) -> list[Candidate]:
         """One agent session per child (parents round-robin); returns only fully verified children."""
         children: list[Candidate] = []
@@ -184,7 +190,9 @@ class AgentOperator:
                 nudged = True
                 messages.append({"role": "user", "content": "Use the tools, then call submit_candidate."})
                 continue
-            results = [self._tool(state, use) for use in uses]
+            results = self._tool_round(state, uses)
+            if results is None:
+                break
             messages.append({"role": "user", "content": results})
             if state.accepted:
                 break
@@ -193,6 +201,19 @@ class AgentOperator:
             return None
         cand, _ = chosen
         return replace(cand, notes=(state.critique or cand.notes)[:2000])
+
+    def _tool_round(self, state: _Session, uses: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Run one response's tool calls; None when the deadline passed before one of them could start (each
+        may be a full evaluation). The session then ends with the best candidate verified so far."""
+        results = []
+        for use in uses:
+            late = self.budget.out_of_time()
+            if late:
+                self.stop_reason = f"agent stopped: {late}"
+                log.warning(self.stop_reason)
+                return None
+            results.append(self._tool(state, use))
+        return results
 
     def _task_prompt(self, parent: Candidate, result: EvalResult | None) -> str:
         source, _, _, launch = self._parent_source(parent)

@@ -1,14 +1,17 @@
-"""Token and dollar budget for the LLM operator, priced from prompts/prices.json (data, not code).
+"""Token, dollar and wall-clock budget for the LLM operator, priced from prompts/prices.json (data, not code).
 
 One Budget is shared by every call an operator makes, so a search never spends more than the settings allow.
-Unknown models are charged at the most expensive listed rate: a budget may be underused, never overrun.
+Unknown models are charged at the most expensive listed rate: a budget may be underused, never overrun. The
+deadline is the search's own wall-clock budget, handed down by the engine: one tool-use session can run for many
+minutes, and without it the agent kept talking (and evaluating) after the search's time was up.
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 PRICES_FILE = Path(__file__).resolve().parent / "prompts" / "prices.json"
 
@@ -34,7 +37,8 @@ def _usage_get(usage: Any, name: str) -> int:
 
 @dataclass
 class Budget:
-    """Running totals against ``max_tokens`` and ``max_dollars`` (all token kinds count toward tokens)."""
+    """Running totals against ``max_tokens`` and ``max_dollars`` (all token kinds count toward tokens), and an
+    optional ``deadline`` on ``clock`` after which no model call or tool round may start."""
 
     max_tokens: int
     max_dollars: float
@@ -43,6 +47,24 @@ class Budget:
     calls: int = 0
     last_input_tokens: int = 0
     prices: dict[str, dict[str, float]] = field(default_factory=load_prices)
+    deadline: float | None = None
+    clock: Callable[[], float] = time.monotonic
+
+    def set_deadline(self, deadline: float | None, clock: Callable[[], float] | None = None) -> None:
+        """Stop at ``deadline`` (a ``clock()`` value; None = no time limit). The engine passes its own clock so
+        the deadline and the search's budget are measured the same way."""
+        self.deadline = deadline
+        if clock is not None:
+            self.clock = clock
+
+    def out_of_time(self) -> str:
+        """Why time is up ("" while the deadline is ahead or there is none)."""
+        if self.deadline is None:
+            return ""
+        now = self.clock()
+        if now >= self.deadline:
+            return f"wall-clock budget spent (deadline passed {now - self.deadline:.1f}s ago)"
+        return ""
 
     def cost(self, model: str, usage: Any) -> tuple[int, float]:
         """(tokens, dollars) of one Messages API response's ``usage``."""
@@ -62,7 +84,10 @@ class Budget:
                                      ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
 
     def exhausted(self) -> str:
-        """Why the budget is spent ("" while some is left)."""
+        """Why the budget is spent ("" while some is left): tokens, dollars or time."""
+        late = self.out_of_time()
+        if late:
+            return late
         if self.tokens_used >= self.max_tokens:
             return f"token budget spent ({self.tokens_used:,} of {self.max_tokens:,} tokens)"
         if self.dollars_used >= self.max_dollars:

@@ -17,7 +17,7 @@ from ..spec import AttentionSpec, MaskKind
 SEARCH_KEYS: dict[str, type | tuple[type, ...]] = {
     "generations": int, "budget_minutes": (int, float), "population": int, "islands": int,
     "migration_interval": int, "seed": int, "operators": list, "max_dollars": (int, float),
-    "max_tokens": int, "agent_model": str, "seed_variants": int, "eval_batch": int,
+    "max_tokens": int, "agent_model": str, "seed_variants": int, "eval_batch": int, "seed_genomes": list,
 }
 _SPEC_KEYS = {
     "batch", "q_heads", "kv_heads", "q_len", "kv_len", "seq_len", "head_dim", "v_head_dim", "dtype", "scale",
@@ -104,6 +104,17 @@ def _parse_spec(path: Path, where: str, raw: dict[str, Any], defaults: dict[str,
     return CampaignSpec(spec, label, tuple(str(t) for t in tags))
 
 
+def _check_seed_genome(path: Path, where: str, overrides: Any) -> None:
+    """A seed genome is a table of KernelGenome fields applied over each spec's default genome."""
+    from ..kernels.genome import KernelGenome
+
+    _check_type(path, where, overrides, dict)
+    try:
+        KernelGenome().replace(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise _fail(path, where, str(exc)) from None
+
+
 def parse_campaign(text: str, path: str | Path = "<campaign>") -> Campaign:
     """Parse campaign TOML ``text``; ``path`` is used in error messages and as the default name."""
     path = Path(path)
@@ -125,6 +136,8 @@ def parse_campaign(text: str, path: str | Path = "<campaign>") -> Campaign:
         if key not in SEARCH_KEYS:
             raise _fail(path, f"search.{key}", f"unknown field; valid: {', '.join(sorted(SEARCH_KEYS))}")
         _check_type(path, f"search.{key}", value, SEARCH_KEYS[key])
+    for i, overrides in enumerate(search.get("seed_genomes", [])):
+        _check_seed_genome(path, f"search.seed_genomes[{i}]", overrides)
     if "operators" in search:
         bad_ops = [o for o in search["operators"] if o not in ("structured", "agent")]
         if bad_ops:

@@ -178,8 +178,14 @@ class SearchDatabase:
         with self._tx() as c:
             c.execute("UPDATE runs SET status=?, finished=? WHERE id=?", (status, finished, run_id))
 
-    def complete_generation(self, run_id: str, generation: int) -> None:
+    def complete_generation(self, run_id: str, generation: int,
+                            migrations: Sequence[tuple[str, int, int]] = ()) -> None:
+        """Advance the run to ``generation`` (the next one to finish). ``migrations`` (candidate id, from, to) of
+        the finished generation ``generation - 1`` are recorded in the same transaction: a kill leaves either
+        both or neither, so a resumed run never migrates twice."""
         with self._tx() as c:
+            c.executemany("INSERT INTO migrations VALUES (?,?,?,?)",
+                          [(run_id, generation - 1, cid, to) for cid, _, to in migrations])
             c.execute("UPDATE runs SET generation=MAX(generation, ?) WHERE id=?", (generation, run_id))
 
     def add_spend(self, run_id: str, seconds: float = 0.0, dollars: float = 0.0, tokens: int = 0) -> None:
@@ -205,6 +211,12 @@ class SearchDatabase:
                 if cur.rowcount:
                     added.append(cand)
         return added
+
+    def generation_size(self, run_id: str, generation: int) -> int:
+        """How many candidates (any status) were proposed for ``generation``: non-zero means its set exists and
+        must not be proposed again on resume."""
+        return self._conn.execute("SELECT COUNT(*) FROM candidates WHERE run_id=? AND generation=?",
+                                  (run_id, generation)).fetchone()[0]
 
     def has_candidate(self, run_id: str, candidate_id: str) -> bool:
         return self._conn.execute("SELECT 1 FROM candidates WHERE run_id=? AND id=?",

@@ -16,7 +16,7 @@ from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_k
 from . import population as pop
 from .database import PENDING, SearchDatabase
 from .operators import StructuredOperator, candidate_id, content_hash
-from .promotion import build_record, failed_result, promotion_decision, promotion_eval, verify_isolated
+from .promotion import build_record, promotion_decision, promotion_eval_batch, verify_isolated
 from .types import Candidate, EvalResult, Evaluator, VariationOperator
 
 
@@ -24,7 +24,9 @@ from .types import Candidate, EvalResult, Evaluator, VariationOperator
 class SearchConfig:
     """What to search and how hard. ``population``: children per island per generation.
     ``eval_batch``: candidates per evaluator call (0 = one per evaluation device); smaller batches lose less on a kill.
-    ``require_speedup`` False stores any winner that passes re-evaluation (CPU interpreter runs)."""
+    ``require_speedup`` False stores any winner that passes re-evaluation (CPU interpreter runs).
+    ``seed_genomes``: genome fields applied over each spec's default genome as extra seeds (campaign knowledge,
+    e.g. known-good Hopper tiles), clamped to what each spec allows."""
 
     specs: tuple[AttentionSpec, ...]
     generations: int = 8
@@ -41,9 +43,11 @@ class SearchConfig:
     promote: bool = True
     require_speedup: bool = True
     min_gain: float = 0.0
+    seed_genomes: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "specs", tuple(self.specs))
+        object.__setattr__(self, "seed_genomes", tuple(dict(g) for g in self.seed_genomes))
         if not self.specs:
             raise ValueError("SearchConfig.specs is empty: nothing to search")
         for name in ("generations", "population", "islands", "seed_variants", "eval_batch", "migration_interval"):
@@ -88,6 +92,19 @@ class SearchOutcome:
     best: dict[str, tuple[str, float]]  # spec key -> (candidate id, score)
     promoted: dict[str, str]  # spec key -> kernel id
     rejected: dict[str, str]  # spec key -> why not promoted
+
+
+def _round_robin_by_spec(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """One candidate of each spec in turn: a batch then spans several specs, so parallel workers each keep to
+    their own specs (and their cached baselines) instead of all timing the same spec's baselines at once."""
+    by_spec: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_spec.setdefault(c.spec.cache_key(), []).append(c)
+    queues = list(by_spec.values())
+    out: list[Candidate] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out += [q[i] for q in queues if i < len(q)]
+    return out
 
 
 def _rng(*parts: Any) -> random.Random:
@@ -162,11 +179,7 @@ class SearchEngine:
                 return "generations"
             if self._budget_left() == 0.0:
                 return "budget"
-            pending = self.db.candidates(run_id, PENDING)
-            if not pending:
-                proposals = self._seeds() if gen == 0 else self._propose(gen)
-                self.db.add_candidates(run_id, proposals, [content_hash(c) for c in proposals])
-                pending = self.db.candidates(run_id, PENDING)
+            pending = _round_robin_by_spec(self._pending_or_propose(run_id, gen))
             self._emit("generation", run_id, gen, f"generation {gen}: {len(pending)} candidate(s)")
             # Default batch: one candidate per evaluation device, so the wall-clock budget is checked between
             # batches (a whole generation per call overran a 5-minute budget by minutes on an H200).
@@ -175,9 +188,33 @@ class SearchEngine:
                 if self._budget_left() == 0.0:
                     return "budget"
                 self._evaluate(run_id, gen, pending[i:i + step])
-            if gen and self.config.migration_interval and gen % self.config.migration_interval == 0:
-                self._migrate(run_id, gen)
-            self.db.complete_generation(run_id, gen + 1)
+            self._finish_generation(run_id, gen)
+
+    def _pending_or_propose(self, run_id: str, gen: int) -> list[Candidate]:
+        """The generation's pending candidates; a fresh set is proposed only when ``gen`` has none at all.
+
+        A run killed after its last batch but before ``complete_generation`` resumes with every candidate of
+        ``gen`` done and the generation still open: proposing again would run that generation twice (a second
+        set of children, twice the agent spend), so it is only completed (with its migration, if due).
+        """
+        pending = self.db.candidates(run_id, PENDING)
+        if pending:
+            return pending
+        if self.db.generation_size(run_id, gen):
+            self._emit("note", run_id, gen, f"generation {gen} was fully evaluated before the restart; completing it")
+            return []
+        proposals = self._seeds() if gen == 0 else self._propose(gen)
+        self.db.add_candidates(run_id, proposals, [content_hash(c) for c in proposals])
+        return self.db.candidates(run_id, PENDING)
+
+    def _finish_generation(self, run_id: str, gen: int) -> None:
+        """Migrate (when due) and advance the run's generation in one database transaction, so a kill can never
+        leave a migration recorded with its generation still open (a resume would migrate twice)."""
+        due = gen and self.config.migration_interval and gen % self.config.migration_interval == 0
+        moves = self._migrate() if due else {}
+        self.db.complete_generation(run_id, gen + 1, [m for key_moves in moves.values() for m in key_moves])
+        for key, key_moves in moves.items():
+            self._emit("migration", run_id, gen, f"{key}: {len(key_moves)} migrant(s)", data={"moves": key_moves})
 
     def _seeds(self) -> list[Candidate]:
         """Per spec: the template's default genome plus ``seed_variants`` structured variants of it."""
@@ -189,11 +226,28 @@ class SearchEngine:
             base = self._default_genome(spec, self.hardware)
             seed = Candidate(id="", spec=spec, genome=base, operator="seed", diff="default genome")
             seed = dataclasses.replace(seed, id=candidate_id(spec, content_hash(seed)))
+            mine = [seed] + self._curated_seeds(spec, base, {seed.id})
             variants = StructuredOperator(crossover_rate=0.0, hardware=self.hardware).propose(
                 [(seed, None)], self.config.seed_variants, _rng(self.config.seed, spec.cache_key()).getrandbits(31))
-            out.append(seed)
-            out += [dataclasses.replace(v, island=(i + 1) % self.config.islands, generation=0)
-                    for i, v in enumerate(variants)]
+            mine += [v for v in variants if v.id not in {c.id for c in mine}]
+            out += [dataclasses.replace(c, island=i % self.config.islands, generation=0) for i, c in enumerate(mine)]
+        return out
+
+    def _curated_seeds(self, spec: AttentionSpec, base: Any, known: set[str]) -> list[Candidate]:
+        """``config.seed_genomes`` applied over ``base`` and clamped to the spec; duplicates dropped."""
+        from .operators import clamp_to_spec, genome_diff, renderable
+
+        out: list[Candidate] = []
+        for overrides in self.config.seed_genomes:
+            genome = clamp_to_spec(base.replace(**overrides), spec, self.hardware)
+            if not renderable(genome, spec):
+                continue
+            cand = Candidate(id="", spec=spec, genome=genome, operator="seed",
+                             diff=f"campaign seed: {genome_diff(base, genome) or 'same as default'}")
+            cand = dataclasses.replace(cand, id=candidate_id(spec, content_hash(cand)))
+            if cand.id not in known:
+                known.add(cand.id)
+                out.append(cand)
         return out
 
     def _parents(self, spec: AttentionSpec, island: pop.Island, rng: random.Random) -> list[tuple[Candidate, EvalResult | None]]:
@@ -214,6 +268,7 @@ class SearchEngine:
 
     def _propose(self, gen: int) -> list[Candidate]:
         self._run_candidates = self.db.candidates(self._run_id)
+        self._share_deadline()
         out: list[Candidate] = []
         seen: set[str] = set()
         for spec in self.config.specs:
@@ -246,6 +301,16 @@ class SearchEngine:
                             want -= 1
         return out
 
+    def _share_deadline(self) -> None:
+        """Hand the run's wall-clock deadline (on the engine's clock) to operators that take one (the agent): the
+        budget is otherwise checked only between batches, and one tool-use session can outlast all of it."""
+        left = self._budget_left()
+        deadline = None if left is None else self.clock() + left
+        for op, _ in self.operators:
+            set_deadline = getattr(op, "set_deadline", None)
+            if callable(set_deadline):
+                set_deadline(deadline, self.clock)
+
     def _evaluate(self, run_id: str, gen: int, batch: Sequence[Candidate]) -> None:
         self.db.mark_evaluating(run_id, [c.id for c in batch])
         results = list(self.evaluator.evaluate(batch))
@@ -263,16 +328,20 @@ class SearchEngine:
         self._emit("evaluated", run_id, gen, f"{len(batch)} evaluated, {sum(not r.ok for r in results)} failed",
                    data={"stages": [r.stage.value for r in results]})
 
-    def _migrate(self, run_id: str, gen: int) -> None:
+    def _migrate(self) -> dict[str, list[tuple[str, int, int]]]:
+        """Ring migration on every spec's islands (in memory); returns the moves per spec key for the caller
+        to commit together with the generation's completion."""
+        out: dict[str, list[tuple[str, int, int]]] = {}
         for key, islands in self.islands.items():
             self.islands[key], moves = pop.migrate(islands, self.config.migrants)
             if moves:
-                self.db.record_migrations(run_id, gen, moves)
-                self._emit("migration", run_id, gen, f"{key}: {len(moves)} migrant(s)", data={"moves": moves})
+                out[key] = moves
+        return out
 
     # ---- promotion -----------------------------------------------------------------------------------
     def _promote_all(self, run_id: str, stop: str) -> SearchOutcome:
         best, promoted, rejected = {}, {}, {}
+        winners: list[Candidate] = []
         for spec in self.config.specs:
             key = spec.cache_key()
             top = pop.best_overall(self.islands[key])
@@ -281,12 +350,11 @@ class SearchEngine:
                 continue
             cand, res = top
             best[key] = (cand.id, res.score)
-            if not self.config.promote:
-                continue
-            try:
-                again = promotion_eval(self.evaluator, cand)
-            except Exception as exc:
-                again = failed_result(cand, exc)
+            winners.append(cand)
+        if not self.config.promote:
+            return SearchOutcome(run_id, stop, best, promoted, rejected)
+        for cand, again in zip(winners, promotion_eval_batch(self.evaluator, winners)):
+            key = cand.spec.cache_key()
             self.db.record_results(run_id, [again], promotion=True)
             ok, why = promotion_decision(again, self.config.require_speedup, self.config.min_gain)
             if ok and self.store is not None:

@@ -149,6 +149,8 @@ def build_config(options: RunOptions, inputs: Inputs, hardware: HardwareKey) -> 
                    ("generations", "budget_minutes", "population", "islands", "seed")})
     kwargs: dict[str, Any] = {k: merged[k] for k in ("generations", "population", "islands", "seed", "seed_variants",
                                                      "migration_interval", "eval_batch") if k in merged}
+    if merged.get("seed_genomes"):
+        kwargs["seed_genomes"] = tuple(merged["seed_genomes"])
     if merged.get("budget_minutes") is not None:
         kwargs["budget_s"] = float(merged["budget_minutes"]) * 60.0
     # The CPU interpreter's timings say nothing about a GPU: there a verified winner is stored without a speedup.

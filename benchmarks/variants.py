@@ -1,0 +1,123 @@
+"""Template A/B: time hand-picked genomes of the flash template against cuDNN and FlexAttention, in one process.
+
+The search explores genomes automatically; this is the quick look a template author takes before a campaign
+(does a new knob compile on this GPU, which tiles are in the running). Each variant's output is checked
+against SDPA before it is timed; a variant that fails to compile or disagrees is reported, not timed.
+Usage: python benchmarks/variants.py [--specs "4,32,32,4096,128,causal;..."] [--variants '{"name": {...}}']
+Prints TFLOP/s per spec x provider and writes variants.csv under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, gpu_slug, print_table, time_ms, write_csv  # noqa: E402
+
+from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
+from avo_inductor.kernels.op import register_kernel  # noqa: E402
+from avo_inductor.kernels.reference import make_inputs  # noqa: E402
+from avo_inductor.kernels.render import default_genome  # noqa: E402
+from avo_inductor.spec import AttentionSpec, HardwareKey  # noqa: E402
+
+DEFAULT_SPECS = "4,32,32,4096,128,none;4,32,32,4096,128,causal;8,16,16,2048,64,causal;4,32,8,4096,128,causal"
+DEFAULT_VARIANTS = {
+    "default": {},
+    "128x128/w8/s2": {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 2},
+    "128x64/w4/s3": {"block_m": 128, "block_n": 64, "num_warps": 4, "num_stages": 3},
+    "128x128/w8/s2+ws": {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 2, "warp_specialize": True},
+    "128x64/w4/s3+ws": {"block_m": 128, "block_n": 64, "num_warps": 4, "num_stages": 3, "warp_specialize": True},
+    "128x128/w8/s3": {"block_m": 128, "block_n": 128, "num_warps": 8, "num_stages": 3},
+}
+
+
+def parse_spec(text: str) -> AttentionSpec:
+    """"B,H,HKV,N,D,none|causal" (dense specs only: masks need the full benchmark's providers)."""
+    *nums, mask = text.strip().split(",")
+    b, h, hkv, n, d = (int(x) for x in nums)
+    if mask not in ("none", "causal"):
+        raise ValueError(f"variants.py times dense specs only; got mask {mask!r} in {text!r}")
+    return AttentionSpec(b, h, hkv, n, n, d, dtype="bfloat16", causal=mask == "causal")
+
+
+def sdpa_fn(spec: AttentionSpec) -> Callable[..., torch.Tensor]:
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=spec.causal, scale=spec.effective_scale,
+                                              enable_gqa=spec.q_heads != spec.kv_heads)
+    return run
+
+
+def flex_fn(spec: AttentionSpec, device: torch.device) -> Callable[..., torch.Tensor]:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    block_mask = None
+    if spec.causal:
+        block_mask = create_block_mask(lambda b, h, qi, ki: ki <= qi, None, None, spec.q_len, spec.kv_len, device=device)
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return compiled(q, k, v, block_mask=block_mask, scale=spec.effective_scale,
+                        enable_gqa=spec.q_heads != spec.kv_heads)
+    return run
+
+
+def variant_fn(spec: AttentionSpec, overrides: dict[str, Any], hardware: HardwareKey) -> Callable[..., torch.Tensor]:
+    genome = default_genome(spec, hardware).replace(**overrides)
+    kernel_id = register_kernel(baseline_record(spec, hardware, genome=genome))
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.ops.avo.attention(q, k, v, None, kernel_id, spec.effective_scale, spec.causal, 0, "none")
+    return run
+
+
+def measure(spec: AttentionSpec, variants: dict[str, dict[str, Any]], hardware: HardwareKey) -> dict[str, Any]:
+    """TFLOP/s per provider for ``spec`` ("err: ..." cells for variants that fail or disagree with SDPA)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    x = make_inputs(spec, device, seed=0)
+    q, k, v = x.q, x.k, x.v
+    expected = sdpa_fn(spec)(q, k, v)
+    row: dict[str, Any] = {"spec": spec.short()}
+    providers: dict[str, Callable[..., torch.Tensor]] = {"cudnn": sdpa_fn(spec)}
+    try:
+        providers["flex"] = flex_fn(spec, device)
+    except Exception as exc:  # flex unavailable on this build/device: report, keep going
+        row["flex"] = f"err: {type(exc).__name__}"
+    for name, overrides in variants.items():
+        try:
+            fn = variant_fn(spec, overrides, hardware)
+            err = (fn(q, k, v).float() - expected.float()).abs().max().item()
+            if not err < 3e-2:
+                row[name] = f"err: max abs diff {err:.3g}"
+                continue
+            providers[name] = fn
+        except Exception as exc:
+            row[name] = f"err: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+    for name, fn in providers.items():
+        ms = time_ms(lambda fn=fn: fn(q, k, v))
+        row[name] = round(spec.flops() / ms / 1e9, 1)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", default=DEFAULT_SPECS)
+    parser.add_argument("--variants", help="JSON object: name -> genome fields over the default genome")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    variants = json.loads(args.variants) if args.variants else DEFAULT_VARIANTS
+    hardware = HardwareKey.current()
+    rows = [measure(parse_spec(s), variants, hardware) for s in args.specs.split(";") if s.strip()]
+    out = args.out or RESULTS / gpu_slug()
+    write_csv(out / "variants.csv", rows)
+    print_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
