@@ -16,6 +16,10 @@ def test_scrubbed_env_keeps_no_secrets():
                                        "HF_TOKEN": "h", "PATH": "/usr/bin", "TRITON_CACHE_DIR": "/tmp/t",
                                        "CUDA_VISIBLE_DEVICES": "0,1,2,3", "TRITON_INTERPRET": "1", "RANDOM": "r"})
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and "TRITON_INTERPRET" not in env
+    assert scrubbed_env("cuda:1", base={"CUDA_VISIBLE_DEVICES": "2,5"})["CUDA_VISIBLE_DEVICES"] == "5"
+    assert scrubbed_env("cuda:1", base={})["CUDA_VISIBLE_DEVICES"] == "1"
+    with pytest.raises(ValueError, match="sees only"):
+        scrubbed_env("cuda:2", base={"CUDA_VISIBLE_DEVICES": "2,5"})
     assert env["PATH"] == "/usr/bin" and env["TRITON_CACHE_DIR"] == "/tmp/t"
     assert not {"ANTHROPIC_API_KEY", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "HF_TOKEN", "RANDOM"} & set(env)
     cpu = scrubbed_env("cpu", base={"CUDA_VISIBLE_DEVICES": "0"}, work_dir="/tmp/w")

@@ -49,7 +49,7 @@ def harness_sha256(files: Sequence[str] = HARNESS_FILES) -> str:
 def scrubbed_env(device: str, base: dict[str, str] | None = None, work_dir: str | None = None) -> dict[str, str]:
     """The environment a worker gets: an allowlist of harmless variables, never anything that looks secret.
 
-    ``device`` "cpu" turns on the Triton interpreter; "cuda:N" pins the worker to GPU N via CUDA_VISIBLE_DEVICES.
+    ``device`` "cpu" turns on the Triton interpreter; "cuda:N" pins the worker to the parent's N-th visible GPU.
     ``work_dir`` becomes the worker's AVO_CACHE_DIR (where the loader writes candidate sources), private to it.
     """
     base = dict(os.environ if base is None else base)
@@ -69,8 +69,13 @@ def scrubbed_env(device: str, base: dict[str, str] | None = None, work_dir: str 
         env.pop("CUDA_VISIBLE_DEVICES", None)
         env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
     else:
-        index = device.split(":", 1)[1] if ":" in device else "0"
-        env["CUDA_VISIBLE_DEVICES"] = index
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        # "cuda:N" is the parent's N-th visible GPU: map it through the parent's own CUDA_VISIBLE_DEVICES so a
+        # user who restricted GPUs (CUDA_VISIBLE_DEVICES=2,3) gets workers on 2 and 3, not on 0 and 1.
+        visible = [v.strip() for v in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        if visible and index >= len(visible):
+            raise ValueError(f"{device}: the parent sees only CUDA_VISIBLE_DEVICES={base['CUDA_VISIBLE_DEVICES']}")
+        env["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
         env.pop("TRITON_INTERPRET", None)
     return env
 
