@@ -16,7 +16,7 @@ for step in "$@"; do
   echo "=== $step ($(date +%T))"
   case "$step" in
     tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
-    attention) python3 benchmarks/attention.py --suite issue4 --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -12 ;;
+    attention) python3 benchmarks/attention.py --suite "${ATTN_SUITE:-issue7}" --out "$OUT" ${ATTN_ARGS:-} > "$OUT/attention.log" 2>&1; tail -40 "$OUT/attention.log" ;;
     attention-train) python3 benchmarks/attention.py --suite issue4 --train --providers sdpa-default,flex --out "$OUT" 2>&1 | tee "$OUT/attention-train.log" | tail -10 ;;
     models*) cases=${MODEL_CASES:-llama:4:2048,llama:1:8192}
             python3 benchmarks/models.py --cases "$cases" --variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -8 ;;
