@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,14 +71,85 @@ def bar_plot(path: Path, groups: Sequence[str], series: dict[str, Sequence[float
     plt.close(fig)
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+@dataclass(frozen=True)
+class Panel:
+    """One sub-plot of :func:`bar_panels`: groups on x, one bar series per provider; ``hline`` e.g. 1.0 for speedups."""
+
+    title: str
+    groups: Sequence[str]
+    series: dict[str, Sequence[float | None]]
+    ylabel: str
+    hline: float | None = None
+
+
+def bar_panels(path: Path, panels: Sequence[Panel], title: str) -> None:
+    """Several grouped bar charts stacked in one PNG: one file per run keeps a GPU session's outputs few.
+
+    A provider keeps its colour in every panel ("avo/flex" takes flex's), so panels read together.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no plot written")
+        return
+    if not panels:
+        return
+    colors = _colors(panels, plt.get_cmap("tab10").colors)
+    widest = max(len(p.groups) * max(1, len(p.series)) for p in panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(min(24, max(9, 0.2 * widest)), 4.2 * len(panels)),
+                             squeeze=False)
+    for ax, panel in zip(axes[:, 0], panels):
+        _draw_bars(ax, panel, colors)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _base_name(series_name: str) -> str:
+    return series_name.split("/", 1)[1] if series_name.startswith("avo/") else series_name
+
+
+def _colors(panels: Sequence[Panel], palette: Sequence[Any]) -> dict[str, Any]:
+    names = list(dict.fromkeys(_base_name(n) for p in panels for n in p.series))
+    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
+
+
+def _draw_bars(ax: Any, panel: Panel, colors: dict[str, Any]) -> None:
+    width = 0.8 / max(len(panel.series), 1)
+    for i, (name, values) in enumerate(panel.series.items()):
+        xs = [g + i * width for g in range(len(panel.groups))]
+        ax.bar(xs, [v or 0 for v in values], width, label=name, color=colors.get(_base_name(name)))
+    if panel.hline is not None:
+        ax.axhline(panel.hline, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(panel.groups))])
+    ax.set_xticklabels(panel.groups, rotation=25, ha="right", fontsize=7)
+    ax.set_ylabel(panel.ylabel)
+    ax.set_title(panel.title, fontsize=10)
+    ax.legend(fontsize=7, ncol=4)
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], na_width: int | None = None) -> None:
+    """Aligned text table; ``na_width`` truncates "n/a: reason" cells so the table stays readable (CSV keeps them)."""
+    def cell(v: Any) -> str:
+        text = _fmt(v)
+        if na_width is None or not text.startswith("n/a") or len(text) <= na_width:
+            return text
+        return text[: na_width - 1] + "~"
+
+    widths = {c: max([len(c), *(len(cell(r.get(c))) for r in rows)]) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
-        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+        print("  ".join(cell(r.get(c)).ljust(widths[c]) for c in columns))
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v)
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
     return "-" if v is None else str(v)
