@@ -50,3 +50,28 @@ def test_training_step_matches_eager_on_miss_and_hit() -> None:
     got = torch.autograd.grad((torch.compile(model, backend="avo")(x).float() * w).sum(), x)[0]
     err = float((got.float() - ref.float()).norm() / ref.float().norm())
     assert err < 3e-2, f"relative gradient error {err:.3e}"
+
+
+@pytest.mark.parametrize("mask_kind", ["padding", "bool", "bias", "alibi"])
+def test_masked_op_compiles_inline_under_inductor(mask_kind: str) -> None:
+    """Every mask operand must survive Inductor's lowering (a bool .view(uint8) once broke padded models)."""
+    from torch._inductor.utils import run_and_get_code
+
+    from avo_inductor.kernels.baseline import baseline_record
+    from avo_inductor.kernels.op import register_kernel
+    from avo_inductor.kernels.reference import attention_reference, make_inputs
+    from avo_inductor.spec import AttentionSpec, MaskKind
+
+    spec = AttentionSpec(2, 4, 2, 113, 113, 64, dtype="bfloat16", mask=MaskKind(mask_kind))
+    x = make_inputs(spec, "cuda", seed=1)
+    record = baseline_record(spec)
+    kid = register_kernel(record)
+
+    def f(q, k, v, m):  # type: ignore[no-untyped-def]
+        return torch.ops.avo.attention(q, k, v, m, kid, spec.effective_scale, False, 0, mask_kind)
+
+    torch._dynamo.reset()
+    out, code = run_and_get_code(torch.compile(f, backend="inductor"), x.q, x.k, x.v, x.mask)
+    assert any(record.entry_point in c for c in code)
+    ref = attention_reference(x.q, x.k, x.v, scale=spec.effective_scale, mask_kind=mask_kind, mask=x.mask)
+    assert torch.allclose(out.float(), ref.float(), atol=2e-2, rtol=2e-2)

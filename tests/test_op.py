@@ -157,3 +157,19 @@ def test_float32_bias_keeps_its_precision_with_bf16_q(compiled):
     gatol, grtol = tolerance("bfloat16", grad=True)
     for g, r in zip(grads, reference_grads(inp.q, inp.k, inp.v, do, mask_kind="bias", mask=bias)):
         torch.testing.assert_close(g.double(), r, atol=gatol, rtol=grtol)
+
+
+@pytest.mark.parametrize("mask_kind", ["padding", "bool"])
+def test_bool_mask_operands_trace_without_a_dtype_view(mask_kind: str) -> None:
+    """On CUDA the launcher is traced into Inductor's graph; aten.view.dtype on a bool tensor has no lowering
+    there (it broke every padded model under backend="avo"), so bool masks must reach Triton as they are."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from avo_inductor.kernels.launch import mask_operand
+
+    q = torch.randn(2, 4, 9, 16)
+    mask = torch.rand(2, 9) > 0.3 if mask_kind == "padding" else torch.rand(2, 1, 9, 9) > 0.3
+    graph = make_fx(lambda q, m: mask_operand(q, m, mask_kind, 9)[0])(q, mask)
+    targets = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
+    assert not any("view.dtype" in t for t in targets), targets
+    assert mask_operand(q, mask, mask_kind, 9)[0].dtype == torch.bool

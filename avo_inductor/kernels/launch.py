@@ -8,7 +8,7 @@ Forward ``{entry}`` (all arguments by keyword, in this order):
     stride_{q,k,v,o,m}{b,h,m|n,d}  -- 4 strides each for q, k, v, o and the mask operand (20 ints)
     BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale (float, may arrive as fp64), window (int, 0 = none),
     constexprs HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV (next pow2 >= 16 of the head dims), BLOCK_M, BLOCK_N,
-    IS_CAUSAL (also set when window > 0), HAS_WINDOW, MASK_KIND (0 none, 1 bias, 2 keep-mask uint8,
+    IS_CAUSAL (also set when window > 0), HAS_WINDOW, MASK_KIND (0 none, 1 bias, 2 keep-mask bool,
     3 alibi slopes), EVEN_M, EVEN_N (lengths divide the tiles; only with even_fast_path), SPLITS.
   MASK is a (B, Hq, Nq, Nk)-broadcast view (stride 0 on broadcast dims); padding becomes a keep-mask with
   strides (sb, 0, 0, sn); alibi passes the (Hq,) fp32 slopes with strides (0, s, 0, 0); none passes Q, all 0.
@@ -135,14 +135,15 @@ def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_k
     if mask_kind == "padding":
         if mask.dim() != 2 or mask.dtype != torch.bool:
             raise ValueError(f"padding mask must be a (B, Nk) bool tensor; got {tuple(mask.shape)} {mask.dtype}")
-        m = mask.view(torch.uint8)
-        return m, (m.stride(0), 0, 0, m.stride(1)), code
+        # Passed as bool (Triton reads it as *i1, as Inductor's own kernels do): a .view(torch.uint8) here is an
+        # aten.view.dtype in the traced graph, which Inductor cannot lower for bool ("torch.bool is not supported
+        # by torch.iinfo"), so backend="avo" failed to compile every padded model on CUDA.
+        return mask, (mask.stride(0), 0, 0, mask.stride(1)), code
     if (mask.dtype == torch.bool) != (mask_kind == "bool"):
         raise ValueError(f"mask_kind={mask_kind!r} got a {mask.dtype} mask (bool needs torch.bool, bias a float)")
     if mask.dim() > 4:
         raise ValueError(f"mask must be broadcastable to (B, H, Nq, Nk); got shape {tuple(mask.shape)}")
-    m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-    m = torch.broadcast_to(m, (b, hq, nq, n_kv))
+    m = torch.broadcast_to(mask, (b, hq, nq, n_kv))
     return m, tuple(m.stride()), code
 
 

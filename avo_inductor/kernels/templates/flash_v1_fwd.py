@@ -2,7 +2,7 @@
 
 Rendered by avo_inductor/kernels/render.py, which rewrites the GENOME-CONSTANTS block from a KernelGenome.
 Follows the launcher ABI documented at the top of avo_inductor/kernels/launch.py. Masks: MASK_KIND 0 none,
-1 additive bias, 2 keep-mask (uint8 view of bool/padding), 3 alibi slopes; causal/window bottom-right aligned.
+1 additive bias, 2 keep-mask (bool, read as *i1), 3 alibi slopes; causal/window bottom-right aligned.
 LSE is natural-log logsumexp, +inf for rows with no allowed key (their output is 0).
 """
 import triton
