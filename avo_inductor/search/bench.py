@@ -63,6 +63,15 @@ class Plausibility:
     message: str
 
 
+def same_work_as_cudnn(spec: AttentionSpec) -> bool:
+    """True when SDPA's cuDNN path does the same work as a flash kernel on ``spec`` (no mask, or plain causal).
+
+    With a window, bias, padding or ALiBi, SDPA is handed a dense (Nq, Nk) mask: it reads it and skips no
+    block, so a kernel several times faster is expected, not suspicious. Only the peak-rate bound applies there
+    (on H100, a sliding-window kernel at 4.2x cuDNN was refused promotion as "implausible" before this rule)."""
+    return spec.mask is MaskKind.NONE and not spec.window and (not spec.causal or spec.q_len == spec.kv_len)
+
+
 def check_plausibility(flops: float, median_ms: float, device_name: str, dtype: str,
                        cudnn_ms: float | None = None) -> Plausibility:
     """Judge a measured time: a rate above the device's peak is rejected, > MAX_CUDNN_RATIO x cuDNN is flagged.
@@ -133,16 +142,27 @@ def _wall_median_ms(fn: Callable[[], Any], device: torch.device, reps: int) -> f
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device | str, *, rounds: int = 5,
-                     rep_ms: int = 100, cpu_reps: int = 3) -> dict[str, Timing]:
+                     rep_ms: int = 100, cpu_reps: int = 3,
+                     graphs: dict[str, CapturedCalls] | None = None) -> dict[str, Timing]:
     """Time every fn, interleaved: round r times fn_0, fn_1, ... (order alternating each round).
 
-    GPU: each round is one ``do_bench(return_mode="median")``. CPU: each round is a wall-clock median of
-    ``cpu_reps`` calls. Returns name -> Timing.
+    GPU: each round is one ``do_bench(return_mode="median")``, or, when every fn is launch-bound (see
+    ``capture_all``), the median of CUDA-graph replays; ``graphs`` (a dict to fill) receives the captured
+    graphs so the caller can check that a replay reproduces the outputs it timed. CPU: each round is a
+    wall-clock median of ``cpu_reps`` calls. Returns name -> Timing.
     """
     device = torch.device(device)
     names = list(fns)
     samples: dict[str, list[float]] = {n: [] for n in names}
-    if device.type == "cuda":
+    captured = capture_all(fns, device) if device.type == "cuda" else None
+    if captured is not None:
+        if graphs is not None:
+            graphs.update(captured)
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                samples[name].append(captured[name].median_ms_per_call(device))
+        method = "cuda_graph"
+    elif device.type == "cuda":
         import triton.testing
 
         for r in range(rounds):
@@ -160,6 +180,62 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device 
         med = statistics.median(vals)
         out[name] = Timing(med, (max(vals) - min(vals)) / med if med > 0 else math.inf, tuple(vals), method)
     return out
+
+
+# A call shorter than this (kernel + launch, wall clock) is launch-bound: per-call event timing would charge the
+# host's launch overhead (~0.2-0.3 ms for a Python launcher, far less for SDPA's C++ path) to the kernel. On an
+# H100 that made every decode candidate look 0.15-0.43x SDPA while compiled models see Inductor's launcher.
+LAUNCH_BOUND_MS = 0.5
+GRAPH_REPLAY_MS = 2.0  # one timed replay holds about this much work
+MAX_GRAPH_CALLS = 64
+
+
+class CapturedCalls:
+    """``calls`` back-to-back calls of ``fn`` recorded in one CUDA graph (its own memory pool), so timing its
+    replay measures GPU work only, for candidate and baselines alike. ``replay()`` re-runs exactly that work."""
+
+    def __init__(self, fn: Callable[[], Any], calls: int, device: torch.device) -> None:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture: compilation, allocator, lazy init
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        self.calls, self.graph = calls, torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            for _ in range(calls):
+                fn()
+        torch.cuda.synchronize(device)
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+    def median_ms_per_call(self, device: torch.device, reps: int = 10) -> float:
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / self.calls)
+        torch.cuda.synchronize(device)
+        return statistics.median(times)
+
+
+def capture_all(fns: Mapping[str, Callable[[], Any]], device: torch.device) -> dict[str, CapturedCalls] | None:
+    """CUDA graphs for every fn when all of them are launch-bound and capturable; None means "time with
+    do_bench" (one method for all, so candidate and baselines stay comparable)."""
+    per_call = {name: wall_ms_per_call(fn, device, calls=3) for name, fn in fns.items()}
+    if max(per_call.values()) >= LAUNCH_BOUND_MS:
+        return None
+    try:
+        return {name: CapturedCalls(fn, max(1, min(MAX_GRAPH_CALLS, int(GRAPH_REPLAY_MS / max(per_call[name], 1e-3)))),
+                                    device) for name, fn in fns.items()}
+    except Exception:  # a baseline that cannot be captured (host sync inside): every fn falls back to do_bench
+        torch.cuda.synchronize(device)
+        return None
 
 
 def wall_ms_per_call(fn: Callable[[], Any], device: torch.device | str, calls: int = 20) -> float:
