@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, Panel, bar_panels, gpu_slug, print_table, time_ms, write_csv  # noqa: E402
 from targets import evaluate_targets  # noqa: E402
 
+from avo_inductor.search import bench  # noqa: E402
 from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind  # noqa: E402
 
 Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -147,38 +147,15 @@ def avo_fn(spec: AttentionSpec, choice: AvoChoice, mask: torch.Tensor | None) ->
 
 
 # ---- the other providers ------------------------------------------------------------------------------------
-def _additive(spec: AttentionSpec, inputs: Any, dtype: torch.dtype) -> torch.Tensor | None:
-    """The spec's whole mask as one additive tensor in ``dtype``, built in float32 first.
-
-    Built directly in bf16, ALiBi's positions (arange up to N) are not exact integers above 256, so the bias
-    would be shifted and SDPA would compute other attention (seen on the H100: max error 2.9 at N=2048).
-    """
-    from avo_inductor.kernels.reference import additive_mask
-
-    mask = additive_mask(spec.batch, spec.q_heads, spec.q_len, spec.kv_len, causal=spec.causal, window=spec.window,
-                         mask_kind=spec.mask.value, mask=inputs.mask, dtype=torch.float32, device=inputs.q.device)
-    return None if mask is None else mask.to(dtype)
+# SDPA (each backend) and FlexAttention are the package's own built-in baselines (avo_inductor.search.bench), the
+# same ones the search's evaluator times candidates against; only the benchmark-only columns live here.
+BUILTIN = {"sdpa-default": "sdpa", "sdpa-cudnn": "sdpa_cudnn", "sdpa-flash": "sdpa_flash",
+           "sdpa-efficient": "sdpa_efficient", "flex": "flex"}  # column -> avo_inductor.search.bench name
 
 
-def _sdpa(spec: AttentionSpec, mask: torch.Tensor | None, is_causal: bool, backend: Any) -> Fn:
-    from torch.nn.attention import sdpa_kernel
-
-    gqa = spec.q_heads != spec.kv_heads
-
-    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        kwargs = dict(attn_mask=mask, is_causal=is_causal, scale=spec.effective_scale, enable_gqa=gqa)
-        if backend is None:
-            return F.scaled_dot_product_attention(q, k, v, **kwargs)
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    return run
-
-
-def sdpa_provider(spec: AttentionSpec, inputs: Any, backend: Any) -> Fn:
-    """SDPA as a user would call it: is_causal for plain causal, else the materialised additive mask."""
-    dense = spec.mask is not MaskKind.NONE or spec.window is not None
-    mask = _additive(spec, inputs, spec.torch_dtype) if dense else None
-    return _sdpa(spec, mask, spec.causal and not dense, backend)
+def builtin_provider(name: str, spec: AttentionSpec, inputs: Any) -> Fn:
+    """A built-in provider (column ``name`` of BUILTIN) as fn(q, k, v), its mask prepared once, here."""
+    return bench.builtin_baseline(BUILTIN[name], spec, inputs.mask, inputs.q.device)
 
 
 def sdpa_dense_mask_provider(spec: AttentionSpec, inputs: Any) -> Fn | None:
@@ -189,48 +166,14 @@ def sdpa_dense_mask_provider(spec: AttentionSpec, inputs: Any) -> Fn | None:
     """
     if spec.window is None:
         return None
-    additive = _additive(spec, inputs, spec.torch_dtype)
+    additive = bench.dense_mask(spec, inputs.mask, inputs.q.device)
     scored = spec.mask in (MaskKind.BIAS, MaskKind.ALIBI)
-    return _sdpa(spec, additive if scored else torch.isfinite(additive), False, None)
-
-
-def flex_provider(spec: AttentionSpec, inputs: Any) -> Fn:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    off, window, mask = spec.kv_len - spec.q_len, spec.window, inputs.mask
-
-    def mask_mod(b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
-        keep = kv_idx <= q_idx + off if spec.causal else kv_idx >= 0
-        if window is not None:
-            keep = keep & (kv_idx > q_idx + off - window)
-        if spec.mask is MaskKind.PADDING:
-            keep = keep & mask[b, kv_idx]
-        return keep
-
-    def score_mod(score, b, h, q_idx, kv_idx):  # type: ignore[no-untyped-def]
-        if spec.mask is MaskKind.BIAS:
-            return score + mask[b if mask.shape[0] > 1 else 0, h if mask.shape[1] > 1 else 0, q_idx, kv_idx]
-        if spec.mask is MaskKind.ALIBI:
-            return score - mask[h] * (q_idx + off - kv_idx).abs()
-        return score
-
-    restricted = spec.causal or window is not None or spec.mask is MaskKind.PADDING
-    block_mask = create_block_mask(mask_mod, spec.batch if spec.mask is MaskKind.PADDING else None, None,
-                                   spec.q_len, spec.kv_len, device=inputs.q.device) if restricted else None
-    compiled = torch.compile(flex_attention, dynamic=False)
-    scored = spec.mask in (MaskKind.BIAS, MaskKind.ALIBI)
-    gqa = spec.q_heads != spec.kv_heads
-
-    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return compiled(q, k, v, score_mod=score_mod if scored else None, block_mask=block_mask,
-                        scale=spec.effective_scale, enable_gqa=gqa)
-
-    return run
+    return bench.sdpa_call(spec, additive if scored else torch.isfinite(additive), False, None)
 
 
 def inductor_provider(spec: AttentionSpec, inputs: Any) -> Fn:
     """Hand-written attention under backend="inductor": what users get today without avo."""
-    mask = _additive(spec, inputs, torch.float32)
+    mask = bench.dense_mask(spec, inputs.mask, inputs.q.device, torch.float32)
     rep = spec.q_heads // spec.kv_heads
 
     def attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -245,15 +188,11 @@ def inductor_provider(spec: AttentionSpec, inputs: Any) -> Fn:
 
 def provider_builders(spec: AttentionSpec, inputs: Any) -> dict[str, Callable[[], Fn | None]]:
     """name -> builder; a builder is called inside the provider's own try, so building may fail per provider."""
-    from torch.nn.attention import SDPBackend
-
-    return {"sdpa-default": lambda: sdpa_provider(spec, inputs, None),
-            "sdpa-cudnn": lambda: sdpa_provider(spec, inputs, SDPBackend.CUDNN_ATTENTION),
-            "sdpa-flash": lambda: sdpa_provider(spec, inputs, SDPBackend.FLASH_ATTENTION),
-            "sdpa-efficient": lambda: sdpa_provider(spec, inputs, SDPBackend.EFFICIENT_ATTENTION),
-            "sdpa-dense-mask": lambda: sdpa_dense_mask_provider(spec, inputs),
-            "flex": lambda: flex_provider(spec, inputs),
-            "inductor": lambda: inductor_provider(spec, inputs)}
+    builders: dict[str, Callable[[], Fn | None]] = {
+        name: (lambda name=name: builtin_provider(name, spec, inputs)) for name in BUILTIN}
+    builders["sdpa-dense-mask"] = lambda: sdpa_dense_mask_provider(spec, inputs)
+    builders["inductor"] = lambda: inductor_provider(spec, inputs)
+    return {name: builders[name] for name in PROVIDERS}
 
 
 # ---- measuring ----------------------------------------------------------------------------------------------

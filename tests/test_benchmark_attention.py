@@ -136,14 +136,53 @@ def test_sdpa_alibi_mask_has_exact_positions() -> None:
     """Built in bf16, ALiBi's arange is inexact above 256 and SDPA computed other attention (H100: error 2.9)."""
     import torch
 
-    from avo_inductor.kernels.reference import additive_mask
+    from avo_inductor.kernels.reference import additive_mask, attention_reference, tolerance
 
-    spec = attention.parse_spec("1,2,2,600,16,alibi", "bfloat16")
-    inputs, _ = attention.make_tensors(spec, torch.device("cpu"))
-    exact = additive_mask(1, 2, 600, 600, mask_kind="alibi", mask=inputs.mask, dtype=torch.float64)
-    got = attention._additive(spec, inputs, torch.bfloat16)
-    assert got.dtype == torch.bfloat16
+    spec = attention.parse_spec("1,8,8,640,16,alibi", "bfloat16")
+    inputs, t = attention.make_tensors(spec, torch.device("cpu"))
+    exact = additive_mask(1, 8, 640, 640, mask_kind="alibi", mask=inputs.mask, dtype=torch.float64)
+    fp32 = additive_mask(1, 8, 640, 640, mask_kind="alibi", mask=inputs.mask, dtype=torch.float32)
+    got = attention.bench.dense_mask(spec, inputs.mask, "cpu")
+    assert got.dtype == torch.bfloat16 and torch.equal(got, fp32.to(torch.bfloat16))
     assert torch.allclose(got.double(), exact, rtol=2 ** -8, atol=0)
+    out = attention.provider_builders(spec, inputs)["sdpa-default"]()(t.q, t.k, t.v)
+    ref = attention_reference(t.q, t.k, t.v, mask_kind="alibi", mask=inputs.mask)
+    atol, rtol = tolerance(torch.bfloat16)
+    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
+
+
+# window64 with N=128: the window really cuts (and the dense-mask SDPA column exists only for window specs)
+@pytest.mark.parametrize("text", ["2,4,2,64,16,alibi", "2,4,4,64,16,padding", "2,4,2,64,16,bias", "1,4,4,128,16,window64",
+                                  "1,4,4,32,64,16,causal"])
+def test_builtin_providers_match_float64_on_cpu(text: str) -> None:
+    """sdpa-default, sdpa-dense-mask and flex are the package's baselines (avo_inductor.search.bench): they must
+    compute the spec's attention. Flex: ALiBi / bias as score_mod, padding / causal / window as a block mask."""
+    import warnings
+
+    import torch
+
+    from avo_inductor.kernels.reference import attention_reference, tolerance
+    from avo_inductor.search import bench
+
+    assert attention.bench is bench
+    spec = attention.parse_spec(text, "bfloat16")
+    inputs, t = attention.make_tensors(spec, torch.device("cpu"))
+    ref = attention_reference(t.q, t.k, t.v, scale=spec.effective_scale, causal=spec.causal, window=spec.window,
+                              mask_kind=spec.mask.value, mask=inputs.mask)
+    atol, rtol = tolerance(spec.torch_dtype)
+    builders = attention.provider_builders(spec, inputs)
+    assert list(builders) == list(attention.PROVIDERS)
+    ran = []
+    for name in ("sdpa-default", "sdpa-dense-mask", "flex"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn = builders[name]()
+            if fn is None:
+                continue
+            out = fn(t.q, t.k, t.v)
+        torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+        ran.append(name)
+    assert ran == (["sdpa-default", "sdpa-dense-mask", "flex"] if spec.window else ["sdpa-default", "flex"])
 
 
 @pytest.mark.parametrize("text", ["2,4,2,40,16,alibi", "2,4,4,33,16,padding", "2,4,2,1,40,16,bias"])

@@ -116,3 +116,31 @@ def test_recompute_fallback_bias_grad():
     assert dmask.shape == bias.shape
     torch.testing.assert_close(dmask.double(), ref.double(), atol=1e-5, rtol=1e-4)
     assert math.isfinite(dmask.abs().max().item())
+
+
+def test_bf16_alibi_mask_is_built_in_fp32_and_sdpa_on_it_matches_float64():
+    """Regression (H100): built directly in bf16, ALiBi's positions above 256 were rounded (spacing 2 above 256,
+    4 above 512), the distances were wrong and SDPA given that mask was off by 2.9 at N=2048."""
+    spec = AttentionSpec(1, 8, 8, 640, 640, 16, dtype="bfloat16", mask="alibi")
+    x = make_inputs(spec, seed=0)
+    mask = additive_mask(1, 8, 640, 640, mask_kind="alibi", mask=x.mask, dtype=torch.bfloat16)
+    fp32 = additive_mask(1, 8, 640, 640, mask_kind="alibi", mask=x.mask, dtype=torch.float32)
+    assert mask.dtype == torch.bfloat16 and fp32.dtype == torch.float32
+    assert torch.equal(mask, fp32.to(torch.bfloat16))
+    exact = additive_mask(1, 8, 640, 640, mask_kind="alibi", mask=x.mask)  # float64
+    assert torch.allclose(mask.double(), exact, rtol=2 ** -8, atol=0)
+    out = F.scaled_dot_product_attention(x.q, x.k, x.v, attn_mask=mask, scale=spec.effective_scale)
+    ref = attention_reference(x.q, x.k, x.v, scale=spec.effective_scale, mask_kind="alibi", mask=x.mask)
+    atol, rtol = tolerance(torch.bfloat16)
+    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("kind", ["bias", "bool", "padding", "alibi"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_mask_kind_is_its_fp32_mask_cast(kind, dtype):
+    spec = AttentionSpec(2, 4, 4, 300, 520, 16, dtype="bfloat16", mask=kind, causal=True, window=400)
+    x = make_inputs(spec, seed=1)
+    args = dict(causal=True, window=400, mask_kind=kind, mask=x.mask)
+    got = additive_mask(2, 4, 300, 520, dtype=dtype, **args)
+    assert got.dtype == dtype
+    assert torch.equal(got, additive_mask(2, 4, 300, 520, dtype=torch.float32, **args).to(dtype))

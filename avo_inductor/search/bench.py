@@ -253,82 +253,209 @@ def wall_ms_per_call(fn: Callable[[], Any], device: torch.device | str, calls: i
 
 
 # ---- built-in baselines -------------------------------------------------------------------------------------
-def _dense_mask(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.device, *,
-                structural: bool = True) -> torch.Tensor | None:
-    """The spec's mask (and, with ``structural``, its causal/window part) as one additive SDPA attn_mask.
+# The one implementation of the built-in providers, shared by the evaluator (which picks the fastest as the
+# baseline a candidate must beat) and benchmarks/attention.py. Each is what a user would write for the spec:
+# SDPA gets is_causal for plain square causal and the materialised additive mask only when something is masked;
+# FlexAttention gets causal / window / padding / bool as a block-mask mask_mod (so masked blocks are skipped),
+# ALiBi as a score_mod from the (H,) slopes and a bias as a score_mod indexing the bias tensor (broadcast dims
+# indexed at 0), never a dense (B, H, N, N) tensor it would have to read for every score.
+# FlexAttention caveat: on CPU (torch 2.13) compiled flex gave run-to-run different, wrong outputs (even NaN) for
+# lengths that are not a multiple of 32 (40, 200; 32/64/128/256 were right), cf. pytorch/pytorch#159247 (kv length
+# not a multiple of the kv block size). Baseline outputs are not checked here, only timed; the CPU tests use
+# multiples of 32.
+SDPA_BACKENDS: dict[str, str | None] = {"sdpa": None, "sdpa_flash": "FLASH_ATTENTION",
+                                        "sdpa_efficient": "EFFICIENT_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION"}
+BUILTIN_NAMES: tuple[str, ...] = (*SDPA_BACKENDS, "flex")
+_MASK_CACHE = 4  # prepared masks kept per baseline fn (the evaluator rotates 2-3 input sets)
 
-    The reference's own mask builder, in the spec dtype: baselines and the reference agree on the semantics.
+Fn3 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def dense_mask(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.device | str,
+               dtype: torch.dtype | None = None, *, structural: bool = True) -> torch.Tensor | None:
+    """The spec's mask (with ``structural``, also its causal/window part) as one additive tensor, or None.
+
+    The reference's own mask builder: built in float32 and cast to ``dtype`` (default the spec dtype) at the end,
+    so ALiBi distances stay exact in bf16. Broadcastable to (B, Hq, Nq, Nk); -inf = masked.
     """
     return additive_mask(spec.batch, spec.q_heads, spec.q_len, spec.kv_len, causal=spec.causal and structural,
                          window=spec.window if structural else None, mask_kind=spec.mask.value, mask=mask,
-                         dtype=spec.torch_dtype, device=device)
+                         dtype=spec.torch_dtype if dtype is None else dtype, device=device)
 
 
-def baseline_fns(spec: AttentionSpec, device: torch.device | str) -> dict[str, Callable[..., torch.Tensor]]:
-    """Built-in attention implementations for ``spec``: name -> fn(q, k, v, mask) -> out (B, Hq, Nq, Dv).
+def structure_free(spec: AttentionSpec) -> bool:
+    """True when the causal / window flags restrict nothing (no flags, or one query row that sees every key)."""
+    if not spec.causal and spec.window is None:
+        return True
+    return spec.q_len == 1 and spec.kv_len >= 1 and (spec.window is None or spec.window >= spec.kv_len)
 
-    On CUDA: SDPA default / flash / efficient / cudnn and FlexAttention (compiled once per spec); on CPU the
-    SDPA default only. Availability is not checked here: :func:`available_baselines` runs each once.
-    """
+
+def sdpa_uses_is_causal(spec: AttentionSpec) -> bool:
+    """Plain square causal: SDPA's own is_causal (top-left aligned) is the spec's bottom-right causal."""
+    return (spec.causal and spec.q_len == spec.kv_len and spec.window is None and spec.mask is MaskKind.NONE
+            and not structure_free(spec))
+
+
+def sdpa_needs_mask(spec: AttentionSpec) -> bool:
+    """Whether SDPA must be given a materialised mask (anything but no mask / plain causal)."""
+    return spec.mask is not MaskKind.NONE or not (structure_free(spec) or sdpa_uses_is_causal(spec))
+
+
+def sdpa_call(spec: AttentionSpec, attn_mask: torch.Tensor | None, is_causal: bool, backend: str | None) -> Fn3:
+    """fn(q, k, v) calling SDPA with this mask, the spec's scale and GQA, under ``backend`` (an SDPBackend name)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    device = torch.device(device)
-    gqa = spec.q_heads != spec.kv_heads
-    plain_causal = spec.causal and spec.q_len == spec.kv_len and not spec.window and spec.mask is MaskKind.NONE
+    kwargs = dict(attn_mask=attn_mask, is_causal=is_causal, scale=spec.effective_scale,
+                  enable_gqa=spec.q_heads != spec.kv_heads)
+    forced = None if backend is None else getattr(SDPBackend, backend)
 
-    def sdpa(backend: Any | None) -> Callable[..., torch.Tensor]:
-        def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-            attn_mask = None if plain_causal else _dense_mask(spec, mask, device)
-            kwargs = dict(attn_mask=attn_mask, is_causal=plain_causal, scale=spec.effective_scale, enable_gqa=gqa)
-            if backend is None:
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
-            with sdpa_kernel(backend):
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
-        return run
-
-    fns: dict[str, Callable[..., torch.Tensor]] = {"sdpa": sdpa(None)}
-    if device.type == "cuda":
-        fns["sdpa_flash"] = sdpa(SDPBackend.FLASH_ATTENTION)
-        fns["sdpa_efficient"] = sdpa(SDPBackend.EFFICIENT_ATTENTION)
-        fns["sdpa_cudnn"] = sdpa(SDPBackend.CUDNN_ATTENTION)
-        fns["flex"] = _flex_fn(spec, device)
-    return fns
-
-
-def _flex_fn(spec: AttentionSpec, device: torch.device) -> Callable[..., torch.Tensor]:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    compiled = torch.compile(flex_attention, dynamic=False)
-    offset = spec.kv_len - spec.q_len
-    block_mask = None
-    if spec.causal or spec.window:
-        window = spec.window
-
-        def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-            keep = kv_idx <= q_idx + offset
-            if window:
-                keep = keep & (kv_idx > q_idx + offset - window)
-            return keep
-        block_mask = create_block_mask(mask_mod, None, None, spec.q_len, spec.kv_len, device=device)
-
-    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        score_mod = None
-        if mask is not None:
-            bias = _dense_mask(spec, mask, device, structural=False)
-            bias = bias.expand(spec.batch, spec.q_heads, spec.q_len, spec.kv_len) if bias is not None else None
-
-            def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-                return score + bias[b, h, q_idx, kv_idx]
-        return compiled(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=spec.effective_scale,
-                        enable_gqa=spec.q_heads != spec.kv_heads)
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if forced is None:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+        with sdpa_kernel(forced):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
     return run
 
 
+def sdpa_baseline(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.device | str,
+                  backend: str | None = None) -> Fn3:
+    """SDPA as a user would call it: is_causal for plain causal, else the additive mask (built once, here)."""
+    attn_mask = dense_mask(spec, mask, device) if sdpa_needs_mask(spec) else None
+    return sdpa_call(spec, attn_mask, sdpa_uses_is_causal(spec), backend)
+
+
+_COMPILED_FLEX: Any = None
+
+
+def compiled_flex() -> Callable[..., torch.Tensor]:
+    """torch.compile(flex_attention), made once per process (dynamo caches per shape / mod underneath)."""
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def _as_4d(t: torch.Tensor) -> torch.Tensor:
+    """A tensor broadcastable to (B, H, Nq, Nk) with its leading broadcast dims made explicit."""
+    if t.dim() > 4:
+        raise ValueError(f"mask must be broadcastable to (B, H, Nq, Nk); got shape {tuple(t.shape)}")
+    return t.reshape((1,) * (4 - t.dim()) + tuple(t.shape))
+
+
+def _index4(t: torch.Tensor, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+    """t[b, h, q_idx, kv_idx] with size-1 (broadcast) dims indexed at 0."""
+    return t[b if t.shape[0] > 1 else 0, h if t.shape[1] > 1 else 0, q_idx if t.shape[2] > 1 else 0,
+             kv_idx if t.shape[3] > 1 else 0]
+
+
+def flex_baseline(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.device | str,
+                  compiled: bool = True) -> Fn3:
+    """FlexAttention for ``spec``: causal / window / padding / bool as a block-mask mask_mod, ALiBi and bias as a
+    score_mod; the block mask is built here (not in the timed call). ``compiled`` False: eager flex (debugging)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    kind, off, window, causal = spec.mask, spec.kv_len - spec.q_len, spec.window, spec.causal
+    if kind is not MaskKind.NONE and mask is None:
+        raise ValueError(f"mask_kind={kind.value!r} needs a mask tensor")
+    keep: torch.Tensor | None = None  # bool, 4-d broadcastable, for mask_mod
+    if kind is MaskKind.PADDING:
+        if mask.dim() != 2:
+            raise ValueError(f"padding mask must be (B, Nk); got shape {tuple(mask.shape)}")
+        keep = mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+    elif kind is MaskKind.BOOL:
+        keep = _as_4d(mask.to(device=device, dtype=torch.bool))
+    bias = _as_4d(mask.to(device)) if kind is MaskKind.BIAS else None
+    slopes = mask.to(device=device, dtype=torch.float32).reshape(-1) if kind is MaskKind.ALIBI else None
+    if slopes is not None and slopes.numel() != spec.q_heads:
+        raise ValueError(f"alibi slopes must be ({spec.q_heads},); got shape {tuple(mask.shape)}")
+
+    def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        ok = kv_idx <= q_idx + off if causal or window is not None else kv_idx >= 0
+        if window is not None:
+            ok = ok & (kv_idx > q_idx + off - window)
+        if keep is not None:
+            ok = ok & _index4(keep, b, h, q_idx, kv_idx)
+        return ok
+
+    def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        if bias is not None:
+            return score + _index4(bias, b, h, q_idx, kv_idx)
+        return score - slopes[h] * (q_idx + off - kv_idx).abs()
+
+    block_mask = None
+    if keep is not None or not structure_free(spec):
+        block_b = keep.shape[0] if keep is not None and keep.shape[0] > 1 else None
+        block_h = keep.shape[1] if keep is not None and keep.shape[1] > 1 else None
+        block_mask = create_block_mask(mask_mod, block_b, block_h, spec.q_len, spec.kv_len, device=device)
+    flex = compiled_flex() if compiled else flex_attention
+    mod = score_mod if kind in (MaskKind.BIAS, MaskKind.ALIBI) else None
+    gqa = spec.q_heads != spec.kv_heads
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return flex(q, k, v, score_mod=mod, block_mask=block_mask, scale=spec.effective_scale, enable_gqa=gqa)
+    return run
+
+
+def builtin_baseline(name: str, spec: AttentionSpec, mask: torch.Tensor | None, device: torch.device | str) -> Fn3:
+    """The built-in provider ``name`` (one of BUILTIN_NAMES) for ``spec`` and this mask tensor: fn(q, k, v).
+
+    Mask preparation (dense mask, block mask) happens here, once. Nothing checks that the backend runs on this
+    device or shape: a forced SDPA backend that cannot run raises when called.
+    """
+    if name == "flex":
+        return flex_baseline(spec, mask, device)
+    if name not in SDPA_BACKENDS:
+        raise ValueError(f"unknown built-in baseline {name!r}; expected one of {BUILTIN_NAMES}")
+    return sdpa_baseline(spec, mask, device, SDPA_BACKENDS[name])
+
+
+def _per_mask(build: Callable[[torch.Tensor | None], Fn3]) -> Callable[..., torch.Tensor]:
+    """fn(q, k, v, mask) over a builder of fn(q, k, v) for one mask: each mask tensor is prepared once.
+
+    The evaluator calls baselines with rotating input sets, each with its own mask tensor; preparing the mask
+    (materialising a dense mask, building a block mask) inside every timed call would charge the baseline for
+    work a user does once. Prepared masks are keyed by the tensor itself (identity, held, plus its version
+    counter, so an in-place edit re-prepares).
+    """
+    cache: list[tuple[torch.Tensor | None, int, Fn3]] = []
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        version = -1 if mask is None else mask._version
+        for held, held_version, fn in cache:
+            if held is mask and held_version == version:
+                return fn(q, k, v)
+        fn = build(mask)
+        cache.append((mask, version, fn))
+        del cache[:-_MASK_CACHE]
+        return fn(q, k, v)
+    return run
+
+
+def baseline_fns(spec: AttentionSpec, device: torch.device | str,
+                 names: Sequence[str] | None = None) -> dict[str, Callable[..., torch.Tensor]]:
+    """Built-in attention implementations for ``spec``: name -> fn(q, k, v, mask) -> out (B, Hq, Nq, Dv).
+
+    ``names`` None: on CUDA SDPA default / flash / efficient / cudnn and FlexAttention, on CPU the SDPA default
+    only (compiled flex on CPU costs seconds of C++ compile per spec and says nothing about a GPU). Availability
+    is not checked here: :func:`available_baselines` runs each once.
+    """
+    device = torch.device(device)
+    if names is None:
+        names = BUILTIN_NAMES if device.type == "cuda" else ("sdpa",)
+    unknown = [n for n in names if n not in BUILTIN_NAMES]
+    if unknown:
+        raise ValueError(f"unknown built-in baseline(s) {unknown}; expected some of {BUILTIN_NAMES}")
+    return {n: _per_mask(lambda m, n=n: builtin_baseline(n, spec, m, device)) for n in names}
+
+
 def available_baselines(spec: AttentionSpec, device: torch.device | str, q: torch.Tensor, k: torch.Tensor,
-                        v: torch.Tensor, mask: torch.Tensor | None) -> dict[str, Callable[..., torch.Tensor]]:
+                        v: torch.Tensor, mask: torch.Tensor | None,
+                        names: Sequence[str] | None = None) -> dict[str, Callable[..., torch.Tensor]]:
     """The baselines that run on this device for this spec (each called once; failures dropped)."""
     ok = {}
-    for name, fn in baseline_fns(spec, device).items():
+    for name, fn in baseline_fns(spec, device, names).items():
         try:
             fn(q, k, v, mask)
             _sync(torch.device(device))
