@@ -37,6 +37,10 @@ GRID = [
     (4, 1, 300, 300, 192, 192, False, None, "alibi", {"persistent": True}),
     (4, 4, 256, 256, 224, 64, True, None, "none", {}),
     (4, 4, 1024, 1024, 64, 64, True, None, "none", {"causal_split": False}),
+    # pack_gqa (the default genome packs GQA decode): decode split-kv, short causal decode with ALiBi, packed prefill
+    (32, 8, 1, 8192, 128, 128, False, None, "none", {}),
+    (8, 2, 5, 1000, 72, 72, True, None, "alibi", {}),
+    (8, 1, 113, 1000, 40, 40, True, 64, "bias", {"pack_gqa": True, "persistent": True}),
 ]
 
 

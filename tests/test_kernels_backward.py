@@ -22,6 +22,9 @@ CASES = [
     (3, 1, 20, 20, 16, 16, "float16", False, 6, "alibi", {}),
     (2, 2, 17, 29, 24, 24, "float32", False, None, "bool", {}),
     (2, 2, 32, 32, 64, 64, "float16", True, None, "none", {"even_fast_path": True}),
+    # packed-GQA forward (its LSE/out in the unpacked layouts) feeding the unpacked backward
+    (8, 2, 9, 29, 40, 40, "float32", True, None, "bias", {"pack_gqa": True}),
+    (4, 1, 3, 37, 24, 24, "bfloat16", False, 10, "alibi", {"pack_gqa": True, "kv_splits": 2}),
 ]
 
 

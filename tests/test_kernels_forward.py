@@ -2,7 +2,8 @@
 
 Each case: fresh random inputs, NaN-poisoned out/lse, inputs unchanged afterwards, per-dtype tolerance.
 The grid covers every mask kind, GQA/MQA, odd head dims (40, 111, 160), dv != d, lengths 1/17/113 with
-q_len != kv_len, all three dtypes and every genome knob the template renders.
+q_len != kv_len, all three dtypes and every genome knob the template renders; PACKED_CASES repeat it for
+pack_gqa (GQA groups packed into one tile's rows), checking the LSE too.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from _kernel_cases import call_args, fresh, load, run_forward, snapshot, unchanged
 
+from avo_inductor.kernels import launch
 from avo_inductor.kernels.genome import KernelGenome
 from avo_inductor.kernels.reference import attention_reference, tolerance
 from avo_inductor.kernels.render import check_renderable, default_genome, render
@@ -29,26 +31,87 @@ CASES = [
     (2, 2, 33, 47, 32, 32, "float32", True, 9, "none", {}),
     (2, 1, 20, 20, 16, 24, "float16", False, 5, "alibi", {"lazy_rescale": True}),
     (4, 4, 1, 70, 32, 32, "bfloat16", False, None, "none", {"kv_splits": 4}),  # decode split-kv + reduce
-    (2, 1, 5, 37, 48, 48, "float16", True, None, "bool", {"kv_splits": 2, "persistent": True}),
+    (2, 1, 5, 37, 48, 48, "float16", True, None, "bool", {"kv_splits": 2, "persistent": True, "pack_gqa": False}),
     (2, 2, 32, 48, 32, 32, "float16", True, None, "alibi", {"even_fast_path": True, "persistent": True}),
     (2, 2, 32, 32, 192, 192, "float16", True, None, "none", {"block_m": 32}),  # even lengths, d=192
     (2, 2, 17, 17, 224, 16, "float32", False, None, "none", {"exp2": False, "lazy_rescale": True}),
 ]
 
 
-@pytest.mark.parametrize("hq,hkv,nq,nk,d,dv,dtype,causal,window,mask,knobs", CASES)
-def test_forward_matches_reference(hq, hkv, nq, nk, d, dv, dtype, causal, window, mask, knobs):
-    spec = AttentionSpec(2 if nq < 64 else 1, hq, hkv, nq, nk, d, v_head_dim=dv, dtype=dtype, causal=causal,
-                         window=window, mask=mask)
+# Packed GQA (pack_gqa=True: the GROUP q heads of a kv head share the rows of one tile): groups 2/4/8 and MQA,
+# q_len 1/3/17/113 (packed rows 2..904), kv_len 1/17/113/1000, every mask kind, causal/window (bottom-right
+# aligned per row's real position, incl. rows with no key), odd head dims, split-kv + reduce, persistent, even path.
+PACKED_CASES = [
+    (2, 1, 1, 1, 40, 40, "float16", False, None, "none", {}),
+    (4, 1, 1, 1000, 72, 72, "bfloat16", False, None, "none", {"kv_splits": 8, "block_n": 64}),
+    (8, 1, 1, 113, 40, 40, "float32", True, None, "alibi", {"kv_splits": 4}),
+    (8, 2, 1, 17, 72, 72, "float16", True, None, "padding", {}),               # causal decode: key 16 = block 2
+    (4, 2, 1, 1000, 40, 40, "float32", True, 300, "bias", {"kv_splits": 16, "block_n": 32}),
+    (16, 2, 3, 113, 40, 40, "bfloat16", True, None, "bias", {"kv_splits": 2}),
+    (4, 2, 3, 1, 40, 40, "float32", True, None, "none", {}),                    # q_len > kv_len: empty rows
+    (8, 1, 3, 1000, 72, 72, "float16", True, 100, "bool", {"kv_splits": 8, "block_n": 64}),
+    (2, 1, 17, 113, 72, 72, "float16", False, 9, "none", {}),
+    (6, 2, 11, 40, 40, 40, "float16", True, None, "alibi", {"persistent": True}),  # group 3: 33 rows, 3 tiles
+    (4, 2, 17, 26, 72, 72, "float32", True, None, "none", {}),  # tile 0 = positions 0..7 needs key 16 (block 2)
+    (8, 1, 17, 17, 40, 40, "float32", True, None, "bool", {"block_m": 64}),
+    (4, 1, 17, 1000, 40, 24, "bfloat16", False, None, "bias", {"kv_splits": 4, "persistent": True,
+                                                                  "block_n": 64}),
+    (4, 2, 17, 113, 40, 40, "float16", True, 20, "alibi", {"lazy_rescale": True, "exp2": False}),
+    (4, 1, 113, 17, 40, 40, "bfloat16", True, None, "none", {"block_m": 32}),  # MQA, q_len > kv_len
+    (2, 1, 113, 113, 72, 72, "float32", False, 5, "alibi", {"causal_split": False, "block_m": 64}),
+    (8, 2, 113, 1, 40, 40, "float16", False, None, "padding", {"block_m": 128}),
+    (4, 2, 113, 1000, 40, 40, "float32", True, None, "padding", {"block_m": 64, "block_n": 64,
+                                                                  "persistent": True}),
+    (4, 2, 8, 64, 32, 32, "float16", False, None, "none", {"even_fast_path": True}),  # rows 16: EVEN_M, nq 8 is not
+    (8, 2, 16, 48, 16, 16, "bfloat16", True, None, "none", {"even_fast_path": True, "block_m": 64}),
+]
+
+
+def _check_forward(spec, knobs):
     kernel = load(spec, **knobs)
     inp = fresh(spec)
     before = snapshot(inp)
     out, lse = run_forward(kernel, spec, inp)
     ref = attention_reference(inp.q, inp.k, inp.v, mask=inp.mask, **call_args(spec))
     assert out.dtype == spec.torch_dtype and not torch.isnan(out).any() and not torch.isnan(lse).any()
-    atol, rtol = tolerance(dtype)
+    atol, rtol = tolerance(spec.dtype)
     torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
     assert unchanged(inp, before)
+    return kernel, inp, lse
+
+
+@pytest.mark.parametrize("hq,hkv,nq,nk,d,dv,dtype,causal,window,mask,knobs", CASES)
+def test_forward_matches_reference(hq, hkv, nq, nk, d, dv, dtype, causal, window, mask, knobs):
+    spec = AttentionSpec(2 if nq < 64 else 1, hq, hkv, nq, nk, d, v_head_dim=dv, dtype=dtype, causal=causal,
+                         window=window, mask=mask)
+    _check_forward(spec, knobs)
+
+
+@pytest.mark.parametrize("hq,hkv,nq,nk,d,dv,dtype,causal,window,mask,knobs", PACKED_CASES)
+def test_packed_gqa_forward_matches_reference(hq, hkv, nq, nk, d, dv, dtype, causal, window, mask, knobs):
+    spec = AttentionSpec(2 if nq * nk < 4096 else 1, hq, hkv, nq, nk, d, v_head_dim=dv, dtype=dtype, causal=causal,
+                         window=window, mask=mask)
+    kernel, inp, lse = _check_forward(spec, {"pack_gqa": True, **knobs})
+    assert kernel.launch.pack_gqa and "PACK_GQA = tl.constexpr(True)" in kernel.path.read_text()
+    # LSE at each row's real (head, position): logsumexp of the reference scores, +inf where no key is allowed
+    s = _reference_scores(spec, inp)
+    ref_lse = torch.logsumexp(s, -1)
+    empty = torch.isneginf(ref_lse)
+    assert torch.equal(torch.isposinf(lse), empty)
+    torch.testing.assert_close(lse.double()[~empty], ref_lse[~empty], atol=2e-2 if dtype != "float32" else 1e-4,
+                               rtol=1e-3)
+
+
+def _reference_scores(spec, inp):
+    """float64 scaled scores with every mask applied (-inf where masked), q heads expanded over GQA groups."""
+    from avo_inductor.kernels.reference import additive_mask
+
+    g = spec.gqa_group
+    q, k = inp.q.double(), inp.k.double().repeat_interleave(g, dim=1)
+    s = (q @ k.transpose(-1, -2)) * spec.effective_scale
+    add = additive_mask(spec.batch, spec.q_heads, spec.q_len, spec.kv_len, causal=spec.causal, window=spec.window,
+                        mask_kind=spec.mask.value, mask=inp.mask)
+    return s if add is None else s + add.double()
 
 
 def test_lse_is_logsumexp_and_inf_for_empty_rows():
@@ -67,6 +130,47 @@ def test_result_changes_with_inputs():
     kernel = load(spec)
     a, b = fresh(spec), fresh(spec)
     assert not torch.equal(run_forward(kernel, spec, a)[0], run_forward(kernel, spec, b)[0])
+
+
+def test_packed_launch_grids(monkeypatch):
+    """pack_gqa: the forward walks B * Hkv heads and cdiv(Nq * GROUP, BLOCK_M) row tiles (times splits); the reduce
+    packs all B * Hq * Nq rows; without it the grids are the ABI's unpacked ones."""
+    grids = []
+    real = launch._launch
+
+    def recording(fn, grid, **kw):
+        grids.append((fn.__name__, grid))
+        real(fn, grid, **kw)
+
+    monkeypatch.setattr(launch, "_launch", recording)
+    spec = AttentionSpec(2, 8, 2, 3, 40, 16, dtype="float32")  # group 4: 12 packed rows per kv head
+    for knobs, fwd, red in (({"pack_gqa": True, "kv_splits": 2}, (2, 4), (3, 1)),
+                            ({"pack_gqa": False, "kv_splits": 2}, (2, 16), (1, 16)),
+                            ({"pack_gqa": True}, (1, 4), None),
+                            ({"pack_gqa": True, "kv_splits": 2, "persistent": True}, (4,), (3, 1))):
+        grids.clear()
+        _check_forward(spec, knobs)
+        assert grids[0] == ("attn_fwd", fwd), knobs
+        assert grids[1:] == ([("attn_fwd_reduce", red)] if red else []), knobs
+
+
+def test_launch_config_pack_gqa_key():
+    from avo_inductor.kernels.launch import LaunchConfig
+    from avo_inductor.kernels.loader import static_violations
+
+    rk = render(KernelGenome(pack_gqa=True, kv_splits=4), AttentionSpec(1, 8, 2, 1, 256, 64))
+    assert rk.launch["pack_gqa"] is True and "PACK_GQA = tl.constexpr(True)" in rk.source
+    assert LaunchConfig.from_dict(rk.launch).pack_gqa
+    assert static_violations(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch) == []
+    plain = render(KernelGenome(), AttentionSpec(1, 8, 2, 1, 256, 64))
+    assert plain.launch["pack_gqa"] is False and "PACK_GQA = tl.constexpr(False)" in plain.source
+    legacy = {k: v for k, v in plain.launch.items() if k != "pack_gqa"}  # records written before the knob
+    assert not LaunchConfig.from_dict(legacy).pack_gqa
+    for bad in (1, "true", None):
+        with pytest.raises(ValueError, match="pack_gqa"):
+            static_violations(rk.source, rk.entry_point, rk.bwd_entry_point, {**rk.launch, "pack_gqa": bad})
+    with pytest.raises(ValueError, match="unknown launch key"):
+        LaunchConfig.from_dict({**rk.launch, "pack_gqa_rows": True})
 
 
 def test_render_marks_evolve_block_and_knobs():
@@ -102,3 +206,18 @@ def test_default_genome_valid_for_gpu_and_cpu():
             render(g, spec)
             assert g.block_m <= max(16, 1 << (nq - 1).bit_length())
     assert default_genome(AttentionSpec(1, 8, 8, 1, 8192, 128), h100).kv_splits > 1
+
+
+def test_default_genome_packs_gqa_decode():
+    from avo_inductor.spec import HardwareKey
+
+    h100 = HardwareKey("nvidia", "NVIDIA H100 80GB HBM3", (9, 0), 132)
+    cpu = HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
+    for hw in (h100, cpu):
+        assert default_genome(AttentionSpec(1, 32, 8, 1, 8192, 128), hw).pack_gqa
+        assert default_genome(AttentionSpec(1, 32, 1, 16, 8192, 128), hw).pack_gqa          # MQA
+        assert not default_genome(AttentionSpec(1, 32, 32, 1, 8192, 128), hw).pack_gqa      # MHA: nothing to pack
+        assert not default_genome(AttentionSpec(1, 32, 8, 1024, 1024, 128), hw).pack_gqa   # prefill
+    # the packed tile holds q_len * group rows: 16 queries x 4 heads fit one 64-row tile
+    assert default_genome(AttentionSpec(1, 32, 8, 16, 8192, 128), h100).block_m == 64
+    assert default_genome(AttentionSpec(1, 32, 8, 1, 8192, 128), h100).block_m == 16

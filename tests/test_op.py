@@ -61,7 +61,9 @@ def test_loader_rejects_tampered_and_disallowed_sources():
 @pytest.mark.parametrize("compiled", [False, True])
 def test_op_forward_backward_matches_reference(compiled):
     spec = AttentionSpec(1, 4, 2, 9, 17, 40, dtype="float32", causal=True, mask="bias", needs_grad=True)
-    kid = register_kernel(_record(spec))
+    rec = _record(spec)
+    assert rec.launch["pack_gqa"]  # GQA decode: the baseline packs, so the gradients flow through a packed forward
+    kid = register_kernel(rec)
 
     def fn(q, k, v, m):
         return attention(q, k, v, m, kernel_id=kid, causal=True, mask_kind="bias")

@@ -45,6 +45,23 @@ def test_spec_space_filters() -> None:
     assert "bwd_block_m" in spec_space(TRAIN) and "bwd_block_m" not in spec_space(PREFILL)
 
 
+def test_pack_gqa_only_for_gqa_specs() -> None:
+    assert spec_space(DECODE)["pack_gqa"] == (False, True)  # 32 q heads on 8 kv heads
+    assert spec_space(AttentionSpec(1, 8, 1, 100, 100, 64))["pack_gqa"] == (False, True)  # MQA prefill
+    for mha in (PREFILL, TRAIN):
+        assert spec_space(mha)["pack_gqa"] == (False,)
+        assert not clamp_to_spec(KernelGenome(pack_gqa=True), mha).pack_gqa
+        assert not in_space(KernelGenome(pack_gqa=True), mha)
+        assert all(not mutate(KernelGenome(), mha, random.Random(s), 3).pack_gqa for s in range(100))
+    assert clamp_to_spec(KernelGenome(pack_gqa=True), DECODE).pack_gqa
+    assert any(mutate(KernelGenome(), DECODE, random.Random(s), 2).pack_gqa for s in range(100))
+    # packed rows are q_len * group: tiles up to next_pow2(16 * 4) = 64 for the forward, not for the backward
+    spec = AttentionSpec(1, 8, 2, 16, 1024, 64, needs_grad=True)
+    assert spec_space(spec)["block_m"] == (16, 32, 64) and spec_space(spec)["bwd_block_m"] == (16,)
+    assert clamp_to_spec(KernelGenome(block_m=256, bwd_block_m=64), spec).block_m == 64
+    assert spec_space(AttentionSpec(1, 8, 8, 16, 1024, 64))["block_m"] == (16,)
+
+
 def test_clamp_and_diff() -> None:
     g = KernelGenome(block_m=256, block_n=128, kv_splits=8)
     c = clamp_to_spec(g, AttentionSpec(1, 2, 2, 40, 40, 16))

@@ -25,6 +25,7 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "warp_specialize": (False, True),
     "lazy_rescale": (False, True),
     "kv_splits": (1, 2, 4, 8, 16, 32),
+    "pack_gqa": (False, True),
     "bwd_block_m": (16, 32, 64, 128),
     "bwd_block_n": (16, 32, 64, 128),
     "bwd_num_warps": (2, 4, 8),
@@ -44,6 +45,9 @@ class KernelGenome:
     consumer warps compute; Hopper+, where the compiler supports it for the loop body).
     lazy_rescale: rescale the accumulator only when the running max grows by more than a threshold.
     kv_splits: split the key sequence across programs (decode, q_len <= 16), reduced by a second kernel.
+    pack_gqa: forward only (GQA/MQA): the GROUP q heads sharing a kv head share one program, packed into the rows
+    of its query tile (row r = query position r // GROUP of head-in-group r % GROUP), so each K/V block is read
+    once per group instead of once per q head (FlashAttention-3's PackGQA; decode's win).
     bwd_*: the same for the backward kernels. template: which template family renders the source.
     """
 
@@ -59,6 +63,7 @@ class KernelGenome:
     warp_specialize: bool = False
     lazy_rescale: bool = False
     kv_splits: int = 1
+    pack_gqa: bool = False
     bwd_block_m: int = 32
     bwd_block_n: int = 64
     bwd_num_warps: int = 4

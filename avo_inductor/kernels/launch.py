@@ -18,6 +18,12 @@ Forward ``{entry}`` (all arguments by keyword, in this order):
   SPLITS) combines it, grid (cdiv(Nq, BLOCK_M), B * Hq).
 Grid rules (launch["grid"]): "fwd" (cdiv(Nq, BLOCK_M), B * Hq) with kv_splits 1; "splitkv"
   (cdiv(Nq, BLOCK_M) * SPLITS, B * Hq); "persistent" (min(tiles, SM count),), tiles walked in-kernel.
+Packed GQA (launch["pack_gqa"] true; the source must pack too, flash_v1 renders PACK_GQA = True): the forward's
+  rows are the Nq * GROUP (query position, head-in-group) pairs of one kv head, row r -> position r // GROUP,
+  q head kv_head * GROUP + r % GROUP, so every grid rule above uses cdiv(Nq * GROUP, BLOCK_M) row tiles and
+  B * Hkv heads instead of cdiv(Nq, BLOCK_M) and B * Hq, and EVEN_M means BLOCK_M divides Nq * GROUP. O, LSE and
+  the split partials keep the layouts above (each row is stored at its real head and position). The reduce packs
+  every (batch, q head, position) row densely: grid (cdiv(B * Hq * Nq, BLOCK_M), 1).
 Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV),
   grid (cdiv(Nq, BWD_BLOCK_M), B * Hq), DELTA contiguous fp32 (B, Hq, Nq) = rowsum(o * do).
   ``{bwd}_dkdv`` and ``{bwd}_dq`` share one argument list:
@@ -60,7 +66,8 @@ def _known_multiple(n: Any, block: int) -> bool:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """A record's ``launch`` dict, validated: tiles, warps, stages, split count and the grid rule names."""
+    """A record's ``launch`` dict, validated: tiles, warps, stages, split count, the grid rule names and whether
+    the forward packs GQA groups into its row tiles (``pack_gqa``, optional, default false)."""
 
     grid: str = "fwd"
     block_m: int = 64
@@ -74,6 +81,7 @@ class LaunchConfig:
     bwd_block_n: int = 64
     bwd_num_warps: int = 4
     bwd_num_stages: int = 2
+    pack_gqa: bool = False
 
     def __post_init__(self) -> None:
         if self.grid not in GRID_RULES or self.bwd_grid not in BWD_GRID_RULES:
@@ -84,13 +92,15 @@ class LaunchConfig:
                 raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
         if (self.grid == "fwd") != (self.kv_splits == 1) and self.grid != "persistent":
             raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
+        if not isinstance(self.pack_gqa, bool):
+            raise ValueError(f"launch pack_gqa must be a bool; got {self.pack_gqa!r}")
 
     @classmethod
     def from_dict(cls, launch: dict[str, Any]) -> LaunchConfig:
         keys = {"grid": "grid", "BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps",
                 "num_stages": "num_stages", "kv_splits": "kv_splits", "even_fast_path": "even_fast_path",
                 "bwd_grid": "bwd_grid", "BWD_BLOCK_M": "bwd_block_m", "BWD_BLOCK_N": "bwd_block_n",
-                "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages"}
+                "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages", "pack_gqa": "pack_gqa"}
         unknown = set(launch) - set(keys)
         if unknown:
             raise ValueError(f"unknown launch key(s) {sorted(unknown)}; known {sorted(keys)}")
@@ -184,7 +194,7 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     """
     _check_qkv(q, k, v)
     b, hq, nq = q.shape[0], q.shape[1], q.shape[2]
-    nk, dv = k.shape[2], v.shape[3]
+    hkv, nk, dv = k.shape[1], k.shape[2], v.shape[3]
     if out is None:
         out = torch.empty((b, hq, nq, dv), dtype=q.dtype, device=q.device)
     if lse is None:
@@ -198,22 +208,25 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         l_buf = torch.empty((b, hq * splits, nq), dtype=torch.float32, device=q.device)
     else:
         o_buf, l_buf = out, lse
-    num_m = _cdiv(nq, cfg.block_m)
+    # Packed GQA: tiles over the Nq * GROUP (position, head-in-group) rows of each (batch, kv head).
+    rows, heads = (nq * sc["GROUP"], hkv) if cfg.pack_gqa else (nq, hq)
+    num_m = _cdiv(rows, cfg.block_m)
     if cfg.grid == "persistent":
         n_prog = (torch.cuda.get_device_properties(q.device).multi_processor_count
                   if q.device.type == "cuda" else _CPU_PROGRAMS)
-        grid: tuple[Any, ...] = (torch.sym_min(num_m * splits * b * hq, n_prog),)
+        grid: tuple[Any, ...] = (torch.sym_min(num_m * splits * b * heads, n_prog),)
     else:
-        grid = (num_m * splits, b * hq)
+        grid = (num_m * splits, b * heads)
     _launch(fns.fwd, grid, Q=q, K=k, V=v, O=o_buf, LSE=l_buf, MASK=m,
             **_strides("q", q), **_strides("k", k, "bhnd"), **_strides("v", v, "bhnd"), **_strides("o", o_buf),
             **_strides("m", m_strides, "bhmn"), **sc, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, MASK_KIND=code,
-            EVEN_M=even and _known_multiple(nq, cfg.block_m), EVEN_N=even and _known_multiple(nk, cfg.block_n),
+            EVEN_M=even and _known_multiple(rows, cfg.block_m), EVEN_N=even and _known_multiple(nk, cfg.block_n),
             SPLITS=splits, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if splits > 1:
         if fns.reduce is None:
             raise RuntimeError("kv_splits > 1 needs the source's '{entry}_reduce' kernel")
-        _launch(fns.reduce, (num_m, b * hq), OP=o_buf, LSEP=l_buf, O=out, LSE=lse, **_strides("o", out),
+        reduce_grid = (_cdiv(b * hq * nq, cfg.block_m), 1) if cfg.pack_gqa else (_cdiv(nq, cfg.block_m), b * hq)
+        _launch(fns.reduce, reduce_grid, OP=o_buf, LSEP=l_buf, O=out, LSE=lse, **_strides("o", out),
                 BATCH=b, H_Q=hq, N_Q=nq, V_HEAD_DIM=dv, BLOCK_M=cfg.block_m, BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits,
                 num_warps=4, num_stages=1)
     return out, lse

@@ -1,9 +1,10 @@
 """KernelGenome -> Triton source + launch config (the only place knobs turn into code).
 
-Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize) become module constants of the rendered
-file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py); launch-level knobs (tiles, warps, stages,
-kv_splits, even_fast_path, grid rule) go into ``launch`` for the trusted launcher. A knob the template cannot
-honour (use_tma, other templates, dropout) raises ValueError instead of being silently ignored.
+Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, pack_gqa) become module constants
+of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py); launch-level knobs (tiles, warps,
+stages, kv_splits, even_fast_path, grid rule, and pack_gqa again, since it changes the grid) go into ``launch`` for
+the trusted launcher. A knob the template cannot honour (use_tma, other templates, dropout) raises ValueError
+instead of being silently ignored.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _strip_docstring_and_imports(text: str) -> str:
 def _constants_block(genome: KernelGenome) -> str:
     values = {"USE_EXP2": genome.exp2, "CAUSAL_SPLIT": genome.causal_split,
               "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
-              "WARP_SPECIALIZE": genome.warp_specialize}
+              "WARP_SPECIALIZE": genome.warp_specialize, "PACK_GQA": genome.pack_gqa}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
@@ -91,6 +92,7 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
         "num_stages": genome.num_stages,
         "kv_splits": genome.kv_splits,
         "even_fast_path": genome.even_fast_path,
+        "pack_gqa": genome.pack_gqa,
         "bwd_grid": "bwd",
         "BWD_BLOCK_M": genome.bwd_block_m,
         "BWD_BLOCK_N": genome.bwd_block_n,
@@ -113,22 +115,25 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None) -> 
 
     CPU (Triton interpreter): 16-wide tiles, the interpreter's cost grows with tile area. GPU: the Triton
     tutorial's H100 tiles by head dim (128x64 up to d=128, 64x32 above, where shared memory runs out).
+    Decode (q_len <= 16) with GQA/MQA packs each kv head's q heads into one tile (pack_gqa): every q head
+    otherwise re-reads its group's K/V, the whole cost of a memory-bound decode.
     """
+    pack = spec.is_decode and spec.q_heads != spec.kv_heads
     if _is_cpu(hardware):
-        return KernelGenome(block_m=16, block_n=16, num_warps=4, num_stages=1, bwd_block_m=16, bwd_block_n=16,
-                            bwd_num_warps=4, bwd_num_stages=1)
+        return KernelGenome(block_m=16, block_n=16, num_warps=4, num_stages=1, pack_gqa=pack, bwd_block_m=16,
+                            bwd_block_n=16, bwd_num_warps=4, bwd_num_stages=1)
     d = max(spec.head_dim, spec.v_head_dim or spec.head_dim)
     wide = spec.dtype == "float32" or d > 128
     block_m, block_n = (64, 32) if wide else (128, 64)
     warps, stages = (4, 2) if wide else ((8, 3) if d > 64 else (4, 3))
     bwd_m, bwd_n, bwd_warps, bwd_stages = (16, 32, 8, 1) if wide else (32, 64, 4 if d <= 64 else 8, 2)
-    block_m = min(block_m, next_power_of_two(spec.q_len))
+    block_m = min(block_m, next_power_of_two(spec.q_len * spec.gqa_group if pack else spec.q_len))
     block_n = min(block_n, next_power_of_two(spec.kv_len))
     kv_splits = 1
     if spec.is_decode:
         # Decode: one query tile per head leaves most SMs idle; split keys so each split sees >= 512 keys.
         kv_splits = 1 << max(0, min(4, (spec.kv_len // 512).bit_length() - 1))
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                        kv_splits=kv_splits, bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
+                        kv_splits=kv_splits, pack_gqa=pack, bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
                         bwd_block_n=min(bwd_n, next_power_of_two(spec.kv_len)), bwd_num_warps=bwd_warps,
                         bwd_num_stages=bwd_stages)

@@ -19,27 +19,34 @@ _BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages")
 def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict[str, tuple[Any, ...]]:
     """GENOME_SPACE pruned to the knobs and values that mean something for ``spec``.
 
-    Why each cut: a tile larger than next_pow2(length) only computes masked-out padding; kv_splits is the
-    decode (q_len <= 16) split-K and must leave every split at least one key tile; causal_split is a no-op
-    without a causal mask (left frozen); backward tiles matter only when the spec needs grad; TMA and warp
-    specialization need Hopper (sm90+) and do not exist in the CPU interpreter. A knob left with a single value
-    is frozen (not mutated).
+    Why each cut: a tile larger than next_pow2(length) only computes masked-out padding (the forward's rows are
+    q_len * GQA group when pack_gqa can pack them); kv_splits is the decode (q_len <= 16) split-K and must leave
+    every split at least one key tile; causal_split is a no-op without a causal mask (left frozen); pack_gqa needs
+    q heads sharing a kv head (GQA/MQA), else it is frozen False; backward tiles matter only when the spec needs
+    grad; TMA and warp specialization need Hopper (sm90+) and do not exist in the CPU interpreter. A knob left
+    with a single value is frozen (not mutated).
     """
-    max_m = next_power_of_two(spec.q_len)
+    gqa = spec.q_heads != spec.kv_heads
+    max_m = next_power_of_two(spec.q_len * spec.gqa_group if gqa else spec.q_len)
+    max_bwd_m = next_power_of_two(spec.q_len)
     max_n = next_power_of_two(spec.kv_len)
     space: dict[str, tuple[Any, ...]] = {}
     for knob, values in GENOME_SPACE.items():
         allowed: tuple[Any, ...] = values
         if knob in _BWD_KNOBS and not spec.needs_grad:
             continue
-        if knob in ("block_m", "bwd_block_m"):
+        if knob == "block_m":
             allowed = tuple(v for v in values if v <= max_m)
+        elif knob == "bwd_block_m":
+            allowed = tuple(v for v in values if v <= max_bwd_m)
         elif knob in ("block_n", "bwd_block_n"):
             allowed = tuple(v for v in values if v <= max_n)
         elif knob == "kv_splits":
             allowed = tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
         elif knob == "causal_split" and not (spec.causal or spec.window):
             continue
+        elif knob == "pack_gqa":
+            allowed = values if gqa else (False,)
         elif knob in ("use_tma", "warp_specialize"):
             hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
             allowed = values if hopper else (False,)

@@ -4,6 +4,9 @@ Rendered by avo_inductor/kernels/render.py, which rewrites the GENOME-CONSTANTS 
 Follows the launcher ABI documented at the top of avo_inductor/kernels/launch.py. Masks: MASK_KIND 0 none,
 1 additive bias, 2 keep-mask (bool, read as *i1), 3 alibi slopes; causal/window bottom-right aligned.
 LSE is natural-log logsumexp, +inf for rows with no allowed key (their output is 0).
+PACK_GQA (FlashAttention-3's PackGQA): one program per (row tile, kv split, batch*kv head) whose rows are the
+(query position, head-in-group) pairs of the GROUP q heads sharing that kv head, row r -> position r // GROUP,
+q head kv_head * GROUP + r % GROUP, so each K/V block is read once for the whole group (decode with GQA).
 """
 import triton
 import triton.language as tl
@@ -14,6 +17,7 @@ CAUSAL_SPLIT = tl.constexpr(True)
 LAZY_RESCALE = tl.constexpr(False)
 PERSISTENT = tl.constexpr(False)
 WARP_SPECIALIZE = tl.constexpr(False)
+PACK_GQA = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -81,17 +85,24 @@ def _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_
 
 
 @triton.jit
-def _kv_range(start_m, N_Q, N_KV, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """Key range [lo, hi) a query tile can see, lo aligned to BLOCK_N; hi <= lo means nothing to do."""
-    lo = start_m * 0
-    hi = start_m * 0 + N_KV
+def _kv_span(q_lo, q_hi, N_Q, N_KV, window, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+             HAS_WINDOW: tl.constexpr):
+    """Key range [lo, hi) query positions [q_lo, q_hi) can see, lo aligned to BLOCK_N; hi <= lo: nothing to do."""
+    lo = q_lo * 0
+    hi = q_lo * 0 + N_KV
     if IS_CAUSAL:
-        hi = tl.minimum(hi, start_m + BLOCK_M + (N_KV - N_Q))
+        hi = tl.minimum(hi, q_hi + (N_KV - N_Q))
     if HAS_WINDOW:
-        lo = tl.maximum(lo, start_m + (N_KV - N_Q) - window + 1)
+        lo = tl.maximum(lo, q_lo + (N_KV - N_Q) - window + 1)
         lo = lo // BLOCK_N * BLOCK_N
     return lo, hi
+
+
+@triton.jit
+def _kv_range(start_m, N_Q, N_KV, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Key range [lo, hi) the query tile of positions [start_m, start_m + BLOCK_M) can see (see _kv_span)."""
+    return _kv_span(start_m, start_m + BLOCK_M, N_Q, N_KV, window, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
 
 
 # EVOLVE-BLOCK-START
@@ -153,14 +164,28 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
               HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
               MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
+    """One tile. Unpacked: off_h is the q head and row i is query position pid_m * BLOCK_M + i. PACK_GQA: off_h is
+    the kv head and packed row r = pid_m * BLOCK_M + i is position r // GROUP of q head off_h * GROUP + r % GROUP;
+    masks, bias, slopes and stores use each row's own position and head."""
     off_b = off_b.to(tl.int64)
     off_h = off_h.to(tl.int64)
-    off_kvh = off_h // GROUP
     start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+    if PACK_GQA:
+        off_kvh = off_h
+        offs_r = start_m + tl.arange(0, BLOCK_M)
+        offs_m = offs_r // GROUP  # query position of each row (>= N_Q exactly for rows past N_Q * GROUP)
+        head_m = off_h * GROUP + offs_r % GROUP  # q head of each row
+        q_lo = start_m // GROUP
+        q_hi = (start_m + BLOCK_M - 1) // GROUP + 1
+        q_off = (off_b * stride_qb + head_m * stride_qh)[:, None]
+    else:
+        off_kvh = off_h // GROUP
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        q_lo = start_m
+        q_off = off_b * stride_qb + off_h * stride_qh
+    q = _load_tile(Q + q_off + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                    offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M, HEAD_DIM != BLOCK_D)
     # Scalars may arrive as fp64 from Inductor: cast once, before anything loop-carried uses them.
     qk_scale = tl.cast(sm_scale, tl.float32)
@@ -168,22 +193,30 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
         qk_scale = qk_scale * LOG2E
     K_base = K + off_b * stride_kb + off_kvh * stride_kh
     V_base = V + off_b * stride_vb + off_kvh * stride_vh
-    M_base = MASK + off_b * stride_mb + off_h * stride_mh
-    slope = 0.0
-    if MASK_KIND == 3:
-        slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+    if PACK_GQA:
+        # (BM, 1) row pointers / slopes broadcast against the (BM, BN) scores in _apply_masks
+        M_base = MASK + off_b * stride_mb + (head_m * stride_mh)[:, None]
+        slope = tl.zeros([BLOCK_M, 1], dtype=tl.float32)
+        if MASK_KIND == 3:
+            slope = tl.load(MASK + head_m * stride_mh).to(tl.float32)[:, None]
+        lo, hi = _kv_span(q_lo, q_hi, N_Q, N_KV, window, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
+    else:
+        M_base = MASK + off_b * stride_mb + off_h * stride_mh
+        slope = 0.0
+        if MASK_KIND == 3:
+            slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+        lo, hi = _kv_range(start_m, N_Q, N_KV, window, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    lo, hi = _kv_range(start_m, N_Q, N_KV, window, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
     if SPLITS > 1:
         chunk = tl.cdiv(tl.cdiv(N_KV, SPLITS), BLOCK_N) * BLOCK_N
         lo = tl.maximum(lo, split * chunk)
         hi = tl.minimum(hi, split * chunk + chunk)
     if IS_CAUSAL and CAUSAL_SPLIT:
         # Blocks wholly below the diagonal of the tile's first row need no causal test and no key bounds
-        # test (they end at or before key start_m + off < N_KV); only the diagonal band pays for masks.
-        full_hi = (start_m + (N_KV - N_Q) + 1) // BLOCK_N * BLOCK_N
+        # test (they end at or before key q_lo + off < N_KV); only the diagonal band pays for masks.
+        full_hi = (q_lo + (N_KV - N_Q) + 1) // BLOCK_N * BLOCK_N
         full_hi = tl.minimum(tl.maximum(full_hi, lo), hi)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, lo, full_hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
@@ -208,8 +241,13 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
         lse = tl.where(empty, float("inf"), lse)  # +inf: exp(s - lse) = 0 in the backward
     else:
         lse = tl.where(empty, float("-inf"), lse)  # -inf: weight 0 in the split reduction
-    out_h = off_h * SPLITS + split
-    o_ptrs = O + off_b * stride_ob + out_h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+    if PACK_GQA:
+        out_h = head_m * SPLITS + split
+        o_ptrs = (O + (off_b * stride_ob + out_h * stride_oh + offs_m * stride_om)[:, None]
+                  + offs_dv[None, :] * stride_od)
+    else:
+        out_h = off_h * SPLITS + split
+        o_ptrs = O + off_b * stride_ob + out_h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_dv[None, :] < V_HEAD_DIM))
     tl.store(LSE + (off_b * H_Q * SPLITS + out_h) * N_Q + offs_m, lse, mask=offs_m < N_Q)
 
@@ -223,14 +261,21 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
              HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
              MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
+    if PACK_GQA:
+        # Tiles of N_Q * GROUP packed rows per (batch, kv head): the grid's second axis is B * H_KV.
+        H_T = H_Q // GROUP
+        ROWS = N_Q * GROUP
+    else:
+        H_T = H_Q
+        ROWS = N_Q
     if PERSISTENT:
         # One program per SM walks tiles with a grid stride: no tail wave, one launch's worth of setup.
-        tiles_per_bh = tl.cdiv(N_Q, BLOCK_M) * SPLITS
-        total = tiles_per_bh * BATCH * H_Q
+        tiles_per_bh = tl.cdiv(ROWS, BLOCK_M) * SPLITS
+        total = tiles_per_bh * BATCH * H_T
         for tile in range(tl.program_id(0), total, tl.num_programs(0)):
             bh = tile // tiles_per_bh
             r = tile % tiles_per_bh
-            _fwd_tile(Q, K, V, O, LSE, MASK, r // SPLITS, r % SPLITS, bh // H_Q, bh % H_Q,
+            _fwd_tile(Q, K, V, O, LSE, MASK, r // SPLITS, r % SPLITS, bh // H_T, bh % H_T,
                       stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                       stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
                       stride_mb, stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
@@ -239,7 +284,7 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
     else:
         pid0 = tl.program_id(0)
         bh = tl.program_id(1)
-        _fwd_tile(Q, K, V, O, LSE, MASK, pid0 // SPLITS, pid0 % SPLITS, bh // H_Q, bh % H_Q,
+        _fwd_tile(Q, K, V, O, LSE, MASK, pid0 // SPLITS, pid0 % SPLITS, bh // H_T, bh % H_T,
                   stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                   stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
                   stride_mb, stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
@@ -251,14 +296,24 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
 @triton.jit
 def attn_fwd_reduce(OP, LSEP, O, LSE, stride_ob, stride_oh, stride_om, stride_od, BATCH, H_Q, N_Q,
                     V_HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr):
-    """Combine SPLITS partial (normalised output, lse) pairs: o = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    """Combine SPLITS partial (normalised output, lse) pairs: o = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max).
+
+    Unpacked: grid (cdiv(N_Q, BLOCK_M), BATCH * H_Q), one (batch, q head) per program. PACK_GQA: grid
+    (cdiv(BATCH * H_Q * N_Q, BLOCK_M), 1), the rows of every (batch, q head, position) packed densely, so decode's
+    one query per head fills the tile instead of one lane of it."""
+    offs_dv = tl.arange(0, BLOCK_DV)
+    if PACK_GQA:
+        offs_t = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = offs_t < BATCH * H_Q * N_Q
+        bh = offs_t // N_Q  # (BM,) batch * H_Q + q head of each row
+        offs_m = offs_t % N_Q
+    else:
+        pid_m = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < N_Q
     off_b = bh // H_Q
     off_h = bh % H_Q
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    row_ok = offs_m < N_Q
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for s in tl.static_range(SPLITS):
         m = tl.maximum(m, tl.load(LSEP + (bh * SPLITS + s) * N_Q + offs_m, mask=row_ok, other=float("-inf")))
@@ -267,13 +322,13 @@ def attn_fwd_reduce(OP, LSEP, O, LSE, stride_ob, stride_oh, stride_om, stride_od
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for s in tl.static_range(SPLITS):
         w = tl.exp(tl.load(LSEP + (bh * SPLITS + s) * N_Q + offs_m, mask=row_ok, other=float("-inf")) - m_safe)
-        part = tl.load(OP + ((bh * SPLITS + s) * N_Q + offs_m[:, None]) * V_HEAD_DIM + offs_dv[None, :],
+        part = tl.load(OP + ((bh * SPLITS + s) * N_Q + offs_m)[:, None] * V_HEAD_DIM + offs_dv[None, :],
                        mask=row_ok[:, None] & (offs_dv[None, :] < V_HEAD_DIM), other=0.0)
         den += w
         acc += w[:, None] * part
     empty = den == 0.0
     acc = acc / tl.where(empty, 1.0, den)[:, None]
     lse = tl.where(empty, float("inf"), m_safe + tl.log(den))
-    o_ptrs = O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+    o_ptrs = O + (off_b * stride_ob + off_h * stride_oh + offs_m * stride_om)[:, None] + offs_dv[None, :] * stride_od
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < V_HEAD_DIM))
     tl.store(LSE + bh * N_Q + offs_m, lse, mask=row_ok)
