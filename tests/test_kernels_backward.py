@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _kernel_cases import call_args, fresh, load, run_forward, snapshot, unchanged
+from _kernel_cases import CPU, call_args, fresh, load, run_forward, snapshot, unchanged
 
 from avo_inductor.kernels import launch
 from avo_inductor.kernels.reference import reference_grads, tolerance
@@ -25,6 +25,17 @@ CASES = [
     # packed-GQA forward (its LSE/out in the unpacked layouts) feeding the unpacked backward
     (8, 2, 9, 29, 40, 40, "float32", True, None, "bias", {"pack_gqa": True}),
     (4, 1, 3, 37, 24, 24, "bfloat16", False, 10, "alibi", {"pack_gqa": True, "kv_splits": 2}),
+    # dK/dV from S^T (bwd_transposed) and dq with swapped tiles (bwd_dq_swap), over every mask kind
+    (4, 2, 17, 33, 40, 40, "float16", True, None, "none", {"bwd_transposed": True}),
+    (2, 1, 33, 17, 111, 64, "float32", True, None, "bias", {"bwd_transposed": True, "exp2": False}),
+    (2, 2, 1, 40, 32, 32, "bfloat16", False, None, "padding", {"bwd_transposed": True, "bwd_dq_swap": True,
+                                                               "bwd_block_n": 32}),
+    (3, 1, 20, 20, 16, 16, "float16", False, 6, "alibi", {"bwd_transposed": True, "bwd_dq_swap": True,
+                                                          "bwd_block_n": 32}),
+    (2, 2, 17, 29, 24, 24, "float32", False, None, "bool", {"bwd_transposed": True}),
+    (2, 2, 64, 64, 64, 64, "float16", True, None, "none", {"bwd_transposed": True, "bwd_dq_swap": True,
+                                                           "bwd_block_n": 32, "even_fast_path": True}),
+    (4, 2, 113, 100, 72, 72, "bfloat16", True, 40, "none", {"bwd_dq_swap": True, "bwd_block_n": 32}),
 ]
 
 
@@ -56,3 +67,35 @@ def test_backward_without_entry_point_is_a_clear_error():
     inp = fresh(spec)
     with pytest.raises(RuntimeError, match="recompute fallback"):
         launch.backward(fns, kernel.launch, inp.q, inp.q, inp.k, inp.v, inp.q, inp.q[..., 0], None, **call_args(spec))
+
+
+def test_dq_swap_launches_dq_with_the_tiles_swapped(monkeypatch):
+    """bwd_dq_swap: dk/dv keep (BWD_BLOCK_M, BWD_BLOCK_N), dq takes (BWD_BLOCK_N, BWD_BLOCK_M); old records
+    (no key) keep one tile pair for both; the key is a strict bool and passes the static gate."""
+    from avo_inductor.kernels.launch import LaunchConfig
+    from avo_inductor.kernels.loader import static_violations
+    from avo_inductor.kernels.render import default_genome, render
+
+    seen = []
+    real = launch._launch
+
+    def recording(fn, grid, **kw):  # type: ignore[no-untyped-def]
+        seen.append((fn.__name__, grid, kw.get("BLOCK_M"), kw.get("BLOCK_N")))
+        real(fn, grid, **kw)
+
+    monkeypatch.setattr(launch, "_launch", recording)
+    spec = AttentionSpec(1, 2, 2, 40, 40, 16, dtype="float32", causal=True)
+    for swap, dq in ((True, ("attn_bwd_dq", (2, 2), 32, 16)), (False, ("attn_bwd_dq", (3, 2), 16, 32))):
+        kernel = load(spec, bwd_block_m=16, bwd_block_n=32, bwd_dq_swap=swap, bwd_transposed=True)
+        inp = fresh(spec)
+        out, lse = run_forward(kernel, spec, inp)
+        seen.clear()
+        launch.backward(kernel.functions, kernel.launch, torch.randn_like(out), inp.q, inp.k, inp.v, out, lse, None,
+                        **call_args(spec))
+        assert seen[1] == ("attn_bwd_dkdv", (2, 2), 16, 32) and seen[2] == dq, seen
+    rk = render(default_genome(spec, CPU).replace(bwd_dq_swap=True), spec)
+    assert rk.launch["bwd_dq_swap"] is True and static_violations(rk.source, rk.entry_point, rk.bwd_entry_point,
+                                                                   rk.launch) == []
+    assert not LaunchConfig.from_dict({k: v for k, v in rk.launch.items() if k != "bwd_dq_swap"}).bwd_dq_swap
+    with pytest.raises(ValueError, match="bwd_dq_swap must be a bool"):
+        LaunchConfig.from_dict({**rk.launch, "bwd_dq_swap": 1})

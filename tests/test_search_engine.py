@@ -249,10 +249,12 @@ def test_campaign_seed_genomes_join_the_seeds_and_batches_interleave_specs(tmp_p
     other = AttentionSpec(1, 2, 2, 64, 64, 32, dtype="float16", causal=True)
     eng, _ = _engine(tmp_path, FakeEvaluator())
     eng.config = SearchConfig(specs=(SPEC, other), generations=0, seed_variants=0, islands=2,
-                              seed_genomes=({"block_n": 32}, {"num_warps": 2}, {"block_n": 32}))
+                              seed_genomes=({"block_n": 32}, {"num_warps": 2}, {"block_n": 32}, {"bwd_block_n": 128}))
     seeds = eng._seeds()
     per_spec = [c for c in seeds if c.spec == SPEC]
-    assert len(per_spec) == 3  # default + two distinct campaign seeds (the repeated override is dropped)
+    # default + two distinct campaign seeds: the repeated override is dropped, and so is the backward-only one
+    # (SPEC is forward-only: it would only re-evaluate the default forward kernel)
+    assert not SPEC.needs_grad and len(per_spec) == 3
     assert {c.genome.block_n for c in per_spec[1:]} | {c.genome.num_warps for c in per_spec[1:]} >= {32, 2}
     assert all(c.diff.startswith("campaign seed") for c in per_spec[1:]) and [c.island for c in per_spec] == [0, 1, 0]
     order = [c.spec for c in _round_robin_by_spec(seeds)]

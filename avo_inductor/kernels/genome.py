@@ -30,6 +30,8 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "bwd_block_n": (16, 32, 64, 128),
     "bwd_num_warps": (2, 4, 8),
     "bwd_num_stages": (1, 2, 3, 4),
+    "bwd_transposed": (False, True),
+    "bwd_dq_swap": (False, True),
 }
 
 
@@ -48,7 +50,8 @@ class KernelGenome:
     pack_gqa: forward only (GQA/MQA): the GROUP q heads sharing a kv head share one program, packed into the rows
     of its query tile (row r = query position r // GROUP of head-in-group r % GROUP), so each K/V block is read
     once per group instead of once per q head (FlashAttention-3's PackGQA; decode's win).
-    bwd_*: the same for the backward kernels. template: which template family renders the source.
+    bwd_*: the same for the backward kernels; bwd_transposed: dK/dV from S^T = K Q^T (no register transposes,
+    the Triton tutorial's form); bwd_dq_swap: the dq kernel takes the tiles swapped (large query tile). template: which template family renders the source.
     """
 
     block_m: int = 64
@@ -68,6 +71,8 @@ class KernelGenome:
     bwd_block_n: int = 64
     bwd_num_warps: int = 4
     bwd_num_stages: int = 2
+    bwd_transposed: bool = False
+    bwd_dq_swap: bool = False
     template: str = "flash_v1"
 
     def __post_init__(self) -> None:

@@ -66,8 +66,10 @@ def _known_multiple(n: Any, block: int) -> bool:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """A record's ``launch`` dict, validated: tiles, warps, stages, split count, the grid rule names and whether
-    the forward packs GQA groups into its row tiles (``pack_gqa``, optional, default false)."""
+    """A record's ``launch`` dict, validated: tiles, warps, stages, split count, the grid rule names, whether
+    the forward packs GQA groups into its row tiles (``pack_gqa``) and whether the dq kernel takes the
+    backward tiles swapped (``bwd_dq_swap``: dq tiles (BWD_BLOCK_N, BWD_BLOCK_M), the Triton tutorial's large
+    query tile for dq and large key tile for dk/dv); both optional, default false."""
 
     grid: str = "fwd"
     block_m: int = 64
@@ -82,6 +84,7 @@ class LaunchConfig:
     bwd_num_warps: int = 4
     bwd_num_stages: int = 2
     pack_gqa: bool = False
+    bwd_dq_swap: bool = False
 
     def __post_init__(self) -> None:
         if self.grid not in GRID_RULES or self.bwd_grid not in BWD_GRID_RULES:
@@ -92,15 +95,17 @@ class LaunchConfig:
                 raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
         if (self.grid == "fwd") != (self.kv_splits == 1) and self.grid != "persistent":
             raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
-        if not isinstance(self.pack_gqa, bool):
-            raise ValueError(f"launch pack_gqa must be a bool; got {self.pack_gqa!r}")
+        for name in ("pack_gqa", "bwd_dq_swap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"launch {name} must be a bool; got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, launch: dict[str, Any]) -> LaunchConfig:
         keys = {"grid": "grid", "BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps",
                 "num_stages": "num_stages", "kv_splits": "kv_splits", "even_fast_path": "even_fast_path",
                 "bwd_grid": "bwd_grid", "BWD_BLOCK_M": "bwd_block_m", "BWD_BLOCK_N": "bwd_block_n",
-                "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages", "pack_gqa": "pack_gqa"}
+                "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages", "pack_gqa": "pack_gqa",
+                "bwd_dq_swap": "bwd_dq_swap"}
         unknown = set(launch) - set(keys)
         if unknown:
             raise ValueError(f"unknown launch key(s) {sorted(unknown)}; known {sorted(keys)}")
@@ -258,9 +263,14 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
     args = dict(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, MASK=m, DQ=dq, DK=dk, DV=dv,
                 **_strides("q", q), **_strides("k", k, "bhnd"), **_strides("v", v, "bhnd"), **_strides("do", do),
                 **_strides("m", m_strides, "bhmn"), **_strides("dq", dq), **_strides("dk", dk, "bhnd"),
-                **_strides("dv", dv, "bhnd"), **sc, BLOCK_M=bm, BLOCK_N=bn, MASK_KIND=code,
-                EVEN_M=even and _known_multiple(nq, bm), EVEN_N=even and _known_multiple(nk, bn),
-                num_warps=cfg.bwd_num_warps, num_stages=cfg.bwd_num_stages)
-    _launch(fns.bwd_dkdv, (_cdiv(nk, bn), b * hkv), **args)
-    _launch(fns.bwd_dq, (_cdiv(nq, bm), b * hq), **args)
+                **_strides("dv", dv, "bhnd"), **sc, MASK_KIND=code, num_warps=cfg.bwd_num_warps,
+                num_stages=cfg.bwd_num_stages)
+
+    def tiles(tm: int, tn: int) -> dict[str, Any]:
+        return dict(BLOCK_M=tm, BLOCK_N=tn, EVEN_M=even and _known_multiple(nq, tm),
+                    EVEN_N=even and _known_multiple(nk, tn))
+
+    _launch(fns.bwd_dkdv, (_cdiv(nk, bn), b * hkv), **args, **tiles(bm, bn))
+    dq_m, dq_n = (bn, bm) if cfg.bwd_dq_swap else (bm, bn)
+    _launch(fns.bwd_dq, (_cdiv(nq, dq_m), b * hq), **args, **tiles(dq_m, dq_n))
     return dq, dk, dv

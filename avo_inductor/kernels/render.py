@@ -1,10 +1,10 @@
 """KernelGenome -> Triton source + launch config (the only place knobs turn into code).
 
-Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, pack_gqa) become module constants
-of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py); launch-level knobs (tiles, warps,
-stages, kv_splits, even_fast_path, grid rule, and pack_gqa again, since it changes the grid) go into ``launch`` for
-the trusted launcher. A knob the template cannot honour (use_tma, other templates, dropout) raises ValueError
-instead of being silently ignored.
+Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, bwd_transposed, pack_gqa)
+become module constants of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py);
+launch-level knobs (tiles, warps, stages, kv_splits, even_fast_path, grid rule, bwd_dq_swap, and pack_gqa again,
+since it changes the grid) go into ``launch`` for the trusted launcher. A knob the template cannot honour
+(use_tma, other templates, dropout) raises ValueError instead of being silently ignored.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def _strip_docstring_and_imports(text: str) -> str:
 def _constants_block(genome: KernelGenome) -> str:
     values = {"USE_EXP2": genome.exp2, "CAUSAL_SPLIT": genome.causal_split,
               "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
-              "WARP_SPECIALIZE": genome.warp_specialize, "PACK_GQA": genome.pack_gqa}
+              "WARP_SPECIALIZE": genome.warp_specialize, "BWD_TRANSPOSED": genome.bwd_transposed,
+              "PACK_GQA": genome.pack_gqa}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
@@ -98,6 +99,7 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
         "BWD_BLOCK_N": genome.bwd_block_n,
         "bwd_num_warps": genome.bwd_num_warps,
         "bwd_num_stages": genome.bwd_num_stages,
+        "bwd_dq_swap": genome.bwd_dq_swap,
     }
     return RenderedKernel(source=source, entry_point=FWD_ENTRY, bwd_entry_point=BWD_ENTRY, launch=launch)
 

@@ -234,11 +234,15 @@ class SearchEngine:
         return out
 
     def _curated_seeds(self, spec: AttentionSpec, base: Any, known: set[str]) -> list[Candidate]:
-        """``config.seed_genomes`` applied over ``base`` and clamped to the spec; duplicates dropped."""
-        from .operators import clamp_to_spec, genome_diff, renderable
+        """``config.seed_genomes`` applied over ``base`` and clamped to the spec; knobs the spec does not search
+        are left at the default (a backward tile on a forward-only spec would only duplicate the forward kernel);
+        duplicates dropped."""
+        from .operators import clamp_to_spec, genome_diff, renderable, spec_space
 
         out: list[Candidate] = []
+        meaningful = spec_space(spec, self.hardware)  # e.g. backward knobs only for training specs
         for overrides in self.config.seed_genomes:
+            overrides = {k: v for k, v in overrides.items() if k in meaningful}
             genome = clamp_to_spec(base.replace(**overrides), spec, self.hardware)
             if not renderable(genome, spec):
                 continue

@@ -45,6 +45,52 @@ def _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope,
 
 
 @triton.jit
+def _dkdv_transposed(dk, dv, Q, DO, LSE, DELTA, MASK, K_base, V_base, off_b, off_kvh, offs_n, offs_d, offs_dv, lo, hi,
+                     stride_qb, stride_qh, stride_qm, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd,
+                     stride_dob, stride_doh, stride_dom, stride_dod, stride_mb, stride_mh, stride_mm, stride_mn,
+                     H_Q, GROUP, N_Q, N_KV, window, qk_scale,
+                     HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                     MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
+    """dK/dV from S^T = K Q^T (BN, BM), as the Triton tutorial's backward: P^T and dS^T are produced in the
+    orientation their matmuls consume, so no computed tile is transposed in registers (only loaded Q and dO
+    tiles, which the compiler transposes for free in shared memory)."""
+    k = _load_tile(K_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                   offs_n, offs_d, N_KV, HEAD_DIM, not EVEN_N, HEAD_DIM != BLOCK_D)
+    v = _load_tile(V_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                   offs_n, offs_dv, N_KV, V_HEAD_DIM, not EVEN_N, V_HEAD_DIM != BLOCK_DV)
+    for g in range(GROUP):
+        off_h = off_kvh * GROUP + g
+        M_base = MASK + off_b * stride_mb + off_h * stride_mh
+        slope = 0.0
+        if MASK_KIND == 3:
+            slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+        row_base = (off_b * H_Q + off_h) * N_Q
+        for start_m in range(lo, hi, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            qt = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[None, :] * stride_qm
+                            + offs_d[:, None] * stride_qd, offs_d, offs_m, HEAD_DIM, N_Q, HEAD_DIM != BLOCK_D,
+                            not EVEN_M)
+            do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
+                            + offs_dv[None, :] * stride_dod, offs_m, offs_dv, N_Q, V_HEAD_DIM, not EVEN_M,
+                            V_HEAD_DIM != BLOCK_DV)
+            st = _dot(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)) * qk_scale
+            st = _mask_scores(st, offs_m[None, :], offs_n[:, None], M_base, stride_mm, stride_mn, slope, N_Q, N_KV,
+                              window, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
+            lse = tl.load(LSE + row_base + offs_m, mask=offs_m < N_Q, other=float("inf"))
+            if USE_EXP2:
+                pt = tl.math.exp2(st - lse[None, :] * LOG2E)
+            else:
+                pt = tl.exp(st - lse[None, :])
+            dv = _dot(pt.to(do.dtype), do, dv)
+            dpt = _dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
+            delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < N_Q, other=0.0)
+            dst = pt * (dpt - delta[None, :])
+            dk = _dot(dst.to(qt.dtype), tl.trans(qt), dk)
+    return dk, dv
+
+
+@triton.jit
 def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
                   stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                   stride_vb, stride_vh, stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod,
@@ -64,10 +110,8 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    kt = _load_tile(K + off_b * stride_kb + off_kvh * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                    offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, not EVEN_N)
-    vt = _load_tile(V + off_b * stride_vb + off_kvh * stride_vh + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
-                    offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, not EVEN_N)
+    K_base = K + off_b * stride_kb + off_kvh * stride_kh
+    V_base = V + off_b * stride_vb + off_kvh * stride_vh
     qk_scale = tl.cast(sm_scale, tl.float32)
     if USE_EXP2:
         qk_scale = qk_scale * LOG2E
@@ -80,26 +124,40 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
         lo = tl.maximum(lo, start_n - (N_KV - N_Q)) // BLOCK_M * BLOCK_M
     if HAS_WINDOW:
         hi = tl.minimum(hi, start_n + BLOCK_N - 1 - (N_KV - N_Q) + window)
-    for g in range(GROUP):
-        off_h = off_kvh * GROUP + g
-        M_base = MASK + off_b * stride_mb + off_h * stride_mh
-        slope = 0.0
-        if MASK_KIND == 3:
-            slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
-        LSE_base = LSE + (off_b * H_Q + off_h) * N_Q
-        for start_m in range(lo, hi, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                           offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M, HEAD_DIM != BLOCK_D)
-            do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
-                            + offs_dv[None, :] * stride_dod, offs_m, offs_dv, N_Q, V_HEAD_DIM, not EVEN_M, V_HEAD_DIM != BLOCK_DV)
-            p = _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                       qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
-            dv = _dot(tl.trans(p.to(do.dtype)), do, dv)
-            dp = _dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-            delta = tl.load(DELTA + (off_b * H_Q + off_h) * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
-            ds = p * (dp - delta[:, None])
-            dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
+    if BWD_TRANSPOSED:
+        dk, dv = _dkdv_transposed(dk, dv, Q, DO, LSE, DELTA, MASK, K_base, V_base, off_b, off_kvh, offs_n, offs_d,
+                                  offs_dv, lo, hi, stride_qb, stride_qh, stride_qm, stride_qd, stride_kn, stride_kd,
+                                  stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod, stride_mb,
+                                  stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, window, qk_scale,
+                                  HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW,
+                                  MASK_KIND, EVEN_M, EVEN_N)
+    else:
+        kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                        offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, not EVEN_N)
+        vt = _load_tile(V_base + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                        offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, not EVEN_N)
+        for g in range(GROUP):
+            off_h = off_kvh * GROUP + g
+            M_base = MASK + off_b * stride_mb + off_h * stride_mh
+            slope = 0.0
+            if MASK_KIND == 3:
+                slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+            LSE_base = LSE + (off_b * H_Q + off_h) * N_Q
+            for start_m in range(lo, hi, BLOCK_M):
+                offs_m = start_m + tl.arange(0, BLOCK_M)
+                q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm
+                               + offs_d[None, :] * stride_qd, offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M,
+                               HEAD_DIM != BLOCK_D)
+                do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
+                                + offs_dv[None, :] * stride_dod, offs_m, offs_dv, N_Q, V_HEAD_DIM, not EVEN_M,
+                                V_HEAD_DIM != BLOCK_DV)
+                p = _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                           qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
+                dv = _dot(tl.trans(p.to(do.dtype)), do, dv)
+                dp = _dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+                delta = tl.load(DELTA + (off_b * H_Q + off_h) * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
+                ds = p * (dp - delta[:, None])
+                dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
     dk = dk * tl.cast(sm_scale, tl.float32)
     ok_n = offs_n[:, None] < N_KV
     tl.store(DK + off_b * stride_dkb + off_kvh * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,

@@ -17,6 +17,7 @@ CAUSAL_SPLIT = tl.constexpr(True)
 LAZY_RESCALE = tl.constexpr(False)
 PERSISTENT = tl.constexpr(False)
 WARP_SPECIALIZE = tl.constexpr(False)
+BWD_TRANSPOSED = tl.constexpr(False)
 PACK_GQA = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
@@ -53,14 +54,16 @@ def _load_tile(ptrs, offs_r, offs_c, n_r, n_c, CHECK_R: tl.constexpr, CHECK_C: t
 
 
 @triton.jit
-def _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+def _mask_scores(s, rows, cols, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
                  MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  CHECK_N: tl.constexpr):
-    """s: (BM, BN) fp32 scaled scores (log2 units when USE_EXP2); masked entries become -inf."""
-    diag = offs_m[:, None] + (N_KV - N_Q)  # bottom-right aligned query position
+    """Masked scores at (query ``rows``, key ``cols``): broadcastable 2-D index tensors, so one body serves S
+    (rows (BM, 1), cols (1, BN)) and the backward's S^T (rows (1, BM), cols (BN, 1)). s is fp32 and scaled
+    (log2 units when USE_EXP2); masked entries become -inf."""
+    diag = rows + (N_KV - N_Q)  # bottom-right aligned query position
     if MASK_KIND == 1 or MASK_KIND == 2:
-        inb = (offs_m[:, None] < N_Q) & (offs_n[None, :] < N_KV)
-        m_ptrs = M_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+        inb = (rows < N_Q) & (cols < N_KV)
+        m_ptrs = M_base + rows * stride_mm + cols * stride_mn
         if MASK_KIND == 1:
             bias = tl.load(m_ptrs, mask=inb, other=0.0)
             bias = bias.to(tl.float32)
@@ -71,17 +74,26 @@ def _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_
             keep = tl.load(m_ptrs, mask=inb, other=0)
             s = tl.where(keep != 0, s, float("-inf"))
     if MASK_KIND == 3:
-        dist = tl.abs(diag - offs_n[None, :]).to(tl.float32)
+        dist = tl.abs(diag - cols).to(tl.float32)
         if USE_EXP2:
             dist = dist * LOG2E
         s = s - slope * dist
     if APPLY_CAUSAL:
-        s = tl.where(offs_n[None, :] <= diag, s, float("-inf"))
+        s = tl.where(cols <= diag, s, float("-inf"))
     if HAS_WINDOW:
-        s = tl.where(offs_n[None, :] > diag - window, s, float("-inf"))
+        s = tl.where(cols > diag - window, s, float("-inf"))
     if CHECK_N:
-        s = tl.where(offs_n[None, :] < N_KV, s, float("-inf"))
+        s = tl.where(cols < N_KV, s, float("-inf"))
     return s
+
+
+@triton.jit
+def _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                 MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 CHECK_N: tl.constexpr):
+    """s: (BM, BN) scores of query rows offs_m against keys offs_n; see _mask_scores."""
+    return _mask_scores(s, offs_m[:, None], offs_n[None, :], M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                        MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
 
 
 @triton.jit
