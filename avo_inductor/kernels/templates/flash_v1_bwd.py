@@ -61,10 +61,7 @@ def _dkdv_transposed(dk, dv, Q, DO, LSE, DELTA, MASK, K_base, V_base, off_b, off
                    offs_n, offs_dv, N_KV, V_HEAD_DIM, not EVEN_N, V_HEAD_DIM != BLOCK_DV)
     for g in range(GROUP):
         off_h = off_kvh * GROUP + g
-        M_base = MASK + off_b * stride_mb + off_h * stride_mh
-        slope = 0.0
-        if MASK_KIND == 3:
-            slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+        M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
         row_base = (off_b * H_Q + off_h) * N_Q
         for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -138,10 +135,7 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
                         offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, not EVEN_N)
         for g in range(GROUP):
             off_h = off_kvh * GROUP + g
-            M_base = MASK + off_b * stride_mb + off_h * stride_mh
-            slope = 0.0
-            if MASK_KIND == 3:
-                slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+            M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
             LSE_base = LSE + (off_b * H_Q + off_h) * N_Q
             for start_m in range(lo, hi, BLOCK_M):
                 offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -195,10 +189,7 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
     qk_scale = tl.cast(sm_scale, tl.float32)
     if USE_EXP2:
         qk_scale = qk_scale * LOG2E
-    M_base = MASK + off_b * stride_mb + off_h * stride_mh
-    slope = 0.0
-    if MASK_KIND == 3:
-        slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+    M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
     K_base = K + off_b * stride_kb + off_kvh * stride_kh
     V_base = V + off_b * stride_vb + off_kvh * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)

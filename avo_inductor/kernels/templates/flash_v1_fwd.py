@@ -97,6 +97,15 @@ def _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_
 
 
 @triton.jit
+def _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND: tl.constexpr):
+    """The mask operand's base for (batch, q head) and that head's ALiBi slope (0 unless MASK_KIND is alibi)."""
+    slope = 0.0
+    if MASK_KIND == 3:
+        slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+    return MASK + off_b * stride_mb + off_h * stride_mh, slope
+
+
+@triton.jit
 def _kv_span(q_lo, q_hi, N_Q, N_KV, window, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
              HAS_WINDOW: tl.constexpr):
     """Key range [lo, hi) query positions [q_lo, q_hi) can see, lo aligned to BLOCK_N; hi <= lo: nothing to do."""
@@ -213,10 +222,7 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
             slope = tl.load(MASK + head_m * stride_mh).to(tl.float32)[:, None]
         lo, hi = _kv_span(q_lo, q_hi, N_Q, N_KV, window, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
     else:
-        M_base = MASK + off_b * stride_mb + off_h * stride_mh
-        slope = 0.0
-        if MASK_KIND == 3:
-            slope = tl.load(MASK + off_h * stride_mh).to(tl.float32)
+        M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
         lo, hi = _kv_range(start_m, N_Q, N_KV, window, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
