@@ -217,7 +217,8 @@ class SearchEngine:
             self._emit("migration", run_id, gen, f"{key}: {len(key_moves)} migrant(s)", data={"moves": key_moves})
 
     def _seeds(self) -> list[Candidate]:
-        """Per spec: the template's default genome plus ``seed_variants`` structured variants of it."""
+        """Per spec: the template's default genome, the campaign's ``seed_genomes`` over it, and ``seed_variants``
+        structured variants of it, dealt round the islands."""
         if self._default_genome is None:
             from ..kernels.render import default_genome
             self._default_genome = default_genome
