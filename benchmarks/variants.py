@@ -1,5 +1,7 @@
 """Template A/B: time hand-picked genomes of the flash template against cuDNN and FlexAttention, in one process.
 
+The built-ins are the search's own (``avo_inductor.search.bench.builtin_baseline``).
+
 The search explores genomes automatically; this is the quick look a template author takes before a campaign
 (does a new knob compile on this GPU, which tiles are in the running). Each variant's output is checked
 against SDPA before it is timed; a variant that fails to compile or disagrees is reported, not timed.
@@ -15,15 +17,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, gpu_slug, print_table, time_ms, write_csv  # noqa: E402
 
 from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
 from avo_inductor.kernels.op import register_kernel  # noqa: E402
-from avo_inductor.kernels.reference import make_inputs  # noqa: E402
+from avo_inductor.kernels.reference import make_inputs, tolerance  # noqa: E402
 from avo_inductor.kernels.render import default_genome  # noqa: E402
+from avo_inductor.search import bench  # noqa: E402
 from avo_inductor.spec import AttentionSpec, HardwareKey  # noqa: E402
 
 DEFAULT_SPECS = "4,32,32,4096,128,none;4,32,32,4096,128,causal;8,16,16,2048,64,causal;4,32,8,4096,128,causal"
@@ -46,27 +48,6 @@ def parse_spec(text: str) -> AttentionSpec:
     return AttentionSpec(b, h, hkv, n, n, d, dtype="bfloat16", causal=mask == "causal")
 
 
-def sdpa_fn(spec: AttentionSpec) -> Callable[..., torch.Tensor]:
-    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=spec.causal, scale=spec.effective_scale,
-                                              enable_gqa=spec.q_heads != spec.kv_heads)
-    return run
-
-
-def flex_fn(spec: AttentionSpec, device: torch.device) -> Callable[..., torch.Tensor]:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    block_mask = None
-    if spec.causal:
-        block_mask = create_block_mask(lambda b, h, qi, ki: ki <= qi, None, None, spec.q_len, spec.kv_len, device=device)
-    compiled = torch.compile(flex_attention, dynamic=False)
-
-    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return compiled(q, k, v, block_mask=block_mask, scale=spec.effective_scale,
-                        enable_gqa=spec.q_heads != spec.kv_heads)
-    return run
-
-
 def variant_fn(spec: AttentionSpec, overrides: dict[str, Any], hardware: HardwareKey) -> Callable[..., torch.Tensor]:
     genome = default_genome(spec, hardware).replace(**overrides)
     kernel_id = register_kernel(baseline_record(spec, hardware, genome=genome))
@@ -81,19 +62,23 @@ def measure(spec: AttentionSpec, variants: dict[str, dict[str, Any]], hardware: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = make_inputs(spec, device, seed=0)
     q, k, v = x.q, x.k, x.v
-    expected = sdpa_fn(spec)(q, k, v)
     row: dict[str, Any] = {"spec": spec.short()}
-    providers: dict[str, Callable[..., torch.Tensor]] = {"cudnn": sdpa_fn(spec)}
-    try:
-        providers["flex"] = flex_fn(spec, device)
-    except Exception as exc:  # flex unavailable on this build/device: report, keep going
-        row["flex"] = f"err: {type(exc).__name__}"
+    providers: dict[str, Callable[..., torch.Tensor]] = {}
+    for name in ("sdpa_cudnn", "flex") if device.type == "cuda" else ("sdpa", "flex"):
+        try:
+            fn = bench.builtin_baseline(name, spec, None, device)
+            fn(q, k, v)
+            providers[name] = fn
+        except Exception as exc:  # a backend this build/device lacks: report, keep going
+            row[name] = f"err: {type(exc).__name__}"
+    expected = bench.builtin_baseline("sdpa", spec, None, device)(q, k, v).float()
+    atol, rtol = tolerance(spec.dtype)
     for name, overrides in variants.items():
         try:
             fn = variant_fn(spec, overrides, hardware)
-            err = (fn(q, k, v).float() - expected.float()).abs().max().item()
-            if not err < 3e-2:
-                row[name] = f"err: max abs diff {err:.3g}"
+            got = fn(q, k, v).float()
+            if not torch.allclose(got, expected, atol=atol, rtol=rtol):
+                row[name] = f"err: max abs diff {(got - expected).abs().max().item():.3g} vs SDPA"
                 continue
             providers[name] = fn
         except Exception as exc:

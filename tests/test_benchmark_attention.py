@@ -51,6 +51,7 @@ def test_best_baseline_counts_and_failures_are_not_passes() -> None:
     assert T.case_ratio(_row(case, 1.0, sdpa_default=1.5, sdpa_cudnn=1.0), T.issue7_targets()[0]) == pytest.approx(1.0)
     target = T.Target("t", (case,), T.CUDNN, 1.0)
     assert "fails the float64 check" in T.case_ratio(_row(case, 0.1, ok=False, sdpa_default=1.0), target)
+    assert "not checked" in T.case_ratio(_row(case, 0.1, ok=None, sdpa_default=1.0), target)  # never a PASS
     assert "did not run" in T.case_ratio({"case": case, "mode": "fwd", "avo kernel": "avo", "avo ms": None}, target)
     assert "no baseline" in T.case_ratio(_row(case, 1.0), target)
     line = T.evaluate_target([_row(case, 1.0, ok=False, sdpa_default=5.0)], target)

@@ -136,14 +136,16 @@ def test_impossible_flop_rate_rejected_by_plausibility():
     assert bench.same_work_as_cudnn(spec) and bench.same_work_as_cudnn(dataclasses.replace(spec, causal=False))
     assert not bench.same_work_as_cudnn(windowed)
     assert not bench.same_work_as_cudnn(dataclasses.replace(spec, mask=MaskKind.ALIBI))
-    assert not bench.same_work_as_cudnn(dataclasses.replace(spec, q_len=1))  # causal with q_len != kv_len
+    # causal decode: a single query row sees every key, SDPA gets no mask and does the same work
+    assert bench.same_work_as_cudnn(dataclasses.replace(spec, q_len=1))
+    assert not bench.same_work_as_cudnn(dataclasses.replace(spec, q_len=100))  # non-square causal: a dense mask
 
 
 class _FakeGraph:
-    """Stands in for a captured CUDA graph: replay() runs ``write`` (what the captured calls would do)."""
+    """Stands in for a captured CUDA graph of ``calls`` calls: replay() runs ``write`` (what they would do)."""
 
-    def __init__(self, write) -> None:  # type: ignore[no-untyped-def]
-        self.write = write
+    def __init__(self, write, calls: int = 1) -> None:  # type: ignore[no-untyped-def]
+        self.write, self.calls = write, calls
 
     def replay(self) -> None:
         self.write()
@@ -157,7 +159,10 @@ def test_graph_replay_must_reproduce_the_timed_outputs():
     spec = AttentionSpec(batch=1, q_heads=2, kv_heads=2, q_len=1, kv_len=64, head_dim=16, dtype="float16")
     want = [torch.randn(1, 2, 1, 16, dtype=torch.float16) for _ in range(3)]
     outs = [(torch.empty_like(w), torch.empty(1, 2, 1)) for w in want]
-    _check_replay(_FakeGraph(lambda: outs[1][0].copy_(want[1])), outs, want, spec)  # one captured slot: fine
+    _check_replay(_FakeGraph(lambda: outs[1][0].copy_(want[1])), outs, want, spec)  # one call, one slot: fine
+    with pytest.raises(StageError, match="does not reproduce"):  # 16 calls must have written every slot
+        _check_replay(_FakeGraph(lambda: outs[1][0].copy_(want[1]), calls=16), outs, want, spec)
+    _check_replay(_FakeGraph(lambda: [o.copy_(w) for (o, _), w in zip(outs, want)], calls=16), outs, want, spec)
     with pytest.raises(StageError, match="wrote no output"):  # work done outside the graph: nothing on replay
         _check_replay(_FakeGraph(lambda: None), outs, want, spec)
     with pytest.raises(StageError, match="does not reproduce"):

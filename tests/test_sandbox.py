@@ -20,6 +20,8 @@ def test_scrubbed_env_keeps_no_secrets():
     assert scrubbed_env("cuda:1", base={})["CUDA_VISIBLE_DEVICES"] == "1"
     with pytest.raises(ValueError, match="sees only"):
         scrubbed_env("cuda:2", base={"CUDA_VISIBLE_DEVICES": "2,5"})
+    with pytest.raises(ValueError, match="sees only"):  # set but empty: no GPU, not "every GPU"
+        scrubbed_env("cuda:0", base={"CUDA_VISIBLE_DEVICES": ""})
     assert env["PATH"] == "/usr/bin" and env["TRITON_CACHE_DIR"] == "/tmp/t"
     assert not {"ANTHROPIC_API_KEY", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "HF_TOKEN", "RANDOM"} & set(env)
     cpu = scrubbed_env("cpu", base={"CUDA_VISIBLE_DEVICES": "0"}, work_dir="/tmp/w")

@@ -75,7 +75,7 @@ def additive_mask(
     if kind is MaskKind.BIAS:
         if mask.dtype == torch.bool:
             raise ValueError("mask_kind='bias' needs a float tensor; got a bool mask (use mask_kind='bool')")
-        out = mask.to(dtype)
+        out = mask
     elif kind in (MaskKind.BOOL, MaskKind.PADDING):
         keep = mask.to(torch.bool)
         if kind is MaskKind.PADDING:
@@ -89,9 +89,11 @@ def additive_mask(
         j = torch.arange(nk, device=device, dtype=dtype)[None, :]
         out = -mask.to(dtype).reshape(1, h, 1, 1) * (i - j).abs()
     structural = allowed_keys(nq, nk, causal, window, device)
+    if kind is MaskKind.BIAS and structural is None:
+        return mask.to(target)  # nothing is added: a cast suffices (an fp32 copy of a 4x32x4096^2 bias is 8.6 GB)
     if structural is not None:
         s = torch.zeros((nq, nk), dtype=dtype, device=device).masked_fill(~structural, -math.inf)
-        out = s if out is None else out + s
+        out = s if out is None else out.to(dtype) + s
     return None if out is None else out.to(target)
 
 

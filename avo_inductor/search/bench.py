@@ -2,7 +2,10 @@
 
 GPU timing is ``triton.testing.do_bench`` (median, L2 flushed by do_bench before every call) over rotated input
 buffers, candidate and baseline interleaved round by round in one process, so clock drift and thermal state hit
-both alike. On CPU (Triton interpreter) timing is a wall-clock median of a few runs and informative only.
+both alike. Decode specs (launch-bound: ~0.1 ms kernels behind a ~0.25 ms Python launcher) are instead timed as
+CUDA-graph replays of the same number of calls for every fn, without an L2 flush between calls (their K/V
+caches are far larger than L2; small ones favour candidate and baseline alike). On CPU (Triton interpreter)
+timing is a wall-clock median of a few runs and informative only.
 """
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ def same_work_as_cudnn(spec: AttentionSpec) -> bool:
     With a window, bias, padding or ALiBi, SDPA is handed a dense (Nq, Nk) mask: it reads it and skips no
     block, so a kernel several times faster is expected, not suspicious. Only the peak-rate bound applies there
     (on H100, a sliding-window kernel at 4.2x cuDNN was refused promotion as "implausible" before this rule)."""
-    return spec.mask is MaskKind.NONE and not spec.window and (not spec.causal or spec.q_len == spec.kv_len)
+    return not sdpa_needs_mask(spec)
 
 
 def check_plausibility(flops: float, median_ms: float, device_name: str, dtype: str,
@@ -142,26 +145,25 @@ def _wall_median_ms(fn: Callable[[], Any], device: torch.device, reps: int) -> f
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device | str, *, rounds: int = 5,
-                     rep_ms: int = 100, cpu_reps: int = 3,
+                     rep_ms: int = 100, cpu_reps: int = 3, use_graphs: bool = False,
                      graphs: dict[str, CapturedCalls] | None = None) -> dict[str, Timing]:
     """Time every fn, interleaved: round r times fn_0, fn_1, ... (order alternating each round).
 
-    GPU: each round is one ``do_bench(return_mode="median")``, or, when every fn is launch-bound (see
-    ``capture_all``), the median of CUDA-graph replays; ``graphs`` (a dict to fill) receives the captured
-    graphs so the caller can check that a replay reproduces the outputs it timed. CPU: each round is a
-    wall-clock median of ``cpu_reps`` calls. Returns name -> Timing.
+    GPU: each round is one ``do_bench(return_mode="median")``, or with ``use_graphs`` (decode, see
+    ``graph_timed``) the median of CUDA-graph replays; ``graphs`` (a dict to fill) receives the captured graphs
+    so the caller can check that a replay reproduces the outputs it timed. CPU: each round is a wall-clock
+    median of ``cpu_reps`` calls. Returns name -> Timing; ``Timing.method`` says which method ran.
     """
     device = torch.device(device)
     names = list(fns)
     samples: dict[str, list[float]] = {n: [] for n in names}
-    captured = capture_all(fns, device) if device.type == "cuda" else None
+    captured, method = capture_all(fns, device) if use_graphs and device.type == "cuda" else (None, "do_bench")
     if captured is not None:
         if graphs is not None:
             graphs.update(captured)
         for r in range(rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
                 samples[name].append(captured[name].median_ms_per_call(device))
-        method = "cuda_graph"
     elif device.type == "cuda":
         import triton.testing
 
@@ -169,7 +171,6 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device 
             for name in (names if r % 2 == 0 else names[::-1]):
                 samples[name].append(float(triton.testing.do_bench(fns[name], warmup=10, rep=rep_ms,
                                                                    return_mode="median")))
-        method = "do_bench"
     else:
         for r in range(rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
@@ -182,12 +183,14 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device 
     return out
 
 
-# A call shorter than this (kernel + launch, wall clock) is launch-bound: per-call event timing would charge the
-# host's launch overhead (~0.2-0.3 ms for a Python launcher, far less for SDPA's C++ path) to the kernel. On an
-# H100 that made every decode candidate look 0.15-0.43x SDPA while compiled models see Inductor's launcher.
-LAUNCH_BOUND_MS = 0.5
-GRAPH_REPLAY_MS = 2.0  # one timed replay holds about this much work
-MAX_GRAPH_CALLS = 64
+GRAPH_CALLS = 16  # calls per captured graph, the same for every fn timed together
+
+
+def graph_timed(spec: AttentionSpec) -> bool:
+    """Decode specs are launch-bound: per-call event timing would charge the host's launch overhead (~0.25 ms for
+    the Python launcher, far less for SDPA's C++ path) to the kernel. On an H100 that made every decode candidate
+    look 0.15-0.43x SDPA, while a compiled model launches through Inductor."""
+    return spec.is_decode
 
 
 class CapturedCalls:
@@ -197,15 +200,18 @@ class CapturedCalls:
     def __init__(self, fn: Callable[[], Any], calls: int, device: torch.device) -> None:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up outside the capture: compilation, allocator, lazy init
-                fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        torch.cuda.synchronize(device)
         self.calls, self.graph = calls, torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            for _ in range(calls):
+        # The outer stream context restores the caller's stream even when capture_end raises (a fn that syncs).
+        with torch.cuda.stream(side):
+            # Warm-up outside the capture (compilation, allocator, per-input mask preparation): once per rotated
+            # input set, so nothing but the timed work lands in the graph.
+            for _ in range(max(2, len(getattr(fn, "arg_sets", ())))):
                 fn()
+            side.synchronize()
+            with torch.cuda.graph(self.graph, stream=side):
+                for _ in range(calls):
+                    fn()
+        torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
 
     def replay(self) -> None:
@@ -224,18 +230,15 @@ class CapturedCalls:
         return statistics.median(times)
 
 
-def capture_all(fns: Mapping[str, Callable[[], Any]], device: torch.device) -> dict[str, CapturedCalls] | None:
-    """CUDA graphs for every fn when all of them are launch-bound and capturable; None means "time with
-    do_bench" (one method for all, so candidate and baselines stay comparable)."""
-    per_call = {name: wall_ms_per_call(fn, device, calls=3) for name, fn in fns.items()}
-    if max(per_call.values()) >= LAUNCH_BOUND_MS:
-        return None
+def capture_all(fns: Mapping[str, Callable[[], Any]], device: torch.device) -> tuple[dict[str, CapturedCalls] | None, str]:
+    """(graphs, method): CUDA graphs of GRAPH_CALLS calls for every fn, or (None, why) when one of them cannot be
+    captured (a baseline that syncs the host), in which case every fn is timed with do_bench instead: one method
+    for all, so candidate and baselines stay comparable."""
     try:
-        return {name: CapturedCalls(fn, max(1, min(MAX_GRAPH_CALLS, int(GRAPH_REPLAY_MS / max(per_call[name], 1e-3)))),
-                                    device) for name, fn in fns.items()}
-    except Exception:  # a baseline that cannot be captured (host sync inside): every fn falls back to do_bench
+        return {name: CapturedCalls(fn, GRAPH_CALLS, device) for name, fn in fns.items()}, "cuda_graph"
+    except Exception as exc:
         torch.cuda.synchronize(device)
-        return None
+        return None, f"do_bench (graph capture failed: {type(exc).__name__}: {str(exc)[:120]})"
 
 
 def wall_ms_per_call(fn: Callable[[], Any], device: torch.device | str, calls: int = 20) -> float:
@@ -327,12 +330,23 @@ def sdpa_baseline(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.
 _COMPILED_FLEX: Any = None
 
 
+FLEX_RECOMPILE_LIMIT = 256
+
+
 def compiled_flex() -> Callable[..., torch.Tensor]:
-    """torch.compile(flex_attention), made once per process (dynamo caches per shape / mod underneath)."""
+    """torch.compile(flex_attention), made once per process (dynamo caches per shape / mod underneath).
+
+    A campaign worker compiles it for every spec it times; past dynamo's default recompile limit (8) flex would
+    silently run eagerly (slow, memory hungry) and drop out of the "best built-in", inflating speedups, so
+    this process's limit is raised (evaluator workers and benchmark scripts only: the backend never calls this)."""
     global _COMPILED_FLEX
     if _COMPILED_FLEX is None:
+        import torch._dynamo.config as dynamo_config
         from torch.nn.attention.flex_attention import flex_attention
 
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, name):
+                setattr(dynamo_config, name, max(int(getattr(dynamo_config, name)), FLEX_RECOMPILE_LIMIT))
         _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
     return _COMPILED_FLEX
 

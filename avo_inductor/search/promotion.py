@@ -144,6 +144,9 @@ def verify_isolated(record: KernelRecord, timeout_s: float = 900.0) -> tuple[boo
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             return False, f"verification timed out after {timeout_s:.0f}s"
+        except BaseException:  # Ctrl-C or an I/O error: the child is in its own session and would outlive us
+            _kill_group(proc)
+            raise
     return _read_verdict(proc.returncode, out, err)
 
 

@@ -72,10 +72,13 @@ def scrubbed_env(device: str, base: dict[str, str] | None = None, work_dir: str 
         index = int(device.split(":", 1)[1]) if ":" in device else 0
         # "cuda:N" is the parent's N-th visible GPU: map it through the parent's own CUDA_VISIBLE_DEVICES so a
         # user who restricted GPUs (CUDA_VISIBLE_DEVICES=2,3) gets workers on 2 and 3, not on 0 and 1.
-        visible = [v.strip() for v in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-        if visible and index >= len(visible):
-            raise ValueError(f"{device}: the parent sees only CUDA_VISIBLE_DEVICES={base['CUDA_VISIBLE_DEVICES']}")
-        env["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
+        if "CUDA_VISIBLE_DEVICES" in base:  # set, even to "" (no GPU): map through it, never around it
+            visible = [v.strip() for v in base["CUDA_VISIBLE_DEVICES"].split(",") if v.strip()]
+            if index >= len(visible):
+                raise ValueError(f"{device}: the parent sees only CUDA_VISIBLE_DEVICES={base['CUDA_VISIBLE_DEVICES']!r}")
+            env["CUDA_VISIBLE_DEVICES"] = visible[index]
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = str(index)
         env.pop("TRITON_INTERPRET", None)
     return env
 
@@ -278,11 +281,15 @@ class WorkerPool:
                         self._served[widx].add(affinity[i])
                 if i is None:
                     return
+                restarts = worker.restarts
                 try:
                     replies[i] = worker.request(messages[i], timeout_s)
                 except BaseException as exc:  # start failure / tamper: stop every thread, re-raise below
                     errors.append(exc)
                     return
+                if restarts >= 0 and worker.restarts != restarts:  # restarted (not first start): baselines gone
+                    with lock:
+                        self._served[widx] = set()
                 if on_reply is not None:
                     on_reply(i, replies[i])  # type: ignore[arg-type]
 
