@@ -276,10 +276,6 @@ class SearchDatabase:
         return [(_candidate(r), EvalResult.from_dict(json.loads(r["result"]))) for r in rows]
 
     # ---- migrations, bests, promotions -------------------------------------------------------------
-    def record_migrations(self, run_id: str, generation: int, moves: Sequence[tuple[str, int, int]]) -> None:
-        with self._tx() as c:
-            c.executemany("INSERT INTO migrations VALUES (?,?,?,?)", [(run_id, generation, cid, to) for cid, _, to in moves])
-
     def migrations(self, run_id: str) -> list[tuple[str, int]]:
         return [(r[0], r[1]) for r in self._conn.execute(
             "SELECT candidate_id, to_island FROM migrations WHERE run_id=? ORDER BY rowid", (run_id,))]
