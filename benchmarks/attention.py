@@ -8,7 +8,9 @@ against a float64 reference (batch 0, first GQA group) before its time counts to
 layer printed), else the plain untuned template ("avo-untuned"), timed under torch.compile on CUDA (the kernel
 inlined, as the backend does; the eager op's time is kept as "avo-eager"). A provider that cannot run a spec
 gives an "n/a: reason" cell; the run goes on.
-Decode rows (q_len <= 16) add the HBM floor: bytes(Q+K+V+O) / copy bandwidth measured in this run.
+Decode rows (q_len <= 16) add the HBM floor: bytes(Q+K+V+O) / copy bandwidth measured in this run, and every
+provider on them is timed as CUDA-graph replays (launch overhead would otherwise be most of the time); the
+"timing" column says which method a row used.
 Spec text: "B,H,HKV,N,D,mask" or "B,H,HKV,NQ,NK,D,mask", mask none|causal|bias|padding|alibi|windowW (causal
 sliding window), optional ",train" suffix = forward + backward. Suite issue7 = core + masked + decode + two
 training specs: one invocation gives the whole table, then the targets table (PASS/MISS) last.
@@ -23,6 +25,7 @@ import gc
 import math
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -202,6 +205,7 @@ class Timing:
 
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
+    graph: bool = False  # CUDA-graph replays (decode rows, every provider alike) instead of do_bench
 
 
 @dataclass(frozen=True)
@@ -240,7 +244,7 @@ def measure(name: str, build: Callable[[], Fn | None], t: Tensors, flops: float,
         if fn is None:
             return {}, None
         out = run_once(fn, t).detach()
-        ms = time_ms(lambda: run_once(fn, t), warmup_ms=timing.warmup_ms, rep_ms=timing.rep_ms)
+        ms = time_ms(lambda: run_once(fn, t), warmup_ms=timing.warmup_ms, rep_ms=timing.rep_ms, graph=timing.graph)
         return {f"{name} TFLOP/s": flops / ms * 1e-9, f"{name} ms": ms}, out
     except Exception as exc:  # noqa: BLE001 - any provider failure is a cell, not the end of the run
         free_memory()
@@ -359,7 +363,9 @@ def bench_spec(spec: AttentionSpec, providers: Sequence[str], timing: Timing,
     """One spec: avo first, then every provider, the correctness check, speedups and (decode) the HBM floor."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch._dynamo.reset()
-    row = base_row(spec)
+    # Decode is launch-bound: time every provider as CUDA-graph replays, as the search does (bench.graph_timed).
+    timing = dataclasses.replace(timing, graph=bench.graph_timed(spec) and device.type == "cuda")
+    row = {**base_row(spec), "timing": "cuda_graph" if timing.graph else ("do_bench" if device.type == "cuda" else "wall")}
     inputs, t = make_tensors(spec, device)
     flops = spec.flops(backward=spec.needs_grad)
     try:

@@ -19,8 +19,17 @@ def gpu_slug() -> str:
     return HardwareKey.current().slug
 
 
-def time_ms(fn: Callable[[], Any], warmup_ms: float = 100, rep_ms: float = 500) -> float:
-    """Median milliseconds: triton.testing.do_bench (CUDA events, L2 flushed) on a GPU, wall clock on CPU."""
+def time_ms(fn: Callable[[], Any], warmup_ms: float = 100, rep_ms: float = 500, graph: bool = False) -> float:
+    """Median milliseconds: triton.testing.do_bench (CUDA events, L2 flushed) on a GPU, wall clock on CPU.
+
+    ``graph``: time CUDA-graph replays of the search's fixed call count instead (decode: launch overhead would
+    otherwise be most of the time); a fn that cannot be captured raises rather than silently switching method.
+    """
+    if graph and torch.cuda.is_available():
+        from avo_inductor.search.bench import GRAPH_CALLS, CapturedCalls
+
+        device = torch.device("cuda", torch.cuda.current_device())
+        return CapturedCalls(fn, GRAPH_CALLS, device).median_ms_per_call(device, reps=20)
     if torch.cuda.is_available():
         import triton.testing
 

@@ -123,6 +123,7 @@ def test_cpu_smoke_run_writes_csv_with_expected_columns(tmp_path: Path) -> None:
     assert dense["sdpa-cudnn TFLOP/s"].startswith("n/a: ")  # no cuDNN on CPU: a cell, not a crash
     assert float(dense["sdpa-default ms"]) > 0 and float(dense["avo/inductor"]) > 0
     assert decode["section"] == "decode" and float(decode["hbm-floor ms"]) > 0 and decode["avo ok"] == "True"
+    assert decode["timing"] == dense["timing"] == "wall"  # CPU; on CUDA decode rows say "cuda_graph"
     assert rows[1]["avo time / hbm floor"] == pytest.approx(rows[1]["avo-untuned ms"] / rows[1]["hbm-floor ms"])
 
 
