@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # One device call: install carried wheels + the package, then run the named steps; logs and CSV/PNG under $OUT.
-# Usage (on the GPU host, repo root):  bash benchmarks/gpu_session.sh tests attention models search
+# Usage (on the GPU host, repo root):  bash benchmarks/gpu_session.sh STEP...   steps:
+#   sanity (cascade check of the template on this GPU; stops the session if the default genome fails), tests (-m gpu),
+#   campaign (run or resume CAMPAIGN=search/h100-core.toml into CAMPAIGN_DB under CAMPAIGN_WALL seconds),
+#   export (the store's promoted records as $OUT/bundle), attention (ATTN_SUITE, default issue7), models
+#   (MODEL_CASES / MODEL_ARGS, e.g. --seed-baseline), variants (template A/B), search (the 5-minute smoke search).
 # The GPU image lacks diskcache and platformdirs: carry them as wheels in .whl/ (pure Python), made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diskcache platformdirs
 set -uo pipefail
@@ -17,9 +21,7 @@ for step in "$@"; do
   case "$step" in
     tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
     attention) python3 benchmarks/attention.py --suite "${ATTN_SUITE:-issue7}" --out "$OUT" ${ATTN_ARGS:-} > "$OUT/attention.log" 2>&1; tail -40 "$OUT/attention.log" ;;
-    attention-train) python3 benchmarks/attention.py --suite issue4 --train --providers sdpa-default,flex --out "$OUT" 2>&1 | tee "$OUT/attention-train.log" | tail -10 ;;
-    models*) cases=${MODEL_CASES:-llama:4:2048,llama:1:8192}
-            python3 benchmarks/models.py --cases "$cases" --variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -8 ;;
+    models*) python3 benchmarks/models.py ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
     variants) python3 benchmarks/variants.py --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
     sanity) python3 benchmarks/sanity.py > "$OUT/sanity.log" 2>&1; rc=$?; tail -12 "$OUT/sanity.log"; [ $rc = 0 ] || exit 3 ;;
     campaign) # Run or resume (newest unfinished run) the campaign under a wall-clock limit; SIGINT lets the engine
