@@ -27,10 +27,11 @@ def default_genome(spec: AttentionSpec, hardware: Any = None) -> KernelGenome:
 
 
 class FakeEvaluator:
-    """Scores genomes with ``synthetic_speedup``; genomes with block_m == 256 "fail to compile"."""
+    """Scores genomes with ``synthetic_speedup`` times ``scale``; genomes with block_m == 256 "fail to compile"."""
 
-    def __init__(self, delay_s: float = 0.0, spread: float = 0.02, promote_speedup: float | None = None) -> None:
-        self.delay_s, self.spread, self.promote_speedup = delay_s, spread, promote_speedup
+    def __init__(self, delay_s: float = 0.0, spread: float = 0.02, promote_speedup: float | None = None,
+                 scale: float = 1.0) -> None:
+        self.delay_s, self.spread, self.promote_speedup, self.scale = delay_s, spread, promote_speedup, scale
         self.calls: list[list[str]] = []
         self.promoted: list[str] = []
 
@@ -38,8 +39,9 @@ class FakeEvaluator:
         assert c.genome is not None
         if c.genome.block_m == 256:
             return EvalResult(c.id, False, Stage.COMPILE, message="out of shared memory")
-        return EvalResult(c.id, True, Stage.PASSED, speedup=synthetic_speedup(c.genome), spread=self.spread,
-                          median_ms=1.0 / synthetic_speedup(c.genome), baseline_ms=1.0, baseline="sdpa")
+        speedup = synthetic_speedup(c.genome) * self.scale
+        return EvalResult(c.id, True, Stage.PASSED, speedup=speedup, spread=self.spread, median_ms=1.0 / speedup,
+                          baseline_ms=1.0, baseline="sdpa")
 
     def evaluate(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
         self.calls.append([c.id for c in candidates])

@@ -221,3 +221,18 @@ def test_default_genome_packs_gqa_decode():
     # the packed tile holds q_len * group rows: 16 queries x 4 heads fit one 64-row tile
     assert default_genome(AttentionSpec(1, 32, 8, 16, 8192, 128), h100).block_m == 64
     assert default_genome(AttentionSpec(1, 32, 8, 1, 8192, 128), h100).block_m == 16
+
+
+@pytest.mark.parametrize("batch,kv_len,want", [
+    (1, 32768, 64),  # 8 packed tiles: 64 splits for two programs per SM
+    (8, 8192, 16),   # 64 tiles: the one-split-per-512-keys rule already fills the GPU
+    (32, 4096, 8),
+    (1, 300, 1),     # a split under 256 keys is not worth its reduction
+])
+def test_default_decode_splits_fill_the_gpu(batch, kv_len, want):
+    from avo_inductor.spec import HardwareKey
+
+    h100 = HardwareKey("nvidia", "NVIDIA H100 80GB HBM3", (9, 0), 132)
+    g = default_genome(AttentionSpec(batch, 32, 8, 1, kv_len, 128), h100)
+    assert g.kv_splits == want
+    assert kv_len // g.kv_splits >= 256 or g.kv_splits == 1

@@ -259,3 +259,33 @@ def test_campaign_seed_genomes_join_the_seeds_and_batches_interleave_specs(tmp_p
     assert all(c.diff.startswith("campaign seed") for c in per_spec[1:]) and [c.island for c in per_spec] == [0, 1, 0]
     order = [c.spec for c in _round_robin_by_spec(seeds)]
     assert order[:4] == [SPEC, other, SPEC, other]
+
+
+def test_slice_promotes_the_best_so_far_and_leaves_the_run_resumable(tmp_path: Path) -> None:
+    """GPU time in slices: a slice ends between batches, promotes what it has and pauses; the next slice resumes
+    the same run (no generation repeated) and the run finishes on its own budget."""
+    store = FakeStore()
+    ticks = itertools.count()
+    eng, events = _engine(tmp_path, FakeEvaluator(), store=store, generations=50)
+    eng.clock = lambda: float(next(ticks))
+    first = eng.run(slice_s=30.0)
+    assert first.stop_reason == "slice"
+    run = eng.db.get_run(first.run_id)
+    assert run.status == "paused" and 0 < run.generation < 50
+    assert store.lookup(SPEC, HW) is not None  # the slice's best was promoted, not held back for a later slice
+    seen = {c.id for c, _ in eng.db.evaluated(first.run_id)}
+    eng2, _ = _engine(tmp_path, FakeEvaluator(), store=store, generations=run.generation + 1)
+    second = eng2.run(run_id=first.run_id)
+    assert second.stop_reason == "generations" and eng2.db.get_run(first.run_id).status == "finished"
+    assert seen < {c.id for c, _ in eng2.db.evaluated(first.run_id)}
+    with pytest.raises(ValueError, match="slice_s"):
+        eng2.run(slice_s=0.0)
+
+
+def test_a_clearly_slower_best_is_not_re_measured(tmp_path: Path) -> None:
+    """Promotion re-measurement costs a worker per spec; a best far below 1x is rejected without it."""
+    evaluator = FakeEvaluator(scale=0.25)  # every candidate well below the baseline
+    eng, _ = _engine(tmp_path, evaluator, store=FakeStore(), generations=1)
+    outcome = eng.run()
+    assert "not re-measured" in outcome.rejected[SPEC.cache_key()]
+    assert evaluator.promoted == []

@@ -24,7 +24,7 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "use_tma": (False, True),
     "warp_specialize": (False, True),
     "lazy_rescale": (False, True),
-    "kv_splits": (1, 2, 4, 8, 16, 32),
+    "kv_splits": (1, 2, 4, 8, 16, 32, 64),
     "pack_gqa": (False, True),
     "bwd_block_m": (16, 32, 64, 128),
     "bwd_block_n": (16, 32, 64, 128),

@@ -112,6 +112,25 @@ def _is_cpu(hardware: HardwareKey | None) -> bool:
     return hardware.vendor == "cpu"
 
 
+_DEFAULT_SM_COUNT = 132  # H100 SXM; used when the hardware key is not given
+
+
+def _decode_splits(spec: AttentionSpec, block_m: int, pack: bool, hardware: HardwareKey | None) -> int:
+    """Split-K for decode: one query tile per (batch, head) leaves most SMs idle and a memory-bound kernel needs
+    every SM streaming K/V. Enough splits for two programs per SM, at least the old rule's one split per 512 keys
+    (up to 16), never a split under 256 keys, at most 64 (the reduction reads every split's partial output)."""
+    heads = spec.kv_heads if pack else spec.q_heads
+    rows = spec.q_len * spec.gqa_group if pack else spec.q_len
+    tiles = spec.batch * heads * -(-rows // block_m)
+    sms = hardware.sm_count if hardware is not None and hardware.sm_count > 0 else _DEFAULT_SM_COUNT
+    splits = 1 << max(0, min(4, (spec.kv_len // 512).bit_length() - 1))
+    while tiles * splits < 2 * sms and splits < 64:
+        splits *= 2
+    while splits > 1 and spec.kv_len // splits < 256:
+        splits //= 2
+    return splits
+
+
 def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None) -> KernelGenome:
     """A plain, untuned genome valid for ``spec`` on ``hardware`` (default: this process's device).
 
@@ -131,10 +150,7 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None) -> 
     bwd_m, bwd_n, bwd_warps, bwd_stages = (16, 32, 8, 1) if wide else (32, 64, 4 if d <= 64 else 8, 2)
     block_m = min(block_m, next_power_of_two(spec.q_len * spec.gqa_group if pack else spec.q_len))
     block_n = min(block_n, next_power_of_two(spec.kv_len))
-    kv_splits = 1
-    if spec.is_decode:
-        # Decode: one query tile per head leaves most SMs idle; split keys so each split sees >= 512 keys.
-        kv_splits = 1 << max(0, min(4, (spec.kv_len // 512).bit_length() - 1))
+    kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode else 1
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
                         kv_splits=kv_splits, pack_gqa=pack, bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
                         bwd_block_n=min(bwd_n, next_power_of_two(spec.kv_len)), bwd_num_warps=bwd_warps,

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("ref", metavar="SPEC_KEY|KERNEL_ID|CANDIDATE_ID")
         if name == "resume":
             sp.add_argument("run_id", metavar="RUN_ID", help='a run id from `status`, or "latest" (newest unfinished run)')
+        if name in ("run", "resume"):
+            sp.add_argument("--slice-minutes", type=float, metavar="M",
+                            help="GPU time in slices: stop after M minutes, promote the best so far, leave the run "
+                                 "paused for `resume`")
     return p
 
 
@@ -68,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
         max_dollars=args.max_dollars, ray_address=args.ray_address, db=str(_db(args)), quick=args.quick)
     sink = make_progress(_db(args).with_suffix(".jsonl"))
     try:
-        outcome = runner.execute(options, sink=sink)
+        outcome = runner.execute(options, sink=sink, slice_minutes=args.slice_minutes)
     finally:
         sink.close()
     _print_outcome(outcome)
@@ -78,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     sink = make_progress(_db(args).with_suffix(".jsonl"))
     try:
-        outcome = runner.resume(args.run_id, _db(args), sink=sink)
+        outcome = runner.resume(args.run_id, _db(args), sink=sink, slice_minutes=args.slice_minutes)
     finally:
         sink.close()
     _print_outcome(outcome)

@@ -94,6 +94,10 @@ class SearchOutcome:
     rejected: dict[str, str]  # spec key -> why not promoted
 
 
+# Below this screening speedup a spec's best is not re-measured for promotion (it needs > 1 + spread to pass).
+SCREEN_FLOOR = 0.97
+
+
 def _round_robin_by_spec(candidates: Sequence[Candidate]) -> list[Candidate]:
     """One candidate of each spec in turn: a batch then spans several specs, so parallel workers each keep to
     their own specs (and their cached baselines) instead of all timing the same spec's baselines at once."""
@@ -132,12 +136,20 @@ class SearchEngine:
         self._counts = [0, 0]
         self._spent_before = 0.0
         self._run_id = ""
+        self._slice_end: float | None = None
         self._run_candidates: list[Candidate] = []
 
     # ---- public --------------------------------------------------------------------------------------
-    def run(self, run_id: str | None = None, meta: dict[str, Any] | None = None) -> SearchOutcome:
+    def run(self, run_id: str | None = None, meta: dict[str, Any] | None = None,
+            slice_s: float | None = None) -> SearchOutcome:
         """Start a new run (``meta``: extra JSON stored with its config, e.g. CLI options for resume), or
-        resume ``run_id``; returns when generations or budget are used up."""
+        resume ``run_id``; returns when generations or budget are used up.
+
+        ``slice_s``: GPU time lent in slices. After this many seconds of this call the loop stops between
+        batches, the best so far is promoted (nothing found is lost if no further slice comes) and the run is left
+        "paused": ``resume`` continues it, and promotes again at the end of the next slice or of the run."""
+        if slice_s is not None and slice_s <= 0:
+            raise ValueError(f"slice_s must be positive; got {slice_s}")
         if run_id is None:
             run_id = self.db.create_run({"search": self.config.to_dict(), **(meta or {})})
         else:
@@ -149,6 +161,7 @@ class SearchEngine:
         info = self.db.get_run(run_id)
         self._spent_before, self._counts = info.budget_spent_s, [info.evaluated, info.failed]
         self._segment_start = self._mark = self.clock()
+        self._slice_end = None if slice_s is None else self._segment_start + slice_s
         self._spend = self._operator_spend()
         evaluated = self.db.evaluated(run_id)
         migrations = self.db.migrations(run_id)
@@ -166,7 +179,7 @@ class SearchEngine:
             self.db.set_run_status(run_id, "interrupted")
             raise
         self._account(run_id)
-        self.db.set_run_status(run_id, "finished")
+        self.db.set_run_status(run_id, "paused" if stop == "slice" else "finished")
         self._emit("run_finished", run_id, self.db.get_run(run_id).generation, stop,
                    data={"promoted": outcome.promoted, "rejected": outcome.rejected})
         return outcome
@@ -179,6 +192,8 @@ class SearchEngine:
                 return "generations"
             if self._budget_left() == 0.0:
                 return "budget"
+            if self._slice_over():
+                return "slice"
             pending = _round_robin_by_spec(self._pending_or_propose(run_id, gen))
             self._emit("generation", run_id, gen, f"generation {gen}: {len(pending)} candidate(s)")
             # Default batch: one candidate per evaluation device, so the wall-clock budget is checked between
@@ -187,6 +202,8 @@ class SearchEngine:
             for i in range(0, len(pending), step):
                 if self._budget_left() == 0.0:
                     return "budget"
+                if self._slice_over():
+                    return "slice"
                 self._evaluate(run_id, gen, pending[i:i + step])
             self._finish_generation(run_id, gen)
 
@@ -355,6 +372,11 @@ class SearchEngine:
                 continue
             cand, res = top
             best[key] = (cand.id, res.score)
+            if self.config.require_speedup and res.speedup is not None and res.speedup < SCREEN_FLOOR:
+                # Re-measuring costs a worker ~20 s per spec; a screening speedup this far below 1 cannot clear
+                # 1 + spread on re-measurement, so the spec keeps its SDPA fallback without one.
+                rejected[key] = f"best screening speedup {res.speedup:.3f}x < {SCREEN_FLOOR}: not re-measured"
+                continue
             winners.append(cand)
         if not self.config.promote:
             return SearchOutcome(run_id, stop, best, promoted, rejected)
@@ -408,6 +430,9 @@ class SearchEngine:
             return None
         used = self._spent_before + (self.clock() - self._segment_start)
         return max(0.0, self.config.budget_s - used)
+
+    def _slice_over(self) -> bool:
+        return self._slice_end is not None and self.clock() >= self._slice_end
 
     def _best_scores(self) -> dict[str, float]:
         out = {}

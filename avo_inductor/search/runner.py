@@ -234,8 +234,9 @@ def _agent_settings(options: RunOptions, inputs_search: dict[str, Any], settings
 def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | None = None,
             config: SearchConfig | None = None, settings: Settings | None = None, store: Any = None,
             evaluator: Evaluator | None = None, sink: Callable[[SearchEvent], None] | None = None,
-            hardware: HardwareKey | None = None) -> SearchOutcome:
-    """Run (or with ``run_id``, resume) a search; clears the pending entries of specs that got a record."""
+            hardware: HardwareKey | None = None, slice_minutes: float | None = None) -> SearchOutcome:
+    """Run (or with ``run_id``, resume) a search; clears the pending entries of specs that got a record.
+    ``slice_minutes``: stop this call after that long, promote the best so far and leave the run resumable."""
     settings = settings or get_settings()
     hardware = hardware or HardwareKey.current()
     if store is None:
@@ -261,7 +262,8 @@ def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | 
         engine = SearchEngine(db, evaluator, ops, config, store=store, hardware=hardware, on_event=emit)
         meta = {"options": options.to_dict(), "labels": inputs.labels, "pending_keys": inputs.pending_keys,
                 "campaign_search": inputs.search}
-        outcome = engine.run(run_id=run_id, meta=None if run_id else meta)
+        outcome = engine.run(run_id=run_id, meta=None if run_id else meta,
+                             slice_s=None if slice_minutes is None else slice_minutes * 60.0)
         done = [inputs.pending_keys[k] for k in outcome.promoted if k in inputs.pending_keys]
         if done:
             store.clear_pending(done)
