@@ -2,7 +2,7 @@
 # One device call: install carried wheels + the package, then run the named steps; logs and CSV/PNG under $OUT.
 # Usage (on the GPU host, repo root):  bash benchmarks/gpu_session.sh STEP...   steps:
 #   sanity (cascade check of the template on this GPU; stops the session if the default genome fails), tests (-m gpu),
-#   campaign (run or resume CAMPAIGN=search/h100-core.toml into CAMPAIGN_DB under CAMPAIGN_WALL seconds),
+#   campaign (run or resume CAMPAIGN=search/h100-core.toml into CAMPAIGN_DB for one CAMPAIGN_SLICE-minute slice),
 #   export (the store's promoted records as $OUT/bundle), attention (ATTN_SUITE, default issue7), models
 #   (MODEL_CASES / MODEL_ARGS, e.g. --seed-baseline), variants (template A/B), search (the 5-minute smoke search).
 # The GPU image lacks diskcache and platformdirs: carry them as wheels in .whl/ (pure Python), made here with
@@ -24,9 +24,11 @@ for step in "$@"; do
     models*) python3 benchmarks/models.py ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
     variants) python3 benchmarks/variants.py --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
     sanity) python3 benchmarks/sanity.py > "$OUT/sanity.log" 2>&1; rc=$?; tail -12 "$OUT/sanity.log"; [ $rc = 0 ] || exit 3 ;;
-    campaign) # Run or resume (newest unfinished run) the campaign under a wall-clock limit; SIGINT lets the engine
-              # re-queue in-flight candidates and mark the run interrupted. The database comes back in $OUT.
+    campaign) # Run or resume (the newest unfinished run) the campaign for one slice of CAMPAIGN_SLICE minutes: the slice
+              # ends between batches, promotes its best into this host's store (exported by the export step) and
+              # leaves the run paused; the database comes back in $OUT for the next slice, on whatever host.
             DB=${CAMPAIGN_DB:-search/runs/h100-core.db}; mkdir -p "$(dirname "$DB")"
+            SLICE=${CAMPAIGN_SLICE:-7}
             state=$(python3 - "$DB" <<'PY'
 import sys
 from pathlib import Path
@@ -36,10 +38,12 @@ runs = SearchDatabase(path).runs() if path.exists() else []
 print("resume" if any(r.status != "finished" for r in runs) else ("done" if runs else "new"))
 PY
 )
-            echo "campaign state: $state ($DB)"
+            echo "campaign state: $state ($DB), slice ${SLICE} min"
+            # timeout: a hard stop (promotion included) if a worker hangs past the slice; SIGINT re-queues in-flight work.
+            hard=$(python3 -c "print(int(float('$SLICE') * 60 + ${CAMPAIGN_PROMOTE_S:-150}))")
             case "$state" in
-              new) timeout -s INT "${CAMPAIGN_WALL:-480}" python3 -m avo_inductor.search run --campaign "${CAMPAIGN:-search/h100-core.toml}" --db "$DB" ${CAMPAIGN_ARGS:-} > "$OUT/campaign.log" 2>&1 ;;
-              resume) timeout -s INT "${CAMPAIGN_WALL:-480}" python3 -m avo_inductor.search resume latest --db "$DB" > "$OUT/campaign.log" 2>&1 ;;
+              new) timeout -s INT "$hard" python3 -m avo_inductor.search run --campaign "${CAMPAIGN:-search/h100-core.toml}" --db "$DB" --slice-minutes "$SLICE" ${CAMPAIGN_ARGS:-} > "$OUT/campaign.log" 2>&1 ;;
+              resume) timeout -s INT "$hard" python3 -m avo_inductor.search resume latest --db "$DB" --slice-minutes "$SLICE" > "$OUT/campaign.log" 2>&1 ;;
             esac
             echo "exit $?"; grep -E "stored|kept out|stopped|interrupted|error" "$OUT/campaign.log" | tail -25
             python3 -m avo_inductor.search status --db "$DB" 2>&1 | tee "$OUT/campaign-status.txt" | tail -25
@@ -47,11 +51,14 @@ PY
             cp "$DB" "${DB%.db}.jsonl" "$OUT/" 2>/dev/null ;;
     export) # The promoted records of this host's store as a bundle (unsigned: the repository is its provenance).
             python3 -m avo_inductor.cache ls 2>&1 | tee "$OUT/store.txt" | tail -25
-            python3 -m avo_inductor.cache export -o "$OUT/bundle" 2>&1 | tail -3
-            python3 -m avo_inductor.cache verify "$OUT/bundle" 2>&1 | tail -3 ;;
+            python3 -m avo_inductor.cache export -o "$OUT/bundle.tar.gz" 2>&1 | tail -3
+            python3 -m avo_inductor.cache verify "$OUT/bundle.tar.gz" 2>&1 | tail -3 ;;
     search) timeout 390 python3 -m avo_inductor.search run --campaign search/h100-smoke.toml --budget-minutes 5 2>&1 | tail -30 | tee "$OUT/search.log"
             python3 -m avo_inductor.search status 2>&1 | tail -20 | tee -a "$OUT/search.log"
             cp "$AVO_CACHE_DIR"/search.db* "$OUT/" 2>/dev/null; ls "$AVO_CACHE_DIR" ;;
     *) echo "unknown step $step" ;;
   esac
 done
+# At most 8 files come back from a device call: the logs travel as one archive.
+(cd "$OUT" && ls ./*.log ./*.txt >/dev/null 2>&1 && tar czf logs.tar.gz ./*.log ./*.txt && rm -f ./*.log ./*.txt)
+ls "$OUT"
