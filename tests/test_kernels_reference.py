@@ -144,3 +144,19 @@ def test_every_mask_kind_is_its_fp32_mask_cast(kind, dtype):
     got = additive_mask(2, 4, 300, 520, dtype=dtype, **args)
     assert got.dtype == dtype
     assert torch.equal(got, additive_mask(2, 4, 300, 520, dtype=torch.float32, **args).to(dtype))
+
+
+@pytest.mark.parametrize("kind", ["none", "bias", "bool", "padding", "alibi"])
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2)])
+def test_chunked_reference_equals_the_whole_one(monkeypatch, kind, hq, hkv):
+    """Large targets are referenced one (batch, GQA-group run) slice at a time; the slices must see exactly the
+    mask entries (broadcast dims included) and kv heads the whole computation would."""
+    from avo_inductor.kernels import reference
+    from avo_inductor.kernels.reference import attention_math, attention_reference, make_inputs
+
+    spec = AttentionSpec(3, hq, hkv, 17, 29, 8, dtype="float32", causal=kind == "none", mask=kind)
+    x = make_inputs(spec, "cpu", seed=5)
+    whole = attention_math(x.q, x.k, x.v, causal=spec.causal, mask_kind=kind, mask=x.mask)
+    monkeypatch.setattr(reference, "REFERENCE_CHUNK_BYTES", 17 * 29 * 8 * hq // hkv)  # one group per slice
+    sliced = attention_reference(x.q, x.k, x.v, causal=spec.causal, mask_kind=kind, mask=x.mask)
+    torch.testing.assert_close(sliced, whole, rtol=1e-12, atol=1e-12)  # float64 matmul blocking may differ

@@ -175,3 +175,31 @@ def test_bool_mask_operands_trace_without_a_dtype_view(mask_kind: str) -> None:
     targets = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
     assert not any("view.dtype" in t for t in targets), targets
     assert mask_operand(q, mask, mask_kind, 9)[0].dtype == torch.bool
+
+
+def test_eager_launches_skip_the_hop_dispatch_and_tracing_keeps_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eager calls on real tensors launch the kernel directly (wrap_triton's HOP dispatch costs up to ~1 ms a
+    launch, which the search would time as kernel time); fake tensors, as under tracing, still go through it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from avo_inductor.kernels import launch
+
+    calls: list[str] = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda **kw: calls.append("direct")
+
+    def fake_wrap(fn):
+        class Wrapped:
+            def __getitem__(self, grid):
+                return lambda **kw: calls.append("hop")
+        return Wrapped()
+
+    monkeypatch.setattr(torch.library, "wrap_triton", fake_wrap)
+    launch._launch(Kernel(), (2, 3), Q=torch.randn(2, 2), N=5)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(torch.randn(2, 2))
+        launch._launch(Kernel(), (2, 3), Q=fake, N=5)
+    assert calls == ["direct", "hop"]
+    assert launch._known_multiple(128, 64) and not launch._known_multiple(100, 64)

@@ -59,6 +59,8 @@ def _cdiv(a: Any, b: int) -> Any:
 
 def _known_multiple(n: Any, block: int) -> bool:
     """True only when n % block == 0 holds without adding a guard (SymInt lengths take the masked path)."""
+    if isinstance(n, int):
+        return n % block == 0
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     return bool(statically_known_true(n % block == 0))
@@ -127,9 +129,24 @@ class KernelFunctions:
         return self.bwd_dkdv is not None and self.bwd_dq is not None and self.bwd_preprocess is not None
 
 
+def _plain_eager(grid: tuple[Any, ...], args: Any) -> bool:
+    """True for an eager call on real tensors: no dynamo, no dispatch mode (fake/proxy tracing), no tensor
+    subclass (FakeTensor, FunctionalTensor), no symbolic grid."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return False
+    if not all(isinstance(g, int) for g in grid):
+        return False
+    return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
+
+
 def _launch(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> None:
     ensure_interpreter_fixes()
-    torch.library.wrap_triton(fn)[grid](**kwargs)
+    if _plain_eager(grid, kwargs.values()):
+        # wrap_triton's higher-order-op dispatch costs ~0.1-1 ms per launch in eager mode (torch's own triton_op
+        # turns it off there too); the search's timing and direct calls would measure that overhead, not the kernel.
+        fn[grid](**kwargs)
+    else:
+        torch.library.wrap_triton(fn)[grid](**kwargs)
 
 
 def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_kv: Any) -> tuple[torch.Tensor, tuple[Any, ...], int]:

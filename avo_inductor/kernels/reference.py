@@ -132,8 +132,46 @@ def attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, causal: bool = False,
     window: int | None = None, mask_kind: str = "none", mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Float64 attention output (B, Hq, Nq, Dv); see the module docstring for the exact semantics."""
-    return attention_math(q, k, v, scale=scale, causal=causal, window=window, mask_kind=mask_kind, mask=mask)
+    """Float64 attention output (B, Hq, Nq, Dv); see the module docstring for the exact semantics.
+
+    Computed one (batch, run of whole GQA groups) slice at a time when the float64 scores would exceed
+    ``REFERENCE_CHUNK_BYTES``: at (2, 32, 8192, 8192) they are 34 GB, and the softmax needs a second copy."""
+    b, hq, nq, _ = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    per_head = nq * nk * 8
+    if b * hq * per_head <= REFERENCE_CHUNK_BYTES or hq % hkv:
+        return attention_math(q, k, v, scale=scale, causal=causal, window=window, mask_kind=mask_kind, mask=mask)
+    group = hq // hkv
+    heads = max(1, REFERENCE_CHUNK_BYTES // (per_head * group)) * group  # whole GQA groups per slice
+    out = torch.empty((b, hq, nq, v.shape[3]), dtype=torch.float64, device=q.device)
+    for bi in range(b):
+        for h0 in range(0, hq, heads):
+            h1 = min(hq, h0 + heads)
+            out[bi:bi + 1, h0:h1] = attention_math(
+                q[bi:bi + 1, h0:h1], k[bi:bi + 1, h0 // group:h1 // group], v[bi:bi + 1, h0 // group:h1 // group],
+                scale=scale, causal=causal, window=window, mask_kind=mask_kind,
+                mask=_mask_slice(mask, mask_kind, bi, h0, h1))
+    return out
+
+
+REFERENCE_CHUNK_BYTES = 2 << 30
+
+
+def _mask_slice(mask: torch.Tensor | None, mask_kind: str, bi: int, h0: int, h1: int) -> torch.Tensor | None:
+    """The part of ``mask`` that batch ``bi``, q heads [h0, h1) see (size-1 dims broadcast and stay whole)."""
+    if mask is None:
+        return None
+    kind = MaskKind(mask_kind)
+    if kind is MaskKind.ALIBI:
+        return mask.reshape(-1)[h0:h1]
+    if kind is MaskKind.PADDING:
+        return mask[bi:bi + 1]
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)) if mask.dim() < 4 else mask
+    if m.shape[0] > 1:
+        m = m[bi:bi + 1]
+    if m.shape[1] > 1:
+        m = m[:, h0:h1]
+    return m
 
 
 def reference_grads(
