@@ -167,3 +167,36 @@ def test_graph_replay_must_reproduce_the_timed_outputs():
         _check_replay(_FakeGraph(lambda: None), outs, want, spec)
     with pytest.raises(StageError, match="does not reproduce"):
         _check_replay(_FakeGraph(lambda: outs[0][0].copy_(want[0] + 1)), outs, want, spec)
+
+
+@pytest.mark.parametrize("fault", ["last_group_wrong", "nan_outside_checked_slices", "correct"])
+def test_target_check_compares_slices_and_requires_every_element_finite(monkeypatch, fault):
+    """The target-size check compares only (batch, GQA group) slices with float64; a fault in the last batch's last
+    group (a stride/offset bug lands there first) is always among them, and an unwritten element anywhere fails."""
+    import random
+
+    import torch
+
+    from avo_inductor.kernels.reference import attention_reference
+    from avo_inductor.search import correctness
+    from avo_inductor.spec import AttentionSpec
+
+    spec = AttentionSpec(3, 8, 2, 19, 23, 8, dtype="float32", causal=True)
+
+    def fake_forward(loaded, spec_, x, out, lse):
+        ref = attention_reference(x.q, x.k, x.v, scale=spec_.scale, causal=spec_.causal)
+        out.copy_(ref.to(out.dtype))
+        lse.zero_()
+        if fault == "last_group_wrong":
+            out[-1, -1, 5] += 0.5
+        elif fault == "nan_outside_checked_slices":
+            out[0, 0, 0, 0] = float("nan") if spec_.batch > 1 else out[0, 0, 0, 0]
+
+    monkeypatch.setattr(correctness, "run_forward", fake_forward)
+    monkeypatch.setattr(correctness, "_scratch_bytes", lambda spec_, loaded: 4)
+    if fault == "correct":
+        stats = correctness.check_shape(None, spec, torch.device("cpu"), random.Random(0), full=False)
+        assert stats.max_abs_err < 1e-5
+    else:
+        with pytest.raises(correctness.CheckFailure, match="not finite" if "nan" in fault else "outside atol"):
+            correctness.check_shape(None, spec, torch.device("cpu"), random.Random(0), full=False)

@@ -198,7 +198,10 @@ class SearchEngine:
             self._emit("generation", run_id, gen, f"generation {gen}: {len(pending)} candidate(s)")
             # Default batch: one candidate per evaluation device, so the wall-clock budget is checked between
             # batches (a whole generation per call overran a 5-minute budget by minutes on an H200).
-            step = self.config.eval_batch or max(1, int(getattr(self.evaluator, "parallelism", 1)))
+            devices = max(1, int(getattr(self.evaluator, "parallelism", 1)))
+            step = self.config.eval_batch or devices
+            if self._slice_end is not None:
+                step = min(step, devices)  # a slice must end on time: one candidate per device between checks
             for i in range(0, len(pending), step):
                 if self._budget_left() == 0.0:
                     return "budget"
