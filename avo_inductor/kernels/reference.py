@@ -150,14 +150,14 @@ def attention_reference(
             out[bi:bi + 1, h0:h1] = attention_math(
                 q[bi:bi + 1, h0:h1], k[bi:bi + 1, h0 // group:h1 // group], v[bi:bi + 1, h0 // group:h1 // group],
                 scale=scale, causal=causal, window=window, mask_kind=mask_kind,
-                mask=mask_slice(mask, mask_kind, bi, h0, h1))
+                mask=_mask_slice(mask, mask_kind, bi, h0, h1))
     return out
 
 
 REFERENCE_CHUNK_BYTES = 2 << 30
 
 
-def mask_slice(mask: torch.Tensor | None, mask_kind: str, bi: int, h0: int, h1: int) -> torch.Tensor | None:
+def _mask_slice(mask: torch.Tensor | None, mask_kind: str, bi: int, h0: int, h1: int) -> torch.Tensor | None:
     """The part of ``mask`` that batch ``bi``, q heads [h0, h1) see (size-1 dims broadcast and stay whole)."""
     if mask is None:
         return None
