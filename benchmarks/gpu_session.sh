@@ -24,6 +24,7 @@ for step in "$@"; do
     models*) python3 benchmarks/models.py ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
     variants) python3 benchmarks/variants.py --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
     sanity) python3 benchmarks/sanity.py > "$OUT/sanity.log" 2>&1; rc=$?; tail -12 "$OUT/sanity.log"; [ $rc = 0 ] || exit 3 ;;
+    sanity-large) python3 benchmarks/sanity.py --large > "$OUT/sanity-large.log" 2>&1; tail -6 "$OUT/sanity-large.log" ;;
     campaign) # Run or resume (the newest unfinished run) the campaign for one slice of CAMPAIGN_SLICE minutes: the slice
               # ends between batches, promotes its best into this host's store (exported by the export step) and
               # leaves the run paused; the database comes back in $OUT for the next slice, on whatever host.
