@@ -190,10 +190,9 @@ class SearchEngine:
             gen = self.db.get_run(run_id).generation  # the next generation to finish; 0 = the seeds
             if gen > self.config.generations:
                 return "generations"
-            if self._budget_left() == 0.0:
-                return "budget"
-            if self._slice_over():
-                return "slice"
+            stop = self._time_up()
+            if stop:
+                return stop
             pending = _round_robin_by_spec(self._pending_or_propose(run_id, gen))
             self._emit("generation", run_id, gen, f"generation {gen}: {len(pending)} candidate(s)")
             # Default batch: one candidate per evaluation device, so the wall-clock budget is checked between
@@ -203,10 +202,9 @@ class SearchEngine:
             if self._slice_end is not None:
                 step = min(step, devices)  # a slice must end on time: one candidate per device between checks
             for i in range(0, len(pending), step):
-                if self._budget_left() == 0.0:
-                    return "budget"
-                if self._slice_over():
-                    return "slice"
+                stop = self._time_up()
+                if stop:
+                    return stop
                 self._evaluate(run_id, gen, pending[i:i + step])
             self._finish_generation(run_id, gen)
 
@@ -376,8 +374,8 @@ class SearchEngine:
             cand, res = top
             best[key] = (cand.id, res.score)
             if self.config.require_speedup and res.speedup is not None and res.speedup < SCREEN_FLOOR:
-                # Re-measuring costs a worker ~20 s per spec; a screening speedup this far below 1 cannot clear
-                # 1 + spread on re-measurement, so the spec keeps its SDPA fallback without one.
+                # Re-measuring costs a worker 10-100 s per spec (H100); a screening speedup this far below 1 cannot
+                # clear 1 + spread on re-measurement, so the spec keeps its SDPA fallback without one.
                 rejected[key] = f"best screening speedup {res.speedup:.3f}x < {SCREEN_FLOOR}: not re-measured"
                 continue
             winners.append(cand)
@@ -434,8 +432,13 @@ class SearchEngine:
         used = self._spent_before + (self.clock() - self._segment_start)
         return max(0.0, self.config.budget_s - used)
 
-    def _slice_over(self) -> bool:
-        return self._slice_end is not None and self.clock() >= self._slice_end
+    def _time_up(self) -> str | None:
+        """"budget" when the run's wall-clock budget is spent, "slice" when this call's slice is over, else None."""
+        if self._budget_left() == 0.0:
+            return "budget"
+        if self._slice_end is not None and self.clock() >= self._slice_end:
+            return "slice"
+        return None
 
     def _best_scores(self) -> dict[str, float]:
         out = {}
