@@ -138,3 +138,42 @@ def test_baseline_names() -> None:
     x = make_inputs(spec, seed=0)
     # forced CUDA backends do not run on CPU: dropped, not raised
     assert list(bench.available_baselines(spec, "cpu", x.q, x.k, x.v, x.mask, names=("sdpa", "sdpa_cudnn"))) == ["sdpa"]
+
+
+def test_training_specs_time_forward_plus_backward_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training spec's speedup compares training steps: the candidate's forward + Triton backward against the
+    built-in's forward + autograd backward (timing a forward alone would tune training kernels for the wrong
+    objective). Checked in-process on the CPU interpreter, where the numbers are informative only."""
+    from avo_inductor.kernels.render import default_genome
+    from avo_inductor.search import correctness, evaluate
+    from avo_inductor.search.operators import candidate_id, genome_hash
+    from avo_inductor.search.types import Candidate
+
+    spec = AttentionSpec(1, 2, 1, 32, 32, 16, dtype="float32", causal=True, needs_grad=True)
+    genome = default_genome(spec)
+    cand = Candidate(candidate_id(spec, genome_hash(genome)), spec, genome=genome)
+    source, entry, bwd, launch = evaluate.materialize(cand)
+    calls = {"backward": 0, "baseline_grad": 0}
+    real_backward, real_step = correctness.launch.backward, bench.training_step
+
+    def counting_backward(*args, **kwargs):
+        calls["backward"] += 1
+        return real_backward(*args, **kwargs)
+
+    def counting_step(fn):
+        step = real_step(fn)
+
+        def run(*args):
+            calls["baseline_grad"] += 1
+            return step(*args)
+        return run
+
+    monkeypatch.setattr(correctness.launch, "backward", counting_backward)
+    monkeypatch.setattr(bench, "training_step", counting_step)
+    monkeypatch.setattr(evaluate, "_BASELINES", {})
+    job = {"candidate": cand.to_dict(), "source": source, "entry_point": entry, "bwd_entry_point": bwd,
+           "launch": launch, "until": None, "promotion": False, "quick": True, "seed": 3}
+    result = evaluate.run_cascade(job, lambda stage: None)
+    assert result.ok, result.message
+    assert result.extra["timed"] == "forward+backward" and result.speedup is not None and result.speedup > 0
+    assert calls["backward"] >= 2 and calls["baseline_grad"] >= 2  # both sides ran backward in the timed rounds

@@ -464,16 +464,28 @@ def baseline_fns(spec: AttentionSpec, device: torch.device | str,
     return {n: _per_mask(lambda m, n=n: builtin_baseline(n, spec, m, device)) for n in names}
 
 
+def training_step(fn: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``fn(q, k, v, mask) -> out`` as a training step runs it: ``step(q, k, v, mask, do) -> (dq, dk, dv)``, the
+    forward and its autograd backward (q, k, v must require grad). ``autograd.grad`` returns fresh gradients
+    instead of accumulating into ``.grad``, so every call does the same work."""
+    def step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+             do: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(fn(q, k, v, mask), (q, k, v), do)
+    return step
+
+
 def available_baselines(spec: AttentionSpec, device: torch.device | str, q: torch.Tensor, k: torch.Tensor,
-                        v: torch.Tensor, mask: torch.Tensor | None,
-                        names: Sequence[str] | None = None) -> dict[str, Callable[..., torch.Tensor]]:
-    """The baselines that run on this device for this spec (each called once; failures dropped)."""
+                        v: torch.Tensor, mask: torch.Tensor | None, names: Sequence[str] | None = None, *,
+                        do: torch.Tensor | None = None) -> dict[str, Callable[..., Any]]:
+    """The baselines that run on this device for this spec (each called once; failures dropped). With ``do``
+    (training specs; q, k, v requiring grad) they are ``training_step`` functions and must also run backward."""
     ok = {}
     for name, fn in baseline_fns(spec, device, names).items():
+        call = fn if do is None else training_step(fn)
         try:
-            fn(q, k, v, mask)
+            call(q, k, v, mask) if do is None else call(q, k, v, mask, do)
             _sync(torch.device(device))
-            ok[name] = fn
+            ok[name] = call
         except Exception:  # a backend that does not support this shape/device is simply not a baseline
             continue
     return ok

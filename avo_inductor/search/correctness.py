@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..kernels import launch
+from ..kernels import fallback, launch
 from ..kernels.reference import attention_reference, make_inputs, tolerance
 from ..spec import AttentionSpec
 
@@ -102,6 +102,19 @@ def run_forward(loaded: Any, spec: AttentionSpec, inputs: Any, out: torch.Tensor
     launch.forward(loaded.functions, loaded.launch, inputs.q, inputs.k, inputs.v, inputs.mask,
                    scale=spec.scale, causal=spec.causal, window=spec.window or 0, mask_kind=spec.mask.value,
                    out=out, lse=lse)
+
+
+def run_training_step(loaded: Any, spec: AttentionSpec, inputs: Any, out: torch.Tensor, lse: torch.Tensor,
+                      do: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Forward into ``out``/``lse``, then the candidate's Triton backward (the recompute fallback, as the op would
+    use, for kernels without one): what a training step costs with this kernel."""
+    run_forward(loaded, spec, inputs, out, lse)
+    args = dict(scale=spec.scale, causal=spec.causal, window=spec.window or 0, mask_kind=spec.mask.value)
+    if loaded.has_backward:
+        return launch.backward(loaded.functions, loaded.launch, do, inputs.q, inputs.k, inputs.v, out, lse,
+                               inputs.mask, **args)
+    return fallback.recompute_backward(do, inputs.q, inputs.k, inputs.v, inputs.mask, **{
+        **args, "scale": spec.effective_scale})[:3]
 
 
 def _alloc(spec: AttentionSpec, device: torch.device, fill: float) -> tuple[torch.Tensor, torch.Tensor]:

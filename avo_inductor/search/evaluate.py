@@ -21,7 +21,7 @@ CASCADE: tuple[Stage, ...] = (Stage.STATIC, Stage.COMPILE, Stage.CORRECT_SMALL, 
 # Errors after which a CUDA context may be poisoned: report, then let the sandbox restart the worker.
 _FATAL_MARKERS = ("illegal memory access", "CUDA error", "out of memory", "misaligned address", "unspecified launch",
                   "device-side assert", "AcceleratorError")
-_BASELINES: dict[str, tuple[str, dict[str, float]]] = {}  # worker-side: spec key -> (best baseline, ms by name)
+_BASELINES: dict[str, tuple[str, dict[str, float], str]] = {}  # worker-side: spec key -> (best, ms by name, method)
 
 
 class StageError(Exception):
@@ -124,13 +124,14 @@ def run_cascade(job: dict[str, Any], progress: Callable[[str], None]) -> EvalRes
         timing = _time(loaded, target, device, rng, promotion=bool(job.get("promotion")), quick=bool(job.get("quick")))
         metrics.update({k: timing[k] for k in ("median_ms", "baseline_ms", "baseline", "speedup", "spread")})
         extra.update(baselines_ms=timing["baselines_ms"], wall_ms=timing["wall_ms"], timing_method=timing["method"],
-                     informative_only=on_cpu, timed_shape=target.to_dict())
+                     informative_only=on_cpu, timed_shape=target.to_dict(), timed=timing["timed"])
         stage = Stage.PLAUSIBILITY
         progress(stage.value)
         # The cuDNN ratio means something only where cuDNN does the same work and was timed the same way.
         comparable = bench.same_work_as_cudnn(target) and timing["baselines_method"] == timing["method"]
         cudnn_ms = timing["baselines_ms"].get("sdpa_cudnn") if comparable else None
-        verdict = bench.check_plausibility(target.flops(), timing["median_ms"], hardware.name, spec.dtype, cudnn_ms)
+        verdict = bench.check_plausibility(target.flops(backward=spec.needs_grad), timing["median_ms"], hardware.name,
+                                           spec.dtype, cudnn_ms)
         metrics["tflops"] = verdict.tflops
         # Events miss work that the wall clock sees. Graph-timed (launch-bound) candidates are instead checked by
         # replaying the timed graph (_check_replay): their wall clock is mostly the Python launcher's overhead.
@@ -198,34 +199,49 @@ def _check_replay(graph: Any, outs: list[Any], expected: list[Any], spec: Attent
 
 
 def _time(loaded: Any, spec: AttentionSpec, device: Any, rng: random.Random, *, promotion: bool, quick: bool) -> dict[str, Any]:
-    """Candidate vs the best built-in baseline, interleaved in this process over rotated input buffers."""
+    """Candidate vs the best built-in baseline, interleaved in this process over rotated input buffers.
+
+    Training specs (``needs_grad``) time a training step on both sides: the candidate's forward + backward
+    against each built-in's forward + autograd backward; forward-only specs time the forward."""
+    import torch
+
     from ..kernels.reference import make_inputs
     from . import bench, correctness
 
     cpu = device.type == "cpu"
+    training = spec.needs_grad
     n_sets = 2 if cpu else 3
     sets = [make_inputs(spec, device, seed=rng.getrandbits(62)) for _ in range(n_sets)]
     outs = [correctness._alloc(spec, device, 0.0) for _ in range(n_sets)]
-    cand = bench.Rotating(lambda x, o: correctness.run_forward(loaded, spec, x, o[0], o[1]), list(zip(sets, outs)))
-    q, k, v, m = sets[0].q, sets[0].k, sets[0].v, sets[0].mask
+    if training:
+        dos = [torch.randn_like(o) for o, _ in outs]
+        cand = bench.Rotating(lambda x, o, do: correctness.run_training_step(loaded, spec, x, o[0], o[1], do),
+                              list(zip(sets, outs, dos)))
+        leaves = [[t.detach().requires_grad_(True) for t in (x.q, x.k, x.v)] for x in sets]
+        base_args = [(*qkv, x.mask, do) for qkv, x, do in zip(leaves, sets, dos)]
+    else:
+        cand = bench.Rotating(lambda x, o: correctness.run_forward(loaded, spec, x, o[0], o[1]), list(zip(sets, outs)))
+        base_args = [(x.q, x.k, x.v, x.mask) for x in sets]
     key = spec.cache_key() + str(device)
-    graphed = bench.graph_timed(spec)
+    graphed = bench.graph_timed(spec) and not training
     if key not in _BASELINES:
-        available = bench.available_baselines(spec, device, q, k, v, m)
-        fns = {n: bench.Rotating(f, [(x.q, x.k, x.v, x.mask) for x in sets]) for n, f in available.items()}
+        available = bench.available_baselines(spec, device, *base_args[0][:4], do=base_args[0][4] if training else None)
+        fns = {n: bench.Rotating(f, base_args) for n, f in available.items()}
         all_t = bench.time_interleaved(fns, device, rounds=2 if cpu else 3, cpu_reps=1, use_graphs=graphed)
         best = min(all_t, key=lambda n: all_t[n].median_ms)
         _BASELINES[key] = (best, {n: t.median_ms for n, t in all_t.items()}, all_t[best].method)
     best, baselines_ms, baselines_method = _BASELINES[key]
-    base = bench.Rotating(bench.baseline_fns(spec, device)[best], [(x.q, x.k, x.v, x.mask) for x in sets])
+    best_fn = bench.baseline_fns(spec, device)[best]
+    base = bench.Rotating(bench.training_step(best_fn) if training else best_fn, base_args)
     # CPU: two rounds only, the interpreter's numbers say nothing about a GPU and each run costs ~1 s.
     # GPU: 5 rounds of do_bench; on the H100 (torch 2.11, triton 3.6) the round-to-round spread of a flash_v1
     # candidate at (4,16,16,2048,64 causal bf16) was 9-12%, so promotion needs a gain larger than that.
     rounds = 2 if cpu else (5 * (2 if promotion else 1) // (2 if quick and not promotion else 1))
     expected = []
-    for x, (out, lse) in zip(sets, outs):
-        correctness.run_forward(loaded, spec, x, out, lse)
-        expected.append(out.clone())
+    if graphed:
+        for x, (out, lse) in zip(sets, outs):
+            correctness.run_forward(loaded, spec, x, out, lse)
+            expected.append(out.clone())
     graphs: dict[str, Any] = {}
     t = bench.time_interleaved({"candidate": cand, best: base}, device, rounds=max(2, rounds), cpu_reps=1,
                                use_graphs=graphed, graphs=graphs)
@@ -235,7 +251,8 @@ def _time(loaded: Any, spec: AttentionSpec, device: Any, rng: random.Random, *, 
     wall = c.median_ms if cpu else bench.wall_ms_per_call(cand, device, calls=20)
     return {"median_ms": c.median_ms, "baseline_ms": b.median_ms, "baseline": best, "speedup": b.median_ms / c.median_ms,
             "spread": max(c.spread, b.spread), "baselines_ms": {**baselines_ms, best: b.median_ms},
-            "wall_ms": wall, "method": c.method, "baselines_method": baselines_method}
+            "wall_ms": wall, "method": c.method, "baselines_method": baselines_method,
+            "timed": "forward+backward" if training else "forward"}
 
 
 def handle_request(message: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
