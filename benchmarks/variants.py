@@ -4,9 +4,14 @@ The built-ins are the search's own (``avo_inductor.search.bench.builtin_baseline
 
 The search explores genomes automatically; this is the quick look a template author takes before a campaign
 (does a new knob compile on this GPU, which tiles are in the running). Each variant's output is checked
-against SDPA before it is timed; a variant that fails to compile or disagrees is reported, not timed.
+against SDPA before it is timed; a variant that fails to compile is reported, not timed, and one that disagrees
+is timed with the disagreement in a "<name> check" column beside it.
+With --training every provider runs a training step (forward + autograd backward; avo through the kernel's
+own Triton backward) and its gradients are checked against SDPA's; TFLOP/s then count the backward as 2.5x the
+forward, as ANCHORS.md does.
 Usage: python benchmarks/variants.py [--specs "4,32,32,4096,128,causal;..."] [--variants '{"name": {...}}']
-Prints TFLOP/s per spec x provider and writes variants.csv under --out.
+       [--training]   (--variants @benchmarks/variant_sets/hopper-bwd.json reads the set from a file)
+Prints TFLOP/s per spec x provider and writes variants.csv (variants-training.csv) under --out.
 """
 from __future__ import annotations
 
@@ -57,49 +62,68 @@ def variant_fn(spec: AttentionSpec, overrides: dict[str, Any], hardware: Hardwar
     return run
 
 
-def measure(spec: AttentionSpec, variants: dict[str, dict[str, Any]], hardware: HardwareKey) -> dict[str, Any]:
+def _as_step(fn: Callable[..., torch.Tensor], do: torch.Tensor | None) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """fn(q, k, v) as what is timed and checked: the output alone, or (dq, dk, dv) of a training step."""
+    if do is None:
+        return lambda q, k, v: (fn(q, k, v),)
+    return lambda q, k, v: torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+
+
+def _disagreement(got: tuple[torch.Tensor, ...], expected: tuple[torch.Tensor, ...], atol: float,
+                  rtol: float) -> str | None:
+    for name, g, e in zip(("out",) if len(got) == 1 else ("dq", "dk", "dv"), got, expected):
+        if not torch.allclose(g.float(), e, atol=atol, rtol=rtol):
+            return f"err: {name} max abs diff {(g.float() - e).abs().max().item():.3g} vs SDPA"
+    return None
+
+
+def measure(spec: AttentionSpec, variants: dict[str, dict[str, Any]], hardware: HardwareKey,
+            training: bool = False) -> dict[str, Any]:
     """TFLOP/s per provider for ``spec`` ("err: ..." cells for variants that fail or disagree with SDPA)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     x = make_inputs(spec, device, seed=0)
-    q, k, v = x.q, x.k, x.v
-    row: dict[str, Any] = {"spec": spec.short()}
-    providers: dict[str, Callable[..., torch.Tensor]] = {}
+    q, k, v = (t.requires_grad_(training) for t in (x.q, x.k, x.v))
+    do = torch.randn_like(q[..., : spec.v_head_dim]) if training else None
+    row: dict[str, Any] = {"spec": spec.short() + (" train" if training else "")}
+    providers: dict[str, Callable[..., tuple[torch.Tensor, ...]]] = {}
     for name in ("sdpa_cudnn", "flex") if device.type == "cuda" else ("sdpa", "flex"):
         try:
-            fn = bench.builtin_baseline(name, spec, None, device)
-            fn(q, k, v)
-            providers[name] = fn
+            step = _as_step(bench.builtin_baseline(name, spec, None, device), do)
+            step(q, k, v)
+            providers[name] = step
         except Exception as exc:  # a backend this build/device lacks: report, keep going
             row[name] = f"err: {type(exc).__name__}"
-    expected = bench.builtin_baseline("sdpa", spec, None, device)(q, k, v).float()
-    atol, rtol = tolerance(spec.dtype)
+    expected = tuple(t.float() for t in _as_step(bench.builtin_baseline("sdpa", spec, None, device), do)(q, k, v))
+    atol, rtol = tolerance(spec.dtype, grad=training)
     for name, overrides in variants.items():
         try:
-            fn = variant_fn(spec, overrides, hardware)
-            got = fn(q, k, v).float()
-            if not torch.allclose(got, expected, atol=atol, rtol=rtol):
-                row[name] = f"err: max abs diff {(got - expected).abs().max().item():.3g} vs SDPA"
-                continue
-            providers[name] = fn
+            step = _as_step(variant_fn(spec, overrides, hardware), do)
+            problem = _disagreement(step(q, k, v), expected, atol, rtol)
+            if problem:  # still timed (a tolerance question must not cost the sweep), but flagged beside it
+                row[f"{name} check"] = problem
+            providers[name] = step
         except Exception as exc:
             row[name] = f"err: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
-    for name, fn in providers.items():
-        ms = time_ms(lambda fn=fn: fn(q, k, v))
-        row[name] = round(spec.flops() / ms / 1e9, 1)
+    for name, step in providers.items():
+        ms = time_ms(lambda step=step: step(q, k, v))
+        row[name] = round(spec.flops(backward=training) / ms / 1e9, 1)
     return row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", default=DEFAULT_SPECS)
-    parser.add_argument("--variants", help="JSON object: name -> genome fields over the default genome")
+    parser.add_argument("--variants", help="JSON object: name -> genome fields over the default genome, or "
+                                           "@FILE holding one (benchmarks/variant_sets/)")
+    parser.add_argument("--training", action="store_true", help="time forward + backward, check gradients")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    variants = json.loads(args.variants) if args.variants else DEFAULT_VARIANTS
+    text = args.variants or ""
+    variants = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text) if text else DEFAULT_VARIANTS
     hardware = HardwareKey.current()
-    rows = [measure(parse_spec(s), variants, hardware) for s in args.specs.split(";") if s.strip()]
+    rows = [measure(parse_spec(s), variants, hardware, args.training) for s in args.specs.split(";") if s.strip()]
     out = args.out or RESULTS / gpu_slug()
-    write_csv(out / "variants.csv", rows)
+    write_csv(out / ("variants-training.csv" if args.training else "variants.csv"), rows)
     print_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
     return 0
 

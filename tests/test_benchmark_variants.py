@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_variants_table_checks_each_variant_and_reports_failures(tmp_path: Path) -> None:
-    variants = {"default": {}, "tiles-16x32": {"block_n": 32}, "tma": {"use_tma": True}}
+    variants = {"default": {}, "tiles-16x32": {"block_n": 32}, "v9": {"template": "flash_v9"}}
     env = {**os.environ, "TRITON_INTERPRET": "1", "AVO_CACHE_DIR": str(tmp_path / "store")}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--specs", "1,2,2,40,16,causal",
                            "--variants", json.dumps(variants), "--out", str(tmp_path)],
@@ -22,5 +22,19 @@ def test_variants_table_checks_each_variant_and_reports_failures(tmp_path: Path)
     (row,) = list(csv.DictReader(open(tmp_path / "variants.csv")))
     assert row["spec"].startswith("1,2,2,40,40,16")
     assert float(row["default"]) >= 0 and float(row["tiles-16x32"]) >= 0  # checked against SDPA, then timed
-    assert row["tma"].startswith("err: ValueError") and "use_tma" in row["tma"]
+    assert row["v9"].startswith("err: ValueError") and "flash_v9" in row["v9"]
     assert "sdpa" in row
+
+
+def test_variants_training_checks_gradients(tmp_path: Path) -> None:
+    """--training: each provider runs forward + backward, gradients checked against SDPA's, timed as 3.5x FLOPs."""
+    variants = {"default": {}, "transposed": {"bwd_transposed": True, "heavy_first": True}}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "AVO_CACHE_DIR": str(tmp_path / "store")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--specs", "1,2,2,33,16,causal",
+                           "--variants", json.dumps(variants), "--training", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = list(csv.DictReader(open(tmp_path / "variants-training.csv")))
+    assert row["spec"].endswith(" train")
+    assert float(row["default"]) >= 0 and float(row["transposed"]) >= 0  # timed (interpreter: ~0 TFLOP/s)
+    assert not any(key.endswith(" check") for key in row), row  # gradients agree with SDPA's

@@ -41,6 +41,12 @@ GRID = [
     (32, 8, 1, 8192, 128, 128, False, None, "none", {}),
     (8, 2, 5, 1000, 72, 72, True, None, "alibi", {}),
     (8, 1, 113, 1000, 40, 40, True, 64, "bias", {"pack_gqa": True, "persistent": True}),
+    # K/V through TMA tensor descriptors; heaviest causal tiles first; the tutorial-shaped backward
+    (8, 8, 1000, 1000, 128, 128, True, None, "none", {"use_tma": True, "heavy_first": True}),
+    (8, 2, 113, 1000, 64, 64, False, None, "bias", {"use_tma": True}),
+    (32, 8, 1, 8192, 128, 128, False, None, "none", {"use_tma": True}),
+    (8, 8, 1000, 1000, 128, 128, True, None, "none", {"bwd_transposed": True, "bwd_dq_swap": True, "bwd_block_m": 32,
+                                                      "bwd_block_n": 128, "bwd_num_warps": 4, "bwd_num_stages": 3}),
 ]
 
 
@@ -70,9 +76,11 @@ def test_gpu_forward_backward_bf16(hq, hkv, nq, nk, d, dv, causal, window, mask,
         torch.testing.assert_close(g.double(), r, atol=gatol, rtol=grtol)
 
 
-def test_gpu_verify_baseline_and_compiled_op():
+@pytest.mark.parametrize("knobs", [{}, {"use_tma": True, "heavy_first": True, "bwd_transposed": True}])
+def test_gpu_verify_baseline_and_compiled_op(knobs):
+    """Verified, then inlined by Inductor (whose launcher installs the scratch allocator TMA descriptors need)."""
     spec = AttentionSpec(2, 8, 2, 1000, 1000, 128, dtype="bfloat16", causal=True, needs_grad=True)
-    rec = baseline_record(spec)
+    rec = baseline_record(spec, genome=default_genome(spec, HardwareKey.current()).replace(**knobs))
     report = verify_record(rec, "cuda")
     assert report.ok, report.problems
     kid = register_kernel(rec)

@@ -35,6 +35,11 @@ CASES = [
     (2, 2, 32, 48, 32, 32, "float16", True, None, "alibi", {"even_fast_path": True, "persistent": True}),
     (2, 2, 32, 32, 192, 192, "float16", True, None, "none", {"block_m": 32}),  # even lengths, d=192
     (2, 2, 17, 17, 224, 16, "float32", False, None, "none", {"exp2": False, "lazy_rescale": True}),
+    # K/V through tensor descriptors (rows past N_KV read as zero), heaviest causal tiles first
+    (4, 2, 17, 113, 40, 40, "float16", True, None, "none", {"use_tma": True}),
+    (2, 1, 113, 1000, 72, 72, "bfloat16", True, 100, "bias", {"use_tma": True, "heavy_first": True}),
+    (2, 2, 1, 70, 32, 24, "float16", False, None, "padding", {"use_tma": True, "kv_splits": 4}),
+    (2, 2, 113, 17, 64, 64, "bfloat16", True, None, "alibi", {"heavy_first": True, "persistent": True}),
 ]
 
 
@@ -64,6 +69,7 @@ PACKED_CASES = [
                                                                   "persistent": True}),
     (4, 2, 8, 64, 32, 32, "float16", False, None, "none", {"even_fast_path": True}),  # rows 16: EVEN_M, nq 8 is not
     (8, 2, 16, 48, 16, 16, "bfloat16", True, None, "none", {"even_fast_path": True, "block_m": 64}),
+    (4, 1, 17, 113, 40, 40, "float16", True, None, "bool", {"use_tma": True, "heavy_first": True}),
 ]
 
 
@@ -184,7 +190,8 @@ def test_render_marks_evolve_block_and_knobs():
 
 
 @pytest.mark.parametrize("genome,spec_kw,match", [
-    (KernelGenome(use_tma=True), {}, "use_tma"),
+    (KernelGenome(use_tma=True), {"dtype": "float32"}, "use_tma"),
+    (KernelGenome(use_tma=True), {"dtype": "float16", "head_dim": 36}, "16-byte rows"),
     (KernelGenome(template="flash_v9"), {}, "template"),
     (KernelGenome(), {"dropout_p": 0.1}, "dropout"),
     (KernelGenome(), {"head_dim": 320}, "head dim"),

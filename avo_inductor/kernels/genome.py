@@ -26,6 +26,7 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "lazy_rescale": (False, True),
     "kv_splits": (1, 2, 4, 8, 16, 32, 64),
     "pack_gqa": (False, True),
+    "heavy_first": (False, True),
     "bwd_block_m": (16, 32, 64, 128),
     "bwd_block_n": (16, 32, 64, 128),
     "bwd_num_warps": (2, 4, 8),
@@ -42,7 +43,8 @@ class KernelGenome:
     block_m/block_n: query/key tile sizes. num_warps/num_stages: launch config (stages = software pipelining).
     exp2: softmax in base 2 with log2(e) folded into the scale. causal_split: causal loop split into
     unmasked full blocks + masked diagonal blocks. even_fast_path: drop boundary masks when lengths divide the
-    tiles. persistent: one program per SM looping over tiles. use_tma: tensor descriptors (Hopper+).
+    tiles. persistent: one program per SM looping over tiles. use_tma: the forward reads K/V tiles through
+    device-side tensor descriptors (Hopper's TMA copy engine; the launcher makes K/V rows 16-byte aligned).
     warp_specialize: Triton's automatic warp specialization of the key loop (producer warps load K/V while
     consumer warps compute; Hopper+, where the compiler supports it for the loop body).
     lazy_rescale: rescale the accumulator only when the running max grows by more than a threshold.
@@ -50,6 +52,8 @@ class KernelGenome:
     pack_gqa: forward only (GQA/MQA): the GROUP q heads sharing a kv head share one program, packed into the rows
     of its query tile (row r = query position r // GROUP of head-in-group r % GROUP), so each K/V block is read
     once per group instead of once per q head (FlashAttention-3's PackGQA; decode's win).
+    heavy_first: causal forward and dq kernels visit each head's query tiles in reverse, so the tiles with the most
+    key blocks start first and the last wave holds the light ones (FlashAttention-2's scheduling).
     bwd_*: the same for the backward kernels; bwd_transposed: dK/dV from S^T = K Q^T (no register transposes,
     the Triton tutorial's form); bwd_dq_swap: the dq kernel takes the tiles swapped (large query tile). template: which template family renders the source.
     """
@@ -67,6 +71,7 @@ class KernelGenome:
     lazy_rescale: bool = False
     kv_splits: int = 1
     pack_gqa: bool = False
+    heavy_first: bool = False
     bwd_block_m: int = 32
     bwd_block_n: int = 64
     bwd_num_warps: int = 4

@@ -71,7 +71,8 @@ class LaunchConfig:
     """A record's ``launch`` dict, validated: tiles, warps, stages, split count, the grid rule names, whether
     the forward packs GQA groups into its row tiles (``pack_gqa``) and whether the dq kernel takes the
     backward tiles swapped (``bwd_dq_swap``: dq tiles (BWD_BLOCK_N, BWD_BLOCK_M), the Triton tutorial's large
-    query tile for dq and large key tile for dk/dv); both optional, default false."""
+    query tile for dq and large key tile for dk/dv) and whether the forward reads K/V through tensor descriptors
+    (``tma``: the launcher hands it 16-byte aligned rows and a scratch allocator); all optional, default false."""
 
     grid: str = "fwd"
     block_m: int = 64
@@ -87,6 +88,7 @@ class LaunchConfig:
     bwd_num_stages: int = 2
     pack_gqa: bool = False
     bwd_dq_swap: bool = False
+    tma: bool = False
 
     def __post_init__(self) -> None:
         if self.grid not in GRID_RULES or self.bwd_grid not in BWD_GRID_RULES:
@@ -97,7 +99,7 @@ class LaunchConfig:
                 raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
         if (self.grid == "fwd") != (self.kv_splits == 1) and self.grid != "persistent":
             raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
-        for name in ("pack_gqa", "bwd_dq_swap"):
+        for name in ("pack_gqa", "bwd_dq_swap", "tma"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"launch {name} must be a bool; got {getattr(self, name)!r}")
 
@@ -107,7 +109,7 @@ class LaunchConfig:
                 "num_stages": "num_stages", "kv_splits": "kv_splits", "even_fast_path": "even_fast_path",
                 "bwd_grid": "bwd_grid", "BWD_BLOCK_M": "bwd_block_m", "BWD_BLOCK_N": "bwd_block_n",
                 "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages", "pack_gqa": "pack_gqa",
-                "bwd_dq_swap": "bwd_dq_swap"}
+                "bwd_dq_swap": "bwd_dq_swap", "tma": "tma"}
         unknown = set(launch) - set(keys)
         if unknown:
             raise ValueError(f"unknown launch key(s) {sorted(unknown)}; known {sorted(keys)}")
@@ -147,6 +149,33 @@ def _launch(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Non
         fn[grid](**kwargs)
     else:
         torch.library.wrap_triton(fn)[grid](**kwargs)
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Triton's global-scratch allocator (device-side tensor descriptors live there): Inductor installs its own
+    when it launches; direct launches need this one."""
+    return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _descriptor_ready(t: torch.Tensor) -> bool:
+    """TMA's rules for a (B, H, N, D) operand read as (N, D) tiles: unit last stride, 16-byte aligned row stride
+    and base (a fake tensor under tracing has no address; Inductor's buffers and views of them are aligned)."""
+    size = t.element_size()
+    if t.stride(3) != 1 or not _known_multiple(t.stride(2) * size, 16):
+        return False
+    fake = type(t) is not torch.Tensor
+    return fake or t.data_ptr() % 16 == 0
+
+
+def _for_descriptors(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when descriptors can read it, else a contiguous copy (a fresh allocation is aligned)."""
+    if _descriptor_ready(t):
+        return t
+    t = t.clone(memory_format=torch.contiguous_format)
+    if not _descriptor_ready(t):
+        raise ValueError(f"tensor-descriptor kernels need 16-byte rows; head dim {t.shape[3]} of {t.dtype} has "
+                         f"{t.shape[3] * t.element_size()} bytes")
+    return t
 
 
 def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_kv: Any) -> tuple[torch.Tensor, tuple[Any, ...], int]:
@@ -223,6 +252,11 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         lse = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
     m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
     sc = _scalars(q, k, v, scale, causal, window, mask_kind)
+    if cfg.tma:
+        import triton
+
+        k, v = _for_descriptors(k), _for_descriptors(v)
+        triton.set_allocator(_scratch)  # a context variable: set on every call, whichever thread launches
     splits = cfg.kv_splits
     even = cfg.even_fast_path
     if splits > 1:

@@ -1,10 +1,12 @@
 """KernelGenome -> Triton source + launch config (the only place knobs turn into code).
 
-Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, bwd_transposed, pack_gqa)
+Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, bwd_transposed, pack_gqa,
+heavy_first, use_tma)
 become module constants of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py);
 launch-level knobs (tiles, warps, stages, kv_splits, even_fast_path, grid rule, bwd_dq_swap, and pack_gqa again,
-since it changes the grid) go into ``launch`` for the trusted launcher. A knob the template cannot honour
-(use_tma, other templates, dropout) raises ValueError instead of being silently ignored.
+since it changes the grid, and use_tma again, since the launcher must align K/V for descriptors) go into ``launch``
+for the trusted launcher. A knob the template cannot honour (other templates, dropout) raises ValueError instead
+of being silently ignored.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def _constants_block(genome: KernelGenome) -> str:
     values = {"USE_EXP2": genome.exp2, "CAUSAL_SPLIT": genome.causal_split,
               "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
               "WARP_SPECIALIZE": genome.warp_specialize, "BWD_TRANSPOSED": genome.bwd_transposed,
-              "PACK_GQA": genome.pack_gqa}
+              "PACK_GQA": genome.pack_gqa, "HEAVY_FIRST": genome.heavy_first, "USE_TMA": genome.use_tma}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
@@ -62,8 +64,9 @@ def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
     """Raise ValueError naming the first knob or spec field flash_v1 cannot honour."""
     if genome.template not in TEMPLATES:
         raise ValueError(f"unknown kernel template {genome.template!r}; available: {TEMPLATES}")
-    if genome.use_tma:
-        raise ValueError("use_tma=True is not implemented by template flash_v1 (no tensor-descriptor path yet)")
+    if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or spec.head_dim % 8 or (spec.v_head_dim or 0) % 8):
+        raise ValueError(f"use_tma needs 16-bit q/k/v with head dims divisible by 8 (16-byte rows); got {spec.dtype}, "
+                         f"{spec.head_dim}/{spec.v_head_dim}")
     if spec.dropout_p > 0:
         raise ValueError(f"dropout (p={spec.dropout_p}) is not implemented by avo kernels")
     if max(spec.head_dim, spec.v_head_dim or 0) > MAX_HEAD_DIM:
@@ -94,6 +97,7 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
         "kv_splits": genome.kv_splits,
         "even_fast_path": genome.even_fast_path,
         "pack_gqa": genome.pack_gqa,
+        "tma": genome.use_tma,
         "bwd_grid": "bwd",
         "BWD_BLOCK_M": genome.bwd_block_m,
         "BWD_BLOCK_N": genome.bwd_block_n,

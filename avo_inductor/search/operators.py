@@ -43,7 +43,7 @@ def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict
             allowed = tuple(v for v in values if v <= max_n)
         elif knob == "kv_splits":
             allowed = tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
-        elif knob == "causal_split" and not (spec.causal or spec.window):
+        elif knob in ("causal_split", "heavy_first") and not (spec.causal or spec.window):
             continue
         elif knob == "pack_gqa":
             allowed = values if gqa else (False,)
@@ -132,7 +132,7 @@ def crossover(a: KernelGenome, b: KernelGenome, spec: AttentionSpec, rng: random
 
 
 def renderable(genome: KernelGenome, spec: AttentionSpec) -> bool:
-    """True when the template can render ``genome`` for ``spec`` (e.g. use_tma is not implemented yet).
+    """True when the template can render ``genome`` for ``spec`` (e.g. not a head dim above 256).
 
     Asks ``kernels.render.check_renderable``; if that module is unavailable every genome counts as renderable
     and the evaluator's compile stage reports the problem instead."""

@@ -1,7 +1,7 @@
 """flash_v1 backward: delta = rowsum(o * do), then dk/dv per key tile (GQA group summed in-kernel) and dq per query tile.
 
 Rendered after flash_v1_fwd.py into one module (it reuses _dot, _load_tile, _apply_masks, _kv_range and the
-genome constants). ABI in avo_inductor/kernels/launch.py. Two kernels instead of dq atomics: deterministic
+genome constants). CAUSAL_SPLIT splits both kernels' loops, as the forward's: full tiles skip the causal test. ABI in avo_inductor/kernels/launch.py. Two kernels instead of dq atomics: deterministic
 and no fp32 scratch for dq. The bias is treated as a non-differentiable constant (no dbias here).
 """
 import triton
@@ -45,45 +45,45 @@ def _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope,
 
 
 @triton.jit
-def _dkdv_transposed(dk, dv, Q, DO, LSE, DELTA, MASK, K_base, V_base, off_b, off_kvh, offs_n, offs_d, offs_dv, lo, hi,
-                     stride_qb, stride_qh, stride_qm, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd,
-                     stride_dob, stride_doh, stride_dom, stride_dod, stride_mb, stride_mh, stride_mm, stride_mn,
-                     H_Q, GROUP, N_Q, N_KV, window, qk_scale,
-                     HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                     MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
-    """dK/dV from S^T = K Q^T (BN, BM), as the Triton tutorial's backward: P^T and dS^T are produced in the
-    orientation their matmuls consume, so no computed tile is transposed in registers (only loaded Q and dO
-    tiles, which the compiler transposes for free in shared memory)."""
-    k = _load_tile(K_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                   offs_n, offs_d, N_KV, HEAD_DIM, not EVEN_N, HEAD_DIM != BLOCK_D)
-    v = _load_tile(V_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                   offs_n, offs_dv, N_KV, V_HEAD_DIM, not EVEN_N, V_HEAD_DIM != BLOCK_DV)
-    for g in range(GROUP):
-        off_h = off_kvh * GROUP + g
-        M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
-        row_base = (off_b * H_Q + off_h) * N_Q
-        for start_m in range(lo, hi, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            qt = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[None, :] * stride_qm
-                            + offs_d[:, None] * stride_qd, offs_d, offs_m, HEAD_DIM, N_Q, HEAD_DIM != BLOCK_D,
-                            not EVEN_M)
-            do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
-                            + offs_dv[None, :] * stride_dod, offs_m, offs_dv, N_Q, V_HEAD_DIM, not EVEN_M,
-                            V_HEAD_DIM != BLOCK_DV)
-            st = _dot(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)) * qk_scale
+def _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE_row, DELTA_row, M_base, slope, offs_n, offs_d, offs_dv,
+                lo, hi, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mn, N_Q, N_KV, window,
+                qk_scale, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr,
+                APPLY_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, CHECK_M: tl.constexpr, CHECK_N: tl.constexpr):
+    """dK/dV of one key tile from query rows [lo, hi) of one q head. k_op/v_op are the tile's K and V as (BN, D)
+    with BWD_TRANSPOSED, else K^T and V^T (D, BN). BWD_TRANSPOSED works on S^T = K Q^T (BN, BM), the Triton
+    tutorial's form: P^T and dS^T come out in the orientation their matmuls consume, so no computed tile is
+    transposed in registers (only loaded Q and dO tiles, which the compiler transposes for free in shared memory).
+    Rows past N_Q load lse = +inf and contribute nothing; keys past N_KV only touch dk/dv rows never stored."""
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        do = _load_tile(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                        offs_m, offs_dv, N_Q, V_HEAD_DIM, CHECK_M, V_HEAD_DIM != BLOCK_DV)
+        delta = tl.load(DELTA_row + offs_m, mask=offs_m < N_Q, other=0.0)
+        if BWD_TRANSPOSED:
+            qt = _load_tile(Q_head + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
+                            offs_d, offs_m, HEAD_DIM, N_Q, HEAD_DIM != BLOCK_D, CHECK_M)
+            st = _dot(k_op, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)) * qk_scale
             st = _mask_scores(st, offs_m[None, :], offs_n[:, None], M_base, stride_mm, stride_mn, slope, N_Q, N_KV,
-                              window, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
-            lse = tl.load(LSE + row_base + offs_m, mask=offs_m < N_Q, other=float("inf"))
+                              window, MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+            lse = tl.load(LSE_row + offs_m, mask=offs_m < N_Q, other=float("inf"))
             if USE_EXP2:
                 pt = tl.math.exp2(st - lse[None, :] * LOG2E)
             else:
                 pt = tl.exp(st - lse[None, :])
             dv = _dot(pt.to(do.dtype), do, dv)
-            dpt = _dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
-            delta = tl.load(DELTA + row_base + offs_m, mask=offs_m < N_Q, other=0.0)
+            dpt = _dot(v_op, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
             dst = pt * (dpt - delta[None, :])
             dk = _dot(dst.to(qt.dtype), tl.trans(qt), dk)
+        else:
+            q = _load_tile(Q_head + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                           offs_m, offs_d, N_Q, HEAD_DIM, CHECK_M, HEAD_DIM != BLOCK_D)
+            p = _probs(q, k_op, LSE_row, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                       qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+            dv = _dot(tl.trans(p.to(do.dtype)), do, dv)
+            dp = _dot(do, v_op, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+            ds = p * (dp - delta[:, None])
+            dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
     return dk, dv
 
 
@@ -97,7 +97,8 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
                   HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                   MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
-    """One program per (key tile, batch * kv head): loops over the GROUP q heads sharing this kv head."""
+    """One program per (key tile, batch * kv head): loops over the GROUP q heads sharing this kv head. The natural
+    tile order is already heaviest first under a causal mask (early keys are seen by the most queries)."""
     pid_n = tl.program_id(0)
     bkv = tl.program_id(1).to(tl.int64)
     h_kv = H_Q // GROUP
@@ -121,43 +122,68 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
         lo = tl.maximum(lo, start_n - (N_KV - N_Q)) // BLOCK_M * BLOCK_M
     if HAS_WINDOW:
         hi = tl.minimum(hi, start_n + BLOCK_N - 1 - (N_KV - N_Q) + window)
+    # Rows from full_lo on see every key of the tile (i + off >= start_n + BLOCK_N - 1): no causal test there.
+    full_lo = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - (N_KV - N_Q), 0), BLOCK_M) * BLOCK_M
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
     if BWD_TRANSPOSED:
-        dk, dv = _dkdv_transposed(dk, dv, Q, DO, LSE, DELTA, MASK, K_base, V_base, off_b, off_kvh, offs_n, offs_d,
-                                  offs_dv, lo, hi, stride_qb, stride_qh, stride_qm, stride_qd, stride_kn, stride_kd,
-                                  stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod, stride_mb,
-                                  stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, window, qk_scale,
-                                  HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW,
-                                  MASK_KIND, EVEN_M, EVEN_N)
+        k_op = _load_tile(K_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                          offs_n, offs_d, N_KV, HEAD_DIM, not EVEN_N, HEAD_DIM != BLOCK_D)
+        v_op = _load_tile(V_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                          offs_n, offs_dv, N_KV, V_HEAD_DIM, not EVEN_N, V_HEAD_DIM != BLOCK_DV)
     else:
-        kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                        offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, not EVEN_N)
-        vt = _load_tile(V_base + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
-                        offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, not EVEN_N)
-        for g in range(GROUP):
-            off_h = off_kvh * GROUP + g
-            M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
-            LSE_base = LSE + (off_b * H_Q + off_h) * N_Q
-            for start_m in range(lo, hi, BLOCK_M):
-                offs_m = start_m + tl.arange(0, BLOCK_M)
-                q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm
-                               + offs_d[None, :] * stride_qd, offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M,
-                               HEAD_DIM != BLOCK_D)
-                do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom
-                                + offs_dv[None, :] * stride_dod, offs_m, offs_dv, N_Q, V_HEAD_DIM, not EVEN_M,
-                                V_HEAD_DIM != BLOCK_DV)
-                p = _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                           qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
-                dv = _dot(tl.trans(p.to(do.dtype)), do, dv)
-                dp = _dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-                delta = tl.load(DELTA + (off_b * H_Q + off_h) * N_Q + offs_m, mask=offs_m < N_Q, other=0.0)
-                ds = p * (dp - delta[:, None])
-                dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
+        k_op = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                          offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, not EVEN_N)
+        v_op = _load_tile(V_base + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                          offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, not EVEN_N)
+    for g in range(GROUP):
+        off_h = off_kvh * GROUP + g
+        M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
+        Q_head = Q + off_b * stride_qb + off_h * stride_qh
+        DO_head = DO + off_b * stride_dob + off_h * stride_doh
+        row = (off_b * H_Q + off_h) * N_Q
+        if IS_CAUSAL and CAUSAL_SPLIT:
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, offs_n,
+                                 offs_d, offs_dv, lo, full_lo, stride_qm, stride_qd, stride_dom, stride_dod,
+                                 stride_mm, stride_mn, N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                 BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_M, not EVEN_N)
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, offs_n,
+                                 offs_d, offs_dv, full_lo, hi, stride_qm, stride_qd, stride_dom, stride_dod,
+                                 stride_mm, stride_mn, N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                 BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, HAS_WINDOW, not EVEN_M, False)
+        else:
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, offs_n,
+                                 offs_d, offs_dv, lo, hi, stride_qm, stride_qd, stride_dom, stride_dod,
+                                 stride_mm, stride_mn, N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                 BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_M,
+                                 not EVEN_N)
     dk = dk * tl.cast(sm_scale, tl.float32)
     ok_n = offs_n[:, None] < N_KV
     tl.store(DK + off_b * stride_dkb + off_kvh * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
              dk.to(DK.dtype.element_ty), mask=ok_n & (offs_d[None, :] < HEAD_DIM))
     tl.store(DV + off_b * stride_dvb + off_kvh * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
              dv.to(DV.dtype.element_ty), mask=ok_n & (offs_dv[None, :] < V_HEAD_DIM))
+
+
+@triton.jit
+def _dq_inner(dq, q, do, delta, K_base, V_base, LSE_row, M_base, slope, offs_m, offs_d, offs_dv, lo, hi,
+              stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, N_Q, N_KV, window, qk_scale,
+              HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+              HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
+    """dq of one query tile from keys [lo, hi): dq += dS K, dS = P * (dP - delta)."""
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                        offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, CHECK_N)
+        vt = _load_tile(V_base + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
+                        offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, CHECK_N)
+        p = _probs(q, kt, LSE_row, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                   qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+        dp = _dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        ds = p * (dp - delta[:, None])
+        dq = _dot(ds.to(q.dtype), tl.trans(kt), dq)
+    return dq
 
 
 @triton.jit
@@ -170,8 +196,11 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
                 HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
                 MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
-    """One program per (query tile, batch * q head): dq = scale * sum_n dS K."""
+    """One program per (query tile, batch * q head): dq = scale * sum_n dS K; HEAVY_FIRST reverses the causal
+    tile order so the tiles with the most key blocks start first."""
     pid_m = tl.program_id(0)
+    if IS_CAUSAL and HEAVY_FIRST:
+        pid_m = tl.cdiv(N_Q, BLOCK_M) - 1 - pid_m
     bh = tl.program_id(1).to(tl.int64)
     off_b = bh // H_Q
     off_h = bh % H_Q
@@ -180,7 +209,6 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    offs_n0 = tl.arange(0, BLOCK_N)
     q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                    offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M, HEAD_DIM != BLOCK_D)
     do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
@@ -194,17 +222,23 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
     V_base = V + off_b * stride_vb + off_kvh * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, hi = _kv_range(start_m, N_Q, N_KV, window, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + offs_n0
-        kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                        offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, not EVEN_N)
-        vt = _load_tile(V_base + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
-                        offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, not EVEN_N)
-        p = _probs(q, kt, LSE + bh * N_Q, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                   qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
-        dp = _dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-        ds = p * (dp - delta[:, None])
-        dq = _dot(ds.to(q.dtype), tl.trans(kt), dq)
+    if IS_CAUSAL and CAUSAL_SPLIT:
+        # Key blocks wholly at or below the diagonal of the tile's first row: no causal test, no key bounds test.
+        full_hi = (start_m + (N_KV - N_Q) + 1) // BLOCK_N * BLOCK_N
+        full_hi = tl.minimum(tl.maximum(full_hi, lo), hi)
+        dq = _dq_inner(dq, q, do, delta, K_base, V_base, LSE + bh * N_Q, M_base, slope, offs_m, offs_d, offs_dv, lo,
+                       full_hi, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, N_Q, N_KV, window,
+                       qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False,
+                       HAS_WINDOW, False)
+        dq = _dq_inner(dq, q, do, delta, K_base, V_base, LSE + bh * N_Q, M_base, slope, offs_m, offs_d, offs_dv,
+                       full_hi, hi, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, N_Q, N_KV,
+                       window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True,
+                       HAS_WINDOW, not EVEN_N)
+    else:
+        dq = _dq_inner(dq, q, do, delta, K_base, V_base, LSE + bh * N_Q, M_base, slope, offs_m, offs_d, offs_dv, lo,
+                       hi, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, N_Q, N_KV, window,
+                       qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL,
+                       HAS_WINDOW, not EVEN_N)
     dq = dq * tl.cast(sm_scale, tl.float32)
     tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(DQ.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))

@@ -7,6 +7,10 @@ LSE is natural-log logsumexp, +inf for rows with no allowed key (their output is
 PACK_GQA (FlashAttention-3's PackGQA): one program per (row tile, kv split, batch*kv head) whose rows are the
 (query position, head-in-group) pairs of the GROUP q heads sharing that kv head, row r -> position r // GROUP,
 q head kv_head * GROUP + r % GROUP, so each K/V block is read once for the whole group (decode with GQA).
+USE_TMA: K/V tiles come through device-side tensor descriptors (Hopper's TMA engine copies them to shared memory,
+no address arithmetic in the warps; out-of-range rows read as zero); the launcher guarantees unit last strides and
+16-byte aligned rows and sets Triton's scratch allocator. HEAVY_FIRST (causal): tiles are visited in reverse
+query order, so the tiles with the most key blocks start first and the last wave holds the light ones.
 """
 import triton
 import triton.language as tl
@@ -19,6 +23,8 @@ PERSISTENT = tl.constexpr(False)
 WARP_SPECIALIZE = tl.constexpr(False)
 BWD_TRANSPOSED = tl.constexpr(False)
 PACK_GQA = tl.constexpr(False)
+HEAVY_FIRST = tl.constexpr(False)
+USE_TMA = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -128,7 +134,7 @@ def _kv_range(start_m, N_Q, N_KV, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
 
 # EVOLVE-BLOCK-START
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, lo, hi,
+def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                N_Q, N_KV, window, qk_scale,
                HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -141,8 +147,11 @@ def _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv
     for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + offs_n0
-        kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                        offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, CHECK_N)
+        if USE_TMA:
+            kt = tl.trans(K_src.load([start_n, 0]))
+        else:
+            kt = _load_tile(K_src + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                            offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, CHECK_N)
         qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
         if NO_MASK:
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -169,8 +178,11 @@ def _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv
                 alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        v = _load_tile(V_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                       offs_n, offs_dv, N_KV, V_HEAD_DIM, CHECK_N, V_HEAD_DIM != BLOCK_DV)
+        if USE_TMA:
+            v = V_src.load([start_n, 0])
+        else:
+            v = _load_tile(V_src + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                           offs_n, offs_dv, N_KV, V_HEAD_DIM, CHECK_N, V_HEAD_DIM != BLOCK_DV)
         acc = _dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i
@@ -212,8 +224,13 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
     qk_scale = tl.cast(sm_scale, tl.float32)
     if USE_EXP2:
         qk_scale = qk_scale * LOG2E
-    K_base = K + off_b * stride_kb + off_kvh * stride_kh
-    V_base = V + off_b * stride_vb + off_kvh * stride_vh
+    K_src = K + off_b * stride_kb + off_kvh * stride_kh
+    V_src = V + off_b * stride_vb + off_kvh * stride_vh
+    if USE_TMA:
+        K_src = tl.make_tensor_descriptor(K_src, shape=[N_KV, HEAD_DIM], strides=[stride_kn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+        V_src = tl.make_tensor_descriptor(V_src, shape=[N_KV, V_HEAD_DIM], strides=[stride_vn, 1],
+                                          block_shape=[BLOCK_N, BLOCK_DV])
     if PACK_GQA:
         # (BM, 1) row pointers / slopes broadcast against the (BM, BN) scores in _apply_masks
         M_base = MASK + off_b * stride_mb + (head_m * stride_mh)[:, None]
@@ -236,16 +253,16 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
         # test (they end at or before key q_lo + off < N_KV); only the diagonal band pays for masks.
         full_hi = (q_lo + (N_KV - N_Q) + 1) // BLOCK_N * BLOCK_N
         full_hi = tl.minimum(tl.maximum(full_hi, lo), hi)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, lo, full_hi,
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, full_hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                                    N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
                                    BLOCK_M, BLOCK_N, MASK_KIND, False, HAS_WINDOW, False)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, full_hi, hi,
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, full_hi, hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                                    N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
                                    BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_N)
     else:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_base, V_base, M_base, offs_m, offs_d, offs_dv, lo, hi,
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                                    N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
                                    BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
@@ -293,7 +310,11 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
         for tile in range(tl.program_id(0), total, tl.num_programs(0)):
             bh = tile // tiles_per_bh
             r = tile % tiles_per_bh
-            _fwd_tile(Q, K, V, O, LSE, MASK, r // SPLITS, r % SPLITS, bh // H_T, bh % H_T,
+            pid_m = r // SPLITS
+            # Reversed within each (batch, head), never across heads: neighbouring programs keep sharing K/V in L2.
+            if IS_CAUSAL and HEAVY_FIRST:
+                pid_m = tl.cdiv(ROWS, BLOCK_M) - 1 - pid_m
+            _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, r % SPLITS, bh // H_T, bh % H_T,
                       stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                       stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
                       stride_mb, stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
@@ -302,7 +323,10 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
     else:
         pid0 = tl.program_id(0)
         bh = tl.program_id(1)
-        _fwd_tile(Q, K, V, O, LSE, MASK, pid0 // SPLITS, pid0 % SPLITS, bh // H_T, bh % H_T,
+        pid_m = pid0 // SPLITS
+        if IS_CAUSAL and HEAVY_FIRST:
+            pid_m = tl.cdiv(ROWS, BLOCK_M) - 1 - pid_m
+        _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, pid0 % SPLITS, bh // H_T, bh % H_T,
                   stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
                   stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
                   stride_mb, stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
