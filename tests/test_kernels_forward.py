@@ -243,3 +243,29 @@ def test_default_decode_splits_fill_the_gpu(batch, kv_len, want):
     g = default_genome(AttentionSpec(batch, 32, 8, 1, kv_len, 128), h100)
     assert g.kv_splits == want
     assert kv_len // g.kv_splits >= 256 or g.kv_splits == 1
+
+
+@pytest.mark.parametrize("knobs", [{}, {"kv_splits": 4}, {"pack_gqa": True, "persistent": True}])
+@pytest.mark.parametrize("keep_at", ["holes", "suffix", "none"])
+def test_key_keep_vector_skips_masked_ends(keep_at, knobs):
+    """A keep-mask constant over queries and heads ((B, 1, 1, Nk) bool, a padding mask's layout) narrows each
+    tile's key loop to its first..last kept key: leading and trailing masked keys, holes in between, a batch with
+    no kept key (rows give 0, lse +inf), and split-kv chunks that hold no kept key."""
+    spec = AttentionSpec(3, 4, 2, 17, 300, 40, dtype="float32", causal=True, window=200, mask="bool")
+    inp = fresh(spec)
+    keep = torch.zeros(3, 300, dtype=torch.bool)
+    if keep_at == "holes":
+        keep[0, 70:150] = True
+        keep[0, 100:110] = False
+        keep[1, 5] = keep[1, 290] = True
+    elif keep_at == "suffix":  # left padding
+        keep[0, 250:] = keep[1, 17:] = True
+    keep[2, 299] = keep_at != "none"  # "none": batch 2 keeps nothing at all
+    mask = keep[:, None, None, :]
+    kernel = load(spec, **knobs)
+    out, lse = launch.forward(kernel.functions, kernel.launch, inp.q, inp.k, inp.v, mask,
+                              out=torch.full_like(inp.q, float("nan")),
+                              lse=torch.full(inp.q.shape[:3], float("nan")), **call_args(spec))
+    ref = attention_reference(inp.q, inp.k, inp.v, mask=mask, **call_args(spec))
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+    assert torch.isposinf(lse[2]).all() == (keep_at == "none")

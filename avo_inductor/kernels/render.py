@@ -139,7 +139,8 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None) -> 
     """A plain, untuned genome valid for ``spec`` on ``hardware`` (default: this process's device).
 
     CPU (Triton interpreter): 16-wide tiles, the interpreter's cost grows with tile area. GPU: the Triton
-    tutorial's H100 tiles by head dim (128x64 up to d=128, 64x32 above, where shared memory runs out).
+    tutorial's H100 tiles by head dim (128x64 up to d=128, 64x32 above, where shared memory runs out), causal
+    tiles heaviest first, and the backward tiles an H100 A/B picked (below).
     Decode (q_len <= 16) with GQA/MQA packs each kv head's q heads into one tile (pack_gqa): every q head
     otherwise re-reads its group's K/V, the whole cost of a memory-bound decode.
     """
@@ -151,11 +152,20 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None) -> 
     wide = spec.dtype == "float32" or d > 128
     block_m, block_n = (64, 32) if wide else (128, 64)
     warps, stages = (4, 2) if wide else ((8, 3) if d > 64 else (4, 3))
-    bwd_m, bwd_n, bwd_warps, bwd_stages = (16, 32, 8, 1) if wide else (32, 64, 4 if d <= 64 else 8, 2)
+    # Backward, measured on an H100 (benchmarks/variant_sets/hopper-bwd.json): dK/dV from S^T with 64x64 tiles
+    # at d=128 (2.5x the old 32x64 non-transposed default, fwd+bwd), the tutorial's 32x128 with dq on swapped
+    # 128x32 tiles at d<=64 (1.4x).
+    if wide:
+        bwd_m, bwd_n, bwd_warps, bwd_stages, transposed, swap = 16, 32, 8, 1, False, False
+    elif d > 64:
+        bwd_m, bwd_n, bwd_warps, bwd_stages, transposed, swap = 64, 64, 4, 2, True, False
+    else:
+        bwd_m, bwd_n, bwd_warps, bwd_stages, transposed, swap = 32, 128, 4, 3, True, True
     block_m = min(block_m, next_power_of_two(spec.q_len * spec.gqa_group if pack else spec.q_len))
     block_n = min(block_n, next_power_of_two(spec.kv_len))
     kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode else 1
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
-                        kv_splits=kv_splits, pack_gqa=pack, bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
+                        kv_splits=kv_splits, pack_gqa=pack, heavy_first=True,
+                        bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
                         bwd_block_n=min(bwd_n, next_power_of_two(spec.kv_len)), bwd_num_warps=bwd_warps,
-                        bwd_num_stages=bwd_stages)
+                        bwd_num_stages=bwd_stages, bwd_transposed=transposed, bwd_dq_swap=swap)

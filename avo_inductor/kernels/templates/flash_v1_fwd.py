@@ -32,6 +32,7 @@ LN2 = tl.constexpr(0.6931471805599453)
 # Lazy rescale: keep the stale row max until the new one exceeds it by 2^8 (base-2 units): p <= 256 stays
 # exactly representable in fp16/bf16 and the accumulator rescale is skipped on most iterations.
 RESCALE_THRESHOLD = tl.constexpr(8.0)
+KEEP_SCAN = tl.constexpr(1024)  # keys per step of the keep-vector scan (_kept_span)
 
 
 @triton.jit
@@ -132,6 +133,20 @@ def _kv_range(start_m, N_Q, N_KV, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
     return _kv_span(start_m, start_m + BLOCK_M, N_Q, N_KV, window, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
 
 
+@triton.jit
+def _kept_span(KEEP, stride_kn, lo, hi, BLOCK_N: tl.constexpr):
+    """[lo, hi) narrowed to the BLOCK_N-aligned span holding the kept entries of the keep-vector KEEP (bool over
+    keys, stride stride_kn); an empty span when no key in [lo, hi) is kept."""
+    first = hi
+    last = lo - 1
+    for start in range(lo, hi, KEEP_SCAN):
+        offs = start + tl.arange(0, KEEP_SCAN)
+        keep = tl.load(KEEP + offs * stride_kn, mask=offs < hi, other=0) != 0
+        first = tl.minimum(first, tl.min(tl.where(keep, offs, hi), 0))
+        last = tl.maximum(last, tl.max(tl.where(keep, offs, lo - 1), 0))
+    return first // BLOCK_N * BLOCK_N, tl.minimum(hi, last + 1)
+
+
 # EVOLVE-BLOCK-START
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
@@ -217,6 +232,7 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
         off_kvh = off_h // GROUP
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q_lo = start_m
+        q_hi = start_m + BLOCK_M
         q_off = off_b * stride_qb + off_h * stride_qh
     q = _load_tile(Q + q_off + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                    offs_m, offs_d, N_Q, HEAD_DIM, not EVEN_M, HEAD_DIM != BLOCK_D)
@@ -248,15 +264,30 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
         chunk = tl.cdiv(tl.cdiv(N_KV, SPLITS), BLOCK_N) * BLOCK_N
         lo = tl.maximum(lo, split * chunk)
         hi = tl.minimum(hi, split * chunk + chunk)
+    if MASK_KIND == 2:
+        if (stride_mm == 0) & (stride_mh == 0):
+            # One keep-vector over the keys for every query and head (a padding mask): keys outside its first and
+            # last kept entry are masked for every row, so the loop skips them (varlen's saving, from the mask).
+            lo, hi = _kept_span(MASK + off_b * stride_mb, stride_mn, lo, hi, BLOCK_N)
     if IS_CAUSAL and CAUSAL_SPLIT:
         # Blocks wholly below the diagonal of the tile's first row need no causal test and no key bounds
         # test (they end at or before key q_lo + off < N_KV); only the diagonal band pays for masks.
         full_hi = (q_lo + (N_KV - N_Q) + 1) // BLOCK_N * BLOCK_N
         full_hi = tl.minimum(tl.maximum(full_hi, lo), hi)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, full_hi,
+        mid_lo = lo
+        if HAS_WINDOW:
+            # Blocks from mid_lo on lie inside every row's window (the tile's last row's window starts latest):
+            # only the window's lower edge band pays for the window test, as only the diagonal band pays for causal.
+            mid_lo = tl.cdiv(tl.maximum(q_hi - 1 + (N_KV - N_Q) - window + 1, 0), BLOCK_N) * BLOCK_N
+            mid_lo = tl.minimum(tl.maximum(mid_lo, lo), full_hi)
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, mid_lo,
+                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                       N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
+                                       BLOCK_M, BLOCK_N, MASK_KIND, False, True, False)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, mid_lo, full_hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                                    N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
-                                   BLOCK_M, BLOCK_N, MASK_KIND, False, HAS_WINDOW, False)
+                                   BLOCK_M, BLOCK_N, MASK_KIND, False, False, False)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, full_hi, hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                                    N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
