@@ -366,3 +366,21 @@ def test_concurrent_import_and_lookup(tmp_path: Path) -> None:
     assert lookup["errors"] == [] and sorted(lookup["found"]) == sorted(keys)
     assert sorted(results[0]["found"] + results[1]["found"]) == sorted(keys)
     assert sorted(_store(Path(directory)).local_keys()) == sorted(keys)
+
+
+SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[1] / "cache").iterdir()
+                 if (p / MANIFEST_NAME).is_file())
+
+
+@pytest.mark.parametrize("root", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_bundles_verify_and_are_loaded_by_default(root: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each bundle under cache/ passes hashes and the static allowlist, is keyed by the GPU its folder names, and
+    the store reads it when shipped bundles are on (the default outside tests)."""
+    report = verify_bundle(root, settings=_settings(tmp_path))
+    assert report.ok, report.problems
+    manifest = json.loads((root / MANIFEST_NAME).read_text())
+    assert manifest["records"] and all(r["key"].startswith(root.name + "/") for r in manifest["records"])
+    with KernelStore(tmp_path / "store", shipped=True, software=SW) as store:
+        listed = {hit.record.kernel_id for hit in store.iter_records() if hit.layer == f"shipped:{root.name}"}
+    assert {r["kernel_id"] for r in manifest["records"]} <= listed
