@@ -26,12 +26,9 @@ test: install
 test-gpu: install
 	$(PY) -m pytest -q -m gpu
 
-# The wheel carries the shipped kernel bundles: cache/<gpu>/ is copied to avo_inductor/shipped/ (package data).
+# The wheel carries the shipped kernel bundles: setup.py's build step copies cache/<gpu>/ to avo_inductor/shipped/.
 wheel: install
-	rm -rf avo_inductor/shipped && mkdir -p avo_inductor/shipped
-	find cache -mindepth 1 -maxdepth 1 -type d -exec cp -r {} avo_inductor/shipped/ \;
 	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
-	rm -rf avo_inductor/shipped
 
 clean:
 	rm -rf $(VENV) .avo-demo-cache build *.egg-info
