@@ -24,6 +24,9 @@ Packed GQA (launch["pack_gqa"] true; the source must pack too, flash_v1 renders 
   B * Hkv heads instead of cdiv(Nq, BLOCK_M) and B * Hq, and EVEN_M means BLOCK_M divides Nq * GROUP. O, LSE and
   the split partials keep the layouts above (each row is stored at its real head and position). The reduce packs
   every (batch, q head, position) row densely: grid (cdiv(B * Hq * Nq, BLOCK_M), 1).
+Tensor descriptors (launch["tma"] true): the source may build device-side descriptors over K and V as (N_KV, D)
+  tiles with strides (stride_kn, 1); the launcher guarantees unit last strides and 16-byte aligned rows and base
+  (copying K/V only when they are not) and installs Triton's global-scratch allocator for direct launches.
 Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV),
   grid (cdiv(Nq, BWD_BLOCK_M), B * Hq), DELTA contiguous fp32 (B, Hq, Nq) = rowsum(o * do).
   ``{bwd}_dkdv`` and ``{bwd}_dq`` share one argument list:
