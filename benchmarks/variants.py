@@ -6,6 +6,7 @@ The search explores genomes automatically; this is the quick look a template aut
 (does a new knob compile on this GPU, which tiles are in the running). Each variant's output is checked
 against SDPA before it is timed; a variant that fails to compile is reported, not timed, and one that disagrees
 is timed with the disagreement in a "<name> check" column beside it.
+Forward variants are timed as CUDA-graph replays (no launch overhead: eager calls of small specs would time Python).
 With --training every provider runs a training step (forward + autograd backward; avo through the kernel's
 own Triton backward) and its gradients are checked against SDPA's; TFLOP/s then count the backward as 2.5x the
 forward, as ANCHORS.md does.
@@ -104,8 +105,11 @@ def measure(spec: AttentionSpec, variants: dict[str, dict[str, Any]], hardware: 
             providers[name] = step
         except Exception as exc:
             row[name] = f"err: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+    # Forward: CUDA-graph replays for every provider, so the eager launch path (~0.1-0.3 ms of Python per call,
+    # more than a small spec's kernel) is not timed; a training step (autograd) is timed with do_bench.
+    graph = not training and device.type == "cuda"
     for name, step in providers.items():
-        ms = time_ms(lambda step=step: step(q, k, v))
+        ms = time_ms(lambda step=step: step(q, k, v), graph=graph)
         row[name] = round(spec.flops(backward=training) / ms / 1e9, 1)
     return row
 
