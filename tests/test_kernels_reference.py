@@ -148,7 +148,7 @@ def test_every_mask_kind_is_its_fp32_mask_cast(kind, dtype):
 
 @pytest.mark.parametrize("kind", ["none", "bias", "bool", "padding", "alibi"])
 @pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2)])
-def test_chunked_reference_equals_the_whole_one(monkeypatch, kind, hq, hkv):
+def test_chunked_reference_and_grads_equal_the_whole_ones(monkeypatch, kind, hq, hkv):
     """Large targets are referenced one (batch, GQA-group run) slice at a time; the slices must see exactly the
     mask entries (broadcast dims included) and kv heads the whole computation would."""
     from avo_inductor.kernels import reference
@@ -157,6 +157,12 @@ def test_chunked_reference_equals_the_whole_one(monkeypatch, kind, hq, hkv):
     spec = AttentionSpec(3, hq, hkv, 17, 29, 8, dtype="float32", causal=kind == "none", mask=kind)
     x = make_inputs(spec, "cpu", seed=5)
     whole = attention_math(x.q, x.k, x.v, causal=spec.causal, mask_kind=kind, mask=x.mask)
+    do = torch.randn(3, hq, 17, 8)
+    whole_grads = reference.reference_grads(x.q, x.k, x.v, do, causal=spec.causal, mask_kind=kind, mask=x.mask)
     monkeypatch.setattr(reference, "REFERENCE_CHUNK_BYTES", 17 * 29 * 8 * hq // hkv)  # one group per slice
     sliced = attention_reference(x.q, x.k, x.v, causal=spec.causal, mask_kind=kind, mask=x.mask)
     torch.testing.assert_close(sliced, whole, rtol=1e-12, atol=1e-12)  # float64 matmul blocking may differ
+    # gradients too (verifying a shipped 4k record at its own shape needs them sliced): dk/dv per kv head
+    sliced_grads = reference.reference_grads(x.q, x.k, x.v, do, causal=spec.causal, mask_kind=kind, mask=x.mask)
+    for got, want in zip(sliced_grads, whole_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -203,3 +203,17 @@ def test_eager_launches_skip_the_hop_dispatch_and_tracing_keeps_it(monkeypatch: 
         launch._launch(Kernel(), (2, 3), Q=fake, N=5)
     assert calls == ["direct", "hop"]
     assert launch._known_multiple(128, 64) and not launch._known_multiple(100, 64)
+
+
+def test_verification_checks_the_records_lengths_not_its_whole_batch():
+    """On a GPU a record is checked at its own lengths, head dims and mask, at batch 1 and <= 2 kv heads with their
+    GQA groups whole (first use runs in the user's process); the ragged small shapes keep the GQA ratio."""
+    from avo_inductor.kernels.verify import verification_specs
+
+    spec = AttentionSpec(4, 32, 8, 4096, 4096, 128, dtype="bfloat16", causal=True, window=1024, needs_grad=True)
+    *ragged, own = verification_specs(spec, torch.device("cuda"))
+    assert (own.batch, own.q_heads, own.kv_heads, own.q_len, own.kv_len) == (1, 8, 2, 4096, 4096)
+    assert (own.head_dim, own.window, own.causal, own.dtype) == (128, 1024, True, "bfloat16")
+    assert all(s.gqa_group == 4 and s.batch == 1 for s in ragged)
+    cpu_own = verification_specs(spec, torch.device("cpu"))[-1]
+    assert cpu_own.q_len <= 48 and cpu_own.kv_len <= 96

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -128,6 +129,17 @@ def attention_math(
     return torch.matmul(p, vc)
 
 
+def _reference_slices(b: int, hq: int, hkv: int, nq: int, nk: int) -> list[tuple[int, int, int]] | None:
+    """(batch, first q head, end q head) slices of whole GQA groups, each with float64 scores under
+    ``REFERENCE_CHUNK_BYTES``; None when the whole problem fits (or the head counts do not divide)."""
+    per_head = nq * nk * 8
+    if b * hq * per_head <= REFERENCE_CHUNK_BYTES or hq % hkv:
+        return None
+    group = hq // hkv
+    heads = max(1, REFERENCE_CHUNK_BYTES // (per_head * group)) * group
+    return [(bi, h0, min(hq, h0 + heads)) for bi in range(b) for h0 in range(0, hq, heads)]
+
+
 def attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, causal: bool = False,
     window: int | None = None, mask_kind: str = "none", mask: torch.Tensor | None = None,
@@ -138,20 +150,52 @@ def attention_reference(
     ``REFERENCE_CHUNK_BYTES``: at (2, 32, 8192, 8192) they are 34 GB, and the softmax needs a second copy."""
     b, hq, nq, _ = q.shape
     hkv, nk = k.shape[1], k.shape[2]
-    per_head = nq * nk * 8
-    if b * hq * per_head <= REFERENCE_CHUNK_BYTES or hq % hkv:
-        return attention_math(q, k, v, scale=scale, causal=causal, window=window, mask_kind=mask_kind, mask=mask)
+    slices = _reference_slices(b, hq, hkv, nq, nk)
+    kw = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind)
+    if slices is None:
+        return attention_math(q, k, v, mask=mask, **kw)
     group = hq // hkv
-    heads = max(1, REFERENCE_CHUNK_BYTES // (per_head * group)) * group  # whole GQA groups per slice
     out = torch.empty((b, hq, nq, v.shape[3]), dtype=torch.float64, device=q.device)
-    for bi in range(b):
-        for h0 in range(0, hq, heads):
-            h1 = min(hq, h0 + heads)
-            out[bi:bi + 1, h0:h1] = attention_math(
-                q[bi:bi + 1, h0:h1], k[bi:bi + 1, h0 // group:h1 // group], v[bi:bi + 1, h0 // group:h1 // group],
-                scale=scale, causal=causal, window=window, mask_kind=mask_kind,
-                mask=_mask_slice(mask, mask_kind, bi, h0, h1))
+    for bi, h0, h1 in slices:
+        kv = slice(h0 // group, h1 // group)
+        out[bi:bi + 1, h0:h1] = attention_math(q[bi:bi + 1, h0:h1], k[bi:bi + 1, kv], v[bi:bi + 1, kv],
+                                               mask=_mask_slice(mask, mask_kind, bi, h0, h1), **kw)
     return out
+
+
+def reference_grads(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, *, scale: float | None = None,
+    causal: bool = False, window: int | None = None, mask_kind: str = "none", mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float64 (dq, dk, dv) of ``sum(attention(q, k, v) * do)`` by autograd; dk/dv summed over each GQA group.
+
+    Sliced like :func:`attention_reference` (whole GQA groups per slice, so each slice owns its dk/dv heads): the
+    unsliced autograd graph of a (4, 32, 4096, 4096) target holds several 17 GB float64 tensors, and verifying a
+    shipped record at its own shape ran out of memory on an 80 GB H100."""
+    b, hq, nq, _ = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    kw = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind)
+    slices = _reference_slices(b, hq, hkv, nq, nk)
+    if slices is None:
+        return _grads_math(q, k, v, do, mask, **kw)
+    group = hq // hkv
+    dq = torch.empty(q.shape, dtype=torch.float64, device=q.device)
+    dk = torch.empty(k.shape, dtype=torch.float64, device=q.device)
+    dv = torch.empty(v.shape, dtype=torch.float64, device=q.device)
+    for bi, h0, h1 in slices:
+        kv = slice(h0 // group, h1 // group)
+        dq[bi:bi + 1, h0:h1], dk[bi:bi + 1, kv], dv[bi:bi + 1, kv] = _grads_math(
+            q[bi:bi + 1, h0:h1], k[bi:bi + 1, kv], v[bi:bi + 1, kv], do[bi:bi + 1, h0:h1],
+            _mask_slice(mask, mask_kind, bi, h0, h1), **kw)
+    return dq, dk, dv
+
+
+def _grads_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, mask: torch.Tensor | None,
+                **kw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q64, k64, v64 = (t.detach().to(torch.float64).requires_grad_(True) for t in (q, k, v))
+    out = attention_math(q64, k64, v64, mask=mask, **kw)
+    dq, dk, dv = torch.autograd.grad(out, (q64, k64, v64), do.to(torch.float64))
+    return dq, dk, dv
 
 
 REFERENCE_CHUNK_BYTES = 2 << 30
@@ -172,17 +216,6 @@ def _mask_slice(mask: torch.Tensor | None, mask_kind: str, bi: int, h0: int, h1:
     if m.shape[1] > 1:
         m = m[:, h0:h1]
     return m
-
-
-def reference_grads(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, *, scale: float | None = None,
-    causal: bool = False, window: int | None = None, mask_kind: str = "none", mask: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float64 (dq, dk, dv) of ``sum(attention(q, k, v) * do)`` by autograd; dk/dv summed over each GQA group."""
-    q64, k64, v64 = (t.detach().to(torch.float64).requires_grad_(True) for t in (q, k, v))
-    out = attention_math(q64, k64, v64, scale=scale, causal=causal, window=window, mask_kind=mask_kind, mask=mask)
-    dq, dk, dv = torch.autograd.grad(out, (q64, k64, v64), do.to(torch.float64))
-    return dq, dk, dv
 
 
 @dataclass(frozen=True)
