@@ -2,8 +2,9 @@
 
 Shapes: small ragged ones (lengths 1, 17, 33; q_len != kv_len) plus the record's own lengths at batch 1 and at most
 two kv heads (lengths also capped on the CPU interpreter). Not the whole target: verification runs on first use,
-inside the user's process, whose GPU memory belongs to the model, and a (4, 32, 4096, 4096) float64 check needs tens
-of GB (the search's cascade checked the full target shape before the record was promoted). Every run uses fresh random inputs, NaN-poisoned outputs, and checks that inputs are unchanged.
+inside the user's process, whose GPU memory belongs to the model, and a (4, 32, 4096, 4096) float64 check needs
+tens of GB (the search's cascade checked the full target shape before the record was promoted). Every run uses
+fresh random inputs, NaN-poisoned outputs, and checks that inputs are unchanged.
 """
 from __future__ import annotations
 
