@@ -1,8 +1,10 @@
 """flash_v1 backward: delta = rowsum(o * do), then dk/dv per key tile (GQA group summed in-kernel) and dq per query tile.
 
 Rendered after flash_v1_fwd.py into one module (it reuses _dot, _load_tile, _apply_masks, _kv_range and the
-genome constants). CAUSAL_SPLIT splits both kernels' loops, as the forward's: full tiles skip the causal test. ABI in avo_inductor/kernels/launch.py. Two kernels instead of dq atomics: deterministic
-and no fp32 scratch for dq. The bias is treated as a non-differentiable constant (no dbias here).
+genome constants). CAUSAL_SPLIT splits both kernels' loops, as the forward's: full tiles skip the causal test.
+ABI in avo_inductor/kernels/launch.py. Two kernels instead of dq atomics: deterministic and no fp32 scratch for
+dq, at the price of computing S and dP twice (7 tile matmuls per block pair instead of 5). The bias is treated as
+a non-differentiable constant (no dbias here).
 """
 import triton
 import triton.language as tl
