@@ -97,3 +97,24 @@ def test_operator_respects_validity_filter() -> None:
     op = StructuredOperator(valid=lambda g, s: g.num_warps != 8)
     kids = op.propose([(Candidate("p", PREFILL, genome=KernelGenome()), None)], 30, seed=1)
     assert kids and all(k.genome is not None and k.genome.num_warps != 8 for k in kids)
+
+
+def test_genome_identity_includes_the_template_source(monkeypatch):
+    """A database resumed after the template changed must re-evaluate its genomes: the same knobs rendered by a
+    different template source are a different candidate."""
+    from avo_inductor.kernels import render
+    from avo_inductor.kernels.genome import KernelGenome
+    from avo_inductor.search.operators import genome_hash
+
+    genome = KernelGenome()
+    before = genome_hash(genome)
+    assert genome_hash(KernelGenome()) == before  # stable
+    real = render._template_text
+    monkeypatch.setattr(render, "_template_text", lambda name: real(name) + "\n# edited\n")
+    render.template_digest.cache_clear()
+    try:
+        assert genome_hash(genome) != before
+    finally:
+        monkeypatch.setattr(render, "_template_text", real)
+        render.template_digest.cache_clear()
+    assert genome_hash(genome) == before

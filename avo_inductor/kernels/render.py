@@ -10,6 +10,8 @@ of being silently ignored.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,6 +42,18 @@ class RenderedKernel:
 
 def _template_text(name: str) -> str:
     return resources.files("avo_inductor.kernels").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def template_digest(template: str) -> str:
+    """Hash of a template family's source files: part of a genome's search identity, so a search database resumed
+    after the template changed re-evaluates its genomes instead of trusting scores of kernels it no longer renders
+    (an unknown template hashes as such; render reports it)."""
+    try:
+        text = _template_text(f"{template}_fwd.py") + _template_text(f"{template}_bwd.py")
+    except (FileNotFoundError, OSError):
+        text = f"<missing template {template}>"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _strip_docstring_and_imports(text: str) -> str:

@@ -75,7 +75,17 @@ def in_space(genome: KernelGenome, spec: AttentionSpec, hardware: HardwareKey | 
 
 
 def genome_hash(genome: KernelGenome) -> str:
-    return stable_hash(genome.to_dict())[:16]
+    """A genome's search identity: its knobs and the source of the template that renders them (see
+    ``kernels.render.template_digest``), so the same knobs on a changed template are a new candidate."""
+    return stable_hash({"genome": genome.to_dict(), "template": _template_digest(genome.template)})[:16]
+
+
+def _template_digest(template: str) -> str:
+    try:
+        from ..kernels.render import template_digest
+    except ImportError:  # kernels unavailable: knobs alone (the evaluator's compile stage reports the problem)
+        return ""
+    return template_digest(template)
 
 
 def content_hash(candidate: Candidate) -> str:
