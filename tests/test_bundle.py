@@ -373,8 +373,7 @@ SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[1] / "cache").iter
 
 
 @pytest.mark.parametrize("root", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_shipped_bundles_verify_and_are_loaded_by_default(root: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shipped_bundles_verify_and_are_loaded_by_default(root: Path, tmp_path: Path) -> None:
     """Each bundle under cache/ passes hashes and the static allowlist, is keyed by the GPU its folder names, and
     the store reads it when shipped bundles are on (the default outside tests)."""
     report = verify_bundle(root, settings=_settings(tmp_path))
