@@ -42,6 +42,10 @@ CASES = [
     (4, 2, 300, 113, 40, 40, "float32", True, 100, "alibi", {"heavy_first": True, "bwd_transposed": True,
                                                               "bwd_block_n": 32}),
     (2, 2, 64, 64, 64, 64, "float16", True, None, "none", {"heavy_first": True, "even_fast_path": True}),
+    # dq accumulated atomically by the dK/dV kernel (no dq kernel), both dK/dV forms, GQA, masks, windows
+    (4, 2, 17, 33, 40, 40, "float16", True, None, "bias", {"bwd_dq_atomic": True}),
+    (4, 2, 33, 17, 24, 24, "float32", True, 5, "alibi", {"bwd_dq_atomic": True, "bwd_transposed": True}),
+    (2, 2, 20, 37, 16, 16, "bfloat16", False, None, "padding", {"bwd_dq_atomic": True, "bwd_transposed": True}),
 ]
 
 
@@ -105,3 +109,32 @@ def test_dq_swap_launches_dq_with_the_tiles_swapped(monkeypatch):
     assert not LaunchConfig.from_dict({k: v for k, v in rk.launch.items() if k != "bwd_dq_swap"}).bwd_dq_swap
     with pytest.raises(ValueError, match="bwd_dq_swap must be a bool"):
         LaunchConfig.from_dict({**rk.launch, "bwd_dq_swap": 1})
+
+
+def test_dq_atomic_launches_no_dq_kernel_and_fills_the_callers_buffer(monkeypatch):
+    """bwd_dq_atomic: the preprocess and dK/dV kernels only, dK/dV given a zeroed fp32 DQ; the caller's
+    (NaN-poisoned) dq buffer receives the result; old records (no key) keep the dq kernel; the key is a strict bool."""
+    from avo_inductor.kernels.launch import LaunchConfig
+
+    seen = []
+    real = launch._launch
+
+    def recording(fn, grid, **kw):  # type: ignore[no-untyped-def]
+        seen.append((fn.__name__, kw["DQ"].dtype if "DQ" in kw else None))
+        real(fn, grid, **kw)
+
+    monkeypatch.setattr(launch, "_launch", recording)
+    spec = AttentionSpec(1, 2, 2, 40, 40, 16, dtype="float16", causal=True)
+    kernel = load(spec, bwd_dq_atomic=True)
+    inp = fresh(spec)
+    out, lse = run_forward(kernel, spec, inp)
+    seen.clear()
+    dq = torch.full_like(inp.q, float("nan"))
+    got = launch.backward(kernel.functions, kernel.launch, torch.randn_like(out), inp.q, inp.k, inp.v, out, lse,
+                          None, dq=dq, **call_args(spec))
+    assert seen == [("attn_bwd_preprocess", None), ("attn_bwd_dkdv", torch.float32)], seen
+    assert got[0] is dq and not torch.isnan(dq).any()
+    legacy = {k: v for k, v in kernel.launch.__dict__.items()}
+    assert LaunchConfig(**{**legacy, "bwd_dq_atomic": False}).bwd_dq_atomic is False
+    with pytest.raises(ValueError, match="bwd_dq_atomic must be a bool"):
+        LaunchConfig(**{**legacy, "bwd_dq_atomic": "yes"})

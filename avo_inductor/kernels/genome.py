@@ -33,6 +33,7 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "bwd_num_stages": (1, 2, 3, 4),
     "bwd_transposed": (False, True),
     "bwd_dq_swap": (False, True),
+    "bwd_dq_atomic": (False, True),
 }
 
 
@@ -55,7 +56,10 @@ class KernelGenome:
     heavy_first: causal forward and dq kernels visit each head's query tiles in reverse, so the tiles with the most
     key blocks start first and the last wave holds the light ones (FlashAttention-2's scheduling).
     bwd_*: the same for the backward kernels; bwd_transposed: dK/dV from S^T = K Q^T (no register transposes,
-    the Triton tutorial's form); bwd_dq_swap: the dq kernel takes the tiles swapped (large query tile). template: which template family renders the source.
+    the Triton tutorial's form); bwd_dq_swap: the dq kernel takes the tiles swapped (large query tile);
+    bwd_dq_atomic: dq accumulated by the dK/dV kernel with fp32 atomic adds (FlashAttention-2's form: 5 tile matmuls
+    per block pair instead of 7, no dq kernel; the summation order, so dq's last bits, vary run to run).
+    template: which template family renders the source.
     """
 
     block_m: int = 64
@@ -78,6 +82,7 @@ class KernelGenome:
     bwd_num_stages: int = 2
     bwd_transposed: bool = False
     bwd_dq_swap: bool = False
+    bwd_dq_atomic: bool = False
     template: str = "flash_v1"
 
     def __post_init__(self) -> None:

@@ -34,6 +34,9 @@ Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q,
     BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window, and the forward's constexprs without SPLITS
     (BLOCK_M/BLOCK_N = BWD_BLOCK_M/BWD_BLOCK_N).
   Grid rule "bwd": dkdv (cdiv(Nk, BWD_BLOCK_N), B * Hkv), summing the GQA group in-kernel; dq (cdiv(Nq, BWD_BLOCK_M), B * Hq).
+  launch["bwd_dq_atomic"] true: DQ is a zero-filled contiguous fp32 (B, Hq, Nq, D) buffer that ``{bwd}_dkdv``
+  atomically adds its dq = scale * dS K contributions to; ``{bwd}_dq`` is not launched and the launcher casts the
+  buffer into dq.
 """
 from __future__ import annotations
 
@@ -75,7 +78,8 @@ class LaunchConfig:
     the forward packs GQA groups into its row tiles (``pack_gqa``) and whether the dq kernel takes the
     backward tiles swapped (``bwd_dq_swap``: dq tiles (BWD_BLOCK_N, BWD_BLOCK_M), the Triton tutorial's large
     query tile for dq and large key tile for dk/dv) and whether the forward reads K/V through tensor descriptors
-    (``tma``: the launcher hands it 16-byte aligned rows and a scratch allocator); all optional, default false."""
+    (``tma``: the launcher hands it 16-byte aligned rows and a scratch allocator), and whether dk/dv's kernel also
+    accumulates dq (``bwd_dq_atomic``: DQ is a zeroed fp32 buffer, no dq kernel runs); all optional, default false."""
 
     grid: str = "fwd"
     block_m: int = 64
@@ -92,6 +96,7 @@ class LaunchConfig:
     pack_gqa: bool = False
     bwd_dq_swap: bool = False
     tma: bool = False
+    bwd_dq_atomic: bool = False
 
     def __post_init__(self) -> None:
         if self.grid not in GRID_RULES or self.bwd_grid not in BWD_GRID_RULES:
@@ -102,7 +107,7 @@ class LaunchConfig:
                 raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
         if (self.grid == "fwd") != (self.kv_splits == 1) and self.grid != "persistent":
             raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
-        for name in ("pack_gqa", "bwd_dq_swap", "tma"):
+        for name in ("pack_gqa", "bwd_dq_swap", "tma", "bwd_dq_atomic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"launch {name} must be a bool; got {getattr(self, name)!r}")
 
@@ -112,7 +117,7 @@ class LaunchConfig:
                 "num_stages": "num_stages", "kv_splits": "kv_splits", "even_fast_path": "even_fast_path",
                 "bwd_grid": "bwd_grid", "BWD_BLOCK_M": "bwd_block_m", "BWD_BLOCK_N": "bwd_block_n",
                 "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages", "pack_gqa": "pack_gqa",
-                "bwd_dq_swap": "bwd_dq_swap", "tma": "tma"}
+                "bwd_dq_swap": "bwd_dq_swap", "tma": "tma", "bwd_dq_atomic": "bwd_dq_atomic"}
         unknown = set(launch) - set(keys)
         if unknown:
             raise ValueError(f"unknown launch key(s) {sorted(unknown)}; known {sorted(keys)}")
@@ -324,6 +329,13 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
         return dict(BLOCK_M=tm, BLOCK_N=tn, EVEN_M=even and _known_multiple(nq, tm),
                     EVEN_N=even and _known_multiple(nk, tn))
 
+    if cfg.bwd_dq_atomic:
+        # dk/dv's kernel adds every key tile's dq contribution into one fp32 buffer; no dq kernel.
+        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        _launch(fns.bwd_dkdv, (_cdiv(nk, bn), b * hkv), **{**args, "DQ": dq_acc, **_strides("dq", dq_acc)},
+                **tiles(bm, bn))
+        dq.copy_(dq_acc)
+        return dq, dk, dv
     _launch(fns.bwd_dkdv, (_cdiv(nk, bn), b * hkv), **args, **tiles(bm, bn))
     dq_m, dq_n = (bn, bm) if cfg.bwd_dq_swap else (bm, bn)
     _launch(fns.bwd_dq, (_cdiv(nq, dq_m), b * hq), **args, **tiles(dq_m, dq_n))

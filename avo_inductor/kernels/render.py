@@ -1,9 +1,10 @@
 """KernelGenome -> Triton source + launch config (the only place knobs turn into code).
 
 Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, bwd_transposed, pack_gqa,
-heavy_first, use_tma)
+heavy_first, use_tma, bwd_dq_atomic)
 become module constants of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py);
-launch-level knobs (tiles, warps, stages, kv_splits, even_fast_path, grid rule, bwd_dq_swap, and pack_gqa again,
+launch-level knobs (tiles, warps, stages, kv_splits, even_fast_path, grid rule, bwd_dq_swap, bwd_dq_atomic (which
+also renders), and pack_gqa again,
 since it changes the grid, and use_tma again, since the launcher must align K/V for descriptors) go into ``launch``
 for the trusted launcher. A knob the template cannot honour (other templates, dropout) raises ValueError instead
 of being silently ignored.
@@ -69,7 +70,8 @@ def _constants_block(genome: KernelGenome) -> str:
     values = {"USE_EXP2": genome.exp2, "CAUSAL_SPLIT": genome.causal_split,
               "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
               "WARP_SPECIALIZE": genome.warp_specialize, "BWD_TRANSPOSED": genome.bwd_transposed,
-              "PACK_GQA": genome.pack_gqa, "HEAVY_FIRST": genome.heavy_first, "USE_TMA": genome.use_tma}
+              "PACK_GQA": genome.pack_gqa, "HEAVY_FIRST": genome.heavy_first, "USE_TMA": genome.use_tma,
+              "BWD_DQ_ATOMIC": genome.bwd_dq_atomic}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
@@ -118,6 +120,7 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
         "bwd_num_warps": genome.bwd_num_warps,
         "bwd_num_stages": genome.bwd_num_stages,
         "bwd_dq_swap": genome.bwd_dq_swap,
+        "bwd_dq_atomic": genome.bwd_dq_atomic,
     }
     return RenderedKernel(source=source, entry_point=FWD_ENTRY, bwd_entry_point=BWD_ENTRY, launch=launch)
 

@@ -13,7 +13,8 @@ from ..kernels.genome import GENOME_SPACE, KernelGenome
 from ..spec import AttentionSpec, HardwareKey, next_power_of_two, stable_hash
 from .types import Candidate, EvalResult
 
-_BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages", "bwd_transposed", "bwd_dq_swap")
+_BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages", "bwd_transposed", "bwd_dq_swap",
+              "bwd_dq_atomic")
 
 
 def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict[str, tuple[Any, ...]]:

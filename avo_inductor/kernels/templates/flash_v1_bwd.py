@@ -47,16 +47,19 @@ def _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope,
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE_row, DELTA_row, M_base, slope, offs_n, offs_d, offs_dv,
-                lo, hi, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mn, N_Q, N_KV, window,
-                qk_scale, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr,
-                APPLY_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, CHECK_M: tl.constexpr, CHECK_N: tl.constexpr):
+def _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE_row, DELTA_row, M_base, slope, DQ_head, offs_n, offs_d,
+                offs_dv, lo, hi, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mn, stride_dqm,
+                stride_dqd, N_Q, N_KV, window, qk_scale, dq_scale, HEAD_DIM: tl.constexpr,
+                V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+                HAS_WINDOW: tl.constexpr, CHECK_M: tl.constexpr, CHECK_N: tl.constexpr):
     """dK/dV of one key tile from query rows [lo, hi) of one q head. k_op/v_op are the tile's K and V as (BN, D)
     with BWD_TRANSPOSED, else K^T and V^T (D, BN). BWD_TRANSPOSED works on S^T = K Q^T (BN, BM), the Triton
     tutorial's form: P^T and dS^T come out in the orientation their matmuls consume, so no computed tile is
     transposed in registers (only loaded Q and dO tiles, which the compiler transposes for free in shared memory).
-    Rows past N_Q load lse = +inf and contribute nothing; keys past N_KV only touch dk/dv rows never stored."""
+    Rows past N_Q load lse = +inf and contribute nothing; keys past N_KV only touch dk/dv rows never stored (and
+    add nothing to dq: their K rows load as zero). BWD_DQ_ATOMIC: dq += scale * dS K is added to DQ_head (fp32)
+    here, so no dq kernel recomputes S and dP."""
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         do = _load_tile(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
@@ -77,6 +80,10 @@ def _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE_row, DELTA_row, M_base,
             dpt = _dot(v_op, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
             dst = pt * (dpt - delta[None, :])
             dk = _dot(dst.to(qt.dtype), tl.trans(qt), dk)
+            if BWD_DQ_ATOMIC:  # dq^T = K^T dS^T (BD, BM): no register transpose of the computed dS^T
+                dqt = _dot(tl.trans(k_op), dst.to(k_op.dtype), tl.zeros([BLOCK_D, BLOCK_M], dtype=tl.float32))
+                tl.atomic_add(DQ_head + offs_m[None, :] * stride_dqm + offs_d[:, None] * stride_dqd, dqt * dq_scale,
+                              mask=(offs_m[None, :] < N_Q) & (offs_d[:, None] < HEAD_DIM))
         else:
             q = _load_tile(Q_head + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                            offs_m, offs_d, N_Q, HEAD_DIM, CHECK_M, HEAD_DIM != BLOCK_D)
@@ -86,6 +93,10 @@ def _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE_row, DELTA_row, M_base,
             dp = _dot(do, v_op, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
             ds = p * (dp - delta[:, None])
             dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
+            if BWD_DQ_ATOMIC:  # k_op is K^T (BD, BN)
+                dq_part = _dot(ds.to(k_op.dtype), tl.trans(k_op), tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32))
+                tl.atomic_add(DQ_head + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+                              dq_part * dq_scale, mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
     return dk, dv
 
 
@@ -112,7 +123,8 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
     offs_dv = tl.arange(0, BLOCK_DV)
     K_base = K + off_b * stride_kb + off_kvh * stride_kh
     V_base = V + off_b * stride_vb + off_kvh * stride_vh
-    qk_scale = tl.cast(sm_scale, tl.float32)
+    dq_scale = tl.cast(sm_scale, tl.float32)
+    qk_scale = dq_scale
     if USE_EXP2:
         qk_scale = qk_scale * LOG2E
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -142,22 +154,25 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
         M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
         Q_head = Q + off_b * stride_qb + off_h * stride_qh
         DO_head = DO + off_b * stride_dob + off_h * stride_doh
+        DQ_head = DQ + off_b * stride_dqb + off_h * stride_dqh
         row = (off_b * H_Q + off_h) * N_Q
         if IS_CAUSAL and CAUSAL_SPLIT:
-            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, offs_n,
-                                 offs_d, offs_dv, lo, full_lo, stride_qm, stride_qd, stride_dom, stride_dod,
-                                 stride_mm, stride_mn, N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                 BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_M, not EVEN_N)
-            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, offs_n,
-                                 offs_d, offs_dv, full_lo, hi, stride_qm, stride_qd, stride_dom, stride_dod,
-                                 stride_mm, stride_mn, N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                 BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, HAS_WINDOW, not EVEN_M, False)
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, DQ_head,
+                                 offs_n, offs_d, offs_dv, lo, full_lo, stride_qm, stride_qd, stride_dom, stride_dod,
+                                 stride_mm, stride_mn, stride_dqm, stride_dqd, N_Q, N_KV, window, qk_scale, dq_scale,
+                                 HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True,
+                                 HAS_WINDOW, not EVEN_M, not EVEN_N)
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, DQ_head,
+                                 offs_n, offs_d, offs_dv, full_lo, hi, stride_qm, stride_qd, stride_dom, stride_dod,
+                                 stride_mm, stride_mn, stride_dqm, stride_dqd, N_Q, N_KV, window, qk_scale, dq_scale,
+                                 HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False,
+                                 HAS_WINDOW, not EVEN_M, False)
         else:
-            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, offs_n,
-                                 offs_d, offs_dv, lo, hi, stride_qm, stride_qd, stride_dom, stride_dod,
-                                 stride_mm, stride_mn, N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                 BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_M,
-                                 not EVEN_N)
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, DQ_head,
+                                 offs_n, offs_d, offs_dv, lo, hi, stride_qm, stride_qd, stride_dom, stride_dod,
+                                 stride_mm, stride_mn, stride_dqm, stride_dqd, N_Q, N_KV, window, qk_scale, dq_scale,
+                                 HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL,
+                                 HAS_WINDOW, not EVEN_M, not EVEN_N)
     dk = dk * tl.cast(sm_scale, tl.float32)
     ok_n = offs_n[:, None] < N_KV
     tl.store(DK + off_b * stride_dkb + off_kvh * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,

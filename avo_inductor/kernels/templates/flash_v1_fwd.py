@@ -25,6 +25,7 @@ BWD_TRANSPOSED = tl.constexpr(False)
 PACK_GQA = tl.constexpr(False)
 HEAVY_FIRST = tl.constexpr(False)
 USE_TMA = tl.constexpr(False)
+BWD_DQ_ATOMIC = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
