@@ -239,6 +239,12 @@ def _scalars(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | N
                 IS_CAUSAL=bool(causal or window > 0), HAS_WINDOW=window > 0)
 
 
+def spec_call_args(spec: Any) -> dict[str, Any]:
+    """``forward``/``backward``'s attention arguments for an AttentionSpec (scale, causal, window with 0 = none,
+    mask_kind): one mapping for every harness that launches a kernel for a spec."""
+    return dict(scale=spec.scale, causal=spec.causal, window=spec.window or 0, mask_kind=spec.mask.value)
+
+
 def _strides(prefix: str, t: torch.Tensor | tuple[Any, ...], names: str = "bhmd") -> dict[str, Any]:
     s = t if isinstance(t, tuple) else t.stride()
     return {f"stride_{prefix}{n}": s[i] for i, n in enumerate(names)}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..spec import AttentionSpec
-from .launch import backward, forward
+from .launch import backward, forward, spec_call_args
 from .loader import LoadedKernel, load_record, static_violations
 from .reference import attention_reference, make_inputs, reference_grads, tolerance
 
@@ -60,7 +60,7 @@ def check_case(loaded: LoadedKernel, spec: AttentionSpec, device: torch.device, 
     """Run one spec through the kernel; returns (problems, max_rel_err)."""
     inp = make_inputs(spec, device)
     before = [t.clone() for t in (inp.q, inp.k, inp.v, inp.mask) if t is not None]
-    args = dict(scale=spec.scale, causal=spec.causal, window=spec.window or 0, mask_kind=spec.mask.value)
+    args = spec_call_args(spec)
     b, hq, nq = spec.batch, spec.q_heads, spec.q_len
     out = torch.full((b, hq, nq, spec.v_head_dim), float("nan"), dtype=spec.torch_dtype, device=device)
     lse = torch.full((b, hq, nq), float("nan"), dtype=torch.float32, device=device)

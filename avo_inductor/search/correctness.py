@@ -100,8 +100,7 @@ def _dirty_allocator(device: torch.device, nbytes: int, value: float) -> None:
 def run_forward(loaded: Any, spec: AttentionSpec, inputs: Any, out: torch.Tensor, lse: torch.Tensor) -> None:
     """Launch the candidate's forward through the trusted launcher into harness-allocated ``out``/``lse``."""
     launch.forward(loaded.functions, loaded.launch, inputs.q, inputs.k, inputs.v, inputs.mask,
-                   scale=spec.scale, causal=spec.causal, window=spec.window or 0, mask_kind=spec.mask.value,
-                   out=out, lse=lse)
+                   **launch.spec_call_args(spec), out=out, lse=lse)
 
 
 def run_training_step(loaded: Any, spec: AttentionSpec, inputs: Any, out: torch.Tensor, lse: torch.Tensor,
@@ -109,7 +108,7 @@ def run_training_step(loaded: Any, spec: AttentionSpec, inputs: Any, out: torch.
     """Forward into ``out``/``lse``, then the candidate's Triton backward (the recompute fallback, as the op would
     use, for kernels without one): what a training step costs with this kernel."""
     run_forward(loaded, spec, inputs, out, lse)
-    args = dict(scale=spec.scale, causal=spec.causal, window=spec.window or 0, mask_kind=spec.mask.value)
+    args = launch.spec_call_args(spec)
     if loaded.has_backward:
         return launch.backward(loaded.functions, loaded.launch, do, inputs.q, inputs.k, inputs.v, out, lse,
                                inputs.mask, **args)
