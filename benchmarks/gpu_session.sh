@@ -5,7 +5,8 @@
 #   campaign (run or resume CAMPAIGN=search/h100-core.toml into CAMPAIGN_DB for one CAMPAIGN_SLICE-minute slice),
 #   export (the store's promoted records as $OUT/bundle), attention (ATTN_SUITE, default issue7), models
 #   (MODEL_CASES / MODEL_ARGS, e.g. --seed-baseline), variants / variants-training (template A/B, VARIANT_ARGS /
-#   VARIANT_TRAIN_ARGS, e.g. "--variants @benchmarks/variant_sets/hopper-bwd.json"), search (the 5-minute smoke search).
+#   VARIANT_TRAIN_ARGS, e.g. "--variants @benchmarks/variant_sets/hopper-bwd.json"; variants=NAME: VARIANT_ARGS_NAME,
+#   CSV variants-NAME.csv, several per session), search (the 5-minute smoke search).
 # The GPU image lacks diskcache and platformdirs: carry them as wheels in .whl/ (pure Python), made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diskcache platformdirs
 set -uo pipefail
@@ -24,6 +25,10 @@ for step in "$@"; do
     attention) python3 benchmarks/attention.py --suite "${ATTN_SUITE:-issue7}" --out "$OUT" ${ATTN_ARGS:-} > "$OUT/attention.log" 2>&1; tail -40 "$OUT/attention.log" ;;
     models*) python3 benchmarks/models.py ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
     variants) python3 benchmarks/variants.py --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
+    variants=*) # A named A/B: variants=NAME runs variants.py with $VARIANT_ARGS_NAME ('-' in NAME read as '_').
+              name=${step#variants=}; var="VARIANT_ARGS_${name//-/_}"
+              python3 benchmarks/variants.py --out "$OUT" --stem "variants-$name" ${!var:-} > "$OUT/variants-$name.log" 2>&1
+              tail -12 "$OUT/variants-$name.log" ;;
     variants-training) python3 benchmarks/variants.py --training --out "$OUT" ${VARIANT_TRAIN_ARGS:-} > "$OUT/variants-training.log" 2>&1; tail -12 "$OUT/variants-training.log" ;;
     sanity) python3 benchmarks/sanity.py > "$OUT/sanity.log" 2>&1; rc=$?; tail -12 "$OUT/sanity.log"; [ $rc = 0 ] || exit 3 ;;
     sanity-large) python3 benchmarks/sanity.py --large > "$OUT/sanity-large.log" 2>&1; tail -6 "$OUT/sanity-large.log" ;;

@@ -10,9 +10,11 @@ Forward variants are timed as CUDA-graph replays (no launch overhead: eager call
 With --training every provider runs a training step (forward + autograd backward; avo through the kernel's
 own Triton backward) and its gradients are checked against SDPA's; TFLOP/s then count the backward as 2.5x the
 forward, as ANCHORS.md does.
+Specs are attention.py's ("B,H,HKV,N,D,mask" or "B,H,HKV,NQ,NK,D,mask", mask none|causal|bias|padding|alibi|windowW):
+masked and decode specs get their mask tensors from make_inputs and are checked against SDPA given the same mask.
 Usage: python benchmarks/variants.py [--specs "4,32,32,4096,128,causal;..."] [--variants '{"name": {...}}']
        [--training]   (--variants @benchmarks/variant_sets/hopper-bwd.json reads the set from a file)
-Prints TFLOP/s per spec x provider and writes variants.csv (variants-training.csv) under --out.
+Prints TFLOP/s per spec x provider and writes variants.csv (variants-training.csv; --stem names it) under --out.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any, Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention import parse_spec as parse_bench_spec  # noqa: E402
 from common import RESULTS, gpu_slug, print_table, time_ms, write_csv  # noqa: E402
 
 from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
@@ -46,20 +49,21 @@ DEFAULT_VARIANTS = {
 
 
 def parse_spec(text: str) -> AttentionSpec:
-    """"B,H,HKV,N,D,none|causal" (dense specs only: masks need the full benchmark's providers)."""
-    *nums, mask = text.strip().split(",")
-    b, h, hkv, n, d = (int(x) for x in nums)
-    if mask not in ("none", "causal"):
-        raise ValueError(f"variants.py times dense specs only; got mask {mask!r} in {text!r}")
-    return AttentionSpec(b, h, hkv, n, n, d, dtype="bfloat16", causal=mask == "causal")
+    """attention.py's spec text, bf16 (",train" is --training's job here, so it is refused)."""
+    spec = parse_bench_spec(text, "bfloat16")
+    if spec.needs_grad:
+        raise ValueError(f"{text!r}: drop ',train' and pass --training to time training steps")
+    return spec
 
 
-def variant_fn(spec: AttentionSpec, overrides: dict[str, Any], hardware: HardwareKey) -> Callable[..., torch.Tensor]:
+def variant_fn(spec: AttentionSpec, overrides: dict[str, Any], hardware: HardwareKey,
+               mask: torch.Tensor | None) -> Callable[..., torch.Tensor]:
     genome = default_genome(spec, hardware).replace(**overrides)
     kernel_id = register_kernel(baseline_record(spec, hardware, genome=genome))
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return torch.ops.avo.attention(q, k, v, None, kernel_id, spec.effective_scale, spec.causal, 0, "none")
+        return torch.ops.avo.attention(q, k, v, mask, kernel_id, spec.effective_scale, spec.causal, spec.window or 0,
+                                       spec.mask.value)
     return run
 
 
@@ -89,16 +93,16 @@ def measure(spec: AttentionSpec, variants: dict[str, dict[str, Any]], hardware: 
     providers: dict[str, Callable[..., tuple[torch.Tensor, ...]]] = {}
     for name in ("sdpa_cudnn", "flex") if device.type == "cuda" else ("sdpa", "flex"):
         try:
-            step = _as_step(bench.builtin_baseline(name, spec, None, device), do)
+            step = _as_step(bench.builtin_baseline(name, spec, x.mask, device), do)
             step(q, k, v)
             providers[name] = step
         except Exception as exc:  # a backend this build/device lacks: report, keep going
             row[name] = f"err: {type(exc).__name__}"
-    expected = tuple(t.float() for t in _as_step(bench.builtin_baseline("sdpa", spec, None, device), do)(q, k, v))
+    expected = tuple(t.float() for t in _as_step(bench.builtin_baseline("sdpa", spec, x.mask, device), do)(q, k, v))
     atol, rtol = tolerance(spec.dtype, grad=training)
     for name, overrides in variants.items():
         try:
-            step = _as_step(variant_fn(spec, overrides, hardware), do)
+            step = _as_step(variant_fn(spec, overrides, hardware, x.mask), do)
             problem = _disagreement(step(q, k, v), expected, atol, rtol)
             if problem:  # still timed (a tolerance question must not cost the sweep), but flagged beside it
                 row[f"{name} check"] = problem
@@ -121,13 +125,15 @@ def main() -> int:
                                            "@FILE holding one (benchmarks/variant_sets/)")
     parser.add_argument("--training", action="store_true", help="time forward + backward, check gradients")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--stem", help="CSV name without .csv (default variants, or variants-training)")
     args = parser.parse_args()
     text = args.variants or ""
     variants = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text) if text else DEFAULT_VARIANTS
     hardware = HardwareKey.current()
     rows = [measure(parse_spec(s), variants, hardware, args.training) for s in args.specs.split(";") if s.strip()]
     out = args.out or RESULTS / gpu_slug()
-    write_csv(out / ("variants-training.csv" if args.training else "variants.csv"), rows)
+    stem = args.stem or ("variants-training" if args.training else "variants")
+    write_csv(out / f"{stem}.csv", rows)
     print_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
     return 0
 

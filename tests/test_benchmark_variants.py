@@ -38,3 +38,21 @@ def test_variants_training_checks_gradients(tmp_path: Path) -> None:
     assert row["spec"].endswith(" train")
     assert float(row["default"]) >= 0 and float(row["transposed"]) >= 0  # timed (interpreter: ~0 TFLOP/s)
     assert not any(key.endswith(" check") for key in row), row  # gradients agree with SDPA's
+
+
+def test_variants_take_masked_and_decode_specs(tmp_path: Path) -> None:
+    """Masked (ALiBi, padding) and decode specs in attention.py's spec text: mask tensors reach the variants and
+    SDPA alike, and a split-K decode variant (kv_splits) agrees with SDPA."""
+    variants = {"default": {}, "splits 2": {"kv_splits": 2}}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "AVO_CACHE_DIR": str(tmp_path / "store")}
+    specs = "1,4,4,33,16,alibi;2,2,2,17,40,16,padding;2,4,2,1,113,16,none"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--specs", specs,
+                           "--variants", json.dumps(variants), "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "variants.csv")))
+    assert [r["spec"].split(" ")[0] for r in rows] == ["1,4,4,33,33,16", "2,2,2,17,40,16", "2,4,2,1,113,16"]
+    for row in rows:
+        assert float(row["default"]) >= 0, row
+        assert not row.get("default check"), row  # agrees with SDPA given the same mask
+    assert float(rows[2]["splits 2"]) >= 0 and not rows[2].get("splits 2 check"), rows[2]

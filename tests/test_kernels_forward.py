@@ -140,7 +140,7 @@ def test_result_changes_with_inputs():
 
 def test_packed_launch_grids(monkeypatch):
     """pack_gqa: the forward walks B * Hkv heads and cdiv(Nq * GROUP, BLOCK_M) row tiles (times splits); the reduce
-    packs all B * Hq * Nq rows; without it the grids are the ABI's unpacked ones."""
+    packs all B * Hq * Nq rows, one per program (REDUCE_BLOCK_M); without it the grids are the ABI's unpacked ones."""
     grids = []
     real = launch._launch
 
@@ -150,10 +150,11 @@ def test_packed_launch_grids(monkeypatch):
 
     monkeypatch.setattr(launch, "_launch", recording)
     spec = AttentionSpec(2, 8, 2, 3, 40, 16, dtype="float32")  # group 4: 12 packed rows per kv head
-    for knobs, fwd, red in (({"pack_gqa": True, "kv_splits": 2}, (2, 4), (3, 1)),
-                            ({"pack_gqa": False, "kv_splits": 2}, (2, 16), (1, 16)),
+    assert launch.REDUCE_BLOCK_M == 1
+    for knobs, fwd, red in (({"pack_gqa": True, "kv_splits": 2}, (2, 4), (48, 1)),
+                            ({"pack_gqa": False, "kv_splits": 2}, (2, 16), (3, 16)),
                             ({"pack_gqa": True}, (1, 4), None),
-                            ({"pack_gqa": True, "kv_splits": 2, "persistent": True}, (4,), (3, 1))):
+                            ({"pack_gqa": True, "kv_splits": 2, "persistent": True}, (4,), (48, 1))):
         grids.clear()
         _check_forward(spec, knobs)
         assert grids[0] == ("attn_fwd", fwd), knobs

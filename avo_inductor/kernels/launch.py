@@ -15,7 +15,8 @@ Forward ``{entry}`` (all arguments by keyword, in this order):
   LSE is contiguous fp32 (B, Hq * SPLITS, Nq), natural log, +inf for rows with no allowed key.
   With SPLITS > 1, O is a contiguous fp32 (B, Hq * SPLITS, Nq, Dv) partial buffer (head index h * SPLITS + s)
   and ``{entry}_reduce``(OP, LSEP, O, LSE, stride_o{b,h,m,d}, BATCH, H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV,
-  SPLITS) combines it, grid (cdiv(Nq, BLOCK_M), B * Hq).
+  SPLITS) combines it, grid (cdiv(Nq, BLOCK_M), B * Hq); the reduce's BLOCK_M is its own row tile
+  (REDUCE_BLOCK_M), not the forward's.
 Grid rules (launch["grid"]): "fwd" (cdiv(Nq, BLOCK_M), B * Hq) with kv_splits 1; "splitkv"
   (cdiv(Nq, BLOCK_M) * SPLITS, B * Hq); "persistent" (min(tiles, SM count),), tiles walked in-kernel.
 Packed GQA (launch["pack_gqa"] true; the source must pack too, flash_v1 renders PACK_GQA = True): the forward's
@@ -53,6 +54,9 @@ MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
 GRID_RULES = ("fwd", "splitkv", "persistent")
 BWD_GRID_RULES = ("bwd",)
 _CPU_PROGRAMS = 4  # "SM count" of the interpreter for the persistent grid
+# Rows per program of the split-K reduce: one. A decode reduce has only B * Hq * Nq rows (32 for one sequence of
+# 32 heads); tiles of the forward's BLOCK_M gave it 2 programs, each reading every split's partial rows in turn.
+REDUCE_BLOCK_M = 1
 
 
 def _pow2(n: int) -> int:
@@ -295,10 +299,11 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     if splits > 1:
         if fns.reduce is None:
             raise RuntimeError("kv_splits > 1 needs the source's '{entry}_reduce' kernel")
-        reduce_grid = (_cdiv(b * hq * nq, cfg.block_m), 1) if cfg.pack_gqa else (_cdiv(nq, cfg.block_m), b * hq)
+        rb = REDUCE_BLOCK_M
+        reduce_grid = (_cdiv(b * hq * nq, rb), 1) if cfg.pack_gqa else (_cdiv(nq, rb), b * hq)
         _launch(fns.reduce, reduce_grid, OP=o_buf, LSEP=l_buf, O=out, LSE=lse, **_strides("o", out),
-                BATCH=b, H_Q=hq, N_Q=nq, V_HEAD_DIM=dv, BLOCK_M=cfg.block_m, BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits,
-                num_warps=4, num_stages=1)
+                BATCH=b, H_Q=hq, N_Q=nq, V_HEAD_DIM=dv, BLOCK_M=rb, BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits,
+                num_warps=1, num_stages=1)
     return out, lse
 
 
