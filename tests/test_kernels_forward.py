@@ -232,7 +232,8 @@ def test_default_genome_packs_gqa_decode():
 
 
 @pytest.mark.parametrize("batch,kv_len,want", [
-    (1, 32768, 64),  # 8 packed tiles: 64 splits for two programs per SM
+    (1, 32768, 16),  # 8 packed tiles x 16 splits: one wave of 128 programs on 132 SMs
+    (1, 2048, 8),    # doubled from 4 (one split per 512 keys) toward a wave, held at 256 keys per split
     (8, 8192, 16),   # 64 tiles: the one-split-per-512-keys rule already fills the GPU
     (32, 4096, 8),
     (1, 300, 1),     # a split under 256 keys is not worth its reduction

@@ -138,14 +138,17 @@ _DEFAULT_SM_COUNT = 132  # H100 SXM; used when the hardware key is not given
 
 def _decode_splits(spec: AttentionSpec, block_m: int, pack: bool, hardware: HardwareKey | None) -> int:
     """Split-K for decode: one query tile per (batch, head) leaves most SMs idle and a memory-bound kernel needs
-    every SM streaming K/V. Enough splits for two programs per SM, at least the old rule's one split per 512 keys
-    (up to 16), never a split under 256 keys, at most 64 (the reduction reads every split's partial output)."""
+    every SM streaming K/V. One split per 512 keys (up to 16), doubled while the grid still fits one wave of the
+    SMs, never a split under 256 keys, at most 64 (the reduction reads every split's partial output).
+    H100, CUDA-graph timed (benchmarks/variant_sets/hopper-decode.json): 1x32 heads x 32768 keys ran 22% faster
+    at 16 splits (128 programs) than at the former rule's 64 (two programs per SM); 8x8192 and 32x4096, already
+    several waves deep, were best where the per-512-keys rule puts them."""
     heads = spec.kv_heads if pack else spec.q_heads
     rows = spec.q_len * spec.gqa_group if pack else spec.q_len
     tiles = spec.batch * heads * -(-rows // block_m)
     sms = hardware.sm_count if hardware is not None and hardware.sm_count > 0 else _DEFAULT_SM_COUNT
     splits = 1 << max(0, min(4, (spec.kv_len // 512).bit_length() - 1))
-    while tiles * splits < 2 * sms and splits < 64:
+    while tiles * splits * 2 <= sms and splits < 64:
         splits *= 2
     while splits > 1 and spec.kv_len // splits < 256:
         splits //= 2

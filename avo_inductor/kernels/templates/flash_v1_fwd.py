@@ -82,10 +82,13 @@ def _mask_scores(s, rows, cols, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, 
             keep = tl.load(m_ptrs, mask=inb, other=0)
             s = tl.where(keep != 0, s, float("-inf"))
     if MASK_KIND == 3:
-        dist = tl.abs(diag - cols).to(tl.float32)
+        # Distances in fp32 from index vectors converted once (exact below 2^24): an int->float conversion per
+        # score issues at the special-function units' quarter rate, the units every score's exp2 also needs.
+        dist = tl.abs(diag.to(tl.float32) - cols.to(tl.float32))
         if USE_EXP2:
-            dist = dist * LOG2E
-        s = s - slope * dist
+            s = s - (slope * LOG2E) * dist
+        else:
+            s = s - slope * dist
     if APPLY_CAUSAL:
         s = tl.where(cols <= diag, s, float("-inf"))
     if HAS_WINDOW:
