@@ -40,6 +40,11 @@ CASES = [
     (2, 1, 113, 1000, 72, 72, "bfloat16", True, 100, "bias", {"use_tma": True, "heavy_first": True}),
     (2, 2, 1, 70, 32, 24, "float16", False, None, "padding", {"use_tma": True, "kv_splits": 4}),
     (2, 2, 113, 17, 64, 64, "bfloat16", True, None, "alibi", {"heavy_first": True, "persistent": True}),
+    # non-causal ALiBi: key blocks left of every row's diagonal, the band, blocks right of it (row-shifted scores)
+    (2, 1, 113, 200, 24, 24, "float32", False, None, "alibi", {}),
+    (2, 2, 113, 17, 40, 40, "bfloat16", False, None, "alibi", {"even_fast_path": False}),  # q_len > kv_len
+    (2, 2, 64, 1000, 72, 72, "float16", False, None, "alibi", {"block_n": 32, "lazy_rescale": True}),
+    (4, 4, 1, 1000, 40, 40, "float32", False, None, "alibi", {"kv_splits": 4, "pack_gqa": False}),
 ]
 
 
@@ -83,6 +88,12 @@ def _check_forward(spec, knobs):
     atol, rtol = tolerance(spec.dtype)
     torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
     assert unchanged(inp, before)
+    # LSE at each row's real (head, position): logsumexp of the reference scores, +inf where no key is allowed
+    ref_lse = torch.logsumexp(_reference_scores(spec, inp), -1)
+    empty = torch.isneginf(ref_lse)
+    assert torch.equal(torch.isposinf(lse), empty)
+    torch.testing.assert_close(lse.double()[~empty], ref_lse[~empty], atol=2e-2 if spec.dtype != "float32" else 1e-4,
+                               rtol=1e-3)
     return kernel, inp, lse
 
 
@@ -99,13 +110,6 @@ def test_packed_gqa_forward_matches_reference(hq, hkv, nq, nk, d, dv, dtype, cau
                          window=window, mask=mask)
     kernel, inp, lse = _check_forward(spec, {"pack_gqa": True, **knobs})
     assert kernel.launch.pack_gqa and "PACK_GQA = tl.constexpr(True)" in kernel.path.read_text()
-    # LSE at each row's real (head, position): logsumexp of the reference scores, +inf where no key is allowed
-    s = _reference_scores(spec, inp)
-    ref_lse = torch.logsumexp(s, -1)
-    empty = torch.isneginf(ref_lse)
-    assert torch.equal(torch.isposinf(lse), empty)
-    torch.testing.assert_close(lse.double()[~empty], ref_lse[~empty], atol=2e-2 if dtype != "float32" else 1e-4,
-                               rtol=1e-3)
 
 
 def _reference_scores(spec, inp):

@@ -155,10 +155,15 @@ def _kept_span(KEEP, stride_kn, lo, hi, BLOCK_N: tl.constexpr):
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-               N_Q, N_KV, window, qk_scale,
+               N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift,
                HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
-               HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
+               HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr, ALIBI_SIDE: tl.constexpr):
+    """Online softmax over key blocks [lo, hi). ALIBI_SIDE (ALiBi with one slope per program, see _fwd_tile):
+    0 scores as _apply_masks gives them; otherwise scores carry the row shift ``row_shift`` = w * (d - c0) (w the
+    slope in score units, d each row's diagonal key, c0 the tile's first): 1 every key of these blocks is at or
+    left of every row's diagonal (or causally masked), so the ALiBi term is the column vector w * (c - c0); 2 every
+    key is right of every row's diagonal, 2 * row_shift - w * (c - c0); 3 the band between, |d - c| per score."""
     offs_n0 = tl.arange(0, BLOCK_N)
     # A block with nothing to mask takes the short path: the row max is taken on raw scores and the scale folds
     # into one FMA per score (x * scale - m), as in the Triton tutorial; the scale is positive (launcher checks).
@@ -183,8 +188,15 @@ def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, 
                 p = tl.exp(qk * qk_scale - m_new[:, None])
                 alpha = tl.exp(m_i - m_new)
         else:
-            s = _apply_masks(qk * qk_scale, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                             MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+            s = qk * qk_scale
+            if ALIBI_SIDE == 1:
+                s = s + (alibi_w * (offs_n - c0).to(tl.float32))[None, :]
+            elif ALIBI_SIDE == 2:
+                s = s + (2.0 * row_shift)[:, None] - (alibi_w * (offs_n - c0).to(tl.float32))[None, :]
+            s = _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                             0 if ALIBI_SIDE == 1 or ALIBI_SIDE == 2 else MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+            if ALIBI_SIDE == 3:
+                s = s + row_shift[:, None]
             m_new = tl.maximum(m_i, tl.max(s, 1))
             if LAZY_RESCALE:
                 m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
@@ -264,6 +276,20 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    # ALiBi with one slope per program: -w|d - c| = w(c - c0) - w(d - c0) left of the diagonal, so scores carry
+    # the row shift w(d - c0) and blocks wholly on one side add a column vector (one FMA per score where
+    # |d - c| cost four); the LSE drops the shift at the end. c0 (the tile's first diagonal key) keeps the shifted
+    # scores near the row max small, as exact in fp32 as the unshifted ones.
+    ALIBI_SHIFT: tl.constexpr = MASK_KIND == 3 and not PACK_GQA
+    c0 = q_lo + (N_KV - N_Q)
+    if ALIBI_SHIFT:
+        alibi_w = slope * LOG2E if USE_EXP2 else slope
+        row_shift = alibi_w * (offs_m - q_lo).to(tl.float32)
+    else:
+        alibi_w = 0.0
+        row_shift = tl.zeros([BLOCK_M], dtype=tl.float32)
+    SIDE_LEFT: tl.constexpr = 1 if ALIBI_SHIFT else 0  # causal: every unmasked key is left of its row's diagonal
+    SIDE_BAND: tl.constexpr = 3 if ALIBI_SHIFT else 0
     if SPLITS > 1:
         chunk = tl.cdiv(tl.cdiv(N_KV, SPLITS), BLOCK_N) * BLOCK_N
         lo = tl.maximum(lo, split * chunk)
@@ -286,21 +312,42 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
             mid_lo = tl.minimum(tl.maximum(mid_lo, lo), full_hi)
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, mid_lo,
                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                       N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
-                                       BLOCK_M, BLOCK_N, MASK_KIND, False, True, False)
+                                       N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                       BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, True, False, SIDE_LEFT)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, mid_lo, full_hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
-                                   BLOCK_M, BLOCK_N, MASK_KIND, False, False, False)
+                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, SIDE_LEFT)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, full_hi, hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
-                                   BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_N)
+                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_N,
+                                   SIDE_LEFT)
+    elif ALIBI_SHIFT and not IS_CAUSAL and not HAS_WINDOW:
+        # Blocks ending at or before the tile's first diagonal key (c0, so inside N_KV: no bounds test), the band
+        # the tile's diagonal crosses, and the blocks starting after its last row's diagonal key.
+        left_hi = tl.minimum(tl.maximum((c0 + 1) // BLOCK_N * BLOCK_N, lo), hi)
+        right_lo = tl.minimum(tl.maximum(tl.cdiv(q_hi + (N_KV - N_Q), BLOCK_N) * BLOCK_N, left_hi), hi)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, left_hi,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, 1)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, left_hi, right_lo,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 3)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, right_lo, hi,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 2)
     else:
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
-                                   BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N)
+                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N,
+                                   SIDE_LEFT if IS_CAUSAL else SIDE_BAND)
+    if ALIBI_SHIFT:
+        m_i = m_i - row_shift
     empty = l_i == 0.0
     acc = acc / tl.where(empty, 1.0, l_i)[:, None]
     if USE_EXP2:
