@@ -45,6 +45,14 @@ CASES = [
     (2, 2, 113, 17, 40, 40, "bfloat16", False, None, "alibi", {"even_fast_path": False}),  # q_len > kv_len
     (2, 2, 64, 1000, 72, 72, "float16", False, None, "alibi", {"block_n": 32, "lazy_rescale": True}),
     (4, 4, 1, 1000, 40, 40, "float32", False, None, "alibi", {"kv_splits": 4, "pack_gqa": False}),
+    # overlap_qk: the next block's QK^T before this block's softmax, on unmasked blocks (even lengths; causal and
+    # window full blocks; an empty full-block range; splits; descriptors); masked blocks keep the plain loop
+    (2, 2, 64, 128, 32, 32, "float16", False, None, "none", {"overlap_qk": True, "even_fast_path": True}),
+    (2, 1, 113, 1000, 72, 72, "bfloat16", True, 100, "none", {"overlap_qk": True}),
+    (4, 2, 64, 64, 40, 40, "float32", True, None, "none", {"overlap_qk": True, "block_m": 32, "heavy_first": True}),
+    (4, 4, 1, 1024, 40, 40, "float16", False, None, "none", {"overlap_qk": True, "kv_splits": 4}),
+    (2, 2, 48, 64, 64, 64, "bfloat16", False, None, "none", {"overlap_qk": True, "use_tma": True}),
+    (2, 2, 17, 113, 24, 24, "float16", False, None, "bias", {"overlap_qk": True}),
 ]
 
 
@@ -140,6 +148,18 @@ def test_result_changes_with_inputs():
     kernel = load(spec)
     a, b = fresh(spec), fresh(spec)
     assert not torch.equal(run_forward(kernel, spec, a)[0], run_forward(kernel, spec, b)[0])
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_padding_split_past_the_last_key_adds_nothing(pack):
+    """kv_len 70 in 4 splits of 32 keys: the last split starts past the last key. Its kept-key span must stay
+    empty; it once widened to the keys of the split before it, counting keys 64..67 twice (a padded decode)."""
+    spec = AttentionSpec(2, 4, 2, 1, 70, 32, dtype="float32", mask="padding")
+    inp = fresh(spec)
+    inp = type(inp)(inp.q, inp.k, inp.v, torch.arange(70)[None, :] < torch.tensor([[68], [70]]))
+    out, _ = run_forward(load(spec, kv_splits=4, pack_gqa=pack), spec, inp)
+    ref = attention_reference(inp.q, inp.k, inp.v, mask=inp.mask, **call_args(spec))
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_packed_launch_grids(monkeypatch):

@@ -27,6 +27,7 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "kv_splits": (1, 2, 4, 8, 16, 32, 64),
     "pack_gqa": (False, True),
     "heavy_first": (False, True),
+    "overlap_qk": (False, True),
     "bwd_block_m": (16, 32, 64, 128),
     "bwd_block_n": (16, 32, 64, 128),
     "bwd_num_warps": (2, 4, 8),
@@ -55,6 +56,9 @@ class KernelGenome:
     once per group instead of once per q head (FlashAttention-3's PackGQA; decode's win).
     heavy_first: causal forward and dq kernels visit each head's query tiles in reverse, so the tiles with the most
     key blocks start first and the last wave holds the light ones (FlashAttention-2's scheduling).
+    overlap_qk: forward key blocks without masks issue the next block's QK^T matmul before this block's softmax
+    (FlashAttention-3's intra-warpgroup overlap: the tensor cores work while the softmax runs), one extra QK^T per
+    query tile (the last block's, recomputed and dropped).
     bwd_*: the same for the backward kernels; bwd_transposed: dK/dV from S^T = K Q^T (no register transposes,
     the Triton tutorial's form); bwd_dq_swap: the dq kernel takes the tiles swapped (large query tile);
     bwd_dq_atomic: dq accumulated by the dK/dV kernel with fp32 atomic adds (FlashAttention-2's form: 5 tile matmuls
@@ -76,6 +80,7 @@ class KernelGenome:
     kv_splits: int = 1
     pack_gqa: bool = False
     heavy_first: bool = False
+    overlap_qk: bool = False
     bwd_block_m: int = 32
     bwd_block_n: int = 64
     bwd_num_warps: int = 4

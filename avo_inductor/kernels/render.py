@@ -1,7 +1,7 @@
 """KernelGenome -> Triton source + launch config (the only place knobs turn into code).
 
 Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, bwd_transposed, pack_gqa,
-heavy_first, use_tma, bwd_dq_atomic)
+heavy_first, use_tma, bwd_dq_atomic, overlap_qk)
 become module constants of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py);
 launch-level knobs (tiles, warps, stages, kv_splits, even_fast_path, grid rule, bwd_dq_swap, bwd_dq_atomic (which
 also renders), and pack_gqa again,
@@ -71,7 +71,7 @@ def _constants_block(genome: KernelGenome) -> str:
               "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
               "WARP_SPECIALIZE": genome.warp_specialize, "BWD_TRANSPOSED": genome.bwd_transposed,
               "PACK_GQA": genome.pack_gqa, "HEAVY_FIRST": genome.heavy_first, "USE_TMA": genome.use_tma,
-              "BWD_DQ_ATOMIC": genome.bwd_dq_atomic}
+              "BWD_DQ_ATOMIC": genome.bwd_dq_atomic, "OVERLAP_QK": genome.overlap_qk}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 

@@ -11,6 +11,7 @@ USE_TMA: K/V tiles come through device-side tensor descriptors (Hopper's TMA eng
 no address arithmetic in the warps; out-of-range rows read as zero); the launcher guarantees unit last strides and
 16-byte aligned rows and sets Triton's scratch allocator. HEAVY_FIRST (causal): tiles are visited in reverse
 query order, so the tiles with the most key blocks start first and the last wave holds the light ones.
+OVERLAP_QK: key blocks without masks issue the next block's QK^T before this block's softmax (_fwd_inner_overlap).
 """
 import triton
 import triton.language as tl
@@ -26,6 +27,7 @@ PACK_GQA = tl.constexpr(False)
 HEAVY_FIRST = tl.constexpr(False)
 USE_TMA = tl.constexpr(False)
 BWD_DQ_ATOMIC = tl.constexpr(False)
+OVERLAP_QK = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -140,7 +142,9 @@ def _kv_range(start_m, N_Q, N_KV, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
 @triton.jit
 def _kept_span(KEEP, stride_kn, lo, hi, BLOCK_N: tl.constexpr):
     """[lo, hi) narrowed to the BLOCK_N-aligned span holding the kept entries of the keep-vector KEEP (bool over
-    keys, stride stride_kn); an empty span when no key in [lo, hi) is kept."""
+    keys, stride stride_kn); an empty span when no key in [lo, hi) is kept, or when [lo, hi) is empty (lo > hi:
+    a split past the last key, which must not widen into the keys before lo)."""
+    hi = tl.maximum(hi, lo)
     first = hi
     last = lo - 1
     for start in range(lo, hi, KEEP_SCAN):
@@ -153,12 +157,83 @@ def _kept_span(KEEP, stride_kn, lo, hi, BLOCK_N: tl.constexpr):
 
 # EVOLVE-BLOCK-START
 @triton.jit
+def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
+                       stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                       HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Unmasked key blocks [lo, hi) (whole blocks inside N_KV) with FlashAttention-3's intra-warpgroup overlap:
+    block j+1's QK^T is issued before block j's softmax, so the asynchronous matmul runs under the exponentials.
+    The next block's index is clamped to the last block (the final iteration recomputes it and drops it: no read
+    past hi); the prologue's load is bounded by hi, so an empty range reads nothing."""
+    offs_n0 = tl.arange(0, BLOCK_N)
+    if USE_TMA:
+        kt = tl.trans(K_src.load([lo, 0]))
+    else:
+        kt = _load_tile(K_src + (lo + offs_n0)[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                        offs_d, lo + offs_n0, HEAD_DIM, hi, HEAD_DIM != BLOCK_D, True)
+    qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        nxt = tl.multiple_of(tl.minimum(start_n + BLOCK_N, hi - BLOCK_N), BLOCK_N)
+        if USE_TMA:
+            kt = tl.trans(K_src.load([nxt, 0]))
+        else:
+            kt = _load_tile(K_src + (nxt + offs_n0)[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                            offs_d, nxt + offs_n0, HEAD_DIM, hi, HEAD_DIM != BLOCK_D, False)
+        qk_next = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        if LAZY_RESCALE:
+            m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
+        if USE_EXP2:
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+        else:
+            p = tl.exp(qk * qk_scale - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        offs_n = start_n + offs_n0
+        if USE_TMA:
+            v = V_src.load([start_n, 0])
+        else:
+            v = _load_tile(V_src + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                           offs_n, offs_dv, hi, V_HEAD_DIM, False, V_HEAD_DIM != BLOCK_DV)
+        acc = _dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+        qk = qk_next
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift,
                HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr, ALIBI_SIDE: tl.constexpr):
+    """Key blocks [lo, hi) of one query tile: the overlapped loop (OVERLAP_QK) where they need no mask, else
+    _fwd_inner_loop."""
+    NO_MASKS: tl.constexpr = MASK_KIND == 0 and not APPLY_CAUSAL and not HAS_WINDOW and not CHECK_N
+    if OVERLAP_QK and NO_MASKS and not WARP_SPECIALIZE:
+        acc, l_i, m_i = _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
+                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, HEAD_DIM,
+                                           V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N)
+    else:
+        acc, l_i, m_i = _fwd_inner_loop(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
+                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                        N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                        BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, APPLY_CAUSAL, HAS_WINDOW,
+                                        CHECK_N, ALIBI_SIDE)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_inner_loop(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
+                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                    N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift,
+                    HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+                    HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr, ALIBI_SIDE: tl.constexpr):
     """Online softmax over key blocks [lo, hi). ALIBI_SIDE (ALiBi with one slope per program, see _fwd_tile):
     0 scores as _apply_masks gives them; otherwise scores carry the row shift ``row_shift`` = w * (d - c0) (w the
     slope in score units, d each row's diagonal key, c0 the tile's first): 1 every key of these blocks is at or
