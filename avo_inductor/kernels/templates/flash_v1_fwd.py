@@ -155,6 +155,47 @@ def _kept_span(KEEP, stride_kn, lo, hi, BLOCK_N: tl.constexpr):
     return first // BLOCK_N * BLOCK_N, tl.minimum(hi, last + 1)
 
 
+@triton.jit
+def _k_tile(K_src, start_n, offs_n, offs_d, stride_kn, stride_kd, n_bound, HEAD_DIM: tl.constexpr,
+            BLOCK_D: tl.constexpr, CHECK_N: tl.constexpr):
+    """K^T block (BLOCK_D, BLOCK_N) of keys offs_n = start_n + arange (CHECK_N: keys >= n_bound read as zero)."""
+    if USE_TMA:
+        kt = tl.trans(K_src.load([start_n, 0]))
+    else:
+        kt = _load_tile(K_src + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                        offs_d, offs_n, HEAD_DIM, n_bound, HEAD_DIM != BLOCK_D, CHECK_N)
+    return kt
+
+
+@triton.jit
+def _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, n_bound, V_HEAD_DIM: tl.constexpr,
+            BLOCK_DV: tl.constexpr, CHECK_N: tl.constexpr):
+    """V block (BLOCK_N, BLOCK_DV) of keys offs_n = start_n + arange (CHECK_N: keys >= n_bound read as zero)."""
+    if USE_TMA:
+        v = V_src.load([start_n, 0])
+    else:
+        v = _load_tile(V_src + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                       offs_n, offs_dv, n_bound, V_HEAD_DIM, CHECK_N, V_HEAD_DIM != BLOCK_DV)
+    return v
+
+
+@triton.jit
+def _unmasked_probs(qk, m_i, qk_scale):
+    """Softmax step of a block with nothing to mask: the row max is taken on raw scores and the scale folds into
+    one FMA per score (x * scale - m), as in the Triton tutorial; the scale is positive (launcher checks).
+    Returns (p, alpha, m_new)."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    if LAZY_RESCALE:
+        m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
+    if USE_EXP2:
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+    else:
+        p = tl.exp(qk * qk_scale - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+    return p, alpha, m_new
+
+
 # EVOLVE-BLOCK-START
 @triton.jit
 def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
@@ -166,40 +207,18 @@ def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
     The next block's index is clamped to the last block (the final iteration recomputes it and drops it: no read
     past hi); the prologue's load is bounded by hi, so an empty range reads nothing."""
     offs_n0 = tl.arange(0, BLOCK_N)
-    if USE_TMA:
-        kt = tl.trans(K_src.load([lo, 0]))
-    else:
-        kt = _load_tile(K_src + (lo + offs_n0)[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                        offs_d, lo + offs_n0, HEAD_DIM, hi, HEAD_DIM != BLOCK_D, True)
+    kt = _k_tile(K_src, lo, lo + offs_n0, offs_d, stride_kn, stride_kd, hi, HEAD_DIM, BLOCK_D, True)
     qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
     for start_n in tl.range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         nxt = tl.multiple_of(tl.minimum(start_n + BLOCK_N, hi - BLOCK_N), BLOCK_N)
-        if USE_TMA:
-            kt = tl.trans(K_src.load([nxt, 0]))
-        else:
-            kt = _load_tile(K_src + (nxt + offs_n0)[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                            offs_d, nxt + offs_n0, HEAD_DIM, hi, HEAD_DIM != BLOCK_D, False)
+        kt = _k_tile(K_src, nxt, nxt + offs_n0, offs_d, stride_kn, stride_kd, hi, HEAD_DIM, BLOCK_D, False)
         qk_next = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        if LAZY_RESCALE:
-            m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
-        if USE_EXP2:
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-        else:
-            p = tl.exp(qk * qk_scale - m_new[:, None])
-            alpha = tl.exp(m_i - m_new)
+        p, alpha, m_i = _unmasked_probs(qk, m_i, qk_scale)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        offs_n = start_n + offs_n0
-        if USE_TMA:
-            v = V_src.load([start_n, 0])
-        else:
-            v = _load_tile(V_src + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                           offs_n, offs_dv, hi, V_HEAD_DIM, False, V_HEAD_DIM != BLOCK_DV)
+        v = _v_tile(V_src, start_n, start_n + offs_n0, offs_dv, stride_vn, stride_vd, hi, V_HEAD_DIM, BLOCK_DV, False)
         acc = _dot(p.to(v.dtype), v, acc)
-        m_i = m_new
         qk = qk_next
     return acc, l_i, m_i
 
@@ -211,86 +230,53 @@ def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, 
                HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr, ALIBI_SIDE: tl.constexpr):
-    """Key blocks [lo, hi) of one query tile: the overlapped loop (OVERLAP_QK) where they need no mask, else
-    _fwd_inner_loop."""
-    NO_MASKS: tl.constexpr = MASK_KIND == 0 and not APPLY_CAUSAL and not HAS_WINDOW and not CHECK_N
-    if OVERLAP_QK and NO_MASKS and not WARP_SPECIALIZE:
+    """Online softmax over key blocks [lo, hi) (the overlapped loop, OVERLAP_QK, where they need no mask).
+    ALIBI_SIDE (ALiBi with one slope per program, see _fwd_tile): 0 scores as _apply_masks gives them; otherwise
+    scores carry the row shift ``row_shift`` = w * (d - c0) (w the slope in score units, d each row's diagonal key,
+    c0 the tile's first): 1 every key of these blocks is at or left of every row's diagonal (or causally masked), so
+    the ALiBi term is the column vector w * (c - c0); 2 every key is right of every row's diagonal,
+    2 * row_shift - w * (c - c0); 3 the band between, |d - c| per score."""
+    offs_n0 = tl.arange(0, BLOCK_N)
+    # A block with nothing to mask takes the short path (_unmasked_probs), or with OVERLAP_QK the overlapped loop.
+    NO_MASK: tl.constexpr = MASK_KIND == 0 and not APPLY_CAUSAL and not HAS_WINDOW and not CHECK_N
+    if OVERLAP_QK and NO_MASK and not WARP_SPECIALIZE:
         acc, l_i, m_i = _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
                                            stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, HEAD_DIM,
                                            V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N)
     else:
-        acc, l_i, m_i = _fwd_inner_loop(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
-                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                        N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                        BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, APPLY_CAUSAL, HAS_WINDOW,
-                                        CHECK_N, ALIBI_SIDE)
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _fwd_inner_loop(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
-                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                    N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift,
-                    HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
-                    HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr, ALIBI_SIDE: tl.constexpr):
-    """Online softmax over key blocks [lo, hi). ALIBI_SIDE (ALiBi with one slope per program, see _fwd_tile):
-    0 scores as _apply_masks gives them; otherwise scores carry the row shift ``row_shift`` = w * (d - c0) (w the
-    slope in score units, d each row's diagonal key, c0 the tile's first): 1 every key of these blocks is at or
-    left of every row's diagonal (or causally masked), so the ALiBi term is the column vector w * (c - c0); 2 every
-    key is right of every row's diagonal, 2 * row_shift - w * (c - c0); 3 the band between, |d - c| per score."""
-    offs_n0 = tl.arange(0, BLOCK_N)
-    # A block with nothing to mask takes the short path: the row max is taken on raw scores and the scale folds
-    # into one FMA per score (x * scale - m), as in the Triton tutorial; the scale is positive (launcher checks).
-    NO_MASK: tl.constexpr = MASK_KIND == 0 and not APPLY_CAUSAL and not HAS_WINDOW and not CHECK_N
-    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        offs_n = start_n + offs_n0
-        if USE_TMA:
-            kt = tl.trans(K_src.load([start_n, 0]))
-        else:
-            kt = _load_tile(K_src + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                            offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, CHECK_N)
-        qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-        if NO_MASK:
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-            if LAZY_RESCALE:
-                m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
-            if USE_EXP2:
-                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            offs_n = start_n + offs_n0
+            kt = _k_tile(K_src, start_n, offs_n, offs_d, stride_kn, stride_kd, N_KV, HEAD_DIM, BLOCK_D, CHECK_N)
+            qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+            if NO_MASK:
+                p, alpha, m_new = _unmasked_probs(qk, m_i, qk_scale)
             else:
-                p = tl.exp(qk * qk_scale - m_new[:, None])
-                alpha = tl.exp(m_i - m_new)
-        else:
-            s = qk * qk_scale
-            if ALIBI_SIDE == 1:
-                s = s + (alibi_w * (offs_n - c0).to(tl.float32))[None, :]
-            elif ALIBI_SIDE == 2:
-                s = s + (2.0 * row_shift)[:, None] - (alibi_w * (offs_n - c0).to(tl.float32))[None, :]
-            s = _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                             0 if ALIBI_SIDE == 1 or ALIBI_SIDE == 2 else MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
-            if ALIBI_SIDE == 3:
-                s = s + row_shift[:, None]
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            if LAZY_RESCALE:
-                m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
-            if USE_EXP2:
-                p = tl.math.exp2(s - m_safe[:, None])
-                alpha = tl.math.exp2(m_i - m_safe)
-            else:
-                p = tl.exp(s - m_safe[:, None])
-                alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        if USE_TMA:
-            v = V_src.load([start_n, 0])
-        else:
-            v = _load_tile(V_src + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                           offs_n, offs_dv, N_KV, V_HEAD_DIM, CHECK_N, V_HEAD_DIM != BLOCK_DV)
-        acc = _dot(p.to(v.dtype), v, acc)
-        m_i = m_new
+                s = qk * qk_scale
+                if ALIBI_SIDE == 1:
+                    s = s + (alibi_w * (offs_n - c0).to(tl.float32))[None, :]
+                elif ALIBI_SIDE == 2:
+                    s = s + (2.0 * row_shift)[:, None] - (alibi_w * (offs_n - c0).to(tl.float32))[None, :]
+                ONE_SIDED: tl.constexpr = ALIBI_SIDE == 1 or ALIBI_SIDE == 2  # ALiBi term already added
+                s = _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                                 0 if ONE_SIDED else MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+                if ALIBI_SIDE == 3:
+                    s = s + row_shift[:, None]
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                if LAZY_RESCALE:
+                    m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
+                if USE_EXP2:
+                    p = tl.math.exp2(s - m_safe[:, None])
+                    alpha = tl.math.exp2(m_i - m_safe)
+                else:
+                    p = tl.exp(s - m_safe[:, None])
+                    alpha = tl.exp(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None]
+            v = _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV, V_HEAD_DIM, BLOCK_DV, CHECK_N)
+            acc = _dot(p.to(v.dtype), v, acc)
+            m_i = m_new
     return acc, l_i, m_i
 
 
