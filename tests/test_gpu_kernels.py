@@ -48,9 +48,14 @@ GRID = [
     (32, 8, 1, 8192, 128, 128, False, None, "none", {"use_tma": True}),
     (8, 8, 1000, 1000, 128, 128, True, None, "none", {"bwd_transposed": True, "bwd_dq_swap": True, "bwd_block_m": 32,
                                                       "bwd_block_n": 128, "bwd_num_warps": 4, "bwd_num_stages": 3}),
-    # dq by fp32 atomics from the dK/dV kernel (added after the last GPU run: first checked by the next one)
+    # dq by fp32 atomics from the dK/dV kernel
     (8, 2, 1000, 1000, 128, 128, True, None, "none", {"bwd_dq_atomic": True}),
     (8, 8, 777, 777, 64, 64, True, 128, "bias", {"bwd_dq_atomic": True, "bwd_transposed": False}),
+    # the next block's QK^T before this block's softmax (dense, and a causal tile's full blocks); padded split-K
+    # decode whose last splits start past the last key (4100 keys in 16 splits of 320)
+    (8, 8, 1024, 1024, 128, 128, False, None, "none", {"overlap_qk": True}),
+    (8, 2, 1000, 1000, 64, 64, True, None, "none", {"overlap_qk": True}),
+    (32, 8, 1, 4100, 128, 128, False, None, "padding", {"kv_splits": 16}),
 ]
 
 
