@@ -2,7 +2,7 @@
 
 TRITON_INTERPRET=0 is needed because tests/conftest.py defaults it to 1 (torch 2.11 wrap_triton rejects
 interpreted kernels). Passed on an H100 with torch 2.11 / triton 3.6, together with tests/test_gpu_backend.py:
-30 tests in 214 s (2026-11-26, session 5, on the final session-5 template).
+33 tests in 174 s (2026-11-26, session 5, on the final session-5 template).
 
 Same curated grid as the CPU tests, at bf16 with the realistic default GPU tiles and larger lengths, plus
 the op under torch.compile(backend="inductor") where Inductor inlines the user Triton kernels.
