@@ -17,7 +17,7 @@ from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind
 
 SPEC = AttentionSpec(batch=2, q_heads=4, kv_heads=2, q_len=100, kv_len=120, head_dim=16, dtype="float16", causal=True)
 STORE_O = "    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_dv[None, :] < V_HEAD_DIM))\n"
-KV_LOOP = "    for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):\n        start_n = tl.multiple_of(start_n, BLOCK_N)\n"
+KV_LOOP = "        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):\n            start_n = tl.multiple_of(start_n, BLOCK_N)\n"
 AFTER_Q = "    q = _load_tile(Q + "  # start of the statement loading the q tile; the cheat stores q back right before
 FWD_BODY = "    if PERSISTENT:\n"
 
