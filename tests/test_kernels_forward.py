@@ -3,7 +3,7 @@
 Each case: fresh random inputs, NaN-poisoned out/lse, inputs unchanged afterwards, per-dtype tolerance.
 The grid covers every mask kind, GQA/MQA, odd head dims (40, 111, 160), dv != d, lengths 1/17/113 with
 q_len != kv_len, all three dtypes and every genome knob the template renders; PACKED_CASES repeat it for
-pack_gqa (GQA groups packed into one tile's rows), checking the LSE too.
+pack_gqa (GQA groups packed into one tile's rows). Every case checks the LSE as well as the output.
 """
 from __future__ import annotations
 
