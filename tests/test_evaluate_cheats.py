@@ -200,3 +200,35 @@ def test_target_check_catches_one_wrong_row_and_one_unwritten_element(monkeypatc
     else:
         with pytest.raises(correctness.CheckFailure, match="not finite" if "nan" in fault else "outside atol"):
             correctness.check_shape(None, spec, torch.device("cpu"), random.Random(0), full=False)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_full_check_catches_a_kernel_wrong_only_where_a_padding_row_reaches_the_last_key(monkeypatch, seed):
+    """A padded-attention kernel that miscounts keys only in rows kept through the last key (as flash_v1's split-K
+    once did: it re-ran the previous split's keys) fails the check on every draw, not on the one random prefix
+    length in ten that reaches the end: the checks keep every key of the last batch row. An honest kernel passes."""
+    import random
+
+    import torch
+
+    from avo_inductor.kernels.reference import attention_reference
+    from avo_inductor.search import correctness
+    from avo_inductor.spec import AttentionSpec
+
+    spec = AttentionSpec(2, 4, 2, 1, 70, 16, dtype="float32", mask="padding")
+
+    def forward(buggy):
+        def run(loaded, spec_, x, out, lse):
+            ref = attention_reference(x.q, x.k, x.v, scale=spec_.scale, mask_kind="padding", mask=x.mask)
+            if buggy:  # wrong only in the batch rows that keep the last key
+                ref = ref + 0.5 * x.mask[:, -1].to(ref.dtype)[:, None, None, None]
+            out.copy_(ref.to(out.dtype))
+            lse.zero_()
+        return run
+
+    monkeypatch.setattr(correctness, "_scratch_bytes", lambda spec_, loaded: 4)
+    monkeypatch.setattr(correctness, "run_forward", forward(buggy=False))
+    correctness.check_shape(None, spec, torch.device("cpu"), random.Random(seed))
+    monkeypatch.setattr(correctness, "run_forward", forward(buggy=True))
+    with pytest.raises(correctness.CheckFailure, match="outside atol"):
+        correctness.check_shape(None, spec, torch.device("cpu"), random.Random(seed))
