@@ -10,6 +10,7 @@ import random
 from typing import Any, Callable, Sequence
 
 from ..kernels.genome import GENOME_SPACE, KernelGenome
+from ..kernels.render import template_digest
 from ..spec import AttentionSpec, HardwareKey, next_power_of_two, stable_hash
 from .types import Candidate, EvalResult
 
@@ -78,15 +79,7 @@ def in_space(genome: KernelGenome, spec: AttentionSpec, hardware: HardwareKey | 
 def genome_hash(genome: KernelGenome) -> str:
     """A genome's search identity: its knobs and the source of the template that renders them (see
     ``kernels.render.template_digest``), so the same knobs on a changed template are a new candidate."""
-    return stable_hash({"genome": genome.to_dict(), "template": _template_digest(genome.template)})[:16]
-
-
-def _template_digest(template: str) -> str:
-    try:
-        from ..kernels.render import template_digest
-    except ImportError:  # kernels unavailable: knobs alone (the evaluator's compile stage reports the problem)
-        return ""
-    return template_digest(template)
+    return stable_hash({"genome": genome.to_dict(), "template": template_digest(genome.template)})[:16]
 
 
 def content_hash(candidate: Candidate) -> str:
