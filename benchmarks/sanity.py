@@ -36,7 +36,7 @@ def candidates(hardware: HardwareKey, large: bool = False) -> list[tuple[str, Ca
     out = []
     for spec in LARGE_SPECS if large else SPECS:
         for name, overrides in ({"default": {}} if large else VARIANTS).items():
-            genome = default_genome(spec, hardware).replace(**overrides)
+            genome = default_genome(spec, hardware, overrides.get("template")).replace(**overrides)
             out.append((name, Candidate(candidate_id(spec, genome_hash(genome)), spec, genome=genome)))
     return out
 

@@ -58,7 +58,7 @@ def parse_spec(text: str) -> AttentionSpec:
 
 def variant_fn(spec: AttentionSpec, overrides: dict[str, Any], hardware: HardwareKey,
                mask: torch.Tensor | None) -> Callable[..., torch.Tensor]:
-    genome = default_genome(spec, hardware).replace(**overrides)
+    genome = default_genome(spec, hardware, overrides.get("template")).replace(**overrides)
     kernel_id = register_kernel(baseline_record(spec, hardware, genome=genome))
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,14 @@ GRID = [
     (8, 8, 1024, 1024, 128, 128, False, None, "none", {"overlap_qk": True}),
     (8, 2, 1000, 1000, 64, 64, True, None, "none", {"overlap_qk": True}),
     (32, 8, 1, 4100, 128, 128, False, None, "padding", {"kv_splits": 16}),
+    # flash_ws90 (Gluon, sm_90): ragged lengths, GQA, Nq < Nk and Nq > Nk causal (rows with no key), 1-row queries,
+    # 64-key tiles with 4 stages; the backward is flash_v1's on the ws90 forward's LSE
+    (8, 8, 1000, 1000, 128, 128, True, None, "none", {"template": "flash_ws90"}),
+    (8, 2, 113, 1000, 128, 128, True, None, "none", {"template": "flash_ws90"}),
+    (8, 1, 1000, 113, 128, 128, True, None, "none", {"template": "flash_ws90"}),
+    (4, 4, 17, 17, 64, 64, False, None, "none", {"template": "flash_ws90"}),
+    (4, 2, 1, 777, 128, 128, False, None, "none", {"template": "flash_ws90"}),
+    (4, 4, 1000, 1000, 64, 64, True, None, "none", {"template": "flash_ws90", "block_n": 64, "num_stages": 4}),
 ]
 
 
@@ -64,7 +72,7 @@ def test_gpu_forward_backward_bf16(hq, hkv, nq, nk, d, dv, causal, window, mask,
     spec = AttentionSpec(2, hq, hkv, nq, nk, d, v_head_dim=dv, dtype="bfloat16", causal=causal, window=window,
                          mask=mask, needs_grad=True)
     hw = HardwareKey.current("cuda")
-    genome = default_genome(spec, hw).replace(**knobs)
+    genome = default_genome(spec, hw, knobs.get("template", "flash_v1")).replace(**knobs)
     rk = render(genome, spec)
     rec = dataclasses.replace(baseline_record(spec, hw), source=rk.source, launch=rk.launch, sha256="",
                               genome=genome.to_dict())
@@ -85,11 +93,15 @@ def test_gpu_forward_backward_bf16(hq, hkv, nq, nk, d, dv, causal, window, mask,
         torch.testing.assert_close(g.double(), r, atol=gatol, rtol=grtol)
 
 
-@pytest.mark.parametrize("knobs", [{}, {"use_tma": True, "heavy_first": True, "bwd_transposed": True}])
+@pytest.mark.parametrize("knobs", [{"template": "flash_ws90"},
+                                   {"template": "flash_v1", "use_tma": True, "heavy_first": True,
+                                    "bwd_transposed": True}])
 def test_gpu_verify_baseline_and_compiled_op(knobs):
-    """Verified, then inlined by Inductor (whose launcher installs the scratch allocator TMA descriptors need)."""
+    """Verified, then compiled by Inductor: flash_v1 inlined (Inductor's launcher installs the scratch allocator
+    TMA descriptors need), flash_ws90's Gluon forward called as an opaque op with flash_v1's backward inlined."""
     spec = AttentionSpec(2, 8, 2, 1000, 1000, 128, dtype="bfloat16", causal=True, needs_grad=True)
-    rec = baseline_record(spec, genome=default_genome(spec, HardwareKey.current()).replace(**knobs))
+    genome = default_genome(spec, HardwareKey.current(), knobs["template"]).replace(**knobs)
+    rec = baseline_record(spec, genome=genome)
     report = verify_record(rec, "cuda")
     assert report.ok, report.problems
     kid = register_kernel(rec)
@@ -105,6 +117,28 @@ def test_gpu_verify_baseline_and_compiled_op(knobs):
     gatol, grtol = tolerance("bfloat16", grad=True)
     for g, r in zip((q.grad, k.grad, v.grad), reference_grads(inp.q, inp.k, inp.v, do, causal=True)):
         torch.testing.assert_close(g.double(), r, atol=gatol, rtol=grtol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_ws90_reads_strided_inputs_and_writes_every_element(dtype):
+    """(B, N, H, D) tensors viewed as (B, H, N, D) (what models pass) go straight to 4-d TMA descriptors; a K/V
+    view with a padded head stride too. Outputs poisoned with NaN first."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("flash_ws90 is sm_90 only")
+    spec = AttentionSpec(2, 8, 4, 1000, 1000, 128, dtype=str(dtype).split(".")[1], causal=True)
+    rk = render(default_genome(spec, HardwareKey.current(), "flash_ws90"), spec)
+    kernel = load_record(dataclasses.replace(baseline_record(spec), source=rk.source, launch=rk.launch, sha256=""))
+    torch.manual_seed(1)
+    q = torch.randn(2, 1000, 8, 128, device="cuda", dtype=dtype).transpose(1, 2)
+    k = torch.randn(2, 1000, 4, 136, device="cuda", dtype=dtype)[..., :128].transpose(1, 2)
+    v = torch.randn(2, 4, 1000, 128, device="cuda", dtype=dtype)
+    out = torch.full((2, 8, 1000, 128), float("nan"), dtype=dtype, device="cuda")
+    lse = torch.full((2, 8, 1000), float("nan"), device="cuda")
+    args = dict(scale=None, causal=True, window=0, mask_kind="none")
+    launch.forward(kernel.functions, kernel.launch, q, k, v, None, out=out, lse=lse, **args)
+    atol, rtol = tolerance(str(dtype).split(".")[1])
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v, **args), atol=atol, rtol=rtol)
+    assert torch.isfinite(lse).all()
 
 
 def test_launch_bound_decode_is_timed_with_cuda_graphs_and_replay_checked() -> None:

@@ -1,15 +1,18 @@
 """Static allowlist for kernel source: the first gate for every kernel from a bundle, the store or the search.
 
-Kernel modules may import only triton, triton.language and math, define only ``@triton.jit`` functions and
-constants, and use no I/O, no torch, no host-side state. The check is syntactic (AST) and never executes code.
+Kernel modules may import only triton, triton.language, math and Gluon's language modules (Hopper's included),
+define only ``@triton.jit`` / ``@gluon.jit`` functions and constants, and use no I/O, no torch, no host-side
+state. The check is syntactic (AST) and never executes code.
 """
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
 
-ALLOWED_IMPORTS = frozenset({"triton", "triton.language", "math"})
-ALLOWED_DECORATORS = frozenset({"triton.jit", "jit", "triton.heuristics", "triton.autotune"})
+ALLOWED_IMPORTS = frozenset({"triton", "triton.language", "math", "triton.experimental",
+                             "triton.experimental.gluon", "triton.experimental.gluon.language",
+                             "triton.experimental.gluon.language.nvidia.hopper"})
+ALLOWED_DECORATORS = frozenset({"triton.jit", "jit", "triton.heuristics", "triton.autotune", "gluon.jit"})
 BANNED_NAMES = frozenset({
     "open", "exec", "eval", "compile", "__import__", "globals", "locals", "vars", "getattr", "setattr",
     "delattr", "input", "print", "breakpoint", "memoryview", "object", "type", "super", "classmethod",
@@ -65,6 +68,8 @@ def check_source(source: str, required_functions: tuple[str, ...] = ()) -> list[
         elif isinstance(stmt, ast.ImportFrom):
             if stmt.module not in ALLOWED_IMPORTS or stmt.level:
                 problems.append(Violation(stmt.lineno, f"import from {stmt.module!r} not allowed"))
+            elif stmt.module == "triton.experimental" and any(a.name != "gluon" for a in stmt.names):
+                problems.append(Violation(stmt.lineno, "only gluon may be imported from triton.experimental"))
         elif isinstance(stmt, ast.FunctionDef):
             names = [_decorator_name(d) for d in stmt.decorator_list]
             if not names or any(n not in ALLOWED_DECORATORS for n in names):

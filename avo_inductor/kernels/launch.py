@@ -28,6 +28,12 @@ Packed GQA (launch["pack_gqa"] true; the source must pack too, flash_v1 renders 
 Tensor descriptors (launch["tma"] true): the source may build device-side descriptors over K and V as (N_KV, D)
   tiles with strides (stride_kn, 1); the launcher guarantees unit last strides and 16-byte aligned rows and base
   (copying K/V only when they are not) and installs Triton's global-scratch allocator for direct launches.
+Grid rule "ws90" (Gluon, Hopper; templates/flash_ws90_fwd.py): ``{entry}``(Q_DESC, K_DESC, V_DESC, O, LSE,
+  stride_o{b,h,m}, H_Q, GROUP, N_Q, N_KV, qk_scale = sm_scale * log2(e), constexprs BLOCK_M (rows per math
+  warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages), IS_CAUSAL), grid (cdiv(Nq, 2 * BLOCK_M), B * Hq); the
+  descriptors are Gluon host TensorDescriptors over the 4-d q/k/v (unit last stride, 16-byte aligned strides and
+  base, copied when not) with blocks [1, 1, BLOCK_M or BLOCK_N, D]; O has a unit last stride, LSE is as above.
+  No mask operand, window or split-K; the launch is always direct (see op.py: the op stays opaque to Inductor).
 Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV),
   grid (cdiv(Nq, BWD_BLOCK_M), B * Hq), DELTA contiguous fp32 (B, Hq, Nq) = rowsum(o * do).
   ``{bwd}_dkdv`` and ``{bwd}_dq`` share one argument list:
@@ -51,7 +57,7 @@ from .interpreter import ensure_interpreter_fixes
 from .reference import MASK_KINDS
 
 MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
-GRID_RULES = ("fwd", "splitkv", "persistent")
+GRID_RULES = ("fwd", "splitkv", "persistent", "ws90")
 BWD_GRID_RULES = ("bwd",)
 _CPU_PROGRAMS = 4  # "SM count" of the interpreter for the persistent grid
 # Rows per program of the split-K reduce: one. A decode reduce has only B * Hq * Nq rows (32 for one sequence of
@@ -109,8 +115,10 @@ class LaunchConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v & (v - 1) or (name != "kv_splits" and not 16 <= v <= 256):
                 raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
-        if (self.grid == "fwd") != (self.kv_splits == 1) and self.grid != "persistent":
+        if (self.grid == "splitkv") == (self.kv_splits == 1) and self.grid != "persistent":
             raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
+        if self.grid == "ws90" and (self.num_warps != 4 or self.pack_gqa or self.tma):
+            raise ValueError("grid 'ws90' runs 4-warp math warpgroups without pack_gqa or tma")
         for name in ("pack_gqa", "bwd_dq_swap", "tma", "bwd_dq_atomic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"launch {name} must be a bool; got {getattr(self, name)!r}")
@@ -270,6 +278,11 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         lse = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
     m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
     sc = _scalars(q, k, v, scale, causal, window, mask_kind)
+    if cfg.grid == "ws90":
+        if m is not q or window:
+            raise ValueError("a ws90 (Gluon) kernel takes no mask and no window")
+        _forward_ws90(fns, cfg, q, k, v, sc, out, lse)
+        return out, lse
     if cfg.tma:
         import triton
 
@@ -305,6 +318,43 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
                 BATCH=b, H_Q=hq, N_Q=nq, V_HEAD_DIM=dv, BLOCK_M=rb, BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits,
                 num_warps=1, num_stages=1)
     return out, lse
+
+
+def _ws90_ready(t: torch.Tensor) -> bool:
+    """A 4-d TMA descriptor's rules: unit last stride, the other strides positive multiples of 16 bytes, an
+    aligned base."""
+    size = t.element_size()
+    return (t.stride(3) == 1 and all(t.stride(i) > 0 and (t.stride(i) * size) % 16 == 0 for i in range(3))
+            and t.data_ptr() % 16 == 0)
+
+
+def _forward_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  sc: dict[str, Any], out: torch.Tensor, lse: torch.Tensor) -> None:
+    """Launch a flash_ws90 forward (always directly: Gluon kernels do not go through wrap_triton)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    d = q.shape[3]
+    if q.dtype not in (torch.float16, torch.bfloat16) or v.shape[3] != d:
+        raise ValueError(f"a ws90 kernel takes 16-bit q/k/v with equal head dims; got {q.dtype}, {d}/{v.shape[3]}")
+    if not lse.is_contiguous():
+        raise ValueError("lse must be contiguous (B, Hq, Nq)")
+    q, k, v = (t if _ws90_ready(t) else t.contiguous() for t in (q, k, v))
+    o = out if out.stride(3) == 1 else torch.empty(out.shape, dtype=out.dtype, device=out.device)
+    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+
+    def descriptor(t: torch.Tensor, rows: int) -> Any:
+        block = [1, 1, rows, d]
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
+                                gl.NVMMASharedLayout.get_default_for(block, element))
+
+    grid = (_cdiv(sc["N_Q"], 2 * cfg.block_m), sc["BATCH"] * sc["H_Q"])
+    fns.fwd[grid](descriptor(q, cfg.block_m), descriptor(k, cfg.block_n), descriptor(v, cfg.block_n), o, lse,
+                  o.stride(0), o.stride(1), o.stride(2), sc["H_Q"], sc["GROUP"], sc["N_Q"], sc["N_KV"],
+                  sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d,
+                  STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], num_warps=cfg.num_warps)
+    if o is not out:
+        out.copy_(o)
 
 
 def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,

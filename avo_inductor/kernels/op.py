@@ -105,15 +105,31 @@ def _keep_opaque(mode, func, types, args, kwargs):
     return mode.__torch_dispatch__(func, types, args, kwargs)
 
 
+from torch._subclasses.functional_tensor import FunctionalTensorMode  # noqa: E402
+
+# triton_op's own rule: under FunctionalTensorMode (AOTAutograd) it decomposes the op into its kernel launches,
+# so Inductor sees and inlines them.
+_decompose_fwd = getattr(attention_fwd, "_torch_dispatch_fns", {}).get(FunctionalTensorMode, _keep_opaque)
+
+
+def _fwd_functional(mode, func, types, args, kwargs):
+    """Decompose the forward unless its kernel is a Gluon one (launched directly, never through wrap_triton:
+    Inductor cannot trace Gluon host descriptors), which stays an opaque op Inductor calls as an extern kernel."""
+    kernel_id = kwargs["kernel_id"] if "kernel_id" in kwargs else args[4]
+    if get_kernel(kernel_id).launch.grid == "ws90":
+        return _keep_opaque(mode, func, types, args, kwargs)
+    return _decompose_fwd(mode, func, types, args, kwargs)
+
+
 if triton_interpreting():
     # Under TRITON_INTERPRET=1, wrap_triton hands back the InterpretedFunction untraceable (torch 2.11-2.13),
     # so the triton_op's functional decomposition would run the interpreter on functional/fake tensors. Keep
     # the ops opaque in traced graphs instead: Inductor calls them as extern ops (shapes from register_fake)
     # and the interpreter runs on real tensors at run time. On CUDA the ops decompose and Inductor inlines them.
-    from torch._subclasses.functional_tensor import FunctionalTensorMode
-
     attention_fwd.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
     attention_backward.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
+else:
+    attention_fwd.register_torch_dispatch(FunctionalTensorMode, _fwd_functional)
 
 _LIB = torch.library.Library("avo", "FRAGMENT")
 _LIB.define(f"attention(Tensor q, Tensor k, Tensor v, Tensor? mask, {_ARGS}) -> Tensor")

@@ -8,6 +8,9 @@ also renders), and pack_gqa again,
 since it changes the grid, and use_tma again, since the launcher must align K/V for descriptors) go into ``launch``
 for the trusted launcher. A knob the template cannot honour (other templates, dropout) raises ValueError instead
 of being silently ignored.
+
+Template ``flash_ws90`` (Hopper): flash_v1's module (its backward serves training) plus the Gluon forward of
+templates/flash_ws90_fwd.py as the entry point, launched through the descriptor ABI (launch grid "ws90").
 """
 from __future__ import annotations
 
@@ -21,9 +24,16 @@ from typing import Any
 from ..spec import AttentionSpec, HardwareKey, MaskKind, next_power_of_two
 from .genome import KernelGenome
 
-TEMPLATES = ("flash_v1",)
+TEMPLATES = ("flash_v1", "flash_ws90")
 FWD_ENTRY = "attn_fwd"
 BWD_ENTRY = "attn_bwd"
+WS90_ENTRY = "attn_fwd_ws90"
+# flash_ws90: the Gluon forward (templates/flash_ws90_fwd.py) appended to a flash_v1 module, whose backward (and
+# the forward helpers it shares) it keeps. Only the forward's tiles differ: BLOCK_M rows per math warpgroup.
+WS90_BLOCK_M = 64
+WS90_BLOCK_N = (64, 128)
+WS90_HEAD_DIMS = (64, 128)
+_SMEM_LIMIT = 227 * 1024
 MAX_HEAD_DIM = 256
 _CONSTANTS_RE = re.compile(r"# GENOME-CONSTANTS-START\n.*?# GENOME-CONSTANTS-END\n", re.S)
 _IMPORT_LINES = ("import triton\n", "import triton.language as tl\n")
@@ -51,7 +61,11 @@ def template_digest(template: str) -> str:
     after the template changed re-evaluates its genomes instead of trusting scores of kernels it no longer renders
     (an unknown template hashes as such; render reports it)."""
     try:
-        text = _template_text(f"{template}_fwd.py") + _template_text(f"{template}_bwd.py")
+        if template == "flash_ws90":
+            text = _template_text("flash_ws90_fwd.py") + _template_text("flash_v1_fwd.py") + _template_text(
+                "flash_v1_bwd.py")
+        else:
+            text = _template_text(f"{template}_fwd.py") + _template_text(f"{template}_bwd.py")
     except (FileNotFoundError, OSError):
         text = f"<missing template {template}>"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -76,10 +90,39 @@ def _constants_block(genome: KernelGenome) -> str:
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
 
+def ws90_smem_bytes(genome: KernelGenome, head_dim: int) -> int:
+    """Shared memory of a flash_ws90 program: both warpgroups' Q tiles and STAGES K and V tiles (16-bit)."""
+    return 2 * (2 * genome.block_m + 2 * genome.num_stages * genome.block_n) * head_dim
+
+
+def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
+    """What the Gluon forward implements: dense or causal 16-bit attention with equal q/v head dims of 64 or 128,
+    no split-K, and its fixed shape (two 4-warp math warpgroups of 64 rows); flash_v1-only forward knobs off."""
+    problems = []
+    if spec.dtype not in ("float16", "bfloat16"):
+        problems.append(f"dtype {spec.dtype} (16-bit only)")
+    if spec.mask is not MaskKind.NONE or spec.window:
+        problems.append(f"mask {spec.mask.value}{' + window' if spec.window else ''} (none or causal only)")
+    if spec.head_dim not in WS90_HEAD_DIMS or (spec.v_head_dim or spec.head_dim) != spec.head_dim:
+        problems.append(f"head dims {spec.head_dim}/{spec.v_head_dim} (equal, one of {WS90_HEAD_DIMS})")
+    if genome.block_m != WS90_BLOCK_M or genome.num_warps != 4 or genome.block_n not in WS90_BLOCK_N:
+        problems.append(f"tiles {genome.block_m}x{genome.block_n}/{genome.num_warps} warps (64 x {WS90_BLOCK_N}, 4 warps)")
+    if genome.num_stages < 2 or ws90_smem_bytes(genome, spec.head_dim) > _SMEM_LIMIT - 16 * 1024:
+        problems.append(f"{genome.num_stages} stages ({ws90_smem_bytes(genome, spec.head_dim)} bytes of shared memory)")
+    flash_v1_only = [k for k in ("persistent", "use_tma", "warp_specialize", "lazy_rescale", "pack_gqa",
+                                 "overlap_qk") if getattr(genome, k)]
+    if genome.kv_splits != 1 or flash_v1_only:
+        problems.append(f"flash_v1 forward knobs {flash_v1_only + (['kv_splits'] if genome.kv_splits != 1 else [])}")
+    if problems:
+        raise ValueError("flash_ws90 cannot render: " + "; ".join(problems))
+
+
 def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
-    """Raise ValueError naming the first knob or spec field flash_v1 cannot honour."""
+    """Raise ValueError naming the first knob or spec field the genome's template cannot honour."""
     if genome.template not in TEMPLATES:
         raise ValueError(f"unknown kernel template {genome.template!r}; available: {TEMPLATES}")
+    if genome.template == "flash_ws90":
+        _check_ws90(genome, spec)
     if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or spec.head_dim % 8 or (spec.v_head_dim or 0) % 8):
         raise ValueError(f"use_tma needs 16-bit q/k/v with head dims divisible by 8 (16-byte rows); got {spec.dtype}, "
                          f"{spec.head_dim}/{spec.v_head_dim}")
@@ -92,13 +135,19 @@ def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
 def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
     """Render ``genome`` for ``spec``: forward + split-kv reduce + backward kernels in one module."""
     check_renderable(genome, spec)
-    fwd = _template_text(f"{genome.template}_fwd.py")
+    family = "flash_v1"  # every template's module starts as flash_v1's (flash_ws90 keeps its backward)
+    fwd = _template_text(f"{family}_fwd.py")
     if not _CONSTANTS_RE.search(fwd):
-        raise RuntimeError(f"template {genome.template}_fwd.py lost its GENOME-CONSTANTS block")
+        raise RuntimeError(f"template {family}_fwd.py lost its GENOME-CONSTANTS block")
     fwd = _CONSTANTS_RE.sub(_constants_block(genome), fwd, count=1)
-    bwd = _strip_docstring_and_imports(_template_text(f"{genome.template}_bwd.py"))
-    source = f"{fwd.rstrip()}\n\n\n# ---- backward ({genome.template}_bwd.py) ----\n{bwd}"
-    if genome.persistent:
+    bwd = _strip_docstring_and_imports(_template_text(f"{family}_bwd.py"))
+    source = f"{fwd.rstrip()}\n\n\n# ---- backward ({family}_bwd.py) ----\n{bwd}"
+    if genome.template == "flash_ws90":
+        ws = _gluon_dialect(_template_text("flash_ws90_fwd.py"))
+        source = f"{source.rstrip()}\n\n\n# ---- Hopper forward (flash_ws90_fwd.py) ----\n{ws}"
+    if genome.template == "flash_ws90":
+        grid = "ws90"
+    elif genome.persistent:
         grid = "persistent"
     elif genome.kv_splits > 1:
         grid = "splitkv"
@@ -122,7 +171,8 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
         "bwd_dq_swap": genome.bwd_dq_swap,
         "bwd_dq_atomic": genome.bwd_dq_atomic,
     }
-    return RenderedKernel(source=source, entry_point=FWD_ENTRY, bwd_entry_point=BWD_ENTRY, launch=launch)
+    entry = WS90_ENTRY if genome.template == "flash_ws90" else FWD_ENTRY
+    return RenderedKernel(source=source, entry_point=entry, bwd_entry_point=BWD_ENTRY, launch=launch)
 
 
 def _is_cpu(hardware: HardwareKey | None) -> bool:
@@ -155,8 +205,57 @@ def _decode_splits(spec: AttentionSpec, block_m: int, pack: bool, hardware: Hard
     return splits
 
 
-def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None) -> KernelGenome:
+def _gluon_dialect(text: str) -> str:
+    """The template is written against Triton 3.6's Gluon; later releases renamed the TMA load
+    (``tma.async_copy_global_to_shared`` -> ``tma.async_load``, 3.9): render the name this Triton has."""
+    try:
+        from triton.experimental.gluon.language.nvidia.hopper import tma
+    except ImportError:
+        return text
+    if hasattr(tma, "async_load"):  # 3.9 keeps the old name only to raise "has been removed"
+        text = text.replace("tma.async_copy_global_to_shared(", "tma.async_load(")
+    return text
+
+
+@functools.lru_cache(maxsize=None)
+def gluon_hopper_available() -> bool:
+    """True when this Triton ships Gluon's Hopper API (warpgroup MMA, TMA, mbarriers, warp_specialize)."""
+    try:
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.language.nvidia import hopper  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(gl, "warp_specialize") and hasattr(hopper, "warpgroup_mma")
+
+
+def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
+    """Whether the default genome for ``spec`` is flash_ws90: an sm_90 GPU, a Gluon with Hopper support, a
+    prefill (not decode) spec the template renders at head dim 128. At head dim 64 flash_v1 measured ahead
+    (H100, same run as cuDNN: flash_ws90 0.84-0.95x cuDNN against flash_v1's 0.92-0.96x), so the search, not
+    the default, decides there."""
+    if hardware is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False
+        hardware = HardwareKey.current()
+    if hardware.vendor != "nvidia" or tuple(hardware.capability) != (9, 0) or spec.is_decode:
+        return False
+    if spec.head_dim != 128 or not gluon_hopper_available():
+        return False
+    try:
+        _check_ws90(KernelGenome(template="flash_ws90", block_m=WS90_BLOCK_M, block_n=128), spec)
+    except ValueError:
+        return False
+    return True
+
+
+def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
+                   template: str | None = None) -> KernelGenome:
     """A plain, untuned genome valid for ``spec`` on ``hardware`` (default: this process's device).
+
+    ``template`` pins the family (None: flash_ws90 where :func:`ws90_suits`, else flash_v1); a pinned flash_ws90
+    that cannot render ``spec`` is reported by ``render``/``check_renderable``, not here.
 
     CPU (Triton interpreter): 16-wide tiles, the interpreter's cost grows with tile area. GPU: the Triton
     tutorial's H100 tiles by head dim (128x64 up to d=128, 64x32 above, where shared memory runs out), causal
@@ -193,7 +292,15 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None) -> 
     block_m = min(block_m, next_power_of_two(spec.q_len * spec.gqa_group if pack else spec.q_len))
     block_n = min(block_n, next_power_of_two(spec.kv_len))
     kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode else 1
-    return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages,
+    if template not in (None, *TEMPLATES):
+        raise ValueError(f"unknown kernel template {template!r}; available: {TEMPLATES}")
+    if template is None:
+        template = "flash_ws90" if ws90_suits(spec, hardware) else "flash_v1"
+    if template == "flash_ws90":
+        # FlashAttention-3's shape (H100 A/B, benchmarks/probe/probe_ws.py): 64 rows per math warpgroup, 128-key
+        # tiles, 2 stages (3 would not fit shared memory at d128); 1.01-1.03x cuDNN causal, 0.92-0.99x dense.
+        block_m, block_n, warps, stages = WS90_BLOCK_M, 128, 4, 2
+    return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages, template=template,
                         kv_splits=kv_splits, pack_gqa=pack, heavy_first=True,
                         bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
                         bwd_block_n=min(bwd_n, next_power_of_two(spec.kv_len)), bwd_num_warps=bwd_warps,

@@ -1,0 +1,199 @@
+"""flash_ws90 forward: FlashAttention-3's structure for Hopper (sm_90), written in Gluon.
+
+Each program owns 2 * BLOCK_M query rows of one (batch, q head) and runs three warp-specialized partitions:
+  * a one-warp loader: TMA copies of each math warpgroup's Q slice, then K and V tiles into a STAGES-deep ring;
+    K and V have separate ready/empty barriers, so a K tile is refilled as soon as both warpgroups' QK^T on it
+    are done (an H100 A/B: d128 causal went from 0.92x to 1.02x cuDNN when K stopped waiting for P V);
+  * two math warpgroups of BLOCK_M rows each (FlashAttention-3's ping-pong): they take turns issuing their
+    matmuls (a turn barrier per warpgroup), so one warpgroup's softmax runs while the other's matmuls occupy the
+    tensor cores; within a warpgroup, QK^T of block j is issued asynchronously before P V of block j - 1 and the
+    softmax of block j waits only for the former (intra-warpgroup overlap).
+Softmax in base 2 with log2(e) folded into qk_scale. Masks: none or causal (bottom-right aligned), key blocks
+past the diagonal or the key length are masked only where a block reaches them. GQA: q head h reads kv head
+h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous (B, H_Q, N_Q).
+
+Launcher ABI (launch grid "ws90", see launch.py): host TensorDescriptors over the 4-d (B, H, N, D) q/k/v with
+blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V); grid (cdiv(N_Q, 2 * BLOCK_M), B * H_Q).
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait
+
+WS_WARPGROUPS = gl.constexpr(2)  # math warpgroups per program (the ping-pong pair)
+WS_MATH_REGS = gl.constexpr(240)  # registers per math thread after setmaxnreg (FlashAttention-3's split)
+WS_LOADER_REGS = gl.constexpr(24)
+
+
+@gluon.jit
+def _ws_kv_span(m0, N_Q, N_KV, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """(blocks, full): key blocks the tile starting at query row m0 visits, and how many need no mask."""
+    if IS_CAUSAL:
+        off = N_KV - N_Q
+        hi = gl.minimum(gl.maximum(m0 + ROWS + off, 0), N_KV)
+        full = gl.minimum(gl.maximum(m0 + off + 1, 0), N_KV) // BLOCK_N
+    else:
+        hi = N_KV
+        full = N_KV // BLOCK_N
+    blocks = gl.cdiv(hi, BLOCK_N)
+    return blocks, gl.minimum(full, blocks)
+
+
+@gluon.jit
+def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty,
+               b, hq, hkv, m0, blocks, STAGES: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    for w in gl.static_range(WS_WARPGROUPS):
+        mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [b, hq, m0 + w * BLOCK_M, 0], q_bars.index(w),
+                                       q_smem.index(w).reshape(q_desc.block_type.shape))
+    for j in range(blocks):
+        stage = j % STAGES
+        phase = (j // STAGES) & 1
+        # A fresh barrier counts as having completed the phase before phase 0: the first lap does not wait.
+        mbarrier.wait(k_empty.index(stage), phase ^ 1)
+        mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [b, hkv, j * BLOCK_N, 0], k_ready.index(stage),
+                                       k_smem.index(stage).reshape(k_desc.block_type.shape))
+        mbarrier.wait(v_empty.index(stage), phase ^ 1)
+        mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [b, hkv, j * BLOCK_N, 0], v_ready.index(stage),
+                                       v_smem.index(stage).reshape(v_desc.block_type.shape))
+
+
+@gluon.jit
+def _ws_masked(s, j, m0, full, N_Q, N_KV, s_layout: gl.constexpr, BLOCK_M: gl.constexpr,
+               BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """Scores of key block j with -inf past the key length and (causal) right of the diagonal; blocks before
+    ``full`` pass through untouched."""
+    if j >= full:
+        cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        keep = gl.expand_dims(cols < N_KV, 0)
+        if IS_CAUSAL:
+            rows = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+            keep = keep & (gl.expand_dims(cols, 0) <= gl.expand_dims(rows + (N_KV - N_Q), 1))
+        s = gl.where(keep, s, -float("inf"))
+    return s
+
+
+@gluon.jit
+def _ws_math(q_smem_all, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, LSE,
+             stride_ob, stride_oh, stride_om, b, hq, tile_m0, blocks, full, N_Q, N_KV, qk_scale,
+             WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+    """Math warpgroup WG: rows tile_m0 + WG * BLOCK_M .. + BLOCK_M of the program's tile."""
+    q_smem = q_smem_all.index(WG)
+    m0 = tile_m0 + WG * BLOCK_M
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, o_layout)
+    m_i = gl.full([BLOCK_M], -float("inf"), gl.float32, row_layout)
+    l_i = gl.zeros([BLOCK_M], gl.float32, row_layout)
+    mbarrier.wait(q_bars.index(WG), 0)
+    if blocks > 0:
+        mbarrier.wait(k_ready.index(0), 0)
+        if WG > 0:
+            mbarrier.wait(turn.index(WG), 0)
+        s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
+        s = warpgroup_mma_wait(0, deps=[s_tok])
+        mbarrier.arrive(k_empty.index(0), count=1)
+        s = _ws_masked(s, 0, m0, full, N_Q, N_KV, s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL)
+        m_i = gl.max(s, axis=1) * qk_scale
+        m_safe = gl.where(m_i == -float("inf"), 0.0, m_i)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_safe, 1))
+        l_i = gl.sum(p, axis=1)
+        for j in range(1, blocks):
+            stage = j % STAGES
+            prev = (j - 1) % STAGES
+            mbarrier.wait(k_ready.index(stage), (j // STAGES) & 1)
+            # Turn j of this warpgroup follows turn j of the one before it (WG > 0) or turn j - 1 of the last.
+            mbarrier.wait(turn.index(WG), (j - 1 + (WG > 0)) & 1)
+            s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), zero_s, use_acc=False,
+                                  is_async=True)
+            mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            acc_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+            mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
+            s = warpgroup_mma_wait(1, deps=[s_tok])  # QK^T done; P V may still run
+            mbarrier.arrive(k_empty.index(stage), count=1)
+            s = _ws_masked(s, j, m0, full, N_Q, N_KV, s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL)
+            m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+            m_safe = gl.where(m_new == -float("inf"), 0.0, m_new)
+            alpha = gl.exp2(m_i - m_safe)
+            p = gl.exp2(s * qk_scale - gl.expand_dims(m_safe, 1))
+            l_i = l_i * alpha + gl.sum(p, axis=1)
+            m_i = m_new
+            acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])
+            mbarrier.arrive(v_empty.index(prev), count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        last = (blocks - 1) % STAGES
+        mbarrier.wait(v_ready.index(last), ((blocks - 1) // STAGES) & 1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        acc_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+        acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])
+        mbarrier.arrive(v_empty.index(last), count=1)
+    empty = l_i == 0.0
+    inv = gl.where(empty, 0.0, 1.0 / gl.where(empty, 1.0, l_i))
+    out = acc * gl.expand_dims(gl.convert_layout(inv, gl.SliceLayout(1, o_layout)), 1)
+    store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    out = gl.convert_layout(out.to(dtype), store_layout)
+    rows = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store_layout))
+    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, store_layout))
+    offs = b * stride_ob + hq * stride_oh + gl.expand_dims(rows, 1) * stride_om + gl.expand_dims(cols, 0)
+    gl.store(O + offs, out, mask=gl.expand_dims(rows < N_Q, 1))
+    lse = gl.where(empty, float("inf"), (m_i + gl.log2(gl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    lse_rows = m0 + gl.arange(0, BLOCK_M, layout=row_layout)
+    gl.store(LSE + lse_rows, lse, mask=lse_rows < N_Q)
+
+
+@gluon.jit
+def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, stride_ob, stride_oh, stride_om, H_Q, GROUP, N_Q, N_KV,
+                  qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
+                  STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+    pid_m = gl.program_id(0)
+    if HEAVY_FIRST and IS_CAUSAL:  # the genome's heavy_first, from the flash_v1 module this is appended to
+        pid_m = gl.num_programs(0) - 1 - pid_m
+    bh = gl.program_id(1)
+    b = bh // H_Q
+    hq = bh % H_Q
+    hkv = hq // GROUP
+    m0 = pid_m * (WS_WARPGROUPS * BLOCK_M)
+    blocks, full = _ws_kv_span(m0, N_Q, N_KV, WS_WARPGROUPS * BLOCK_M, BLOCK_N, IS_CAUSAL)
+    dtype: gl.constexpr = Q_DESC.dtype
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_D], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_D], dtype)
+    q_smem = gl.allocate_shared_memory(dtype, [WS_WARPGROUPS, BLOCK_M, HEAD_D], q_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], kv_layout)
+    q_bars = gl.allocate_shared_memory(gl.int64, [WS_WARPGROUPS, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [WS_WARPGROUPS, 1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(WS_WARPGROUPS):
+        mbarrier.init(q_bars.index(i), count=1)
+        mbarrier.init(turn.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=WS_WARPGROUPS)
+        mbarrier.init(v_empty.index(i), count=WS_WARPGROUPS)
+    fence_async_shared()
+    lse_row = LSE + bh * N_Q
+    gl.warp_specialize([
+        (_ws_math, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, lse_row,
+                    stride_ob, stride_oh, stride_om, b, hq, m0, blocks, full, N_Q, N_KV, qk_scale,
+                    0, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, num_warps)),
+        (_ws_math, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, lse_row,
+                    stride_ob, stride_oh, stride_om, b, hq, m0, blocks, full, N_Q, N_KV, qk_scale,
+                    1, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, num_warps)),
+        (_ws_loader, (Q_DESC, K_DESC, V_DESC, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty,
+                      b, hq, hkv, m0, blocks, STAGES, BLOCK_M, BLOCK_N)),
+    ], [num_warps, 1], [WS_MATH_REGS, WS_LOADER_REGS])

@@ -1,0 +1,129 @@
+"""flash_ws90 (the Gluon Hopper forward) on a machine without a GPU: which specs get it by default, what it refuses
+to render, that its module passes the allowlist and loads, and that it compiles for sm_90 with this Triton
+(Triton ships ptxas, so the whole pipeline down to a cubin runs on CPU). Numerics run on the GPU:
+tests/test_gpu_kernels.py."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from avo_inductor.kernels import launch
+from avo_inductor.kernels.allowlist import check_source
+from avo_inductor.kernels.loader import load_source
+from avo_inductor.kernels.render import (
+    check_renderable,
+    default_genome,
+    gluon_hopper_available,
+    render,
+    ws90_smem_bytes,
+)
+from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind
+
+H100 = HardwareKey("nvidia", "NVIDIA H100 80GB HBM3", (9, 0), 132)
+B200 = HardwareKey("nvidia", "NVIDIA B200", (10, 0), 148)
+CPU = HardwareKey("cpu", "interpreter", (0, 0), 4)
+needs_gluon = pytest.mark.skipif(not gluon_hopper_available(), reason="this Triton has no Gluon Hopper API")
+
+
+def _spec(**kw) -> AttentionSpec:
+    base = dict(batch=2, q_heads=8, kv_heads=8, q_len=1000, kv_len=1000, head_dim=128, dtype="bfloat16")
+    base.update(kw)
+    return AttentionSpec(**base)
+
+
+@needs_gluon
+@pytest.mark.parametrize("kw,hardware,expected", [
+    ({}, H100, "flash_ws90"),
+    ({"causal": True, "kv_heads": 2, "q_len": 113}, H100, "flash_ws90"),
+    ({"dtype": "float16", "q_len": 17, "kv_len": 4096}, H100, "flash_ws90"),
+    ({"head_dim": 64}, H100, "flash_v1"),          # d64: flash_v1 measured ahead
+    ({"q_len": 1, "kv_len": 8192}, H100, "flash_v1"),  # decode: split-K
+    ({"mask": MaskKind.BIAS}, H100, "flash_v1"),
+    ({"causal": True, "window": 256}, H100, "flash_v1"),
+    ({"dtype": "float32"}, H100, "flash_v1"),
+    ({"head_dim": 128, "v_head_dim": 64}, H100, "flash_v1"),
+    ({}, B200, "flash_v1"),                        # no wgmma on sm_100
+    ({}, CPU, "flash_v1"),
+])
+def test_default_genome_picks_ws90_only_where_it_applies(kw, hardware, expected):
+    genome = default_genome(_spec(**kw), hardware)
+    assert genome.template == expected
+    check_renderable(genome, _spec(**kw))
+
+
+@pytest.mark.parametrize("kw,knobs,problem", [
+    ({"mask": MaskKind.PADDING}, {}, "mask padding"),
+    ({"head_dim": 96}, {}, "head dims 96"),
+    ({"dtype": "float32"}, {}, "dtype float32"),
+    ({}, {"block_m": 128}, "tiles 128x128"),
+    ({}, {"num_warps": 8}, "tiles"),
+    ({}, {"num_stages": 3}, "3 stages"),       # 2 * (128 + 6 * 128) * 128 bytes: over shared memory at d128
+    ({}, {"use_tma": True}, "use_tma"),
+    ({}, {"kv_splits": 2}, "kv_splits"),
+])
+def test_ws90_refuses_what_it_does_not_implement(kw, knobs, problem):
+    genome = default_genome(_spec(), H100, "flash_ws90").replace(**knobs)
+    with pytest.raises(ValueError, match="flash_ws90 cannot render") as info:
+        check_renderable(genome, _spec(**kw))
+    assert problem in str(info.value)
+
+
+def test_ws90_stage_budget_follows_shared_memory():
+    genome = default_genome(_spec(head_dim=64), H100, "flash_ws90")
+    assert ws90_smem_bytes(genome.replace(num_stages=4), 64) == 2 * (128 + 8 * 128) * 64
+    check_renderable(genome.replace(num_stages=4), _spec(head_dim=64))  # 147 KB fits at d64
+
+
+def test_unknown_pinned_template_is_refused():
+    with pytest.raises(ValueError, match="unknown kernel template"):
+        default_genome(_spec(), H100, "flash_v9")
+
+
+@needs_gluon
+def test_rendered_module_passes_the_allowlist_and_loads():
+    spec = _spec(causal=True, needs_grad=True)
+    rk = render(default_genome(spec, H100), spec)
+    assert rk.entry_point == "attn_fwd_ws90" and rk.launch["grid"] == "ws90"
+    assert check_source(rk.source, ("attn_fwd_ws90", "attn_bwd_dkdv", "attn_bwd_dq")) == []
+    kernel = load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch)
+    assert type(kernel.functions.fwd).__name__ == "GluonJITFunction"
+    assert kernel.functions.has_backward  # training runs flash_v1's backward on the ws90 forward's LSE
+
+
+def test_allowlist_admits_gluon_but_nothing_else_from_triton_experimental():
+    ok = "from triton.experimental import gluon\nfrom triton.experimental.gluon import language as gl\n"
+    assert check_source(ok) == []
+    bad = check_source("from triton.experimental import gluon, other\n")
+    assert bad and "only gluon" in bad[0].message
+
+
+def test_ws90_launch_config_is_validated():
+    good = {"grid": "ws90", "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2}
+    assert launch.LaunchConfig.from_dict(good).grid == "ws90"
+    for bad in ({"num_warps": 8}, {"kv_splits": 2}, {"pack_gqa": True}):
+        with pytest.raises(ValueError):
+            launch.LaunchConfig.from_dict({**good, **bad})
+
+
+@needs_gluon
+@pytest.mark.parametrize("head_dim,block_n,stages,causal", [(128, 128, 2, True), (64, 128, 3, False),
+                                                            (128, 64, 4, False)])
+def test_ws90_compiles_for_sm90_without_a_gpu(head_dim, block_n, stages, causal):
+    """Frontend, layouts, warp specialization and ptxas for sm_90a (in a fresh process without the suite's
+    TRITON_INTERPRET): FA3's register split (setmaxnreg to 240 for the math warpgroups), async warpgroup MMAs,
+    TMA copies, shared memory within the 227 KB a block may use."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_ws90_compile.py")), str(head_dim),
+                           str(block_n), str(stages), str(int(causal))], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["math_regs_240"] and report["wgmma"] and report["tma"] and report["cubin_bytes"] > 0
+    genome = default_genome(_spec(head_dim=head_dim), H100, "flash_ws90").replace(block_n=block_n, num_stages=stages)
+    assert ws90_smem_bytes(genome, head_dim) <= report["shared"] <= 227 * 1024
