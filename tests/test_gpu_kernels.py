@@ -75,7 +75,7 @@ def test_gpu_forward_backward_bf16(hq, hkv, nq, nk, d, dv, causal, window, mask,
     genome = default_genome(spec, hw, knobs.get("template", "flash_v1")).replace(**knobs)
     rk = render(genome, spec)
     rec = dataclasses.replace(baseline_record(spec, hw), source=rk.source, launch=rk.launch, sha256="",
-                              genome=genome.to_dict())
+                              entry_point=rk.entry_point, genome=genome.to_dict())
     kernel = load_record(rec)
     inp = make_inputs(spec, "cuda")
     args = dict(scale=None, causal=causal, window=window or 0, mask_kind=mask)
@@ -127,7 +127,8 @@ def test_gpu_ws90_reads_strided_inputs_and_writes_every_element(dtype):
         pytest.skip("flash_ws90 is sm_90 only")
     spec = AttentionSpec(2, 8, 4, 1000, 1000, 128, dtype=str(dtype).split(".")[1], causal=True)
     rk = render(default_genome(spec, HardwareKey.current(), "flash_ws90"), spec)
-    kernel = load_record(dataclasses.replace(baseline_record(spec), source=rk.source, launch=rk.launch, sha256=""))
+    kernel = load_record(dataclasses.replace(baseline_record(spec), source=rk.source, launch=rk.launch, sha256="",
+                                             entry_point=rk.entry_point))
     torch.manual_seed(1)
     q = torch.randn(2, 1000, 8, 128, device="cuda", dtype=dtype).transpose(1, 2)
     k = torch.randn(2, 1000, 4, 136, device="cuda", dtype=dtype)[..., :128].transpose(1, 2)

@@ -32,7 +32,7 @@ needs_gluon = pytest.mark.skipif(not gluon_hopper_available(), reason="this Trit
 
 
 def _spec(**kw) -> AttentionSpec:
-    base = dict(batch=2, q_heads=8, kv_heads=8, q_len=1000, kv_len=1000, head_dim=128, dtype="bfloat16")
+    base = dict(batch=4, q_heads=16, kv_heads=16, q_len=4000, kv_len=4000, head_dim=128, dtype="bfloat16")
     base.update(kw)
     return AttentionSpec(**base)
 
@@ -40,8 +40,8 @@ def _spec(**kw) -> AttentionSpec:
 @needs_gluon
 @pytest.mark.parametrize("kw,hardware,expected", [
     ({}, H100, "flash_ws90"),
-    ({"causal": True, "kv_heads": 2, "q_len": 113}, H100, "flash_ws90"),
-    ({"dtype": "float16", "q_len": 17, "kv_len": 4096}, H100, "flash_ws90"),
+    ({"causal": True, "kv_heads": 2, "q_len": 4000, "kv_len": 4000}, H100, "flash_ws90"),
+    ({"dtype": "float16", "q_len": 1000, "kv_len": 8192}, H100, "flash_ws90"),
     ({"head_dim": 64}, H100, "flash_v1"),          # d64: flash_v1 measured ahead
     ({"q_len": 1, "kv_len": 8192}, H100, "flash_v1"),  # decode: split-K
     ({"mask": MaskKind.BIAS}, H100, "flash_v1"),
@@ -50,6 +50,7 @@ def _spec(**kw) -> AttentionSpec:
     ({"head_dim": 128, "v_head_dim": 64}, H100, "flash_v1"),
     ({}, B200, "flash_v1"),                        # no wgmma on sm_100
     ({}, CPU, "flash_v1"),
+    ({"batch": 4, "q_heads": 32, "kv_heads": 32, "q_len": 1024, "kv_len": 1024}, H100, "flash_v1"),  # host-bound
 ])
 def test_default_genome_picks_ws90_only_where_it_applies(kw, hardware, expected):
     genome = default_genome(_spec(**kw), hardware)

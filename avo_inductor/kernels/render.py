@@ -228,9 +228,21 @@ def gluon_hopper_available() -> bool:
     return hasattr(gl, "warp_specialize") and hasattr(hopper, "warpgroup_mma")
 
 
+# The Gluon forward is launched from Python through an op Inductor cannot inline (op.py), about 0.1 ms of host
+# work per call: at 4x32x1024x1024 d128 (69 GFLOP) it ran at 288 TFLOP/s under torch.compile against 493 with
+# CUDA graphs (H100), below flash_v1's inlined 428. Below this much work per call the default stays flash_v1.
+WS90_MIN_FLOPS = 2e11
+
+
+def _matmul_flops(spec: AttentionSpec) -> float:
+    flops = 4.0 * spec.batch * spec.q_heads * spec.q_len * spec.kv_len * spec.head_dim
+    return flops / 2 if spec.causal else flops
+
+
 def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     """Whether the default genome for ``spec`` is flash_ws90: an sm_90 GPU, a Gluon with Hopper support, a
-    prefill (not decode) spec the template renders at head dim 128. At head dim 64 flash_v1 measured ahead
+    prefill (not decode) spec the template renders at head dim 128 with enough work per call to hide the host
+    launch (WS90_MIN_FLOPS). At head dim 64 flash_v1 measured ahead
     (H100, same run as cuDNN: flash_ws90 0.84-0.95x cuDNN against flash_v1's 0.92-0.96x), so the search, not
     the default, decides there."""
     if hardware is None:
@@ -242,6 +254,8 @@ def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     if hardware.vendor != "nvidia" or tuple(hardware.capability) != (9, 0) or spec.is_decode:
         return False
     if spec.head_dim != 128 or not gluon_hopper_available():
+        return False
+    if _matmul_flops(spec) < WS90_MIN_FLOPS:
         return False
     try:
         _check_ws90(KernelGenome(template="flash_ws90", block_m=WS90_BLOCK_M, block_n=128), spec)
@@ -291,7 +305,6 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
         bwd_m, bwd_n, bwd_warps, bwd_stages, transposed, swap = 32, 128, 4, 3, True, True
     block_m = min(block_m, next_power_of_two(spec.q_len * spec.gqa_group if pack else spec.q_len))
     block_n = min(block_n, next_power_of_two(spec.kv_len))
-    kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode else 1
     if template not in (None, *TEMPLATES):
         raise ValueError(f"unknown kernel template {template!r}; available: {TEMPLATES}")
     if template is None:
@@ -299,7 +312,8 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     if template == "flash_ws90":
         # FlashAttention-3's shape (H100 A/B, benchmarks/probe/probe_ws.py): 64 rows per math warpgroup, 128-key
         # tiles, 2 stages (3 would not fit shared memory at d128); 1.01-1.03x cuDNN causal, 0.92-0.99x dense.
-        block_m, block_n, warps, stages = WS90_BLOCK_M, 128, 4, 2
+        block_m, block_n, warps, stages, pack = WS90_BLOCK_M, 128, 4, 2, False
+    kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode and template == "flash_v1" else 1
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages, template=template,
                         kv_splits=kv_splits, pack_gqa=pack, heavy_first=True,
                         bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
