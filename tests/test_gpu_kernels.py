@@ -64,6 +64,11 @@ GRID = [
     (4, 4, 17, 17, 64, 64, False, None, "none", {"template": "flash_ws90"}),
     (4, 2, 1, 777, 128, 128, False, None, "none", {"template": "flash_ws90"}),
     (4, 4, 1000, 1000, 64, 64, True, None, "none", {"template": "flash_ws90", "block_n": 64, "num_stages": 4}),
+    # flash_ws90 with an additive bias (full and, through the op's broadcast view, per head) and ALiBi
+    (8, 2, 1000, 1000, 128, 128, True, None, "bias", {"template": "flash_ws90"}),
+    (4, 4, 777, 777, 128, 128, False, None, "bias", {"template": "flash_ws90", "block_n": 64, "num_stages": 4}),
+    (4, 4, 113, 1000, 64, 64, False, None, "alibi", {"template": "flash_ws90"}),
+    (8, 1, 1000, 113, 128, 128, True, None, "alibi", {"template": "flash_ws90"}),
 ]
 
 

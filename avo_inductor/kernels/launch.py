@@ -30,10 +30,11 @@ Tensor descriptors (launch["tma"] true): the source may build device-side descri
   (copying K/V only when they are not) and installs Triton's global-scratch allocator for direct launches.
 Grid rule "ws90" (Gluon, Hopper; templates/flash_ws90_fwd.py): ``{entry}``(Q_DESC, K_DESC, V_DESC, O, LSE,
   stride_o{b,h,m}, H_Q, GROUP, N_Q, N_KV, qk_scale = sm_scale * log2(e), constexprs BLOCK_M (rows per math
-  warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages), IS_CAUSAL), grid (cdiv(Nq, 2 * BLOCK_M), B * Hq); the
+  warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages), IS_CAUSAL, MASK_KIND 0/1/3), grid (cdiv(Nq, 2 * BLOCK_M),
+  B * Hq), with MASK and stride_m{b,h,m,n} right after LSE and stride_o{b,h,m} as in the forward ABI above; the
   descriptors are Gluon host TensorDescriptors over the 4-d q/k/v (unit last stride, 16-byte aligned strides and
   base, copied when not) with blocks [1, 1, BLOCK_M or BLOCK_N, D]; O has a unit last stride, LSE is as above.
-  No mask operand, window or split-K; the launch is always direct (see op.py: the op stays opaque to Inductor).
+  No keep-masks, window or split-K; the launch is always direct (see op.py: the op stays opaque to Inductor).
 Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV),
   grid (cdiv(Nq, BWD_BLOCK_M), B * Hq), DELTA contiguous fp32 (B, Hq, Nq) = rowsum(o * do).
   ``{bwd}_dkdv`` and ``{bwd}_dq`` share one argument list:
@@ -58,6 +59,7 @@ from .reference import MASK_KINDS
 
 MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
 GRID_RULES = ("fwd", "splitkv", "persistent", "ws90")
+WS90_MASK_CODES = (0, 1, 3)  # none, bias, alibi
 BWD_GRID_RULES = ("bwd",)
 _CPU_PROGRAMS = 4  # "SM count" of the interpreter for the persistent grid
 # Rows per program of the split-K reduce: one. A decode reduce has only B * Hq * Nq rows (32 for one sequence of
@@ -279,9 +281,10 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
     sc = _scalars(q, k, v, scale, causal, window, mask_kind)
     if cfg.grid == "ws90":
-        if m is not q or window:
-            raise ValueError("a ws90 (Gluon) kernel takes no mask and no window")
-        _forward_ws90(fns, cfg, q, k, v, sc, out, lse)
+        if code not in WS90_MASK_CODES or window:
+            raise ValueError(f"a ws90 (Gluon) kernel takes no window and mask kinds none/bias/alibi; got "
+                             f"{mask_kind!r}, window {window}")
+        _forward_ws90(fns, cfg, q, k, v, (m, m_strides, code), sc, out, lse)
         return out, lse
     if cfg.tma:
         import triton
@@ -329,7 +332,8 @@ def _ws90_ready(t: torch.Tensor) -> bool:
 
 
 def _forward_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  sc: dict[str, Any], out: torch.Tensor, lse: torch.Tensor) -> None:
+                  mask: tuple[torch.Tensor, tuple[Any, ...], int], sc: dict[str, Any], out: torch.Tensor,
+                  lse: torch.Tensor) -> None:
     """Launch a flash_ws90 forward (always directly: Gluon kernels do not go through wrap_triton)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -348,11 +352,12 @@ def _forward_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: t
         return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
                                 gl.NVMMASharedLayout.get_default_for(block, element))
 
+    m, m_strides, code = mask
     grid = (_cdiv(sc["N_Q"], 2 * cfg.block_m), sc["BATCH"] * sc["H_Q"])
-    fns.fwd[grid](descriptor(q, cfg.block_m), descriptor(k, cfg.block_n), descriptor(v, cfg.block_n), o, lse,
-                  o.stride(0), o.stride(1), o.stride(2), sc["H_Q"], sc["GROUP"], sc["N_Q"], sc["N_KV"],
+    fns.fwd[grid](descriptor(q, cfg.block_m), descriptor(k, cfg.block_n), descriptor(v, cfg.block_n), o, lse, m,
+                  o.stride(0), o.stride(1), o.stride(2), *m_strides, sc["H_Q"], sc["GROUP"], sc["N_Q"], sc["N_KV"],
                   sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d,
-                  STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], num_warps=cfg.num_warps)
+                  STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], MASK_KIND=code, num_warps=cfg.num_warps)
     if o is not out:
         out.copy_(o)
 

@@ -33,6 +33,7 @@ WS90_ENTRY = "attn_fwd_ws90"
 WS90_BLOCK_M = 64
 WS90_BLOCK_N = (64, 128)
 WS90_HEAD_DIMS = (64, 128)
+WS90_MASKS = (MaskKind.NONE, MaskKind.BIAS, MaskKind.ALIBI)
 _SMEM_LIMIT = 227 * 1024
 MAX_HEAD_DIM = 256
 _CONSTANTS_RE = re.compile(r"# GENOME-CONSTANTS-START\n.*?# GENOME-CONSTANTS-END\n", re.S)
@@ -96,13 +97,14 @@ def ws90_smem_bytes(genome: KernelGenome, head_dim: int) -> int:
 
 
 def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
-    """What the Gluon forward implements: dense or causal 16-bit attention with equal q/v head dims of 64 or 128,
+    """What the Gluon forward implements: 16-bit attention, causal or not, unmasked or with an additive bias or
+    ALiBi, with equal q/v head dims of 64 or 128,
     no split-K, and its fixed shape (two 4-warp math warpgroups of 64 rows); flash_v1-only forward knobs off."""
     problems = []
     if spec.dtype not in ("float16", "bfloat16"):
         problems.append(f"dtype {spec.dtype} (16-bit only)")
-    if spec.mask is not MaskKind.NONE or spec.window:
-        problems.append(f"mask {spec.mask.value}{' + window' if spec.window else ''} (none or causal only)")
+    if spec.mask not in WS90_MASKS or spec.window:
+        problems.append(f"mask {spec.mask.value}{' + window' if spec.window else ''} (none, bias, alibi; causal or not)")
     if spec.head_dim not in WS90_HEAD_DIMS or (spec.v_head_dim or spec.head_dim) != spec.head_dim:
         problems.append(f"head dims {spec.head_dim}/{spec.v_head_dim} (equal, one of {WS90_HEAD_DIMS})")
     if genome.block_m != WS90_BLOCK_M or genome.num_warps != 4 or genome.block_n not in WS90_BLOCK_N:
@@ -242,7 +244,9 @@ def _matmul_flops(spec: AttentionSpec) -> float:
 def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     """Whether the default genome for ``spec`` is flash_ws90: an sm_90 GPU, a Gluon with Hopper support, a
     prefill (not decode) spec the template renders at head dim 128 with enough work per call to hide the host
-    launch (WS90_MIN_FLOPS). At head dim 64 flash_v1 measured ahead
+    launch (WS90_MIN_FLOPS), without a tensor mask: its bias and ALiBi paths measured behind flash_v1's (H100,
+    benchmarks/variant_sets/hopper-ws90.json: bias d128 322 vs 349 TFLOP/s, the bias tile's pointer loads are not
+    prefetched far enough ahead; ALiBi d64 327 vs 353). At head dim 64 flash_v1 measured ahead
     (H100, same run as cuDNN: flash_ws90 0.84-0.95x cuDNN against flash_v1's 0.92-0.96x), so the search, not
     the default, decides there."""
     if hardware is None:
@@ -253,7 +257,7 @@ def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
         hardware = HardwareKey.current()
     if hardware.vendor != "nvidia" or tuple(hardware.capability) != (9, 0) or spec.is_decode:
         return False
-    if spec.head_dim != 128 or not gluon_hopper_available():
+    if spec.head_dim != 128 or spec.mask is not MaskKind.NONE or not gluon_hopper_available():
         return False
     if _matmul_flops(spec) < WS90_MIN_FLOPS:
         return False

@@ -9,11 +9,13 @@ Each program owns 2 * BLOCK_M query rows of one (batch, q head) and runs three w
     tensor cores; within a warpgroup, QK^T of block j is issued asynchronously before P V of block j - 1 and the
     softmax of block j waits only for the former (intra-warpgroup overlap).
 Softmax in base 2 with log2(e) folded into qk_scale. Masks: none or causal (bottom-right aligned), key blocks
-past the diagonal or the key length are masked only where a block reaches them. GQA: q head h reads kv head
+past the diagonal or the key length are masked only where a block reaches them; MASK_KIND 1 adds a bias tile
+(pointer loads in the scores' layout, issued while QK^T runs), 3 ALiBi (the slope of the q head). GQA: q head h reads kv head
 h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous (B, H_Q, N_Q).
 
 Launcher ABI (launch grid "ws90", see launch.py): host TensorDescriptors over the 4-d (B, H, N, D) q/k/v with
-blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V); grid (cdiv(N_Q, 2 * BLOCK_M), B * H_Q).
+blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V), the mask operand and its 4 strides as the flash_v1
+ABI passes them; grid (cdiv(N_Q, 2 * BLOCK_M), B * H_Q).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -76,10 +78,49 @@ def _ws_masked(s, j, m0, full, N_Q, N_KV, s_layout: gl.constexpr, BLOCK_M: gl.co
 
 
 @gluon.jit
+def _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout: gl.constexpr,
+                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Key block j of an additive bias, read in the scores' own register layout (0 outside the lengths; the
+    boundary mask sets those scores to -inf). Issued while the block's QK^T runs on the tensor cores."""
+    rows = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+    cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    ptrs = mask_head + gl.expand_dims(rows, 1) * stride_mm + gl.expand_dims(cols, 0) * stride_mn
+    keep = gl.expand_dims(rows < N_Q, 1) & gl.expand_dims(cols < N_KV, 0)
+    return gl.load(ptrs, mask=keep, other=0.0)
+
+
+@gluon.jit
+def _ws_probs(s, bias, j, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_layout: gl.constexpr,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr, MASK_KIND: gl.constexpr):
+    """(p, m_new, m_safe) of key block j in base 2 against the running row max m_i. Without a mask the scale
+    stays fused into exp2's argument (one FMA per score); a bias or ALiBi term is added to the scaled scores
+    first (the max must see it). ALiBi: -slope * |i + (N_KV - N_Q) - j|, from fp32 index vectors."""
+    if MASK_KIND == 0:
+        s = _ws_masked(s, j, m0, full, N_Q, N_KV, s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL)
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        m_safe = gl.where(m_new == -float("inf"), 0.0, m_new)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_safe, 1))
+    else:
+        s = s * qk_scale
+        if MASK_KIND == 1:
+            s = s + bias.to(gl.float32) * 1.4426950408889634
+        else:
+            rows = (m0 + (N_KV - N_Q) + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))).to(gl.float32)
+            cols = (j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
+            s = s - alibi_slope * gl.abs(gl.expand_dims(cols, 0) - gl.expand_dims(rows, 1))
+        s = _ws_masked(s, j, m0, full, N_Q, N_KV, s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL)
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_safe = gl.where(m_new == -float("inf"), 0.0, m_new)
+        p = gl.exp2(s - gl.expand_dims(m_safe, 1))
+    return p, m_new, m_safe
+
+
+@gluon.jit
 def _ws_math(q_smem_all, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, LSE,
              stride_ob, stride_oh, stride_om, b, hq, tile_m0, blocks, full, N_Q, N_KV, qk_scale,
+             mask_head, stride_mm, stride_mn, alibi_slope,
              WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
-             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASK_KIND: gl.constexpr, num_warps: gl.constexpr):
     """Math warpgroup WG: rows tile_m0 + WG * BLOCK_M .. + BLOCK_M of the program's tile."""
     q_smem = q_smem_all.index(WG)
     m0 = tile_m0 + WG * BLOCK_M
@@ -101,12 +142,13 @@ def _ws_math(q_smem_all, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_em
             mbarrier.wait(turn.index(WG), 0)
         s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
+        bias = zero_s
+        if MASK_KIND == 1:
+            bias = _ws_bias_tile(mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M, BLOCK_N)
         s = warpgroup_mma_wait(0, deps=[s_tok])
         mbarrier.arrive(k_empty.index(0), count=1)
-        s = _ws_masked(s, 0, m0, full, N_Q, N_KV, s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL)
-        m_i = gl.max(s, axis=1) * qk_scale
-        m_safe = gl.where(m_i == -float("inf"), 0.0, m_i)
-        p = gl.exp2(s * qk_scale - gl.expand_dims(m_safe, 1))
+        p, m_i, m_safe = _ws_probs(s, bias, 0, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_layout,
+                                   BLOCK_M, BLOCK_N, IS_CAUSAL, MASK_KIND)
         l_i = gl.sum(p, axis=1)
         for j in range(1, blocks):
             stage = j % STAGES
@@ -120,13 +162,14 @@ def _ws_math(q_smem_all, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_em
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             acc_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
             mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
+            if MASK_KIND == 1:
+                bias = _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M,
+                                     BLOCK_N)
             s = warpgroup_mma_wait(1, deps=[s_tok])  # QK^T done; P V may still run
             mbarrier.arrive(k_empty.index(stage), count=1)
-            s = _ws_masked(s, j, m0, full, N_Q, N_KV, s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL)
-            m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
-            m_safe = gl.where(m_new == -float("inf"), 0.0, m_new)
+            p, m_new, m_safe = _ws_probs(s, bias, j, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_layout,
+                                         BLOCK_M, BLOCK_N, IS_CAUSAL, MASK_KIND)
             alpha = gl.exp2(m_i - m_safe)
-            p = gl.exp2(s * qk_scale - gl.expand_dims(m_safe, 1))
             l_i = l_i * alpha + gl.sum(p, axis=1)
             m_i = m_new
             acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])
@@ -153,9 +196,10 @@ def _ws_math(q_smem_all, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_em
 
 
 @gluon.jit
-def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, stride_ob, stride_oh, stride_om, H_Q, GROUP, N_Q, N_KV,
-                  qk_scale, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
-                  STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, num_warps: gl.constexpr):
+def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, MASK, stride_ob, stride_oh, stride_om, stride_mb, stride_mh,
+                  stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, qk_scale, BLOCK_M: gl.constexpr,
+                  BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
+                  MASK_KIND: gl.constexpr, num_warps: gl.constexpr):
     pid_m = gl.program_id(0)
     if HEAVY_FIRST and IS_CAUSAL:  # the genome's heavy_first, from the flash_v1 module this is appended to
         pid_m = gl.num_programs(0) - 1 - pid_m
@@ -187,13 +231,19 @@ def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, stride_ob, stride_oh, stride_o
         mbarrier.init(v_empty.index(i), count=WS_WARPGROUPS)
     fence_async_shared()
     lse_row = LSE + bh * N_Q
+    mask_head = MASK + b * stride_mb + hq * stride_mh
+    alibi_slope = 0.0
+    if MASK_KIND == 3:
+        alibi_slope = gl.load(mask_head).to(gl.float32) * 1.4426950408889634
     gl.warp_specialize([
         (_ws_math, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, lse_row,
                     stride_ob, stride_oh, stride_om, b, hq, m0, blocks, full, N_Q, N_KV, qk_scale,
-                    0, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, num_warps)),
+                    mask_head, stride_mm, stride_mn, alibi_slope,
+                    0, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, MASK_KIND, num_warps)),
         (_ws_math, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, lse_row,
                     stride_ob, stride_oh, stride_om, b, hq, m0, blocks, full, N_Q, N_KV, qk_scale,
-                    1, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, num_warps)),
+                    mask_head, stride_mm, stride_mn, alibi_slope,
+                    1, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, MASK_KIND, num_warps)),
         (_ws_loader, (Q_DESC, K_DESC, V_DESC, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty,
                       b, hq, hkv, m0, blocks, STAGES, BLOCK_M, BLOCK_N)),
     ], [num_warps, 1], [WS_MATH_REGS, WS_LOADER_REGS])
