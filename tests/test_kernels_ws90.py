@@ -130,3 +130,24 @@ def test_ws90_compiles_for_sm90_without_a_gpu(head_dim, block_n, stages, causal,
     assert report["math_regs_240"] and report["wgmma"] and report["tma"] and report["cubin_bytes"] > 0
     genome = default_genome(_spec(head_dim=head_dim), H100, "flash_ws90").replace(block_n=block_n, num_stages=stages)
     assert ws90_smem_bytes(genome, head_dim) <= report["shared"] <= 227 * 1024
+
+
+def test_search_space_follows_the_ws90_template():
+    """Mutations of a flash_ws90 genome stay in what it renders: no flash_v1-only forward knob, fixed warpgroup
+    shape; exp2/causal_split only when the spec trains (they shape the borrowed backward)."""
+    import random
+
+    from avo_inductor.search.operators import crossover, mutate, spec_space
+
+    spec = _spec(causal=True)
+    space = spec_space(spec, H100, "flash_ws90")
+    assert space["block_m"] == (64,) and space["num_warps"] == (4,) and space["block_n"] == (64, 128)
+    assert not {"use_tma", "kv_splits", "persistent", "overlap_qk", "exp2"} & set(space)
+    assert "exp2" in spec_space(_spec(causal=True, needs_grad=True), H100, "flash_ws90")
+    genome = default_genome(spec, H100)
+    rng = random.Random(0)
+    for _ in range(50):
+        child = mutate(genome, spec, rng, 2, H100)
+        assert child.template == "flash_ws90" and child.block_m == 64 and not child.use_tma
+    flash_v1 = default_genome(spec, H100, "flash_v1")
+    assert crossover(genome, flash_v1, spec, rng, H100) == genome

@@ -18,7 +18,15 @@ _BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages", "
               "bwd_dq_atomic")
 
 
-def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict[str, tuple[Any, ...]]:
+# flash_ws90 (Gluon, Hopper) has a fixed warpgroup shape and none of flash_v1's forward-only knobs; exp2 and
+# causal_split still shape the backward it borrows from flash_v1, so they stay searched when the spec trains.
+_WS90_FIXED = {"block_m": (64,), "num_warps": (4,), "block_n": (64, 128), "num_stages": (2, 3, 4)}
+_WS90_FROZEN = ("even_fast_path", "persistent", "use_tma", "warp_specialize", "lazy_rescale", "kv_splits",
+                "pack_gqa", "overlap_qk")
+
+
+def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None,
+               template: str = "flash_v1") -> dict[str, tuple[Any, ...]]:
     """GENOME_SPACE pruned to the knobs and values that mean something for ``spec``.
 
     Why each cut: a tile larger than next_pow2(length) only computes masked-out padding (the forward's rows are
@@ -26,7 +34,8 @@ def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict
     every split at least one key tile; causal_split is a no-op without a causal mask (left frozen); pack_gqa needs
     q heads sharing a kv head (GQA/MQA), else it is frozen False; backward tiles matter only when the spec needs
     grad; TMA and warp specialization need Hopper (sm90+) and do not exist in the CPU interpreter. A knob left
-    with a single value is frozen (not mutated).
+    with a single value is frozen (not mutated). ``template`` flash_ws90 narrows the forward knobs to what that
+    template renders (_WS90_FIXED; shared-memory fit is left to its renderability check).
     """
     gqa = spec.q_heads != spec.kv_heads
     max_m = next_power_of_two(spec.q_len * spec.gqa_group if gqa else spec.q_len)
@@ -53,12 +62,17 @@ def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None) -> dict
             hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
             allowed = values if hopper else (False,)
         space[knob] = allowed or values[:1]
+    if template == "flash_ws90":
+        for knob in _WS90_FROZEN + (() if spec.needs_grad else ("exp2", "causal_split")):
+            space.pop(knob, None)
+        space.update({k: tuple(v for v in allowed if v in space.get(k, allowed)) or allowed
+                      for k, allowed in _WS90_FIXED.items()})
     return space
 
 
 def clamp_to_spec(genome: KernelGenome, spec: AttentionSpec, hardware: HardwareKey | None = None) -> KernelGenome:
     """Project ``genome`` into ``spec_space``: each out-of-space value becomes the nearest allowed one."""
-    space = spec_space(spec, hardware)
+    space = spec_space(spec, hardware, genome.template)
     changes: dict[str, Any] = {}
     for knob, allowed in space.items():
         value = getattr(genome, knob)
@@ -73,7 +87,7 @@ def clamp_to_spec(genome: KernelGenome, spec: AttentionSpec, hardware: HardwareK
 
 def in_space(genome: KernelGenome, spec: AttentionSpec, hardware: HardwareKey | None = None) -> bool:
     """True when every searched knob of ``genome`` holds a value ``spec_space`` allows."""
-    return all(getattr(genome, k) in allowed for k, allowed in spec_space(spec, hardware).items())
+    return all(getattr(genome, k) in allowed for k, allowed in spec_space(spec, hardware, genome.template).items())
 
 
 def genome_hash(genome: KernelGenome) -> str:
@@ -110,7 +124,7 @@ def mutate(genome: KernelGenome, spec: AttentionSpec, rng: random.Random, n_knob
     otherwise jump anywhere in the allowed range. The result is always in ``spec_space``.
     """
     base = clamp_to_spec(genome, spec, hardware)
-    space = spec_space(spec, hardware)
+    space = spec_space(spec, hardware, base.template)
     mutable = sorted(k for k, v in space.items() if len(v) > 1)
     if not mutable:
         return base
@@ -131,7 +145,9 @@ def crossover(a: KernelGenome, b: KernelGenome, spec: AttentionSpec, rng: random
               hardware: HardwareKey | None = None) -> KernelGenome:
     """Uniform crossover: each searched knob taken from ``a`` or ``b`` with probability 1/2."""
     a, b = clamp_to_spec(a, spec, hardware), clamp_to_spec(b, spec, hardware)
-    picks = {k: getattr(b if rng.random() < 0.5 else a, k) for k in spec_space(spec, hardware)}
+    if a.template != b.template:  # knobs mean different kernels in different templates: keep a's family
+        return a
+    picks = {k: getattr(b if rng.random() < 0.5 else a, k) for k in spec_space(spec, hardware, a.template)}
     return a.replace(**picks)
 
 
