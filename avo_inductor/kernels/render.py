@@ -314,8 +314,9 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     if template is None:
         template = "flash_ws90" if ws90_suits(spec, hardware) else "flash_v1"
     if template == "flash_ws90":
-        # FlashAttention-3's shape (H100 A/B, benchmarks/probe/probe_ws.py): 64 rows per math warpgroup, 128-key
-        # tiles, 2 stages (3 would not fit shared memory at d128); 1.01-1.03x cuDNN causal, 0.92-0.99x dense.
+        # FlashAttention-3's shape (H100 A/Bs: benchmarks/results/nvidia-h100/ws90-prototype-probe*.log and
+        # variants-ws90.csv): 64 rows per math warpgroup, 128-key tiles, 2 stages (3 do not fit shared memory at
+        # d128); 1.01-1.04x cuDNN causal, 0.97-1.01x dense at d128 in the final issue-7 run.
         block_m, block_n, warps, stages, pack = WS90_BLOCK_M, 128, 4, 2, False
     kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode and template == "flash_v1" else 1
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages, template=template,

@@ -1,0 +1,91 @@
+"""Host cost of one avo attention call, per template: eager and under torch.compile (CUDA only).
+
+    python benchmarks/launch_overhead.py [--specs "4,32,32,1024,128,none;..."] [--out DIR]
+
+For each spec and template (flash_v1; flash_ws90 on sm_90) it times N back-to-back calls of the op and reports the
+host time per call (the loop without a final synchronize) beside the total per call (with it). When host >= total
+the call is host-bound: the GPU waits for Python. flash_v1 is inlined by Inductor (its kernels are launched from
+Inductor's own code); flash_ws90's Gluon forward is an opaque op Inductor calls through the dispatcher, which is
+why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attention import parse_spec  # noqa: E402
+from common import RESULTS, gpu_slug, print_table, write_csv  # noqa: E402
+
+from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
+from avo_inductor.kernels.op import attention, register_kernel  # noqa: E402
+from avo_inductor.kernels.reference import make_inputs  # noqa: E402
+from avo_inductor.kernels.render import default_genome, render  # noqa: E402
+from avo_inductor.spec import AttentionSpec, HardwareKey  # noqa: E402
+
+DEFAULT_SPECS = "4,32,32,1024,128,none;4,32,32,4096,128,none;4,32,32,4096,128,causal"
+
+
+def per_call_us(fn: Callable[[], Any], calls: int = 200) -> tuple[float, float]:
+    """(host, total) microseconds per call over ``calls`` back-to-back calls after a warm-up."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls * 1e6
+    torch.cuda.synchronize()
+    return host, (time.perf_counter() - start) / calls * 1e6
+
+
+def templates_for(spec: AttentionSpec, hardware: HardwareKey) -> list[str]:
+    names = ["flash_v1"]
+    try:
+        render(default_genome(spec, hardware, "flash_ws90"), spec)
+    except ValueError:
+        return names
+    return names + ["flash_ws90"] if tuple(hardware.capability) == (9, 0) else names
+
+
+def measure(spec: AttentionSpec, hardware: HardwareKey) -> list[dict[str, Any]]:
+    inputs = make_inputs(spec, "cuda")
+    rows = []
+    for template in templates_for(spec, hardware):
+        kid = register_kernel(baseline_record(spec, hardware, genome=default_genome(spec, hardware, template)))
+
+        def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kid: str = kid) -> torch.Tensor:
+            return attention(q, k, v, kernel_id=kid, causal=spec.causal)
+
+        compiled = torch.compile(op, backend="inductor")
+        row: dict[str, Any] = {"spec": spec.short(), "template": template}
+        for mode, fn in (("eager", op), ("compiled", compiled)):
+            host, total = per_call_us(lambda fn=fn: fn(inputs.q, inputs.k, inputs.v))
+            row[f"{mode} host us"], row[f"{mode} total us"] = round(host, 1), round(total, 1)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--specs", default=DEFAULT_SPECS)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("launch_overhead.py times CUDA launches: no CUDA device here", file=sys.stderr)
+        return 2
+    hardware = HardwareKey.current()
+    rows = [row for text in args.specs.split(";") for row in measure(parse_spec(text, "bfloat16"), hardware)]
+    out = args.out or RESULTS / gpu_slug()
+    write_csv(out / "launch-overhead.csv", rows)
+    print_table(rows, list(rows[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
