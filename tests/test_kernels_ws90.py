@@ -122,9 +122,9 @@ def test_ws90_compiles_for_sm90_without_a_gpu(head_dim, block_n, stages, causal,
     TRITON_INTERPRET): FA3's register split (setmaxnreg to 240 for the math warpgroups), async warpgroup MMAs,
     TMA copies, shared memory within the 227 KB a block may use."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_ws90_compile.py")), str(head_dim),
-                           str(block_n), str(stages), str(int(causal)), str(mask_kind)], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=Path(__file__).parent.parent)
+    argv = [str(a) for a in (head_dim, block_n, stages, int(causal), mask_kind)]
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_ws90_compile.py")), *argv],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["math_regs_240"] and report["wgmma"] and report["tma"] and report["cubin_bytes"] > 0

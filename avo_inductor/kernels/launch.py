@@ -343,7 +343,8 @@ def _forward_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: t
         raise ValueError(f"a ws90 kernel takes 16-bit q/k/v with equal head dims; got {q.dtype}, {d}/{v.shape[3]}")
     if not lse.is_contiguous():
         raise ValueError("lse must be contiguous (B, Hq, Nq)")
-    q, k, v = (t if _ws90_ready(t) else t.contiguous() for t in (q, k, v))
+    # A fresh allocation is aligned (a contiguous view at an odd offset would pass .contiguous() unchanged).
+    q, k, v = (t if _ws90_ready(t) else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
     o = out if out.stride(3) == 1 else torch.empty(out.shape, dtype=out.dtype, device=out.device)
     element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
 

@@ -34,7 +34,8 @@ WS90_BLOCK_M = 64
 WS90_BLOCK_N = (64, 128)
 WS90_HEAD_DIMS = (64, 128)
 WS90_MASKS = (MaskKind.NONE, MaskKind.BIAS, MaskKind.ALIBI)
-_SMEM_LIMIT = 227 * 1024
+_SMEM_LIMIT = 227 * 1024  # shared memory one block may use on sm_90
+_SMEM_SCRATCH = 16 * 1024  # the compiler's own (layout conversions): 16.5 KB over the tiles in ptxas reports
 MAX_HEAD_DIM = 256
 _CONSTANTS_RE = re.compile(r"# GENOME-CONSTANTS-START\n.*?# GENOME-CONSTANTS-END\n", re.S)
 _IMPORT_LINES = ("import triton\n", "import triton.language as tl\n")
@@ -98,19 +99,22 @@ def ws90_smem_bytes(genome: KernelGenome, head_dim: int) -> int:
 
 def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
     """What the Gluon forward implements: 16-bit attention, causal or not, unmasked or with an additive bias or
-    ALiBi, with equal q/v head dims of 64 or 128,
-    no split-K, and its fixed shape (two 4-warp math warpgroups of 64 rows); flash_v1-only forward knobs off."""
+    ALiBi, equal q/v head dims of 64 or 128, no split-K, its fixed shape (two 4-warp math warpgroups of 64 rows)
+    and no flash_v1-only forward knob."""
     problems = []
     if spec.dtype not in ("float16", "bfloat16"):
         problems.append(f"dtype {spec.dtype} (16-bit only)")
     if spec.mask not in WS90_MASKS or spec.window:
-        problems.append(f"mask {spec.mask.value}{' + window' if spec.window else ''} (none, bias, alibi; causal or not)")
+        window = " + window" if spec.window else ""
+        problems.append(f"mask {spec.mask.value}{window} (none, bias, alibi; causal or not)")
     if spec.head_dim not in WS90_HEAD_DIMS or (spec.v_head_dim or spec.head_dim) != spec.head_dim:
         problems.append(f"head dims {spec.head_dim}/{spec.v_head_dim} (equal, one of {WS90_HEAD_DIMS})")
     if genome.block_m != WS90_BLOCK_M or genome.num_warps != 4 or genome.block_n not in WS90_BLOCK_N:
-        problems.append(f"tiles {genome.block_m}x{genome.block_n}/{genome.num_warps} warps (64 x {WS90_BLOCK_N}, 4 warps)")
-    if genome.num_stages < 2 or ws90_smem_bytes(genome, spec.head_dim) > _SMEM_LIMIT - 16 * 1024:
-        problems.append(f"{genome.num_stages} stages ({ws90_smem_bytes(genome, spec.head_dim)} bytes of shared memory)")
+        problems.append(f"tiles {genome.block_m}x{genome.block_n}/{genome.num_warps} warps "
+                        f"({WS90_BLOCK_M} x {WS90_BLOCK_N}, 4 warps)")
+    smem = ws90_smem_bytes(genome, spec.head_dim)
+    if genome.num_stages < 2 or smem > _SMEM_LIMIT - _SMEM_SCRATCH:
+        problems.append(f"{genome.num_stages} stages ({smem} bytes of shared memory)")
     flash_v1_only = [k for k in ("persistent", "use_tma", "warp_specialize", "lazy_rescale", "pack_gqa",
                                  "overlap_qk") if getattr(genome, k)]
     if genome.kv_splits != 1 or flash_v1_only:
@@ -147,7 +151,6 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
     if genome.template == "flash_ws90":
         ws = _gluon_dialect(_template_text("flash_ws90_fwd.py"))
         source = f"{source.rstrip()}\n\n\n# ---- Hopper forward (flash_ws90_fwd.py) ----\n{ws}"
-    if genome.template == "flash_ws90":
         grid = "ws90"
     elif genome.persistent:
         grid = "persistent"
@@ -230,9 +233,10 @@ def gluon_hopper_available() -> bool:
     return hasattr(gl, "warp_specialize") and hasattr(hopper, "warpgroup_mma")
 
 
-# The Gluon forward is launched from Python through an op Inductor cannot inline (op.py), about 0.1 ms of host
-# work per call: at 4x32x1024x1024 d128 (69 GFLOP) it ran at 288 TFLOP/s under torch.compile against 493 with
-# CUDA graphs (H100), below flash_v1's inlined 428. Below this much work per call the default stays flash_v1.
+# The Gluon forward is launched from Python through an op Inductor cannot inline (op.py): 0.25-0.31 ms of host
+# time per call under torch.compile against 0.07-0.12 ms for the inlined flash_v1 (H100,
+# benchmarks/results/nvidia-h100/launch-overhead.csv). At 4x32x1024x1024 d128 (69 GFLOP) that left it at 288
+# TFLOP/s compiled against 505 eager, below flash_v1's 431. Below this much work per call the default stays flash_v1.
 WS90_MIN_FLOPS = 2e11
 
 

@@ -259,7 +259,8 @@ class SearchEngine:
         from .operators import clamp_to_spec, genome_diff, renderable, spec_space
 
         out: list[Candidate] = []
-        meaningful = spec_space(spec, self.hardware, getattr(base, "template", "flash_v1"))  # e.g. backward knobs only when training
+        # e.g. backward knobs only when the spec trains; a flash_ws90 base keeps to that template's knobs
+        meaningful = spec_space(spec, self.hardware, getattr(base, "template", "flash_v1"))
         for overrides in self.config.seed_genomes:
             overrides = {k: v for k, v in overrides.items() if k in meaningful}
             genome = clamp_to_spec(base.replace(**overrides), spec, self.hardware)

@@ -10,8 +10,10 @@ Each program owns 2 * BLOCK_M query rows of one (batch, q head) and runs three w
     softmax of block j waits only for the former (intra-warpgroup overlap).
 Softmax in base 2 with log2(e) folded into qk_scale. Masks: none or causal (bottom-right aligned), key blocks
 past the diagonal or the key length are masked only where a block reaches them; MASK_KIND 1 adds a bias tile
-(pointer loads in the scores' layout, issued while QK^T runs), 3 ALiBi (the slope of the q head). GQA: q head h reads kv head
-h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous (B, H_Q, N_Q).
+(pointer loads in the scores' layout, issued while QK^T runs), 3 ALiBi (the slope of the q head). GQA: q head h
+reads kv head h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous
+(B, H_Q, N_Q). HEAVY_FIRST (causal: the last query tiles start first) is the genome constant of the flash_v1
+module this text is appended to.
 
 Launcher ABI (launch grid "ws90", see launch.py): host TensorDescriptors over the 4-d (B, H, N, D) q/k/v with
 blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V), the mask operand and its 4 strides as the flash_v1
