@@ -2,8 +2,9 @@
 
     python benchmarks/launch_overhead.py [--specs "4,32,32,1024,128,none;..."] [--out DIR]
 
-For each spec and template (flash_v1; flash_ws90 on sm_90) it times N back-to-back calls of the op and reports the
-host time per call (the loop without a final synchronize) beside the total per call (with it). When host >= total
+For each spec and template (flash_v1; flash_ws90 on sm_90) it times N back-to-back calls of the op (eager, under
+torch.compile, and under torch.compile's CUDA graphs, mode="reduce-overhead") and reports the host time per call
+(the loop without a final synchronize) beside the total per call (with it). When host >= total
 the call is host-bound: the GPU waits for Python. flash_v1 is inlined by Inductor (its kernels are launched from
 Inductor's own code); flash_ws90's Gluon forward is an opaque op Inductor calls through the dispatcher, which is
 why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv.
@@ -63,8 +64,9 @@ def measure(spec: AttentionSpec, hardware: HardwareKey) -> list[dict[str, Any]]:
             return attention(q, k, v, kernel_id=kid, causal=spec.causal)
 
         compiled = torch.compile(op, backend="inductor")
+        graphed = torch.compile(op, backend="inductor", mode="reduce-overhead")
         row: dict[str, Any] = {"spec": spec.short(), "template": template}
-        for mode, fn in (("eager", op), ("compiled", compiled)):
+        for mode, fn in (("eager", op), ("compiled", compiled), ("cudagraphs", graphed)):
             host, total = per_call_us(lambda fn=fn: fn(inputs.q, inputs.k, inputs.v))
             row[f"{mode} host us"], row[f"{mode} total us"] = round(host, 1), round(total, 1)
         rows.append(row)

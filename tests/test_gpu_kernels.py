@@ -147,6 +147,24 @@ def test_gpu_ws90_reads_strided_inputs_and_writes_every_element(dtype):
     assert torch.isfinite(lse).all()
 
 
+def test_gpu_ws90_op_under_cuda_graphs() -> None:
+    """The opaque Gluon op inside torch.compile's CUDA graphs (mode="reduce-overhead", the remedy for its host cost
+    on small specs): replays on fresh inputs (cudagraph trees copy them into the graph's buffers) match the
+    reference."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("flash_ws90 is sm_90 only")
+    spec = AttentionSpec(2, 8, 2, 1000, 1000, 128, dtype="bfloat16", causal=True)
+    kid = register_kernel(baseline_record(spec, genome=default_genome(spec, HardwareKey.current(), "flash_ws90")))
+    fn = torch.compile(lambda q, k, v: attention(q, k, v, kernel_id=kid, causal=True), backend="inductor",
+                       mode="reduce-overhead")
+    atol, rtol = tolerance("bfloat16")
+    for seed in range(3):
+        inp = make_inputs(spec, "cuda", seed=seed)
+        out = fn(inp.q, inp.k, inp.v).clone()
+        torch.testing.assert_close(out.double(), attention_reference(inp.q, inp.k, inp.v, causal=True), atol=atol,
+                                   rtol=rtol)
+
+
 def test_launch_bound_decode_is_timed_with_cuda_graphs_and_replay_checked() -> None:
     """Decode kernels take ~0.1 ms: per-call events would time the Python launcher, so the evaluator captures
     candidate and baseline in CUDA graphs and checks the timed graph reproduces the kernel's output."""
