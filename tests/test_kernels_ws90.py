@@ -151,3 +151,20 @@ def test_search_space_follows_the_ws90_template():
         assert child.template == "flash_ws90" and child.block_m == 64 and not child.use_tma
     flash_v1 = default_genome(spec, H100, "flash_v1")
     assert crossover(genome, flash_v1, spec, rng, H100) == genome
+
+
+def test_full_rank_descriptors_copy_only_what_tma_cannot_read():
+    """flash_ws90's 4-d descriptors: a (B, N, H, D) view passes as is; a broadcast (stride-0) head, a padded row
+    stride that is not 16-byte aligned, and an aligned-shape view at an odd offset are copied to fresh memory."""
+    base = torch.randn(2, 40, 4, 64, dtype=torch.bfloat16)
+    view = base.transpose(1, 2)
+    assert launch._for_descriptors(view, full_rank=True) is view
+    expanded = torch.randn(2, 1, 40, 64, dtype=torch.bfloat16).expand(2, 4, 40, 64)
+    assert launch._for_descriptors(expanded) is expanded  # the (N, D)-tile rule allows a broadcast head
+    copied = launch._for_descriptors(expanded, full_rank=True)
+    assert copied is not expanded and copied.stride(1) > 0 and torch.equal(copied, expanded)
+    padded = torch.randn(2, 4, 40, 68, dtype=torch.bfloat16)[..., :64]
+    assert launch._for_descriptors(padded, full_rank=True).is_contiguous()
+    offset = torch.randn(2 * 4 * 40 * 64 + 1, dtype=torch.bfloat16)[1:].view(2, 4, 40, 64)
+    fresh = launch._for_descriptors(offset, full_rank=True)
+    assert fresh.data_ptr() % 16 == 0 and torch.equal(fresh, offset)

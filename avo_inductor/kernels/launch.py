@@ -179,22 +179,27 @@ def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
     return torch.empty(size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _descriptor_ready(t: torch.Tensor) -> bool:
+def _descriptor_ready(t: torch.Tensor, full_rank: bool = False) -> bool:
     """TMA's rules for a (B, H, N, D) operand read as (N, D) tiles: unit last stride, 16-byte aligned row stride
-    and base (a fake tensor under tracing has no address; Inductor's buffers and views of them are aligned)."""
+    and base (a fake tensor under tracing has no address; Inductor's buffers and views of them are aligned).
+    ``full_rank``: a 4-d descriptor over the whole tensor (flash_ws90), so the batch and head strides must be
+    positive multiples of 16 bytes too (a broadcast stride 0 is not a TMA stride)."""
     size = t.element_size()
     if t.stride(3) != 1 or not _known_multiple(t.stride(2) * size, 16):
+        return False
+    if full_rank and not all(t.stride(i) > 0 and _known_multiple(t.stride(i) * size, 16) for i in range(3)):
         return False
     fake = type(t) is not torch.Tensor
     return fake or t.data_ptr() % 16 == 0
 
 
-def _for_descriptors(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when descriptors can read it, else a contiguous copy (a fresh allocation is aligned)."""
-    if _descriptor_ready(t):
+def _for_descriptors(t: torch.Tensor, full_rank: bool = False) -> torch.Tensor:
+    """``t`` itself when descriptors can read it, else a contiguous copy (a fresh allocation is aligned; a
+    contiguous view at an odd offset would pass ``.contiguous()`` unchanged)."""
+    if _descriptor_ready(t, full_rank):
         return t
     t = t.clone(memory_format=torch.contiguous_format)
-    if not _descriptor_ready(t):
+    if not _descriptor_ready(t, full_rank):
         raise ValueError(f"tensor-descriptor kernels need 16-byte rows; head dim {t.shape[3]} of {t.dtype} has "
                          f"{t.shape[3] * t.element_size()} bytes")
     return t
@@ -323,14 +328,6 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     return out, lse
 
 
-def _ws90_ready(t: torch.Tensor) -> bool:
-    """A 4-d TMA descriptor's rules: unit last stride, the other strides positive multiples of 16 bytes, an
-    aligned base."""
-    size = t.element_size()
-    return (t.stride(3) == 1 and all(t.stride(i) > 0 and (t.stride(i) * size) % 16 == 0 for i in range(3))
-            and t.data_ptr() % 16 == 0)
-
-
 def _forward_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   mask: tuple[torch.Tensor, tuple[Any, ...], int], sc: dict[str, Any], out: torch.Tensor,
                   lse: torch.Tensor) -> None:
@@ -343,8 +340,7 @@ def _forward_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: t
         raise ValueError(f"a ws90 kernel takes 16-bit q/k/v with equal head dims; got {q.dtype}, {d}/{v.shape[3]}")
     if not lse.is_contiguous():
         raise ValueError("lse must be contiguous (B, Hq, Nq)")
-    # A fresh allocation is aligned (a contiguous view at an odd offset would pass .contiguous() unchanged).
-    q, k, v = (t if _ws90_ready(t) else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
+    q, k, v = (_for_descriptors(t, full_rank=True) for t in (q, k, v))
     o = out if out.stride(3) == 1 else torch.empty(out.shape, dtype=out.dtype, device=out.device)
     element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
 

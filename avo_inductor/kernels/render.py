@@ -240,11 +240,6 @@ def gluon_hopper_available() -> bool:
 WS90_MIN_FLOPS = 2e11
 
 
-def _matmul_flops(spec: AttentionSpec) -> float:
-    flops = 4.0 * spec.batch * spec.q_heads * spec.q_len * spec.kv_len * spec.head_dim
-    return flops / 2 if spec.causal else flops
-
-
 def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     """Whether the default genome for ``spec`` is flash_ws90: an sm_90 GPU, a Gluon with Hopper support, a
     prefill (not decode) spec the template renders at head dim 128 with enough work per call to hide the host
@@ -263,7 +258,7 @@ def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
         return False
     if spec.head_dim != 128 or spec.mask is not MaskKind.NONE or not gluon_hopper_available():
         return False
-    if _matmul_flops(spec) < WS90_MIN_FLOPS:
+    if spec.flops() < WS90_MIN_FLOPS:
         return False
     try:
         _check_ws90(KernelGenome(template="flash_ws90", block_m=WS90_BLOCK_M, block_n=128), spec)
