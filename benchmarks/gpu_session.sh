@@ -6,7 +6,8 @@
 #   export (the store's promoted records as $OUT/bundle), attention (ATTN_SUITE, default issue7), models
 #   (MODEL_CASES / MODEL_ARGS, e.g. --seed-baseline), variants / variants-training (template A/B, VARIANT_ARGS /
 #   VARIANT_TRAIN_ARGS, e.g. "--variants @benchmarks/variant_sets/hopper-bwd.json"; variants=NAME: VARIANT_ARGS_NAME,
-#   CSV variants-NAME.csv, several per session), search (the 5-minute smoke search).
+#   CSV variants-NAME.csv, several per session), search (the 5-minute smoke search), overhead (host cost per call,
+#   benchmarks/launch_overhead.py with OVERHEAD_ARGS, e.g. --profile).
 # The GPU image lacks diskcache and platformdirs: carry them as wheels in .whl/ (pure Python), made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diskcache platformdirs
 set -uo pipefail
@@ -24,6 +25,7 @@ for step in "$@"; do
     tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
     attention) python3 benchmarks/attention.py --suite "${ATTN_SUITE:-issue7}" --out "$OUT" ${ATTN_ARGS:-} > "$OUT/attention.log" 2>&1; tail -40 "$OUT/attention.log" ;;
     models*) python3 benchmarks/models.py ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
+    overhead) python3 benchmarks/launch_overhead.py --out "$OUT" ${OVERHEAD_ARGS:-} > "$OUT/overhead.log" 2>&1; tail -12 "$OUT/overhead.log" ;;
     variants) python3 benchmarks/variants.py --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
     variants=*) # A named A/B: variants=NAME runs variants.py with $VARIANT_ARGS_NAME ('-' in NAME read as '_').
               name=${step#variants=}; var="VARIANT_ARGS_${name//-/_}"

@@ -1,17 +1,22 @@
 """Host cost of one avo attention call, per template: eager and under torch.compile (CUDA only).
 
-    python benchmarks/launch_overhead.py [--specs "4,32,32,1024,128,none;..."] [--out DIR]
+    python benchmarks/launch_overhead.py [--specs "4,32,32,1024,128,none;..."] [--out DIR] [--profile]
 
 For each spec and template (flash_v1; flash_ws90 on sm_90) it times N back-to-back calls of the op (eager, under
 torch.compile, and under torch.compile's CUDA graphs, mode="reduce-overhead") and reports the host time per call
 (the loop without a final synchronize) beside the total per call (with it). When host >= total
 the call is host-bound: the GPU waits for Python. flash_v1 is inlined by Inductor (its kernels are launched from
 Inductor's own code); flash_ws90's Gluon forward is an opaque op Inductor calls through the dispatcher, which is
-why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv.
+why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv; ``--profile`` also writes
+launch-profile.txt, cProfile's top functions (by own time) of 200 calls per template and mode: where the host
+time goes.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -54,7 +59,20 @@ def templates_for(spec: AttentionSpec, hardware: HardwareKey) -> list[str]:
     return names + ["flash_ws90"] if tuple(hardware.capability) == (9, 0) else names
 
 
-def measure(spec: AttentionSpec, hardware: HardwareKey) -> list[dict[str, Any]]:
+def profile_text(title: str, fn: Callable[[], Any], calls: int = 200, top: int = 18) -> str:
+    """cProfile's ``top`` functions by own time over ``calls`` calls of ``fn`` (already warm), as text."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return f"==== {title}: {calls} calls\n{text.getvalue()}"
+
+
+def measure(spec: AttentionSpec, hardware: HardwareKey, profiles: list[str] | None = None) -> list[dict[str, Any]]:
     inputs = make_inputs(spec, "cuda")
     rows = []
     for template in templates_for(spec, hardware):
@@ -69,6 +87,9 @@ def measure(spec: AttentionSpec, hardware: HardwareKey) -> list[dict[str, Any]]:
         for mode, fn in (("eager", op), ("compiled", compiled), ("cudagraphs", graphed)):
             host, total = per_call_us(lambda fn=fn: fn(inputs.q, inputs.k, inputs.v))
             row[f"{mode} host us"], row[f"{mode} total us"] = round(host, 1), round(total, 1)
+            if profiles is not None:
+                profiles.append(profile_text(f"{spec.short()} {template} {mode}",
+                                             lambda fn=fn: fn(inputs.q, inputs.k, inputs.v)))
         rows.append(row)
     return rows
 
@@ -77,14 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--specs", default=DEFAULT_SPECS)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--profile", action="store_true", help="also write launch-profile.txt (cProfile per call)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("launch_overhead.py times CUDA launches: no CUDA device here", file=sys.stderr)
         return 2
     hardware = HardwareKey.current()
-    rows = [row for text in args.specs.split(";") for row in measure(parse_spec(text, "bfloat16"), hardware)]
+    profiles: list[str] | None = [] if args.profile else None
+    rows = [row for text in args.specs.split(";")
+            for row in measure(parse_spec(text, "bfloat16"), hardware, profiles)]
     out = args.out or RESULTS / gpu_slug()
     write_csv(out / "launch-overhead.csv", rows)
+    if profiles is not None:
+        (out / "launch-profile.txt").write_text("\n".join(profiles))
     print_table(rows, list(rows[0]))
     return 0
 

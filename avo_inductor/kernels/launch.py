@@ -48,6 +48,7 @@ Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q,
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -55,6 +56,7 @@ from typing import Any, Callable
 import torch
 
 from .interpreter import ensure_interpreter_fixes
+from .launch_plan import PLANS, DescriptorSpec, ForwardPlan, PlannedLaunch, plan_key
 from .reference import MASK_KINDS
 
 MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
@@ -163,14 +165,15 @@ def _plain_eager(grid: tuple[Any, ...], args: Any) -> bool:
     return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
 
 
-def _launch(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> None:
+def _launch(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Any:
+    """Launch ``fn`` (returns what Triton's launch returns: the CompiledKernel of an eager GPU launch)."""
     ensure_interpreter_fixes()
     if _plain_eager(grid, kwargs.values()):
         # wrap_triton's higher-order-op dispatch costs ~0.1-1 ms per launch in eager mode (torch's own triton_op
         # turns it off there too); the search's timing and direct calls would measure that overhead, not the kernel.
-        fn[grid](**kwargs)
-    else:
-        torch.library.wrap_triton(fn)[grid](**kwargs)
+        return fn[grid](**kwargs)
+    torch.library.wrap_triton(fn)[grid](**kwargs)
+    return None
 
 
 def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
@@ -275,34 +278,61 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     """Run the forward: returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) fp32.
 
     ``out``/``lse`` may be passed pre-allocated (tests poison them with NaN to catch unwritten elements).
+    An eager call reuses the launch plan of an earlier call with the same key (launch_plan.py); a traced call,
+    or one with ``out``/``lse`` given, builds its plan afresh.
     """
+    m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2])
+    tensors = {"q": q, "k": k, "v": v, "mask": m}
+    eager = _plain_eager((), tensors.values())
+    key = None
+    if eager and out is None and lse is None:
+        key = plan_key((id(fns), id(cfg)), q, k, v, m, (m_strides, code, scale, causal, window))
+        plan = PLANS.get(key)
+        if plan is not None:
+            return plan.run(tensors, None, None, _for_descriptors, _ws90_descriptor, _plan_via(cfg), eager)
+    plan = _plan_forward(fns, cfg, tensors, m_strides, code, scale=scale, causal=causal, window=window,
+                         mask_kind=mask_kind, out_strides=None if out is None else tuple(out.stride()))
+    result = plan.run(tensors, out, lse, _for_descriptors, _ws90_descriptor, _plan_via(cfg), eager)
+    if key is not None:
+        plan.owner = (fns, cfg)
+        PLANS.put(key, plan)
+    return result
+
+
+def _plan_via(cfg: LaunchConfig) -> Callable[..., Any]:
+    """How a plan's first (or traced) launch goes: Gluon kernels always directly, others through _launch."""
+    return _launch_direct if cfg.grid == "ws90" else _launch
+
+
+def _launch_direct(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Any:
+    return fn[grid](**kwargs)
+
+
+def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, Any], m_strides: tuple[Any, ...],
+                  code: int, *, scale: float | None, causal: bool, window: int, mask_kind: str,
+                  out_strides: tuple[Any, ...] | None = None) -> ForwardPlan:
+    """The forward's plan for these tensors (validated here, once per plan key); ``out_strides``: those of a
+    caller's pre-allocated out (default a fresh contiguous one)."""
+    q, k, v = tensors["q"], tensors["k"], tensors["v"]
     _check_qkv(q, k, v)
     b, hq, nq = q.shape[0], q.shape[1], q.shape[2]
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[3]
-    if out is None:
-        out = torch.empty((b, hq, nq, dv), dtype=q.dtype, device=q.device)
-    if lse is None:
-        lse = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
-    m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
     sc = _scalars(q, k, v, scale, causal, window, mask_kind)
+    out_shape, lse_shape = (b, hq, nq, dv), (b, hq, nq)
+    out_strides = out_strides or _contiguous_strides(out_shape)
     if cfg.grid == "ws90":
         if code not in WS90_MASK_CODES or window:
             raise ValueError(f"a ws90 (Gluon) kernel takes no window and mask kinds none/bias/alibi; got "
                              f"{mask_kind!r}, window {window}")
-        _forward_ws90(fns, cfg, q, k, v, (m, m_strides, code), sc, out, lse)
-        return out, lse
-    if cfg.tma:
-        import triton
-
-        k, v = _for_descriptors(k), _for_descriptors(v)
-        triton.set_allocator(_scratch)  # a context variable: set on every call, whichever thread launches
+        return _plan_ws90(fns, cfg, q, k, v, m_strides, code, sc, out_shape, lse_shape, out_strides)
+    copies = tuple(role for role in ("k", "v") if cfg.tma and not _descriptor_ready(tensors[role]))
     splits = cfg.kv_splits
     even = cfg.even_fast_path
+    buffers: dict[str, tuple[tuple[Any, ...], torch.dtype]] = {}
+    o_role, l_role = "out", "lse"
     if splits > 1:
-        o_buf = torch.empty((b, hq * splits, nq, dv), dtype=torch.float32, device=q.device)
-        l_buf = torch.empty((b, hq * splits, nq), dtype=torch.float32, device=q.device)
-    else:
-        o_buf, l_buf = out, lse
+        buffers = {"o_buf": ((b, hq * splits, nq, dv), torch.float32), "l_buf": ((b, hq * splits, nq), torch.float32)}
+        o_role, l_role = "o_buf", "l_buf"
     # Packed GQA: tiles over the Nq * GROUP (position, head-in-group) rows of each (batch, kv head).
     rows, heads = (nq * sc["GROUP"], hkv) if cfg.pack_gqa else (nq, hq)
     num_m = _cdiv(rows, cfg.block_m)
@@ -312,51 +342,70 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         grid: tuple[Any, ...] = (torch.sym_min(num_m * splits * b * heads, n_prog),)
     else:
         grid = (num_m * splits, b * heads)
-    _launch(fns.fwd, grid, Q=q, K=k, V=v, O=o_buf, LSE=l_buf, MASK=m,
-            **_strides("q", q), **_strides("k", k, "bhnd"), **_strides("v", v, "bhnd"), **_strides("o", o_buf),
-            **_strides("m", m_strides, "bhmn"), **sc, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, MASK_KIND=code,
-            EVEN_M=even and _known_multiple(rows, cfg.block_m), EVEN_N=even and _known_multiple(nk, cfg.block_n),
-            SPLITS=splits, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    o_strides = _contiguous_strides(buffers["o_buf"][0]) if splits > 1 else out_strides
+    launches = [PlannedLaunch(fns.fwd, grid, dict(
+        **_strides("q", q), **_strides("k", k, "bhnd"), **_strides("v", v, "bhnd"), **_strides("o", o_strides),
+        **_strides("m", m_strides, "bhmn"), **sc, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, MASK_KIND=code,
+        EVEN_M=even and _known_multiple(rows, cfg.block_m), EVEN_N=even and _known_multiple(nk, cfg.block_n),
+        SPLITS=splits, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+        dict(Q="q", K="k", V="v", O=o_role, LSE=l_role, MASK="mask"))]
     if splits > 1:
         if fns.reduce is None:
             raise RuntimeError("kv_splits > 1 needs the source's '{entry}_reduce' kernel")
         rb = REDUCE_BLOCK_M
         reduce_grid = (_cdiv(b * hq * nq, rb), 1) if cfg.pack_gqa else (_cdiv(nq, rb), b * hq)
-        _launch(fns.reduce, reduce_grid, OP=o_buf, LSEP=l_buf, O=out, LSE=lse, **_strides("o", out),
-                BATCH=b, H_Q=hq, N_Q=nq, V_HEAD_DIM=dv, BLOCK_M=rb, BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits,
-                num_warps=1, num_stages=1)
-    return out, lse
+        launches.append(PlannedLaunch(fns.reduce, reduce_grid, dict(
+            **_strides("o", out_strides), BATCH=b, H_Q=hq, N_Q=nq, V_HEAD_DIM=dv, BLOCK_M=rb,
+            BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits, num_warps=1, num_stages=1),
+            dict(OP="o_buf", LSEP="l_buf", O="out", LSE="lse")))
+    return ForwardPlan(out_shape, lse_shape, buffers, copies, False, {}, tuple(launches),
+                       allocator=_scratch if cfg.tma else None)
 
 
-def _forward_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  mask: tuple[torch.Tensor, tuple[Any, ...], int], sc: dict[str, Any], out: torch.Tensor,
-                  lse: torch.Tensor) -> None:
-    """Launch a flash_ws90 forward (always directly: Gluon kernels do not go through wrap_triton)."""
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+def _contiguous_strides(shape: tuple[Any, ...]) -> tuple[Any, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step = step * size
+    return tuple(reversed(strides))
 
+
+def _plan_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               m_strides: tuple[Any, ...], code: int, sc: dict[str, Any], out_shape: tuple[Any, ...],
+               lse_shape: tuple[Any, ...], out_strides: tuple[Any, ...]) -> ForwardPlan:
+    """A flash_ws90 forward's plan (launched directly: Gluon kernels do not go through wrap_triton)."""
     d = q.shape[3]
     if q.dtype not in (torch.float16, torch.bfloat16) or v.shape[3] != d:
         raise ValueError(f"a ws90 kernel takes 16-bit q/k/v with equal head dims; got {q.dtype}, {d}/{v.shape[3]}")
-    if not lse.is_contiguous():
-        raise ValueError("lse must be contiguous (B, Hq, Nq)")
-    q, k, v = (_for_descriptors(t, full_rank=True) for t in (q, k, v))
-    o = out if out.stride(3) == 1 else torch.empty(out.shape, dtype=out.dtype, device=out.device)
-    element = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-
-    def descriptor(t: torch.Tensor, rows: int) -> Any:
-        block = [1, 1, rows, d]
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block,
-                                gl.NVMMASharedLayout.get_default_for(block, element))
-
-    m, m_strides, code = mask
+    copies = tuple(role for role, t in (("q", q), ("k", k), ("v", v)) if not _descriptor_ready(t, full_rank=True))
+    descriptors = {f"{role}_desc": DescriptorSpec(role, (1, 1, rows, d), _ws90_layout((1, 1, rows, d), q.dtype))
+                   for role, rows in (("q", cfg.block_m), ("k", cfg.block_n), ("v", cfg.block_n))}
+    # O needs a unit last stride: a caller's out without one gets a contiguous buffer copied into it (plan.run).
+    o_strides = out_strides if out_strides[3] == 1 else _contiguous_strides(out_shape)
     grid = (_cdiv(sc["N_Q"], 2 * cfg.block_m), sc["BATCH"] * sc["H_Q"])
-    fns.fwd[grid](descriptor(q, cfg.block_m), descriptor(k, cfg.block_n), descriptor(v, cfg.block_n), o, lse, m,
-                  o.stride(0), o.stride(1), o.stride(2), *m_strides, sc["H_Q"], sc["GROUP"], sc["N_Q"], sc["N_KV"],
-                  sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d,
-                  STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], MASK_KIND=code, num_warps=cfg.num_warps)
-    if o is not out:
-        out.copy_(o)
+    static = dict(stride_ob=o_strides[0], stride_oh=o_strides[1], stride_om=o_strides[2],
+                  **_strides("m", m_strides, "bhmn"), H_Q=sc["H_Q"], GROUP=sc["GROUP"], N_Q=sc["N_Q"],
+                  N_KV=sc["N_KV"], qk_scale=sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m,
+                  BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], MASK_KIND=code,
+                  num_warps=cfg.num_warps)
+    launch = PlannedLaunch(fns.fwd, grid, static, dict(Q_DESC="q_desc", K_DESC="k_desc", V_DESC="v_desc", O="out",
+                                                       LSE="lse", MASK="mask"))
+    return ForwardPlan(out_shape, lse_shape, {}, copies, True, descriptors, (launch,), unit_stride_out=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _ws90_layout(block: tuple[int, ...], dtype: torch.dtype) -> Any:
+    from triton.experimental.gluon import language as gl
+
+    element = gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
+    return gl.NVMMASharedLayout.get_default_for(list(block), element)
+
+
+def _ws90_descriptor(t: torch.Tensor, spec: DescriptorSpec) -> Any:
+    """A Gluon host TensorDescriptor over the whole 4-d ``t`` (Triton validates it: unit last stride, aligned)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), list(spec.block), spec.layout)
 
 
 def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
