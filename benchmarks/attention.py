@@ -15,7 +15,8 @@ Spec text: "B,H,HKV,N,D,mask" or "B,H,HKV,NQ,NK,D,mask", mask none|causal|bias|p
 sliding window), optional ",train" suffix = forward + backward. Suite issue7 = core + masked + decode + two
 training specs: one invocation gives the whole table, then the targets table (PASS/MISS) last.
 Usage: python benchmarks/attention.py [--suite issue7|issue4|core|masked|decode|train7|all] [--specs "..."] [--train]
-         [--providers a,b] [--quick] [--deadline-s S] [--avo-mode auto|compiled|eager] [--out DIR] [--stem NAME]
+         [--providers a,b] [--quick] [--deadline-s S] [--avo-mode auto|compiled|eager] [--template T] [--out DIR]
+         [--stem NAME]
 Writes <out>/<stem>.csv and <stem>.png (default out benchmarks/results/<gpu>/) and <out>/targets.csv.
 """
 from __future__ import annotations
@@ -125,11 +126,13 @@ class AvoChoice:
         return f"avo-untuned: template kernel {self.kernel_id} ({self.note or 'store miss'})"
 
 
-def resolve_avo(spec: AttentionSpec, device: torch.device) -> AvoChoice:
-    """Same lookup + re-verification as the backend's graph pass, so the benchmark times what users get."""
+def resolve_avo(spec: AttentionSpec, device: torch.device, template: str | None = None) -> AvoChoice:
+    """Same lookup + re-verification as the backend's graph pass, so the benchmark times what users get;
+    ``template`` pins the untuned template family of a store miss (A/B of the defaults)."""
     from avo_inductor.backend.graph_pass import _ensure_verified, _lookup, _shared_store
     from avo_inductor.kernels.baseline import baseline_record
     from avo_inductor.kernels.op import register_kernel
+    from avo_inductor.kernels.render import default_genome
     from avo_inductor.settings import get_settings
 
     store = _shared_store(get_settings())
@@ -138,7 +141,9 @@ def resolve_avo(spec: AttentionSpec, device: torch.device) -> AvoChoice:
     if hit is not None and not _ensure_verified(store, hit, device):
         note, hit = f"tuned {hit.record.kernel_id} failed re-verification", None
     if hit is None:
-        return AvoChoice("avo-untuned", register_kernel(baseline_record(spec)), "template", "-", note or "store miss")
+        genome = default_genome(spec, HardwareKey.current(device), template)
+        return AvoChoice("avo-untuned", register_kernel(baseline_record(spec, genome=genome)), "template", "-",
+                         note or "store miss")
     return AvoChoice("avo", register_kernel(hit.record), hit.layer, hit.record.spec.cache_key())
 
 
@@ -359,7 +364,7 @@ def make_tensors(spec: AttentionSpec, device: torch.device) -> tuple[Any, Tensor
 
 
 def bench_spec(spec: AttentionSpec, providers: Sequence[str], timing: Timing,
-               bandwidth: float | None = None, compiled: bool = False) -> dict[str, Any]:
+               bandwidth: float | None = None, compiled: bool = False, template: str | None = None) -> dict[str, Any]:
     """One spec: avo first, then every provider, the correctness check, speedups and (decode) the HBM floor."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch._dynamo.reset()
@@ -369,7 +374,7 @@ def bench_spec(spec: AttentionSpec, providers: Sequence[str], timing: Timing,
     inputs, t = make_tensors(spec, device)
     flops = spec.flops(backward=spec.needs_grad)
     try:
-        choice = resolve_avo(spec, device)
+        choice = resolve_avo(spec, device, template)
     except Exception as exc:  # noqa: BLE001 - no avo kernel at all is still a row
         choice = AvoChoice("avo", "-", "-", "-", na(exc))
     print(f"  {choice.describe()}", flush=True)
@@ -420,7 +425,7 @@ def skipped_row(spec: AttentionSpec, reason: str) -> dict[str, Any]:
 
 def run_specs(specs: Sequence[AttentionSpec], providers: Sequence[str], timing: Timing, bandwidth: float | None,
               deadline_s: float | None, on_row: Callable[[list[dict[str, Any]]], None],
-              compiled: bool = False) -> list[dict[str, Any]]:
+              compiled: bool = False, template: str | None = None) -> list[dict[str, Any]]:
     """Every spec in turn; a spec that crashes as a whole, or starts past the deadline, is still a row."""
     start, rows = time.monotonic(), []
     for spec in specs:
@@ -430,7 +435,7 @@ def run_specs(specs: Sequence[AttentionSpec], providers: Sequence[str], timing: 
             rows.append(skipped_row(spec, f"skipped, deadline {deadline_s:.0f}s passed"))
         else:
             try:
-                rows.append(bench_spec(spec, providers, timing, bandwidth, compiled))
+                rows.append(bench_spec(spec, providers, timing, bandwidth, compiled, template))
             except Exception as exc:  # noqa: BLE001 - e.g. OOM making inputs: this spec only
                 free_memory()
                 rows.append(skipped_row(spec, na(exc)[5:]))
@@ -553,6 +558,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="start no new spec after this many seconds (rows say skipped); outputs still written")
     parser.add_argument("--avo-mode", default="auto", choices=("auto", "compiled", "eager"),
                         help="how avo is timed: under torch.compile (auto on CUDA) or the op called eagerly")
+    parser.add_argument("--template", default=None, help="untuned template of a store miss (default: the "
+                        "hardware's default per spec), e.g. flash_ws90 for an A/B of the defaults")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--stem", default=None, help="output file stem (default from the suite)")
     args = parser.parse_args(argv)
@@ -579,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[dict[str, Any]], list[
     warm_up()
     bandwidth = measure_bandwidth(specs, args.quick, timing)
     rows = run_specs(specs, providers, timing, bandwidth, args.deadline_s,
-                     lambda rs: write_outputs(out, stem, rs, providers, final=False), compiled)
+                     lambda rs: write_outputs(out, stem, rs, providers, final=False), compiled, args.template)
     targets = write_outputs(out, stem, rows, providers, final=True)
     print()
     print_table(rows, summary_columns(rows, provider_names(rows, providers)), na_width=28)
