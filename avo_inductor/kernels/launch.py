@@ -28,10 +28,11 @@ Packed GQA (launch["pack_gqa"] true; the source must pack too, flash_v1 renders 
 Tensor descriptors (launch["tma"] true): the source may build device-side descriptors over K and V as (N_KV, D)
   tiles with strides (stride_kn, 1); the launcher guarantees unit last strides and 16-byte aligned rows and base
   (copying K/V only when they are not) and installs Triton's global-scratch allocator for direct launches.
-Grid rule "ws90" (Gluon, Hopper; templates/flash_ws90_fwd.py): ``{entry}``(Q_DESC, K_DESC, V_DESC, O, LSE,
-  stride_o{b,h,m}, H_Q, GROUP, N_Q, N_KV, qk_scale = sm_scale * log2(e), constexprs BLOCK_M (rows per math
-  warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages), IS_CAUSAL, MASK_KIND 0/1/3), grid (cdiv(Nq, 2 * BLOCK_M),
-  B * Hq), with MASK and stride_m{b,h,m,n} right after LSE and stride_o{b,h,m} as in the forward ABI above; the
+Grid rules "ws90" / "ws90_persistent" (Gluon, Hopper; templates/flash_ws90_fwd.py): ``{entry}``(Q_DESC, K_DESC,
+  V_DESC, O, LSE, MASK, stride_o{b,h,m}, stride_m{b,h,m,n}, BATCH, H_Q, GROUP, N_Q, N_KV, qk_scale = sm_scale *
+  log2(e), constexprs BLOCK_M (rows per math warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages), IS_CAUSAL,
+  MASK_KIND 0/1/3), 1-d grid: one program per tile (cdiv(Nq, 2 * BLOCK_M) * B * Hq), or for "ws90_persistent" at
+  most one per SM; MASK and its strides as in the forward ABI above; the
   descriptors are Gluon host TensorDescriptors over the 4-d q/k/v (unit last stride, 16-byte aligned strides and
   base, copied when not) with blocks [1, 1, BLOCK_M or BLOCK_N, D]; O has a unit last stride, LSE is as above.
   No keep-masks, window or split-K; the launch is always direct (see op.py: the op stays opaque to Inductor).
@@ -58,7 +59,8 @@ from .interpreter import ensure_interpreter_fixes
 from .reference import MASK_KINDS
 
 MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
-GRID_RULES = ("fwd", "splitkv", "persistent", "ws90")
+GRID_RULES = ("fwd", "splitkv", "persistent", "ws90", "ws90_persistent")
+WS90_GRIDS = ("ws90", "ws90_persistent")
 WS90_MASK_CODES = (0, 1, 3)  # none, bias, alibi
 BWD_GRID_RULES = ("bwd",)
 _CPU_PROGRAMS = 4  # "SM count" of the interpreter for the persistent grid
@@ -119,8 +121,8 @@ class LaunchConfig:
                 raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
         if (self.grid == "splitkv") == (self.kv_splits == 1) and self.grid != "persistent":
             raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
-        if self.grid == "ws90" and (self.num_warps != 4 or self.pack_gqa or self.tma):
-            raise ValueError("grid 'ws90' runs 4-warp math warpgroups without pack_gqa or tma")
+        if self.grid in WS90_GRIDS and (self.num_warps != 4 or self.pack_gqa or self.tma):
+            raise ValueError(f"grid {self.grid!r} runs 4-warp math warpgroups without pack_gqa or tma")
         for name in ("pack_gqa", "bwd_dq_swap", "tma", "bwd_dq_atomic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"launch {name} must be a bool; got {getattr(self, name)!r}")
@@ -280,7 +282,7 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         lse = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
     m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
     sc = _scalars(q, k, v, scale, causal, window, mask_kind)
-    if cfg.grid == "ws90":
+    if cfg.grid in WS90_GRIDS:
         if code not in WS90_MASK_CODES or window:
             raise ValueError(f"a ws90 (Gluon) kernel takes no window and mask kinds none/bias/alibi; got "
                              f"{mask_kind!r}, window {window}")
@@ -354,9 +356,12 @@ def _forward_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: t
                                 gl.NVMMASharedLayout.get_default_for(block, element))
 
     m, m_strides, code = mask
-    grid = (_cdiv(sc["N_Q"], 2 * cfg.block_m), sc["BATCH"] * sc["H_Q"])
-    fns.fwd[grid](descriptor(q, cfg.block_m), descriptor(k, cfg.block_n), descriptor(v, cfg.block_n), o, lse, m,
-                  o.stride(0), o.stride(1), o.stride(2), *m_strides, sc["H_Q"], sc["GROUP"], sc["N_Q"], sc["N_KV"],
+    tiles = _cdiv(sc["N_Q"], 2 * cfg.block_m) * sc["BATCH"] * sc["H_Q"]
+    if cfg.grid == "ws90_persistent":
+        tiles = min(tiles, torch.cuda.get_device_properties(q.device).multi_processor_count)
+    fns.fwd[(tiles,)](descriptor(q, cfg.block_m), descriptor(k, cfg.block_n), descriptor(v, cfg.block_n), o, lse, m,
+                  o.stride(0), o.stride(1), o.stride(2), *m_strides, sc["BATCH"], sc["H_Q"], sc["GROUP"], sc["N_Q"],
+                  sc["N_KV"],
                   sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d,
                   STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], MASK_KIND=code, num_warps=cfg.num_warps)
     if o is not out:
