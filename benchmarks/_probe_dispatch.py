@@ -23,9 +23,9 @@ for text in sys.argv[1].split(";"):
         def op(q, k, v, kid=kid):
             return attention(q, k, v, kernel_id=kid, causal=spec.causal)
         def raw(q, k, v):
-            return launch.forward(ld.functions, ld.launch, q, k, v, None, scale=spec.scale, causal=spec.causal, window=0, mask_kind="none")[0]
+            return launch.forward(ld.functions, ld.launch, q, k, v, None, scale=spec.effective_scale, causal=spec.causal, window=0, mask_kind="none")[0]
         def fwd_op(q, k, v, kid=kid):
-            return torch.ops.avo.attention_fwd(q, k, v, None, kid, spec.scale, spec.causal, 0, "none")[0]
+            return torch.ops.avo.attention_fwd(q, k, v, None, kid, spec.effective_scale, spec.causal, 0, "none")[0]
         torch._dynamo.reset()
         comp = torch.compile(op, backend="inductor")
         for name, fn in (("raw launch.forward", raw), ("attention_fwd op", fwd_op), ("attention op", op), ("compiled", comp)):

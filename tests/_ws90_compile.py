@@ -2,7 +2,7 @@
 
 Run as a script in a fresh process: the test suite sets TRITON_INTERPRET=1, under which Triton's own library
 functions (``gl.max`` ...) are interpreter objects that cannot be compiled.
-Usage: python tests/_ws90_compile.py HEAD_DIM BLOCK_N STAGES CAUSAL(0|1) MASK_KIND(0|1|3)
+Usage: python tests/_ws90_compile.py HEAD_DIM BLOCK_N STAGES CAUSAL(0|1) MASK_KIND(0|1|3) PERSISTENT(0|1)
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from avo_inductor.spec import AttentionSpec, HardwareKey
 H100 = HardwareKey("nvidia", "NVIDIA H100 80GB HBM3", (9, 0), 132)
 
 
-def main(head_dim: int, block_n: int, stages: int, causal: bool, mask_kind: int) -> dict:
+def main(head_dim: int, block_n: int, stages: int, causal: bool, mask_kind: int, persistent: bool) -> dict:
     spec = AttentionSpec(2, 8, 8, 1000, 1000, head_dim, causal=causal)
-    genome = default_genome(spec, H100, "flash_ws90").replace(block_n=block_n, num_stages=stages)
+    genome = default_genome(spec, H100, "flash_ws90").replace(block_n=block_n, num_stages=stages,
+                                                              persistent=persistent)
     rk = render(genome, spec)
     fn = load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch).functions.fwd
     q = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
@@ -38,7 +39,7 @@ def main(head_dim: int, block_n: int, stages: int, causal: bool, mask_kind: int)
 
     signature = dict(Q_DESC=descriptor(64), K_DESC=descriptor(block_n), V_DESC=descriptor(block_n), O="*bf16",
                      LSE="*fp32", MASK="*fp32" if mask_kind == 3 else "*bf16", stride_ob="i32", stride_oh="i32",
-                     stride_om="i32", stride_mb="i32", stride_mh="i32", stride_mm="i32", stride_mn="i32", H_Q="i32",
+                     stride_om="i32", stride_mb="i32", stride_mh="i32", stride_mm="i32", stride_mn="i32", BATCH="i32", H_Q="i32",
                      GROUP="i32", N_Q="i32", N_KV="i32", qk_scale="fp32")
     constants = dict(BLOCK_M=64, BLOCK_N=block_n, HEAD_D=head_dim, STAGES=stages, IS_CAUSAL=causal,
                      MASK_KIND=mask_kind, num_warps=4)
@@ -52,5 +53,5 @@ def main(head_dim: int, block_n: int, stages: int, causal: bool, mask_kind: int)
 
 
 if __name__ == "__main__":
-    d, n, s, c, kind = (int(a) for a in sys.argv[1:6])
-    print(json.dumps(main(d, n, s, bool(c), kind)))
+    d, n, s, c, kind, persistent = (int(a) for a in sys.argv[1:7])
+    print(json.dumps(main(d, n, s, bool(c), kind, bool(persistent))))

@@ -69,6 +69,10 @@ GRID = [
     (4, 4, 777, 777, 128, 128, False, None, "bias", {"template": "flash_ws90", "block_n": 64, "num_stages": 4}),
     (4, 4, 113, 1000, 64, 64, False, None, "alibi", {"template": "flash_ws90"}),
     (8, 1, 1000, 113, 128, 128, True, None, "alibi", {"template": "flash_ws90"}),
+    # persistent flash_ws90: programs walk tiles (ragged, GQA, rows without keys, bias), the K/V ring running on
+    (8, 2, 1000, 1000, 128, 128, True, None, "none", {"template": "flash_ws90", "persistent": True}),
+    (8, 1, 1000, 113, 128, 128, True, None, "none", {"template": "flash_ws90", "persistent": True}),
+    (4, 4, 777, 777, 64, 64, False, None, "bias", {"template": "flash_ws90", "persistent": True, "num_stages": 3}),
 ]
 
 

@@ -68,6 +68,7 @@ def test_default_genome_picks_ws90_only_where_it_applies(kw, hardware, expected)
     ({}, {"num_warps": 8}, "tiles"),
     ({}, {"num_stages": 3}, "3 stages"),       # 2 * (128 + 6 * 128) * 128 bytes: over shared memory at d128
     ({}, {"use_tma": True}, "use_tma"),
+    ({}, {"lazy_rescale": True}, "lazy_rescale"),
     ({}, {"kv_splits": 2}, "kv_splits"),
 ])
 def test_ws90_refuses_what_it_does_not_implement(kw, knobs, problem):
@@ -93,6 +94,7 @@ def test_rendered_module_passes_the_allowlist_and_loads():
     spec = _spec(causal=True, needs_grad=True)
     rk = render(default_genome(spec, H100), spec)
     assert rk.entry_point == "attn_fwd_ws90" and rk.launch["grid"] == "ws90"
+    assert render(default_genome(spec, H100).replace(persistent=True), spec).launch["grid"] == "ws90_persistent"
     assert check_source(rk.source, ("attn_fwd_ws90", "attn_bwd_dkdv", "attn_bwd_dq")) == []
     kernel = load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch)
     assert type(kernel.functions.fwd).__name__ == "GluonJITFunction"
@@ -115,14 +117,15 @@ def test_ws90_launch_config_is_validated():
 
 
 @needs_gluon
-@pytest.mark.parametrize("head_dim,block_n,stages,causal,mask_kind", [
-    (128, 128, 2, True, 0), (64, 128, 3, False, 3), (128, 64, 4, False, 1), (128, 128, 2, True, 1)])
-def test_ws90_compiles_for_sm90_without_a_gpu(head_dim, block_n, stages, causal, mask_kind):
+@pytest.mark.parametrize("head_dim,block_n,stages,causal,mask_kind,persistent", [
+    (128, 128, 2, True, 0, False), (64, 128, 3, False, 3, False), (128, 64, 4, False, 1, False),
+    (128, 128, 2, False, 0, True), (128, 128, 2, True, 1, True)])
+def test_ws90_compiles_for_sm90_without_a_gpu(head_dim, block_n, stages, causal, mask_kind, persistent):
     """Frontend, layouts, warp specialization and ptxas for sm_90a (in a fresh process without the suite's
     TRITON_INTERPRET): FA3's register split (setmaxnreg to 240 for the math warpgroups), async warpgroup MMAs,
     TMA copies, shared memory within the 227 KB a block may use."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    argv = [str(a) for a in (head_dim, block_n, stages, int(causal), mask_kind)]
+    argv = [str(a) for a in (head_dim, block_n, stages, int(causal), mask_kind, int(persistent))]
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_ws90_compile.py")), *argv],
                           capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -142,7 +145,7 @@ def test_search_space_follows_the_ws90_template():
     spec = _spec(causal=True)
     space = spec_space(spec, H100, "flash_ws90")
     assert space["block_m"] == (64,) and space["num_warps"] == (4,) and space["block_n"] == (64, 128)
-    assert not {"use_tma", "kv_splits", "persistent", "overlap_qk", "exp2"} & set(space)
+    assert not {"use_tma", "kv_splits", "overlap_qk", "exp2"} & set(space) and space["persistent"] == (False, True)
     assert "exp2" in spec_space(_spec(causal=True, needs_grad=True), H100, "flash_ws90")
     genome = default_genome(spec, H100)
     rng = random.Random(0)

@@ -28,10 +28,11 @@ Packed GQA (launch["pack_gqa"] true; the source must pack too, flash_v1 renders 
 Tensor descriptors (launch["tma"] true): the source may build device-side descriptors over K and V as (N_KV, D)
   tiles with strides (stride_kn, 1); the launcher guarantees unit last strides and 16-byte aligned rows and base
   (copying K/V only when they are not) and installs Triton's global-scratch allocator for direct launches.
-Grid rule "ws90" (Gluon, Hopper; templates/flash_ws90_fwd.py): ``{entry}``(Q_DESC, K_DESC, V_DESC, O, LSE,
-  stride_o{b,h,m}, H_Q, GROUP, N_Q, N_KV, qk_scale = sm_scale * log2(e), constexprs BLOCK_M (rows per math
-  warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages), IS_CAUSAL, MASK_KIND 0/1/3), grid (cdiv(Nq, 2 * BLOCK_M),
-  B * Hq), with MASK and stride_m{b,h,m,n} right after LSE and stride_o{b,h,m} as in the forward ABI above; the
+Grid rules "ws90" / "ws90_persistent" (Gluon, Hopper; templates/flash_ws90_fwd.py): ``{entry}``(Q_DESC, K_DESC,
+  V_DESC, O, LSE, MASK, stride_o{b,h,m}, stride_m{b,h,m,n}, BATCH, H_Q, GROUP, N_Q, N_KV, qk_scale = sm_scale *
+  log2(e), constexprs BLOCK_M (rows per math warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages), IS_CAUSAL,
+  MASK_KIND 0/1/3), 1-d grid: one program per tile (cdiv(Nq, 2 * BLOCK_M) * B * Hq), or for "ws90_persistent" at
+  most one per SM; MASK and its strides as in the forward ABI above; the
   descriptors are Gluon host TensorDescriptors over the 4-d q/k/v (unit last stride, 16-byte aligned strides and
   base, copied when not) with blocks [1, 1, BLOCK_M or BLOCK_N, D]; O has a unit last stride, LSE is as above.
   No keep-masks, window or split-K; the launch is always direct (see op.py: the op stays opaque to Inductor).
@@ -60,7 +61,8 @@ from .launch_plan import PLANS, DescriptorSpec, ForwardPlan, PlannedLaunch, plan
 from .reference import MASK_KINDS
 
 MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
-GRID_RULES = ("fwd", "splitkv", "persistent", "ws90")
+GRID_RULES = ("fwd", "splitkv", "persistent", "ws90", "ws90_persistent")
+WS90_GRIDS = ("ws90", "ws90_persistent")
 WS90_MASK_CODES = (0, 1, 3)  # none, bias, alibi
 BWD_GRID_RULES = ("bwd",)
 _CPU_PROGRAMS = 4  # "SM count" of the interpreter for the persistent grid
@@ -121,8 +123,8 @@ class LaunchConfig:
                 raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
         if (self.grid == "splitkv") == (self.kv_splits == 1) and self.grid != "persistent":
             raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
-        if self.grid == "ws90" and (self.num_warps != 4 or self.pack_gqa or self.tma):
-            raise ValueError("grid 'ws90' runs 4-warp math warpgroups without pack_gqa or tma")
+        if self.grid in WS90_GRIDS and (self.num_warps != 4 or self.pack_gqa or self.tma):
+            raise ValueError(f"grid {self.grid!r} runs 4-warp math warpgroups without pack_gqa or tma")
         for name in ("pack_gqa", "bwd_dq_swap", "tma", "bwd_dq_atomic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"launch {name} must be a bool; got {getattr(self, name)!r}")
@@ -301,7 +303,7 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
 
 def _plan_via(cfg: LaunchConfig) -> Callable[..., Any]:
     """How a plan's first (or traced) launch goes: Gluon kernels always directly, others through _launch."""
-    return _launch_direct if cfg.grid == "ws90" else _launch
+    return _launch_direct if cfg.grid in WS90_GRIDS else _launch
 
 
 def _launch_direct(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Any:
@@ -320,7 +322,7 @@ def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, An
     sc = _scalars(q, k, v, scale, causal, window, mask_kind)
     out_shape, lse_shape = (b, hq, nq, dv), (b, hq, nq)
     out_strides = out_strides or _contiguous_strides(out_shape)
-    if cfg.grid == "ws90":
+    if cfg.grid in WS90_GRIDS:
         if code not in WS90_MASK_CODES or window:
             raise ValueError(f"a ws90 (Gluon) kernel takes no window and mask kinds none/bias/alibi; got "
                              f"{mask_kind!r}, window {window}")
@@ -382,9 +384,12 @@ def _plan_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torc
                    for role, rows in (("q", cfg.block_m), ("k", cfg.block_n), ("v", cfg.block_n))}
     # O needs a unit last stride: a caller's out without one gets a contiguous buffer copied into it (plan.run).
     o_strides = out_strides if out_strides[3] == 1 else _contiguous_strides(out_shape)
-    grid = (_cdiv(sc["N_Q"], 2 * cfg.block_m), sc["BATCH"] * sc["H_Q"])
+    tiles = _cdiv(sc["N_Q"], 2 * cfg.block_m) * sc["BATCH"] * sc["H_Q"]
+    if cfg.grid == "ws90_persistent":
+        tiles = min(tiles, torch.cuda.get_device_properties(q.device).multi_processor_count)
+    grid = (tiles,)
     static = dict(stride_ob=o_strides[0], stride_oh=o_strides[1], stride_om=o_strides[2],
-                  **_strides("m", m_strides, "bhmn"), H_Q=sc["H_Q"], GROUP=sc["GROUP"], N_Q=sc["N_Q"],
+                  **_strides("m", m_strides, "bhmn"), BATCH=sc["BATCH"], H_Q=sc["H_Q"], GROUP=sc["GROUP"], N_Q=sc["N_Q"],
                   N_KV=sc["N_KV"], qk_scale=sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m,
                   BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], MASK_KIND=code,
                   num_warps=cfg.num_warps)

@@ -116,7 +116,7 @@ def _fwd_functional(mode, func, types, args, kwargs):
     """Decompose the forward unless its kernel is a Gluon one (launched directly, never through wrap_triton:
     Inductor cannot trace Gluon host descriptors), which stays an opaque op Inductor calls as an extern kernel."""
     kernel_id = kwargs["kernel_id"] if "kernel_id" in kwargs else args[4]
-    if get_kernel(kernel_id).launch.grid == "ws90":
+    if get_kernel(kernel_id).launch.grid in launch.WS90_GRIDS:
         return _keep_opaque(mode, func, types, args, kwargs)
     return _decompose_fwd(mode, func, types, args, kwargs)
 

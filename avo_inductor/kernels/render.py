@@ -115,8 +115,8 @@ def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
     smem = ws90_smem_bytes(genome, spec.head_dim)
     if genome.num_stages < 2 or smem > _SMEM_LIMIT - _SMEM_SCRATCH:
         problems.append(f"{genome.num_stages} stages ({smem} bytes of shared memory)")
-    flash_v1_only = [k for k in ("persistent", "use_tma", "warp_specialize", "lazy_rescale", "pack_gqa",
-                                 "overlap_qk") if getattr(genome, k)]
+    flash_v1_only = [k for k in ("use_tma", "warp_specialize", "lazy_rescale", "pack_gqa", "overlap_qk")
+                     if getattr(genome, k)]
     if genome.kv_splits != 1 or flash_v1_only:
         problems.append(f"flash_v1 forward knobs {flash_v1_only + (['kv_splits'] if genome.kv_splits != 1 else [])}")
     if problems:
@@ -151,7 +151,7 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
     if genome.template == "flash_ws90":
         ws = _gluon_dialect(_template_text("flash_ws90_fwd.py"))
         source = f"{source.rstrip()}\n\n\n# ---- Hopper forward (flash_ws90_fwd.py) ----\n{ws}"
-        grid = "ws90"
+        grid = "ws90_persistent" if genome.persistent else "ws90"
     elif genome.persistent:
         grid = "persistent"
     elif genome.kv_splits > 1:

@@ -21,8 +21,8 @@ _BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages", "
 # flash_ws90 (Gluon, Hopper) has a fixed warpgroup shape and none of flash_v1's forward-only knobs; exp2 and
 # causal_split still shape the backward it borrows from flash_v1, so they stay searched when the spec trains.
 _WS90_FIXED = {"block_m": (64,), "num_warps": (4,), "block_n": (64, 128), "num_stages": (2, 3, 4)}
-_WS90_FROZEN = ("even_fast_path", "persistent", "use_tma", "warp_specialize", "lazy_rescale", "kv_splits",
-                "pack_gqa", "overlap_qk")
+_WS90_FROZEN = ("even_fast_path", "use_tma", "warp_specialize", "lazy_rescale", "kv_splits", "pack_gqa",
+                "overlap_qk")
 
 
 def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None,

@@ -12,12 +12,14 @@ Softmax in base 2 with log2(e) folded into qk_scale. Masks: none or causal (bott
 past the diagonal or the key length are masked only where a block reaches them; MASK_KIND 1 adds a bias tile
 (pointer loads in the scores' layout, issued while QK^T runs), 3 ALiBi (the slope of the q head). GQA: q head h
 reads kv head h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous
-(B, H_Q, N_Q). HEAVY_FIRST (causal: the last query tiles start first) is the genome constant of the flash_v1
-module this text is appended to.
+(B, H_Q, N_Q). HEAVY_FIRST (causal: each head's last query tiles start first) and PERSISTENT (one program per SM
+walking tiles, its loader streaming the next tile's Q, K and V while the math warpgroups finish the current one)
+are the genome constants of the flash_v1 module this text is appended to.
 
 Launcher ABI (launch grid "ws90", see launch.py): host TensorDescriptors over the 4-d (B, H, N, D) q/k/v with
 blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V), the mask operand and its 4 strides as the flash_v1
-ABI passes them; grid (cdiv(N_Q, 2 * BLOCK_M), B * H_Q).
+ABI passes them; a 1-d grid of one program per tile (cdiv(N_Q, 2 * BLOCK_M) * B * H_Q tiles), or with PERSISTENT at
+most one per SM.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -44,24 +46,50 @@ def _ws_kv_span(m0, N_Q, N_KV, ROWS: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAU
 
 
 @gluon.jit
-def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty,
-               b, hq, hkv, m0, blocks, STAGES: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
-    for w in gl.static_range(WS_WARPGROUPS):
-        mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [b, hq, m0 + w * BLOCK_M, 0], q_bars.index(w),
-                                       q_smem.index(w).reshape(q_desc.block_type.shape))
-    for j in range(blocks):
-        stage = j % STAGES
-        phase = (j // STAGES) & 1
-        # A fresh barrier counts as having completed the phase before phase 0: the first lap does not wait.
-        mbarrier.wait(k_empty.index(stage), phase ^ 1)
-        mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b, hkv, j * BLOCK_N, 0], k_ready.index(stage),
-                                       k_smem.index(stage).reshape(k_desc.block_type.shape))
-        mbarrier.wait(v_empty.index(stage), phase ^ 1)
-        mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [b, hkv, j * BLOCK_N, 0], v_ready.index(stage),
-                                       v_smem.index(stage).reshape(v_desc.block_type.shape))
+def _ws_tile(t, n_m, H_Q, ROWS: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """Tile t -> (batch, q head, first query row, batch * H_Q + head). Query tiles vary fastest, so programs running
+    at the same time share one head's K/V in L2; causal with HEAVY_FIRST walks each head's tiles from the last
+    (the one with most key blocks) down."""
+    m_idx = t % n_m
+    if HEAVY_FIRST and IS_CAUSAL:  # the genome's heavy_first, from the flash_v1 module this is appended to
+        m_idx = n_m - 1 - m_idx
+    bh = t // n_m
+    return bh // H_Q, bh % H_Q, m_idx * ROWS, bh
+
+
+@gluon.jit
+def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty,
+               first, step, n_tiles, n_m, H_Q, GROUP, N_Q, N_KV, STAGES: gl.constexpr, BLOCK_M: gl.constexpr,
+               BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """Each tile's Q slices (once its warpgroup released the previous tile's), then its K and V blocks into the ring;
+    the ring's slot and phase run on across tiles, so a persistent program streams the next tile's first blocks
+    while the math warpgroups finish the last one."""
+    it = 0
+    tile_i = 0
+    for t in range(first, n_tiles, step):
+        b, hq, m0, bh = _ws_tile(t, n_m, H_Q, WS_WARPGROUPS * BLOCK_M, IS_CAUSAL)
+        hkv = hq // GROUP
+        blocks, full = _ws_kv_span(m0, N_Q, N_KV, WS_WARPGROUPS * BLOCK_M, BLOCK_N, IS_CAUSAL)
+        for w in gl.static_range(WS_WARPGROUPS):
+            # A fresh barrier counts as having completed the phase before phase 0: the first lap does not wait.
+            mbarrier.wait(q_empty.index(w), (tile_i & 1) ^ 1)
+            mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [b, hq, m0 + w * BLOCK_M, 0], q_bars.index(w),
+                                           q_smem.index(w).reshape(q_desc.block_type.shape))
+        for j in range(blocks):
+            c = it + j
+            stage = c % STAGES
+            phase = (c // STAGES) & 1
+            mbarrier.wait(k_empty.index(stage), phase ^ 1)
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [b, hkv, j * BLOCK_N, 0], k_ready.index(stage),
+                                           k_smem.index(stage).reshape(k_desc.block_type.shape))
+            mbarrier.wait(v_empty.index(stage), phase ^ 1)
+            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [b, hkv, j * BLOCK_N, 0], v_ready.index(stage),
+                                           v_smem.index(stage).reshape(v_desc.block_type.shape))
+        it += blocks
+        tile_i += 1
 
 
 @gluon.jit
@@ -118,14 +146,23 @@ def _ws_probs(s, bias, j, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_lay
 
 
 @gluon.jit
-def _ws_math(q_smem_all, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, LSE,
-             stride_ob, stride_oh, stride_om, b, hq, tile_m0, blocks, full, N_Q, N_KV, qk_scale,
-             mask_head, stride_mm, stride_mn, alibi_slope,
+def _ws_turn(turn, issue, WG: gl.constexpr):
+    """Wait for this warpgroup's turn to issue matmuls: its issue k follows issue k of the warpgroup before it
+    (WG > 0) or issue k - 1 of the last one (WG 0; its very first issue goes first)."""
+    if WG > 0:
+        mbarrier.wait(turn.index(WG), issue & 1)
+    else:
+        mbarrier.wait(turn.index(WG), (issue - 1) & 1, pred=issue > 0)
+
+
+@gluon.jit
+def _ws_math(q_smem_all, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, turn, O, LSE, MASK,
+             stride_ob, stride_oh, stride_om, stride_mb, stride_mh, stride_mm, stride_mn,
+             first, step, n_tiles, n_m, H_Q, N_Q, N_KV, qk_scale,
              WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASK_KIND: gl.constexpr, num_warps: gl.constexpr):
-    """Math warpgroup WG: rows tile_m0 + WG * BLOCK_M .. + BLOCK_M of the program's tile."""
+    """Math warpgroup WG: rows WG * BLOCK_M .. + BLOCK_M of each of the program's tiles."""
     q_smem = q_smem_all.index(WG)
-    m0 = tile_m0 + WG * BLOCK_M
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -133,84 +170,101 @@ def _ws_math(q_smem_all, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_em
                                                        instr_shape=[16, HEAD_D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-    zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-    acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, o_layout)
-    m_i = gl.full([BLOCK_M], -float("inf"), gl.float32, row_layout)
-    l_i = gl.zeros([BLOCK_M], gl.float32, row_layout)
-    mbarrier.wait(q_bars.index(WG), 0)
-    if blocks > 0:
-        mbarrier.wait(k_ready.index(0), 0)
-        if WG > 0:
-            mbarrier.wait(turn.index(WG), 0)
-        s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
-        bias = zero_s
-        if MASK_KIND == 1:
-            bias = _ws_bias_tile(mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M, BLOCK_N)
-        s = warpgroup_mma_wait(0, deps=[s_tok])
-        mbarrier.arrive(k_empty.index(0), count=1)
-        p, m_i, m_safe = _ws_probs(s, bias, 0, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_layout,
-                                   BLOCK_M, BLOCK_N, IS_CAUSAL, MASK_KIND)
-        l_i = gl.sum(p, axis=1)
-        for j in range(1, blocks):
-            stage = j % STAGES
-            prev = (j - 1) % STAGES
-            mbarrier.wait(k_ready.index(stage), (j // STAGES) & 1)
-            # Turn j of this warpgroup follows turn j of the one before it (WG > 0) or turn j - 1 of the last.
-            mbarrier.wait(turn.index(WG), (j - 1 + (WG > 0)) & 1)
+    store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    it = 0  # K/V ring position, as the loader counts it
+    issue = 0  # this warpgroup's matmul issues so far (the turn barriers' phase)
+    tile_i = 0
+    for t in range(first, n_tiles, step):
+        b, hq, tile_m0, bh = _ws_tile(t, n_m, H_Q, WS_WARPGROUPS * BLOCK_M, IS_CAUSAL)
+        blocks, full = _ws_kv_span(tile_m0, N_Q, N_KV, WS_WARPGROUPS * BLOCK_M, BLOCK_N, IS_CAUSAL)
+        m0 = tile_m0 + WG * BLOCK_M
+        mask_head = MASK + b * stride_mb + hq * stride_mh
+        alibi_slope = 0.0
+        if MASK_KIND == 3:
+            alibi_slope = gl.load(mask_head).to(gl.float32) * 1.4426950408889634
+        acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, o_layout)
+        m_i = gl.full([BLOCK_M], -float("inf"), gl.float32, row_layout)
+        l_i = gl.zeros([BLOCK_M], gl.float32, row_layout)
+        mbarrier.wait(q_bars.index(WG), tile_i & 1)
+        if blocks > 0:
+            stage = it % STAGES
+            mbarrier.wait(k_ready.index(stage), (it // STAGES) & 1)
+            _ws_turn(turn, issue, WG)
+            zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
             s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), zero_s, use_acc=False,
                                   is_async=True)
-            mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
-            acc_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
             mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
+            issue += 1
+            bias = zero_s
             if MASK_KIND == 1:
-                bias = _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M,
-                                     BLOCK_N)
-            s = warpgroup_mma_wait(1, deps=[s_tok])  # QK^T done; P V may still run
+                bias = _ws_bias_tile(mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M, BLOCK_N)
+            s = warpgroup_mma_wait(0, deps=[s_tok])
             mbarrier.arrive(k_empty.index(stage), count=1)
-            p, m_new, m_safe = _ws_probs(s, bias, j, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_layout,
-                                         BLOCK_M, BLOCK_N, IS_CAUSAL, MASK_KIND)
-            alpha = gl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + gl.sum(p, axis=1)
-            m_i = m_new
+            p, m_i, m_safe = _ws_probs(s, bias, 0, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_layout,
+                                       BLOCK_M, BLOCK_N, IS_CAUSAL, MASK_KIND)
+            l_i = gl.sum(p, axis=1)
+            for j in range(1, blocks):
+                c = it + j
+                stage = c % STAGES
+                prev = (c - 1) % STAGES
+                mbarrier.wait(k_ready.index(stage), (c // STAGES) & 1)
+                _ws_turn(turn, issue, WG)
+                # use_acc=False ignores the accumulator's values: the previous block's (dead) scores serve, so no
+                # zero tile stays live across the loop (64 registers a thread at 64x128)
+                s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s, use_acc=False,
+                                      is_async=True)
+                mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                acc_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+                mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
+                issue += 1
+                if MASK_KIND == 1:
+                    bias = _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M,
+                                         BLOCK_N)
+                s = warpgroup_mma_wait(1, deps=[s_tok])  # QK^T done; P V may still run
+                mbarrier.arrive(k_empty.index(stage), count=1)
+                p, m_new, m_safe = _ws_probs(s, bias, j, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope,
+                                             s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL, MASK_KIND)
+                alpha = gl.exp2(m_i - m_safe)
+                l_i = l_i * alpha + gl.sum(p, axis=1)
+                m_i = m_new
+                acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])
+                mbarrier.arrive(v_empty.index(prev), count=1)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+            c = it + blocks - 1
+            last = c % STAGES
+            mbarrier.wait(v_ready.index(last), (c // STAGES) & 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            acc_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
             acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])
-            mbarrier.arrive(v_empty.index(prev), count=1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        last = (blocks - 1) % STAGES
-        mbarrier.wait(v_ready.index(last), ((blocks - 1) // STAGES) & 1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        acc_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
-        acc, p_op = warpgroup_mma_wait(0, deps=[acc_tok, p_op])
-        mbarrier.arrive(v_empty.index(last), count=1)
-    empty = l_i == 0.0
-    inv = gl.where(empty, 0.0, 1.0 / gl.where(empty, 1.0, l_i))
-    out = acc * gl.expand_dims(gl.convert_layout(inv, gl.SliceLayout(1, o_layout)), 1)
-    store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-    out = gl.convert_layout(out.to(dtype), store_layout)
-    rows = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store_layout))
-    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, store_layout))
-    offs = b * stride_ob + hq * stride_oh + gl.expand_dims(rows, 1) * stride_om + gl.expand_dims(cols, 0)
-    gl.store(O + offs, out, mask=gl.expand_dims(rows < N_Q, 1))
-    lse = gl.where(empty, float("inf"), (m_i + gl.log2(gl.where(empty, 1.0, l_i))) * 0.6931471805599453)
-    lse_rows = m0 + gl.arange(0, BLOCK_M, layout=row_layout)
-    gl.store(LSE + lse_rows, lse, mask=lse_rows < N_Q)
+            mbarrier.arrive(v_empty.index(last), count=1)
+            it += blocks
+        mbarrier.arrive(q_empty.index(WG), count=1)  # every QK^T of this tile is done: Q's slot may refill
+        empty = l_i == 0.0
+        inv = gl.where(empty, 0.0, 1.0 / gl.where(empty, 1.0, l_i))
+        out = acc * gl.expand_dims(gl.convert_layout(inv, gl.SliceLayout(1, o_layout)), 1)
+        out = gl.convert_layout(out.to(dtype), store_layout)
+        rows = m0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, store_layout))
+        cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, store_layout))
+        offs = b * stride_ob + hq * stride_oh + gl.expand_dims(rows, 1) * stride_om + gl.expand_dims(cols, 0)
+        gl.store(O + offs, out, mask=gl.expand_dims(rows < N_Q, 1))
+        lse = gl.where(empty, float("inf"), (m_i + gl.log2(gl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        lse_rows = m0 + gl.arange(0, BLOCK_M, layout=row_layout)
+        gl.store(LSE + bh * N_Q + lse_rows, lse, mask=lse_rows < N_Q)
+        tile_i += 1
 
 
 @gluon.jit
 def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, MASK, stride_ob, stride_oh, stride_om, stride_mb, stride_mh,
-                  stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, qk_scale, BLOCK_M: gl.constexpr,
+                  stride_mm, stride_mn, BATCH, H_Q, GROUP, N_Q, N_KV, qk_scale, BLOCK_M: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
                   MASK_KIND: gl.constexpr, num_warps: gl.constexpr):
-    pid_m = gl.program_id(0)
-    if HEAVY_FIRST and IS_CAUSAL:  # the genome's heavy_first, from the flash_v1 module this is appended to
-        pid_m = gl.num_programs(0) - 1 - pid_m
-    bh = gl.program_id(1)
-    b = bh // H_Q
-    hq = bh % H_Q
-    hkv = hq // GROUP
-    m0 = pid_m * (WS_WARPGROUPS * BLOCK_M)
-    blocks, full = _ws_kv_span(m0, N_Q, N_KV, WS_WARPGROUPS * BLOCK_M, BLOCK_N, IS_CAUSAL)
+    n_m = gl.cdiv(N_Q, WS_WARPGROUPS * BLOCK_M)
+    n_tiles = n_m * BATCH * H_Q
+    first = gl.program_id(0)
+    step = n_tiles  # one tile per program
+    if PERSISTENT:  # the genome's persistent: one program per SM walks tiles first, first + grid, ...
+        step = gl.num_programs(0)
     dtype: gl.constexpr = Q_DESC.dtype
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_D], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_D], dtype)
@@ -218,6 +272,7 @@ def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, MASK, stride_ob, stride_oh, st
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], kv_layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], kv_layout)
     q_bars = gl.allocate_shared_memory(gl.int64, [WS_WARPGROUPS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [WS_WARPGROUPS, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [WS_WARPGROUPS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -225,6 +280,7 @@ def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, MASK, stride_ob, stride_oh, st
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(WS_WARPGROUPS):
         mbarrier.init(q_bars.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=1)
         mbarrier.init(turn.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
@@ -232,20 +288,16 @@ def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, MASK, stride_ob, stride_oh, st
         mbarrier.init(k_empty.index(i), count=WS_WARPGROUPS)
         mbarrier.init(v_empty.index(i), count=WS_WARPGROUPS)
     fence_async_shared()
-    lse_row = LSE + bh * N_Q
-    mask_head = MASK + b * stride_mb + hq * stride_mh
-    alibi_slope = 0.0
-    if MASK_KIND == 3:
-        alibi_slope = gl.load(mask_head).to(gl.float32) * 1.4426950408889634
     gl.warp_specialize([
-        (_ws_math, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, lse_row,
-                    stride_ob, stride_oh, stride_om, b, hq, m0, blocks, full, N_Q, N_KV, qk_scale,
-                    mask_head, stride_mm, stride_mn, alibi_slope,
+        (_ws_math, (q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, turn, O, LSE, MASK,
+                    stride_ob, stride_oh, stride_om, stride_mb, stride_mh, stride_mm, stride_mn,
+                    first, step, n_tiles, n_m, H_Q, N_Q, N_KV, qk_scale,
                     0, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, MASK_KIND, num_warps)),
-        (_ws_math, (q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty, turn, O, lse_row,
-                    stride_ob, stride_oh, stride_om, b, hq, m0, blocks, full, N_Q, N_KV, qk_scale,
-                    mask_head, stride_mm, stride_mn, alibi_slope,
+        (_ws_math, (q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, turn, O, LSE, MASK,
+                    stride_ob, stride_oh, stride_om, stride_mb, stride_mh, stride_mm, stride_mn,
+                    first, step, n_tiles, n_m, H_Q, N_Q, N_KV, qk_scale,
                     1, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, MASK_KIND, num_warps)),
-        (_ws_loader, (Q_DESC, K_DESC, V_DESC, q_smem, k_smem, v_smem, q_bars, k_ready, v_ready, k_empty, v_empty,
-                      b, hq, hkv, m0, blocks, STAGES, BLOCK_M, BLOCK_N)),
+        (_ws_loader, (Q_DESC, K_DESC, V_DESC, q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty,
+                      v_empty, first, step, n_tiles, n_m, H_Q, GROUP, N_Q, N_KV, STAGES, BLOCK_M, BLOCK_N,
+                      IS_CAUSAL)),
     ], [num_warps, 1], [WS_MATH_REGS, WS_LOADER_REGS])
