@@ -52,11 +52,14 @@ def _spec(**kw) -> AttentionSpec:
     ({"head_dim": 128, "v_head_dim": 64}, H100, "flash_v1"),
     ({}, B200, "flash_v1"),                        # no wgmma on sm_100
     ({}, CPU, "flash_v1"),
-    ({"batch": 4, "q_heads": 32, "kv_heads": 32, "q_len": 1024, "kv_len": 1024}, H100, "flash_v1"),  # host-bound
+    ({"batch": 4, "q_heads": 32, "kv_heads": 32, "q_len": 1024, "kv_len": 1024}, H100, "flash_ws90"),  # 69 GFLOP
+    ({"batch": 2, "q_heads": 32, "kv_heads": 32, "q_len": 1024, "kv_len": 1024}, H100, "flash_v1"),  # host-bound
 ])
 def test_default_genome_picks_ws90_only_where_it_applies(kw, hardware, expected):
     genome = default_genome(_spec(**kw), hardware)
     assert genome.template == expected
+    # persistent tile loop only without a causal mask (measured ahead dense, behind causal)
+    assert genome.persistent == (expected == "flash_ws90" and not _spec(**kw).causal)
     check_renderable(genome, _spec(**kw))
 
 

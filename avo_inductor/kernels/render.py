@@ -233,11 +233,12 @@ def gluon_hopper_available() -> bool:
     return hasattr(gl, "warp_specialize") and hasattr(hopper, "warpgroup_mma")
 
 
-# The Gluon forward is launched from Python through an op Inductor cannot inline (op.py): 0.25-0.31 ms of host
-# time per call under torch.compile against 0.07-0.12 ms for the inlined flash_v1 (H100,
-# benchmarks/results/nvidia-h100/launch-overhead.csv). At 4x32x1024x1024 d128 (69 GFLOP) that left it at 288
-# TFLOP/s compiled against 505 eager, below flash_v1's 431. Below this much work per call the default stays flash_v1.
-WS90_MIN_FLOPS = 2e11
+# The Gluon forward is launched from Python through an op Inductor cannot inline (op.py). With launch plans
+# (launch_plan.py) that costs ~0.13 ms of host time per call under torch.compile on the H100's host, down from
+# 0.28 ms, so at 4x32x1024x1024 d128 (69 GFLOP, ~0.13 ms of kernel) the compiled call is GPU-bound and flash_ws90
+# measured 514 TFLOP/s against flash_v1's 435 (same run, benchmarks/results/nvidia-h100/small-ws90.csv). Below
+# this much work per call the host launch would show: the default stays flash_v1 (inlined by Inductor).
+WS90_MIN_FLOPS = 5e10
 
 
 def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
@@ -315,11 +316,16 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     if template == "flash_ws90":
         # FlashAttention-3's shape (H100 A/Bs: benchmarks/results/nvidia-h100/ws90-prototype-probe*.log and
         # variants-ws90.csv): 64 rows per math warpgroup, 128-key tiles, 2 stages (3 do not fit shared memory at
-        # d128); 1.01-1.04x cuDNN causal, 0.97-1.01x dense at d128 in the final issue-7 run.
+        # d128); 1.01-1.04x cuDNN causal, 0.97-1.01x dense at d128 in the final issue-7 run. Persistent (one
+        # program per SM walking tiles) without a causal mask: +8% at 4x32x1024, +1.4-2.2% at 4k/8k, but -9% causal,
+        # where the heaviest-first tile order of the plain grid balances better (variants-persist.csv, H100).
         block_m, block_n, warps, stages, pack = WS90_BLOCK_M, 128, 4, 2, False
+        persistent = not spec.causal and not spec.window
+    else:
+        persistent = False
     kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode and template == "flash_v1" else 1
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages, template=template,
-                        kv_splits=kv_splits, pack_gqa=pack, heavy_first=True,
+                        kv_splits=kv_splits, pack_gqa=pack, heavy_first=True, persistent=persistent,
                         bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
                         bwd_block_n=min(bwd_n, next_power_of_two(spec.kv_len)), bwd_num_warps=bwd_warps,
                         bwd_num_stages=bwd_stages, bwd_transposed=transposed, bwd_dq_swap=swap)
