@@ -283,6 +283,7 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     An eager call reuses the launch plan of an earlier call with the same key (launch_plan.py); a traced call,
     or one with ``out``/``lse`` given, builds its plan afresh.
     """
+    _check_qkv(q, k, v)  # before anything indexes their shapes: a clear error for a bad call, plan or not
     m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2])
     tensors = {"q": q, "k": k, "v": v, "mask": m}
     eager = _plain_eager((), tensors.values())
@@ -313,10 +314,9 @@ def _launch_direct(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any)
 def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, Any], m_strides: tuple[Any, ...],
                   code: int, *, scale: float | None, causal: bool, window: int, mask_kind: str,
                   out_strides: tuple[Any, ...] | None = None) -> ForwardPlan:
-    """The forward's plan for these tensors (validated here, once per plan key); ``out_strides``: those of a
-    caller's pre-allocated out (default a fresh contiguous one)."""
+    """The forward's plan for these tensors (scale, mask and template limits checked here, once per plan key);
+    ``out_strides``: those of a caller's pre-allocated out (default a fresh contiguous one)."""
     q, k, v = tensors["q"], tensors["k"], tensors["v"]
-    _check_qkv(q, k, v)
     b, hq, nq = q.shape[0], q.shape[1], q.shape[2]
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[3]
     sc = _scalars(q, k, v, scale, causal, window, mask_kind)
@@ -389,8 +389,8 @@ def _plan_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torc
         tiles = min(tiles, torch.cuda.get_device_properties(q.device).multi_processor_count)
     grid = (tiles,)
     static = dict(stride_ob=o_strides[0], stride_oh=o_strides[1], stride_om=o_strides[2],
-                  **_strides("m", m_strides, "bhmn"), BATCH=sc["BATCH"], H_Q=sc["H_Q"], GROUP=sc["GROUP"], N_Q=sc["N_Q"],
-                  N_KV=sc["N_KV"], qk_scale=sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m,
+                  **_strides("m", m_strides, "bhmn"), BATCH=sc["BATCH"], H_Q=sc["H_Q"], GROUP=sc["GROUP"],
+                  N_Q=sc["N_Q"], N_KV=sc["N_KV"], qk_scale=sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m,
                   BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], MASK_KIND=code,
                   num_warps=cfg.num_warps)
     launch = PlannedLaunch(fns.fwd, grid, static, dict(Q_DESC="q_desc", K_DESC="k_desc", V_DESC="v_desc", O="out",

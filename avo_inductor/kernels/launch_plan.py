@@ -145,8 +145,9 @@ def _rebased(template: Any, base: torch.Tensor) -> Any:
 def plan_key(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
              scalars: tuple[Any, ...]) -> tuple[Any, ...]:
     """Everything a forward's launches depend on besides the tensors' contents: the kernel (ids of its functions
-    and launch config, kept alive by the plan's ``owner``: hashing Triton functions costs microseconds), ``scalars`` (mask strides and code, scale, causal, window), dtypes, the device (and the
-    current CUDA device, whose context the compiled kernel is loaded in), shapes, strides and 16-byte alignment."""
+    and launch config, kept alive by the plan's ``owner``: hashing Triton functions costs microseconds),
+    ``scalars`` (mask strides and code, scale, causal, window), dtypes, the device (and the current CUDA device,
+    whose context the compiled kernel is loaded in), shapes, strides and 16-byte alignment."""
     current = torch.cuda.current_device() if q.is_cuda else -1
     return (kernel, scalars, q.dtype, q.device, current, mask.dtype,
             q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), mask.shape, mask.stride(),
