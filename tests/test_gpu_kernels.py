@@ -2,7 +2,8 @@
 
 TRITON_INTERPRET=0 is needed because tests/conftest.py defaults it to 1 (torch 2.11 wrap_triton rejects
 interpreted kernels). Passed on an H100 with torch 2.11 / triton 3.6, together with tests/test_gpu_backend.py:
-46 tests in 227 s (2026-11-26, session 6, flash_v1 and flash_ws90, at the session's final commit).
+49 tests in 292 s (2026-11-26, session 7, flash_v1 and flash_ws90 with its persistent tile loop the default
+without a causal mask, launch plans; benchmarks/results/nvidia-h100/gpu-tests.log).
 
 Same curated grid as the CPU tests, at bf16 with the realistic default GPU tiles and larger lengths, plus
 the op under torch.compile(backend="inductor") where Inductor inlines the user Triton kernels.
