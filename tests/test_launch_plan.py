@@ -113,6 +113,21 @@ def test_a_held_kernel_gets_every_argument_in_parameter_order(monkeypatch):
     assert first == [dict(n=5, scale=0.5, BLOCK=16, num_warps=4, X="q0", Y="o0")]
     planned.launch({"q": "q1", "out": "o1"}, lambda *a, **kw: pytest.fail("the held kernel must launch"), True)
     assert compiled.calls == [((4, 2, 1), ("q1", 5, "o1", 0.5, 16, 3))]
+    assert planned._args == [None, 5, None, 0.5, 16, 3]  # the first call's tensors are not kept
+
+
+def test_a_cached_plan_keeps_no_tensor_of_its_calls_alive():
+    import gc
+    import weakref
+
+    spec = AttentionSpec(1, 2, 2, 17, 17, 16, dtype="float32")
+    kernel = load(spec)
+    inp = make_inputs(spec)
+    out, lse = launch.forward(kernel.functions, kernel.launch, inp.q, inp.k, inp.v, None, **call_args(spec))
+    refs = [weakref.ref(t) for t in (inp.q, inp.k, inp.v, out, lse)]
+    del inp, out, lse
+    gc.collect()
+    assert len(launch_plan.PLANS) == 1 and all(r() is None for r in refs)
 
 
 def test_traced_or_interpreted_launches_keep_the_jit_path():
@@ -132,5 +147,6 @@ def test_a_rebased_descriptor_is_the_validated_one_over_new_memory():
     assert isinstance(template, hopper.TensorDescriptor)
     moved = launch_plan._rebased(template, b)
     assert type(moved) is type(template) and moved.base is b and template.base is a
+    assert launch_plan._rebased(template, None).base is None  # what a cached plan keeps
     assert (moved.shape, moved.strides, moved.block_shape, moved.layout) == \
         (template.shape, template.strides, template.block_shape, template.layout)

@@ -77,8 +77,10 @@ class PlannedLaunch:
             else:
                 return
         grid = tuple(self.grid) + (1,) * (3 - len(self.grid))
-        self._args = args
         self._slots = tuple((names.index(name), role) for name, role in self.tensors.items())
+        for index, _ in self._slots:
+            args[index] = None  # the plan outlives this call: holding its tensors would keep their memory alive
+        self._args = args
         self._runner = kernel[grid]
 
 
@@ -118,8 +120,8 @@ class ForwardPlan:
             template = self._templates.get(role)
             if template is None:
                 tensors[role] = descriptor(tensors[spec.source], spec)  # built and validated by Triton
-                if eager:
-                    self._templates[role] = tensors[role]
+                if eager:  # kept without its base: a cached plan must not keep this call's memory alive
+                    self._templates[role] = _rebased(tensors[role], None)
             else:
                 tensors[role] = _rebased(template, tensors[spec.source])
         if self.allocator is not None:
@@ -133,7 +135,7 @@ class ForwardPlan:
         return out, lse
 
 
-def _rebased(template: Any, base: torch.Tensor) -> Any:
+def _rebased(template: Any, base: torch.Tensor | None) -> Any:
     """``template`` (a validated host descriptor) over ``base``: a tensor of the same plan key, so the same
     shape, strides, dtype and alignment, and Triton's checks would pass again; they cost ~10 us a descriptor."""
     clone = object.__new__(type(template))
