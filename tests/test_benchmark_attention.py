@@ -127,6 +127,19 @@ def test_cpu_smoke_run_writes_csv_with_expected_columns(tmp_path: Path) -> None:
     assert rows[1]["avo time / hbm floor"] == pytest.approx(rows[1]["avo-untuned ms"] / rows[1]["hbm-floor ms"])
 
 
+def test_template_pins_the_untuned_kernel_of_a_store_miss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--template flash_v1 runs flash_v1; a family this device cannot run (flash_ws90 on the CPU interpreter) is an
+    "n/a" avo cell with the reason (here: it does not render head dim 16), and the built-ins still run: an A/B on the GPU never crashes the table."""
+    monkeypatch.setenv("AVO_CACHE_DIR", str(tmp_path / "store"))
+    rows, _ = attention.main(["--specs", "1,2,2,17,16,none", "--quick", "--providers", "sdpa-default",
+                              "--template", "flash_v1", "--out", str(tmp_path), "--stem", "v1"])
+    assert rows[0]["avo kernel"] == "avo-untuned" and rows[0]["avo ok"] is True
+    rows, _ = attention.main(["--specs", "1,2,2,17,16,none", "--quick", "--providers", "sdpa-default",
+                              "--template", "flash_ws90", "--out", str(tmp_path), "--stem", "ws90"])
+    assert str(rows[0]["avo TFLOP/s"]).startswith("n/a: ValueError: flash_ws90 cannot render")
+    assert rows[0]["sdpa-default ms"] > 0
+
+
 def test_deadline_skips_specs_but_keeps_rows(tmp_path: Path) -> None:
     rows, _ = attention.main(["--specs", "1,2,2,17,16,none;1,2,2,18,16,none", "--quick", "--providers", "sdpa-default",
                               "--deadline-s", "0", "--out", str(tmp_path), "--stem", "cut"])

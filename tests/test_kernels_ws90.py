@@ -87,6 +87,15 @@ def test_ws90_stage_budget_follows_shared_memory():
     check_renderable(genome.replace(num_stages=4), _spec(head_dim=64))  # 147 KB fits at d64
 
 
+def test_a_pinned_template_is_kept_on_every_device():
+    """A pinned family is what the caller gets, also where the default would differ (benchmarks' --template)."""
+    assert default_genome(_spec(), CPU, "flash_ws90").template == "flash_ws90"
+    assert default_genome(_spec(), B200, "flash_ws90").template == "flash_ws90"
+    assert default_genome(_spec(), H100, "flash_v1").template == "flash_v1"
+    with pytest.raises(ValueError, match="unknown kernel template"):
+        default_genome(_spec(), CPU, "flash_v9")
+
+
 def test_unknown_pinned_template_is_refused():
     with pytest.raises(ValueError, match="unknown kernel template"):
         default_genome(_spec(), H100, "flash_v9")

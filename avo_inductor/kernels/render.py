@@ -281,8 +281,10 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     Decode (q_len <= 16) with GQA/MQA packs each kv head's q heads into one tile (pack_gqa): every q head
     otherwise re-reads its group's K/V, the whole cost of a memory-bound decode.
     """
+    if template not in (None, *TEMPLATES):
+        raise ValueError(f"unknown kernel template {template!r}; available: {TEMPLATES}")
     pack = spec.is_decode and spec.q_heads != spec.kv_heads
-    if _is_cpu(hardware):
+    if _is_cpu(hardware) and template != "flash_ws90":  # a pinned flash_ws90 stays one (it runs on sm_90 only)
         return KernelGenome(block_m=16, block_n=16, num_warps=4, num_stages=1, pack_gqa=pack, bwd_block_m=16,
                             bwd_block_n=16, bwd_num_warps=4, bwd_num_stages=1)
     d = max(spec.head_dim, spec.v_head_dim or spec.head_dim)
@@ -309,8 +311,6 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
         bwd_m, bwd_n, bwd_warps, bwd_stages, transposed, swap = 32, 128, 4, 3, True, True
     block_m = min(block_m, next_power_of_two(spec.q_len * spec.gqa_group if pack else spec.q_len))
     block_n = min(block_n, next_power_of_two(spec.kv_len))
-    if template not in (None, *TEMPLATES):
-        raise ValueError(f"unknown kernel template {template!r}; available: {TEMPLATES}")
     if template is None:
         template = "flash_ws90" if ws90_suits(spec, hardware) else "flash_v1"
     if template == "flash_ws90":
