@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import pstats
 import sys
@@ -85,11 +86,11 @@ def measure(spec: AttentionSpec, hardware: HardwareKey, profiles: list[str] | No
         graphed = torch.compile(op, backend="inductor", mode="reduce-overhead")
         row: dict[str, Any] = {"spec": spec.short(), "template": template}
         for mode, fn in (("eager", op), ("compiled", compiled), ("cudagraphs", graphed)):
-            host, total = per_call_us(lambda fn=fn: fn(inputs.q, inputs.k, inputs.v))
+            call = functools.partial(fn, inputs.q, inputs.k, inputs.v)
+            host, total = per_call_us(call)
             row[f"{mode} host us"], row[f"{mode} total us"] = round(host, 1), round(total, 1)
             if profiles is not None:
-                profiles.append(profile_text(f"{spec.short()} {template} {mode}",
-                                             lambda fn=fn: fn(inputs.q, inputs.k, inputs.v)))
+                profiles.append(profile_text(f"{spec.short()} {template} {mode}", call))
         rows.append(row)
     return rows
 

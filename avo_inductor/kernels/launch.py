@@ -292,22 +292,18 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         key = plan_key((id(fns), id(cfg)), q, k, v, m, (m_strides, code, scale, causal, window))
         plan = PLANS.get(key)
         if plan is not None:
-            return plan.run(tensors, None, None, _for_descriptors, _ws90_descriptor, _plan_via(cfg), eager)
+            return plan.run(tensors, None, None, eager)
     plan = _plan_forward(fns, cfg, tensors, m_strides, code, scale=scale, causal=causal, window=window,
                          mask_kind=mask_kind, out_strides=None if out is None else tuple(out.stride()))
-    result = plan.run(tensors, out, lse, _for_descriptors, _ws90_descriptor, _plan_via(cfg), eager)
+    result = plan.run(tensors, out, lse, eager)
     if key is not None:
         plan.owner = (fns, cfg)
         PLANS.put(key, plan)
     return result
 
 
-def _plan_via(cfg: LaunchConfig) -> Callable[..., Any]:
-    """How a plan's first (or traced) launch goes: Gluon kernels always directly, others through _launch."""
-    return _launch_direct if cfg.grid in WS90_GRIDS else _launch
-
-
 def _launch_direct(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Any:
+    """A Gluon kernel's launch: always direct (wrap_triton cannot trace Gluon host descriptors)."""
     return fn[grid](**kwargs)
 
 
@@ -360,8 +356,8 @@ def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, An
             **_strides("o", out_strides), BATCH=b, H_Q=hq, N_Q=nq, V_HEAD_DIM=dv, BLOCK_M=rb,
             BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits, num_warps=1, num_stages=1),
             dict(OP="o_buf", LSEP="l_buf", O="out", LSE="lse")))
-    return ForwardPlan(out_shape, lse_shape, buffers, copies, False, {}, tuple(launches),
-                       allocator=_scratch if cfg.tma else None)
+    return ForwardPlan(out_shape, lse_shape, buffers, copies, False, {}, tuple(launches), via=_launch,
+                       copy=_for_descriptors, allocator=_scratch if cfg.tma else None)
 
 
 def _contiguous_strides(shape: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -395,7 +391,8 @@ def _plan_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torc
                   num_warps=cfg.num_warps)
     launch = PlannedLaunch(fns.fwd, grid, static, dict(Q_DESC="q_desc", K_DESC="k_desc", V_DESC="v_desc", O="out",
                                                        LSE="lse", MASK="mask"))
-    return ForwardPlan(out_shape, lse_shape, {}, copies, True, descriptors, (launch,), unit_stride_out=True)
+    return ForwardPlan(out_shape, lse_shape, {}, copies, True, descriptors, (launch,), via=_launch_direct,
+                       copy=_for_descriptors, descriptor=_ws90_descriptor, unit_stride_out=True)
 
 
 @functools.lru_cache(maxsize=None)

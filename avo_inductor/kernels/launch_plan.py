@@ -87,7 +87,9 @@ class PlannedLaunch:
 @dataclass
 class ForwardPlan:
     """A forward call as data: which inputs need an aligned contiguous copy (tensor descriptors), the buffers
-    to allocate (role -> shape, dtype), the Gluon descriptors to build and the launches in order."""
+    to allocate (role -> shape, dtype), the Gluon descriptors to build and the launches in order. ``via`` makes a
+    launch that has no compiled kernel held (launch._launch, or a direct one for Gluon), ``copy`` the aligned copy
+    of an input (launch._for_descriptors), ``descriptor`` a Gluon host descriptor (plans with descriptors only)."""
 
     out_shape: tuple[Any, ...]
     lse_shape: tuple[Any, ...]
@@ -96,18 +98,20 @@ class ForwardPlan:
     full_rank: bool
     descriptors: dict[str, DescriptorSpec]
     launches: tuple[PlannedLaunch, ...]
+    via: Callable[..., Any]
+    copy: Callable[[torch.Tensor, bool], torch.Tensor]
+    descriptor: Callable[[torch.Tensor, DescriptorSpec], Any] | None = None
     allocator: Callable[..., Any] | None = None  # Triton's global-scratch allocator, set before every launch
     unit_stride_out: bool = False  # the kernel needs O with a unit last stride (a caller's other out gets a copy)
     owner: Any = None  # what the plan key names by id (kernel functions, launch config): kept alive with the plan
     _templates: dict[str, Any] = field(default_factory=dict, repr=False)  # descriptors of the first run
 
     def run(self, tensors: dict[str, Any], out: torch.Tensor | None, lse: torch.Tensor | None,
-            copy: Callable[[torch.Tensor, bool], torch.Tensor], descriptor: Callable[..., Any],
-            via: Callable[..., Any], eager: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            eager: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the plan on ``tensors`` (roles q, k, v, mask): returns (out, lse)."""
         q = tensors["q"]
         for role in self.copies:
-            tensors[role] = copy(tensors[role], self.full_rank)
+            tensors[role] = self.copy(tensors[role], self.full_rank)
         out = torch.empty(self.out_shape, dtype=q.dtype, device=q.device) if out is None else out
         lse = torch.empty(self.lse_shape, dtype=torch.float32, device=q.device) if lse is None else lse
         target = out
@@ -119,7 +123,7 @@ class ForwardPlan:
         for role, spec in self.descriptors.items():
             template = self._templates.get(role)
             if template is None:
-                tensors[role] = descriptor(tensors[spec.source], spec)  # built and validated by Triton
+                tensors[role] = self.descriptor(tensors[spec.source], spec)  # built and validated by Triton
                 if eager:  # kept without its base: a cached plan must not keep this call's memory alive
                     self._templates[role] = _rebased(tensors[role], None)
             else:
@@ -129,7 +133,7 @@ class ForwardPlan:
 
             triton.set_allocator(self.allocator)  # a context variable: set on every call, whichever thread launches
         for planned in self.launches:
-            planned.launch(tensors, via, eager)
+            planned.launch(tensors, self.via, eager)
         if target is not out:
             out.copy_(target)
         return out, lse

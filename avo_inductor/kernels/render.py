@@ -262,7 +262,7 @@ def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     if spec.flops() < WS90_MIN_FLOPS:
         return False
     try:
-        _check_ws90(KernelGenome(template="flash_ws90", block_m=WS90_BLOCK_M, block_n=128), spec)
+        _check_ws90(default_genome(spec, hardware, "flash_ws90"), spec)  # the genome the default would be
     except ValueError:
         return False
     return True
