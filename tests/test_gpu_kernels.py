@@ -2,8 +2,8 @@
 
 TRITON_INTERPRET=0 is needed because tests/conftest.py defaults it to 1 (torch 2.11 wrap_triton rejects
 interpreted kernels). Passed on an H100 with torch 2.11 / triton 3.6, together with tests/test_gpu_backend.py:
-49 tests in 292 s (2026-11-26, session 7, flash_v1 and flash_ws90 with its persistent tile loop the default
-without a causal mask, launch plans; benchmarks/results/nvidia-h100/gpu-tests.log).
+55 tests in 313 s (2026-11-26, session 8: flash_ws90's TMA bias ring, full and broadcast biases, and the pointer
+path beside it; benchmarks/results/nvidia-h100/gpu-tests.log).
 
 Same curated grid as the CPU tests, at bf16 with the realistic default GPU tiles and larger lengths, plus
 the op under torch.compile(backend="inductor") where Inductor inlines the user Triton kernels.
@@ -149,6 +149,41 @@ def test_gpu_ws90_reads_strided_inputs_and_writes_every_element(dtype):
     launch.forward(kernel.functions, kernel.launch, q, k, v, None, out=out, lse=lse, **args)
     atol, rtol = tolerance(str(dtype).split(".")[1])
     torch.testing.assert_close(out.double(), attention_reference(q, k, v, **args), atol=atol, rtol=rtol)
+    assert torch.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("bias_shape,dtype,causal,ring", [
+    ((2, 8, 1000, 1000), torch.bfloat16, True, True),     # full bias, 2000-byte rows, ragged tiles
+    ((1, 8, 1024, 1024), torch.bfloat16, False, True),    # broadcast batch (persistent tile loop)
+    ((2, 1, 1024, 1024), torch.float16, False, True),     # broadcast head
+    ((1024, 1024), torch.bfloat16, True, True),           # one (Nq, Nk) bias for every batch and head
+    ((2, 8, 1, 1024), torch.bfloat16, False, False),      # one row for every query: pointer loads
+    ((2, 8, 1024, 1024), torch.float32, False, False),    # fp32 bias on bf16 q: pointer loads
+])
+def test_gpu_ws90_bias_ring_reads_full_and_broadcast_biases(bias_shape, dtype, causal, ring):
+    """flash_ws90 streams a TMA-ready bias through each warpgroup's ring (a broadcast batch or head read at index
+    0) and falls back to pointer loads for the rest; outputs poisoned with NaN first."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("flash_ws90 is sm_90 only")
+    n = bias_shape[-1]
+    q_dtype = torch.float16 if dtype == torch.float16 else torch.bfloat16
+    name = str(q_dtype).split(".")[1]
+    spec = AttentionSpec(2, 8, 2, n, n, 128, dtype=name, causal=causal, mask="bias")
+    genome = default_genome(spec, HardwareKey.current(), "flash_ws90")
+    rk = render(genome, spec)
+    kernel = load_record(dataclasses.replace(baseline_record(spec), source=rk.source, launch=rk.launch, sha256="",
+                                             entry_point=rk.entry_point, genome=genome.to_dict()))
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(2, h, n, 128, device="cuda", dtype=q_dtype) for h in (8, 2, 2))
+    bias = torch.randn(bias_shape, device="cuda", dtype=dtype)
+    m, strides, _ = launch.mask_operand(q, bias, "bias", n)
+    assert (launch._ws90_bias_ring(m, strides, q_dtype, kernel.launch, 128) is not None) == ring
+    out = torch.full((2, 8, n, 128), float("nan"), dtype=q_dtype, device="cuda")
+    lse = torch.full((2, 8, n), float("nan"), device="cuda")
+    args = dict(scale=None, causal=causal, window=0, mask_kind="bias")
+    launch.forward(kernel.functions, kernel.launch, q, k, v, bias, out=out, lse=lse, **args)
+    atol, rtol = tolerance(name)
+    torch.testing.assert_close(out.double(), attention_reference(q, k, v, mask=bias, **args), atol=atol, rtol=rtol)
     assert torch.isfinite(lse).all()
 
 

@@ -21,6 +21,7 @@ from avo_inductor.kernels.render import (
     default_genome,
     gluon_hopper_available,
     render,
+    ws90_bias_stages,
     ws90_smem_bytes,
 )
 from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind
@@ -44,7 +45,9 @@ def _spec(**kw) -> AttentionSpec:
     ({"dtype": "float16", "q_len": 1000, "kv_len": 8192}, H100, "flash_ws90"),
     ({"head_dim": 64}, H100, "flash_v1"),          # d64: flash_v1 measured ahead
     ({"q_len": 1, "kv_len": 8192}, H100, "flash_v1"),  # decode: split-K
-    ({"mask": MaskKind.BIAS}, H100, "flash_v1"),   # renders (tested on the GPU), measured slower
+    ({"mask": MaskKind.BIAS}, H100, "flash_ws90"),  # 16-byte bias rows: streamed through TMA
+    ({"mask": MaskKind.BIAS, "head_dim": 64, "causal": True}, H100, "flash_ws90"),
+    ({"mask": MaskKind.BIAS, "q_len": 4001, "kv_len": 4001}, H100, "flash_v1"),  # pointer loads: measured slower
     ({"mask": MaskKind.ALIBI, "causal": True}, H100, "flash_v1"),
     ({"mask": MaskKind.BOOL}, H100, "flash_v1"),
     ({"causal": True, "window": 256}, H100, "flash_v1"),
@@ -85,6 +88,54 @@ def test_ws90_stage_budget_follows_shared_memory():
     genome = default_genome(_spec(head_dim=64), H100, "flash_ws90")
     assert ws90_smem_bytes(genome.replace(num_stages=4), 64) == 2 * (128 + 8 * 128) * 64
     check_renderable(genome.replace(num_stages=4), _spec(head_dim=64))  # 147 KB fits at d64
+
+
+def test_bias_ring_depth_follows_shared_memory():
+    """Two stages of both warpgroups' bias tiles where they fit beside Q/K/V (d128 with 128-key tiles: 160 + 64 of
+    the 227 KB), one where only one fits, none where Q/K/V alone fill the budget (pointer loads then)."""
+    assert ws90_bias_stages(64, 128, 2, 128) == 2
+    assert ws90_bias_stages(64, 128, 2, 136) == 1  # 170 KB of Q/K/V: one 32 KB stage and the 16 KB scratch
+    assert ws90_bias_stages(64, 128, 3, 64) == 2
+    assert ws90_bias_stages(64, 64, 4, 128) == 2
+    assert ws90_bias_stages(64, 128, 3, 128) == 0
+
+
+def _ring(bias: torch.Tensor, dtype: torch.dtype = torch.bfloat16, n: int = 1024) -> launch.BiasRing | None:
+    cfg = launch.LaunchConfig.from_dict({"grid": "ws90", "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4,
+                                         "num_stages": 2})
+    q = torch.empty(2, 8, n, 128, dtype=dtype)
+    m, strides, code = launch.mask_operand(q, bias, "bias", n)
+    assert code == 1
+    return launch._ws90_bias_ring(m, strides, dtype, cfg, 128)
+
+
+@pytest.mark.parametrize("shape,expected", [
+    ((2, 8, 1024, 1024), launch.BiasRing(2, False, False)),
+    ((1, 8, 1024, 1024), launch.BiasRing(2, True, False)),
+    ((2, 1, 1024, 1024), launch.BiasRing(2, False, True)),
+    ((1024, 1024), launch.BiasRing(2, True, True)),
+    ((2, 8, 1, 1024), None),  # one row for every query (stride 0): not a TMA tile
+])
+def test_bias_ring_takes_tma_ready_biases_and_broadcasts(shape, expected):
+    assert _ring(torch.randn(shape, dtype=torch.bfloat16)) == expected
+
+
+def test_bias_ring_refuses_what_tma_cannot_read():
+    assert _ring(torch.randn(2, 8, 1024, 1024, dtype=torch.float32)) is None  # not q's 16-bit type
+    assert _ring(torch.randn(2, 8, 1000, 1001, dtype=torch.bfloat16)[..., :1000], n=1000) is None  # 2002-byte rows
+    assert _ring(torch.randn(2, 8, 1024, 1024, dtype=torch.bfloat16).transpose(2, 3)) is None  # keys not unit stride
+    unaligned = torch.randn(2 * 8 * 1024 * 1024 + 1, dtype=torch.bfloat16)[1:].view(2, 8, 1024, 1024)
+    assert _ring(unaligned) is None
+    assert _ring(torch.randn(2, 8, 1000, 1000, dtype=torch.bfloat16), n=1000) is not None  # 2000-byte rows: 16 x 125
+
+
+@needs_gluon
+def test_ws90_descriptor_reads_a_broadcast_dimension_at_size_one():
+    bias = torch.broadcast_to(torch.randn(8, 1024, 1024, dtype=torch.bfloat16), (2, 8, 1024, 1024))
+    spec = launch.DescriptorSpec("mask", (1, 1, 64, 128), launch._ws90_layout((1, 1, 64, 128), torch.bfloat16))
+    desc = launch._ws90_descriptor(bias, spec)
+    assert list(desc.shape) == [1, 8, 1024, 1024]
+    assert list(desc.strides) == [8 * 1024 * 1024, 1024 * 1024, 1024, 1]
 
 
 def test_a_pinned_template_is_kept_on_every_device():
@@ -129,22 +180,24 @@ def test_ws90_launch_config_is_validated():
 
 
 @needs_gluon
-@pytest.mark.parametrize("head_dim,block_n,stages,causal,mask_kind,persistent", [
-    (128, 128, 2, True, 0, False), (64, 128, 3, False, 3, False), (128, 64, 4, False, 1, False),
-    (128, 128, 2, False, 0, True), (128, 128, 2, True, 1, True)])
-def test_ws90_compiles_for_sm90_without_a_gpu(head_dim, block_n, stages, causal, mask_kind, persistent):
+@pytest.mark.parametrize("head_dim,block_n,stages,causal,mask_kind,persistent,bias_tma", [
+    (128, 128, 2, True, 0, False, False), (64, 128, 3, False, 3, False, False), (128, 64, 4, False, 1, False, False),
+    (128, 128, 2, False, 0, True, False), (128, 128, 2, True, 1, True, False), (128, 128, 2, False, 1, True, True),
+    (64, 128, 3, True, 1, False, True)])
+def test_ws90_compiles_for_sm90_without_a_gpu(head_dim, block_n, stages, causal, mask_kind, persistent, bias_tma):
     """Frontend, layouts, warp specialization and ptxas for sm_90a (in a fresh process without the suite's
     TRITON_INTERPRET): FA3's register split (setmaxnreg to 240 for the math warpgroups), async warpgroup MMAs,
     TMA copies, shared memory within the 227 KB a block may use."""
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    argv = [str(a) for a in (head_dim, block_n, stages, int(causal), mask_kind, int(persistent))]
+    argv = [str(a) for a in (head_dim, block_n, stages, int(causal), mask_kind, int(persistent), int(bias_tma))]
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_ws90_compile.py")), *argv],
                           capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["math_regs_240"] and report["wgmma"] and report["tma"] and report["cubin_bytes"] > 0
     genome = default_genome(_spec(head_dim=head_dim), H100, "flash_ws90").replace(block_n=block_n, num_stages=stages)
-    assert ws90_smem_bytes(genome, head_dim) <= report["shared"] <= 227 * 1024
+    ring = 2 * 2 * 64 * block_n * ws90_bias_stages(64, block_n, stages, head_dim) if bias_tma else 0
+    assert ws90_smem_bytes(genome, head_dim) + ring <= report["shared"] <= 227 * 1024
 
 
 def test_search_space_follows_the_ws90_template():

@@ -322,7 +322,7 @@ def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, An
         if code not in WS90_MASK_CODES or window:
             raise ValueError(f"a ws90 (Gluon) kernel takes no window and mask kinds none/bias/alibi; got "
                              f"{mask_kind!r}, window {window}")
-        return _plan_ws90(fns, cfg, q, k, v, m_strides, code, sc, out_shape, lse_shape, out_strides)
+        return _plan_ws90(fns, cfg, q, k, v, tensors["mask"], m_strides, code, sc, out_shape, lse_shape, out_strides)
     copies = tuple(role for role in ("k", "v") if cfg.tma and not _descriptor_ready(tensors[role]))
     splits = cfg.kv_splits
     even = cfg.even_fast_path
@@ -369,7 +369,7 @@ def _contiguous_strides(shape: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _plan_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               m_strides: tuple[Any, ...], code: int, sc: dict[str, Any], out_shape: tuple[Any, ...],
+               mask: torch.Tensor, m_strides: tuple[Any, ...], code: int, sc: dict[str, Any], out_shape: tuple[Any, ...],
                lse_shape: tuple[Any, ...], out_strides: tuple[Any, ...]) -> ForwardPlan:
     """A flash_ws90 forward's plan (launched directly: Gluon kernels do not go through wrap_triton)."""
     d = q.shape[3]
@@ -380,6 +380,10 @@ def _plan_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torc
                    for role, rows in (("q", cfg.block_m), ("k", cfg.block_n), ("v", cfg.block_n))}
     # O needs a unit last stride: a caller's out without one gets a contiguous buffer copied into it (plan.run).
     o_strides = out_strides if out_strides[3] == 1 else _contiguous_strides(out_shape)
+    bias = _ws90_bias_ring(mask, m_strides, q.dtype, cfg, d) if code == 1 else None
+    if bias is not None:
+        block = (1, 1, cfg.block_m, cfg.block_n)
+        descriptors["b_desc"] = DescriptorSpec("mask", block, _ws90_layout(block, q.dtype))
     tiles = _cdiv(sc["N_Q"], 2 * cfg.block_m) * sc["BATCH"] * sc["H_Q"]
     if cfg.grid == "ws90_persistent":
         tiles = min(tiles, torch.cuda.get_device_properties(q.device).multi_processor_count)
@@ -388,11 +392,49 @@ def _plan_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torc
                   **_strides("m", m_strides, "bhmn"), BATCH=sc["BATCH"], H_Q=sc["H_Q"], GROUP=sc["GROUP"],
                   N_Q=sc["N_Q"], N_KV=sc["N_KV"], qk_scale=sc["sm_scale"] * math.log2(math.e), BLOCK_M=cfg.block_m,
                   BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.num_stages, IS_CAUSAL=sc["IS_CAUSAL"], MASK_KIND=code,
+                  BIAS_TMA=bias is not None, BIAS_STAGES=bias.stages if bias else 1,
+                  BIAS_BCAST_B=bool(bias and bias.broadcast_batch), BIAS_BCAST_H=bool(bias and bias.broadcast_head),
                   num_warps=cfg.num_warps)
-    launch = PlannedLaunch(fns.fwd, grid, static, dict(Q_DESC="q_desc", K_DESC="k_desc", V_DESC="v_desc", O="out",
-                                                       LSE="lse", MASK="mask"))
+    roles = dict(Q_DESC="q_desc", K_DESC="k_desc", V_DESC="v_desc", O="out", LSE="lse", MASK="mask")
+    if bias is not None:
+        roles["B_DESC"] = "b_desc"
+    else:
+        static["B_DESC"] = None
+    launch = PlannedLaunch(fns.fwd, grid, static, roles)
     return ForwardPlan(out_shape, lse_shape, {}, copies, True, descriptors, (launch,), via=_launch_direct,
                        copy=_for_descriptors, descriptor=_ws90_descriptor, unit_stride_out=True)
+
+
+@dataclass(frozen=True)
+class BiasRing:
+    """How flash_ws90 streams an additive bias through TMA: ring depth per math warpgroup, and which of the bias's
+    batch / head dimensions are broadcast (stride 0: the descriptor has size 1 there, the kernel reads index 0)."""
+
+    stages: int
+    broadcast_batch: bool
+    broadcast_head: bool
+
+
+def _ws90_bias_ring(mask: torch.Tensor, m_strides: tuple[Any, ...], dtype: torch.dtype, cfg: LaunchConfig,
+                    head_dim: int) -> BiasRing | None:
+    """The TMA ring for a (B, H, Nq, Nk) bias view, or None where flash_ws90 reads it by pointer loads: TMA takes
+    a bias of q's 16-bit type with unit key stride, a positive 16-byte aligned row stride, batch and head strides
+    that are 16-byte multiples or broadcast, a 16-byte aligned base, and a ring that fits shared memory beside
+    the Q/K/V tiles (two stages where they fit, else one)."""
+    from .render import ws90_bias_stages
+
+    size = mask.element_size()
+    row, key = m_strides[2], m_strides[3]
+    if mask.dtype != dtype or key != 1 or not (_known_multiple(row * size, 16) and row != 0):
+        return None
+    if not all(s == 0 or _known_multiple(s * size, 16) for s in m_strides[:2]):
+        return None
+    if type(mask) is torch.Tensor and mask.data_ptr() % 16:
+        return None
+    stages = ws90_bias_stages(cfg.block_m, cfg.block_n, cfg.num_stages, head_dim)
+    if stages == 0:
+        return None
+    return BiasRing(stages, m_strides[0] == 0, m_strides[1] == 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -404,10 +446,16 @@ def _ws90_layout(block: tuple[int, ...], dtype: torch.dtype) -> Any:
 
 
 def _ws90_descriptor(t: torch.Tensor, spec: DescriptorSpec) -> Any:
-    """A Gluon host TensorDescriptor over the whole 4-d ``t`` (Triton validates it: unit last stride, aligned)."""
+    """A Gluon host TensorDescriptor over the whole 4-d ``t`` (Triton validates it: unit last stride, aligned).
+    A broadcast dimension (stride 0, a bias's batch or head) becomes size 1 with the stride a contiguous tensor
+    would have there (TMA strides are positive); the kernel reads it at index 0."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), list(spec.block), spec.layout)
+    shape, strides = list(t.shape), list(t.stride())
+    for i in range(len(shape) - 2, -1, -1):
+        if strides[i] == 0:
+            shape[i], strides[i] = 1, strides[i + 1] * shape[i + 1]
+    return TensorDescriptor(t, shape, strides, list(spec.block), spec.layout)
 
 
 def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,

@@ -97,6 +97,24 @@ def ws90_smem_bytes(genome: KernelGenome, head_dim: int) -> int:
     return 2 * (2 * genome.block_m + 2 * genome.num_stages * genome.block_n) * head_dim
 
 
+_WS90_BARRIER_BYTES = 1024  # the mbarriers, with room to spare (a bias-ring kernel needs no conversion scratch)
+
+
+def ws90_bias_stages(block_m: int, block_n: int, stages: int, head_dim: int) -> int:
+    """Depth of each math warpgroup's TMA ring of 16-bit bias tiles beside a flash_ws90 program's Q/K/V tiles: 2
+    where shared memory holds it (d128 with 128-key tiles: 160 KB of Q/K/V and 2 x 32 KB of both warpgroups'
+    bias tiles, 224 of the 227 KB; such a kernel stores O without a layout conversion, so the compiler needs no
+    scratch), else 1 (O stored through the conversion's 16 KB scratch), 0 where not even one fits (the kernel then
+    reads the bias by pointer loads)."""
+    base = 2 * (2 * block_m + 2 * stages * block_n) * head_dim
+    per_stage = 2 * (2 * block_m * block_n)
+    if base + 2 * per_stage <= _SMEM_LIMIT - _WS90_BARRIER_BYTES:
+        return 2
+    if base + per_stage <= _SMEM_LIMIT - _SMEM_SCRATCH:  # one stage: O goes through the coalescing conversion
+        return 1
+    return 0
+
+
 def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
     """What the Gluon forward implements: 16-bit attention, causal or not, unmasked or with an additive bias or
     ALiBi, equal q/v head dims of 64 or 128, no split-K, its fixed shape (two 4-warp math warpgroups of 64 rows)
@@ -243,12 +261,16 @@ WS90_MIN_FLOPS = 5e10
 
 def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     """Whether the default genome for ``spec`` is flash_ws90: an sm_90 GPU, a Gluon with Hopper support, a
-    prefill (not decode) spec the template renders at head dim 128 with enough work per call to hide the host
-    launch (WS90_MIN_FLOPS), without a tensor mask: its bias and ALiBi paths measured behind flash_v1's (H100,
-    benchmarks/variant_sets/hopper-ws90.json: bias d128 322 vs 349 TFLOP/s, the bias tile's pointer loads are not
-    prefetched far enough ahead; ALiBi d64 327 vs 353). At head dim 64 flash_v1 measured ahead
-    (H100, same run as cuDNN: flash_ws90 0.84-0.95x cuDNN against flash_v1's 0.92-0.96x), so the search, not
-    the default, decides there."""
+    prefill (not decode) spec the template renders with enough work per call to hide the host launch
+    (WS90_MIN_FLOPS), and
+      * no mask at head dim 128. At head dim 64 flash_v1 measured ahead (H100, same run as cuDNN: flash_ws90
+        0.84-0.95x cuDNN against flash_v1's 0.92-0.96x), so the search, not the default, decides there;
+      * an additive bias whose rows a contiguous 16-bit bias keeps 16-byte aligned (kv_len a multiple of 8), at
+        head dim 64 or 128: the launcher streams it through TMA into QK^T's accumulator (H100, same run:
+        418 vs flash_v1's 349 TFLOP/s at 4x32x4096 d128, 282 vs 250 at 8x16x2048 d64,
+        benchmarks/results/nvidia-h100/variants-ws90-bias.csv). Other biases take pointer loads there, which
+        measured behind flash_v1 (322 vs 349);
+    not ALiBi: d64 measured 327 vs flash_v1's 353 TFLOP/s (benchmarks/variant_sets/hopper-ws90.json)."""
     if hardware is None:
         import torch
 
@@ -257,7 +279,12 @@ def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
         hardware = HardwareKey.current()
     if hardware.vendor != "nvidia" or tuple(hardware.capability) != (9, 0) or spec.is_decode:
         return False
-    if spec.head_dim != 128 or spec.mask is not MaskKind.NONE or not gluon_hopper_available():
+    if spec.mask is MaskKind.NONE:
+        if spec.head_dim != 128:
+            return False
+    elif spec.mask is not MaskKind.BIAS or spec.kv_len % 8:
+        return False
+    if not gluon_hopper_available():
         return False
     if spec.flops() < WS90_MIN_FLOPS:
         return False

@@ -10,15 +10,18 @@ Each program owns 2 * BLOCK_M query rows of one (batch, q head) and runs three w
     softmax of block j waits only for the former (intra-warpgroup overlap).
 Softmax in base 2 with log2(e) folded into qk_scale. Masks: none or causal (bottom-right aligned), key blocks
 past the diagonal or the key length are masked only where a block reaches them; MASK_KIND 1 adds a bias tile
-(pointer loads in the scores' layout, issued while QK^T runs), 3 ALiBi (the slope of the q head). GQA: q head h
+(BIAS_TMA: the loader streams each warpgroup's bias tiles through TMA into a BIAS_STAGES-deep ring of its own, read
+into the scores' layout from shared memory; otherwise pointer loads in the scores' layout, issued while QK^T runs),
+3 ALiBi (the slope of the q head). GQA: q head h
 reads kv head h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous
 (B, H_Q, N_Q). HEAVY_FIRST (causal: each head's last query tiles start first) and PERSISTENT (one program per SM
 walking tiles, its loader streaming the next tile's Q, K and V while the math warpgroups finish the current one)
 are the genome constants of the flash_v1 module this text is appended to.
 
 Launcher ABI (launch grid "ws90", see launch.py): host TensorDescriptors over the 4-d (B, H, N, D) q/k/v with
-blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V), the mask operand and its 4 strides as the flash_v1
-ABI passes them; a 1-d grid of one program per tile (cdiv(N_Q, 2 * BLOCK_M) * B * H_Q tiles), or with PERSISTENT at
+blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V), with BIAS_TMA one over the bias with block
+[1, 1, BLOCK_M, BLOCK_N] (a broadcast batch or head dimension has size 1 there: BIAS_BCAST_B / BIAS_BCAST_H read
+coordinate 0), the mask operand and its 4 strides as the flash_v1 ABI passes them; a 1-d grid of one program per tile (cdiv(N_Q, 2 * BLOCK_M) * B * H_Q tiles), or with PERSISTENT at
 most one per SM.
 """
 from triton.experimental import gluon
@@ -58,12 +61,14 @@ def _ws_tile(t, n_m, H_Q, ROWS: gl.constexpr, IS_CAUSAL: gl.constexpr):
 
 
 @gluon.jit
-def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty,
-               first, step, n_tiles, n_m, H_Q, GROUP, N_Q, N_KV, STAGES: gl.constexpr, BLOCK_M: gl.constexpr,
-               BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr):
-    """Each tile's Q slices (once its warpgroup released the previous tile's), then its K and V blocks into the ring;
-    the ring's slot and phase run on across tiles, so a persistent program streams the next tile's first blocks
-    while the math warpgroups finish the last one."""
+def _ws_loader(q_desc, k_desc, v_desc, b_desc, q_smem, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_ready,
+               k_empty, v_empty, b_ready, b_empty, first, step, n_tiles, n_m, H_Q, GROUP, N_Q, N_KV,
+               STAGES: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr,
+               BIAS_TMA: gl.constexpr, BIAS_STAGES: gl.constexpr, BIAS_BCAST_B: gl.constexpr,
+               BIAS_BCAST_H: gl.constexpr):
+    """Each tile's Q slices (once its warpgroup released the previous tile's), then its K blocks, each
+    warpgroup's bias tile (BIAS_TMA) and V blocks into the rings; the rings' slots and phases run on across tiles, so
+    a persistent program streams the next tile's first blocks while the math warpgroups finish the last one."""
     it = 0
     tile_i = 0
     for t in range(first, n_tiles, step):
@@ -84,6 +89,9 @@ def _ws_loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, q_empty, 
             mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(k_desc, [b, hkv, j * BLOCK_N, 0], k_ready.index(stage),
                                            k_smem.index(stage).reshape(k_desc.block_type.shape))
+            if BIAS_TMA:
+                _ws_load_bias(b_desc, b_smem, b_ready, b_empty, c, b, hq, m0, j, BLOCK_M, BLOCK_N, BIAS_STAGES,
+                              BIAS_BCAST_B, BIAS_BCAST_H)
             mbarrier.wait(v_empty.index(stage), phase ^ 1)
             mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(v_desc, [b, hkv, j * BLOCK_N, 0], v_ready.index(stage),
@@ -117,6 +125,40 @@ def _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout: g
     ptrs = mask_head + gl.expand_dims(rows, 1) * stride_mm + gl.expand_dims(cols, 0) * stride_mn
     keep = gl.expand_dims(rows < N_Q, 1) & gl.expand_dims(cols < N_KV, 0)
     return gl.load(ptrs, mask=keep, other=0.0)
+
+
+@gluon.jit
+def _ws_load_bias(b_desc, b_smem, b_ready, b_empty, c, b, hq, m0, j, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                  BIAS_STAGES: gl.constexpr, BIAS_BCAST_B: gl.constexpr, BIAS_BCAST_H: gl.constexpr):
+    """Key block j's bias tile of each math warpgroup into that warpgroup's ring (slot w * BIAS_STAGES + c % BIAS_STAGES,
+    c the program's running block count); rows past N_Q and keys past N_KV read as zero (the boundary mask sets those
+    scores to -inf)."""
+    bb = 0 if BIAS_BCAST_B else b
+    bh = 0 if BIAS_BCAST_H else hq
+    for w in gl.static_range(WS_WARPGROUPS):
+        slot = w * BIAS_STAGES + c % BIAS_STAGES
+        mbarrier.wait(b_empty.index(slot), ((c // BIAS_STAGES) & 1) ^ 1)
+        mbarrier.expect(b_ready.index(slot), b_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(b_desc, [bb, bh, m0 + w * BLOCK_M, j * BLOCK_N], b_ready.index(slot),
+                                       b_smem.index(slot).reshape(b_desc.block_type.shape))
+
+
+@gluon.jit
+def _ws_bias(b_smem, b_ready, b_empty, c, mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout: gl.constexpr,
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, WG: gl.constexpr, BIAS_TMA: gl.constexpr,
+             BIAS_STAGES: gl.constexpr):
+    """Key block j's bias tile in the scores' layout: from this warpgroup's TMA ring (its slot released as soon as
+    the registers hold it) or by pointer loads (_ws_bias_tile)."""
+    if BIAS_TMA:
+        slot = WG * BIAS_STAGES + c % BIAS_STAGES
+        mbarrier.wait(b_ready.index(slot), (c // BIAS_STAGES) & 1)
+        bias = b_smem.index(slot).load(s_layout)
+        # The slot's next TMA write (async proxy) must not overtake these generic-proxy reads.
+        fence_async_shared()
+        mbarrier.arrive(b_empty.index(slot), count=1)
+    else:
+        bias = _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M, BLOCK_N)
+    return bias
 
 
 @gluon.jit
@@ -156,11 +198,13 @@ def _ws_turn(turn, issue, WG: gl.constexpr):
 
 
 @gluon.jit
-def _ws_math(q_smem_all, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, turn, O, LSE, MASK,
+def _ws_math(q_smem_all, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, b_ready, b_empty,
+             turn, O, LSE, MASK,
              stride_ob, stride_oh, stride_om, stride_mb, stride_mh, stride_mm, stride_mn,
              first, step, n_tiles, n_m, H_Q, N_Q, N_KV, qk_scale,
              WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr,
-             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASK_KIND: gl.constexpr, num_warps: gl.constexpr):
+             STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASK_KIND: gl.constexpr, BIAS_TMA: gl.constexpr,
+             BIAS_STAGES: gl.constexpr, num_warps: gl.constexpr):
     """Math warpgroup WG: rows WG * BLOCK_M .. + BLOCK_M of each of the program's tiles."""
     q_smem = q_smem_all.index(WG)
     dtype: gl.constexpr = q_smem.dtype
@@ -170,7 +214,18 @@ def _ws_math(q_smem_all, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_em
                                                        instr_shape=[16, HEAD_D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
-    store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    if BIAS_TMA and BIAS_STAGES > 1:
+        # Stored straight from the accumulator's layout: a coalescing layout conversion would take 16 KB of shared
+        # memory, the room of the bias ring's second stage at d128.
+        store_layout: gl.constexpr = o_layout
+    else:
+        store_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    # BIAS_TMA: the bias tile, in raw-score units (bias / sm_scale), is QK^T's initial accumulator, so the softmax
+    # is the unmasked one (one FMA a score for scale and max); it is read just before the block's QK^T is issued
+    # (read earlier, while P V runs, it measured 7% slower: 64 more live registers). Pointer-loaded biases are
+    # added in _ws_probs.
+    PROBS_KIND: gl.constexpr = 0 if BIAS_TMA else MASK_KIND
+    bias_to_raw = 1.4426950408889634 / qk_scale
     it = 0  # K/V ring position, as the loader counts it
     issue = 0  # this warpgroup's matmul issues so far (the turn barriers' phase)
     tile_i = 0
@@ -189,42 +244,48 @@ def _ws_math(q_smem_all, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_em
         if blocks > 0:
             stage = it % STAGES
             mbarrier.wait(k_ready.index(stage), (it // STAGES) & 1)
+            s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+            if BIAS_TMA:
+                s = _ws_bias(b_smem, b_ready, b_empty, it, mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn,
+                             s_layout, BLOCK_M, BLOCK_N, WG, BIAS_TMA, BIAS_STAGES).to(gl.float32) * bias_to_raw
             _ws_turn(turn, issue, WG)
-            zero_s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-            s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), zero_s, use_acc=False,
-                                  is_async=True)
+            s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s, use_acc=BIAS_TMA, is_async=True)
             mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
             issue += 1
-            bias = zero_s
-            if MASK_KIND == 1:
-                bias = _ws_bias_tile(mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M, BLOCK_N)
+            bias = s
+            if PROBS_KIND == 1:
+                bias = _ws_bias(b_smem, b_ready, b_empty, it, mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn,
+                                s_layout, BLOCK_M, BLOCK_N, WG, BIAS_TMA, BIAS_STAGES)
             s = warpgroup_mma_wait(0, deps=[s_tok])
             mbarrier.arrive(k_empty.index(stage), count=1)
             p, m_i, m_safe = _ws_probs(s, bias, 0, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_layout,
-                                       BLOCK_M, BLOCK_N, IS_CAUSAL, MASK_KIND)
+                                       BLOCK_M, BLOCK_N, IS_CAUSAL, PROBS_KIND)
             l_i = gl.sum(p, axis=1)
             for j in range(1, blocks):
                 c = it + j
                 stage = c % STAGES
                 prev = (c - 1) % STAGES
                 mbarrier.wait(k_ready.index(stage), (c // STAGES) & 1)
+                if BIAS_TMA:
+                    s = _ws_bias(b_smem, b_ready, b_empty, c, mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn,
+                                 s_layout, BLOCK_M, BLOCK_N, WG, BIAS_TMA, BIAS_STAGES).to(gl.float32) * bias_to_raw
                 _ws_turn(turn, issue, WG)
                 # use_acc=False ignores the accumulator's values: the previous block's (dead) scores serve, so no
                 # zero tile stays live across the loop (64 registers a thread at 64x128)
-                s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s, use_acc=False,
+                s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s, use_acc=BIAS_TMA,
                                       is_async=True)
                 mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 acc_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
                 mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
                 issue += 1
-                if MASK_KIND == 1:
-                    bias = _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M,
-                                         BLOCK_N)
+                if PROBS_KIND == 1:
+                    bias = _ws_bias(b_smem, b_ready, b_empty, c, mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn,
+                                    s_layout, BLOCK_M, BLOCK_N, WG, BIAS_TMA, BIAS_STAGES)
                 s = warpgroup_mma_wait(1, deps=[s_tok])  # QK^T done; P V may still run
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 p, m_new, m_safe = _ws_probs(s, bias, j, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope,
-                                             s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL, MASK_KIND)
+                                             s_layout, BLOCK_M, BLOCK_N, IS_CAUSAL, PROBS_KIND)
                 alpha = gl.exp2(m_i - m_safe)
                 l_i = l_i * alpha + gl.sum(p, axis=1)
                 m_i = m_new
@@ -255,10 +316,11 @@ def _ws_math(q_smem_all, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_em
 
 
 @gluon.jit
-def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, MASK, stride_ob, stride_oh, stride_om, stride_mb, stride_mh,
-                  stride_mm, stride_mn, BATCH, H_Q, GROUP, N_Q, N_KV, qk_scale, BLOCK_M: gl.constexpr,
+def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, B_DESC, O, LSE, MASK, stride_ob, stride_oh, stride_om, stride_mb,
+                  stride_mh, stride_mm, stride_mn, BATCH, H_Q, GROUP, N_Q, N_KV, qk_scale, BLOCK_M: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                  MASK_KIND: gl.constexpr, num_warps: gl.constexpr):
+                  MASK_KIND: gl.constexpr, BIAS_TMA: gl.constexpr, BIAS_STAGES: gl.constexpr,
+                  BIAS_BCAST_B: gl.constexpr, BIAS_BCAST_H: gl.constexpr, num_warps: gl.constexpr):
     n_m = gl.cdiv(N_Q, WS_WARPGROUPS * BLOCK_M)
     n_tiles = n_m * BATCH * H_Q
     first = gl.program_id(0)
@@ -287,17 +349,29 @@ def attn_fwd_ws90(Q_DESC, K_DESC, V_DESC, O, LSE, MASK, stride_ob, stride_oh, st
         mbarrier.init(v_ready.index(i), count=1)
         mbarrier.init(k_empty.index(i), count=WS_WARPGROUPS)
         mbarrier.init(v_empty.index(i), count=WS_WARPGROUPS)
+    if BIAS_TMA:  # each math warpgroup's own ring of bias tiles (B_DESC's element type)
+        b_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], B_DESC.dtype)
+        b_smem = gl.allocate_shared_memory(B_DESC.dtype, [WS_WARPGROUPS * BIAS_STAGES, BLOCK_M, BLOCK_N], b_layout)
+        b_ready = gl.allocate_shared_memory(gl.int64, [WS_WARPGROUPS * BIAS_STAGES, 1], mbarrier.MBarrierLayout())
+        b_empty = gl.allocate_shared_memory(gl.int64, [WS_WARPGROUPS * BIAS_STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(WS_WARPGROUPS * BIAS_STAGES):
+            mbarrier.init(b_ready.index(i), count=1)
+            mbarrier.init(b_empty.index(i), count=1)
+    else:  # unused: the partitions take the Q buffers in their place
+        b_smem = q_smem
+        b_ready = q_bars
+        b_empty = q_empty
     fence_async_shared()
     gl.warp_specialize([
-        (_ws_math, (q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, turn, O, LSE, MASK,
-                    stride_ob, stride_oh, stride_om, stride_mb, stride_mh, stride_mm, stride_mn,
-                    first, step, n_tiles, n_m, H_Q, N_Q, N_KV, qk_scale,
-                    0, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, MASK_KIND, num_warps)),
-        (_ws_math, (q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, turn, O, LSE, MASK,
-                    stride_ob, stride_oh, stride_om, stride_mb, stride_mh, stride_mm, stride_mn,
-                    first, step, n_tiles, n_m, H_Q, N_Q, N_KV, qk_scale,
-                    1, BLOCK_M, BLOCK_N, HEAD_D, STAGES, IS_CAUSAL, MASK_KIND, num_warps)),
-        (_ws_loader, (Q_DESC, K_DESC, V_DESC, q_smem, k_smem, v_smem, q_bars, q_empty, k_ready, v_ready, k_empty,
-                      v_empty, first, step, n_tiles, n_m, H_Q, GROUP, N_Q, N_KV, STAGES, BLOCK_M, BLOCK_N,
-                      IS_CAUSAL)),
+        (_ws_math, (q_smem, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, b_ready,
+                    b_empty, turn, O, LSE, MASK, stride_ob, stride_oh, stride_om, stride_mb, stride_mh, stride_mm,
+                    stride_mn, first, step, n_tiles, n_m, H_Q, N_Q, N_KV, qk_scale, 0, BLOCK_M, BLOCK_N, HEAD_D,
+                    STAGES, IS_CAUSAL, MASK_KIND, BIAS_TMA, BIAS_STAGES, num_warps)),
+        (_ws_math, (q_smem, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_ready, k_empty, v_empty, b_ready,
+                    b_empty, turn, O, LSE, MASK, stride_ob, stride_oh, stride_om, stride_mb, stride_mh, stride_mm,
+                    stride_mn, first, step, n_tiles, n_m, H_Q, N_Q, N_KV, qk_scale, 1, BLOCK_M, BLOCK_N, HEAD_D,
+                    STAGES, IS_CAUSAL, MASK_KIND, BIAS_TMA, BIAS_STAGES, num_warps)),
+        (_ws_loader, (Q_DESC, K_DESC, V_DESC, B_DESC, q_smem, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready,
+                      v_ready, k_empty, v_empty, b_ready, b_empty, first, step, n_tiles, n_m, H_Q, GROUP, N_Q, N_KV,
+                      STAGES, BLOCK_M, BLOCK_N, IS_CAUSAL, BIAS_TMA, BIAS_STAGES, BIAS_BCAST_B, BIAS_BCAST_H)),
     ], [num_warps, 1], [WS_MATH_REGS, WS_LOADER_REGS])
