@@ -2,7 +2,8 @@
 
 Run as a script in a fresh process: the test suite sets TRITON_INTERPRET=1, under which Triton's own library
 functions (``gl.max`` ...) are interpreter objects that cannot be compiled.
-Usage: python tests/_ws90_compile.py HEAD_DIM BLOCK_N STAGES CAUSAL(0|1) MASK_KIND(0|1|3) PERSISTENT(0|1) [BIAS_TMA(0|1)]
+Usage: python tests/_ws90_compile.py HEAD_DIM BLOCK_N STAGES CAUSAL(0|1) MASK_KIND(0|1|3) PERSISTENT(0|1)
+       [BIAS_TMA(0|1)]
 """
 from __future__ import annotations
 

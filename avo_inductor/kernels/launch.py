@@ -29,10 +29,13 @@ Tensor descriptors (launch["tma"] true): the source may build device-side descri
   tiles with strides (stride_kn, 1); the launcher guarantees unit last strides and 16-byte aligned rows and base
   (copying K/V only when they are not) and installs Triton's global-scratch allocator for direct launches.
 Grid rules "ws90" / "ws90_persistent" (Gluon, Hopper; templates/flash_ws90_fwd.py): ``{entry}``(Q_DESC, K_DESC,
-  V_DESC, O, LSE, MASK, stride_o{b,h,m}, stride_m{b,h,m,n}, BATCH, H_Q, GROUP, N_Q, N_KV, qk_scale = sm_scale *
-  log2(e), constexprs BLOCK_M (rows per math warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages), IS_CAUSAL,
-  MASK_KIND 0/1/3), 1-d grid: one program per tile (cdiv(Nq, 2 * BLOCK_M) * B * Hq), or for "ws90_persistent" at
-  most one per SM; MASK and its strides as in the forward ABI above; the
+  V_DESC, B_DESC, O, LSE, MASK, stride_o{b,h,m}, stride_m{b,h,m,n}, BATCH, H_Q, GROUP, N_Q, N_KV, qk_scale =
+  sm_scale * log2(e), constexprs BLOCK_M (rows per math warpgroup), BLOCK_N, HEAD_D, STAGES (= num_stages),
+  IS_CAUSAL, MASK_KIND 0/1/3, BIAS_TMA, BIAS_STAGES, BIAS_BCAST_B, BIAS_BCAST_H), 1-d grid: one program per tile
+  (cdiv(Nq, 2 * BLOCK_M) * B * Hq), or for "ws90_persistent" at most one per SM; MASK and its strides as in the
+  forward ABI above. BIAS_TMA (a bias TMA can read, _ws90_bias_ring): B_DESC is a descriptor over the bias with
+  block [1, 1, BLOCK_M, BLOCK_N], a broadcast batch/head dimension of size 1 (BIAS_BCAST_B/H: read at index 0),
+  BIAS_STAGES its ring depth per math warpgroup (render.ws90_bias_stages); otherwise B_DESC is None; the
   descriptors are Gluon host TensorDescriptors over the 4-d q/k/v (unit last stride, 16-byte aligned strides and
   base, copied when not) with blocks [1, 1, BLOCK_M or BLOCK_N, D]; O has a unit last stride, LSE is as above.
   No keep-masks, window or split-K; the launch is always direct (see op.py: the op stays opaque to Inductor).
@@ -369,8 +372,8 @@ def _contiguous_strides(shape: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _plan_ws90(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               mask: torch.Tensor, m_strides: tuple[Any, ...], code: int, sc: dict[str, Any], out_shape: tuple[Any, ...],
-               lse_shape: tuple[Any, ...], out_strides: tuple[Any, ...]) -> ForwardPlan:
+               mask: torch.Tensor, m_strides: tuple[Any, ...], code: int, sc: dict[str, Any],
+               out_shape: tuple[Any, ...], lse_shape: tuple[Any, ...], out_strides: tuple[Any, ...]) -> ForwardPlan:
     """A flash_ws90 forward's plan (launched directly: Gluon kernels do not go through wrap_triton)."""
     d = q.shape[3]
     if q.dtype not in (torch.float16, torch.bfloat16) or v.shape[3] != d:

@@ -10,10 +10,9 @@ Each program owns 2 * BLOCK_M query rows of one (batch, q head) and runs three w
     softmax of block j waits only for the former (intra-warpgroup overlap).
 Softmax in base 2 with log2(e) folded into qk_scale. Masks: none or causal (bottom-right aligned), key blocks
 past the diagonal or the key length are masked only where a block reaches them; MASK_KIND 1 adds a bias tile
-(BIAS_TMA: the loader streams each warpgroup's bias tiles through TMA into a BIAS_STAGES-deep ring of its own, read
-into the scores' layout from shared memory; otherwise pointer loads in the scores' layout, issued while QK^T runs),
-3 ALiBi (the slope of the q head). GQA: q head h
-reads kv head h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous
+(BIAS_TMA: the loader streams each warpgroup's bias tiles through TMA into a BIAS_STAGES-deep ring of its own,
+read from shared memory into QK^T's initial accumulator; otherwise pointer loads in the scores' layout, issued
+while QK^T runs), 3 ALiBi (the slope of the q head). GQA: q head h reads kv head h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous
 (B, H_Q, N_Q). HEAVY_FIRST (causal: each head's last query tiles start first) and PERSISTENT (one program per SM
 walking tiles, its loader streaming the next tile's Q, K and V while the math warpgroups finish the current one)
 are the genome constants of the flash_v1 module this text is appended to.
@@ -21,8 +20,8 @@ are the genome constants of the flash_v1 module this text is appended to.
 Launcher ABI (launch grid "ws90", see launch.py): host TensorDescriptors over the 4-d (B, H, N, D) q/k/v with
 blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V), with BIAS_TMA one over the bias with block
 [1, 1, BLOCK_M, BLOCK_N] (a broadcast batch or head dimension has size 1 there: BIAS_BCAST_B / BIAS_BCAST_H read
-coordinate 0), the mask operand and its 4 strides as the flash_v1 ABI passes them; a 1-d grid of one program per tile (cdiv(N_Q, 2 * BLOCK_M) * B * H_Q tiles), or with PERSISTENT at
-most one per SM.
+coordinate 0), the mask operand and its 4 strides as the flash_v1 ABI passes them; a 1-d grid of one program per
+tile (cdiv(N_Q, 2 * BLOCK_M) * B * H_Q tiles), or with PERSISTENT at most one per SM.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -130,9 +129,9 @@ def _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout: g
 @gluon.jit
 def _ws_load_bias(b_desc, b_smem, b_ready, b_empty, c, b, hq, m0, j, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                   BIAS_STAGES: gl.constexpr, BIAS_BCAST_B: gl.constexpr, BIAS_BCAST_H: gl.constexpr):
-    """Key block j's bias tile of each math warpgroup into that warpgroup's ring (slot w * BIAS_STAGES + c % BIAS_STAGES,
-    c the program's running block count); rows past N_Q and keys past N_KV read as zero (the boundary mask sets those
-    scores to -inf)."""
+    """Key block j's bias tile of each math warpgroup into that warpgroup's ring (slot w * BIAS_STAGES
+    + c % BIAS_STAGES, c the program's running block count); rows past N_Q and keys past N_KV read as zero (the
+    boundary mask sets those scores to -inf)."""
     bb = 0 if BIAS_BCAST_B else b
     bh = 0 if BIAS_BCAST_H else hq
     for w in gl.static_range(WS_WARPGROUPS):
