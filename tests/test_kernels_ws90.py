@@ -129,6 +129,32 @@ def test_bias_ring_refuses_what_tma_cannot_read():
     assert _ring(torch.randn(2, 8, 1000, 1000, dtype=torch.bfloat16), n=1000) is not None  # 2000-byte rows: 16 x 125
 
 
+def _ws90_plan(bias: torch.Tensor | None, n: int = 1024) -> launch.ForwardPlan:
+    cfg = launch.LaunchConfig.from_dict({"grid": "ws90", "BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4,
+                                         "num_stages": 2})
+    q, k, v = (torch.randn(2, h, n, 128, dtype=torch.bfloat16) for h in (8, 2, 2))
+    kind = "none" if bias is None else "bias"
+    m, strides, code = launch.mask_operand(q, bias, kind, n)
+    return launch._plan_forward(launch.KernelFunctions(fwd=object()), cfg, {"q": q, "k": k, "v": v, "mask": m},
+                                strides, code, scale=None, causal=False, window=0, mask_kind=kind)
+
+
+@needs_gluon
+def test_ws90_plan_passes_the_bias_ring_or_none():
+    """The plan names what the kernel gets: a bias descriptor over the mask role with the ring's constexprs, or
+    B_DESC None (no bias, or a bias TMA cannot read: pointer loads)."""
+    plan = _ws90_plan(torch.randn(8, 1024, 1024, dtype=torch.bfloat16))  # broadcast batch
+    (launched,) = plan.launches
+    assert plan.descriptors["b_desc"].source == "mask" and plan.descriptors["b_desc"].block == (1, 1, 64, 128)
+    assert launched.tensors["B_DESC"] == "b_desc" and "B_DESC" not in launched.static
+    assert (launched.static["BIAS_TMA"], launched.static["BIAS_STAGES"], launched.static["BIAS_BCAST_B"],
+            launched.static["BIAS_BCAST_H"], launched.static["MASK_KIND"]) == (True, 2, True, False, 1)
+    for plan in (_ws90_plan(None), _ws90_plan(torch.randn(2, 8, 1024, 1024, dtype=torch.float32))):
+        (launched,) = plan.launches
+        assert "b_desc" not in plan.descriptors and launched.static["B_DESC"] is None
+        assert launched.static["BIAS_TMA"] is False and "B_DESC" not in launched.tensors
+
+
 @needs_gluon
 def test_ws90_descriptor_reads_a_broadcast_dimension_at_size_one():
     bias = torch.broadcast_to(torch.randn(8, 1024, 1024, dtype=torch.bfloat16), (2, 8, 1024, 1024))
