@@ -94,7 +94,11 @@ def _constants_block(genome: KernelGenome) -> str:
 
 def ws90_smem_bytes(genome: KernelGenome, head_dim: int) -> int:
     """Shared memory of a flash_ws90 program: both warpgroups' Q tiles and STAGES K and V tiles (16-bit)."""
-    return 2 * (2 * genome.block_m + 2 * genome.num_stages * genome.block_n) * head_dim
+    return _ws90_tile_bytes(genome.block_m, genome.block_n, genome.num_stages, head_dim)
+
+
+def _ws90_tile_bytes(block_m: int, block_n: int, stages: int, head_dim: int) -> int:
+    return 2 * (2 * block_m + 2 * stages * block_n) * head_dim
 
 
 _WS90_BARRIER_BYTES = 1024  # the mbarriers, with room to spare (a bias-ring kernel needs no conversion scratch)
@@ -106,7 +110,7 @@ def ws90_bias_stages(block_m: int, block_n: int, stages: int, head_dim: int) -> 
     bias tiles, 224 of the 227 KB; such a kernel stores O without a layout conversion, so the compiler needs no
     scratch), else 1 (O stored through the conversion's 16 KB scratch), 0 where not even one fits (the kernel then
     reads the bias by pointer loads)."""
-    base = 2 * (2 * block_m + 2 * stages * block_n) * head_dim
+    base = _ws90_tile_bytes(block_m, block_n, stages, head_dim)
     per_stage = 2 * (2 * block_m * block_n)
     if base + 2 * per_stage <= _SMEM_LIMIT - _WS90_BARRIER_BYTES:
         return 2

@@ -143,21 +143,17 @@ def _ws_load_bias(b_desc, b_smem, b_ready, b_empty, c, b, hq, m0, j, BLOCK_M: gl
 
 
 @gluon.jit
-def _ws_bias(b_smem, b_ready, b_empty, c, mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout: gl.constexpr,
-             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, WG: gl.constexpr, BIAS_TMA: gl.constexpr,
-             BIAS_STAGES: gl.constexpr):
-    """Key block j's bias tile in the scores' layout: from this warpgroup's TMA ring (its slot released as soon as
-    the registers hold it) or by pointer loads (_ws_bias_tile)."""
-    if BIAS_TMA:
-        slot = WG * BIAS_STAGES + c % BIAS_STAGES
-        mbarrier.wait(b_ready.index(slot), (c // BIAS_STAGES) & 1)
-        bias = b_smem.index(slot).load(s_layout)
-        # The slot's next TMA write (async proxy) must not overtake these generic-proxy reads.
-        fence_async_shared()
-        mbarrier.arrive(b_empty.index(slot), count=1)
-    else:
-        bias = _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M, BLOCK_N)
-    return bias
+def _ws_bias_acc(b_smem, b_ready, b_empty, c, bias_to_raw, s_layout: gl.constexpr, WG: gl.constexpr,
+                 BIAS_STAGES: gl.constexpr):
+    """QK^T's initial accumulator for ring position c: this warpgroup's bias tile, read from its TMA ring into the
+    scores' layout (the slot released as soon as the registers hold it) in raw-score units."""
+    slot = WG * BIAS_STAGES + c % BIAS_STAGES
+    mbarrier.wait(b_ready.index(slot), (c // BIAS_STAGES) & 1)
+    bias = b_smem.index(slot).load(s_layout)
+    # The slot's next TMA write (async proxy) must not overtake these generic-proxy reads.
+    fence_async_shared()
+    mbarrier.arrive(b_empty.index(slot), count=1)
+    return bias.to(gl.float32) * bias_to_raw
 
 
 @gluon.jit
@@ -245,16 +241,14 @@ def _ws_math(q_smem_all, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_rea
             mbarrier.wait(k_ready.index(stage), (it // STAGES) & 1)
             s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
             if BIAS_TMA:
-                s = _ws_bias(b_smem, b_ready, b_empty, it, mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn,
-                             s_layout, BLOCK_M, BLOCK_N, WG, BIAS_TMA, BIAS_STAGES).to(gl.float32) * bias_to_raw
+                s = _ws_bias_acc(b_smem, b_ready, b_empty, it, bias_to_raw, s_layout, WG, BIAS_STAGES)
             _ws_turn(turn, issue, WG)
             s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s, use_acc=BIAS_TMA, is_async=True)
             mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
             issue += 1
             bias = s
             if PROBS_KIND == 1:
-                bias = _ws_bias(b_smem, b_ready, b_empty, it, mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn,
-                                s_layout, BLOCK_M, BLOCK_N, WG, BIAS_TMA, BIAS_STAGES)
+                bias = _ws_bias_tile(mask_head, 0, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M, BLOCK_N)
             s = warpgroup_mma_wait(0, deps=[s_tok])
             mbarrier.arrive(k_empty.index(stage), count=1)
             p, m_i, m_safe = _ws_probs(s, bias, 0, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_layout,
@@ -266,8 +260,7 @@ def _ws_math(q_smem_all, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_rea
                 prev = (c - 1) % STAGES
                 mbarrier.wait(k_ready.index(stage), (c // STAGES) & 1)
                 if BIAS_TMA:
-                    s = _ws_bias(b_smem, b_ready, b_empty, c, mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn,
-                                 s_layout, BLOCK_M, BLOCK_N, WG, BIAS_TMA, BIAS_STAGES).to(gl.float32) * bias_to_raw
+                    s = _ws_bias_acc(b_smem, b_ready, b_empty, c, bias_to_raw, s_layout, WG, BIAS_STAGES)
                 _ws_turn(turn, issue, WG)
                 # use_acc=False ignores the accumulator's values: the previous block's (dead) scores serve, so no
                 # zero tile stays live across the loop (64 registers a thread at 64x128)
@@ -279,8 +272,8 @@ def _ws_math(q_smem_all, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_rea
                 mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
                 issue += 1
                 if PROBS_KIND == 1:
-                    bias = _ws_bias(b_smem, b_ready, b_empty, c, mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn,
-                                    s_layout, BLOCK_M, BLOCK_N, WG, BIAS_TMA, BIAS_STAGES)
+                    bias = _ws_bias_tile(mask_head, j, m0, N_Q, N_KV, stride_mm, stride_mn, s_layout, BLOCK_M,
+                                         BLOCK_N)
                 s = warpgroup_mma_wait(1, deps=[s_tok])  # QK^T done; P V may still run
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 p, m_new, m_safe = _ws_probs(s, bias, j, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope,
