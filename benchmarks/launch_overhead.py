@@ -9,7 +9,9 @@ the call is host-bound: the GPU waits for Python. flash_v1 is inlined by Inducto
 Inductor's own code); flash_ws90's Gluon forward is an opaque op Inductor calls through the dispatcher, which is
 why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv; ``--profile`` also writes
 launch-profile.txt, cProfile's top functions (by own time) of 200 calls per template and mode: where the host
-time goes.
+time goes. ``--layers`` writes launch-layers.csv: the host time per call of each layer of one eager flash_ws90 call,
+from the held compiled kernel alone up to the public op and the compiled graph, so the cost of each layer is the
+difference between neighbouring rows.
 """
 from __future__ import annotations
 
@@ -95,11 +97,53 @@ def measure(spec: AttentionSpec, hardware: HardwareKey, profiles: list[str] | No
     return rows
 
 
+def layer_rows(spec: AttentionSpec, hardware: HardwareKey, template: str) -> list[dict[str, Any]]:
+    """Host us per call of each layer of one ``template`` forward, innermost first (see the module docstring)."""
+    from avo_inductor.kernels import launch
+    from avo_inductor.kernels.launch_plan import PLANS
+    from avo_inductor.kernels.op import get_kernel
+
+    inputs = make_inputs(spec, "cuda")
+    q, k, v = inputs.q, inputs.k, inputs.v
+    kid = register_kernel(baseline_record(spec, hardware, genome=default_genome(spec, hardware, template)))
+    loaded = get_kernel(kid)
+    call_args = dict(scale=None, causal=spec.causal, window=0, mask_kind="none")
+    launch.forward(loaded.functions, loaded.launch, q, k, v, None, **call_args)  # compiles and plans
+    m, _, _ = launch.mask_operand(q, None, "none", k.shape[2])
+    plan = next(p for p in reversed(PLANS._plans.values()) if p.owner == (loaded.functions, loaded.launch))
+    tensors = {"q": q, "k": k, "v": v, "mask": m}
+    planned = plan.launches[0]
+    table = dict(tensors)
+    plan.run(table, None, None, True)  # fills out, lse and the descriptors
+    args = planned._args.copy()
+    for index, role in planned._slots:
+        args[index] = table[role]
+    compiled = torch.compile(lambda a, b, c: attention(a, b, c, kernel_id=kid, causal=spec.causal),
+                             backend="inductor")
+    layers: list[tuple[str, Callable[[], Any]]] = [
+        ("compiled kernel launcher", lambda: planned._runner(*args)),
+        ("plan.run", lambda: plan.run(dict(tensors), None, None, True)),
+        ("launch.forward", lambda: launch.forward(loaded.functions, loaded.launch, q, k, v, None, **call_args)),
+        ("avo::attention_fwd", lambda: torch.ops.avo.attention_fwd(q, k, v, None, kid, q.shape[-1] ** -0.5,
+                                                                   spec.causal, 0, "none")),
+        ("avo::attention (eager op)", lambda: attention(q, k, v, kernel_id=kid, causal=spec.causal)),
+        ("torch.compile(inductor)", lambda: compiled(q, k, v)),
+    ]
+    rows = []
+    for name, fn in layers:
+        with torch.no_grad():
+            host, total = per_call_us(fn)
+        rows.append({"spec": spec.short(), "template": template, "layer": name, "host us": round(host, 1),
+                     "total us": round(total, 1)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--specs", default=DEFAULT_SPECS)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="also write launch-profile.txt (cProfile per call)")
+    parser.add_argument("--layers", action="store_true", help="also write launch-layers.csv (host us per layer)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("launch_overhead.py times CUDA launches: no CUDA device here", file=sys.stderr)
@@ -112,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(out / "launch-overhead.csv", rows)
     if profiles is not None:
         (out / "launch-profile.txt").write_text("\n".join(profiles))
+    if args.layers:
+        layers = [row for text in args.specs.split(";") for row in layer_rows(parse_spec(text, "bfloat16"), hardware,
+                  "flash_ws90" if tuple(hardware.capability) == (9, 0) else "flash_v1")]
+        write_csv(out / "launch-layers.csv", layers)
+        print_table(layers, list(layers[0]))
     print_table(rows, list(rows[0]))
     return 0
 

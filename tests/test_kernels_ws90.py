@@ -262,3 +262,40 @@ def test_full_rank_descriptors_copy_only_what_tma_cannot_read():
     offset = torch.randn(2 * 4 * 40 * 64 + 1, dtype=torch.bfloat16)[1:].view(2, 4, 40, 64)
     fresh = launch._for_descriptors(offset, full_rank=True)
     assert fresh.data_ptr() % 16 == 0 and torch.equal(fresh, offset)
+
+
+@needs_gluon
+@pytest.mark.parametrize("needs_grad", [False, True])
+def test_traced_ws90_forward_becomes_the_direct_op(monkeypatch: pytest.MonkeyPatch, needs_grad: bool) -> None:
+    """AOTAutograd's forward graph calls a Gluon forward through avo::attention_fwd_direct (a plain library op:
+    none of custom_op's per-call Python layers) with the arguments the public op got, for inference and for
+    training graphs. The functional rule is the one CUDA registers (this machine runs the interpreter's)."""
+    from torch._functorch.aot_autograd import aot_function
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+    from avo_inductor.kernels import op
+    from avo_inductor.kernels.baseline import baseline_record
+
+    spec = _spec(q_len=1024, kv_len=1024, causal=True)
+    kid = op.register_kernel(baseline_record(spec, H100, genome=default_genome(spec, H100, "flash_ws90")))
+    monkeypatch.setitem(op.attention_fwd._torch_dispatch_fns, FunctionalTensorMode, op._fwd_functional)
+    graphs = []
+
+    class Traced(Exception):
+        """Raised instead of running the graph: a Gluon kernel has no CPU launch."""
+
+    def keep(gm, _inputs):
+        graphs.append(gm)
+
+        def run(*_args):
+            raise Traced
+        return run
+
+    fn = aot_function(lambda q, k, v: op.attention(q, k, v, kernel_id=kid, causal=True, scale=0.25),
+                      fw_compiler=keep, bw_compiler=keep)
+    q, k, v = (torch.randn(1, 2, 64, 128, dtype=torch.bfloat16, requires_grad=needs_grad) for _ in range(3))
+    with pytest.raises(Traced):
+        fn(q, k, v)
+    calls = [n for n in graphs[0].graph.nodes if n.op == "call_function" and "avo" in str(n.target)]
+    assert [str(n.target) for n in calls] == ["avo.attention_fwd_direct.default"]
+    assert calls[0].args[4:] == (kid, 0.25, True, 0, "none")

@@ -286,16 +286,17 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     An eager call reuses the launch plan of an earlier call with the same key (launch_plan.py); a traced call,
     or one with ``out``/``lse`` given, builds its plan afresh.
     """
-    _check_qkv(q, k, v)  # before anything indexes their shapes: a clear error for a bad call, plan or not
-    m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2])
-    tensors = {"q": q, "k": k, "v": v, "mask": m}
-    eager = _plain_eager((), tensors.values())
+    eager = out is None and lse is None and _real_tensors(q, k, v, mask)
     key = None
-    if eager and out is None and lse is None:
-        key = plan_key((id(fns), id(cfg)), q, k, v, m, (m_strides, code, scale, causal, window))
+    if eager:  # a plan of the same key passed every check below when it was made: a hit skips them
+        key = plan_key((id(fns), id(cfg)), q, k, v, mask, (mask_kind, scale, causal, window))
         plan = PLANS.get(key)
         if plan is not None:
-            return plan.run(tensors, None, None, eager)
+            m = mask_operand(q, mask, mask_kind, k.shape[2])[0]
+            return plan.run({"q": q, "k": k, "v": v, "mask": m}, None, None, True)
+    _check_qkv(q, k, v)  # before anything indexes their shapes: a clear error for a bad call
+    m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2])
+    tensors = {"q": q, "k": k, "v": v, "mask": m}
     plan = _plan_forward(fns, cfg, tensors, m_strides, code, scale=scale, causal=causal, window=window,
                          mask_kind=mask_kind, out_strides=None if out is None else tuple(out.stride()))
     result = plan.run(tensors, out, lse, eager)
@@ -303,6 +304,14 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         plan.owner = (fns, cfg)
         PLANS.put(key, plan)
     return result
+
+
+def _real_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """:func:`_plain_eager` for a forward's operands, in the fewest steps (it runs on every call)."""
+    if torch._C._len_torch_dispatch_stack() or torch.compiler.is_compiling():
+        return False
+    return type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor and (
+        mask is None or type(mask) is torch.Tensor)
 
 
 def _launch_direct(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Any:

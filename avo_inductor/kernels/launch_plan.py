@@ -148,16 +148,18 @@ def _rebased(template: Any, base: torch.Tensor | None) -> Any:
     return clone
 
 
-def plan_key(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+def plan_key(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
              scalars: tuple[Any, ...]) -> tuple[Any, ...]:
     """Everything a forward's launches depend on besides the tensors' contents: the kernel (ids of its functions
     and launch config, kept alive by the plan's ``owner``: hashing Triton functions costs microseconds),
-    ``scalars`` (mask strides and code, scale, causal, window), dtypes, the device (and the current CUDA device,
-    whose context the compiled kernel is loaded in), shapes, strides and 16-byte alignment."""
+    ``scalars`` (mask kind, scale, causal, window), dtypes, the device (and the current CUDA device, whose context
+    the compiled kernel is loaded in), shapes, strides and 16-byte alignment of q, k, v and the caller's mask (the
+    view the kernels read is a function of these: launch.mask_operand)."""
     current = torch.cuda.current_device() if q.is_cuda else -1
-    return (kernel, scalars, q.dtype, q.device, current, mask.dtype,
-            q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), mask.shape, mask.stride(),
-            q.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16, mask.data_ptr() % 16)
+    masked = () if mask is None else (mask.dtype, mask.shape, mask.stride(), mask.data_ptr() % 16)
+    return (kernel, scalars, q.dtype, q.device, current, masked,
+            q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(),
+            q.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16)
 
 
 class PlanCache:

@@ -4,6 +4,10 @@
   CompositeImplicitAutograd over ``avo::attention_fwd`` so that AOTAutograd sees the op that owns autograd.
 - ``avo::attention_fwd(...) -> (out, lse)``: triton_op with an explicit fake impl (without one, tracing on CPU
   runs the interpreter on fake tensors) and register_autograd saving q, k, v, out, lse, mask.
+- ``avo::attention_fwd_direct(...) -> (out, lse)``: what a compiled graph calls for a Gluon (ws90) forward, which
+  Inductor cannot inline: a plain library op with a CUDA kernel and a fake impl, none of custom_op's Python
+  layers (autograd, redispatch, alias checks: ~25-35 us a call on the H100's host, a quarter of the kernel's
+  time at 4x32x1024 d128). Autograd is already handled when a graph reaches it (AOTAutograd's forward graph).
 - ``avo::attention_backward(do, q, k, v, out, lse, mask, ...) -> (dq, dk, dv)``: triton_op for kernels with a
   Triton backward; otherwise (or when a bias needs its own gradient) the plain-torch recompute fallback runs.
 Kernels are looked up by ``kernel_id`` in an in-process registry filled by :func:`register_kernel`.
@@ -43,6 +47,12 @@ def get_kernel(kernel_id: str) -> LoadedKernel:
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], kernel_id: str,
                   scale: float, causal: bool, window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) fp32 (natural log, +inf for rows with no key)."""
+    return _run_forward(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)
+
+
+def _run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], kernel_id: str,
+                 scale: float, causal: bool, window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward launch behind both forward ops."""
     loaded = get_kernel(kernel_id)
     return launch.forward(loaded.functions, loaded.launch, q, k, v, mask, scale=scale, causal=causal,
                           window=window, mask_kind=mask_kind)
@@ -114,10 +124,12 @@ _decompose_fwd = getattr(attention_fwd, "_torch_dispatch_fns", {}).get(Functiona
 
 def _fwd_functional(mode, func, types, args, kwargs):
     """Decompose the forward unless its kernel is a Gluon one (launched directly, never through wrap_triton:
-    Inductor cannot trace Gluon host descriptors), which stays an opaque op Inductor calls as an extern kernel."""
+    Inductor cannot trace Gluon host descriptors), which becomes the opaque ``avo::attention_fwd_direct`` that
+    Inductor calls as an extern kernel."""
     kernel_id = kwargs["kernel_id"] if "kernel_id" in kwargs else args[4]
     if get_kernel(kernel_id).launch.grid in launch.WS90_GRIDS:
-        return _keep_opaque(mode, func, types, args, kwargs)
+        with mode:
+            return torch.ops.avo.attention_fwd_direct.default(*args, **kwargs)
     return _decompose_fwd(mode, func, types, args, kwargs)
 
 
@@ -133,6 +145,9 @@ else:
 
 _LIB = torch.library.Library("avo", "FRAGMENT")
 _LIB.define(f"attention(Tensor q, Tensor k, Tensor v, Tensor? mask, {_ARGS}) -> Tensor")
+_LIB.define(f"attention_fwd_direct(Tensor q, Tensor k, Tensor v, Tensor? mask, {_ARGS}) -> (Tensor, Tensor)")
+_LIB.impl("attention_fwd_direct", _run_forward, "CUDA")
+torch.library.register_fake("avo::attention_fwd_direct", _attention_fwd_fake, lib=_LIB)
 
 
 def _attention_composite(q, k, v, mask, kernel_id, scale, causal, window, mask_kind):
