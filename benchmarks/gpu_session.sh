@@ -14,7 +14,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/avo-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/site . >/dev/null
+# --upgrade: a warm host keeps /tmp/site between calls, and pip leaves an installed package alone without it
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . >/dev/null
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-store} AVO_USE_SHIPPED=${AVO_USE_SHIPPED:-0}  # 1: read cache/ bundles too
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
