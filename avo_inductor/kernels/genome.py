@@ -35,7 +35,6 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "bwd_transposed": (False, True),
     "bwd_dq_swap": (False, True),
     "bwd_dq_atomic": (False, True),
-    "poly_exp2": (False, True),
 }
 
 
@@ -64,9 +63,6 @@ class KernelGenome:
     the Triton tutorial's form); bwd_dq_swap: the dq kernel takes the tiles swapped (large query tile);
     bwd_dq_atomic: dq accumulated by the dK/dV kernel with fp32 atomic adds (FlashAttention-2's form: 5 tile matmuls
     per block pair instead of 7, no dq kernel; the summation order, so dq's last bits, vary run to run).
-    poly_exp2: flash_v1 forward, 16-bit, base 2: half of each block's probabilities by a cubic on the FMA pipes,
-    half by the special-function units (FlashAttention-4's software exp2: at head dim 64 the SFUs' 16 exponentials
-    per clock per SM are as scarce as the tensor cores' matmul FLOPs).
     template: which template family renders the source.
     """
 
@@ -92,7 +88,6 @@ class KernelGenome:
     bwd_transposed: bool = False
     bwd_dq_swap: bool = False
     bwd_dq_atomic: bool = False
-    poly_exp2: bool = False
     template: str = "flash_v1"
 
     def __post_init__(self) -> None:

@@ -87,7 +87,7 @@ def _constants_block(genome: KernelGenome) -> str:
               "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
               "WARP_SPECIALIZE": genome.warp_specialize, "BWD_TRANSPOSED": genome.bwd_transposed,
               "PACK_GQA": genome.pack_gqa, "HEAVY_FIRST": genome.heavy_first, "USE_TMA": genome.use_tma,
-              "BWD_DQ_ATOMIC": genome.bwd_dq_atomic, "OVERLAP_QK": genome.overlap_qk, "POLY_EXP2": genome.poly_exp2}
+              "BWD_DQ_ATOMIC": genome.bwd_dq_atomic, "OVERLAP_QK": genome.overlap_qk}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
@@ -137,7 +137,7 @@ def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
     smem = ws90_smem_bytes(genome, spec.head_dim)
     if genome.num_stages < 2 or smem > _SMEM_LIMIT - _SMEM_SCRATCH:
         problems.append(f"{genome.num_stages} stages ({smem} bytes of shared memory)")
-    flash_v1_only = [k for k in ("use_tma", "warp_specialize", "lazy_rescale", "pack_gqa", "overlap_qk", "poly_exp2")
+    flash_v1_only = [k for k in ("use_tma", "warp_specialize", "lazy_rescale", "pack_gqa", "overlap_qk")
                      if getattr(genome, k)]
     if genome.kv_splits != 1 or flash_v1_only:
         problems.append(f"flash_v1 forward knobs {flash_v1_only + (['kv_splits'] if genome.kv_splits != 1 else [])}")
@@ -154,9 +154,6 @@ def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
     if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or spec.head_dim % 8 or (spec.v_head_dim or 0) % 8):
         raise ValueError(f"use_tma needs 16-bit q/k/v with head dims divisible by 8 (16-byte rows); got {spec.dtype}, "
                          f"{spec.head_dim}/{spec.v_head_dim}")
-    if genome.poly_exp2 and (spec.dtype not in ("float16", "bfloat16") or not genome.exp2):
-        raise ValueError(f"poly_exp2 needs 16-bit q/k/v and exp2 (its cubic is exact to 7.5e-5, not to fp32); got "
-                         f"{spec.dtype}, exp2={genome.exp2}")
     if spec.dropout_p > 0:
         raise ValueError(f"dropout (p={spec.dropout_p}) is not implemented by avo kernels")
     if max(spec.head_dim, spec.v_head_dim or 0) > MAX_HEAD_DIM:

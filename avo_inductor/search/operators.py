@@ -22,7 +22,7 @@ _BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages", "
 # causal_split still shape the backward it borrows from flash_v1, so they stay searched when the spec trains.
 _WS90_FIXED = {"block_m": (64,), "num_warps": (4,), "block_n": (64, 128), "num_stages": (2, 3, 4)}
 _WS90_FROZEN = ("even_fast_path", "use_tma", "warp_specialize", "lazy_rescale", "kv_splits", "pack_gqa",
-                "overlap_qk", "poly_exp2")
+                "overlap_qk")
 
 
 def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None,
@@ -58,8 +58,6 @@ def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None,
             continue
         elif knob == "pack_gqa":
             allowed = values if gqa else (False,)
-        elif knob == "poly_exp2":
-            allowed = values if spec.dtype in ("float16", "bfloat16") else (False,)
         elif knob in ("use_tma", "warp_specialize"):
             hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
             allowed = values if hopper else (False,)

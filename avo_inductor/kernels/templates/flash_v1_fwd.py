@@ -12,8 +12,6 @@ no address arithmetic in the warps; out-of-range rows read as zero); the launche
 16-byte aligned rows and sets Triton's scratch allocator. HEAVY_FIRST (causal): tiles are visited in reverse
 query order, so the tiles with the most key blocks start first and the last wave holds the light ones.
 OVERLAP_QK: key blocks without masks issue the next block's QK^T before this block's softmax (_fwd_inner_overlap).
-POLY_EXP2 (16-bit, base 2): half of each block's probabilities come from a polynomial on the FMA pipes instead of
-the special-function units (_probs_exp2), which at head dim 64 must produce one exponential per 256 matmul FLOPs.
 """
 import triton
 import triton.language as tl
@@ -30,7 +28,6 @@ HEAVY_FIRST = tl.constexpr(False)
 USE_TMA = tl.constexpr(False)
 BWD_DQ_ATOMIC = tl.constexpr(False)
 OVERLAP_QK = tl.constexpr(False)
-POLY_EXP2 = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -39,36 +36,6 @@ LN2 = tl.constexpr(0.6931471805599453)
 # exactly representable in fp16/bf16 and the accumulator rescale is skipped on most iterations.
 RESCALE_THRESHOLD = tl.constexpr(8.0)
 KEEP_SCAN = tl.constexpr(1024)  # keys per step of the keep-vector scan (_kept_span)
-# 2^f on [-0.5, 0.5], degree 3 (relative error 7.5e-5, under a 16-bit probability's rounding): Lawson-weighted
-# least squares, FlashAttention-4's software exponential.
-EXP2_C3 = tl.constexpr(0.0551716685295105)
-EXP2_C2 = tl.constexpr(0.24261115491390228)
-EXP2_C1 = tl.constexpr(0.6932609677314758)
-EXP2_C0 = tl.constexpr(0.9999280571937561)
-ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + ROUND_MAGIC rounds x to an integer in the low bits
-
-
-@triton.jit
-def _exp2_poly(x):
-    """2^x with FMA-pipe instructions only: x = j + f (j = round(x), |f| <= 0.5), 2^f by a cubic, 2^j added into
-    the exponent bits. 0 below 2^-126 (and for -inf: masked scores), so empty rows still sum to exactly 0."""
-    t = x + ROUND_MAGIC
-    f = x - (t - ROUND_MAGIC)
-    poly = ((EXP2_C3 * f + EXP2_C2) * f + EXP2_C1) * f + EXP2_C0
-    bits = poly.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return tl.where(x < -126.0, 0.0, bits.to(tl.float32, bitcast=True))
-
-
-@triton.jit
-def _probs_exp2(x):
-    """exp2 of a (BLOCK_M, BLOCK_N) score tile: with POLY_EXP2 the second half of the key columns by _exp2_poly,
-    the first by the special-function units (split as the Triton Blackwell tutorial splits tiles: a reshape,
-    permute and split that keep each thread's registers where they are)."""
-    if POLY_EXP2:
-        halves = x.reshape([x.shape[0], 2, x.shape[1] // 2]).permute(0, 2, 1)
-        lo, hi = tl.split(halves)
-        return tl.join(tl.math.exp2(lo), _exp2_poly(hi)).permute(0, 2, 1).reshape([x.shape[0], x.shape[1]])
-    return tl.math.exp2(x)
 
 
 @triton.jit
@@ -221,7 +188,7 @@ def _unmasked_probs(qk, m_i, qk_scale):
     if LAZY_RESCALE:
         m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
     if USE_EXP2:
-        p = _probs_exp2(qk * qk_scale - m_new[:, None])
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
     else:
         p = tl.exp(qk * qk_scale - m_new[:, None])
@@ -300,7 +267,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, 
                     m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
                 if USE_EXP2:
-                    p = _probs_exp2(s - m_safe[:, None])
+                    p = tl.math.exp2(s - m_safe[:, None])
                     alpha = tl.math.exp2(m_i - m_safe)
                 else:
                     p = tl.exp(s - m_safe[:, None])
