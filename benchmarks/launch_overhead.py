@@ -1,13 +1,13 @@
 """Host cost of one avo attention call, per template: eager and under torch.compile (CUDA only).
 
-    python benchmarks/launch_overhead.py [--specs "4,32,32,1024,128,none;..."] [--out DIR] [--profile]
+    python benchmarks/launch_overhead.py [--specs "4,32,32,1024,128,none;..."] [--out DIR] [--profile] [--layers]
 
 For each spec and template (flash_v1; flash_ws90 on sm_90) it times N back-to-back calls of the op (eager, under
 torch.compile, and under torch.compile's CUDA graphs, mode="reduce-overhead") and reports the host time per call
 (the loop without a final synchronize) beside the total per call (with it). When host >= total
 the call is host-bound: the GPU waits for Python. flash_v1 is inlined by Inductor (its kernels are launched from
-Inductor's own code); flash_ws90's Gluon forward is an opaque op Inductor calls through the dispatcher, which is
-why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv; ``--profile`` also writes
+Inductor's own code); flash_ws90's Gluon forward is an opaque op (avo::attention_fwd_direct) Inductor calls through
+the dispatcher, which is why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv; ``--profile`` also writes
 launch-profile.txt, cProfile's top functions (by own time) of 200 calls per template and mode: where the host
 time goes. ``--layers`` writes launch-layers.csv: the host time per call of each layer of one eager flash_ws90 call,
 from the held compiled kernel alone up to the public op and the compiled graph, so the cost of each layer is the

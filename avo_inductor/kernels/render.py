@@ -256,10 +256,11 @@ def gluon_hopper_available() -> bool:
 
 
 # The Gluon forward is launched from Python through an op Inductor cannot inline (op.py). With launch plans
-# (launch_plan.py) that costs ~0.13 ms of host time per call under torch.compile on the H100's host, down from
-# 0.28 ms, so at 4x32x1024x1024 d128 (69 GFLOP, ~0.13 ms of kernel) the compiled call is GPU-bound and flash_ws90
-# measured 514 TFLOP/s against flash_v1's 435 (same run, benchmarks/results/nvidia-h100/small-ws90.csv). Below
-# this much work per call the host launch would show: the default stays flash_v1 (inlined by Inductor).
+# (launch_plan.py) and the direct op (avo::attention_fwd_direct) that costs ~0.1 ms of host time per call under
+# torch.compile on the H100's host (0.28 ms before plans; launch-layers.csv), so at 4x32x1024x1024 d128 (69 GFLOP,
+# ~0.12 ms of kernel) the compiled call is GPU-bound and flash_ws90 measured 514 TFLOP/s against flash_v1's 435
+# (same run, benchmarks/results/nvidia-h100/small-ws90.csv). Below this much work per call the host launch would
+# show: the default stays flash_v1 (inlined by Inductor).
 WS90_MIN_FLOPS = 5e10
 
 
