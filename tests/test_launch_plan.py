@@ -64,6 +64,22 @@ def test_a_new_stride_length_or_scalar_gets_its_own_plan():
     assert len(launch_plan.PLANS) == 4
 
 
+def test_a_call_that_fails_the_checks_never_hits_a_plan():
+    """A plan hit skips forward's input checks: a k of another dtype, or a 3-d q, with everything else as in a
+    cached call must still be refused with the checks' message, not launched on the cached plan."""
+    spec = AttentionSpec(1, 2, 2, 17, 17, 16, dtype="float16")
+    kernel = load(spec)
+    inp = make_inputs(spec)
+    run = lambda q, k, v: launch.forward(kernel.functions, kernel.launch, q, k, v, None,  # noqa: E731
+                                         **call_args(spec))
+    run(inp.q, inp.k, inp.v)
+    with pytest.raises(ValueError, match="must share one of"):
+        run(inp.q, inp.k.to(torch.bfloat16), inp.v)
+    with pytest.raises(ValueError, match="must be 4-D"):
+        run(inp.q[0], inp.k, inp.v)
+    assert len(launch_plan.PLANS) == 1
+
+
 def test_preallocated_outputs_are_written_but_not_cached():
     spec = AttentionSpec(1, 2, 2, 17, 17, 16, dtype="float32")
     kernel = load(spec)

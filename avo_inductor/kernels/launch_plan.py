@@ -152,12 +152,13 @@ def plan_key(kernel: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mas
              scalars: tuple[Any, ...]) -> tuple[Any, ...]:
     """Everything a forward's launches depend on besides the tensors' contents: the kernel (ids of its functions
     and launch config, kept alive by the plan's ``owner``: hashing Triton functions costs microseconds),
-    ``scalars`` (mask kind, scale, causal, window), dtypes, the device (and the current CUDA device, whose context
-    the compiled kernel is loaded in), shapes, strides and 16-byte alignment of q, k, v and the caller's mask (the
-    view the kernels read is a function of these: launch.mask_operand)."""
+    ``scalars`` (mask kind, scale, causal, window), the current CUDA device (whose context the compiled kernel is
+    loaded in), and the dtypes, devices, shapes, strides and 16-byte alignment of q, k, v and the caller's mask (the
+    view the kernels read is a function of these: launch.mask_operand). A hit skips launch.forward's input checks,
+    so everything they check is in the key: a call that would fail them misses and fails them."""
     current = torch.cuda.current_device() if q.is_cuda else -1
-    masked = () if mask is None else (mask.dtype, mask.shape, mask.stride(), mask.data_ptr() % 16)
-    return (kernel, scalars, q.dtype, q.device, current, masked,
+    masked = () if mask is None else (mask.dtype, mask.device, mask.shape, mask.stride(), mask.data_ptr() % 16)
+    return (kernel, scalars, current, masked, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
             q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(),
             q.data_ptr() % 16, k.data_ptr() % 16, v.data_ptr() % 16)
 
