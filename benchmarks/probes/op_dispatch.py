@@ -1,6 +1,5 @@
 """Probe: host us per call of the ws90 forward behind different op registrations (eager and torch.compile)."""
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -11,8 +10,9 @@ from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
 from avo_inductor.kernels.op import attention, get_kernel, register_kernel  # noqa: E402
 from avo_inductor.kernels.reference import make_inputs  # noqa: E402
 from avo_inductor.kernels.render import default_genome  # noqa: E402
-from avo_inductor.spec import AttentionSpec, HardwareKey  # noqa: E402
+from avo_inductor.spec import HardwareKey  # noqa: E402
 from attention import parse_spec  # noqa: E402
+from launch_overhead import per_call_us  # noqa: E402
 
 spec = parse_spec("4,32,32,1024,128,none", "bfloat16")
 hw = HardwareKey.current()
@@ -51,18 +51,6 @@ def _cop_fake(q, k, v, mask, kernel_id, scale, causal, window, mask_kind):
     return _lean_fake(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)
 
 
-def per_call(fn, calls=300):
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - t0) / calls * 1e6
-    torch.cuda.synchronize()
-    return host, (time.perf_counter() - t0) / calls * 1e6
-
-
 s = q.shape[-1] ** -0.5
 cases = {
     "launch.forward": lambda: launch.forward(loaded.functions, loaded.launch, q, k, v, None, scale=s, causal=False,
@@ -84,5 +72,5 @@ for name, fn in compiled.items():
 for grad in (True, False):
     with torch.set_grad_enabled(grad):
         for name, fn in cases.items():
-            host, total = per_call(fn)
+            host, total = per_call_us(fn)
             print(f"grad={grad!s:5} {name:28} host {host:7.1f} us  total {total:7.1f} us", flush=True)
