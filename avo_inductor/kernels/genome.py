@@ -49,8 +49,7 @@ class KernelGenome:
     device-side tensor descriptors (Hopper's TMA copy engine; the launcher makes K/V rows 16-byte aligned).
     warp_specialize: Triton's automatic warp specialization of the key loop (producer warps load K/V while
     consumer warps compute; Hopper+, where the compiler supports it for the loop body).
-    lazy_rescale: keep a row's stale max until a score exceeds it by 2^8, and rescale the accumulator only in
-    blocks where some row of the tile took a new max (FlashAttention-4's conditional rescaling, tile-wide).
+    lazy_rescale: rescale the accumulator only when the running max grows by more than a threshold.
     kv_splits: split the key sequence across programs (decode, q_len <= 16), reduced by a second kernel.
     pack_gqa: forward only (GQA/MQA): the GROUP q heads sharing a kv head share one program, packed into the rows
     of its query tile (row r = query position r // GROUP of head-in-group r % GROUP), so each K/V block is read

@@ -196,20 +196,6 @@ def _unmasked_probs(qk, m_i, qk_scale):
     return p, alpha, m_new
 
 
-@triton.jit
-def _rescale(acc, alpha, m_old, m_new):
-    """acc * alpha per row. With LAZY_RESCALE the multiply (one per output element, as many per key as the head
-    dim over BLOCK_N: at d64 and 64-key blocks as many as the exponentials) runs only when some row of the tile
-    took a new max: the stale max is kept until a score exceeds it by 2^RESCALE_THRESHOLD, so after the first
-    blocks most skip it (a tile-wide branch; rows whose max stayed have alpha exactly 1)."""
-    if LAZY_RESCALE:
-        if tl.max((m_new > m_old).to(tl.int32), 0) > 0:
-            acc = acc * alpha[:, None]
-    else:
-        acc = acc * alpha[:, None]
-    return acc
-
-
 # EVOLVE-BLOCK-START
 @triton.jit
 def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
@@ -228,10 +214,9 @@ def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
         nxt = tl.multiple_of(tl.minimum(start_n + BLOCK_N, hi - BLOCK_N), BLOCK_N)
         kt = _k_tile(K_src, nxt, nxt + offs_n0, offs_d, stride_kn, stride_kd, hi, HEAD_DIM, BLOCK_D, False)
         qk_next = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-        m_prev = m_i
         p, alpha, m_i = _unmasked_probs(qk, m_i, qk_scale)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = _rescale(acc, alpha, m_prev, m_i)
+        acc = acc * alpha[:, None]
         v = _v_tile(V_src, start_n, start_n + offs_n0, offs_dv, stride_vn, stride_vd, hi, V_HEAD_DIM, BLOCK_DV, False)
         acc = _dot(p.to(v.dtype), v, acc)
         qk = qk_next
@@ -288,7 +273,7 @@ def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, 
                     p = tl.exp(s - m_safe[:, None])
                     alpha = tl.exp(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = _rescale(acc, alpha, m_i, m_new)
+            acc = acc * alpha[:, None]
             v = _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV, V_HEAD_DIM, BLOCK_DV, CHECK_N)
             acc = _dot(p.to(v.dtype), v, acc)
             m_i = m_new
