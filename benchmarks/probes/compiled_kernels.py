@@ -1,5 +1,6 @@
 """Probe: which GPU kernels one compiled avo call runs, and their times (torch.profiler), for the default template of
-a spec; prints Inductor's generated wrapper too (TORCH_LOGS=output_code is noisier)."""
+a spec; prints Inductor's generated wrapper too (TORCH_LOGS=output_code is noisier). ``SPEC train``: a training
+step (forward + backward) instead, beside the same step through SDPA (cuDNN)."""
 import sys
 from pathlib import Path
 
@@ -14,22 +15,42 @@ from avo_inductor.spec import HardwareKey  # noqa: E402
 from attention import parse_spec  # noqa: E402
 
 text = sys.argv[1] if len(sys.argv) > 1 else "16,12,12,1024,64,causal"
+train = len(sys.argv) > 2 and sys.argv[2] == "train"
 spec = parse_spec(text, "bfloat16")
+if train:
+    import dataclasses
+
+    spec = dataclasses.replace(spec, needs_grad=True)
 hw = HardwareKey.current()
 kid = register_kernel(baseline_record(spec, hw, genome=default_genome(spec, hw)))
 inp = make_inputs(spec, "cuda")
+q, k, v = (t.requires_grad_(train) for t in (inp.q, inp.k, inp.v))
 fn = torch.compile(lambda q, k, v: attention(q, k, v, kernel_id=kid, causal=spec.causal), backend="inductor")
-from torch._inductor.utils import run_and_get_code  # noqa: E402
+sdpa = torch.compile(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+    q, k, v, is_causal=spec.causal, enable_gqa=spec.q_heads != spec.kv_heads), backend="inductor")
+do = torch.randn_like(q)
 
-_, codes = run_and_get_code(fn, inp.q, inp.k, inp.v)
-for code in codes:
-    call = code[code.find("def call("):]
-    print(call[:3000])
-for _ in range(20):
-    fn(inp.q, inp.k, inp.v)
-torch.cuda.synchronize()
-with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
-    for _ in range(20):
-        fn(inp.q, inp.k, inp.v)
+
+def step(f):
+    out = f(q, k, v)
+    if train:
+        out.backward(do)
+    return out
+
+
+if not train:
+    from torch._inductor.utils import run_and_get_code
+
+    _, codes = run_and_get_code(fn, q, k, v)
+    for code in codes:
+        print(code[code.find("def call("):][:3000])
+for name, f in (("avo", fn), ("sdpa", sdpa)):
+    for _ in range(10):
+        step(f)
     torch.cuda.synchronize()
-print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step(f)
+        torch.cuda.synchronize()
+    print(f"==== {name}: 10 {'training steps' if train else 'calls'}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
