@@ -43,8 +43,7 @@ def _spec(**kw) -> AttentionSpec:
     ({}, H100, "flash_ws90"),
     ({"causal": True, "kv_heads": 2, "q_len": 4000, "kv_len": 4000}, H100, "flash_ws90"),
     ({"dtype": "float16", "q_len": 1000, "kv_len": 8192}, H100, "flash_ws90"),
-    ({"head_dim": 64}, H100, "flash_ws90"),        # d64 without a mask: 4 stages, persistent
-    ({"head_dim": 64, "causal": True}, H100, "flash_v1"),  # d64 causal: flash_v1 measured ahead
+    ({"head_dim": 64}, H100, "flash_v1"),          # d64: flash_v1 measured ahead
     ({"q_len": 1, "kv_len": 8192}, H100, "flash_v1"),  # decode: split-K
     ({"mask": MaskKind.BIAS}, H100, "flash_ws90"),  # 16-byte bias rows: streamed through TMA
     ({"mask": MaskKind.BIAS, "head_dim": 64, "causal": True}, H100, "flash_ws90"),
@@ -83,14 +82,6 @@ def test_ws90_refuses_what_it_does_not_implement(kw, knobs, problem):
     with pytest.raises(ValueError, match="flash_ws90 cannot render") as info:
         check_renderable(genome, _spec(**kw))
     assert problem in str(info.value)
-
-
-def test_ws90_default_stages_follow_the_head_dim_and_mask():
-    """Four stages at head dim 64 without a mask (measured ahead of two), two at d128 (all that fit) and with a bias
-    (its TMA ring takes the room)."""
-    assert default_genome(_spec(head_dim=64), H100).num_stages == 4
-    assert default_genome(_spec(head_dim=64, mask=MaskKind.BIAS), H100).num_stages == 2
-    assert default_genome(_spec(), H100).num_stages == 2
 
 
 def test_ws90_stage_budget_follows_shared_memory():

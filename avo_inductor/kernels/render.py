@@ -268,10 +268,8 @@ def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     """Whether the default genome for ``spec`` is flash_ws90: an sm_90 GPU, a Gluon with Hopper support, a
     prefill (not decode) spec the template renders with enough work per call to hide the host launch
     (WS90_MIN_FLOPS), and
-      * no mask at head dim 128, or at head dim 64 without a causal mask (4 stages, persistent: 428.6 vs
-        flash_v1's 413.7 TFLOP/s at 8x16x2048, three same-run samples, variants-ws90-d64-stages.csv). Causal d64
-        stays flash_v1 (361 vs 313 at 8x16x2048, 292 vs 233 at 16x12x1024: heaviest-first tiles of 64 rows balance
-        the triangle better than 128-row ping-pong tiles);
+      * no mask at head dim 128. At head dim 64 flash_v1 measured ahead (H100, same run as cuDNN: flash_ws90
+        0.84-0.95x cuDNN against flash_v1's 0.92-0.96x), so the search, not the default, decides there;
       * an additive bias whose rows a contiguous 16-bit bias keeps 16-byte aligned (kv_len a multiple of 8), at
         head dim 64 or 128: the launcher streams it through TMA into QK^T's accumulator (H100, same run:
         418 vs flash_v1's 349 TFLOP/s at 4x32x4096 d128, 282 vs 250 at 8x16x2048 d64,
@@ -287,7 +285,7 @@ def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     if hardware.vendor != "nvidia" or tuple(hardware.capability) != (9, 0) or spec.is_decode:
         return False
     if spec.mask is MaskKind.NONE:
-        if not (spec.head_dim == 128 or (spec.head_dim == 64 and not spec.causal and not spec.window)):
+        if spec.head_dim != 128:
             return False
     elif spec.mask is not MaskKind.BIAS or spec.kv_len % 8:
         return False
@@ -353,11 +351,7 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
         # d128); 1.01-1.04x cuDNN causal, 0.97-1.01x dense at d128 in the final issue-7 run. Persistent (one
         # program per SM walking tiles) without a causal mask: +8% at 4x32x1024, +1.4-2.2% at 4k/8k, but -9% causal,
         # where the heaviest-first tile order of the plain grid balances better (variants-persist.csv, H100).
-        # Head dim 64 without a mask takes 4 stages (147 KB): 428.6 vs flash_v1's 413.7 TFLOP/s at 8x16x2048, mean
-        # of three same-run samples (variants-ws90-d64-stages.csv; 2 stages: 420.8). A d64 bias keeps 2 (288 vs
-        # 278 with 4: its ring takes the room).
-        block_m, block_n, warps, pack = WS90_BLOCK_M, 128, 4, False
-        stages = 4 if d == 64 and spec.mask is MaskKind.NONE else 2
+        block_m, block_n, warps, stages, pack = WS90_BLOCK_M, 128, 4, 2, False
         persistent = not spec.causal and not spec.window
     else:
         persistent = False
