@@ -7,11 +7,11 @@ torch.compile, and under torch.compile's CUDA graphs, mode="reduce-overhead") an
 (the loop without a final synchronize) beside the total per call (with it). When host >= total
 the call is host-bound: the GPU waits for Python. flash_v1 is inlined by Inductor (its kernels are launched from
 Inductor's own code); flash_ws90's Gluon forward is an opaque op (avo::attention_fwd_direct) Inductor calls through
-the dispatcher, which is why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv; ``--profile`` also writes
-launch-profile.txt, cProfile's top functions (by own time) of 200 calls per template and mode: where the host
-time goes. ``--layers`` writes launch-layers.csv: the host time per call of each layer of one eager flash_ws90 call,
-from the held compiled kernel alone up to the public op and the compiled graph, so the cost of each layer is the
-difference between neighbouring rows.
+the dispatcher, which is why render.WS90_MIN_FLOPS keeps small specs on flash_v1. Writes launch-overhead.csv;
+``--profile`` also writes launch-profile.txt, cProfile's top functions (by own time) of 200 calls per template and
+mode: where the host time goes. ``--layers`` writes launch-layers.csv: the host time per call of each layer of
+one eager flash_ws90 call, from the plan's held compiled kernel alone (PlannedLaunch.launch) up to the public op and
+the compiled graph, so the cost of each layer is the difference between neighbouring rows.
 """
 from __future__ import annotations
 
@@ -115,13 +115,10 @@ def layer_rows(spec: AttentionSpec, hardware: HardwareKey, template: str) -> lis
     planned = plan.launches[0]
     table = dict(tensors)
     plan.run(table, None, None, True)  # fills out, lse and the descriptors
-    args = planned._args.copy()
-    for index, role in planned._slots:
-        args[index] = table[role]
     compiled = torch.compile(lambda a, b, c: attention(a, b, c, kernel_id=kid, causal=spec.causal),
                              backend="inductor")
     layers: list[tuple[str, Callable[[], Any]]] = [
-        ("compiled kernel launcher", lambda: planned._runner(*args)),
+        ("compiled kernel launcher", lambda: planned.launch(table, plan.via, True)),
         ("plan.run", lambda: plan.run(dict(tensors), None, None, True)),
         ("launch.forward", lambda: launch.forward(loaded.functions, loaded.launch, q, k, v, None, **call_args)),
         ("avo::attention_fwd", lambda: torch.ops.avo.attention_fwd(q, k, v, None, kid, q.shape[-1] ** -0.5,

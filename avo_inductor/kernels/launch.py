@@ -286,7 +286,7 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     An eager call reuses the launch plan of an earlier call with the same key (launch_plan.py); a traced call,
     or one with ``out``/``lse`` given, builds its plan afresh.
     """
-    eager = out is None and lse is None and _real_tensors(q, k, v, mask)
+    eager = out is None and lse is None and _plain_eager((), (q, k, v, mask))
     key = None
     if eager:  # a plan of the same key passed every check below when it was made: a hit skips them
         key = plan_key((id(fns), id(cfg)), q, k, v, mask, (mask_kind, scale, causal, window))
@@ -304,14 +304,6 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         plan.owner = (fns, cfg)
         PLANS.put(key, plan)
     return result
-
-
-def _real_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
-    """:func:`_plain_eager` for a forward's operands, in the fewest steps (it runs on every call)."""
-    if torch._C._len_torch_dispatch_stack() or torch.compiler.is_compiling():
-        return False
-    return type(q) is torch.Tensor and type(k) is torch.Tensor and type(v) is torch.Tensor and (
-        mask is None or type(mask) is torch.Tensor)
 
 
 def _launch_direct(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Any:

@@ -7,7 +7,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avo_inductor.kernels import launch  # noqa: E402
 from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
-from avo_inductor.kernels.op import attention, get_kernel, register_kernel  # noqa: E402
+from avo_inductor.kernels.op import (  # noqa: E402
+    _attention_fwd_fake, _run_forward, attention, get_kernel, register_kernel)
 from avo_inductor.kernels.reference import make_inputs  # noqa: E402
 from avo_inductor.kernels.render import default_genome  # noqa: E402
 from avo_inductor.spec import HardwareKey  # noqa: E402
@@ -24,31 +25,16 @@ q, k, v = inp.q, inp.k, inp.v
 lib = torch.library.Library("avo_probe", "DEF")
 lib.define("lean(Tensor q, Tensor k, Tensor v, Tensor? mask, str kernel_id, float scale, bool causal, int window, "
            "str mask_kind) -> (Tensor, Tensor)")
-
-
-def lean_impl(q, k, v, mask, kernel_id, scale, causal, window, mask_kind):
-    ld = get_kernel(kernel_id)
-    return launch.forward(ld.functions, ld.launch, q, k, v, mask, scale=scale, causal=causal, window=window,
-                          mask_kind=mask_kind)
-
-
-lib.impl("lean", lean_impl, "CUDA")
-
-
-@torch.library.register_fake("avo_probe::lean")
-def _lean_fake(q, k, v, mask, kernel_id, scale, causal, window, mask_kind):
-    return q.new_empty(q.shape[:3] + (v.shape[3],)), q.new_empty(q.shape[:3], dtype=torch.float32)
+lib.impl("lean", _run_forward, "CUDA")  # the kernel avo::attention_fwd_direct registers
+torch.library.register_fake("avo_probe::lean", _attention_fwd_fake, lib=lib)
 
 
 @torch.library.custom_op("avo_probe::cop", mutates_args=())
 def cop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kernel_id: str, scale: float,
         causal: bool, window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return lean_impl(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)
+    return _run_forward(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)
 
-
-@cop.register_fake
-def _cop_fake(q, k, v, mask, kernel_id, scale, causal, window, mask_kind):
-    return _lean_fake(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)
+cop.register_fake(_attention_fwd_fake)
 
 
 s = q.shape[-1] ** -0.5
@@ -62,8 +48,10 @@ cases = {
     "avo::attention": lambda: attention(q, k, v, kernel_id=kid),
 }
 compiled = {
-    "compiled lean": torch.compile(lambda a, b, c: torch.ops.avo_probe.lean(a, b, c, None, kid, s, False, 0, "none")[0]),
-    "compiled custom_op": torch.compile(lambda a, b, c: torch.ops.avo_probe.cop(a, b, c, None, kid, s, False, 0, "none")[0]),
+    "compiled lean": torch.compile(
+        lambda a, b, c: torch.ops.avo_probe.lean(a, b, c, None, kid, s, False, 0, "none")[0]),
+    "compiled custom_op": torch.compile(
+        lambda a, b, c: torch.ops.avo_probe.cop(a, b, c, None, kid, s, False, 0, "none")[0]),
     "compiled avo::attention": torch.compile(lambda a, b, c: attention(a, b, c, kernel_id=kid)),
     "compiled q+1 (floor)": torch.compile(lambda a, b, c: a + 1),
 }

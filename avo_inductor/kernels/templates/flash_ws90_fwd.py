@@ -12,10 +12,11 @@ Softmax in base 2 with log2(e) folded into qk_scale. Masks: none or causal (bott
 past the diagonal or the key length are masked only where a block reaches them; MASK_KIND 1 adds a bias tile
 (BIAS_TMA: the loader streams each warpgroup's bias tiles through TMA into a BIAS_STAGES-deep ring of its own,
 read from shared memory into QK^T's initial accumulator; otherwise pointer loads in the scores' layout, issued
-while QK^T runs), 3 ALiBi (the slope of the q head). GQA: q head h reads kv head h // GROUP. Rows with no allowed key write 0 and LSE +inf; LSE is natural-log, contiguous
-(B, H_Q, N_Q). HEAVY_FIRST (causal: each head's last query tiles start first) and PERSISTENT (one program per SM
-walking tiles, its loader streaming the next tile's Q, K and V while the math warpgroups finish the current one)
-are the genome constants of the flash_v1 module this text is appended to.
+while QK^T runs), 3 ALiBi (the slope of the q head). GQA: q head h reads kv head h // GROUP. Rows with no allowed
+key write 0 and LSE +inf; LSE is natural-log, contiguous (B, H_Q, N_Q). HEAVY_FIRST (causal: each head's last
+query tiles start first) and PERSISTENT (one program per SM walking tiles, its loader streaming the next tile's Q,
+K and V while the math warpgroups finish the current one) are the genome constants of the flash_v1 module this
+text is appended to.
 
 Launcher ABI (launch grid "ws90", see launch.py): host TensorDescriptors over the 4-d (B, H, N, D) q/k/v with
 blocks [1, 1, BLOCK_M, D] (Q) and [1, 1, BLOCK_N, D] (K, V), with BIAS_TMA one over the bias with block
