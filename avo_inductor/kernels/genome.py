@@ -28,6 +28,7 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "pack_gqa": (False, True),
     "heavy_first": (False, True),
     "overlap_qk": (False, True),
+    "alibi_mma": (False, True),
     "bwd_block_m": (16, 32, 64, 128),
     "bwd_block_n": (16, 32, 64, 128),
     "bwd_num_warps": (2, 4, 8),
@@ -59,6 +60,10 @@ class KernelGenome:
     overlap_qk: forward key blocks without masks issue the next block's QK^T matmul before this block's softmax
     (FlashAttention-3's intra-warpgroup overlap: the tensor cores work while the softmax runs), one extra QK^T per
     query tile (the last block's, recomputed and dropped).
+    alibi_mma: ALiBi's per-key term on the key blocks wholly left (or wholly right) of a query tile's diagonal comes
+    out of the tensor cores, as a second QK^T matmul of depth 16 (the slope against the key's offset in its block),
+    and the rest of the bias is a per-row offset: those blocks cost the softmax no more than unmasked ones (the
+    vector add it replaces is one more instruction per score, where head dim 64 is bound by instruction issue).
     bwd_*: the same for the backward kernels; bwd_transposed: dK/dV from S^T = K Q^T (no register transposes,
     the Triton tutorial's form); bwd_dq_swap: the dq kernel takes the tiles swapped (large query tile);
     bwd_dq_atomic: dq accumulated by the dK/dV kernel with fp32 atomic adds (FlashAttention-2's form: 5 tile matmuls
@@ -81,6 +86,7 @@ class KernelGenome:
     pack_gqa: bool = False
     heavy_first: bool = False
     overlap_qk: bool = False
+    alibi_mma: bool = False
     bwd_block_m: int = 32
     bwd_block_n: int = 64
     bwd_num_warps: int = 4

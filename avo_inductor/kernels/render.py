@@ -1,7 +1,7 @@
 """KernelGenome -> Triton source + launch config (the only place knobs turn into code).
 
 Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, bwd_transposed, pack_gqa,
-heavy_first, use_tma, bwd_dq_atomic, overlap_qk)
+heavy_first, use_tma, bwd_dq_atomic, overlap_qk, alibi_mma)
 become module constants of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py);
 launch-level knobs (tiles, warps, stages, kv_splits, even_fast_path, grid rule, bwd_dq_swap, bwd_dq_atomic (which
 also renders), and pack_gqa again,
@@ -87,7 +87,8 @@ def _constants_block(genome: KernelGenome) -> str:
               "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
               "WARP_SPECIALIZE": genome.warp_specialize, "BWD_TRANSPOSED": genome.bwd_transposed,
               "PACK_GQA": genome.pack_gqa, "HEAVY_FIRST": genome.heavy_first, "USE_TMA": genome.use_tma,
-              "BWD_DQ_ATOMIC": genome.bwd_dq_atomic, "OVERLAP_QK": genome.overlap_qk}
+              "BWD_DQ_ATOMIC": genome.bwd_dq_atomic, "OVERLAP_QK": genome.overlap_qk,
+              "ALIBI_MMA": genome.alibi_mma}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
@@ -137,7 +138,8 @@ def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
     smem = ws90_smem_bytes(genome, spec.head_dim)
     if genome.num_stages < 2 or smem > _SMEM_LIMIT - _SMEM_SCRATCH:
         problems.append(f"{genome.num_stages} stages ({smem} bytes of shared memory)")
-    flash_v1_only = [k for k in ("use_tma", "warp_specialize", "lazy_rescale", "pack_gqa", "overlap_qk")
+    flash_v1_only = [k for k in ("use_tma", "warp_specialize", "lazy_rescale", "pack_gqa", "overlap_qk",
+                                      "alibi_mma")
                      if getattr(genome, k)]
     if genome.kv_splits != 1 or flash_v1_only:
         problems.append(f"flash_v1 forward knobs {flash_v1_only + (['kv_splits'] if genome.kv_splits != 1 else [])}")
@@ -356,8 +358,11 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     else:
         persistent = False
     kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode and template == "flash_v1" else 1
+    # ALiBi's one-sided key blocks take their per-key term from the tensor cores (flash_v1; see genome.py).
+    alibi_mma = template == "flash_v1" and spec.mask is MaskKind.ALIBI
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages, template=template,
                         kv_splits=kv_splits, pack_gqa=pack, heavy_first=True, persistent=persistent,
+                        alibi_mma=alibi_mma,
                         bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
                         bwd_block_n=min(bwd_n, next_power_of_two(spec.kv_len)), bwd_num_warps=bwd_warps,
                         bwd_num_stages=bwd_stages, bwd_transposed=transposed, bwd_dq_swap=swap)

@@ -12,6 +12,8 @@ no address arithmetic in the warps; out-of-range rows read as zero); the launche
 16-byte aligned rows and sets Triton's scratch allocator. HEAVY_FIRST (causal): tiles are visited in reverse
 query order, so the tiles with the most key blocks start first and the last wave holds the light ones.
 OVERLAP_QK: key blocks without masks issue the next block's QK^T before this block's softmax (_fwd_inner_overlap).
+ALIBI_MMA: ALiBi blocks wholly on one side of a tile's diagonal take their per-key term from a depth-16 matmul
+(_fwd_inner_alibi_mma), so their softmax is the unmasked one plus per-row work.
 """
 import triton
 import triton.language as tl
@@ -28,6 +30,7 @@ HEAVY_FIRST = tl.constexpr(False)
 USE_TMA = tl.constexpr(False)
 BWD_DQ_ATOMIC = tl.constexpr(False)
 OVERLAP_QK = tl.constexpr(False)
+ALIBI_MMA = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -224,6 +227,63 @@ def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
 
 
 @triton.jit
+def _alibi_mma_operands(slope, sm_scale, dtype: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(qx (BLOCK_M, 16), -qx, kx (16, BLOCK_N)) in ``dtype`` with qx @ kx = (slope / sm_scale) * j for the key j of
+    a block, in QK^T's units: j < 256 is exact in 16-bit floats, and the factor goes in as three 16-bit pieces (24
+    bits, fp32's precision), whose products with j the matmul adds exactly in fp32. -qx is negated in fp32 (the
+    CPU interpreter keeps bf16 as raw bits, which a bf16 negation would corrupt)."""
+    u = slope / sm_scale
+    u1 = u.to(dtype).to(tl.float32)
+    r = u - u1
+    u2 = r.to(dtype).to(tl.float32)
+    u3 = (r - u2).to(dtype).to(tl.float32)
+    cols = tl.arange(0, 16)[None, :]
+    row = tl.where(cols == 0, u1, tl.where(cols == 1, u2, tl.where(cols == 2, u3, 0.0)))
+    qx = tl.zeros([BLOCK_M, 16], dtype=tl.float32) + row
+    rows = tl.arange(0, 16)[:, None]
+    kx = tl.where(rows < 3, tl.arange(0, BLOCK_N)[None, :].to(tl.float32), 0.0).to(dtype)
+    return qx.to(dtype), (-qx).to(dtype), kx
+
+
+@triton.jit
+def _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, lo, hi,
+                         stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale, side_w, c0, row_term,
+                         HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr):
+    """ALiBi key blocks [lo, hi) wholly on one side of every row's diagonal (ALIBI_MMA): their scores, in the
+    tile's shifted units (see _fwd_tile), are qk * qk_scale + side_w * j + gamma, j the key's offset in its block
+    and gamma = side_w * (start_n - c0) + row_term per row (side_w = +-w: +w left of the diagonal with row_term 0,
+    -w right of it with row_term 2 * row_shift). qx @ kx adds side_w * j to QK^T on the tensor cores; gamma, one
+    value per row, folds into the row max and the exponent's offset, so each score costs what an unmasked one
+    does (_unmasked_probs)."""
+    offs_n0 = tl.arange(0, BLOCK_N)
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_n = start_n + offs_n0
+        kt = _k_tile(K_src, start_n, offs_n, offs_d, stride_kn, stride_kd, N_KV, HEAD_DIM, BLOCK_D, CHECK_N)
+        qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        qk = _dot(qx, kx, qk)
+        if CHECK_N:
+            qk = tl.where((offs_n < N_KV)[None, :], qk, float("-inf"))
+        gamma = row_term + side_w * (start_n - c0).to(tl.float32)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale + gamma)
+        if LAZY_RESCALE:
+            m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
+        if USE_EXP2:
+            p = tl.math.exp2(qk * qk_scale - (m_new - gamma)[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+        else:
+            p = tl.exp(qk * qk_scale - (m_new - gamma)[:, None])
+            alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV, V_HEAD_DIM, BLOCK_DV, CHECK_N)
+        acc = _dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift,
@@ -349,6 +409,11 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
     else:
         alibi_w = 0.0
         row_shift = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # ALIBI_MMA: the per-key part of those one-sided blocks' term from the tensor cores (_fwd_inner_alibi_mma).
+    USE_ALIBI_MMA: tl.constexpr = ALIBI_SHIFT and ALIBI_MMA
+    if USE_ALIBI_MMA:
+        qx, neg_qx, kx = _alibi_mma_operands(slope, tl.cast(sm_scale, tl.float32), q.dtype, BLOCK_M, BLOCK_N)
+        no_rows = tl.zeros([BLOCK_M], dtype=tl.float32)  # row term of the blocks left of the diagonal
     SIDE_LEFT: tl.constexpr = 1 if ALIBI_SHIFT else 0  # causal: every unmasked key is left of its row's diagonal
     SIDE_BAND: tl.constexpr = 3 if ALIBI_SHIFT else 0
     if SPLITS > 1:
@@ -375,10 +440,17 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
                                        stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                                        N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
                                        BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, True, False, SIDE_LEFT)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, mid_lo, full_hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, SIDE_LEFT)
+        if USE_ALIBI_MMA:
+            acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, mid_lo,
+                                                 full_hi, stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale,
+                                                 alibi_w, c0, no_rows, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                                 BLOCK_DV, BLOCK_M, BLOCK_N, False)
+        else:
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, mid_lo,
+                                       full_hi, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
+                                       slope, N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM,
+                                       V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False,
+                                       False, SIDE_LEFT)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, full_hi, hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                                    N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
@@ -389,18 +461,30 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
         # the tile's diagonal crosses, and the blocks starting after its last row's diagonal key.
         left_hi = tl.minimum(tl.maximum((c0 + 1) // BLOCK_N * BLOCK_N, lo), hi)
         right_lo = tl.minimum(tl.maximum(tl.cdiv(q_hi + (N_KV - N_Q), BLOCK_N) * BLOCK_N, left_hi), hi)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, left_hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, 1)
+        if USE_ALIBI_MMA:
+            acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, lo,
+                                                 left_hi, stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale,
+                                                 alibi_w, c0, no_rows, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                                 BLOCK_DV, BLOCK_M, BLOCK_N, False)
+        else:
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, left_hi,
+                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                       N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                       BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, 1)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, left_hi, right_lo,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
                                    N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
                                    BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 3)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, right_lo, hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 2)
+        if USE_ALIBI_MMA:
+            acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, neg_qx, kx, K_src, V_src, offs_d, offs_dv, right_lo,
+                                                 hi, stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale,
+                                                 -alibi_w, c0, 2.0 * row_shift, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                                 BLOCK_DV, BLOCK_M, BLOCK_N, not EVEN_N)
+        else:
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, right_lo, hi,
+                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
+                                       N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                       BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 2)
     else:
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
                                    stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
