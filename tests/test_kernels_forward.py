@@ -56,6 +56,15 @@ CASES = [
     (4, 4, 1, 1000, 40, 40, "float32", False, None, "alibi", {"alibi_mma": True, "kv_splits": 4,
                                                               "pack_gqa": False}),
     (2, 2, 64, 64, 64, 64, "bfloat16", False, None, "alibi", {"alibi_mma": True, "even_fast_path": True}),
+    # alibi_bound: tiles skip keys whose decay provably weighs nothing (kept where N_Q > N_KV); with alibi_mma,
+    # base e, splits, causal and a window
+    (2, 1, 113, 1000, 24, 24, "float32", False, None, "alibi", {"alibi_bound": True}),
+    (2, 2, 113, 1000, 40, 40, "bfloat16", True, None, "alibi", {"alibi_bound": True, "alibi_mma": True}),
+    (2, 2, 64, 1000, 72, 72, "float16", False, None, "alibi", {"alibi_bound": True, "exp2": False}),
+    (4, 4, 1, 1000, 40, 40, "float32", False, None, "alibi", {"alibi_bound": True, "kv_splits": 4,
+                                                              "pack_gqa": False}),
+    (2, 2, 113, 17, 40, 40, "bfloat16", False, None, "alibi", {"alibi_bound": True}),
+    (2, 1, 113, 1000, 40, 40, "bfloat16", True, 100, "alibi", {"alibi_bound": True}),
     # overlap_qk: the next block's QK^T before this block's softmax, on unmasked blocks (even lengths; causal and
     # window full blocks; an empty full-block range; splits; descriptors); masked blocks keep the plain loop
     (2, 2, 64, 128, 32, 32, "float16", False, None, "none", {"overlap_qk": True, "even_fast_path": True}),
@@ -306,3 +315,49 @@ def test_key_keep_vector_skips_masked_ends(keep_at, knobs):
     ref = attention_reference(inp.q, inp.k, inp.v, mask=mask, **call_args(spec))
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
     assert torch.isposinf(lse[2]).all() == (keep_at == "none")
+
+
+@pytest.mark.parametrize("dtype,causal,knobs", [
+    ("float32", False, {}),
+    ("bfloat16", False, {"alibi_mma": True}),
+    ("float16", True, {"exp2": False}),
+])
+def test_alibi_bound_skips_keys_that_weigh_nothing(dtype, causal, knobs):
+    """Steep slopes (2 and 4 per key): keys beyond ~40 positions of a row weigh < 2^-36 of its sum, so the bounded
+    kernel must not read their V at all, proven by V poisoned with NaN there (a kernel that reads them returns
+    NaN), and must still match the float64 reference over the unpoisoned values to the dtype's tolerance."""
+    spec = AttentionSpec(1, 2, 2, 64, 1000, 32, dtype=dtype, causal=causal, mask="alibi")
+    inp = fresh(spec)
+    slopes = torch.tensor([2.0, 4.0])
+    far = torch.arange(spec.kv_len) < spec.kv_len - spec.q_len - 200  # keys >= 200 before every row's diagonal
+    ref = attention_reference(inp.q, inp.k, inp.v, mask=slopes, **call_args(spec))
+    v = inp.v.clone()
+    v[:, :, far] = float("nan")
+    kernel = load(spec, alibi_bound=True, **knobs)
+    out = torch.full((1, 2, spec.q_len, 32), float("nan"), dtype=spec.torch_dtype)
+    lse = torch.full((1, 2, spec.q_len), float("nan"))
+    launch.forward(kernel.functions, kernel.launch, inp.q, inp.k, v, slopes, out=out, lse=lse, **call_args(spec))
+    atol, rtol = tolerance(dtype)
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("scale_qk", [3.0, 30.0, 1e4])
+def test_alibi_bound_keeps_every_key_when_scores_could_outweigh_the_decay(scale_qk):
+    """q and k scaled up, the first keys aligned with query 0 (its largest scores lie far from its diagonal): the
+    Cauchy-Schwarz bound then reaches past the sequence (at 1e4 it overflows), so no key may be skipped: the
+    bounded kernel returns exactly the unbounded one's output, which far keys dominate (float64 reference, up to
+    fp32's own error at scores this large)."""
+    spec = AttentionSpec(1, 2, 2, 33, 300, 16, dtype="float32", mask="alibi")
+    inp = fresh(spec)
+    q, k = inp.q * scale_qk, inp.k * scale_qk
+    k[:, :, :5] = q[:, :, :1] * 3
+    slopes = torch.tensor([0.5, 0.05])
+    outs = []
+    for bound in (True, False):
+        kernel = load(spec, alibi_bound=bound)
+        outs.append(launch.forward(kernel.functions, kernel.launch, q, k, inp.v, slopes, **call_args(spec))[0])
+    assert torch.isfinite(outs[0]).all() and torch.equal(outs[0], outs[1])
+    if scale_qk < 100:
+        ref = attention_reference(q, k, inp.v, mask=slopes, **call_args(spec))
+        torch.testing.assert_close(outs[0].double(), ref, atol=2e-3, rtol=2e-3)

@@ -29,6 +29,7 @@ GENOME_SPACE: dict[str, tuple[Any, ...]] = {
     "heavy_first": (False, True),
     "overlap_qk": (False, True),
     "alibi_mma": (False, True),
+    "alibi_bound": (False, True),
     "bwd_block_m": (16, 32, 64, 128),
     "bwd_block_n": (16, 32, 64, 128),
     "bwd_num_warps": (2, 4, 8),
@@ -64,6 +65,9 @@ class KernelGenome:
     out of the tensor cores, as a second QK^T matmul of depth 16 (the slope against the key's offset in its block),
     and the rest of the bias is a per-row offset: those blocks cost the softmax no more than unmasked ones (the
     vector add it replaces is one more instruction per score, where head dim 64 is bound by instruction issue).
+    alibi_bound: ALiBi query tiles skip the keys whose decay provably leaves them under 2^-(26 + log2 N_kv) of the
+    row's softmax sum, from a Cauchy-Schwarz bound on the scores (the launcher passes each head's largest key
+    norm): exact to fp32 rounding for any inputs, and steep slopes then read a band around the diagonal only.
     bwd_*: the same for the backward kernels; bwd_transposed: dK/dV from S^T = K Q^T (no register transposes,
     the Triton tutorial's form); bwd_dq_swap: the dq kernel takes the tiles swapped (large query tile);
     bwd_dq_atomic: dq accumulated by the dK/dV kernel with fp32 atomic adds (FlashAttention-2's form: 5 tile matmuls
@@ -87,6 +91,7 @@ class KernelGenome:
     heavy_first: bool = False
     overlap_qk: bool = False
     alibi_mma: bool = False
+    alibi_bound: bool = False
     bwd_block_m: int = 32
     bwd_block_n: int = 64
     bwd_num_warps: int = 4

@@ -12,6 +12,8 @@ Forward ``{entry}`` (all arguments by keyword, in this order):
     3 alibi slopes), EVEN_M, EVEN_N (lengths divide the tiles; only with even_fast_path), SPLITS.
   MASK is a (B, Hq, Nq, Nk)-broadcast view (stride 0 on broadcast dims); padding becomes a keep-mask with
   strides (sb, 0, 0, sn); alibi passes the (Hq,) fp32 slopes with strides (0, s, 0, 0); none passes Q, all 0.
+  With launch["alibi_bound"] the alibi operand is one contiguous fp32 buffer (s = 1): the Hq slopes, then the
+  largest key norm ||k_j|| of each (batch, kv head), B * Hkv values, batch-major.
   LSE is contiguous fp32 (B, Hq * SPLITS, Nq), natural log, +inf for rows with no allowed key.
   With SPLITS > 1, O is a contiguous fp32 (B, Hq * SPLITS, Nq, Dv) partial buffer (head index h * SPLITS + s)
   and ``{entry}_reduce``(OP, LSEP, O, LSE, stride_o{b,h,m,d}, BATCH, H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV,
@@ -97,8 +99,9 @@ class LaunchConfig:
     the forward packs GQA groups into its row tiles (``pack_gqa``) and whether the dq kernel takes the
     backward tiles swapped (``bwd_dq_swap``: dq tiles (BWD_BLOCK_N, BWD_BLOCK_M), the Triton tutorial's large
     query tile for dq and large key tile for dk/dv) and whether the forward reads K/V through tensor descriptors
-    (``tma``: the launcher hands it 16-byte aligned rows and a scratch allocator), and whether dk/dv's kernel also
-    accumulates dq (``bwd_dq_atomic``: DQ is a zeroed fp32 buffer, no dq kernel runs); all optional, default false."""
+    (``tma``: the launcher hands it 16-byte aligned rows and a scratch allocator), whether dk/dv's kernel also
+    accumulates dq (``bwd_dq_atomic``: DQ is a zeroed fp32 buffer, no dq kernel runs) and whether the forward's
+    ALiBi operand carries the key norms after the slopes (``alibi_bound``); all optional, default false."""
 
     grid: str = "fwd"
     block_m: int = 64
@@ -116,6 +119,7 @@ class LaunchConfig:
     bwd_dq_swap: bool = False
     tma: bool = False
     bwd_dq_atomic: bool = False
+    alibi_bound: bool = False
 
     def __post_init__(self) -> None:
         if self.grid not in GRID_RULES or self.bwd_grid not in BWD_GRID_RULES:
@@ -128,7 +132,7 @@ class LaunchConfig:
             raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
         if self.grid in WS90_GRIDS and (self.num_warps != 4 or self.pack_gqa or self.tma):
             raise ValueError(f"grid {self.grid!r} runs 4-warp math warpgroups without pack_gqa or tma")
-        for name in ("pack_gqa", "bwd_dq_swap", "tma", "bwd_dq_atomic"):
+        for name in ("pack_gqa", "bwd_dq_swap", "tma", "bwd_dq_atomic", "alibi_bound"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"launch {name} must be a bool; got {getattr(self, name)!r}")
 
@@ -138,7 +142,8 @@ class LaunchConfig:
                 "num_stages": "num_stages", "kv_splits": "kv_splits", "even_fast_path": "even_fast_path",
                 "bwd_grid": "bwd_grid", "BWD_BLOCK_M": "bwd_block_m", "BWD_BLOCK_N": "bwd_block_n",
                 "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages", "pack_gqa": "pack_gqa",
-                "bwd_dq_swap": "bwd_dq_swap", "tma": "tma", "bwd_dq_atomic": "bwd_dq_atomic"}
+                "bwd_dq_swap": "bwd_dq_swap", "tma": "tma", "bwd_dq_atomic": "bwd_dq_atomic",
+                "alibi_bound": "alibi_bound"}
         unknown = set(launch) - set(keys)
         if unknown:
             raise ValueError(f"unknown launch key(s) {sorted(unknown)}; known {sorted(keys)}")
@@ -213,8 +218,10 @@ def _for_descriptors(t: torch.Tensor, full_rank: bool = False) -> torch.Tensor:
     return t
 
 
-def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_kv: Any) -> tuple[torch.Tensor, tuple[Any, ...], int]:
-    """(tensor, 4 strides, MASK_KIND code) as the kernels read the mask; views only, no copies but alibi's cast."""
+def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_kv: Any,
+                 alibi_keys: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[Any, ...], int]:
+    """(tensor, 4 strides, MASK_KIND code) as the kernels read the mask; views only, no copies but alibi's cast.
+    ``alibi_keys``: the K of a launch["alibi_bound"] forward, whose per-head largest key norms follow the slopes."""
     if mask_kind not in MASK_KINDS:
         raise ValueError(f"mask_kind must be one of {MASK_KINDS}; got {mask_kind!r}")
     code = MASK_CODES[mask_kind]
@@ -227,6 +234,9 @@ def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_k
         slopes = mask.reshape(-1).to(torch.float32)
         if slopes.shape[0] != hq:
             raise ValueError(f"alibi slopes must have one value per q head ({hq}); got shape {tuple(mask.shape)}")
+        if alibi_keys is not None:
+            norms = torch.linalg.vector_norm(alibi_keys, dim=-1, dtype=torch.float32).amax(dim=-1)
+            slopes = torch.cat([slopes, norms.reshape(-1)])
         return slopes, (0, slopes.stride(0), 0, 0), code
     if mask_kind == "padding":
         if mask.dim() != 2 or mask.dtype != torch.bool:
@@ -292,10 +302,10 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
         key = plan_key((id(fns), id(cfg)), q, k, v, mask, (mask_kind, scale, causal, window))
         plan = PLANS.get(key)
         if plan is not None:
-            m = mask_operand(q, mask, mask_kind, k.shape[2])[0]
+            m = mask_operand(q, mask, mask_kind, k.shape[2], k if cfg.alibi_bound else None)[0]
             return plan.run({"q": q, "k": k, "v": v, "mask": m}, None, None, True)
     _check_qkv(q, k, v)  # before anything indexes their shapes: a clear error for a bad call
-    m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2])
+    m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2], k if cfg.alibi_bound else None)
     tensors = {"q": q, "k": k, "v": v, "mask": m}
     plan = _plan_forward(fns, cfg, tensors, m_strides, code, scale=scale, causal=causal, window=window,
                          mask_kind=mask_kind, out_strides=None if out is None else tuple(out.stride()))

@@ -1,7 +1,7 @@
 """KernelGenome -> Triton source + launch config (the only place knobs turn into code).
 
 Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, bwd_transposed, pack_gqa,
-heavy_first, use_tma, bwd_dq_atomic, overlap_qk, alibi_mma)
+heavy_first, use_tma, bwd_dq_atomic, overlap_qk, alibi_mma, alibi_bound)
 become module constants of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py);
 launch-level knobs (tiles, warps, stages, kv_splits, even_fast_path, grid rule, bwd_dq_swap, bwd_dq_atomic (which
 also renders), and pack_gqa again,
@@ -88,7 +88,7 @@ def _constants_block(genome: KernelGenome) -> str:
               "WARP_SPECIALIZE": genome.warp_specialize, "BWD_TRANSPOSED": genome.bwd_transposed,
               "PACK_GQA": genome.pack_gqa, "HEAVY_FIRST": genome.heavy_first, "USE_TMA": genome.use_tma,
               "BWD_DQ_ATOMIC": genome.bwd_dq_atomic, "OVERLAP_QK": genome.overlap_qk,
-              "ALIBI_MMA": genome.alibi_mma}
+              "ALIBI_MMA": genome.alibi_mma, "ALIBI_BOUND": genome.alibi_bound}
     body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
     return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
@@ -139,7 +139,7 @@ def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
     if genome.num_stages < 2 or smem > _SMEM_LIMIT - _SMEM_SCRATCH:
         problems.append(f"{genome.num_stages} stages ({smem} bytes of shared memory)")
     flash_v1_only = [k for k in ("use_tma", "warp_specialize", "lazy_rescale", "pack_gqa", "overlap_qk",
-                                      "alibi_mma")
+                                      "alibi_mma", "alibi_bound")
                      if getattr(genome, k)]
     if genome.kv_splits != 1 or flash_v1_only:
         problems.append(f"flash_v1 forward knobs {flash_v1_only + (['kv_splits'] if genome.kv_splits != 1 else [])}")
@@ -192,6 +192,7 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
         "even_fast_path": genome.even_fast_path,
         "pack_gqa": genome.pack_gqa,
         "tma": genome.use_tma,
+        "alibi_bound": genome.alibi_bound,
         "bwd_grid": "bwd",
         "BWD_BLOCK_M": genome.bwd_block_m,
         "BWD_BLOCK_N": genome.bwd_block_n,
@@ -320,7 +321,8 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     pack = spec.is_decode and spec.q_heads != spec.kv_heads
     if _is_cpu(hardware) and template != "flash_ws90":  # a pinned flash_ws90 stays one (it runs on sm_90 only)
         return KernelGenome(block_m=16, block_n=16, num_warps=4, num_stages=1, pack_gqa=pack, bwd_block_m=16,
-                            bwd_block_n=16, bwd_num_warps=4, bwd_num_stages=1)
+                            bwd_block_n=16, bwd_num_warps=4, bwd_num_stages=1,
+                            alibi_bound=spec.mask is MaskKind.ALIBI)
     d = max(spec.head_dim, spec.v_head_dim or spec.head_dim)
     wide = spec.dtype == "float32" or d > 128
     block_m, block_n = (64, 32) if wide else (128, 64)
@@ -358,11 +360,12 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     else:
         persistent = False
     kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode and template == "flash_v1" else 1
-    # ALiBi's one-sided key blocks take their per-key term from the tensor cores (flash_v1; see genome.py).
-    alibi_mma = template == "flash_v1" and spec.mask is MaskKind.ALIBI
+    # ALiBi (flash_v1; see genome.py): the one-sided key blocks' per-key term from the tensor cores, and no keys
+    # the slopes provably silence.
+    alibi_mma = alibi_bound = template == "flash_v1" and spec.mask is MaskKind.ALIBI
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages, template=template,
                         kv_splits=kv_splits, pack_gqa=pack, heavy_first=True, persistent=persistent,
-                        alibi_mma=alibi_mma,
+                        alibi_mma=alibi_mma, alibi_bound=alibi_bound,
                         bwd_block_m=min(bwd_m, next_power_of_two(spec.q_len)),
                         bwd_block_n=min(bwd_n, next_power_of_two(spec.kv_len)), bwd_num_warps=bwd_warps,
                         bwd_num_stages=bwd_stages, bwd_transposed=transposed, bwd_dq_swap=swap)

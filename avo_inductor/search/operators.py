@@ -22,7 +22,7 @@ _BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages", "
 # causal_split still shape the backward it borrows from flash_v1, so they stay searched when the spec trains.
 _WS90_FIXED = {"block_m": (64,), "num_warps": (4,), "block_n": (64, 128), "num_stages": (2, 3, 4)}
 _WS90_FROZEN = ("even_fast_path", "use_tma", "warp_specialize", "lazy_rescale", "kv_splits", "pack_gqa",
-                "overlap_qk", "alibi_mma")
+                "overlap_qk", "alibi_mma", "alibi_bound")
 
 
 def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None,
@@ -32,7 +32,7 @@ def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None,
     Why each cut: a tile larger than next_pow2(length) only computes masked-out padding (the forward's rows are
     q_len * GQA group when pack_gqa can pack them); kv_splits is the decode (q_len <= 16) split-K and must leave
     every split at least one key tile; causal_split is a no-op without a causal mask (left frozen); pack_gqa needs
-    q heads sharing a kv head (GQA/MQA), else it is frozen False; alibi_mma changes ALiBi kernels only; backward
+    q heads sharing a kv head (GQA/MQA), else it is frozen False; the alibi_ knobs change ALiBi kernels only; backward
     tiles matter only when the spec needs grad; TMA and warp specialization need Hopper (sm90+) and do not exist in
     the CPU interpreter. A knob left with a single value is frozen (not mutated). ``template`` flash_ws90 narrows the
     forward knobs to what that template renders (_WS90_FIXED; shared-memory fit is left to its renderability check).
@@ -56,7 +56,7 @@ def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None,
             allowed = tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
         elif knob in ("causal_split", "heavy_first") and not (spec.causal or spec.window):
             continue
-        elif knob == "alibi_mma" and spec.mask is not MaskKind.ALIBI:
+        elif knob in ("alibi_mma", "alibi_bound") and spec.mask is not MaskKind.ALIBI:
             continue
         elif knob == "pack_gqa":
             allowed = values if gqa else (False,)

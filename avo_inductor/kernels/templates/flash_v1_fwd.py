@@ -14,6 +14,8 @@ query order, so the tiles with the most key blocks start first and the last wave
 OVERLAP_QK: key blocks without masks issue the next block's QK^T before this block's softmax (_fwd_inner_overlap).
 ALIBI_MMA: ALiBi blocks wholly on one side of a tile's diagonal take their per-key term from a depth-16 matmul
 (_fwd_inner_alibi_mma), so their softmax is the unmasked one plus per-row work.
+ALIBI_BOUND: ALiBi tiles skip the keys too far from every row's diagonal to weigh anything (_alibi_span): MASK holds
+the slopes followed by each (batch, kv head)'s largest key norm (launch["alibi_bound"]).
 """
 import triton
 import triton.language as tl
@@ -31,6 +33,7 @@ USE_TMA = tl.constexpr(False)
 BWD_DQ_ATOMIC = tl.constexpr(False)
 OVERLAP_QK = tl.constexpr(False)
 ALIBI_MMA = tl.constexpr(False)
+ALIBI_BOUND = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -140,6 +143,32 @@ def _kv_range(start_m, N_Q, N_KV, window, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
               IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
     """Key range [lo, hi) the query tile of positions [start_m, start_m + BLOCK_M) can see (see _kv_span)."""
     return _kv_span(start_m, start_m + BLOCK_M, N_Q, N_KV, window, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
+
+
+@triton.jit
+def _alibi_span(q, KEY_NORMS, lo, hi, c_first, c_last, N_Q, N_KV, qk_scale, alibi_w, BLOCK_N: tl.constexpr):
+    """[lo, hi) narrowed, for ALiBi (one slope per program, alibi_w > 0 in score units), to the keys within
+    distance r of the diagonal keys [c_first, c_last] of the tile's rows, outside which every key provably weighs
+    under 2^-(26 + log2 N_KV) of its row's softmax sum (together under 2^-26: below fp32's resolution).
+
+    Why it holds for any inputs: |score| <= u = max ||q_i|| * max ||k_j|| * scale (Cauchy-Schwarz; KEY_NORMS holds
+    the head's largest key norm), so the row's max is at least the score of its own diagonal key, >= -u, and a key
+    at distance d scores at most u - w * d: its weight relative to the max is below 2^-t once d >= (2u + t) / w.
+    Needs every row's diagonal key allowed (N_Q <= N_KV; causal and windows allow it); otherwise [lo, hi) is kept,
+    as it is for a bound that overflows or is not a number."""
+    qf = q.to(tl.float32)
+    q_norm = tl.sqrt(tl.max(tl.sum(qf * qf, 1), 0))
+    u = q_norm * tl.load(KEY_NORMS).to(tl.float32) * qk_scale * 1.001  # the margin covers the norms' rounding
+    n_kv = tl.zeros([], dtype=tl.float32) + N_KV  # (N_KV may arrive as a constexpr 1)
+    t = 26.0 + tl.math.log2(n_kv)
+    if not USE_EXP2:
+        t = t * LN2
+    r = (2.0 * u + t) / alibi_w
+    narrow = (alibi_w > 0.0) & (r < n_kv) & (n_kv >= N_Q)  # false for inf / NaN bounds too
+    r_keys = tl.where(narrow, r, 0.0).to(tl.int32) + 1
+    lo_b = tl.maximum(lo, (c_first - r_keys) // BLOCK_N * BLOCK_N)  # C division: a negative start rounds to 0 <= lo
+    hi_b = tl.minimum(hi, tl.cdiv(c_last + r_keys + 1, BLOCK_N) * BLOCK_N)
+    return tl.where(narrow, lo_b, lo), tl.where(narrow, hi_b, hi)
 
 
 @triton.jit
@@ -414,6 +443,10 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
     if USE_ALIBI_MMA:
         qx, neg_qx, kx = _alibi_mma_operands(slope, tl.cast(sm_scale, tl.float32), q.dtype, BLOCK_M, BLOCK_N)
         no_rows = tl.zeros([BLOCK_M], dtype=tl.float32)  # row term of the blocks left of the diagonal
+    if ALIBI_SHIFT and ALIBI_BOUND:
+        key_norms = MASK + H_Q * stride_mh + off_b * (H_Q // GROUP) + off_kvh
+        lo, hi = _alibi_span(q, key_norms, lo, hi, c0, q_hi - 1 + (N_KV - N_Q), N_Q, N_KV, qk_scale, alibi_w,
+                             BLOCK_N)
     SIDE_LEFT: tl.constexpr = 1 if ALIBI_SHIFT else 0  # causal: every unmasked key is left of its row's diagonal
     SIDE_BAND: tl.constexpr = 3 if ALIBI_SHIFT else 0
     if SPLITS > 1:
