@@ -61,6 +61,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import key_norms
 from .interpreter import ensure_interpreter_fixes
 from .launch_plan import PLANS, DescriptorSpec, ForwardPlan, PlannedLaunch, plan_key
 from .reference import MASK_KINDS
@@ -235,8 +236,7 @@ def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_k
         if slopes.shape[0] != hq:
             raise ValueError(f"alibi slopes must have one value per q head ({hq}); got shape {tuple(mask.shape)}")
         if alibi_keys is not None:
-            norms = torch.linalg.vector_norm(alibi_keys, dim=-1, dtype=torch.float32).amax(dim=-1)
-            slopes = torch.cat([slopes, norms.reshape(-1)])
+            slopes = _with_key_norms(slopes, alibi_keys)
         return slopes, (0, slopes.stride(0), 0, 0), code
     if mask_kind == "padding":
         if mask.dim() != 2 or mask.dtype != torch.bool:
@@ -251,6 +251,17 @@ def mask_operand(q: torch.Tensor, mask: torch.Tensor | None, mask_kind: str, n_k
         raise ValueError(f"mask must be broadcastable to (B, H, Nq, Nk); got shape {tuple(mask.shape)}")
     m = torch.broadcast_to(mask, (b, hq, nq, n_kv))
     return m, tuple(m.stride()), code
+
+
+def _with_key_norms(slopes: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The slopes followed by the largest key norm of each (batch, kv head), one contiguous fp32 buffer."""
+    b, hkv, nk, d = k.shape
+    buf = torch.cat([slopes, slopes.new_zeros(b * hkv)])
+    block_d = max(16, 1 << (int(d) - 1).bit_length())
+    _launch(key_norms.key_norm_max, (b * hkv, _cdiv(nk, key_norms.ROWS_PER_PROGRAM)), K=k, OUT=buf,
+            OUT_OFFSET=slopes.shape[0], **_strides("k", k, "bhnd"), H_KV=hkv, N_KV=nk, HEAD_DIM=d, BLOCK_N=max(16, 4096 // block_d),
+            BLOCK_D=block_d, ROWS=key_norms.ROWS_PER_PROGRAM)
+    return buf
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
