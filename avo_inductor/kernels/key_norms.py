@@ -1,8 +1,8 @@
 """The largest key norm of each (batch, kv head): what the bounded ALiBi forward (launch["alibi_bound"]) reads.
 
-A trusted helper kernel of the launcher, not part of any evolved source. One read of K: torch's own
-``vector_norm(k, dim=-1).amax(-1)`` measured 67 us on the H100 for 8x16x2048 d64 bf16 (a 286 us attention
-kernel), Inductor's fused version of it 18 us; this kernel is the latter's one read, in eager calls too.
+A trusted helper kernel of the launcher, not part of any evolved source. It reads K once, in eager calls too:
+torch's own ``vector_norm(k, dim=-1).amax(-1)`` took 67 us on the H100 for 8x16x2048 d64 bf16 (beside a 286 us
+attention kernel), Inductor's fused reduction of the same 18 us (benchmarks/probes/alibi_bound_profile.py).
 """
 import triton
 import triton.language as tl
@@ -13,8 +13,8 @@ ROWS_PER_PROGRAM = 1024  # keys one program reduces: B * H_KV * cdiv(N, 1024) pr
 @triton.jit
 def key_norm_max(K, OUT, OUT_OFFSET, stride_kb, stride_kh, stride_kn, stride_kd, H_KV, N_KV, HEAD_DIM,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ROWS: tl.constexpr):
-    """OUT[OUT_OFFSET + b * H_KV + h] = max over this program's keys of ||K[b, h, j]|| (fp32, atomically maxed into a zeroed
-    buffer). A norm that is not a number is stored as +inf, which turns the bound off (_alibi_span)."""
+    """OUT[OUT_OFFSET + b * H_KV + h] = max over this program's keys of ||K[b, h, j]|| (fp32, atomically maxed into
+    a zeroed buffer). A norm that is not a number is stored as +inf, which turns the bound off (_alibi_span)."""
     bh = tl.program_id(0).to(tl.int64)
     start = tl.program_id(1) * ROWS
     base = K + (bh // H_KV) * stride_kb + (bh % H_KV) * stride_kh

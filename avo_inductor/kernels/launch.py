@@ -259,8 +259,8 @@ def _with_key_norms(slopes: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     buf = torch.cat([slopes, slopes.new_zeros(b * hkv)])
     block_d = max(16, 1 << (int(d) - 1).bit_length())
     _launch(key_norms.key_norm_max, (b * hkv, _cdiv(nk, key_norms.ROWS_PER_PROGRAM)), K=k, OUT=buf,
-            OUT_OFFSET=slopes.shape[0], **_strides("k", k, "bhnd"), H_KV=hkv, N_KV=nk, HEAD_DIM=d, BLOCK_N=max(16, 4096 // block_d),
-            BLOCK_D=block_d, ROWS=key_norms.ROWS_PER_PROGRAM)
+            OUT_OFFSET=slopes.shape[0], **_strides("k", k, "bhnd"), H_KV=hkv, N_KV=nk, HEAD_DIM=d,
+            BLOCK_N=max(16, 4096 // block_d), BLOCK_D=block_d, ROWS=key_norms.ROWS_PER_PROGRAM)
     return buf
 
 

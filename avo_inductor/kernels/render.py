@@ -139,8 +139,7 @@ def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
     if genome.num_stages < 2 or smem > _SMEM_LIMIT - _SMEM_SCRATCH:
         problems.append(f"{genome.num_stages} stages ({smem} bytes of shared memory)")
     flash_v1_only = [k for k in ("use_tma", "warp_specialize", "lazy_rescale", "pack_gqa", "overlap_qk",
-                                      "alibi_mma", "alibi_bound")
-                     if getattr(genome, k)]
+                                 "alibi_mma", "alibi_bound") if getattr(genome, k)]
     if genome.kv_splits != 1 or flash_v1_only:
         problems.append(f"flash_v1 forward knobs {flash_v1_only + (['kv_splits'] if genome.kv_splits != 1 else [])}")
     if problems:

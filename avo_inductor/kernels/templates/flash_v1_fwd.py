@@ -228,6 +228,18 @@ def _unmasked_probs(qk, m_i, qk_scale):
     return p, alpha, m_new
 
 
+@triton.jit
+def _accumulate(acc, l_i, p, alpha, V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, n_bound,
+                V_HEAD_DIM: tl.constexpr, BLOCK_DV: tl.constexpr, CHECK_N: tl.constexpr):
+    """One key block's end of the online softmax: the running sums and accumulator rescaled by alpha, then the
+    block's P V added (V rows offs_n = start_n + arange; CHECK_N: rows >= n_bound read as zero)."""
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    v = _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, n_bound, V_HEAD_DIM, BLOCK_DV, CHECK_N)
+    acc = _dot(p.to(v.dtype), v, acc)
+    return acc, l_i
+
+
 # EVOLVE-BLOCK-START
 @triton.jit
 def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
@@ -247,10 +259,8 @@ def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
         kt = _k_tile(K_src, nxt, nxt + offs_n0, offs_d, stride_kn, stride_kd, hi, HEAD_DIM, BLOCK_D, False)
         qk_next = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
         p, alpha, m_i = _unmasked_probs(qk, m_i, qk_scale)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = _v_tile(V_src, start_n, start_n + offs_n0, offs_dv, stride_vn, stride_vd, hi, V_HEAD_DIM, BLOCK_DV, False)
-        acc = _dot(p.to(v.dtype), v, acc)
+        acc, l_i = _accumulate(acc, l_i, p, alpha, V_src, start_n, start_n + offs_n0, offs_dv, stride_vn, stride_vd,
+                               hi, V_HEAD_DIM, BLOCK_DV, False)
         qk = qk_next
     return acc, l_i, m_i
 
@@ -304,10 +314,8 @@ def _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv
         else:
             p = tl.exp(qk * qk_scale - (m_new - gamma)[:, None])
             alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV, V_HEAD_DIM, BLOCK_DV, CHECK_N)
-        acc = _dot(p.to(v.dtype), v, acc)
+        acc, l_i = _accumulate(acc, l_i, p, alpha, V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV,
+                               V_HEAD_DIM, BLOCK_DV, CHECK_N)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -361,10 +369,8 @@ def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, 
                 else:
                     p = tl.exp(s - m_safe[:, None])
                     alpha = tl.exp(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            v = _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV, V_HEAD_DIM, BLOCK_DV, CHECK_N)
-            acc = _dot(p.to(v.dtype), v, acc)
+            acc, l_i = _accumulate(acc, l_i, p, alpha, V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV,
+                                   V_HEAD_DIM, BLOCK_DV, CHECK_N)
             m_i = m_new
     return acc, l_i, m_i
 
