@@ -337,7 +337,7 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
             warps, stages = 8, 4
     elif not wide and not spec.is_decode and spec.mask is MaskKind.ALIBI and d <= 64:
         # Bounded ALiBi (alibi_bound): 64-row tiles narrow their key span more tightly; 382 and 397 against 128x64's
-        # 377 and 381 TFLOP/s in two H100 A/Bs at 8x16x2048 d64 (variants-alibi-bound.csv).
+        # 377 and 381 TFLOP/s in two H100 A/Bs at 8x16x2048 d64 (variants-alibi-bound*.csv).
         block_m, block_n, warps, stages = 64, 64, 4, 3
     # Backward, measured on an H100 (benchmarks/variant_sets/hopper-bwd.json): dK/dV from S^T with 64x64 tiles
     # at d=128 (2.5x the old 32x64 non-transposed default, fwd+bwd), the tutorial's 32x128 with dq on swapped
