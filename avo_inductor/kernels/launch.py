@@ -308,15 +308,16 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     or one with ``out``/``lse`` given, builds its plan afresh.
     """
     eager = out is None and lse is None and _plain_eager((), (q, k, v, mask))
+    alibi_keys = k if cfg.alibi_bound else None
     key = None
     if eager:  # a plan of the same key passed every check below when it was made: a hit skips them
         key = plan_key((id(fns), id(cfg)), q, k, v, mask, (mask_kind, scale, causal, window))
         plan = PLANS.get(key)
         if plan is not None:
-            m = mask_operand(q, mask, mask_kind, k.shape[2], k if cfg.alibi_bound else None)[0]
+            m = mask_operand(q, mask, mask_kind, k.shape[2], alibi_keys)[0]
             return plan.run({"q": q, "k": k, "v": v, "mask": m}, None, None, True)
     _check_qkv(q, k, v)  # before anything indexes their shapes: a clear error for a bad call
-    m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2], k if cfg.alibi_bound else None)
+    m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2], alibi_keys)
     tensors = {"q": q, "k": k, "v": v, "mask": m}
     plan = _plan_forward(fns, cfg, tensors, m_strides, code, scale=scale, causal=causal, window=window,
                          mask_kind=mask_kind, out_strides=None if out is None else tuple(out.stride()))

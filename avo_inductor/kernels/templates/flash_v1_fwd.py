@@ -267,10 +267,9 @@ def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
 
 @triton.jit
 def _alibi_mma_operands(slope, sm_scale, dtype: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(qx (BLOCK_M, 16), -qx, kx (16, BLOCK_N)) in ``dtype`` with qx @ kx = (slope / sm_scale) * j for the key j of
+    """(qx (BLOCK_M, 16) fp32, kx (16, BLOCK_N) in ``dtype``) with qx @ kx = (slope / sm_scale) * j for the key j of
     a block, in QK^T's units: j < 256 is exact in 16-bit floats, and the factor goes in as three 16-bit pieces (24
-    bits, fp32's precision), whose products with j the matmul adds exactly in fp32. -qx is negated in fp32 (the
-    CPU interpreter keeps bf16 as raw bits, which a bf16 negation would corrupt)."""
+    bits, fp32's precision; qx holds them exactly), whose products with j the matmul adds exactly in fp32."""
     u = slope / sm_scale
     u1 = u.to(dtype).to(tl.float32)
     r = u - u1
@@ -281,30 +280,39 @@ def _alibi_mma_operands(slope, sm_scale, dtype: tl.constexpr, BLOCK_M: tl.conste
     qx = tl.zeros([BLOCK_M, 16], dtype=tl.float32) + row
     rows = tl.arange(0, 16)[:, None]
     kx = tl.where(rows < 3, tl.arange(0, BLOCK_N)[None, :].to(tl.float32), 0.0).to(dtype)
-    return qx.to(dtype), (-qx).to(dtype), kx
+    return qx, kx
 
 
 @triton.jit
 def _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, lo, hi,
-                         stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale, side_w, c0, row_term,
+                         stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale, alibi_w, c0, row_shift,
                          HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr):
-    """ALiBi key blocks [lo, hi) wholly on one side of every row's diagonal (ALIBI_MMA): their scores, in the
-    tile's shifted units (see _fwd_tile), are qk * qk_scale + side_w * j + gamma, j the key's offset in its block
-    and gamma = side_w * (start_n - c0) + row_term per row (side_w = +-w: +w left of the diagonal with row_term 0,
-    -w right of it with row_term 2 * row_shift). qx @ kx adds side_w * j to QK^T on the tensor cores; gamma, one
-    value per row, folds into the row max and the exponent's offset, so each score costs what an unmasked one
-    does (_unmasked_probs)."""
+                         BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
+                         ALIBI_SIDE: tl.constexpr):
+    """ALiBi key blocks [lo, hi) wholly left (ALIBI_SIDE 1) or right (2) of every row's diagonal (ALIBI_MMA): their
+    scores, in the tile's shifted units (see _fwd_tile), are qk * qk_scale + side_w * j + gamma, j the key's offset
+    in its block and gamma = side_w * (start_n - c0), plus 2 * row_shift per row on the right (side_w = +w left,
+    -w right). qx @ kx (_alibi_mma_operands, qx negated on the right) adds side_w * j to QK^T on the tensor cores;
+    gamma, one value per row, folds into the row max and the exponent's offset, so each score costs what an
+    unmasked one does (_unmasked_probs)."""
+    if ALIBI_SIDE == 1:
+        side_w = alibi_w
+        qx_op = qx.to(q.dtype)
+    else:
+        side_w = -alibi_w
+        qx_op = (-qx).to(q.dtype)  # negated in fp32: the CPU interpreter keeps bf16 as raw bits
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in tl.range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + offs_n0
         kt = _k_tile(K_src, start_n, offs_n, offs_d, stride_kn, stride_kd, N_KV, HEAD_DIM, BLOCK_D, CHECK_N)
         qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-        qk = _dot(qx, kx, qk)
+        qk = _dot(qx_op, kx, qk)
         if CHECK_N:
             qk = tl.where((offs_n < N_KV)[None, :], qk, float("-inf"))
-        gamma = row_term + side_w * (start_n - c0).to(tl.float32)
+        gamma = side_w * (start_n - c0).to(tl.float32)
+        if ALIBI_SIDE == 2:
+            gamma = gamma + 2.0 * row_shift
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale + gamma)
         if LAZY_RESCALE:
             m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
@@ -323,11 +331,13 @@ def _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
                stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-               N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift,
+               N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, qx, kx,
                HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr, ALIBI_SIDE: tl.constexpr):
-    """Online softmax over key blocks [lo, hi) (the overlapped loop, OVERLAP_QK, where they need no mask).
+    """Online softmax over key blocks [lo, hi) (the overlapped loop, OVERLAP_QK, where they need no mask; with
+    ALIBI_MMA, ALiBi blocks on one side of the diagonal with no other mask take _fwd_inner_alibi_mma, qx / kx from
+    _alibi_mma_operands).
     ALIBI_SIDE (ALiBi with one slope per program, see _fwd_tile): 0 scores as _apply_masks gives them; otherwise
     scores carry the row shift ``row_shift`` = w * (d - c0) (w the slope in score units, d each row's diagonal key,
     c0 the tile's first): 1 every key of these blocks is at or left of every row's diagonal (or causally masked), so
@@ -336,7 +346,14 @@ def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, 
     offs_n0 = tl.arange(0, BLOCK_N)
     # A block with nothing to mask takes the short path (_unmasked_probs), or with OVERLAP_QK the overlapped loop.
     NO_MASK: tl.constexpr = MASK_KIND == 0 and not APPLY_CAUSAL and not HAS_WINDOW and not CHECK_N
-    if OVERLAP_QK and NO_MASK and not WARP_SPECIALIZE:
+    ONE_SIDED_MMA: tl.constexpr = (ALIBI_MMA and (ALIBI_SIDE == 1 or ALIBI_SIDE == 2) and not APPLY_CAUSAL
+                                   and not HAS_WINDOW)
+    if ONE_SIDED_MMA:
+        acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, lo, hi,
+                                             stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale, alibi_w,
+                                             c0, row_shift, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N,
+                                             CHECK_N, ALIBI_SIDE)
+    elif OVERLAP_QK and NO_MASK and not WARP_SPECIALIZE:
         acc, l_i, m_i = _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
                                            stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, HEAD_DIM,
                                            V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N)
@@ -445,10 +462,11 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
         alibi_w = 0.0
         row_shift = tl.zeros([BLOCK_M], dtype=tl.float32)
     # ALIBI_MMA: the per-key part of those one-sided blocks' term from the tensor cores (_fwd_inner_alibi_mma).
-    USE_ALIBI_MMA: tl.constexpr = ALIBI_SHIFT and ALIBI_MMA
-    if USE_ALIBI_MMA:
-        qx, neg_qx, kx = _alibi_mma_operands(slope, tl.cast(sm_scale, tl.float32), q.dtype, BLOCK_M, BLOCK_N)
-        no_rows = tl.zeros([BLOCK_M], dtype=tl.float32)  # row term of the blocks left of the diagonal
+    if ALIBI_SHIFT and ALIBI_MMA:
+        qx, kx = _alibi_mma_operands(slope, tl.cast(sm_scale, tl.float32), q.dtype, BLOCK_M, BLOCK_N)
+    else:
+        qx = 0.0
+        kx = 0.0
     if ALIBI_SHIFT and ALIBI_BOUND:
         key_norms = MASK + H_Q * stride_mh + off_b * (H_Q // GROUP) + off_kvh
         lo, hi = _alibi_span(q, key_norms, lo, hi, c0, q_hi - 1 + (N_KV - N_Q), N_Q, N_KV, qk_scale, alibi_w,
@@ -476,59 +494,39 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
             mid_lo = tl.cdiv(tl.maximum(q_hi - 1 + (N_KV - N_Q) - window + 1, 0), BLOCK_N) * BLOCK_N
             mid_lo = tl.minimum(tl.maximum(mid_lo, lo), full_hi)
             acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, mid_lo,
-                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                       N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
+                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q,
+                                       N_KV, window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM,
                                        BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, True, False, SIDE_LEFT)
-        if USE_ALIBI_MMA:
-            acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, mid_lo,
-                                                 full_hi, stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale,
-                                                 alibi_w, c0, no_rows, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                                 BLOCK_DV, BLOCK_M, BLOCK_N, False)
-        else:
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, mid_lo,
-                                       full_hi, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn,
-                                       slope, N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM,
-                                       V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False,
-                                       False, SIDE_LEFT)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, mid_lo, full_hi,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
+                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, SIDE_LEFT)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, full_hi, hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_N,
-                                   SIDE_LEFT)
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
+                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_N, SIDE_LEFT)
     elif ALIBI_SHIFT and not IS_CAUSAL and not HAS_WINDOW:
         # Blocks ending at or before the tile's first diagonal key (c0, so inside N_KV: no bounds test), the band
         # the tile's diagonal crosses, and the blocks starting after its last row's diagonal key.
         left_hi = tl.minimum(tl.maximum((c0 + 1) // BLOCK_N * BLOCK_N, lo), hi)
         right_lo = tl.minimum(tl.maximum(tl.cdiv(q_hi + (N_KV - N_Q), BLOCK_N) * BLOCK_N, left_hi), hi)
-        if USE_ALIBI_MMA:
-            acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, lo,
-                                                 left_hi, stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale,
-                                                 alibi_w, c0, no_rows, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                                 BLOCK_DV, BLOCK_M, BLOCK_N, False)
-        else:
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, left_hi,
-                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                       N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                       BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, 1)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, left_hi,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
+                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, 1)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, left_hi, right_lo,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 3)
-        if USE_ALIBI_MMA:
-            acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, neg_qx, kx, K_src, V_src, offs_d, offs_dv, right_lo,
-                                                 hi, stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale,
-                                                 -alibi_w, c0, 2.0 * row_shift, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                                 BLOCK_DV, BLOCK_M, BLOCK_N, not EVEN_N)
-        else:
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, right_lo, hi,
-                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                       N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                       BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 2)
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
+                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 3)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, right_lo, hi,
+                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
+                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
+                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 2)
     else:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-                                   N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, HEAD_DIM, V_HEAD_DIM,
-                                   BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N,
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi, stride_kn,
+                                   stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV, window,
+                                   qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
+                                   BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N,
                                    SIDE_LEFT if IS_CAUSAL else SIDE_BAND)
     if ALIBI_SHIFT:
         m_i = m_i - row_shift
