@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import sympy
 import torch
@@ -18,7 +18,7 @@ from torch import fx
 Target = Callable[..., Any]
 
 
-def is_op(node: Any, functions: Iterable[Target] = (), methods: Iterable[str] = ()) -> bool:
+def is_op(node: Any, functions: Iterable[Target] = (), methods: Iterable[str] = ()) -> TypeGuard[fx.Node]:
     """True if ``node`` calls one of ``functions`` (call_function) or one of ``methods`` (call_method)."""
     if not isinstance(node, fx.Node):
         return False
