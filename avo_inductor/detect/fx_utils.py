@@ -30,7 +30,7 @@ def is_op(node: Any, functions: Iterable[Target] = (), methods: Iterable[str] = 
 
 
 def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
-    """Argument ``name`` of a call, whether passed positionally (``index``, counting ``self`` for methods) or by keyword."""
+    """Argument ``name`` of a call, passed positionally (``index``, counting ``self`` for methods) or by keyword."""
     if name in node.kwargs:
         return node.kwargs[name]
     if index < len(node.args):
@@ -164,7 +164,8 @@ def is_inplace(node: fx.Node) -> bool:
     """In-place tensor methods (``masked_fill_``) and ``operator.i*`` mutate their input: never erase or fold them."""
     if node.op == "call_method" and str(node.target).endswith("_") and not str(node.target).startswith("__"):
         return True
-    return node.op == "call_function" and node.target in (operator.iadd, operator.imul, operator.isub, operator.itruediv)
+    inplace_ops = (operator.iadd, operator.imul, operator.isub, operator.itruediv)
+    return node.op == "call_function" and node.target in inplace_ops
 
 
 def erase_dead(gm: fx.GraphModule, roots: Sequence[fx.Node]) -> int:

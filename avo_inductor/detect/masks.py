@@ -69,7 +69,7 @@ def _is_buffer_placeholder(node: fx.Node) -> bool:
         return False
     try:
         name = graph_arg.source.name
-    except Exception:  # noqa: BLE001 - sources without a name are never buffers
+    except Exception:  # sources without a name are never buffers
         return False
     return "_buffers[" in name
 
@@ -130,7 +130,8 @@ class Evaluator:
         else:
             result = node.target(*args, **kwargs)
         if isinstance(result, torch.Tensor) and result.numel() * result.element_size() > MAX_EVAL_BYTES:
-            raise NotConstant(f"{node.name} has {result.numel()} elements ({result.numel() * result.element_size()} bytes)")
+            nbytes = result.numel() * result.element_size()
+            raise NotConstant(f"{node.name} has {result.numel()} elements ({nbytes} bytes)")
         return result
 
 
@@ -228,7 +229,7 @@ def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -
                 nq, nk = (evaluator.sym(x) if is_symbolic(x) else int(x) for x in (q_len, kv_len))
         except NotConstant:
             return Pattern.GENERIC, None
-        except Exception:  # noqa: BLE001 - a mask we cannot evaluate is kept as a tensor, never an error
+        except Exception:  # a mask we cannot evaluate is kept as a tensor, never an error
             return Pattern.GENERIC, None
         if not isinstance(value, torch.Tensor):
             return Pattern.GENERIC, None

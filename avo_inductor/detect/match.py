@@ -223,8 +223,8 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
     rank3 = len(qs) == 3
     if transposed_k:
         ks = (*ks[:-2], ks[-1], ks[-2])
-    dims = dict(zip(("batch", "q_heads", "q_len", "head_dim"), (1, *qs) if rank3 else qs))
-    dims.update(zip(("kv_heads", "kv_len", "k_dim"), ks[-3:]))
+    dims = dict(zip(("batch", "q_heads", "q_len", "head_dim"), (1, *qs) if rank3 else qs, strict=True))
+    dims.update(zip(("kv_heads", "kv_len", "k_dim"), ks[-3:], strict=True))
     dims["v_head_dim"] = vs[-1]
     if hint(dims["k_dim"]) != hint(dims["head_dim"]) or hint(vs[-2]) != hint(dims["kv_len"]):
         raise Unsupported(f"q/k/v shapes do not line up: q {qs}, k {ks}, v {vs}")

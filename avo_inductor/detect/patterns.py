@@ -1,9 +1,13 @@
 """The grammar of hand-written attention, written once: every variant is a path through it, not a copy.
 
-    qk      := matmul | bmm | baddbmm (q', k')          q' := q (* or / c)*     k' := k^T | (k^T or repeat(k)) (* or / c)*
+    qk      := matmul | bmm | baddbmm (q', k')
+    q'      := q (* or / c)*
+    k'      := k^T | (k^T or repeat(k)) (* or / c)*
     scores  := qk ( * c | / c | + bias | - bias | masked_fill(m, -inf) | where(m, ., -inf) | cast )*
     probs   := softmax(scores, -1 [, dtype]) ( cast | dropout )*
-    out     := matmul | bmm (probs, v')                 v' := v | repeat(v)       repeat := repeat_interleave | expand+reshape
+    out     := matmul | bmm (probs, v')
+    v'      := v | repeat(v)
+    repeat  := repeat_interleave | expand+reshape
 
 Inductor's ``fuse_attention.py`` spells these as 18 pattern functions; here each production is one step function
 over FX nodes, so scale-on-q vs scale-on-scores, fp32 softmax, dropout and GQA combine freely.
@@ -87,7 +91,7 @@ class ScoreStep:
 
 def _masks_out(value: object) -> bool:
     number = constant_number(value)
-    return number is not None and (math.isinf(number) and number < 0 or number <= NEG_THRESHOLD)
+    return number is not None and ((math.isinf(number) and number < 0) or number <= NEG_THRESHOLD)
 
 
 def reaches_qk(node: object, depth: int = 16) -> bool:

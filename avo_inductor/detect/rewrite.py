@@ -51,7 +51,7 @@ class _Builder:
                 if op == "call_method":
                     return getattr(real_args[0], target)(*real_args[1:], **real_kwargs)
                 return target(*real_args, **real_kwargs)
-        except Exception:  # noqa: BLE001 - meta is best effort; the avo op may have no fake impl yet
+        except Exception:  # meta is best effort; the avo op may have no fake impl yet
             return None
 
     def size(self, node: fx.Node, dim: int) -> Any:
@@ -181,8 +181,8 @@ def rewrite_to_avo(gm: fx.GraphModule, match: AttentionMatch, kernel_id: str) ->
     """Replace the site by ``torch.ops.avo.attention(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)``.
 
     k/v are passed un-repeated (the kernel does GQA); mask follows CONTRACTS.md: keep-mask for BOOL, (B, Nk) keep
-    for PADDING, additive for BIAS (float32/float16/bfloat16 kept as is, whatever q's dtype). Raises ValueError for dropout sites (the op has no dropout argument): the
-    caller falls back to ``rewrite_to_sdpa`` for those.
+    for PADDING, additive for BIAS (float32/float16/bfloat16 kept as is, whatever q's dtype). Raises ValueError for
+    dropout sites (the op has no dropout argument): the caller falls back to ``rewrite_to_sdpa`` for those.
     """
     if match.dropout_p:
         raise ValueError(f"avo.attention has no dropout; site {match.module_path!r} has dropout_p={match.dropout_p}")

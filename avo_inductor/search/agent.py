@@ -15,7 +15,8 @@ import logging
 import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..settings import Settings
 from ..spec import HardwareKey
@@ -36,11 +37,13 @@ _KERNEL_PROPS = {
 TOOLS: list[dict[str, Any]] = [
     {"name": "compile_candidate", "description": "Static checks + compile + one launch on a tiny input.",
      "input_schema": {"type": "object", "properties": _KERNEL_PROPS}},
-    {"name": "test_candidate", "description": "Static, compile, correctness on ragged small shapes and the target shape.",
+    {"name": "test_candidate",
+     "description": "Static, compile, correctness on ragged small shapes and the target shape.",
      "input_schema": {"type": "object", "properties": _KERNEL_PROPS}},
     {"name": "time_candidate", "description": "The full cascade including timing against the best built-in backend.",
      "input_schema": {"type": "object", "properties": _KERNEL_PROPS}},
-    {"name": "submit_candidate", "description": "Hand in the final kernel (evaluated in full). {\"same\": true} re-submits the last one.",
+    {"name": "submit_candidate",
+     "description": "Hand in the final kernel (evaluated in full). {\"same\": true} re-submits the last one.",
      "input_schema": {"type": "object", "properties": {**_KERNEL_PROPS, "same": {"type": "boolean"},
                                                         "notes": {"type": "string"}}}},
 ]
@@ -68,7 +71,8 @@ def hardware_notes(hardware: HardwareKey | None) -> tuple[str, str]:
     if hardware is None or hardware.vendor == "cpu":
         return "the CPU Triton interpreter", (NOTES_DIR / "cpu_interpreter.md").read_text()
     family = "hopper" if hardware.capability >= (9, 0) else "ampere"
-    return f"{hardware.name} (sm_{hardware.capability[0]}{hardware.capability[1]})", (NOTES_DIR / f"{family}.md").read_text()
+    major, minor = hardware.capability[0], hardware.capability[1]
+    return f"{hardware.name} (sm_{major}{minor})", (NOTES_DIR / f"{family}.md").read_text()
 
 
 def format_result(result: EvalResult) -> str:
@@ -89,7 +93,8 @@ def lineage_summary(parent: Candidate, result: EvalResult | None, history: Seque
         outcome = f"score {step.score:.3f}" if step.ok else f"failed at {step.stage}: {str(step.message)[:200]}"
         lines.append(f"- {step.candidate_id} [{step.operator}] {step.diff or 'seed'} -> {outcome}")
     if result is not None:
-        outcome = f"score {result.score:.3f}" if result.ok else f"failed at {result.stage.value}: {result.message[:200]}"
+        outcome = (f"score {result.score:.3f}" if result.ok
+                   else f"failed at {result.stage.value}: {result.message[:200]}")
         lines.append(f"- parent {parent.id} [{parent.operator}] {parent.diff or 'seed'} -> {outcome}")
     return "\n".join(lines) or "(no history: this is a seed kernel)"
 
@@ -129,7 +134,8 @@ class AgentOperator:
                  hardware: HardwareKey | None = None, max_turns: int = 16, max_output_tokens: int = 8192,
                  history: Callable[[Candidate], Sequence[Any]] | None = None, budget: Budget | None = None) -> None:
         self.client_factory, self.settings, self.evaluator = client_factory, settings, evaluator
-        self.hardware, self.max_turns, self.max_output_tokens, self.history = hardware, max_turns, max_output_tokens, history
+        self.hardware, self.max_turns, self.max_output_tokens = hardware, max_turns, max_output_tokens
+        self.history = history
         self.budget = budget or Budget(settings.agent_max_tokens, settings.agent_max_dollars)
         self.stop_reason = ""
         self._client: Any = None
@@ -225,8 +231,10 @@ class AgentOperator:
         except ImportError:
             abi = "(see the parent kernel: keep its entry point signature)"
         score = f"score {result.score:.3f}x" if result and result.ok else "not yet scored"
-        return render_prompt("task", target=target, spec_short=parent.spec.short(), spec_json=json.dumps(parent.spec.to_dict()),
-                             gflops=f"{parent.spec.flops() / 1e9:.3f}", abi=abi, parent_id=parent.id, parent_score=score,
+        return render_prompt("task", target=target, spec_short=parent.spec.short(),
+                             spec_json=json.dumps(parent.spec.to_dict()),
+                             gflops=f"{parent.spec.flops() / 1e9:.3f}", abi=abi,
+                             parent_id=parent.id, parent_score=score,
                              parent_launch=json.dumps(launch), parent_source=source,
                              parent_genome=json.dumps(parent.genome.to_dict()) if parent.genome else "none (free-form)",
                              lineage=lineage_summary(parent, result, history), hardware_notes=notes)
@@ -247,7 +255,8 @@ class AgentOperator:
             return state.last_submitted
         if data.get("source"):
             src, entry, bwd, launch = self._parent_source(parent)
-            diff = "".join(difflib.unified_diff(src.splitlines(True), str(data["source"]).splitlines(True), "parent", "child"))
+            diff = "".join(difflib.unified_diff(src.splitlines(True), str(data["source"]).splitlines(True),
+                                                "parent", "child"))
             # entry names come from the materialised parent: a genome parent's Candidate defaults are not its names
             child = Candidate(id="", spec=parent.spec, genome=parent.genome, source=str(data["source"]),
                               entry_point=entry, bwd_entry_point=bwd,

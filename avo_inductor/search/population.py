@@ -1,14 +1,15 @@
 """Islands of MAP-Elites archives, ring migration and parent selection — pure, seeded functions.
 
 Islands keep lineages apart so one early winner cannot take over every island (diversity); the archive
-keeps the best kernel per trait cell (tile shape × pipelining depth) so a slower-today tiling survives as a
+keeps the best kernel per trait cell (tile shape x pipelining depth) so a slower-today tiling survives as a
 stepping stone. Nothing here does I/O: the engine owns the islands and rebuilds them from the database.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .types import Candidate, EvalResult
 
