@@ -38,6 +38,12 @@ def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     return default
 
 
+def input_node(node: fx.Node, index: int = 0) -> fx.Node | None:
+    """Positional argument ``index`` of a call when it is a graph node (a traced tensor), None for a constant."""
+    value = node.args[index]
+    return value if isinstance(value, fx.Node) else None
+
+
 def example(node: Any) -> Any:
     """The traced example value of a node (FakeTensor, SymInt, ...) or the constant itself for non-nodes."""
     if isinstance(node, fx.Node):

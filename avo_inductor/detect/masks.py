@@ -125,10 +125,11 @@ class Evaluator:
             raise NotConstant(f"{node.name} is random")
         args = self(node.args)
         kwargs = self(dict(node.kwargs))
-        if node.op == "call_method":
-            result = getattr(args[0], node.target)(*args[1:], **kwargs)
+        target = node.target
+        if isinstance(target, str):  # call_method: FX requires a str target there and a callable for call_function
+            result = getattr(args[0], target)(*args[1:], **kwargs)
         else:
-            result = node.target(*args, **kwargs)
+            result = target(*args, **kwargs)
         if isinstance(result, torch.Tensor) and result.numel() * result.element_size() > MAX_EVAL_BYTES:
             nbytes = result.numel() * result.element_size()
             raise NotConstant(f"{node.name} has {result.numel()} elements ({nbytes} bytes)")

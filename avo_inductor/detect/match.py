@@ -98,7 +98,7 @@ def _attention_like(softmax: fx.Node) -> bool:
         return True
     frontier = list(softmax.users)
     for _ in range(4):
-        nxt = []
+        nxt: list[fx.Node] = []
         for user in frontier:
             if is_matmul(user) or getattr(user.target, "__name__", "") == "einsum":
                 return True
@@ -111,7 +111,7 @@ def _attention_like(softmax: fx.Node) -> bool:
 def _match_sdpa(gm: fx.GraphModule, node: fx.Node) -> AttentionMatch:
     a = sdpa_arguments(node)
     q, k, v, mask = a["query"], a["key"], a["value"], a["attn_mask"]
-    if any(not isinstance(x, fx.Node) for x in (q, k, v)):
+    if not (isinstance(q, fx.Node) and isinstance(k, fx.Node) and isinstance(v, fx.Node)):
         raise Unsupported("q/k/v are not graph tensors")
     if not isinstance(a["is_causal"], bool) or not isinstance(a["enable_gqa"], bool):
         raise Unsupported("non-constant is_causal / enable_gqa")
@@ -121,6 +121,8 @@ def _match_sdpa(gm: fx.GraphModule, node: fx.Node) -> AttentionMatch:
     v0, nv = peel_repeat(v)
     if nk != nv:
         k0, v0 = k, v
+    if mask is not None and not isinstance(mask, fx.Node):
+        raise Unsupported("mask is not a tensor")
     terms = () if mask is None else (MaskTerm(mask, TermKind.KEEP if _is_bool(mask) else TermKind.BIAS),)
     return _build(gm, node, "sdpa", q, k0, v0, transposed_k=False, scale=scale, terms=terms, dropout_p=dropout_p,
                   sdpa_causal=a["is_causal"], nodes=(node, k, v))
@@ -157,20 +159,20 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
         if is_matmul(user) and user.args[0] is cur:
             pv = user
             break
-        step = prob_step(user)
-        if step is None or step[0] is not cur:
+        prob = prob_step(user)
+        if prob is None or prob[0] is not cur:
             raise Unsupported(f"unrecognised op between softmax and the PV matmul ({user.format_node()})")
-        dropout_p = max(dropout_p, step[1])
+        dropout_p = max(dropout_p, prob[1])
         nodes.append(user)
         cur = user
     nodes.append(pv)
     # backward: softmax input -> (score op)* -> qk matmul
-    scale, terms, cur = 1.0, [], softmax.args[0]
-    while not is_qk(cur):
-        step = score_step(cur) if isinstance(cur, fx.Node) else None
-        if step is None:
-            raise Unsupported(f"unrecognised op between the QK matmul and softmax ({getattr(cur, 'name', cur)})")
-        if len(cur.users) != 1:
+    scale, terms = 1.0, []
+    scores: fx.node.Argument = softmax.args[0]
+    while not is_qk(scores):
+        if not isinstance(scores, fx.Node) or (step := score_step(scores)) is None:
+            raise Unsupported(f"unrecognised op between the QK matmul and softmax ({getattr(scores, 'name', scores)})")
+        if len(scores.users) != 1:
             raise Unsupported("attention scores are used outside the site")
         if step.term is not None:
             node, kind, sign = step.term
@@ -178,25 +180,30 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
                 raise Unsupported("mask is not a tensor")
             terms.append(MaskTerm(node, kind, scale * sign if kind is TermKind.BIAS else 1.0))
         scale *= step.scale
-        nodes.append(cur)
-        cur = step.source
-    qk = cur
+        nodes.append(scores)
+        scores = step.source
+    qk = scores
     nodes.append(qk)
     if qk.target == "baddbmm" or qk.target is torch.baddbmm:
         bias, q_op, k_op = qk.args[:3]
         beta = _number(qk.kwargs.get("beta", 1.0), "beta")
         if beta != 0.0:  # beta * input + alpha * (q @ k^T): input is a bias scaled by beta, not by alpha
+            if not isinstance(bias, fx.Node):
+                raise Unsupported("mask is not a tensor")
             terms.append(MaskTerm(bias, TermKind.BIAS, scale * beta))
         scale *= _number(qk.kwargs.get("alpha", 1.0), "alpha")
     else:
         q_op, k_op = qk.args[:2]
+    v_op = pv.args[1]
+    if not (isinstance(q_op, fx.Node) and isinstance(k_op, fx.Node) and isinstance(v_op, fx.Node)):
+        raise Unsupported("q/k/v are not graph tensors")
     q, q_factor = peel_scale(q_op)
     k, k_is_k, k_factor, n_rep = peel_key(k_op)
-    v, v_rep = peel_repeat(pv.args[1])
+    v, v_rep = peel_repeat(v_op)
     if n_rep != v_rep:  # repeated one way only: keep both repeated, which is still exact
         k, k_is_k, k_factor, _ = peel_key(k_op, gqa=False)
-        v = pv.args[1]
-    nodes.extend([q_op, k_op, pv.args[1]])
+        v = v_op
+    nodes.extend([q_op, k_op, v_op])
     scale *= q_factor * k_factor
     if not math.isfinite(scale) or scale <= 0:
         raise Unsupported(f"softmax scale {scale} is not a positive finite number")

@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .fx_utils import arg, constant_number, is_last_two_swap, is_op, shape_of, hint
+from .fx_utils import arg, constant_number, hint, input_node, is_last_two_swap, is_op, shape_of
 from .masks import NEG_THRESHOLD, TermKind
 
 SDPA_FNS = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
@@ -47,25 +48,25 @@ class Unsupported(Exception):
     """Looks like attention but uses a construct the detector does not understand; the message is the reason."""
 
 
-def is_matmul(node: object) -> bool:
+def is_matmul(node: object) -> TypeGuard[fx.Node]:
     return is_op(node, MATMUL_FNS, MATMUL_METHODS)
 
 
-def is_qk(node: object) -> bool:
+def is_qk(node: object) -> TypeGuard[fx.Node]:
     return is_matmul(node) or is_op(node, (torch.baddbmm,), ("baddbmm",))
 
 
-def is_softmax(node: object) -> bool:
+def is_softmax(node: object) -> TypeGuard[fx.Node]:
     return is_op(node, SOFTMAX_FNS, ("softmax",))
 
 
-def is_sdpa(node: object) -> bool:
+def is_sdpa(node: object) -> TypeGuard[fx.Node]:
     return is_op(node, SDPA_FNS)
 
 
 def sdpa_arguments(node: fx.Node) -> dict[str, object]:
     """SDPA's arguments by name, positional or keyword, defaults filled in."""
-    out = dict(SDPA_DEFAULTS)
+    out: dict[str, object] = dict(SDPA_DEFAULTS)
     for i, name in enumerate(SDPA_ARGS):
         out[name] = arg(node, i, name, out.get(name))
     return out
@@ -86,7 +87,8 @@ class ScoreStep:
 
     source: fx.Node
     scale: float = 1.0
-    term: tuple[fx.Node, TermKind, float] | None = None  # (mask tensor, how it enters, sign for BIAS)
+    # (mask operand as written, how it enters, sign for BIAS); the matcher rejects a mask that is not a graph node
+    term: tuple[fx.node.Argument, TermKind, float] | None = None
 
 
 def _masks_out(value: object) -> bool:
@@ -109,17 +111,18 @@ def score_step(node: fx.Node) -> ScoreStep | None:
     """Decode one scores-chain op; None when ``node`` is not a score op (the walk stops there)."""
     args = node.args
     if is_op(node, (), CAST_METHODS):
-        return ScoreStep(args[0])
+        src = input_node(node)
+        return None if src is None else ScoreStep(src)
     if is_op(node, *MUL) or is_op(node, *DIV):
         a, b = args[0], args[1]
         divide = is_op(node, *DIV)
         if divide and arg(node, 2, "rounding_mode") is not None:
             raise Unsupported("scores divided with a rounding mode")
-        if isinstance(a, fx.Node) and constant_number(b) is not None and shape_of(a) is not None:
-            c = constant_number(b)
+        if isinstance(a, fx.Node) and (c := constant_number(b)) is not None and shape_of(a) is not None:
             return ScoreStep(a, 1.0 / c if divide else c)
-        if not divide and isinstance(b, fx.Node) and constant_number(a) is not None and shape_of(b) is not None:
-            return ScoreStep(b, constant_number(a))
+        if not divide and isinstance(b, fx.Node) and (c := constant_number(a)) is not None \
+                and shape_of(b) is not None:
+            return ScoreStep(b, c)
         raise Unsupported(f"scores scaled by a tensor ({node.format_node()})")
     if is_op(node, *ADD) or is_op(node, *SUB):
         if arg(node, 2, "alpha") not in (None, 1):
@@ -140,7 +143,8 @@ def score_step(node: fx.Node) -> ScoreStep | None:
         value = arg(node, 2, "value")
         if not _masks_out(value):
             raise Unsupported(f"masked_fill with value {value!r} (only -inf or <= {NEG_THRESHOLD:g} masks a key)")
-        return ScoreStep(args[0], term=(arg(node, 1, "mask"), TermKind.DROP, 1.0))
+        src = input_node(node)
+        return None if src is None else ScoreStep(src, term=(arg(node, 1, "mask"), TermKind.DROP, 1.0))
     if is_op(node, *WHERE) and len(args) == 3:
         cond, a, b = args
         if isinstance(a, fx.Node) and reaches_qk(a) and _masks_out(b):
@@ -154,13 +158,15 @@ def score_step(node: fx.Node) -> ScoreStep | None:
 def prob_step(node: fx.Node) -> tuple[fx.Node, float] | None:
     """Decode one op between softmax and the PV matmul: (its input, dropout p). None if not a probs op."""
     if is_op(node, (), CAST_METHODS):
-        return node.args[0], 0.0
+        src = input_node(node)
+        return None if src is None else (src, 0.0)
     if is_op(node, DROPOUT_FNS, ("dropout",)):
         p = arg(node, 1, "p", 0.5)
         training = arg(node, 2, "training" if node.target is not torch.dropout else "train", True)
-        if not isinstance(training, bool) or constant_number(p) is None:
+        if not isinstance(training, bool) or (p_value := constant_number(p)) is None:
             raise Unsupported(f"dropout with non-constant arguments ({node.format_node()})")
-        return node.args[0], (float(constant_number(p)) if training else 0.0)
+        src = input_node(node)
+        return None if src is None else (src, p_value if training else 0.0)
     return None
 
 
@@ -189,8 +195,8 @@ def peel_repeat(node: fx.Node) -> tuple[fx.Node, int]:
     if is_op(node, *REPEAT_INTERLEAVE):
         repeats = arg(node, 1, "repeats")
         dim = arg(node, 2, "dim")
-        src = node.args[0]
-        if isinstance(repeats, int) and dim in (1, -3) and shape_of(src) is not None:
+        src = input_node(node)
+        if isinstance(repeats, int) and dim in (1, -3) and src is not None and shape_of(src) is not None:
             return src, repeats
         return node, 1
     if is_op(node, (torch.reshape,), ("reshape", "view", "flatten")):
@@ -214,12 +220,12 @@ def peel_repeat(node: fx.Node) -> tuple[fx.Node, int]:
 def _unsqueezed_at_2(node: object) -> fx.Node | None:
     """x if ``node`` is ``x.unsqueeze(2)`` or ``x[:, :, None]`` of a 4-D x, else None."""
     if is_op(node, (torch.unsqueeze,), ("unsqueeze",)) and arg(node, 1, "dim") in (2, -3):
-        return node.args[0]
+        return input_node(node)
     if is_op(node, (operator.getitem,)):
         src, index = node.args
         full = slice(None, None, None)
-        if isinstance(index, tuple) and len(index) >= 3 and index[:3] == (full, full, None) \
-                and all(i == full or i is Ellipsis for i in index[3:]):
+        if isinstance(src, fx.Node) and isinstance(index, tuple) and len(index) >= 3 \
+                and index[:3] == (full, full, None) and all(i == full or i is Ellipsis for i in index[3:]):
             return src
     return None
 
@@ -230,8 +236,8 @@ def peel_key(node: fx.Node, gqa: bool = True) -> tuple[fx.Node, bool, float, int
     while True:
         node, f = peel_scale(node)
         factor *= f
-        if not transposed and isinstance(node, fx.Node) and is_last_two_swap(node):
-            node, transposed = node.args[0], True
+        if not transposed and is_last_two_swap(node) and (src := input_node(node)) is not None:
+            node, transposed = src, True
             continue
         if gqa and n_rep == 1:
             src, n = peel_repeat(node)

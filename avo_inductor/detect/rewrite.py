@@ -41,8 +41,13 @@ class _Builder:
     def _fake(self, op: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         real_args, real_kwargs = fx.node.map_arg((args, kwargs), lambda n: n.meta.get("example_value"))
         # The operands' own mode: the backend may run under a tracing context with a different (re-fakified) mode.
-        flat = []
-        fx.node.map_aggregate((real_args, real_kwargs), lambda a: flat.append(a) or a)
+        flat: list[Any] = []
+
+        def collect(value: Any) -> Any:
+            flat.append(value)
+            return value
+
+        fx.node.map_aggregate((real_args, real_kwargs), collect)
         fake_mode = next((a.fake_mode for a in flat if isinstance(a, FakeTensor)), None)
         if fake_mode is None:
             return None
