@@ -13,11 +13,16 @@ import subprocess
 import sys
 import time
 
+from typing import TYPE_CHECKING
+
 import torch
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def _banner(console: object, text: str) -> None:
-    console.rule(f"[bold]{text}")  # type: ignore[attr-defined]
+
+def _banner(console: Console, text: str) -> None:
+    console.rule(f"[bold]{text}")
 
 
 def main() -> int:

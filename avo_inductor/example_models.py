@@ -76,6 +76,8 @@ class LlamaAttention(nn.Module):
 
 
 class GPT2Attention(nn.Module):
+    bias: torch.Tensor  # causal keep-mask buffer (1, 1, max_seq_len, max_seq_len), registered in __init__
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -1,8 +1,8 @@
 """explain(model, *args, **kwargs): which attention sites the avo backend finds and what it would do."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ class ExplainReport:
     def __len__(self) -> int:
         return len(self.sites)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[SiteReport]:
         return iter(self.sites)
 
     def __getitem__(self, i: int) -> SiteReport:

@@ -23,7 +23,7 @@ def _inductor_config_patches(mode: str | None, options: dict[str, Any] | None, d
     """The same patches ``torch.compile(backend="inductor", mode=..., options=...)`` would apply."""
     if not mode and not options:
         return {}
-    wrapper = torch._TorchCompileInductorWrapper(mode if mode else None, dict(options or {}), dynamic)  # type: ignore[attr-defined]
+    wrapper = torch._TorchCompileInductorWrapper(mode if mode else None, dict(options or {}), dynamic)
     return dict(wrapper.config)
 
 
@@ -57,4 +57,8 @@ def avo_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str 
 
     _apply_pass(gm)
     patches = _inductor_config_patches(mode, options, dynamic=None)
-    return compile_fx(gm, list(example_inputs), config_patches=patches or None)
+    compiled = compile_fx(gm, list(example_inputs), config_patches=patches or None)
+    # compile_fx's annotation also covers AOT mode's artifacts (paths, weights); a Dynamo backend gets a callable
+    if not callable(compiled):
+        raise RuntimeError(f"compile_fx returned {type(compiled).__name__}, not a callable")
+    return compiled

@@ -57,6 +57,17 @@ def tensor_meta(node: Any) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+def require_tensor_meta(node: fx.Node) -> torch.Tensor:
+    """``tensor_meta`` of a node the caller relies on being a traced tensor (a matched q/k/v, a mask term).
+
+    Raises ValueError naming the node when it has none (a node built without an example value).
+    """
+    meta = tensor_meta(node)
+    if meta is None:
+        raise ValueError(f"node {node.name} has no tensor metadata")
+    return meta
+
+
 def is_symbolic(value: Any) -> bool:
     return isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool))
 

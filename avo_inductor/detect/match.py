@@ -253,8 +253,8 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
             continue
         if pat is Pattern.CAUSAL:
             causal = True
-        elif pat is Pattern.WINDOW:
-            causal, window = True, min(w, window or w)  # type: ignore[type-var]
+        elif pat is Pattern.WINDOW and w is not None:
+            causal, window = True, min(w, window or w)
         else:
             generic.append(term)
     equal_lens = sym_expr(dims["q_len"]) == sym_expr(dims["kv_len"])

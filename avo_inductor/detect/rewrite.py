@@ -16,7 +16,7 @@ from torch import fx
 from torch._subclasses.fake_tensor import FakeTensor
 
 from ..spec import MaskKind
-from .fx_utils import erase_dead, is_symbolic, shape_of, sym_expr, tensor_meta
+from .fx_utils import erase_dead, is_symbolic, require_tensor_meta, sym_expr
 from .masks import TermKind
 from .match import AttentionMatch
 
@@ -61,7 +61,7 @@ class _Builder:
 
     def size(self, node: fx.Node, dim: int) -> Any:
         """A size as an int, or a node computing it when it is symbolic."""
-        value = shape_of(node)[dim]  # type: ignore[index]
+        value = require_tensor_meta(node).shape[dim]
         return self("call_method", "size", node, dim) if is_symbolic(value) else int(value)
 
 
@@ -79,7 +79,7 @@ def _band(b: _Builder, q: fx.Node, k: fx.Node, window: int | None) -> fx.Node:
     """Bottom-right aligned causal (and sliding-window) keep-mask (Nq, Nk): key j for query i iff
     i + Nk - Nq - window < j <= i + Nk - Nq (what the avo kernel computes from its flags)."""
     nq, nk = b.size(q, -2), b.size(k, -2)
-    device = tensor_meta(q).device  # type: ignore[union-attr]
+    device = require_tensor_meta(q).device
     rows = b("call_function", torch.arange, nq, device=device)
     cols = b("call_function", torch.arange, nk, device=device)
     offset = b("call_function", operator.sub, nk, nq) if isinstance(nk, fx.Node) or isinstance(nq, fx.Node) else nk - nq
@@ -110,7 +110,7 @@ def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None,
     False keep their precision (:func:`kernel_bias_dtype`, the avo op); bool and bias together give
     ``where(keep, bias, -inf)``.
     """
-    dtype = tensor_meta(match.q).dtype  # type: ignore[union-attr]
+    dtype = require_tensor_meta(match.q).dtype
     keeps: list[fx.Node] = [extra_keep] if extra_keep is not None else []
     biases: list[fx.Node] = []
     for term in match.mask_terms:
@@ -118,13 +118,13 @@ def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None,
         if term.kind is TermKind.BIAS:
             if term.factor != 1.0:
                 node = b("call_function", operator.mul, node, term.factor)
-            have = tensor_meta(node).dtype  # type: ignore[union-attr]
+            have = require_tensor_meta(node).dtype
             want = dtype if bias_in_q_dtype else kernel_bias_dtype(have)
             if have != want:
                 node = b("call_method", "to", node, want)
             biases.append(node)
         else:
-            if tensor_meta(node).dtype != torch.bool:  # type: ignore[union-attr]
+            if require_tensor_meta(node).dtype != torch.bool:
                 node = b("call_method", "bool", node)
             if term.kind is TermKind.DROP:
                 node = b("call_function", torch.logical_not, node)
@@ -170,7 +170,7 @@ def rewrite_to_sdpa(gm: fx.GraphModule, match: AttentionMatch) -> fx.Node:
     """
     b = _Builder(gm, match.output)
     q, k, v = _operands(b, match)
-    same_len = sym_expr(shape_of(q)[-2]) == sym_expr(shape_of(k)[-2])  # type: ignore[index]
+    same_len = sym_expr(require_tensor_meta(q).shape[-2]) == sym_expr(require_tensor_meta(k).shape[-2])
     is_causal = match.causal and match.window is None and not match.mask_terms and same_len
     band = _band(b, q, k, match.window) if match.causal and not is_causal else None
     mask = _tensor_mask(b, match, band)

@@ -7,14 +7,18 @@ widens bf16 operands to fp32 (exact) before the interpreter's matmul. Applied on
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Any
 
 from ..settings import triton_interpreting
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _LOCK = threading.Lock()
 _PATCHED = False
 
 
-def _bf16_bits_to_f32(data):  # type: ignore[no-untyped-def]
+def _bf16_bits_to_f32(data: np.ndarray) -> np.ndarray:
     import numpy as np
 
     return (data.astype(np.uint32) << 16).view(np.float32)
@@ -34,7 +38,9 @@ def ensure_interpreter_fixes() -> None:
         builder_cls = interpreter.InterpreterBuilder
         original = builder_cls.create_dot
 
-        def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):  # type: ignore[no-untyped-def]
+        def create_dot(self: interpreter.InterpreterBuilder, a: interpreter.TensorHandle, b: interpreter.TensorHandle,
+                       d: interpreter.TensorHandle, input_precision: Any,
+                       max_num_imprecise_acc: Any) -> interpreter.TensorHandle:
             if a.dtype == tl.bfloat16 or b.dtype == tl.bfloat16:
                 import numpy as np
 

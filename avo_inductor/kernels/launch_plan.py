@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -124,6 +124,8 @@ class ForwardPlan:
         for role, spec in self.descriptors.items():
             template = self._templates.get(role)
             if template is None:
+                if self.descriptor is None:
+                    raise ValueError(f"launch plan has descriptor {role!r} but no descriptor builder")
                 tensors[role] = self.descriptor(tensors[spec.source], spec)  # built and validated by Triton
                 if eager:  # kept without its base: a cached plan must not keep this call's memory alive
                     self._templates[role] = _rebased(tensors[role], None)

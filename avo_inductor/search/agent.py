@@ -13,9 +13,9 @@ import inspect
 import json
 import logging
 import string
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..settings import Settings

@@ -7,8 +7,8 @@ stepping stone. Nothing here does I/O: the engine owns the islands and rebuilds 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .types import Candidate, EvalResult

@@ -8,8 +8,8 @@ import dataclasses
 import json
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from .engine import SearchEvent
