@@ -153,7 +153,9 @@ def _text_problems(source: object) -> list[Violation]:
         return [Violation(0, f"source is not valid UTF-8 text (lone surrogate at offset {exc.start})")]
     if size > MAX_SOURCE_BYTES:
         return [Violation(0, f"source is {size} bytes, larger than {MAX_SOURCE_BYTES}")]
-    bad = re.search(r"[^\n\t\x20-\x7e\x80-\U0010ffff]|[\x7f\ufeff]", source)
+    # Only newline, tab and printable text: no NUL, CR, form feed, C1 controls, BOM or Unicode line separators,
+    # whose handling differs between ast.parse(str), the import of the file and inspect.getsource.
+    bad = re.search(r"[^\n\t\x20-\x7e\xa0-\U0010ffff]|[\ufeff\u2028\u2029]", source)
     if bad:
         line = source.count("\n", 0, bad.start()) + 1
         return [Violation(line, f"control character {bad.group()!r} in source")]
@@ -291,7 +293,7 @@ def _attribute(node: ast.Attribute, scope: _Function) -> None:
         return
     if node.attr not in VALUE_ATTRIBUTES:
         shown = ".".join(path) if path is not None else f"<{type(node.value).__name__}>.{node.attr}"
-        raise _Refused(node, f"attribute {shown!r} is not in the kernel grammar")
+        raise _Refused(node, f"attribute {node.attr!r} not allowed ({shown!r} is not in the kernel grammar)")
     if isinstance(node.value, (ast.Constant, ast.List, ast.Tuple)):
         raise _Refused(node, f"attribute {node.attr!r} of a literal")
     _expr(node.value, scope)
@@ -349,7 +351,8 @@ def _expr(node: ast.expr, scope: _Function, call_argument: bool = False) -> None
             return
         if node.id in _RESERVED:
             raise _Refused(node, f"{node.id!r} may only be used as a listed attribute path or a direct call")
-        raise _Refused(node, f"name {node.id!r} is not a parameter, local, module constant or jit function")
+        raise _Refused(node, f"name {node.id!r} not allowed (not a parameter, local, module constant or jit "
+                             "function)")
     if isinstance(node, ast.Attribute):
         _attribute(node, scope)
     elif isinstance(node, ast.Call):
