@@ -423,6 +423,7 @@ def _stmt(node: ast.stmt, scope: _Function) -> None:
         if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
             return  # a docstring or an inert string statement
         if not isinstance(node.value, ast.Call):
+            _expr(node.value, scope)  # names the inner problem first, if there is one
             raise _Refused(node, "expression statements must be calls")
         _call(node.value, scope)
     elif isinstance(node, ast.Assign):
