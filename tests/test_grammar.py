@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
+from escape_corpus import BASE, CORPUS, ENTRY
 
 from avo_inductor.kernels import grammar
 from avo_inductor.kernels.genome import GENOME_SPACE
@@ -16,8 +17,6 @@ from avo_inductor.kernels.grammar import Violation, assert_allowed, check_source
 from avo_inductor.kernels.loader import load_source
 from avo_inductor.kernels.render import default_genome, render
 from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind
-
-from escape_corpus import BASE, CORPUS, ENTRY
 
 CPU = HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
 H100 = HardwareKey("nvidia", "NVIDIA H100 80GB HBM3", (9, 0), 132)
@@ -60,7 +59,7 @@ def attn_fwd(X, Y, N, BLOCK: tl.constexpr):
 
 
 def _spec(**kw) -> AttentionSpec:
-    base = dict(batch=2, q_heads=4, kv_heads=2, q_len=47, kv_len=33, head_dim=16, dtype="float16")
+    base = {"batch": 2, "q_heads": 4, "kv_heads": 2, "q_len": 47, "kv_len": 33, "head_dim": 16, "dtype": "float16"}
     return AttentionSpec(**{**base, **kw})
 
 
@@ -131,12 +130,12 @@ def _flash_v1() -> str:
 # iterator or bounds, a constant, tile math, a new helper with the full statement set.
 AGENT_EDITS = {
     "constant": [("KEEP_SCAN = tl.constexpr(1024)", "KEEP_SCAN = tl.constexpr(512)  # halve the scan step")],
-    "new_constants": [("LN2 = tl.constexpr(", "LOG2E_HALF = LOG2E / 2\nSCALE_EPS = tl.constexpr(1e-6 * 2)\n"
-                                              "LN2 = tl.constexpr(")],
+    "new_constants": [("LN2 = tl.constexpr(", ("LOG2E_HALF = LOG2E / 2\nSCALE_EPS = tl.constexpr(1e-6 * 2)\n"
+                                               "LN2 = tl.constexpr("))],
     "loop_iterator": [("for start in range(lo, hi, KEEP_SCAN):",
                        "for start in tl.range(lo, hi, KEEP_SCAN, num_stages=1):")],
-    "static_loop": [("for start in range(lo, hi, KEEP_SCAN):", "for start in tl.static_range(0, 0):\n"
-                     "        pass\n    for start in range(lo, hi, KEEP_SCAN):")],
+    "static_loop": [("for start in range(lo, hi, KEEP_SCAN):", ("for start in tl.static_range(0, 0):\n"
+                     "        pass\n    for start in range(lo, hi, KEEP_SCAN):"))],
     "tile_math": [("lo = lo // BLOCK_N * BLOCK_N", "lo = (lo // BLOCK_N) * BLOCK_N + 0 * (BLOCK_N >> 1)")],
     "dot_precision": [('input_precision="ieee"', 'input_precision="tf32x3"')],
     "helper": [("@triton.jit\ndef _dot(", '''@triton.jit

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
-from typing import Union
 
 MAX_SOURCE_BYTES = 256 * 1024  # the rendered flash_ws90 module (the largest) is ~80 KB
 MAX_LINE_CHARS = 1000  # the templates' longest line is 128
@@ -96,7 +95,7 @@ _FLOAT_STRINGS = frozenset({"inf", "-inf", "+inf", "nan"})
 _RESERVED = frozenset(v for v in IMPORT_FORMS.values()) | BUILTIN_CALLS
 _CONST_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
 # PEP 263: an import decodes the file by this declaration while ast.parse(str) ignores it (utf-7 smuggling).
-_CODING_COOKIE = re.compile(r"^[ \t\f]*#.*?coding[:=]", re.M)
+_CODING_COOKIE = re.compile(r"^[ \t\f]*#.*?coding[:=]", re.MULTILINE)
 
 _BIN_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.LShift, ast.RShift,
             ast.BitAnd, ast.BitOr, ast.BitXor)
@@ -104,7 +103,7 @@ _UNARY_OPS = (ast.UAdd, ast.USub, ast.Not, ast.Invert)
 _CMP_OPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Is, ast.IsNot)
 _MAX_LITERAL_EXPONENT = 64  # `x ** n` and `x << n` with a literal n: no huge host integers at compile time
 
-Number = Union[int, float, bool]
+Number = int | float  # bool included
 
 
 @dataclass(frozen=True)
@@ -268,7 +267,7 @@ _BINARY = {
 
 
 def _bounded(node: ast.AST, value: object) -> Number:
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         return value
     if isinstance(value, int) and abs(value) < _MAX_CONST_INT:
         return value
@@ -303,8 +302,8 @@ def _call(node: ast.Call, scope: _Function) -> None:
     func = node.func
     if isinstance(func, ast.Name):
         if func.id not in scope.module.functions and func.id not in BUILTIN_CALLS and func.id not in DIRECT_CALLS:
-            raise _Refused(node, f"call of {func.id!r}: only module jit functions, {sorted(BUILTIN_CALLS)}, "
-                                 "the listed tl/gl functions and value methods may be called")
+            raise _Refused(node, f"name {func.id!r} not allowed as a callee (only module jit functions, "
+                                 f"{sorted(BUILTIN_CALLS)}, the listed tl/gl functions and value methods)")
         if func.id in DIRECT_CALLS and func.id not in scope.module.imports:
             raise _Refused(node, f"{func.id!r} is called but not imported")
     elif isinstance(func, ast.Attribute):
@@ -331,7 +330,7 @@ def _call(node: ast.Call, scope: _Function) -> None:
 
 def _literal_exponent_ok(node: ast.BinOp) -> bool:
     right = node.right
-    if isinstance(right, ast.Constant) and type(right.value) in (int, float):
+    if isinstance(right, ast.Constant) and isinstance(right.value, (int, float)):
         return 0 <= right.value <= _MAX_LITERAL_EXPONENT
     return True
 
@@ -369,17 +368,17 @@ def _expr(node: ast.expr, scope: _Function, call_argument: bool = False) -> None
             raise _Refused(node, f"operator {type(node.op).__name__} not allowed")
         _expr(node.operand, scope)
     elif isinstance(node, ast.BoolOp):
-        for value in node.values:
-            _expr(value, scope)
+        for operand in node.values:
+            _expr(operand, scope)
     elif isinstance(node, ast.Compare):
         bad = [type(op).__name__ for op in node.ops if not isinstance(op, _CMP_OPS)]
         if bad:
             raise _Refused(node, f"comparison {bad[0]} not allowed")
-        for value in (node.left, *node.comparators):
-            _expr(value, scope)
+        for operand in (node.left, *node.comparators):
+            _expr(operand, scope)
     elif isinstance(node, ast.IfExp):
-        for value in (node.test, node.body, node.orelse):
-            _expr(value, scope)
+        for operand in (node.test, node.body, node.orelse):
+            _expr(operand, scope)
     elif isinstance(node, ast.Subscript):
         _expr(node.value, scope)
         _index(node.slice, scope)
