@@ -53,6 +53,14 @@ _ATTRIBUTE_CHAINS = [
     body("x = tl.random.philox"),
     top("from triton.experimental.gluon import language as gl\n\n\n@triton.jit\ndef evil(X):\n    x = gl._core.builtins\n"),
     body("x = math.sys"),
+    body("x = tl.constexpr(X).value"),
+    body("x = X.to(tl.float32).handle"),
+    body("x = X.T.handle.data"),
+    body("x = tl.tensor_descriptor"),
+    body("d = tl.make_tensor_descriptor(X, shape=[N], strides=[1], block_shape=[16])", "x = d.base"),
+    body("x = attn_fwd[(1,)]"),
+    body("x = max(X, N, key=attn_fwd)"),
+    body("x = tl.load(X).type.scalar"),
 ]
 
 _DUNDER = [
@@ -64,6 +72,8 @@ _DUNDER = [
     body("x = tl.arange.__wrapped__"),
     body("x = __name__"),
     body("x = __loader__"),
+    body("x = tl.load.__self__"),
+    body("x = X.dtype.__class__"),
     top("@triton.jit\ndef __getattr__(name):\n    pass\n"),
     sig("(X, __builtins__)"),
     body("tl.store(X, 1.0, __mask=1)"),

@@ -320,6 +320,8 @@ def _call(node: ast.Call, scope: _Function) -> None:
         if _is_dunder(keyword.arg):
             raise _Refused(keyword.value, f"keyword {keyword.arg!r}: dunder names are not allowed")
         _expr(keyword.value, scope, call_argument=True)
+    if isinstance(func, ast.Name) and func.id in BUILTIN_CALLS and node.keywords:
+        raise _Refused(node, f"{func.id}(...) takes no keyword arguments here")
     if isinstance(func, ast.Name) and func.id == "float":
         if len(node.args) != 1 or node.keywords:
             raise _Refused(node, "float(...) takes exactly one argument")
@@ -380,6 +382,8 @@ def _expr(node: ast.expr, scope: _Function, call_argument: bool = False) -> None
         for operand in (node.test, node.body, node.orelse):
             _expr(operand, scope)
     elif isinstance(node, ast.Subscript):
+        if isinstance(node.value, ast.Name) and node.value.id in scope.module.functions:
+            raise _Refused(node, f"{node.value.id}[...]: kernels are launched by the launcher, not by kernels")
         _expr(node.value, scope)
         _index(node.slice, scope)
     elif isinstance(node, (ast.Tuple, ast.List)):
