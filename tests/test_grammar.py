@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from escape_corpus import BASE, CORPUS, ENTRY
 
-from avo_inductor.kernels import grammar
+from avo_inductor.kernels import grammar_text, grammar_vocab
 from avo_inductor.kernels.genome import GENOME_SPACE
 from avo_inductor.kernels.grammar import Violation, assert_allowed, check_source
 from avo_inductor.kernels.loader import load_source
@@ -269,7 +269,7 @@ def _namespace_objects() -> dict[tuple[str, ...], object]:
     except ImportError:
         pass
     out: dict[tuple[str, ...], object] = {}
-    for path in grammar.NAMESPACES:
+    for path in grammar_vocab.NAMESPACES:
         if path[0] in roots:
             obj = roots[path[0]]
             for part in path[1:]:
@@ -286,20 +286,20 @@ def test_listed_names_exist_and_none_is_a_module() -> None:
     optional = {("tma", "async_copy_global_to_shared"), ("tl", "PropagateNan")}
     builtin_ids = {id(v) for v in vars(builtins).values()}
     for path, obj in _namespace_objects().items():
-        for name in grammar.NAMESPACES[path]:
+        for name in grammar_vocab.NAMESPACES[path]:
             if not hasattr(obj, name):
                 assert (path[-1], name) in optional or path == ("math",), (path, name)
                 continue
             value = getattr(obj, name)
             assert not isinstance(value, types.ModuleType), (path, name)
-            for attr in grammar.VALUE_ATTRIBUTES:
+            for attr in grammar_vocab.VALUE_ATTRIBUTES:
                 sub = getattr(value, attr, None)
                 assert not isinstance(sub, types.ModuleType) and id(sub) not in builtin_ids - {id(None)}, \
                     (path, name, attr)
 
 
 def test_no_listed_name_is_dunder_or_a_banned_capability() -> None:
-    listed = set(grammar.VALUE_ATTRIBUTES).union(*grammar.NAMESPACES.values())
+    listed = set(grammar_vocab.VALUE_ATTRIBUTES).union(*grammar_vocab.NAMESPACES.values())
     assert not [n for n in listed if n.startswith("_")]
     assert not listed & {"inline_asm_elementwise", "device_print", "static_print", "extra", "core", "semantic",
                          "standard", "libdevice", "data_ptr", "storage", "untyped_storage", "cuda", "synchronize"}
@@ -342,7 +342,7 @@ def test_violations_name_the_problem(snippet: str, needle: str) -> None:
 
 def test_missing_entry_point_size_cap_and_non_text() -> None:
     assert any("entry point 'attn_bwd'" in str(p) for p in check_source(BASE, ("attn_fwd", "attn_bwd")))
-    assert "larger than" in check_source("#" * (grammar.MAX_SOURCE_BYTES + 1))[0].message
+    assert "larger than" in check_source("#" * (grammar_text.MAX_SOURCE_BYTES + 1))[0].message
     assert "must be text" in check_source(BASE.encode())[0].message  # type: ignore[arg-type]
 
 

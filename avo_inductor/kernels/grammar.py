@@ -15,88 +15,33 @@ Why a positive list and not banned names: what Python can reach from an allowed 
 own submodules re-export os, sys and builtins; decorators, defaults and annotations run at import; under the
 interpreter a kernel body is host Python), so a list of bad names is always one name short. Here a new trick
 has to be derivable from the grammar, which can only name Triton's device API. Nothing is executed: the text is
-size-, line- and encoding-checked, parsed, its depth measured iteratively, and any parser failure is a refusal.
+size-, line- and encoding-checked, parsed and its depth measured iteratively first (grammar_text.py: any parser
+failure is a refusal); the names themselves are data in grammar_vocab.py.
 """
 from __future__ import annotations
 
 import ast
-import re
-from dataclasses import dataclass
+import math
 
-MAX_SOURCE_BYTES = 256 * 1024  # the rendered flash_ws90 module (the largest) is ~80 KB
-MAX_LINE_CHARS = 1000  # the templates' longest line is 128
-MAX_AST_DEPTH = 64  # the rendered templates reach 17
-MAX_AST_NODES = 100_000  # the rendered flash_ws90 module has ~15.5k
-MAX_STRING_CHARS = 256  # string literals outside docstrings (call arguments such as input_precision="ieee")
+from .grammar_text import MAX_SOURCE_BYTES, Violation, parse_checked
+from .grammar_vocab import (
+    BUILTIN_CALLS,
+    CONST_NAME,
+    CONSTEXPR_ANNOTATIONS,
+    DECORATORS,
+    DIRECT_CALLS,
+    FLOAT_STRINGS,
+    IMPORT_FORMS,
+    LOOP_ITERATORS,
+    MAX_STRING_CHARS,
+    NAMESPACES,
+    RESERVED,
+    VALUE_ATTRIBUTES,
+)
+
+__all__ = ["MAX_SOURCE_BYTES", "Violation", "assert_allowed", "check_source"]
+
 _MAX_CONST_INT = 2 ** 64  # module-level constant arithmetic (evaluated by the import) stays below this
-
-# Import statement -> the name it binds. Only these exact forms (and aliases) are accepted.
-IMPORT_FORMS: dict[tuple[str, str, str | None], str] = {
-    ("import", "triton", None): "triton",
-    ("import", "triton.language", "tl"): "tl",
-    ("import", "math", None): "math",
-    ("from triton.experimental", "gluon", None): "gluon",
-    ("from triton.experimental.gluon", "language", "gl"): "gl",
-    **{("from triton.experimental.gluon.language.nvidia.hopper", name, None): name
-       for name in ("fence_async_shared", "mbarrier", "tma", "warpgroup_mma", "warpgroup_mma_wait")},
-}
-DECORATORS = frozenset({"triton.jit", "gluon.jit"})
-CONSTEXPR_ANNOTATIONS = frozenset({"tl.constexpr", "gl.constexpr"})
-LOOP_ITERATORS = frozenset({"range", "tl.range", "tl.static_range", "gl.static_range"})
-
-_TL_FUNCTIONS = (
-    "arange", "zeros", "zeros_like", "full", "load", "store", "dot", "dot_scaled", "where", "maximum", "minimum",
-    "exp", "exp2", "log", "log2", "sqrt", "sqrt_rn", "rsqrt", "abs", "fma", "sigmoid", "softmax", "floor", "ceil",
-    "sin", "cos", "erf", "fdiv", "div_rn", "umulhi", "clamp", "sum", "max", "min", "argmax", "argmin", "xor_sum",
-    "cumsum", "cumprod", "reduce", "associative_scan", "sort", "topk", "flip", "histogram", "gather",
-    "cdiv", "program_id", "num_programs", "multiple_of", "max_contiguous", "max_constancy", "assume",
-    "trans", "reshape", "view", "broadcast", "broadcast_to", "expand_dims", "permute", "ravel", "split", "join",
-    "interleave", "cat", "squeeze", "unsqueeze", "cast", "swizzle2d", "rand", "randn", "randint",
-    "atomic_add", "atomic_max", "atomic_min", "atomic_and", "atomic_or", "atomic_xor", "atomic_xchg", "atomic_cas",
-    "make_tensor_descriptor", "load_tensor_descriptor", "store_tensor_descriptor", "make_block_ptr",
-    "static_assert", "device_assert", "debug_barrier", "static_range", "range", "constexpr", "pointer_type",
-    "PropagateNan",
-)
-_DTYPES = ("float16", "bfloat16", "float32", "float64", "float8e4nv", "float8e5", "int1", "int8", "int16", "int32",
-           "int64", "uint8", "uint16", "uint32", "uint64")
-_GL_FUNCTIONS = (
-    "AutoLayout", "BlockedLayout", "DotOperandLayout", "NVMMADistributedLayout", "NVMMASharedLayout",
-    "SliceLayout", "SwizzledSharedLayout", "allocate_shared_memory", "arange", "abs", "barrier", "cast", "cdiv",
-    "constexpr", "convert_layout", "device_assert", "exp", "exp2", "expand_dims", "fma", "full", "full_like",
-    "join", "load", "log", "log2", "max", "maximum", "min", "minimum", "multiple_of", "max_contiguous",
-    "num_programs", "num_warps", "permute", "program_id", "reshape", "rsqrt", "set_auto_layout", "split", "sqrt",
-    "static_assert", "static_range", "store", "sum", "warp_specialize", "where", "zeros", "zeros_like",
-)
-# Namespace path -> attributes it may be followed by (a path that is a key may appear only as a prefix).
-# Deliberately absent: tl.core / tl.extra (libdevice) / tl.semantic / tl.standard, inline_asm_elementwise,
-# device_print / static_print, and every module object.
-NAMESPACES: dict[tuple[str, ...], frozenset[str]] = {
-    ("tl",): frozenset(_TL_FUNCTIONS + _DTYPES),
-    ("tl", "math"): frozenset({"exp", "exp2", "log", "log2", "sqrt", "sqrt_rn", "rsqrt", "abs", "fma", "floor",
-                               "ceil", "sin", "cos", "erf", "fdiv", "div_rn", "umulhi"}),
-    ("gl",): frozenset(_GL_FUNCTIONS + _DTYPES),
-    ("gl", "NVMMASharedLayout"): frozenset({"get_default_for"}),
-    ("math",): frozenset({"pi", "e", "tau", "inf", "log", "log2", "exp", "sqrt"}),
-    ("mbarrier",): frozenset({"MBarrierLayout", "allocate_mbarrier", "arrive", "expect", "init", "invalidate",
-                              "wait"}),
-    # async_copy_global_to_shared is Triton 3.6's name of async_load (render._gluon_dialect renames it).
-    ("tma",): frozenset({"async_copy_global_to_shared", "async_load", "async_copy_shared_to_global",
-                         "async_store", "store_wait"}),
-}
-# Attributes of values (tensors, pointers, descriptors, shared-memory buffers, dtypes): pure accessors only.
-VALUE_ATTRIBUTES = frozenset({
-    "to", "T", "dtype", "shape", "numel", "element_ty", "primitive_bitwidth", "block_type", "nbytes", "layout",
-    "reshape", "permute", "trans", "view", "broadcast_to", "expand_dims", "split", "ravel",
-    "sum", "max", "min", "argmax", "argmin", "cumsum", "index", "slice", "load", "store",
-})
-BUILTIN_CALLS = frozenset({"float", "int", "range", "min", "max", "len"})  # Triton's jit builtins, pure ones
-DIRECT_CALLS = frozenset({"fence_async_shared", "warpgroup_mma", "warpgroup_mma_wait"})  # Hopper imports
-_FLOAT_STRINGS = frozenset({"inf", "-inf", "+inf", "nan"})
-_RESERVED = frozenset(v for v in IMPORT_FORMS.values()) | BUILTIN_CALLS
-_CONST_NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
-# PEP 263: an import decodes the file by this declaration while ast.parse(str) ignores it (utf-7 smuggling).
-_CODING_COOKIE = re.compile(r"^[ \t\f]*#.*?coding[:=]", re.MULTILINE)
-
 _BIN_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.LShift, ast.RShift,
             ast.BitAnd, ast.BitOr, ast.BitXor)
 _UNARY_OPS = (ast.UAdd, ast.USub, ast.Not, ast.Invert)
@@ -104,17 +49,6 @@ _CMP_OPS = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Is, ast.IsN
 _MAX_LITERAL_EXPONENT = 64  # `x ** n` and `x << n` with a literal n: no huge host integers at compile time
 
 Number = int | float  # bool included
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One reason a source is refused; ``line`` 0 when the whole text is at fault."""
-
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
 
 
 class _Refused(Exception):
@@ -142,56 +76,6 @@ def _is_dunder(name: str) -> bool:
     return name.startswith("__")
 
 
-def _text_problems(source: object) -> list[Violation]:
-    """Checks on the raw text, before any parsing: type, size, encoding, control characters, line lengths."""
-    if not isinstance(source, str):
-        return [Violation(0, f"kernel source must be text, got {type(source).__name__}")]
-    try:
-        size = len(source.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        return [Violation(0, f"source is not valid UTF-8 text (lone surrogate at offset {exc.start})")]
-    if size > MAX_SOURCE_BYTES:
-        return [Violation(0, f"source is {size} bytes, larger than {MAX_SOURCE_BYTES}")]
-    # Only newline, tab and printable text: no NUL, CR, form feed, C1 controls, BOM or Unicode line separators,
-    # whose handling differs between ast.parse(str), the import of the file and inspect.getsource.
-    bad = re.search(r"[^\n\t\x20-\x7e\xa0-\U0010ffff]|[\ufeff\u2028\u2029]", source)
-    if bad:
-        line = source.count("\n", 0, bad.start()) + 1
-        return [Violation(line, f"control character {bad.group()!r} in source")]
-    for number, text in enumerate(source.split("\n")[:2], 1):
-        if _CODING_COOKIE.match(text):
-            return [Violation(number, "encoding declarations are not allowed (the import would decode differently)")]
-    for number, text in enumerate(source.split("\n"), 1):
-        if len(text) > MAX_LINE_CHARS:
-            return [Violation(number, f"line of {len(text)} characters (at most {MAX_LINE_CHARS})")]
-    return []
-
-
-def _parse(source: str) -> ast.Module | Violation:
-    """ast.parse, with every parser failure (deep nesting included) turned into a Violation."""
-    try:
-        return ast.parse(source, mode="exec")
-    except SyntaxError as exc:  # IndentationError, "too many nested parentheses", null bytes
-        return Violation(exc.lineno or 0, f"syntax error: {exc.msg}")
-    except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
-        return Violation(0, f"source cannot be parsed safely: {type(exc).__name__}: {str(exc)[:200]}")
-
-
-def _shape_problem(tree: ast.AST) -> Violation | None:
-    """Depth and node count, measured without recursion (the checker below recurses at most MAX_AST_DEPTH)."""
-    stack = [(tree, 1)]
-    nodes = 0
-    while stack:
-        node, depth = stack.pop()
-        nodes += 1
-        if depth > MAX_AST_DEPTH:
-            return Violation(getattr(node, "lineno", 0), f"nesting deeper than {MAX_AST_DEPTH} syntax levels")
-        if nodes > MAX_AST_NODES:
-            return Violation(0, f"more than {MAX_AST_NODES} syntax nodes")
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
-    return None
-
-
 class _Module:
     """The module-level names a function body may use, collected before bodies are checked."""
 
@@ -217,7 +101,7 @@ def _bind_check(node: ast.AST, name: str, module: _Module, what: str) -> None:
     """A name a module, function or statement binds: never dunder, never a reserved or module-level name."""
     if _is_dunder(name):
         raise _Refused(node, f"{what} {name!r}: dunder names are not allowed")
-    if name in _RESERVED:
+    if name in RESERVED:
         raise _Refused(node, f"{what} {name!r} would shadow the module or builtin of that name")
     if name in module.names:
         raise _Refused(node, f"{what} {name!r} would shadow the module-level name of that name")
@@ -232,7 +116,7 @@ def _const_value(node: ast.expr, module: _Module) -> Number:
         return module.constants[node.id]
     path = _dotted(node) if isinstance(node, ast.Attribute) else None
     if path is not None and len(path) == 2 and path[0] == "math" and path[1] in ("pi", "e", "tau", "inf"):
-        return float(getattr(__import__("math"), path[1]))
+        return float(getattr(math, path[1]))
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and _dotted(node.func) in (
             ("tl", "constexpr"), ("gl", "constexpr")):
         if len(node.args) != 1 or node.keywords:
@@ -326,7 +210,7 @@ def _call(node: ast.Call, scope: _Function) -> None:
         if len(node.args) != 1 or node.keywords:
             raise _Refused(node, "float(...) takes exactly one argument")
         arg = node.args[0]
-        if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.strip() not in _FLOAT_STRINGS:
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.strip() not in FLOAT_STRINGS:
             raise _Refused(node, f"float({arg.value[:40]!r}): only float('inf'), float('-inf'), float('nan')")
 
 
@@ -350,7 +234,7 @@ def _expr(node: ast.expr, scope: _Function, call_argument: bool = False) -> None
     if isinstance(node, ast.Name):
         if node.id in scope.values:
             return
-        if node.id in _RESERVED:
+        if node.id in RESERVED:
             raise _Refused(node, f"{node.id!r} may only be used as a listed attribute path or a direct call")
         raise _Refused(node, f"name {node.id!r} not allowed (not a parameter, local, module constant or jit "
                              "function)")
@@ -548,7 +432,7 @@ def _collect(tree: ast.Module, module: _Module, problems: list[Violation]) -> li
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 _import(stmt, module)
             elif isinstance(stmt, ast.Assign):
-                if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name) or not _CONST_NAME.match(
+                if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name) or not CONST_NAME.match(
                         stmt.targets[0].id):
                     raise _Refused(stmt, "module-level assignments must be one UPPER_CASE constant name")
                 name = stmt.targets[0].id
@@ -574,15 +458,9 @@ def check_source(source: str, required_functions: tuple[str, ...] = ()) -> list[
 
     ``required_functions`` must be top-level jit functions (the launcher's entry points).
     """
-    early = _text_problems(source)
-    if early:
-        return early
-    tree = _parse(source)
-    if isinstance(tree, Violation):
-        return [tree]
-    shape = _shape_problem(tree)
-    if shape is not None:
-        return [shape]
+    tree = parse_checked(source)
+    if isinstance(tree, list):
+        return tree
     module = _Module()
     problems: list[Violation] = []
     try:
