@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from avo_inductor.kernels import launch
-from avo_inductor.kernels.allowlist import check_source
+from avo_inductor.kernels.grammar import check_source
 from avo_inductor.kernels.loader import load_source
 from avo_inductor.kernels.render import (
     check_renderable,

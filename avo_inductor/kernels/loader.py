@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from ..spec import kernel_id
-from .allowlist import Violation, check_source
+from .grammar import Violation, check_source
 from .launch import KernelFunctions, LaunchConfig
 
 _LOCK = threading.Lock()
