@@ -106,8 +106,9 @@ def _variants(spec: AttentionSpec, hardware: HardwareKey):
 def test_every_single_knob_variant_renders_to_accepted_source(spec: AttentionSpec) -> None:
     rendered = dict(_variants(spec, H100))
     assert len(rendered) > 40, sorted(rendered)
-    bad = {name: check_source(rk.source)[:2] for name, rk in rendered.items() if check_source(rk.source)}
-    assert not bad
+    by_text = {rk.source: (name, rk.entry_point) for name, rk in rendered.items()}  # launch-only knobs: same text
+    problems = {name: check_source(text, (entry,))[:2] for text, (name, entry) in by_text.items()}
+    assert len(by_text) > 10 and not {name: found for name, found in problems.items() if found}
 
 
 @pytest.mark.parametrize("head_dim,mask,causal,persistent", [
