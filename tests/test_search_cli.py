@@ -151,3 +151,60 @@ def test_agent_operator_is_built_when_a_key_is_set(tmp_path: Path) -> None:
     with SearchDatabase(tmp_path / "s.db") as db:
         ops = runner.build_operators(("structured", "agent:0.5"), settings, FakeEvaluator(), HW, db, notes.append)
     assert [(op.name, w) for op, w in ops] == [("structured", 1.0), ("agent", 0.5)] and notes == []
+
+
+_KILLED_CHILD = """
+import sys, time
+from pathlib import Path
+sys.path[:0] = [{tests!r}]
+from avo_inductor.cache.store import KernelStore
+from avo_inductor.search import runner
+from search_fakes import HW, FakeEvaluator
+
+class Hanging(FakeEvaluator):
+    def evaluate(self, candidates):
+        if len(self.calls) == 2:  # the third batch is marked in flight in the database, then the process hangs
+            Path({marker!r}).write_text("in flight")
+            time.sleep(600)
+        return super().evaluate(candidates)
+
+opts = runner.RunOptions(campaign={campaign!r}, db={db!r}, operators=("structured",), budget_minutes=30.0)
+runner.execute(opts, store=KernelStore(Path({store!r}), shipped=False), evaluator=Hanging(), hardware=HW)
+"""
+
+
+def test_resume_after_sigkill_with_a_time_budget_works_first_time(tmp_path: Path) -> None:
+    """Regression: SIGKILLed mid-batch (candidates left "evaluating") in a run with a wall-clock budget, the
+    first ``resume`` raised AttributeError (the re-queue note read the budget before the segment had started);
+    only a second resume, with nothing left to re-queue, worked."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db, marker, store_dir = tmp_path / "s.db", tmp_path / "in-flight", tmp_path / "store"
+    script = _KILLED_CHILD.format(tests=str(Path(__file__).parent), marker=str(marker), db=str(db),
+                                  campaign=str(_campaign(tmp_path)), store=str(store_dir))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else "child exited"
+            assert time.monotonic() < deadline, "the child never reached its third batch"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    (run,) = runner.status(db).runs
+    assert run.status == "running" and run.pending > 0  # killed: no handler ran, candidates left in flight
+    events: list[SearchEvent] = []
+    store = KernelStore(store_dir, shipped=False)
+    outcome = runner.resume("latest", db, store=store, evaluator=FakeEvaluator(), hardware=HW, sink=events.append)
+    (run,) = runner.status(db).runs
+    assert outcome.run_id == run.id and run.status == "finished" and run.pending == 0 and run.generation == 4
+    (note,) = [e for e in events if e.kind == "note" and "re-queued" in e.message]
+    assert isinstance(note.generation, int) and note.generation <= 3  # the note names the generation it re-queued in
+    assert note.budget_left_s is not None and 0 < note.budget_left_s <= 30 * 60
