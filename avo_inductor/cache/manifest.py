@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
-from ..parsing import bounded_int, finite_float, load_json
+from ..parsing import MAX_INT, bounded_int, finite_float, load_json
 from ..spec import HardwareKey, SoftwareKey, store_key
 from .record import KernelRecord
 from .signing import Signature, fingerprint, verify_signature
@@ -127,14 +127,14 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"manifest must be a JSON object; got {type(data).__name__}")
         try:
-            fmt = bounded_int("manifest format", data["format"], minimum=None)
+            fmt = _json_int("manifest format", data["format"], minimum=None)
             if fmt > BUNDLE_FORMAT:
                 raise BundleError(f"bundle format {fmt} is newer than this avo_inductor understands ({BUNDLE_FORMAT}); "
                                   "upgrade avo_inductor to import it")
             if fmt < 1:
                 raise BundleError(f"bundle format {fmt} is invalid")
             files = tuple(FileEntry(_text("file path", f["path"]), _text("file sha256", f["sha256"]),
-                                    bounded_int(f"size of {str(f['path'])[:80]!r}", f["size"]))
+                                    _json_int(f"size of {str(f['path'])[:80]!r}", f["size"]))
                           for f in _items("files", data["files"]))
             records = tuple(RecordEntry(_text("record key", r["key"]), _text("record file", r["file"]),
                                         _text("record kernel_id", r.get("kernel_id", "")))
@@ -187,6 +187,27 @@ class Manifest:
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = str(exc)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _json_int(name: str, value: Any, *, minimum: int | None = 0) -> int:
+    """A JSON integer (not a float, bool or numeric string) within [minimum, MAX_INT]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(f"manifest {name} must be an integer; got {type(value).__name__} {str(value)[:24]}")
+    return bounded_int(name, value, minimum=minimum)
+
+
+def _out_of_range_int(data: Any) -> int | None:
+    """The first integer in parsed JSON beyond +-MAX_INT (walked iteratively; depth is capped by load_json)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INT:
+            return item
+    return None
 
 
 def _text(name: str, value: Any) -> str:
@@ -274,6 +295,9 @@ def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None
             raise BundleError(f"{_short(exc)} (truncated or corrupt?)") from None
     if not isinstance(raw, dict):
         raise BundleError(f"record must be a JSON object; got {type(raw).__name__}")
+    huge = _out_of_range_int(raw)  # no size, count or length in a record comes near 2^53
+    if huge is not None:
+        raise BundleError(f"record holds the integer {str(huge)[:24]}…, beyond {MAX_INT}")
     try:
         record = KernelRecord.from_dict(raw)
     except PARSE_ERRORS as exc:  # from_dict of hostile data must be a refusal of this record, never a crash
