@@ -81,12 +81,16 @@ def _paths(name: str, raw: Any) -> tuple[Path, ...]:
         items = list(raw)
     except TypeError:
         raise ValueError(f"{_label(name)} must be a path list; got {raw!r}") from None
+    if not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise ValueError(f"{_label(name)} must be folder paths; got {items!r}")
     return tuple(Path(p).expanduser() for p in items if p)
 
 
 def _normalised(s: "Settings") -> dict[str, Any]:
     """Every field of ``s`` parsed defensively: bools strictly, numbers finite and in range, paths as Paths."""
     out: dict[str, Any] = {}
+    if not isinstance(s.cache_dir, (str, os.PathLike)) or not str(s.cache_dir):
+        raise ValueError(f"{_label('cache_dir')} must be a folder path; got {s.cache_dir!r}")
     out["cache_dir"] = Path(s.cache_dir).expanduser()
     out["cache_path"] = _paths("cache_path", s.cache_path)
     on_miss = s.on_miss.strip().lower() if isinstance(s.on_miss, str) else s.on_miss
@@ -96,10 +100,10 @@ def _normalised(s: "Settings") -> dict[str, Any]:
     for name in ("strict", "log", "use_shipped", "require_signed"):
         out[name] = strict_bool(_label(name), getattr(s, name))
     keys = s.trusted_keys
-    keys = (keys,) if isinstance(keys, str) else tuple(keys)
-    if not all(isinstance(k, str) for k in keys):
+    keys = (keys,) if isinstance(keys, str) else keys  # configure(trusted_keys="hex or file"): one key, never split
+    if not isinstance(keys, (tuple, list, set, frozenset)) or not all(isinstance(k, str) for k in keys):
         raise ValueError(f"{_label('trusted_keys')} must be strings; got {keys!r}")
-    out["trusted_keys"] = keys
+    out["trusted_keys"] = tuple(keys)
     if not isinstance(s.agent_model, str) or not s.agent_model.strip():
         raise ValueError(f"{_label('agent_model')} must be a model name; got {s.agent_model!r}")
     out["agent_max_tokens"] = bounded_int(_label("agent_max_tokens"), s.agent_max_tokens, minimum=1)
@@ -155,8 +159,6 @@ def configure(**overrides: Any) -> Settings:
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(f"unknown avo setting(s) {unknown}; valid: {sorted(valid)}")
-    if isinstance(overrides.get("trusted_keys"), str):
-        overrides["trusted_keys"] = (overrides["trusted_keys"],)  # one key or key file, never split
     _active = dataclasses.replace(get_settings(), **overrides)
     return _active
 

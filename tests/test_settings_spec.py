@@ -96,6 +96,14 @@ def test_numbers_as_text_parse_alike(tmp_path: Path) -> None:
                                                                        s.cache_path)
 
 
+@pytest.mark.parametrize("field,bad", [("cache_dir", 5), ("cache_dir", ""), ("cache_path", 5), ("cache_path", [1]),
+                                       ("trusted_keys", 5), ("trusted_keys", [b"ab"]), ("agent_model", ""),
+                                       ("on_miss", None), ("anthropic_api_key", 123)])
+def test_wrong_types_are_value_errors_naming_the_setting(field: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        configure(**{field: bad})
+
+
 def test_nan_budget_never_reads_as_budget_left() -> None:
     """Defence in depth: a NaN slipped past validation (e.g. a NaN spend) reads as spent, not as money left."""
     from avo_inductor.search.budget import Budget
