@@ -24,7 +24,7 @@ from .types import Evaluator, VariationOperator
 OPERATOR_WEIGHTS = {"structured": 1.0, "agent": 0.25}  # agent sessions cost minutes and dollars each
 QUICK = {"generations": 1, "population": 1, "islands": 1, "seed_variants": 1, "budget_minutes": 15.0,
          "operators": ("structured",)}
-# Lower bounds of the numeric run options (CLI flags and campaign [search] values alike); None = any >= 0.
+# Lower bounds of the integer run options (CLI flags and campaign [search] values alike).
 INT_MINIMUMS = {"generations": 0, "population": 1, "islands": 1, "seed": 0, "gpus": 1, "max_tokens": 1,
                 "seed_variants": 0, "migration_interval": 0, "eval_batch": 0}
 
