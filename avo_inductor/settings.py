@@ -86,7 +86,7 @@ def _paths(name: str, raw: Any) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in items if p)
 
 
-def _normalised(s: "Settings") -> dict[str, Any]:
+def _normalised(s: Settings) -> dict[str, Any]:
     """Every field of ``s`` parsed defensively: bools strictly, numbers finite and in range, paths as Paths."""
     out: dict[str, Any] = {}
     if not isinstance(s.cache_dir, (str, os.PathLike)) or not str(s.cache_dir):

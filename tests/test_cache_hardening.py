@@ -13,15 +13,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from cache_helpers import SW, key_of, make_record, ok_verifier
 
 from avo_inductor.cache import bundle
 from avo_inductor.cache.__main__ import main
-from avo_inductor.cache.bundle import BundleRefused, export_bundle, import_bundle, verify_bundle
-from avo_inductor.cache.manifest import MANIFEST_NAME, BundleError, read_manifest, validate_record
+from avo_inductor.cache.bundle import (
+    BundleRefused,
+    export_bundle,
+    import_bundle,
+    verify_bundle,
+)
+from avo_inductor.cache.manifest import (
+    MANIFEST_NAME,
+    BundleError,
+    read_manifest,
+    validate_record,
+)
 from avo_inductor.cache.signing import Signature
 from avo_inductor.cache.store import CacheWarning, KernelStore
 from avo_inductor.settings import reset_settings
-from cache_helpers import SW, key_of, make_record, ok_verifier
 
 DEEP = 5000  # past the JSON depth limit and, for the recursive parser, far past nothing: must still be clean
 

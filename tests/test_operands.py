@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernel_cases import call_args, load
 
 from avo_inductor.kernels import launch
 from avo_inductor.kernels.operands import check_mask_operand
 from avo_inductor.kernels.reference import alibi_slopes, attention_reference, tolerance
 from avo_inductor.spec import AttentionSpec
-
-from _kernel_cases import call_args, load
 
 # (B, Hq, Hkv, Nq, Nk): ragged, batch >= 2, >= 2 kv heads, one GQA shape.
 SHAPES = [(2, 4, 2, 17, 33), (3, 2, 2, 1, 47)]
@@ -62,7 +61,7 @@ def _invalid(kind: str, b: int, hq: int, nq: int, nk: int) -> list[tuple[torch.T
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("kind", ["bias", "bool", "padding", "alibi"])
 def test_valid_operands_pass(kind: str, shape: tuple[int, ...]) -> None:
-    b, hq, hkv, nq, nk = shape
+    b, hq, _, nq, nk = shape
     q, k, v = _qkv(*shape)
     for mask in _valid(kind, b, hq, nq, nk):
         check_mask_operand(kind, mask, q, k, v)
@@ -71,7 +70,7 @@ def test_valid_operands_pass(kind: str, shape: tuple[int, ...]) -> None:
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("kind", ["bias", "bool", "padding", "alibi"])
 def test_invalid_operands_raise_naming_operand_and_shapes(kind: str, shape: tuple[int, ...]) -> None:
-    b, hq, hkv, nq, nk = shape
+    b, hq, _, nq, nk = shape
     q, k, v = _qkv(*shape)
     for mask, needle in _invalid(kind, b, hq, nq, nk):
         with pytest.raises(ValueError, match=needle) as info:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..parsing import bounded_int, finite_float, load_json
 from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
-from ..parsing import bounded_int, finite_float, load_json
 from .layers import BundleLayer, CacheWarning, open_layers, warn_once  # noqa: F401 - CacheWarning re-exported
 from .manifest import PARSE_ERRORS, BundleError, validate_record
 from .record import KernelRecord
