@@ -25,7 +25,6 @@ from .signing import load_trusted_keys
 LOCAL_LAYER = "local"
 _REC, _PENDING, _MARK, _USED, _GEN = "rec:", "pending:", "mark:", "used:", "meta:generation"
 _TOUCH_INTERVAL_S = 3600.0  # last-use stamps feed `prune --unused-days`; hourly resolution keeps lookups read-only
-_warn_once = warn_once
 # What reading a damaged diskcache folder can raise: sqlite's "malformed"/"not a database", a value file gone or
 # unreadable, text that is not UTF-8, and our refusal of pickled entries (ValueError).
 _DB_ERRORS = (OSError, sqlite3.Error, UnicodeDecodeError, ValueError)
@@ -145,7 +144,7 @@ class KernelStore:
                 self._db_failed = True
                 self._db_error = (f"avo kernel store {self.directory} is not writable or is damaged ({exc}); "
                                   "using read-only layers only")
-                _warn_once("open", str(self.directory), self._db_error)
+                warn_once("open", str(self.directory), self._db_error)
         return self._db_obj
 
     @property
@@ -165,7 +164,7 @@ class KernelStore:
         try:
             return db.get(key)
         except _DB_ERRORS as exc:
-            _warn_once(str(self.directory), key, f"avo kernel store entry {key!r} unreadable ({exc}); treated as a miss")
+            warn_once(str(self.directory), key, f"avo kernel store entry {key!r} unreadable ({exc}); treated as a miss")
             return None
 
     def _db_keys(self, prefix: str) -> list[str]:
@@ -179,7 +178,7 @@ class KernelStore:
                 if isinstance(k, str) and k.startswith(prefix):
                     keys.append(k[len(prefix):])
         except _DB_ERRORS as exc:
-            _warn_once(str(self.directory), "iterkeys", f"avo kernel store {self.directory} is damaged ({exc}); "
+            warn_once(str(self.directory), "iterkeys", f"avo kernel store {self.directory} is damaged ({exc}); "
                        f"listing the {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} read before the damage")
         return sorted(keys)
 
@@ -213,16 +212,16 @@ class KernelStore:
             try:
                 yield LOCAL_LAYER, validate_record(raw.encode() if isinstance(raw, str) else raw, key)
             except (BundleError, *PARSE_ERRORS) as exc:
-                _warn_once(str(self.directory), key, f"avo kernel store: corrupt entry {key!r} in {self.directory} "
+                warn_once(str(self.directory), key, f"avo kernel store: corrupt entry {key!r} in {self.directory} "
                            f"treated as a miss: {exc}")
         for layer in self.layers:
             try:
                 record = layer.get(key)
             except BundleError as exc:
-                _warn_once(layer.label, key, f"avo kernel store: bad entry {key!r} in {layer.label} skipped: {exc}")
+                warn_once(layer.label, key, f"avo kernel store: bad entry {key!r} in {layer.label} skipped: {exc}")
                 continue
             if layer.error:
-                _warn_once(layer.label, "", layer.error)
+                warn_once(layer.label, "", layer.error)
             if record is not None:
                 yield layer.label, record
 
@@ -410,7 +409,7 @@ class KernelStore:
                 entry = PendingEntry(key, entry.spec, entry.hardware, entry.count + 1, origins, entry.first_seen, now)
                 db.set(_PENDING + key, json.dumps(entry.to_dict(), sort_keys=True))
         except _DB_ERRORS as exc:
-            _warn_once(str(self.directory), "enqueue", f"avo kernel store {self.directory}: a miss could not be "
+            warn_once(str(self.directory), "enqueue", f"avo kernel store {self.directory}: a miss could not be "
                        f"queued ({exc})")
             return None
         return entry
@@ -425,7 +424,7 @@ class KernelStore:
                 raise ValueError(f"must be a JSON object; got {type(data).__name__}")
             return PendingEntry.from_dict(data)
         except PARSE_ERRORS as exc:
-            _warn_once(str(self.directory), _PENDING + key, f"avo pending entry {key!r} is corrupt and was reset: {exc}")
+            warn_once(str(self.directory), _PENDING + key, f"avo pending entry {key!r} is corrupt and was reset: {exc}")
             return None
 
     def pending(self) -> list[PendingEntry]:
