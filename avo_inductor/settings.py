@@ -11,9 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .parsing import bounded_int, finite_float, strict_bool
+
 ON_MISS_CHOICES = ("fallback", "search", "error")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_ENV_NAMES = {"cache_dir": "AVO_CACHE_DIR", "cache_path": "AVO_CACHE_PATH", "on_miss": "AVO_ON_MISS",
+              "strict": "AVO_STRICT", "log": "AVO_LOG", "use_shipped": "AVO_USE_SHIPPED",
+              "trusted_keys": "AVO_TRUSTED_KEYS", "require_signed": "AVO_REQUIRE_SIGNED",
+              "agent_model": "AVO_AGENT_MODEL", "agent_max_tokens": "AVO_AGENT_MAX_TOKENS",
+              "agent_max_dollars": "AVO_AGENT_MAX_DOLLARS"}
 
 
 def _default_cache_dir() -> Path:
@@ -52,12 +57,10 @@ class Settings:
     anthropic_api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.on_miss not in ON_MISS_CHOICES:
-            raise ValueError(f"AVO_ON_MISS / on_miss must be one of {', '.join(ON_MISS_CHOICES)}; got {self.on_miss!r}")
-        if self.agent_max_tokens <= 0 or self.agent_max_dollars < 0:
-            raise ValueError(
-                f"agent budget must be positive: max_tokens={self.agent_max_tokens}, max_dollars={self.agent_max_dollars}"
-            )
+        # One normaliser for both paths (settings_from_env and configure()), so they cannot drift: every field is
+        # parsed here, strings included, and the clean value replaces the raw one.
+        for name, value in _normalised(self).items():
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -67,47 +70,64 @@ class Settings:
         return out
 
 
-def _parse_bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+def _label(name: str) -> str:
+    return f"{_ENV_NAMES[name]} / {name}" if name in _ENV_NAMES else name
 
 
-def _parse_number(name: str, raw: str, kind: type) -> Any:
+def _paths(name: str, raw: Any) -> tuple[Path, ...]:
+    if isinstance(raw, (str, Path)):
+        raw = str(raw).split(os.pathsep)
     try:
-        return kind(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a {kind.__name__}; got {raw!r}") from None
+        items = list(raw)
+    except TypeError:
+        raise ValueError(f"{_label(name)} must be a path list; got {raw!r}") from None
+    if not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise ValueError(f"{_label(name)} must be folder paths; got {items!r}")
+    return tuple(Path(p).expanduser() for p in items if p)
+
+
+def _normalised(s: Settings) -> dict[str, Any]:
+    """Every field of ``s`` parsed defensively: bools strictly, numbers finite and in range, paths as Paths."""
+    out: dict[str, Any] = {}
+    if not isinstance(s.cache_dir, (str, os.PathLike)) or not str(s.cache_dir):
+        raise ValueError(f"{_label('cache_dir')} must be a folder path; got {s.cache_dir!r}")
+    out["cache_dir"] = Path(s.cache_dir).expanduser()
+    out["cache_path"] = _paths("cache_path", s.cache_path)
+    on_miss = s.on_miss.strip().lower() if isinstance(s.on_miss, str) else s.on_miss
+    if on_miss not in ON_MISS_CHOICES:
+        raise ValueError(f"{_label('on_miss')} must be one of {', '.join(ON_MISS_CHOICES)}; got {s.on_miss!r}")
+    out["on_miss"] = on_miss
+    for name in ("strict", "log", "use_shipped", "require_signed"):
+        out[name] = strict_bool(_label(name), getattr(s, name))
+    keys = s.trusted_keys
+    keys = (keys,) if isinstance(keys, str) else keys  # configure(trusted_keys="hex or file"): one key, never split
+    if not isinstance(keys, (tuple, list, set, frozenset)) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"{_label('trusted_keys')} must be strings; got {keys!r}")
+    out["trusted_keys"] = tuple(keys)
+    if not isinstance(s.agent_model, str) or not s.agent_model.strip():
+        raise ValueError(f"{_label('agent_model')} must be a model name; got {s.agent_model!r}")
+    out["agent_max_tokens"] = bounded_int(_label("agent_max_tokens"), s.agent_max_tokens, minimum=1)
+    # NaN would disable the cap (every `spent >= nan` is False); inf is no cap at all.
+    out["agent_max_dollars"] = finite_float(_label("agent_max_dollars"), s.agent_max_dollars, minimum=0.0)
+    if s.anthropic_api_key is not None and not isinstance(s.anthropic_api_key, str):
+        raise ValueError(f"{_label('anthropic_api_key')} must be a string; got a {type(s.anthropic_api_key).__name__}")
+    return out
 
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from ``env`` (default ``os.environ``); a bad value names the variable and the choices."""
+    """Build Settings from ``env`` (default ``os.environ``); a bad value names the variable and the choices.
+
+    Values are handed over as raw strings: Settings.__post_init__ parses them exactly as it parses configure()."""
     env = os.environ if env is None else env
     kwargs: dict[str, Any] = {}
-    if env.get("AVO_CACHE_DIR"):
-        kwargs["cache_dir"] = Path(env["AVO_CACHE_DIR"]).expanduser()
-    if env.get("AVO_CACHE_PATH"):
-        kwargs["cache_path"] = tuple(Path(p).expanduser() for p in env["AVO_CACHE_PATH"].split(os.pathsep) if p)
-    if "AVO_ON_MISS" in env:
-        value = env["AVO_ON_MISS"].strip().lower()
-        if value not in ON_MISS_CHOICES:
-            raise ValueError(f"AVO_ON_MISS must be one of {', '.join(ON_MISS_CHOICES)}; got {env['AVO_ON_MISS']!r}")
-        kwargs["on_miss"] = value
-    for name, key in (("AVO_STRICT", "strict"), ("AVO_LOG", "log"), ("AVO_USE_SHIPPED", "use_shipped"),
-                      ("AVO_REQUIRE_SIGNED", "require_signed")):
-        if name in env:
-            kwargs[key] = _parse_bool(name, env[name])
-    if env.get("AVO_TRUSTED_KEYS"):
-        kwargs["trusted_keys"] = tuple(k for k in env["AVO_TRUSTED_KEYS"].split(os.pathsep) if k)
-    if env.get("AVO_AGENT_MODEL"):
-        kwargs["agent_model"] = env["AVO_AGENT_MODEL"]
-    if env.get("AVO_AGENT_MAX_TOKENS"):
-        kwargs["agent_max_tokens"] = _parse_number("AVO_AGENT_MAX_TOKENS", env["AVO_AGENT_MAX_TOKENS"], int)
-    if env.get("AVO_AGENT_MAX_DOLLARS"):
-        kwargs["agent_max_dollars"] = _parse_number("AVO_AGENT_MAX_DOLLARS", env["AVO_AGENT_MAX_DOLLARS"], float)
+    for key, name in _ENV_NAMES.items():
+        raw = env.get(name)
+        if raw is None:
+            continue
+        if key in ("strict", "log", "use_shipped", "require_signed", "on_miss"):
+            kwargs[key] = raw  # set but empty is meaningful here: "" is false, and an empty on_miss is an error
+        elif raw:
+            kwargs[key] = tuple(k for k in raw.split(os.pathsep) if k) if key == "trusted_keys" else raw
     if env.get("ANTHROPIC_API_KEY"):
         kwargs["anthropic_api_key"] = env["ANTHROPIC_API_KEY"]
     return Settings(**kwargs)
@@ -139,14 +159,6 @@ def configure(**overrides: Any) -> Settings:
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(f"unknown avo setting(s) {unknown}; valid: {sorted(valid)}")
-    if "cache_dir" in overrides:
-        overrides["cache_dir"] = Path(overrides["cache_dir"]).expanduser()
-    if "cache_path" in overrides:
-        raw = overrides["cache_path"]
-        items = raw.split(os.pathsep) if isinstance(raw, str) else list(raw)
-        overrides["cache_path"] = tuple(Path(p).expanduser() for p in items if p)
-    if "trusted_keys" in overrides and isinstance(overrides["trusted_keys"], str):
-        overrides["trusted_keys"] = (overrides["trusted_keys"],)
     _active = dataclasses.replace(get_settings(), **overrides)
     return _active
 

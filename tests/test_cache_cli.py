@@ -2,10 +2,12 @@
 and its --json output; human-readable tables are not asserted on."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -150,3 +152,36 @@ def test_verify_all_as_a_subprocess(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 1, proc.stderr
     assert key in json.loads(proc.stdout)[0]["problems"][0]
+
+
+@pytest.mark.parametrize("bad", ["-3", "-0.5", "nan", "NaN", "inf", "-inf", "1e999", "three", ""])
+def test_prune_refuses_bad_ages_and_deletes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys,
+                                                     bad: str) -> None:
+    """`prune --unused-days -3` used to match (and delete) every record: bad ages are a usage error (rc 2)."""
+    store = _use_cache(monkeypatch, tmp_path / "c")
+    keys = sorted([store.put(make_record(64)), store.put(make_record(128, tag=2))])
+    with pytest.raises(SystemExit) as exc:
+        main(["prune", "--unused-days", bad])
+    assert exc.value.code == 2
+    assert "--unused-days" in capsys.readouterr().err
+    assert store.local_keys() == keys
+    from avo_inductor.cache.admin import prune
+
+    for age in (-3.0, float("nan"), float("inf")):  # the library refuses them too
+        with pytest.raises(ValueError, match="unused-days"):
+            prune(store, unused_days=age)
+    assert store.local_keys() == keys
+
+
+def test_prune_dry_run_lists_without_deleting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    store = _use_cache(monkeypatch, tmp_path / "c")
+    stale = store.put(make_record(64, software=OLD_SW))
+    old = store.put(make_record(128, tag=2))  # created_at 2023: unused for far more than a day
+    fresh = store.put(dataclasses.replace(make_record(256, tag=3), created_at=time.time()))
+    code, out = _json(capsys, "prune", "--stale-software", "--dry-run")
+    assert code == 0 and out == {"dry_run": True, "removed": [], "would_remove": [stale]}
+    code, out = _json(capsys, "prune", "--unused-days", "1", "--dry-run")
+    assert code == 0 and sorted(out["would_remove"]) == sorted([stale, old])
+    assert sorted(store.local_keys()) == sorted([stale, old, fresh])  # nothing deleted
+    code, out = _json(capsys, "prune", "--unused-days", "1", "--stale-software")
+    assert code == 0 and sorted(out["removed"]) == sorted([stale, old]) and store.local_keys() == [fresh]

@@ -151,3 +151,109 @@ def test_agent_operator_is_built_when_a_key_is_set(tmp_path: Path) -> None:
     with SearchDatabase(tmp_path / "s.db") as db:
         ops = runner.build_operators(("structured", "agent:0.5"), settings, FakeEvaluator(), HW, db, notes.append)
     assert [(op.name, w) for op, w in ops] == [("structured", 1.0), ("agent", 0.5)] and notes == []
+
+
+_KILLED_CHILD = """
+import sys, time
+from pathlib import Path
+sys.path[:0] = [{tests!r}]
+from avo_inductor.cache.store import KernelStore
+from avo_inductor.search import runner
+from search_fakes import HW, FakeEvaluator
+
+class Hanging(FakeEvaluator):
+    def evaluate(self, candidates):
+        if len(self.calls) == 2:  # the third batch is marked in flight in the database, then the process hangs
+            Path({marker!r}).write_text("in flight")
+            time.sleep(600)
+        return super().evaluate(candidates)
+
+opts = runner.RunOptions(campaign={campaign!r}, db={db!r}, operators=("structured",), budget_minutes=30.0)
+runner.execute(opts, store=KernelStore(Path({store!r}), shipped=False), evaluator=Hanging(), hardware=HW)
+"""
+
+
+def test_resume_after_sigkill_with_a_time_budget_works_first_time(tmp_path: Path) -> None:
+    """Regression: SIGKILLed mid-batch (candidates left "evaluating") in a run with a wall-clock budget, the
+    first ``resume`` raised AttributeError (the re-queue note read the budget before the segment had started);
+    only a second resume, with nothing left to re-queue, worked."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db, marker, store_dir = tmp_path / "s.db", tmp_path / "in-flight", tmp_path / "store"
+    script = _KILLED_CHILD.format(tests=str(Path(__file__).parent), marker=str(marker), db=str(db),
+                                  campaign=str(_campaign(tmp_path)), store=str(store_dir))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else "child exited"
+            assert time.monotonic() < deadline, "the child never reached its third batch"
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    (run,) = runner.status(db).runs
+    assert run.status == "running" and run.pending > 0  # killed: no handler ran, candidates left in flight
+    events: list[SearchEvent] = []
+    store = KernelStore(store_dir, shipped=False)
+    outcome = runner.resume("latest", db, store=store, evaluator=FakeEvaluator(), hardware=HW, sink=events.append)
+    (run,) = runner.status(db).runs
+    assert outcome.run_id == run.id and run.status == "finished" and run.pending == 0 and run.generation == 4
+    (note,) = [e for e in events if e.kind == "note" and "re-queued" in e.message]
+    assert isinstance(note.generation, int) and note.generation <= 3  # the note names the generation it re-queued in
+    assert note.budget_left_s is not None and 0 < note.budget_left_s <= 30 * 60
+
+
+_BAD_NUMBERS = {
+    "--generations": ["-1", "1.5", "nan", "x", str(10**30)],
+    "--budget-minutes": ["nan", "inf", "-5", "0", "1e999", "soon"],
+    "--population": ["0", "-2", "nan", "2.5"],
+    "--islands": ["0", "-1", "inf"],
+    "--seed": ["-1", "nan", "1e3"],
+    "--gpus": ["0", "-1", "nan", "1.0"],
+    "--max-tokens": ["0", "-100", "nan", "1e6"],
+    "--max-dollars": ["nan", "inf", "-0.01", "-inf", "lots"],
+    "--slice-minutes": ["nan", "inf", "0", "-1"],
+}
+
+
+@pytest.mark.parametrize("flag,bad", [(f, b) for f, values in _BAD_NUMBERS.items() for b in values])
+def test_numeric_flags_refuse_nan_inf_negative(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str,
+                                               bad: str) -> None:
+    """Every numeric flag is parsed by the RunOptions rule: a usage error (exit 2) naming the flag, no run."""
+    db = tmp_path / "s.db"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--campaign", str(_campaign(tmp_path)), "--db", str(db), f"{flag}={bad}"])
+    assert exc.value.code == 2
+    assert flag in capsys.readouterr().err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("field,bad", [("budget_minutes", float("nan")), ("budget_minutes", float("inf")),
+                                       ("max_dollars", float("nan")), ("max_dollars", -1.0), ("generations", -1),
+                                       ("population", 0), ("gpus", 0), ("max_tokens", 0), ("seed", True)])
+def test_run_options_refuse_bad_numbers(field: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        runner.RunOptions(campaign="x.toml", **{field: bad})
+    with pytest.raises(ValueError, match="weight"):
+        runner.RunOptions(campaign="x.toml", operators=("structured:nan",))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-3.0", "0"])
+def test_campaign_budget_must_be_finite_and_positive(tmp_path: Path, value: str) -> None:
+    """TOML has nan/inf literals: a campaign's budget_minutes = nan would end (or never end) the run."""
+    path = tmp_path / "c.toml"
+    path.write_text(CAMPAIGN.replace("generations = 3", f"generations = 3\nbudget_minutes = {value}"))
+    opts = runner.RunOptions(campaign=str(path), db=str(tmp_path / "s.db"))
+    inputs = runner.resolve_inputs(opts, None, HW)
+    with pytest.raises(ValueError, match="budget_minutes"):
+        runner.build_config(opts, inputs, HW)
+    with pytest.raises(ValueError, match="slice_minutes"):
+        runner.execute(opts, store=KernelStore(tmp_path / "store", shipped=False), evaluator=FakeEvaluator(),
+                       hardware=HW, inputs=inputs, slice_minutes=float("nan"))

@@ -44,6 +44,83 @@ def test_configure_overrides_and_rejects_unknown(tmp_path: Path) -> None:
     assert "***" in str(configure(anthropic_api_key="sk-secret").to_dict()["anthropic_api_key"])
 
 
+_BOOL_FIELDS = {"strict": "AVO_STRICT", "log": "AVO_LOG", "use_shipped": "AVO_USE_SHIPPED",
+                "require_signed": "AVO_REQUIRE_SIGNED"}
+
+
+@pytest.mark.parametrize("field", sorted(_BOOL_FIELDS))
+@pytest.mark.parametrize("text,expected", [("no", False), ("0", False), ("false", False), ("OFF", False),
+                                           ("yes", True), ("1", True), ("True", True), (" on ", True)])
+def test_bool_strings_parse_alike_in_configure_and_env(field: str, text: str, expected: bool) -> None:
+    """configure(strict="no") used to keep the truthy string "no"; both paths now give the same bool."""
+    assert getattr(configure(**{field: text}), field) is expected
+    assert getattr(settings_from_env({_BOOL_FIELDS[field]: text}), field) is expected
+
+
+@pytest.mark.parametrize("field", sorted(_BOOL_FIELDS))
+@pytest.mark.parametrize("bad", ["maybe", "2", 2, 0.5, None, [], "nein"])
+def test_bad_bools_refused_in_configure_and_env(field: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        configure(**{field: bad})
+    if isinstance(bad, str):
+        with pytest.raises(ValueError, match=_BOOL_FIELDS[field]):
+            settings_from_env({_BOOL_FIELDS[field]: bad})
+
+
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-inf", "-1", "1e999", "", "ten", float("nan"),
+                                 float("inf"), -0.01, True])
+def test_dollar_cap_must_be_finite_and_non_negative(bad: object) -> None:
+    """AVO_AGENT_MAX_DOLLARS=nan used to disable the dollar cap (every `spent >= nan` is False)."""
+    with pytest.raises(ValueError, match="agent_max_dollars"):
+        configure(agent_max_dollars=bad)
+    if isinstance(bad, str) and bad:
+        with pytest.raises(ValueError, match="AVO_AGENT_MAX_DOLLARS"):
+            settings_from_env({"AVO_AGENT_MAX_DOLLARS": bad})
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "1.5", "1e9", "lots", str(10**400), 0, -1, 2.0, True, 10**400])
+def test_token_cap_bounded_positive_int(bad: object) -> None:
+    with pytest.raises(ValueError, match="agent_max_tokens"):
+        configure(agent_max_tokens=bad)
+    if isinstance(bad, str):
+        with pytest.raises(ValueError, match="AVO_AGENT_MAX_TOKENS"):
+            settings_from_env({"AVO_AGENT_MAX_TOKENS": bad})
+
+
+def test_numbers_as_text_parse_alike(tmp_path: Path) -> None:
+    s = configure(agent_max_dollars="2.5", agent_max_tokens="1000", cache_path=os.pathsep.join(["/x", "/y"]))
+    e = settings_from_env({"AVO_AGENT_MAX_DOLLARS": "2.5", "AVO_AGENT_MAX_TOKENS": "1000",
+                           "AVO_CACHE_PATH": os.pathsep.join(["/x", "/y"])})
+    assert (s.agent_max_dollars, s.agent_max_tokens, s.cache_path) == (2.5, 1000, (Path("/x"), Path("/y")))
+    assert (e.agent_max_dollars, e.agent_max_tokens, e.cache_path) == (s.agent_max_dollars, s.agent_max_tokens,
+                                                                       s.cache_path)
+
+
+@pytest.mark.parametrize("field,bad", [("cache_dir", 5), ("cache_dir", ""), ("cache_path", 5), ("cache_path", [1]),
+                                       ("trusted_keys", 5), ("trusted_keys", [b"ab"]), ("agent_model", ""),
+                                       ("on_miss", None), ("anthropic_api_key", 123)])
+def test_wrong_types_are_value_errors_naming_the_setting(field: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        configure(**{field: bad})
+
+
+def test_nan_budget_never_reads_as_budget_left() -> None:
+    """Defence in depth: a NaN slipped past validation (e.g. a NaN spend) reads as spent, not as money left."""
+    from avo_inductor.search.budget import Budget
+
+    with pytest.raises(ValueError, match="max_dollars"):
+        Budget(max_tokens=100, max_dollars=float("nan"))
+    with pytest.raises(ValueError, match="max_tokens"):
+        Budget(max_tokens=0, max_dollars=1.0)
+    b = Budget(max_tokens=100, max_dollars=1.0)
+    assert b.exhausted() == ""
+    b.dollars_used = float("nan")
+    assert "dollar" in b.exhausted() and b.refuse_next("claude-sonnet-4-6", 10)
+    b = Budget(max_tokens=100, max_dollars=1.0)
+    b.set_deadline(float("nan"))
+    assert "wall-clock" in b.out_of_time()
+
+
 @pytest.mark.parametrize("n,bucket", [(1, 1), (16, 16), (17, 32), (113, 128), (1000, 1024), (4096, 4096)])
 def test_seq_bucket(n: int, bucket: int) -> None:
     assert seq_bucket(n) == bucket

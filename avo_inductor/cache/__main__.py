@@ -13,9 +13,20 @@ from typing import Any, Sequence
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def _days(text: str) -> float:
+    """``--unused-days``: a finite age >= 0 (a negative one matched, and deleted, every record)."""
+    from ..parsing import finite_float
+
+    try:
+        return finite_float("--unused-days", text, minimum=0.0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m avo_inductor.cache", description=__doc__.splitlines()[0])
-    p.add_argument("--json", action="store_true", help="machine-readable output (ls, show, pending, stats, verify, import)")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (ls, show, pending, stats, verify, import, prune)")
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("ls", help="list records (spec, hardware, software, speedup, kernel id, layer)")
     ls.add_argument("--all", action="store_true", help="also records shadowed by an earlier layer")
@@ -40,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("rm", help="remove a record from the writable store").add_argument("key")
     pr = sub.add_parser("prune", help="remove stale or unused local records")
     pr.add_argument("--stale-software", action="store_true")
-    pr.add_argument("--unused-days", type=float)
+    pr.add_argument("--unused-days", type=_days, metavar="N", help="not looked up for N days (N >= 0)")
+    pr.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     sub.add_parser("stats", help="layers, counts, generation")
     pe = sub.add_parser("pending", help="specs that missed, most frequent first")
     pe.add_argument("--clear", action="store_true")
@@ -138,8 +150,14 @@ def _run(args: argparse.Namespace, console: Any) -> int:  # noqa: C901 - one bra
         if not args.stale_software and args.unused_days is None:
             console.print("[red]error:[/red] prune needs --stale-software and/or --unused-days N")
             return EXIT_USAGE
-        removed = admin.prune(_store(), stale_software=args.stale_software, unused_days=args.unused_days)
-        console.print(f"pruned {len(removed)} record(s)" + "".join(f"\n  {k}" for k in removed), highlight=False)
+        removed = admin.prune(_store(), stale_software=args.stale_software, unused_days=args.unused_days,
+                              dry_run=args.dry_run)
+        if args.json:
+            print(json.dumps({"dry_run": args.dry_run, "removed": [] if args.dry_run else removed,
+                              "would_remove": removed if args.dry_run else []}, indent=1))
+            return EXIT_OK
+        verb = "would prune" if args.dry_run else "pruned"
+        console.print(f"{verb} {len(removed)} record(s)" + "".join(f"\n  {k}" for k in removed), highlight=False)
     elif args.cmd == "stats":
         info = admin.stats(_store())
         if args.json:

@@ -5,12 +5,15 @@ Kept apart from ``__main__`` so every command's logic is a plain function tests 
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
+import warnings
 from typing import Any
 
+from ..parsing import finite_float
 from ..spec import DTYPES, AttentionSpec, HardwareKey, MaskKind
 from .bundle import BundleReport, verify_bundle
-from .store import LOCAL_LAYER, KernelStore, StoreHit
+from .store import LOCAL_LAYER, CacheWarning, KernelStore, StoreHit
 
 _DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 _SPEC_HELP = ('"B,H,HKV,NQ,NK,D[,DV] [dtype] [mask]", e.g. "1,32,8,2048,2048,128 bf16 causal"; mask words joined '
@@ -66,9 +69,13 @@ def find_record(store: KernelStore, ref: str) -> StoreHit:
 
 
 def prune(store: KernelStore, *, stale_software: bool = False, unused_days: float | None = None,
-          now: float | None = None) -> list[str]:
+          now: float | None = None, dry_run: bool = False) -> list[str]:
     """Remove local records tuned on other software (never verified on this one) and/or not used for
-    ``unused_days`` days (last lookup, else creation time). Read-only layers are never touched."""
+    ``unused_days`` days (last lookup, else creation time); returns their keys. ``dry_run``: only list them.
+    Read-only layers are never touched. ``unused_days`` must be finite and >= 0 (a negative age matched every
+    record); a record that cannot be removed (damaged store) is warned about and skipped."""
+    if unused_days is not None:
+        unused_days = finite_float("--unused-days", unused_days, minimum=0.0)
     now = time.time() if now is None else now
     removed = []
     for hit in list(store.iter_records(include_shadowed=True)):
@@ -78,8 +85,17 @@ def prune(store: KernelStore, *, stale_software: bool = False, unused_days: floa
         stale = stale_software and store.software != r.software and store.software not in r.verified_software
         last = store.last_used(hit.key) or r.created_at
         unused = unused_days is not None and now - last > unused_days * 86400
-        if (stale or unused) and store.remove(hit.key):
+        if not (stale or unused):
+            continue
+        if dry_run:
             removed.append(hit.key)
+            continue
+        try:
+            if store.remove(hit.key):
+                removed.append(hit.key)
+        except (OSError, sqlite3.Error) as exc:
+            warnings.warn(f"avo kernel store: could not remove {hit.key!r} ({exc}); skipped", CacheWarning,
+                          stacklevel=2)
     return removed
 
 

@@ -6,6 +6,7 @@ the manifest sha256 and the static gates when it is looked up, so a bad file cos
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -16,6 +17,19 @@ from .record import KernelRecord
 
 SHIPPED_PACKAGE_DIR = "shipped"
 REPO_CACHE_DIR = "cache"
+_WARNED: set[tuple[str, str]] = set()
+
+
+class CacheWarning(UserWarning):
+    """A store entry or layer was skipped (corrupt, tampered, untrusted) or the store is read-only."""
+
+
+def warn_once(scope: str, key: str, message: str) -> None:
+    """One CacheWarning per (scope, key) per process: a corrupt entry looked up on every compile warns once."""
+    if (scope, key) in _WARNED:
+        return
+    _WARNED.add((scope, key))
+    warnings.warn(message, CacheWarning, stacklevel=3)
 
 
 def discover_bundles(path: Path) -> list[Path]:
@@ -69,6 +83,8 @@ class BundleLayer:
             check_signature(manifest, sig, self.trusted_keys, self.require_signed)
         except (BundleError, OSError) as exc:
             self.error = f"bundle {self.root} skipped: {exc}"
+        if self.error:  # never a silently empty layer: say which bundle and why, once
+            warn_once(self.label, "", self.error)
             return self._index
         self._manifest = manifest
         files = {f.path: f for f in manifest.files}

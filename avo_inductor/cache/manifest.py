@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
+from ..parsing import MAX_INT, bounded_int, finite_float, load_json
 from ..spec import HardwareKey, SoftwareKey, store_key
 from .record import KernelRecord
 from .signing import Signature, fingerprint, verify_signature
@@ -29,6 +30,9 @@ MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_FILES = 20_000
 MAX_TOTAL_BYTES = 512 * 1024 * 1024
 _SIG_DOMAIN = b"avo-inductor bundle manifest v1\n"
+# What parsing untrusted JSON (or a record built from it) may raise besides ValueError: a wrong type where an
+# object was expected, an integer too large for a float, nesting past the recursion limit, a missing field.
+PARSE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, MemoryError, KeyError, AttributeError)
 
 
 class BundleError(ValueError):
@@ -123,24 +127,28 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError(f"manifest must be a JSON object; got {type(data).__name__}")
         try:
-            fmt = int(data["format"])
+            fmt = _json_int("manifest format", data["format"], minimum=None)
             if fmt > BUNDLE_FORMAT:
                 raise BundleError(f"bundle format {fmt} is newer than this avo_inductor understands ({BUNDLE_FORMAT}); "
                                   "upgrade avo_inductor to import it")
             if fmt < 1:
                 raise BundleError(f"bundle format {fmt} is invalid")
-            files = tuple(FileEntry(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in data["files"])
-            records = tuple(RecordEntry(str(r["key"]), str(r["file"]), str(r.get("kernel_id", "")))
-                            for r in data["records"])
+            files = tuple(FileEntry(_text("file path", f["path"]), _text("file sha256", f["sha256"]),
+                                    _json_int(f"size of {str(f['path'])[:80]!r}", f["size"]))
+                          for f in _items("files", data["files"]))
+            records = tuple(RecordEntry(_text("record key", r["key"]), _text("record file", r["file"]),
+                                        _text("record kernel_id", r.get("kernel_id", "")))
+                            for r in _items("records", data["records"]))
             manifest = cls(files=files, records=records,
-                           hardware=tuple(HardwareKey.from_dict(h) for h in data.get("hardware", ())),
-                           software=tuple(SoftwareKey.from_dict(s) for s in data.get("software", ())),
-                           creator=str(data.get("creator", "")), created_at=float(data.get("created_at", 0.0)),
+                           hardware=tuple(HardwareKey.from_dict(h) for h in _items("hardware", data.get("hardware", []))),
+                           software=tuple(SoftwareKey.from_dict(s) for s in _items("software", data.get("software", []))),
+                           creator=_text("creator", data.get("creator", "")),
+                           created_at=finite_float("created_at", data.get("created_at", 0.0)),
                            format=fmt)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except PARSE_ERRORS as exc:
             if isinstance(exc, BundleError):
                 raise
-            raise BundleError(f"manifest is malformed: {type(exc).__name__}: {exc}") from None
+            raise BundleError(f"manifest is malformed: {type(exc).__name__}: {_short(exc)}") from None
         manifest.check_consistent()
         return manifest
 
@@ -176,6 +184,45 @@ class Manifest:
         raise BundleError(f"{path!r} is not listed in the manifest")
 
 
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _json_int(name: str, value: Any, *, minimum: int | None = 0) -> int:
+    """A JSON integer (not a float, bool or numeric string) within [minimum, MAX_INT]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(f"manifest {name} must be an integer; got {type(value).__name__} {str(value)[:24]}")
+    return bounded_int(name, value, minimum=minimum)
+
+
+def _out_of_range_int(data: Any) -> int | None:
+    """The first integer in parsed JSON beyond +-MAX_INT (walked iteratively; depth is capped by load_json)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_INT:
+            return item
+    return None
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise BundleError(f"manifest {name} must be a string; got {type(value).__name__}")
+    return value
+
+
+def _items(name: str, value: Any) -> list[dict[str, Any]]:
+    """A manifest list of JSON objects (a dict or string here would iterate keys or characters)."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise BundleError(f"manifest {name} must be a list of objects; got {type(value).__name__}")
+    return value
+
+
 def default_creator() -> str:
     try:
         user = getpass.getuser()
@@ -193,9 +240,9 @@ def read_manifest(root: Path) -> tuple[Manifest, Signature | None]:
         raise BundleError(f"{root} is not a bundle: no {MANIFEST_NAME}")
     raw = read_capped(path, root, MAX_MANIFEST_BYTES)
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON (truncated or tampered?): {exc}") from None
+        data = load_json(raw, str(path))  # NaN/Infinity, 1e999 and deep nesting refused, not parsed
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise BundleError(f"{_short(exc)} (truncated or tampered?)") from None
     manifest = Manifest.from_dict(data)
     sig_path = root / SIGNATURE_NAME
     sig = None
@@ -243,26 +290,33 @@ def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None
     """
     if isinstance(raw, bytes):
         try:
-            raw = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"record is not valid JSON (truncated or corrupt?): {exc}") from None
+            raw = load_json(raw, "record")  # NaN/Infinity, 1e999 and deep nesting refused, not parsed
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise BundleError(f"{_short(exc)} (truncated or corrupt?)") from None
     if not isinstance(raw, dict):
         raise BundleError(f"record must be a JSON object; got {type(raw).__name__}")
+    huge = _out_of_range_int(raw)  # no size, count or length in a record comes near 2^53
+    if huge is not None:
+        raise BundleError(f"record holds the integer {str(huge)[:24]}…, beyond {MAX_INT}")
     try:
         record = KernelRecord.from_dict(raw)
-    except ValueError as exc:
-        raise BundleError(f"record rejected: {exc}") from None
+    except PARSE_ERRORS as exc:  # from_dict of hostile data must be a refusal of this record, never a crash
+        raise BundleError(f"record rejected: {type(exc).__name__}: {_short(exc)}") from None
     # The loader's static gate: launch config + allowlist over every function the launcher will call.
     from ..kernels.loader import static_violations
 
     try:
         problems = static_violations(record.source, record.entry_point, record.bwd_entry_point, record.launch)
-    except ValueError as exc:
-        raise BundleError(f"kernel {record.kernel_id} has a malformed launch config: {exc}") from None
+    except (*PARSE_ERRORS, SyntaxError) as exc:  # deeply nested source: RecursionError/MemoryError in the parser
+        raise BundleError(f"kernel {record.kernel_id} is malformed (launch config or source): "
+                          f"{type(exc).__name__}: {_short(exc)}") from None
     if problems:
         listed = "; ".join(str(p) for p in problems[:5])
         raise BundleError(f"kernel {record.kernel_id} source rejected by the static allowlist: {listed}")
-    actual_key = store_key(record.spec, record.hardware)
+    try:
+        actual_key = store_key(record.spec, record.hardware)
+    except PARSE_ERRORS as exc:
+        raise BundleError(f"kernel {record.kernel_id} has no valid store key: {_short(exc)}") from None
     if expected_key is not None and actual_key != expected_key:
         raise BundleError(f"record listed under key {expected_key!r} is for {actual_key!r}")
     return record

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from ..parsing import load_json
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -49,11 +51,13 @@ class Signature:
     def from_bytes(cls, raw: bytes) -> Signature:
         """Parse ``manifest.sig``; ValueError with the reason on anything malformed."""
         try:
-            data = json.loads(raw.decode("utf-8"))
-            sig = cls(public_key=str(data["public_key"]), signature=str(data["signature"]),
-                      algorithm=str(data.get("algorithm", SIG_ALGORITHM)))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"manifest.sig is malformed: {type(exc).__name__}: {exc}") from None
+            data = load_json(raw, "manifest.sig")
+            fields = [data["public_key"], data["signature"], data.get("algorithm", SIG_ALGORITHM)]
+            if not all(isinstance(f, str) for f in fields):
+                raise TypeError("public_key, signature and algorithm must be strings")
+            sig = cls(public_key=fields[0], signature=fields[1], algorithm=fields[2])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"manifest.sig is malformed: {type(exc).__name__}: {str(exc)[:300]}") from None
         if sig.algorithm != SIG_ALGORITHM:
             raise ValueError(f"manifest.sig algorithm {sig.algorithm!r} not supported (only {SIG_ALGORITHM})")
         normalize_public_key(sig.public_key)
@@ -141,7 +145,16 @@ def read_public_key(value: str | Path) -> str:
     path = Path(text).expanduser()
     if not path.is_file():
         raise ValueError(f"trusted key {text!r} is neither 64 hex characters nor a readable key file")
-    return normalize_public_key(path.read_text().strip())
+    return normalize_public_key(_key_file_text(path))
+
+
+def _key_file_text(path: Path, cap: int = 4096) -> str:
+    """A key file's text; a file over ``cap`` bytes or not UTF-8 raises ValueError (a key is 64 hex chars)."""
+    with open(path, "rb") as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise ValueError(f"key file {path} is over {cap} bytes; a public key is 64 hex characters")
+    return data.decode("utf-8").strip()
 
 
 def trusted_dir(cache_dir: str | Path) -> Path:
@@ -166,7 +179,7 @@ def load_trusted_keys(configured: Iterable[str | Path] = (), cache_dir: str | Pa
         if directory.is_dir():
             for path in sorted(directory.glob("*.pub")):
                 try:
-                    keys.add(normalize_public_key(path.read_text().strip()))
+                    keys.add(normalize_public_key(_key_file_text(path)))
                 except (OSError, ValueError):
                     continue  # a stray file in the trust dir never widens trust
     return frozenset(keys)

@@ -10,33 +10,52 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..parsing import bounded_int, finite_float, load_json
 from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
-from .layers import BundleLayer, open_layers
-from .manifest import BundleError, validate_record
+from .layers import BundleLayer, CacheWarning, open_layers, warn_once  # noqa: F401 - CacheWarning re-exported
+from .manifest import PARSE_ERRORS, BundleError, validate_record
 from .record import KernelRecord
 from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
 _REC, _PENDING, _MARK, _USED, _GEN = "rec:", "pending:", "mark:", "used:", "meta:generation"
 _TOUCH_INTERVAL_S = 3600.0  # last-use stamps feed `prune --unused-days`; hourly resolution keeps lookups read-only
-_WARNED: set[tuple[str, str]] = set()
+# What reading a damaged diskcache folder can raise: sqlite's "malformed"/"not a database", a value file gone or
+# unreadable, text that is not UTF-8, and our refusal of pickled entries (ValueError).
+_DB_ERRORS = (OSError, sqlite3.Error, UnicodeDecodeError, ValueError)
 
 
-class CacheWarning(UserWarning):
-    """A store entry or layer was skipped (corrupt, tampered, untrusted) or the store is read-only."""
+def _json_only_disk() -> type:
+    """A diskcache Disk that never unpickles: the store writes only str/int/float, so a pickled key or value in
+    the folder is damage or tampering, and unpickling it would run its code. Value files must stay inside it."""
+    import diskcache
+    from diskcache.core import MODE_PICKLE
 
+    class JsonOnlyDisk(diskcache.Disk):  # type: ignore[misc]
+        def get(self, key: Any, raw: bool) -> Any:
+            if not raw:
+                raise ValueError("pickled key refused (the avo store writes only text keys)")
+            return super().get(key, raw)
 
-def _warn_once(scope: str, key: str, message: str) -> None:
-    if (scope, key) in _WARNED:
-        return
-    _WARNED.add((scope, key))
-    warnings.warn(message, CacheWarning, stacklevel=3)
+        def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+            if mode == MODE_PICKLE:
+                raise ValueError("pickled value refused (the avo store writes only JSON text)")
+            if filename is not None and (not isinstance(filename, str) or Path(filename).is_absolute()
+                                         or ".." in Path(filename).parts):
+                raise ValueError(f"value file {filename!r} points outside the store")
+            return super().fetch(mode, filename, value, read)
+
+        def store(self, value: Any, read: bool, key: Any = None) -> Any:
+            if not isinstance(value, (str, bytes, int, float)):
+                raise TypeError(f"the avo store writes only text and numbers; got {type(value).__name__}")
+            return super().store(value, read) if key is None else super().store(value, read, key=key)
+
+    return JsonOnlyDisk
 
 
 @dataclass(frozen=True)
@@ -69,9 +88,12 @@ class PendingEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PendingEntry:
+        origins = data.get("origins", [])
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            raise ValueError(f"pending origins must be a list of strings; got {origins!r:.80}")
         return cls(str(data["key"]), AttentionSpec.from_dict(data["spec"]), HardwareKey.from_dict(data["hardware"]),
-                   int(data["count"]), tuple(data.get("origins", ())), float(data["first_seen"]),
-                   float(data["last_seen"]))
+                   bounded_int("pending count", data["count"]), tuple(origins),
+                   finite_float("first_seen", data["first_seen"]), finite_float("last_seen", data["last_seen"]))
 
 
 class KernelStore:
@@ -93,6 +115,7 @@ class KernelStore:
         self._software = software
         self._db_obj: Any = None
         self._db_failed = False
+        self._db_error = ""
         self._touched: dict[str, float] = {}
         self._memory_marks: set[tuple[str, str, SoftwareKey]] = set()
 
@@ -116,11 +139,12 @@ class KernelStore:
             import diskcache
 
             try:
-                self._db_obj = diskcache.Cache(str(self.directory), timeout=60)
-            except (OSError, sqlite3.Error) as exc:
+                self._db_obj = diskcache.Cache(str(self.directory), timeout=60, disk=_json_only_disk())
+            except _DB_ERRORS as exc:
                 self._db_failed = True
-                _warn_once("open", str(self.directory), f"avo kernel store {self.directory} is not writable "
-                           f"({exc}); using read-only layers only")
+                self._db_error = (f"avo kernel store {self.directory} is not writable or is damaged ({exc}); "
+                                  "using read-only layers only")
+                warn_once("open", str(self.directory), self._db_error)
         return self._db_obj
 
     @property
@@ -139,9 +163,24 @@ class KernelStore:
             return None
         try:
             return db.get(key)
-        except (OSError, sqlite3.Error, UnicodeDecodeError) as exc:
-            _warn_once(str(self.directory), key, f"avo kernel store entry {key!r} unreadable ({exc}); treated as a miss")
+        except _DB_ERRORS as exc:
+            warn_once(str(self.directory), key, f"avo kernel store entry {key!r} unreadable ({exc}); treated as a miss")
             return None
+
+    def _db_keys(self, prefix: str) -> list[str]:
+        """Keys under ``prefix`` with it stripped; a damaged database gives those read before the damage, warned."""
+        db = self.db
+        if db is None:
+            return []
+        keys: list[str] = []
+        try:
+            for k in db.iterkeys():
+                if isinstance(k, str) and k.startswith(prefix):
+                    keys.append(k[len(prefix):])
+        except _DB_ERRORS as exc:
+            warn_once(str(self.directory), "iterkeys", f"avo kernel store {self.directory} is damaged ({exc}); "
+                       f"listing the {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} read before the damage")
+        return sorted(keys)
 
     def close(self) -> None:
         if self._db_obj is not None:
@@ -172,27 +211,27 @@ class KernelStore:
         if raw is not None:
             try:
                 yield LOCAL_LAYER, validate_record(raw.encode() if isinstance(raw, str) else raw, key)
-            except (BundleError, AttributeError) as exc:
-                _warn_once(str(self.directory), key, f"avo kernel store: corrupt entry {key!r} in {self.directory} "
+            except (BundleError, *PARSE_ERRORS) as exc:
+                warn_once(str(self.directory), key, f"avo kernel store: corrupt entry {key!r} in {self.directory} "
                            f"treated as a miss: {exc}")
         for layer in self.layers:
             try:
                 record = layer.get(key)
             except BundleError as exc:
-                _warn_once(layer.label, key, f"avo kernel store: bad entry {key!r} in {layer.label} skipped: {exc}")
+                warn_once(layer.label, key, f"avo kernel store: bad entry {key!r} in {layer.label} skipped: {exc}")
                 continue
             if layer.error:
-                _warn_once(layer.label, "", layer.error)
+                warn_once(layer.label, "", layer.error)
             if record is not None:
                 yield layer.label, record
 
     def _mark(self, key: str, sha: str) -> dict[str, Any]:
         raw = self._db_get(f"{_MARK}{key}:{sha}")
         try:
-            data = json.loads(raw) if raw else {}
-            return data if isinstance(data, dict) else {}
-        except (TypeError, json.JSONDecodeError):
-            return {}
+            data = load_json(raw, f"mark of {key!r}") if isinstance(raw, (str, bytes)) and raw else {}
+        except ValueError:
+            return {}  # a damaged mark means "not verified here": the record is verified again, never trusted
+        return data if isinstance(data, dict) else {}
 
     def _needs_reverify(self, key: str, record: KernelRecord, layer: str = LOCAL_LAYER) -> bool:
         """Records in the writable store were verified on import or by the search; a read-only layer's records
@@ -207,7 +246,7 @@ class KernelStore:
             return False
         try:
             marked = {SoftwareKey.from_dict(s) for s in mark.get("software", ())}
-        except (KeyError, TypeError):
+        except PARSE_ERRORS:
             marked = set()
         return sw not in marked
 
@@ -218,7 +257,7 @@ class KernelStore:
         self._touched[key] = now
         try:
             self.db.set(_USED + key, now)
-        except (OSError, sqlite3.Error):
+        except _DB_ERRORS:
             pass  # a usage stamp is a hint for prune; losing one is harmless
 
     # ---- writes (writable layer only) ---------------------------------------------------------------
@@ -240,7 +279,7 @@ class KernelStore:
                     db.set(mark_key, json.dumps({"unverified": True}))
                 else:
                     db.delete(mark_key)
-            db.incr(_GEN, 1, default=0, retry=True)
+            _bump_generation(db)
         return [k for k, _ in items]
 
     def remove(self, key: str) -> bool:
@@ -250,7 +289,7 @@ class KernelStore:
             found = db.delete(_REC + key)
             db.delete(_USED + key)
             if found:
-                db.incr(_GEN, 1, default=0, retry=True)
+                _bump_generation(db)
         if not found:
             for layer in self.layers:
                 if key in layer:
@@ -282,7 +321,7 @@ class KernelStore:
             else:
                 marked = [s for s in self._mark(key, record.sha256).get("software", []) if s != sw.to_dict()]
                 db.set(mark_key, json.dumps({"unverified": False, "software": marked + [sw.to_dict()]}))
-            db.incr(_GEN, 1, default=0, retry=True)
+            _bump_generation(db)
         return True
 
     def generation(self) -> str:
@@ -295,7 +334,7 @@ class KernelStore:
         if db is not None:
             try:
                 counter = int(db.get(_GEN, 0))
-            except (OSError, sqlite3.Error, TypeError, ValueError):
+            except (*_DB_ERRORS, TypeError, OverflowError):
                 counter = -1
         layers = [(layer.label, stable_hash(layer.manifest.to_dict()) if layer.manifest else layer.error)
                   for layer in self.layers]
@@ -303,10 +342,7 @@ class KernelStore:
 
     # ---- listing -----------------------------------------------------------------------------------
     def local_keys(self) -> list[str]:
-        db = self.db
-        if db is None:
-            return []
-        return sorted(k[len(_REC):] for k in db.iterkeys() if isinstance(k, str) and k.startswith(_REC))
+        return self._db_keys(_REC)
 
     def iter_records(self, include_shadowed: bool = False) -> Iterator[StoreHit]:
         """Every valid record, local first then layers; a key shadowed by an earlier layer only if asked."""
@@ -330,19 +366,30 @@ class KernelStore:
         return None
 
     def local_problems(self) -> list[str]:
-        """Every local entry that fails the static gates, as ``key: reason`` (for `verify --all`)."""
+        """Every local entry that fails the static gates, as ``key: reason`` (for `verify --all`); a store folder
+        that cannot be opened at all is one problem."""
+        if self.directory is not None and self.directory.exists() and self.db is None:
+            return [self._db_error or f"avo kernel store {self.directory} cannot be opened"]
         problems = []
         for key in self.local_keys():
             raw = self._db_get(_REC + key)
+            if raw is None:
+                problems.append(f"{key}: unreadable")
+                continue
             try:
                 validate_record(raw.encode() if isinstance(raw, str) else raw, key)
-            except (BundleError, AttributeError) as exc:
+            except (BundleError, *PARSE_ERRORS) as exc:
                 problems.append(f"{key}: {exc}")
         return problems
 
     def last_used(self, key: str) -> float | None:
         value = self._db_get(_USED + key)
-        return float(value) if isinstance(value, (int, float)) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        try:
+            return finite_float("last use", value)
+        except ValueError:
+            return None  # a damaged stamp: prune falls back to the record's creation time
 
     # ---- pending queue -----------------------------------------------------------------------------
     def enqueue_pending(self, spec: AttentionSpec, hardware: HardwareKey | None = None,
@@ -353,13 +400,18 @@ class KernelStore:
             return None
         hardware = hardware or HardwareKey.current()
         key, now = store_key(spec, hardware), time.time()
-        with db.transact(retry=True):
-            entry = self._pending_entry(key)
-            if entry is None:
-                entry = PendingEntry(key, spec, hardware, 0, (), now, now)
-            origins = entry.origins + ((origin,) if origin and origin not in entry.origins else ())
-            entry = PendingEntry(key, entry.spec, entry.hardware, entry.count + 1, origins, entry.first_seen, now)
-            db.set(_PENDING + key, json.dumps(entry.to_dict(), sort_keys=True))
+        try:
+            with db.transact(retry=True):
+                entry = self._pending_entry(key)
+                if entry is None:
+                    entry = PendingEntry(key, spec, hardware, 0, (), now, now)
+                origins = entry.origins + ((origin,) if origin and origin not in entry.origins else ())
+                entry = PendingEntry(key, entry.spec, entry.hardware, entry.count + 1, origins, entry.first_seen, now)
+                db.set(_PENDING + key, json.dumps(entry.to_dict(), sort_keys=True))
+        except _DB_ERRORS as exc:
+            warn_once(str(self.directory), "enqueue", f"avo kernel store {self.directory}: a miss could not be "
+                       f"queued ({exc})")
+            return None
         return entry
 
     def _pending_entry(self, key: str) -> PendingEntry | None:
@@ -367,17 +419,17 @@ class KernelStore:
         if raw is None:
             return None
         try:
-            return PendingEntry.from_dict(json.loads(raw))
-        except (ValueError, KeyError, TypeError) as exc:
-            _warn_once(str(self.directory), _PENDING + key, f"avo pending entry {key!r} is corrupt and was reset: {exc}")
+            data = load_json(raw, f"pending entry {key!r}")
+            if not isinstance(data, dict):
+                raise ValueError(f"must be a JSON object; got {type(data).__name__}")
+            return PendingEntry.from_dict(data)
+        except PARSE_ERRORS as exc:
+            warn_once(str(self.directory), _PENDING + key, f"avo pending entry {key!r} is corrupt and was reset: {exc}")
             return None
 
     def pending(self) -> list[PendingEntry]:
         """Missed specs, most frequent first."""
-        db = self.db
-        if db is None:
-            return []
-        keys = [k[len(_PENDING):] for k in db.iterkeys() if isinstance(k, str) and k.startswith(_PENDING)]
+        keys = self._db_keys(_PENDING)
         entries = [e for e in (self._pending_entry(k) for k in keys) if e is not None]
         return sorted(entries, key=lambda e: (-e.count, e.key))
 
@@ -386,7 +438,15 @@ class KernelStore:
         db = self.db
         if db is None:
             return 0
+        keys = self._db_keys(_PENDING) if keys is None else list(keys)
         with db.transact(retry=True):
-            if keys is None:
-                keys = [k[len(_PENDING):] for k in db.iterkeys() if isinstance(k, str) and k.startswith(_PENDING)]
-            return sum(1 for k in list(keys) if db.delete(_PENDING + k))
+            return sum(1 for k in keys if db.delete(_PENDING + k))
+
+
+def _bump_generation(db: Any) -> None:
+    """Advance the change counter; a damaged one (not an integer) restarts from the clock, which still differs
+    from any value a reader cached (small counters), instead of failing every write."""
+    try:
+        db.incr(_GEN, 1, default=0, retry=True)
+    except (TypeError, ValueError, OverflowError):
+        db.set(_GEN, int(time.time() * 1000))

@@ -64,6 +64,7 @@ import torch
 from . import key_norms
 from .interpreter import ensure_interpreter_fixes
 from .launch_plan import PLANS, DescriptorSpec, ForwardPlan, PlannedLaunch, plan_key
+from .operands import check_mask_operand
 from .reference import MASK_KINDS
 
 MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
@@ -317,6 +318,7 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
             m = mask_operand(q, mask, mask_kind, k.shape[2], alibi_keys)[0]
             return plan.run({"q": q, "k": k, "v": v, "mask": m}, None, None, True)
     _check_qkv(q, k, v)  # before anything indexes their shapes: a clear error for a bad call
+    check_mask_operand(mask_kind, mask, q, k, v)  # plan_key holds the mask's shape/dtype/device: a hit passed this
     m, m_strides, code = mask_operand(q, mask, mask_kind, k.shape[2], alibi_keys)
     tensors = {"q": q, "k": k, "v": v, "mask": m}
     plan = _plan_forward(fns, cfg, tensors, m_strides, code, scale=scale, causal=causal, window=window,
@@ -492,6 +494,7 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
     if not fns.has_backward:
         raise RuntimeError("this kernel has no Triton backward entry point; use the recompute fallback")
     _check_qkv(q, k, v)
+    check_mask_operand(mask_kind, mask, q, k, v)
     b, hq, nq = q.shape[0], q.shape[1], q.shape[2]
     hkv, nk = k.shape[1], k.shape[2]
     dq = torch.empty_like(q, memory_format=torch.contiguous_format) if dq is None else dq

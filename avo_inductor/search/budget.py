@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..parsing import bounded_int, finite_float
+
 PRICES_FILE = Path(__file__).resolve().parent / "prompts" / "prices.json"
 
 
@@ -50,6 +52,11 @@ class Budget:
     deadline: float | None = None
     clock: Callable[[], float] = time.monotonic
 
+    def __post_init__(self) -> None:
+        # A NaN cap would make every "spent >= cap" test False, i.e. no cap at all.
+        self.max_tokens = bounded_int("max_tokens", self.max_tokens, minimum=1)
+        self.max_dollars = finite_float("max_dollars", self.max_dollars, minimum=0.0)
+
     def set_deadline(self, deadline: float | None, clock: Callable[[], float] | None = None) -> None:
         """Stop at ``deadline`` (a ``clock()`` value; None = no time limit). The engine passes its own clock so
         the deadline and the search's budget are measured the same way."""
@@ -62,7 +69,7 @@ class Budget:
         if self.deadline is None:
             return ""
         now = self.clock()
-        if now >= self.deadline:
+        if not now < self.deadline:
             return f"wall-clock budget spent (deadline passed {now - self.deadline:.1f}s ago)"
         return ""
 
@@ -88,9 +95,10 @@ class Budget:
         late = self.out_of_time()
         if late:
             return late
-        if self.tokens_used >= self.max_tokens:
+        # Written as "not under the cap" so that a NaN anywhere reads as spent, never as budget left.
+        if not self.tokens_used < self.max_tokens:
             return f"token budget spent ({self.tokens_used:,} of {self.max_tokens:,} tokens)"
-        if self.dollars_used >= self.max_dollars:
+        if not self.dollars_used < self.max_dollars:
             return f"dollar budget spent (${self.dollars_used:.4f} of ${self.max_dollars:.2f})"
         return ""
 
@@ -104,10 +112,10 @@ class Budget:
         prompt = int(self.last_input_tokens * 1.25) + 2000
         worst_tokens = prompt + max_output_tokens
         worst_dollars = (prompt * rate["input"] + max_output_tokens * rate["output"]) / 1e6
-        if self.tokens_used + worst_tokens > self.max_tokens:
+        if not self.tokens_used + worst_tokens <= self.max_tokens:
             return (f"token budget nearly spent ({self.tokens_used:,} of {self.max_tokens:,}; the next call may "
                     f"need {worst_tokens:,})")
-        if self.dollars_used + worst_dollars > self.max_dollars:
+        if not self.dollars_used + worst_dollars <= self.max_dollars:
             return (f"dollar budget nearly spent (${self.dollars_used:.4f} of ${self.max_dollars:.2f}; the next "
                     f"call may cost ${worst_dollars:.4f})")
         return ""

@@ -9,10 +9,22 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import runner
 from .progress import make_progress
+
+
+def _arg(name: str) -> Callable[[str], int | float]:
+    """An argparse ``type=`` for the numeric option ``name``: NaN, inf, negatives and out-of-range values are a
+    usage error (exit 2) naming the flag, checked by the same rule as RunOptions and campaign values."""
+    def convert(text: str) -> int | float:
+        try:
+            return runner.check_run_number(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace(name, "--" + name.replace("_", "-"), 1)) from None
+    convert.__name__ = name
+    return convert
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,16 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--pending", action="store_true", help="specs queued by compiles that missed the store")
     src.add_argument("--campaign", metavar="FILE", help="campaign TOML (see search/*.toml)")
     src.add_argument("--model", metavar="MOD:FACTORY", help="factory() -> (model, example_inputs); its shapes are traced")
-    run.add_argument("--generations", type=int)
-    run.add_argument("--budget-minutes", type=float, help="wall-clock budget for the whole run")
-    run.add_argument("--population", type=int, help="children per island per generation")
-    run.add_argument("--islands", type=int)
+    run.add_argument("--generations", type=_arg("generations"))
+    run.add_argument("--budget-minutes", type=_arg("budget_minutes"), help="wall-clock budget for the whole run")
+    run.add_argument("--population", type=_arg("population"), help="children per island per generation")
+    run.add_argument("--islands", type=_arg("islands"))
     run.add_argument("--operators", help="comma list of structured,agent (optionally name:weight)")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--gpus", type=int, help="local GPUs to use (default all; CPU: one interpreter worker)")
+    run.add_argument("--seed", type=_arg("seed"))
+    run.add_argument("--gpus", type=_arg("gpus"), help="local GPUs to use (default all; CPU: one interpreter worker)")
     run.add_argument("--agent-model")
-    run.add_argument("--max-tokens", type=int, help="agent token budget")
-    run.add_argument("--max-dollars", type=float, help="agent dollar budget")
+    run.add_argument("--max-tokens", type=_arg("max_tokens"), help="agent token budget")
+    run.add_argument("--max-dollars", type=_arg("max_dollars"), help="agent dollar budget")
     run.add_argument("--ray-address", help="fan evaluation out to a Ray cluster (pip install avo_inductor[ray])")
     run.add_argument("--quick", action="store_true", help="tiny search for CI: 2 seeds, 1 generation of 1 child, 1 island, quick evaluation")
     for name, sp in (("run", run), ("status", sub.add_parser("status", help="runs and best speedup per spec")),
@@ -45,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "resume":
             sp.add_argument("run_id", metavar="RUN_ID", help='a run id from `status`, or "latest" (newest unfinished run)')
         if name in ("run", "resume"):
-            sp.add_argument("--slice-minutes", type=float, metavar="M",
+            sp.add_argument("--slice-minutes", type=_arg("slice_minutes"), metavar="M",
                             help="GPU time in slices: stop after M minutes, promote the best so far, leave the run "
                                  "paused for `resume`")
     return p

@@ -150,17 +150,19 @@ class SearchEngine:
         "paused": ``resume`` continues it, and promotes again at the end of the next slice or of the run."""
         if slice_s is not None and slice_s <= 0:
             raise ValueError(f"slice_s must be positive; got {slice_s}")
+        requeued = 0
         if run_id is None:
             run_id = self.db.create_run({"search": self.config.to_dict(), **(meta or {})})
         else:
             requeued = self.db.requeue_in_flight(run_id)
             self.db.set_run_status(run_id, "running")
-            if requeued:
-                self._emit("note", run_id, f"re-queued {requeued} candidate(s) left in flight by the previous process")
         self._run_id = run_id
         info = self.db.get_run(run_id)
         self._spent_before, self._counts = info.budget_spent_s, [info.evaluated, info.failed]
         self._segment_start = self._mark = self.clock()
+        if requeued:  # only now: every event reports the budget left, which needs the segment's start
+            self._emit("note", run_id, info.generation,
+                       f"re-queued {requeued} candidate(s) left in flight by the previous process")
         self._slice_end = None if slice_s is None else self._segment_start + slice_s
         self._spend = self._operator_spend()
         evaluated = self.db.evaluated(run_id)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..parsing import bounded_int, finite_float
 from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey
 from .budget import Budget
@@ -23,6 +24,26 @@ from .types import Evaluator, VariationOperator
 OPERATOR_WEIGHTS = {"structured": 1.0, "agent": 0.25}  # agent sessions cost minutes and dollars each
 QUICK = {"generations": 1, "population": 1, "islands": 1, "seed_variants": 1, "budget_minutes": 15.0,
          "operators": ("structured",)}
+# Lower bounds of the integer run options (CLI flags and campaign [search] values alike).
+INT_MINIMUMS = {"generations": 0, "population": 1, "islands": 1, "seed": 0, "gpus": 1, "max_tokens": 1,
+                "seed_variants": 0, "migration_interval": 0, "eval_batch": 0}
+
+
+def positive_minutes(name: str, value: Any) -> float:
+    """A finite number of minutes > 0 (NaN would end a run at once or never; inf is no budget at all)."""
+    minutes = finite_float(name, value, minimum=0.0)
+    if minutes <= 0:
+        raise ValueError(f"{name} must be > 0; got {value!r}")
+    return minutes
+
+
+def check_run_number(name: str, value: Any) -> int | float:
+    """Validate one numeric run option by name; ValueError naming it and the offending value."""
+    if name in ("budget_minutes", "slice_minutes"):
+        return positive_minutes(name, value)
+    if name == "max_dollars":
+        return finite_float(name, value, minimum=0.0)
+    return bounded_int(name, value, minimum=INT_MINIMUMS[name])
 
 
 class NothingToDo(Exception):
@@ -53,14 +74,18 @@ class RunOptions:
     def __post_init__(self) -> None:
         if sum((self.pending, self.campaign is not None, self.model is not None)) != 1:
             raise ValueError("give exactly one of --pending, --campaign FILE, --model MODULE:FACTORY")
+        for name in ("generations", "budget_minutes", "population", "islands", "seed", "gpus", "max_tokens",
+                     "max_dollars"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_run_number(name, getattr(self, name)))
         if self.operators is not None:
             object.__setattr__(self, "operators", tuple(self.operators))
             for op in self.operators:
                 name, _, weight = op.partition(":")
                 if name not in OPERATOR_WEIGHTS:
                     raise ValueError(f"unknown operator {name!r}; valid: {', '.join(OPERATOR_WEIGHTS)}")
-                if weight and not weight.replace(".", "", 1).isdigit():
-                    raise ValueError(f"operator weight must be a number: {op!r}")
+                if weight:
+                    finite_float(f"operator weight in {op!r}", weight, minimum=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,6 +172,10 @@ def build_config(options: RunOptions, inputs: Inputs, hardware: HardwareKey) -> 
         merged.update(QUICK)
     merged.update({k: v for k, v in options.to_dict().items() if v is not None and k in
                    ("generations", "budget_minutes", "population", "islands", "seed")})
+    for name in ("generations", "budget_minutes", "population", "islands", "seed", "seed_variants",
+                 "migration_interval", "eval_batch"):
+        if merged.get(name) is not None:  # campaign TOML allows nan/inf and negatives: refuse them here too
+            merged[name] = check_run_number(name, merged[name])
     kwargs: dict[str, Any] = {k: merged[k] for k in ("generations", "population", "islands", "seed", "seed_variants",
                                                      "migration_interval", "eval_batch") if k in merged}
     if merged.get("seed_genomes"):
@@ -237,6 +266,8 @@ def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | 
             hardware: HardwareKey | None = None, slice_minutes: float | None = None) -> SearchOutcome:
     """Run (or with ``run_id``, resume) a search; clears the pending entries of specs that got a record.
     ``slice_minutes``: stop this call after that long, promote the best so far and leave the run resumable."""
+    if slice_minutes is not None:
+        slice_minutes = positive_minutes("slice_minutes", slice_minutes)
     settings = settings or get_settings()
     hardware = hardware or HardwareKey.current()
     if store is None:
