@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 from ..spec import HardwareKey, SoftwareKey, store_key
-from .record import KernelRecord
+from ..artifact import KernelRecord
 from .signing import Signature, fingerprint, verify_signature
 
 BUNDLE_FORMAT = 1
@@ -234,12 +234,14 @@ def check_signature(manifest: Manifest, sig: Signature | None, trusted: Iterable
     return sig.public_key
 
 
-def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None) -> KernelRecord:
+def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None, *,
+                    source_needs_signature: bool = False) -> KernelRecord:
     """Parse a stored record and apply the static gates; BundleError naming the first failed check.
 
-    Checks: JSON, fields and format (KernelRecord.from_dict), source sha256, the static allowlist with every
-    function the launcher will call (``kernels.loader.required_functions``), and that the record really
-    belongs under ``expected_key``.
+    Checks: JSON, fields and format (KernelRecord.from_dict), content sha256, the trust tier's static gate
+    (``kernels.loader.check_record``: a template record renders from the installed template; a source record
+    passes the allowlist with every function the launcher will call, and is refused when
+    ``source_needs_signature``), and that the record really belongs under ``expected_key``.
     """
     if isinstance(raw, bytes):
         try:
@@ -252,16 +254,13 @@ def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None
         record = KernelRecord.from_dict(raw)
     except ValueError as exc:
         raise BundleError(f"record rejected: {exc}") from None
-    # The loader's static gate: launch config + allowlist over every function the launcher will call.
-    from ..kernels.loader import static_violations
+    # The loader's static gate by trust tier (template: renders from the installed template; source: allowlist).
+    from ..kernels.loader import check_record
 
     try:
-        problems = static_violations(record.source, record.entry_point, record.bwd_entry_point, record.launch)
+        record = check_record(record, source_needs_signature=source_needs_signature)
     except ValueError as exc:
-        raise BundleError(f"kernel {record.kernel_id} has a malformed launch config: {exc}") from None
-    if problems:
-        listed = "; ".join(str(p) for p in problems[:5])
-        raise BundleError(f"kernel {record.kernel_id} source rejected by the static allowlist: {listed}")
+        raise BundleError(str(exc)) from None
     actual_key = store_key(record.spec, record.hardware)
     if expected_key is not None and actual_key != expected_key:
         raise BundleError(f"record listed under key {expected_key!r} is for {actual_key!r}")

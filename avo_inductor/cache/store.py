@@ -19,7 +19,7 @@ from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from .layers import BundleLayer, open_layers
 from .manifest import BundleError, validate_record
-from .record import KernelRecord
+from ..artifact import KernelRecord
 from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
