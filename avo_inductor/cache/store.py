@@ -20,6 +20,7 @@ from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_k
 from .layers import BundleLayer, open_layers
 from .manifest import BundleError, validate_record
 from ..artifact import KernelRecord
+from ..kernels.tiers import stale_note
 from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
@@ -203,7 +204,8 @@ class KernelStore:
             return False
         if mark.get("unverified"):
             return True
-        if layer == LOCAL_LAYER and (sw == record.software or sw in record.verified_software):
+        if layer == LOCAL_LAYER and (sw == record.software or sw in record.verified_software) \
+                and stale_note(record) is None:  # a template record whose template changed is re-verified
             return False
         try:
             marked = {SoftwareKey.from_dict(s) for s in mark.get("software", ())}
