@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
 from .parsing import MAX_INT, bounded_int, finite_float
 from .spec import AttentionSpec, HardwareKey, SoftwareKey, kernel_id, stable_hash
@@ -162,6 +162,7 @@ class _GenomeBase:
     _knobs: tuple[Knob, ...] = KNOBS
 
     if TYPE_CHECKING:
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
         template: str
 
         def __init__(self, **values: Any) -> None: ...
@@ -176,26 +177,27 @@ class _GenomeBase:
             raise ValueError(f"{type(self).__name__}.template must be an identifier; got {template!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Any:
         """Parse a genome; ValueError for unknown fields and for values of the wrong type or out of the table."""
         if not isinstance(data, Mapping):
             raise ValueError(f"genome must be a JSON object; got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown {cls.__name__} field(s) {sorted(map(str, unknown))}")
         return cls(**data)
 
     def replace(self, **changes: Any) -> Any:
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        return dataclasses.replace(self, **changes)
 
 
 def make_genome_class(knobs: tuple[Knob, ...], name: str = "KernelGenome", module: str = __name__) -> type:
     """A frozen dataclass with one field per knob (default from the table) and ``template``, validated by table."""
-    fields = [(k.name, bool if k.is_bool else int, field(default=k.default)) for k in knobs]
+    fields: list[tuple[str, type, Any]] = [(k.name, bool if k.is_bool else int, field(default=k.default))
+                                           for k in knobs]
     fields.append(("template", str, field(default="flash_v1")))
     cls = dataclasses.make_dataclass(name, fields, bases=(_GenomeBase,), frozen=True,
                                      namespace={"_knobs": knobs, "__doc__": _genome_doc(knobs)})
@@ -232,6 +234,7 @@ class _LaunchBase:
     _knobs: tuple[Knob, ...] = KNOBS
 
     if TYPE_CHECKING:
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
         grid: str
         bwd_grid: str
 

@@ -151,7 +151,7 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
     actual = hashlib.sha256(source.encode("utf-8")).hexdigest()
     if sha256 is not None and sha256 != actual:
         raise ValueError(f"kernel source sha256 mismatch: expected {sha256[:12]}…, source hashes to {actual[:12]}…")
-    kid = kernel_id(actual, entry_point, bwd_entry_point, launch)
+    kid = kernel_id(actual, entry_point, bwd_entry_point, dict(launch))
     with _LOCK:
         cached = _LOADED.get(kid)
     if cached is not None:
