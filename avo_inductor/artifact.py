@@ -248,7 +248,9 @@ class _LaunchBase:
         for knob in self._knobs:
             if knob.launch_field:
                 value = getattr(self, knob.launch_field)
-                if knob.is_bool != isinstance(value, bool) or not isinstance(value, int) or value not in knob.accepted:
+                if knob.is_bool and not isinstance(value, bool):
+                    raise ValueError(f"launch {knob.launch_key} must be a bool; got {value!r}")
+                if isinstance(value, bool) != knob.is_bool or not isinstance(value, int) or value not in knob.accepted:
                     raise ValueError(f"launch {knob.launch_key} must be one of {knob.accepted}; got {value!r}")
         splits = getattr(self, "kv_splits", 1)
         if (self.grid == "splitkv") == (splits == 1) and self.grid != "persistent":
