@@ -195,7 +195,7 @@ def _with_key_norms(slopes: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The slopes followed by the largest key norm of each (batch, kv head), one contiguous fp32 buffer."""
     b, hkv, nk, d = k.shape
     buf = torch.cat([slopes, slopes.new_zeros(b * hkv)])
-    block_d = max(16, 1 << (int(d) - 1).bit_length())
+    block_d = next_power_of_two(d)
     _launch(key_norms.key_norm_max, (b * hkv, _cdiv(nk, key_norms.ROWS_PER_PROGRAM)), K=k, OUT=buf,
             OUT_OFFSET=slopes.shape[0], **_strides("k", k, "bhnd"), H_KV=hkv, N_KV=nk, HEAD_DIM=d,
             BLOCK_N=max(16, 4096 // block_d), BLOCK_D=block_d, ROWS=key_norms.ROWS_PER_PROGRAM)
