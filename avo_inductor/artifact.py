@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .parsing import MAX_INT, bounded_int, finite_float
 from .spec import AttentionSpec, HardwareKey, SoftwareKey, kernel_id, stable_hash
@@ -172,7 +173,7 @@ class _GenomeBase:
     def __post_init__(self) -> None:
         for knob in self._knobs:
             knob.check(type(self).__name__, getattr(self, knob.name))
-        template = getattr(self, "template")
+        template = self.template
         if not isinstance(template, str) or not template.isidentifier():
             raise ValueError(f"{type(self).__name__}.template must be an identifier; got {template!r}")
 

@@ -10,9 +10,22 @@ from typing import Any
 
 import pytest
 
-from avo_inductor.artifact import (GENOME_SPACE, KNOBS, Knob, KernelGenome, KernelMetrics, KernelRecord, KernelSource,
-                                   LaunchConfig, constants_block, genome_space, launch_dict, make_genome_class,
-                                   make_launch_class, template_identity)
+from avo_inductor.artifact import (
+    GENOME_SPACE,
+    KNOBS,
+    KernelGenome,
+    KernelMetrics,
+    KernelRecord,
+    KernelSource,
+    Knob,
+    LaunchConfig,
+    constants_block,
+    genome_space,
+    launch_dict,
+    make_genome_class,
+    make_launch_class,
+    template_identity,
+)
 from avo_inductor.kernels.render import default_genome, render
 from avo_inductor.parsing import load_json
 from avo_inductor.search.operators import spec_space

@@ -12,10 +12,11 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any
 
 from ..artifact import KernelRecord, KernelSource, LaunchConfig
 from ..spec import kernel_id

@@ -123,7 +123,8 @@ def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
         raise ValueError(f"unknown kernel template {genome.template!r}; available: {TEMPLATES}")
     if genome.template == "flash_ws90":
         _check_ws90(genome, spec)
-    if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or spec.head_dim % 8 or (spec.v_head_dim or 0) % 8):
+    rows_unaligned = spec.head_dim % 8 or (spec.v_head_dim or 0) % 8
+    if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or rows_unaligned):
         raise ValueError(f"use_tma needs 16-bit q/k/v with head dims divisible by 8 (16-byte rows); got {spec.dtype}, "
                          f"{spec.head_dim}/{spec.v_head_dim}")
     if spec.dropout_p > 0:

@@ -179,7 +179,8 @@ class StructuredOperator:
     """VariationOperator over genome knobs: mutation (1–``max_knobs`` knobs) or uniform crossover.
 
     Parents without a genome (free-form agent sources) are skipped; children repeating a parent or each
-    other, or rejected by ``valid`` (default: the template can render them), are dropped, so ``propose`` may return fewer than ``n`` when the space is nearly exhausted.
+    other, or rejected by ``valid`` (default: the template can render them), are dropped, so ``propose`` may
+    return fewer than ``n`` when the space is nearly exhausted.
     """
 
     name = "structured"
