@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import textwrap
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -97,24 +98,35 @@ KNOBS: tuple[Knob, ...] = (
          launch_key="even_fast_path", direction="both", ws90="ignored"),
     Knob("persistent", _BOOL, False, "one program per SM looping over tiles (grid rule persistent)",
          constant="PERSISTENT"),
-    Knob("use_tma", _BOOL, False, "K/V tiles through device-side tensor descriptors (Hopper TMA; the launcher "
-         "aligns K/V rows to 16 bytes)", constant="USE_TMA", launch_key="tma", prune="hopper", ws90="refused"),
-    Knob("warp_specialize", _BOOL, False, "Triton's automatic warp specialization of the key loop (Hopper+)",
+    Knob("use_tma", _BOOL, False, "the forward reads K/V tiles through device-side tensor descriptors (Hopper's "
+         "TMA copy engine; the launcher makes K/V rows 16-byte aligned)", constant="USE_TMA", launch_key="tma",
+         prune="hopper", ws90="refused"),
+    Knob("warp_specialize", _BOOL, False, "Triton's automatic warp specialization of the key loop: producer warps load "
+         "K/V while consumer warps compute (Hopper+)",
          constant="WARP_SPECIALIZE", prune="hopper", ws90="refused"),
     Knob("lazy_rescale", _BOOL, False, "rescale the accumulator only when the running max grows past a threshold",
          constant="LAZY_RESCALE", ws90="refused"),
-    Knob("kv_splits", (1, 2, 4, 8, 16, 32, 64), 1, "decode split-K over the keys, reduced by a second kernel",
+    Knob("kv_splits", (1, 2, 4, 8, 16, 32, 64), 1,
+         "split the keys across programs (decode, q_len <= 16), reduced by a second kernel",
          accepted=tuple(1 << i for i in range(11)), launch_key="kv_splits", prune="decode_splits", ws90="refused"),
-    Knob("pack_gqa", _BOOL, False, "a kv head's GQA group shares one program, packed into its query tile rows "
-         "(FlashAttention-3's PackGQA)", constant="PACK_GQA", launch_key="pack_gqa", prune="gqa", ws90="refused"),
-    Knob("heavy_first", _BOOL, False, "causal forward and dq visit query tiles heaviest first",
+    Knob("pack_gqa", _BOOL, False, "the GROUP q heads sharing a kv head share one program, packed into its query "
+         "tile rows (row r = position r // GROUP, head-in-group r % GROUP), so each K/V block is read once per group "
+         "(FlashAttention-3's PackGQA; decode's win)", constant="PACK_GQA", launch_key="pack_gqa", prune="gqa",
+         ws90="refused"),
+    Knob("heavy_first", _BOOL, False, "causal forward and dq kernels visit query tiles in reverse, so the tiles with "
+         "the most key blocks start first and the last wave holds light ones (FlashAttention-2's scheduling)",
          constant="HEAVY_FIRST", direction="both", prune="causal"),
-    Knob("overlap_qk", _BOOL, False, "unmasked key blocks issue the next QK^T before this block's softmax",
+    Knob("overlap_qk", _BOOL, False, "unmasked key blocks issue the next block's QK^T before this block's softmax, so "
+         "the tensor cores work while the softmax runs (FlashAttention-3's overlap; one extra QK^T per tile)",
          constant="OVERLAP_QK", ws90="refused"),
-    Knob("alibi_mma", _BOOL, False, "ALiBi's per-key term of one-sided key blocks from a depth-16 tensor-core matmul",
+    Knob("alibi_mma", _BOOL, False, "ALiBi's per-key term on key blocks wholly on one side of a query tile's "
+         "diagonal comes from a depth-16 QK^T-like matmul, the rest is a per-row offset: those blocks cost the softmax "
+         "no more than unmasked ones (head dim 64 is bound by instruction issue)",
          constant="ALIBI_MMA", prune="alibi", ws90="refused"),
-    Knob("alibi_bound", _BOOL, False, "ALiBi tiles skip keys the slope provably silences (launcher passes key "
-         "norms)", constant="ALIBI_BOUND", launch_key="alibi_bound", prune="alibi", ws90="refused"),
+    Knob("alibi_bound", _BOOL, False, "ALiBi query tiles skip keys whose decay provably leaves them under "
+         "2^-(26 + log2 N_kv) of the row sum (a Cauchy-Schwarz bound from each head's largest key norm, which the "
+         "launcher passes): exact to fp32 rounding", constant="ALIBI_BOUND", launch_key="alibi_bound", prune="alibi",
+         ws90="refused"),
     Knob("bwd_block_m", (16, 32, 64, 128), 32, "backward query tile", accepted=_TILES, launch_key="BWD_BLOCK_M",
          direction="bwd", prune="q_tile_bwd"),
     Knob("bwd_block_n", (16, 32, 64, 128), 64, "backward key tile", accepted=_TILES, launch_key="BWD_BLOCK_N",
@@ -123,11 +135,13 @@ KNOBS: tuple[Knob, ...] = (
          direction="bwd"),
     Knob("bwd_num_stages", (1, 2, 3, 4), 2, "backward pipelining stages", accepted=tuple(range(1, 9)),
          launch_key="bwd_num_stages", direction="bwd"),
-    Knob("bwd_transposed", _BOOL, False, "dK/dV from S^T = K Q^T (no register transposes)",
+    Knob("bwd_transposed", _BOOL, False, "dK/dV from S^T = K Q^T (no register transposes; the Triton tutorial's form)",
          constant="BWD_TRANSPOSED", direction="bwd"),
-    Knob("bwd_dq_swap", _BOOL, False, "the dq kernel takes the backward tiles swapped (large query tile)",
+    Knob("bwd_dq_swap", _BOOL, False, "the dq kernel takes the backward tiles swapped (a large query tile for dq, a "
+         "large key tile for dK/dV)",
          launch_key="bwd_dq_swap", direction="bwd"),
-    Knob("bwd_dq_atomic", _BOOL, False, "dq accumulated by the dK/dV kernel with fp32 atomics (no dq kernel)",
+    Knob("bwd_dq_atomic", _BOOL, False, "dq accumulated by the dK/dV kernel with fp32 atomic adds, no dq kernel "
+         "(FlashAttention-2's form: 5 tile matmuls per block pair instead of 7; dq's last bits vary run to run)",
          constant="BWD_DQ_ATOMIC", launch_key="bwd_dq_atomic", direction="bwd"),
 )
 
@@ -207,7 +221,8 @@ def make_genome_class(knobs: tuple[Knob, ...], name: str = "KernelGenome", modul
 
 
 def _genome_doc(knobs: tuple[Knob, ...]) -> str:
-    lines = "\n".join(f"    {k.name}: {k.doc}." for k in knobs)
+    lines = "\n".join(textwrap.fill(f"{k.name}: {k.doc}.", 116, initial_indent="    ", subsequent_indent="      ")
+                      for k in knobs)
     return ("A kernel variant: one field per knob of the knob table (artifact.KNOBS), plus the template family that "
             f"renders it.\n\n{lines}\n    template: which template family renders the source.\n")
 
