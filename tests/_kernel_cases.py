@@ -16,7 +16,7 @@ CPU = HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
 def load(spec: AttentionSpec, **knobs: object) -> LoadedKernel:
     genome: KernelGenome = default_genome(spec, CPU).replace(**knobs)
     rk = render(genome, spec)
-    return load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch)
+    return load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch_dict)
 
 
 def call_args(spec: AttentionSpec) -> dict:

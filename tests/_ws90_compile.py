@@ -31,7 +31,7 @@ def main(head_dim: int, block_n: int, stages: int, causal: bool, mask_kind: int,
     genome = default_genome(spec, H100, "flash_ws90").replace(block_n=block_n, num_stages=stages,
                                                               persistent=persistent)
     rk = render(genome, spec)
-    fn = load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch).functions.fwd
+    fn = load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch_dict).functions.fwd
     q = torch.empty(1, 2, 256, head_dim, dtype=torch.bfloat16)
 
     def descriptor(rows: int, cols: int = head_dim) -> str:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from avo_inductor.cache.record import KernelMetrics, KernelRecord
+from avo_inductor.artifact import KernelMetrics, KernelRecord
 from avo_inductor.spec import AttentionSpec, HardwareKey, SoftwareKey, store_key
 
 CPU_HW = HardwareKey("cpu", "triton-interpreter", (0, 0), 0)

@@ -17,6 +17,7 @@ from avo_inductor.cache.manifest import (MANIFEST_NAME, MAX_FILE_BYTES, SIGNATUR
                                          record_filename, sha256_bytes)
 from avo_inductor.cache.signing import keygen
 from avo_inductor.cache.store import KernelStore
+from avo_inductor.kernels.tiers import as_source_record
 from avo_inductor.settings import Settings
 from cache_helpers import (CPU_HW, H100, SW, import_or_lookup_worker, key_of, make_record, ok_verifier, spawn_pool,
                            wrong_results_verifier)
@@ -304,7 +305,7 @@ def test_wrong_results_refused(tmp_path: Path) -> None:
 def test_real_wrong_kernel_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     verify = pytest.importorskip("avo_inductor.kernels.verify")
     baseline = pytest.importorskip("avo_inductor.kernels.baseline")
-    good = baseline.baseline_record(make_record(16).spec)
+    good = as_source_record(baseline.baseline_record(make_record(16).spec))
     # Scale the normalised output: compiles, passes the allowlist, but every result is wrong by 1.5x.
     target = "acc = acc / tl.where(empty, 1.0, l_i)"
     if target not in good.source:

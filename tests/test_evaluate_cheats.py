@@ -32,7 +32,7 @@ def edited(rendered, cid: str, old: str, new: str) -> Candidate:
     at, bwd = rendered.source.find(old), rendered.source.find("# ---- backward")
     assert 0 <= at and (bwd < 0 or at < bwd), f"anchor for {cid} not found in the forward kernel"
     return Candidate(id=cid, spec=SPEC, source=rendered.source.replace(old, new, 1), entry_point=rendered.entry_point,
-                     bwd_entry_point=rendered.bwd_entry_point, launch=dict(rendered.launch), operator="agent")
+                     bwd_entry_point=rendered.bwd_entry_point, launch=rendered.launch_dict, operator="agent")
 
 
 def cheats(rendered) -> dict[str, Candidate]:

@@ -10,7 +10,6 @@ the op under torch.compile(backend="inductor") where Inductor inlines the user T
 """
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from avo_inductor.kernels.baseline import baseline_record
 from avo_inductor.kernels.loader import load_record
 from avo_inductor.kernels.op import attention, register_kernel
 from avo_inductor.kernels.reference import attention_reference, make_inputs, reference_grads, tolerance
-from avo_inductor.kernels.render import default_genome, render
+from avo_inductor.kernels.render import default_genome
 from avo_inductor.kernels.verify import verify_record
 from avo_inductor.spec import AttentionSpec, HardwareKey
 
@@ -83,9 +82,7 @@ def test_gpu_forward_backward_bf16(hq, hkv, nq, nk, d, dv, causal, window, mask,
                          mask=mask, needs_grad=True)
     hw = HardwareKey.current("cuda")
     genome = default_genome(spec, hw, knobs.get("template", "flash_v1")).replace(**knobs)
-    rk = render(genome, spec)
-    rec = dataclasses.replace(baseline_record(spec, hw), source=rk.source, launch=rk.launch, sha256="",
-                              entry_point=rk.entry_point, genome=genome.to_dict())
+    rec = baseline_record(spec, hw, genome=genome)  # template tier: loads what render(genome, spec) gives
     kernel = load_record(rec)
     inp = make_inputs(spec, "cuda")
     args = dict(scale=None, causal=causal, window=window or 0, mask_kind=mask)
@@ -136,9 +133,7 @@ def test_gpu_ws90_reads_strided_inputs_and_writes_every_element(dtype):
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("flash_ws90 is sm_90 only")
     spec = AttentionSpec(2, 8, 4, 1000, 1000, 128, dtype=str(dtype).split(".")[1], causal=True)
-    rk = render(default_genome(spec, HardwareKey.current(), "flash_ws90"), spec)
-    kernel = load_record(dataclasses.replace(baseline_record(spec), source=rk.source, launch=rk.launch, sha256="",
-                                             entry_point=rk.entry_point))
+    kernel = load_record(baseline_record(spec, genome=default_genome(spec, HardwareKey.current(), "flash_ws90")))
     torch.manual_seed(1)
     q = torch.randn(2, 1000, 8, 128, device="cuda", dtype=dtype).transpose(1, 2)
     k = torch.randn(2, 1000, 4, 136, device="cuda", dtype=dtype)[..., :128].transpose(1, 2)
@@ -170,9 +165,7 @@ def test_gpu_ws90_bias_ring_reads_full_and_broadcast_biases(bias_shape, dtype, c
     name = str(q_dtype).split(".")[1]
     spec = AttentionSpec(2, 8, 2, n, n, 128, dtype=name, causal=causal, mask="bias")
     genome = default_genome(spec, HardwareKey.current(), "flash_ws90")
-    rk = render(genome, spec)
-    kernel = load_record(dataclasses.replace(baseline_record(spec), source=rk.source, launch=rk.launch, sha256="",
-                                             entry_point=rk.entry_point, genome=genome.to_dict()))
+    kernel = load_record(baseline_record(spec, genome=genome))
     torch.manual_seed(2)
     q, k, v = (torch.randn(2, h, n, 128, device="cuda", dtype=q_dtype) for h in (8, 2, 2))
     bias = torch.randn(bias_shape, device="cuda", dtype=dtype)

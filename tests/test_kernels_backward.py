@@ -104,11 +104,11 @@ def test_dq_swap_launches_dq_with_the_tiles_swapped(monkeypatch):
                         **call_args(spec))
         assert seen[1] == ("attn_bwd_dkdv", (2, 2), 16, 32) and seen[2] == dq, seen
     rk = render(default_genome(spec, CPU).replace(bwd_dq_swap=True), spec)
-    assert rk.launch["bwd_dq_swap"] is True and static_violations(rk.source, rk.entry_point, rk.bwd_entry_point,
-                                                                   rk.launch) == []
-    assert not LaunchConfig.from_dict({k: v for k, v in rk.launch.items() if k != "bwd_dq_swap"}).bwd_dq_swap
+    assert rk.launch_dict["bwd_dq_swap"] is True and static_violations(rk.source, rk.entry_point, rk.bwd_entry_point,
+                                                                   rk.launch_dict) == []
+    assert not LaunchConfig.from_dict({k: v for k, v in rk.launch_dict.items() if k != "bwd_dq_swap"}).bwd_dq_swap
     with pytest.raises(ValueError, match="bwd_dq_swap must be a bool"):
-        LaunchConfig.from_dict({**rk.launch, "bwd_dq_swap": 1})
+        LaunchConfig.from_dict({**rk.launch_dict, "bwd_dq_swap": 1})
 
 
 def test_dq_atomic_launches_no_dq_kernel_and_fills_the_callers_buffer(monkeypatch):

@@ -210,18 +210,18 @@ def test_launch_config_pack_gqa_key():
     from avo_inductor.kernels.loader import static_violations
 
     rk = render(KernelGenome(pack_gqa=True, kv_splits=4), AttentionSpec(1, 8, 2, 1, 256, 64))
-    assert rk.launch["pack_gqa"] is True and "PACK_GQA = tl.constexpr(True)" in rk.source
-    assert LaunchConfig.from_dict(rk.launch).pack_gqa
-    assert static_violations(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch) == []
+    assert rk.launch_dict["pack_gqa"] is True and "PACK_GQA = tl.constexpr(True)" in rk.source
+    assert LaunchConfig.from_dict(rk.launch_dict).pack_gqa
+    assert static_violations(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch_dict) == []
     plain = render(KernelGenome(), AttentionSpec(1, 8, 2, 1, 256, 64))
-    assert plain.launch["pack_gqa"] is False and "PACK_GQA = tl.constexpr(False)" in plain.source
-    legacy = {k: v for k, v in plain.launch.items() if k != "pack_gqa"}  # records written before the knob
+    assert plain.launch_dict["pack_gqa"] is False and "PACK_GQA = tl.constexpr(False)" in plain.source
+    legacy = {k: v for k, v in plain.launch_dict.items() if k != "pack_gqa"}  # records written before the knob
     assert not LaunchConfig.from_dict(legacy).pack_gqa
     for bad in (1, "true", None):
         with pytest.raises(ValueError, match="pack_gqa"):
-            static_violations(rk.source, rk.entry_point, rk.bwd_entry_point, {**rk.launch, "pack_gqa": bad})
+            static_violations(rk.source, rk.entry_point, rk.bwd_entry_point, {**rk.launch_dict, "pack_gqa": bad})
     with pytest.raises(ValueError, match="unknown launch key"):
-        LaunchConfig.from_dict({**rk.launch, "pack_gqa_rows": True})
+        LaunchConfig.from_dict({**rk.launch_dict, "pack_gqa_rows": True})
 
 
 def test_render_marks_evolve_block_and_knobs():
@@ -230,8 +230,8 @@ def test_render_marks_evolve_block_and_knobs():
     rk = render(g, spec)
     assert "# EVOLVE-BLOCK-START" in rk.source and "# EVOLVE-BLOCK-END" in rk.source
     assert "USE_EXP2 = tl.constexpr(False)" in rk.source and "LAZY_RESCALE = tl.constexpr(True)" in rk.source
-    assert rk.launch["grid"] == "splitkv" and rk.launch["kv_splits"] == 2
-    assert render(g.replace(persistent=True), spec).launch["grid"] == "persistent"
+    assert rk.launch_dict["grid"] == "splitkv" and rk.launch_dict["kv_splits"] == 2
+    assert render(g.replace(persistent=True), spec).launch.grid == "persistent"
 
 
 @pytest.mark.parametrize("genome,spec_kw,match", [

@@ -182,10 +182,10 @@ def test_unknown_pinned_template_is_refused():
 def test_rendered_module_passes_the_allowlist_and_loads():
     spec = _spec(causal=True, needs_grad=True)
     rk = render(default_genome(spec, H100), spec)
-    assert rk.entry_point == "attn_fwd_ws90" and rk.launch["grid"] == "ws90"
-    assert render(default_genome(spec, H100).replace(persistent=True), spec).launch["grid"] == "ws90_persistent"
+    assert rk.entry_point == "attn_fwd_ws90" and rk.launch_dict["grid"] == "ws90"
+    assert render(default_genome(spec, H100).replace(persistent=True), spec).launch.grid == "ws90_persistent"
     assert check_source(rk.source, ("attn_fwd_ws90", "attn_bwd_dkdv", "attn_bwd_dq")) == []
-    kernel = load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch)
+    kernel = load_source(rk.source, rk.entry_point, rk.bwd_entry_point, rk.launch_dict)
     assert type(kernel.functions.fwd).__name__ == "GluonJITFunction"
     assert kernel.functions.has_backward  # training runs flash_v1's backward on the ws90 forward's LSE
 

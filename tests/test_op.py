@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from avo_inductor.cache.record import KernelRecord
+from avo_inductor.artifact import KernelRecord
 from avo_inductor.kernels.baseline import baseline_record
+from avo_inductor.kernels.tiers import as_source_record
 from avo_inductor.kernels.loader import load_record, load_source
 from avo_inductor.kernels.op import attention, get_kernel, register_kernel
 from avo_inductor.kernels.reference import attention_reference, make_inputs, reference_grads, tolerance
@@ -20,8 +21,9 @@ CPU = HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
 
 
 def _record(spec: AttentionSpec, **changes) -> KernelRecord:
-    return baseline_record(spec, CPU, SoftwareKey.current()).with_changes(**changes) if changes \
-        else baseline_record(spec, CPU, SoftwareKey.current())
+    """The baseline as a source-tier record (its rendered text in the record), so tests can edit its source."""
+    rec = as_source_record(baseline_record(spec, CPU, SoftwareKey.current()))
+    return rec.with_changes(**changes) if changes else rec
 
 
 def _grads(fn, inp, requires_mask_grad=False):

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import pytest
 
 from avo_inductor.cache.store import StoreHit
+from avo_inductor.kernels.tiers import kernel_for_record
 from avo_inductor.search.database import SearchDatabase
 from avo_inductor.search.engine import SearchConfig, SearchEngine, SearchEvent
 from avo_inductor.search.operators import StructuredOperator
@@ -59,7 +60,8 @@ def test_converges_to_the_best_genome_and_promotes(tmp_path: Path) -> None:
     assert hit.record.lineage_id == cid and hit.record.operator == "structured"
     assert hit.record.genome == best.genome.to_dict() and hit.record.launch["BLOCK_M"] == TARGET["block_m"]
     assert outcome.promoted[SPEC.cache_key()] == hit.record.kernel_id
-    assert hit.record.source.count("@triton.jit") >= 2  # rendered by kernels.render, not a stub
+    assert hit.record.tier == "template"  # a genome winner is stored as template + genome, re-rendered on load
+    assert kernel_for_record(hit.record).source.count("@triton.jit") >= 2  # rendered by kernels.render, not a stub
     assert [s.candidate_id for s in eng.db.lineage(hit.record.kernel_id)][-1] == cid
     kinds = {e.kind for e in events}
     assert {"run_started", "generation", "evaluated", "migration", "promotion", "run_finished"} <= kinds

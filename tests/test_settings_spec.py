@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from avo_inductor import configure, get_settings
-from avo_inductor.cache.record import KernelMetrics, KernelRecord
+from avo_inductor.artifact import KernelMetrics, KernelRecord
 from avo_inductor.kernels.genome import GENOME_SPACE, KernelGenome
 from avo_inductor.settings import settings_from_env
 from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind, SoftwareKey, seq_bucket, store_key

@@ -155,8 +155,10 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
             kernel_id = register_kernel(record)
             rewrite.rewrite_to_avo(gm, match, kernel_id)
         _count("hit")
+        from ..kernels.tiers import stale_note  # a template record measured on another template version
+
         return dataclasses.replace(base, action=rep.AVO, status="hit", kernel_id=record.kernel_id,
-                                   speedup=record.metrics.speedup, layer=hit.layer)
+                                   speedup=record.metrics.speedup, layer=hit.layer, reason=stale_note(record) or "")
 
     _count("miss")
     if not dry_run:

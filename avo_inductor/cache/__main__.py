@@ -124,7 +124,11 @@ def _run(args: argparse.Namespace, console: Any) -> int:  # noqa: C901 - one bra
         console.print(f"[bold]{hit.key}[/bold]  kernel {hit.record.kernel_id}  layer {hit.layer}"
                       + ("  (needs re-verification)" if hit.needs_reverify else ""))
         console.print_json(json.dumps(data))
-        console.print(Syntax(hit.record.source, "python", line_numbers=True))
+        from ..kernels.tiers import kernel_for_record, stale_note  # template records show what they render to
+
+        if stale_note(hit.record):
+            console.print(f"[yellow]{stale_note(hit.record)}[/yellow]")
+        console.print(Syntax(kernel_for_record(hit.record).source, "python", line_numbers=True))
     elif args.cmd == "export":
         manifest = bundle.export_bundle(_store(), args.out, args.hardware, args.spec_filter, sign_key=args.key)
         console.print(f"exported {len(manifest.records)} record(s) to {args.out}"

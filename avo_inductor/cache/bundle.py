@@ -25,7 +25,7 @@ from ..spec import HardwareKey, store_key
 from .manifest import (MANIFEST_NAME, MAX_FILE_BYTES, MAX_FILES, MAX_MANIFEST_BYTES, MAX_TOTAL_BYTES, SIGNATURE_NAME,
                        BundleError, FileEntry, Manifest, RecordEntry, check_signature, default_creator, read_capped,
                        read_manifest, record_bytes, record_filename, safe_relpath, sha256_bytes, validate_record)
-from .record import KernelRecord
+from ..artifact import KernelRecord
 from .signing import fingerprint, load_private_key, load_trusted_keys, sign_bytes
 from .store import KernelStore
 
@@ -191,7 +191,8 @@ def check_bundle_root(root: Path, report: BundleReport, trusted: frozenset[str],
         if data is None:
             continue  # its file problem is already reported
         try:
-            record = validate_record(data, entry.key)
+            record = validate_record(data, entry.key,
+                                     source_needs_signature=bool(trusted) and report.signer not in trusted)
         except BundleError as exc:
             report.problems.append(f"{entry.file} ({entry.key}): {exc}")
             continue

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator
 
 from .manifest import (MANIFEST_NAME, BundleError, Manifest, read_capped, read_manifest, check_signature,
                        sha256_bytes, validate_record)
-from .record import KernelRecord
+from ..artifact import KernelRecord
 
 SHIPPED_PACKAGE_DIR = "shipped"
 REPO_CACHE_DIR = "cache"
@@ -67,6 +67,7 @@ class BundleLayer:
     _manifest: Manifest | None = field(default=None, init=False, repr=False)
     _index: dict[str, tuple[str, str, int]] | None = field(default=None, init=False, repr=False)
     _parsed: dict[str, KernelRecord] = field(default_factory=dict, init=False, repr=False)
+    _signer: str | None = field(default=None, init=False, repr=False)
     error: str | None = field(default=None, init=False)
 
     def _load(self) -> dict[str, tuple[str, str, int]]:
@@ -80,7 +81,7 @@ class BundleLayer:
             return self._index
         try:
             manifest, sig = read_manifest(self.root)
-            check_signature(manifest, sig, self.trusted_keys, self.require_signed)
+            self._signer = check_signature(manifest, sig, self.trusted_keys, self.require_signed)
         except (BundleError, OSError) as exc:
             self.error = f"bundle {self.root} skipped: {exc}"
         if self.error:  # never a silently empty layer: say which bundle and why, once
@@ -120,7 +121,8 @@ class BundleLayer:
         if len(raw) != size or sha256_bytes(raw) != sha:
             raise BundleError(f"{rel}: sha256/size do not match the manifest ({len(raw)} bytes vs {size}); "
                               "truncated or tampered")
-        record = validate_record(raw, key)
+        record = validate_record(raw, key, source_needs_signature=bool(self.trusted_keys)
+                                 and self._signer not in self.trusted_keys)
         self._parsed[key] = record
         return record
 

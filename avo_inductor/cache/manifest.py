@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from ..parsing import MAX_INT, bounded_int, finite_float, load_json
 from ..spec import HardwareKey, SoftwareKey, store_key
-from .record import KernelRecord
+from ..artifact import KernelRecord
 from .signing import Signature, fingerprint, verify_signature
 
 BUNDLE_FORMAT = 1
@@ -281,12 +281,14 @@ def check_signature(manifest: Manifest, sig: Signature | None, trusted: Iterable
     return sig.public_key
 
 
-def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None) -> KernelRecord:
+def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None, *,
+                    source_needs_signature: bool = False) -> KernelRecord:
     """Parse a stored record and apply the static gates; BundleError naming the first failed check.
 
-    Checks: JSON, fields and format (KernelRecord.from_dict), source sha256, the static allowlist with every
-    function the launcher will call (``kernels.loader.required_functions``), and that the record really
-    belongs under ``expected_key``.
+    Checks: JSON, fields and format (KernelRecord.from_dict), content sha256, the trust tier's static gate
+    (``kernels.loader.check_record``: a template record renders from the installed template; a source record
+    passes the allowlist with every function the launcher will call, and is refused when
+    ``source_needs_signature``), and that the record really belongs under ``expected_key``.
     """
     if isinstance(raw, bytes):
         try:
@@ -302,17 +304,13 @@ def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None
         record = KernelRecord.from_dict(raw)
     except PARSE_ERRORS as exc:  # from_dict of hostile data must be a refusal of this record, never a crash
         raise BundleError(f"record rejected: {type(exc).__name__}: {_short(exc)}") from None
-    # The loader's static gate: launch config + allowlist over every function the launcher will call.
-    from ..kernels.loader import static_violations
+    # The loader's static gate by trust tier (template: renders from the installed template; source: the grammar).
+    from ..kernels.loader import check_record
 
     try:
-        problems = static_violations(record.source, record.entry_point, record.bwd_entry_point, record.launch)
+        record = check_record(record, source_needs_signature=source_needs_signature)
     except (*PARSE_ERRORS, SyntaxError) as exc:  # deeply nested source: RecursionError/MemoryError in the parser
-        raise BundleError(f"kernel {record.kernel_id} is malformed (launch config or source): "
-                          f"{type(exc).__name__}: {_short(exc)}") from None
-    if problems:
-        listed = "; ".join(str(p) for p in problems[:5])
-        raise BundleError(f"kernel {record.kernel_id} source rejected by the static allowlist: {listed}")
+        raise BundleError(f"kernel {record.kernel_id} rejected: {_short(exc)}") from None
     try:
         actual_key = store_key(record.spec, record.hardware)
     except PARSE_ERRORS as exc:

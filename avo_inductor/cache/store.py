@@ -17,9 +17,10 @@ from typing import Any, Iterable, Iterator
 from ..parsing import bounded_int, finite_float, load_json
 from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
+from ..artifact import KernelRecord
+from ..kernels.tiers import stale_note
 from .layers import BundleLayer, CacheWarning, open_layers, warn_once  # noqa: F401 - CacheWarning re-exported
 from .manifest import PARSE_ERRORS, BundleError, validate_record
-from .record import KernelRecord
 from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
@@ -242,7 +243,8 @@ class KernelStore:
             return False
         if mark.get("unverified"):
             return True
-        if layer == LOCAL_LAYER and (sw == record.software or sw in record.verified_software):
+        if layer == LOCAL_LAYER and (sw == record.software or sw in record.verified_software) \
+                and stale_note(record) is None:  # a template record whose template changed is re-verified
             return False
         try:
             marked = {SoftwareKey.from_dict(s) for s in mark.get("software", ())}

@@ -61,6 +61,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..artifact import WS90_GRIDS, LaunchConfig
+from ..spec import next_power_of_two
 from . import key_norms
 from .interpreter import ensure_interpreter_fixes
 from .launch_plan import PLANS, DescriptorSpec, ForwardPlan, PlannedLaunch, plan_key
@@ -68,18 +70,11 @@ from .operands import check_mask_operand
 from .reference import MASK_KINDS
 
 MASK_CODES = {"none": 0, "bias": 1, "bool": 2, "padding": 2, "alibi": 3}
-GRID_RULES = ("fwd", "splitkv", "persistent", "ws90", "ws90_persistent")
-WS90_GRIDS = ("ws90", "ws90_persistent")
 WS90_MASK_CODES = (0, 1, 3)  # none, bias, alibi
-BWD_GRID_RULES = ("bwd",)
 _CPU_PROGRAMS = 4  # "SM count" of the interpreter for the persistent grid
 # Rows per program of the split-K reduce: one. A decode reduce has only B * Hq * Nq rows (32 for one sequence of
 # 32 heads); tiles of the forward's BLOCK_M gave it 2 programs, each reading every split's partial rows in turn.
 REDUCE_BLOCK_M = 1
-
-
-def _pow2(n: int) -> int:
-    return 1 << (max(int(n), 16) - 1).bit_length()
 
 
 def _cdiv(a: Any, b: int) -> Any:
@@ -93,63 +88,6 @@ def _known_multiple(n: Any, block: int) -> bool:
     from torch.fx.experimental.symbolic_shapes import statically_known_true
 
     return bool(statically_known_true(n % block == 0))
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """A record's ``launch`` dict, validated: tiles, warps, stages, split count, the grid rule names, whether
-    the forward packs GQA groups into its row tiles (``pack_gqa``) and whether the dq kernel takes the
-    backward tiles swapped (``bwd_dq_swap``: dq tiles (BWD_BLOCK_N, BWD_BLOCK_M), the Triton tutorial's large
-    query tile for dq and large key tile for dk/dv) and whether the forward reads K/V through tensor descriptors
-    (``tma``: the launcher hands it 16-byte aligned rows and a scratch allocator), whether dk/dv's kernel also
-    accumulates dq (``bwd_dq_atomic``: DQ is a zeroed fp32 buffer, no dq kernel runs) and whether the forward's
-    ALiBi operand carries the key norms after the slopes (``alibi_bound``); all optional, default false."""
-
-    grid: str = "fwd"
-    block_m: int = 64
-    block_n: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
-    kv_splits: int = 1
-    even_fast_path: bool = True
-    bwd_grid: str = "bwd"
-    bwd_block_m: int = 32
-    bwd_block_n: int = 64
-    bwd_num_warps: int = 4
-    bwd_num_stages: int = 2
-    pack_gqa: bool = False
-    bwd_dq_swap: bool = False
-    tma: bool = False
-    bwd_dq_atomic: bool = False
-    alibi_bound: bool = False
-
-    def __post_init__(self) -> None:
-        if self.grid not in GRID_RULES or self.bwd_grid not in BWD_GRID_RULES:
-            raise ValueError(f"unknown grid rule {self.grid!r}/{self.bwd_grid!r}; known {GRID_RULES}, {BWD_GRID_RULES}")
-        for name in ("block_m", "block_n", "bwd_block_m", "bwd_block_n", "kv_splits"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1 or v & (v - 1) or (name != "kv_splits" and not 16 <= v <= 256):
-                raise ValueError(f"launch {name} must be a power of two (tiles 16..256); got {v!r}")
-        if (self.grid == "splitkv") == (self.kv_splits == 1) and self.grid != "persistent":
-            raise ValueError(f"grid {self.grid!r} does not match kv_splits={self.kv_splits} (splitkv needs > 1)")
-        if self.grid in WS90_GRIDS and (self.num_warps != 4 or self.pack_gqa or self.tma):
-            raise ValueError(f"grid {self.grid!r} runs 4-warp math warpgroups without pack_gqa or tma")
-        for name in ("pack_gqa", "bwd_dq_swap", "tma", "bwd_dq_atomic", "alibi_bound"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"launch {name} must be a bool; got {getattr(self, name)!r}")
-
-    @classmethod
-    def from_dict(cls, launch: dict[str, Any]) -> LaunchConfig:
-        keys = {"grid": "grid", "BLOCK_M": "block_m", "BLOCK_N": "block_n", "num_warps": "num_warps",
-                "num_stages": "num_stages", "kv_splits": "kv_splits", "even_fast_path": "even_fast_path",
-                "bwd_grid": "bwd_grid", "BWD_BLOCK_M": "bwd_block_m", "BWD_BLOCK_N": "bwd_block_n",
-                "bwd_num_warps": "bwd_num_warps", "bwd_num_stages": "bwd_num_stages", "pack_gqa": "pack_gqa",
-                "bwd_dq_swap": "bwd_dq_swap", "tma": "tma", "bwd_dq_atomic": "bwd_dq_atomic",
-                "alibi_bound": "alibi_bound"}
-        unknown = set(launch) - set(keys)
-        if unknown:
-            raise ValueError(f"unknown launch key(s) {sorted(unknown)}; known {sorted(keys)}")
-        return cls(**{keys[k]: v for k, v in launch.items()})
 
 
 @dataclass(frozen=True)
@@ -258,7 +196,7 @@ def _with_key_norms(slopes: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The slopes followed by the largest key norm of each (batch, kv head), one contiguous fp32 buffer."""
     b, hkv, nk, d = k.shape
     buf = torch.cat([slopes, slopes.new_zeros(b * hkv)])
-    block_d = max(16, 1 << (int(d) - 1).bit_length())
+    block_d = next_power_of_two(d)
     _launch(key_norms.key_norm_max, (b * hkv, _cdiv(nk, key_norms.ROWS_PER_PROGRAM)), K=k, OUT=buf,
             OUT_OFFSET=slopes.shape[0], **_strides("k", k, "bhnd"), H_KV=hkv, N_KV=nk, HEAD_DIM=d,
             BLOCK_N=max(16, 4096 // block_d), BLOCK_D=block_d, ROWS=key_norms.ROWS_PER_PROGRAM)
@@ -284,7 +222,7 @@ def _scalars(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | N
         raise ValueError(f"attention scale must be a positive finite float; got {sm_scale}")
     return dict(BATCH=q.shape[0], H_Q=q.shape[1], GROUP=q.shape[1] // k.shape[1], N_Q=q.shape[2], N_KV=k.shape[2],
                 sm_scale=sm_scale, window=window,
-                HEAD_DIM=d, V_HEAD_DIM=dv, BLOCK_D=_pow2(d), BLOCK_DV=_pow2(dv),
+                HEAD_DIM=d, V_HEAD_DIM=dv, BLOCK_D=next_power_of_two(d), BLOCK_DV=next_power_of_two(dv),
                 IS_CAUSAL=bool(causal or window > 0), HAS_WINDOW=window > 0)
 
 

@@ -1,4 +1,4 @@
-"""Kernel source -> callable, only after its sha256 matches and the static allowlist passes.
+"""Kernel source -> callable, only after its sha256 matches and the static allowlist passes; records by trust tier.
 
 Triton's JIT reads a kernel's text with inspect.getsource, so the source is written to a real file named by
 its sha256 under ``<AVO_CACHE_DIR>/kernel_src/`` and imported from there with importlib (never exec of a string).
@@ -12,14 +12,17 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..artifact import KernelRecord, KernelSource, LaunchConfig
 from ..spec import kernel_id
 from .grammar import Violation, check_source
-from .launch import KernelFunctions, LaunchConfig
+from .launch import KernelFunctions
+from .tiers import kernel_for_record, tiered
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, LoadedKernel] = {}
@@ -42,7 +45,7 @@ class LoadedKernel:
         return self.functions.has_backward
 
 
-def required_functions(entry_point: str, bwd_entry_point: str | None, launch: dict[str, Any]) -> tuple[str, ...]:
+def required_functions(entry_point: str, bwd_entry_point: str | None, launch: Mapping[str, Any]) -> tuple[str, ...]:
     """Every @triton.jit name the launcher will call for this entry point / launch config."""
     names = [entry_point]
     if int(launch.get("kv_splits", 1)) > 1:
@@ -53,15 +56,15 @@ def required_functions(entry_point: str, bwd_entry_point: str | None, launch: di
 
 
 def static_violations(source: str, entry_point: str, bwd_entry_point: str | None,
-                      launch: dict[str, Any]) -> list[Violation]:
+                      launch: Mapping[str, Any]) -> list[Violation]:
     """The one static gate for kernel source (bundles, the store, search candidates, the loader): a valid launch
     config, then the AST allowlist with every function the launcher will call. Nothing is executed.
 
     Raises ValueError ("invalid launch config: ...") for a launch dict the launcher cannot use.
     """
     try:
-        LaunchConfig.from_dict(launch)
-        names = required_functions(entry_point, bwd_entry_point, launch)
+        cfg = LaunchConfig.from_dict(launch)
+        names = required_functions(entry_point, bwd_entry_point, cfg.to_dict())
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"invalid launch config {launch!r}: {exc}") from None
     return check_source(source, names)
@@ -116,7 +119,30 @@ def _function(module: ModuleType, name: str) -> Any:
     return fn
 
 
-def load_source(source: str, entry_point: str, bwd_entry_point: str | None, launch: dict[str, Any],
+def check_record(record: KernelRecord, *, source_needs_signature: bool = False) -> KernelRecord:
+    """The static gate of a stored record, by trust tier (see tiers.py); returns it in its tier (format-1 records
+    whose genome renders to their source come back as template records). Nothing is executed.
+
+    Template tier: the installed template must render its genome for its spec, to its launch config. Source tier:
+    refused when ``source_needs_signature`` (trusted keys are configured and its bundle is not signed by one of
+    them), else the kernel-source gate with every function the launcher will call. Raises ValueError.
+    """
+    record = tiered(record)
+    if record.tier == "template":
+        kernel_for_record(record)
+        return record
+    if source_needs_signature:
+        raise ValueError(f"kernel {record.kernel_id} carries its own source (agent edit): with trusted keys "
+                         "configured it must come from a bundle signed by one of them")
+    assert record.source is not None
+    problems = static_violations(record.source, record.entry_point, record.bwd_entry_point, record.launch)
+    if problems:
+        listed = "; ".join(str(p) for p in problems[:5])
+        raise ValueError(f"kernel {record.kernel_id} source rejected by the static allowlist: {listed}")
+    return record
+
+
+def load_source(source: str, entry_point: str, bwd_entry_point: str | None, launch: Mapping[str, Any],
                 sha256: str | None = None) -> LoadedKernel:
     """Check, write, import and bind ``source``; ``sha256`` (if given) must match the text.
 
@@ -126,7 +152,7 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
     actual = hashlib.sha256(source.encode("utf-8")).hexdigest()
     if sha256 is not None and sha256 != actual:
         raise ValueError(f"kernel source sha256 mismatch: expected {sha256[:12]}…, source hashes to {actual[:12]}…")
-    kid = kernel_id(actual, entry_point, bwd_entry_point, launch)
+    kid = kernel_id(actual, entry_point, bwd_entry_point, dict(launch))
     with _LOCK:
         cached = _LOADED.get(kid)
     if cached is not None:
@@ -150,8 +176,17 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
         return _LOADED.setdefault(kid, loaded)
 
 
-def load_record(record: Any) -> LoadedKernel:
-    """Load a KernelRecord's kernel (its recorded sha256 is checked against its source before anything runs)."""
+def load_kernel(kernel: KernelSource) -> LoadedKernel:
+    """Load a rendered or stored kernel module (same gates as :func:`load_source`)."""
+    return load_source(kernel.source, kernel.entry_point, kernel.bwd_entry_point, kernel.launch_dict)
+
+
+def load_record(record: KernelRecord) -> LoadedKernel:
+    """Load a KernelRecord's kernel: a template record re-rendered from the installed template, a source record's
+    own text after its recorded sha256 is checked against it (before anything runs)."""
+    if record.tier == "template":
+        return load_kernel(kernel_for_record(record))
+    assert record.source is not None
     return load_source(record.source, record.entry_point, record.bwd_entry_point, dict(record.launch),
                        sha256=record.sha256)
 

@@ -12,10 +12,11 @@
   Triton backward; otherwise (or when a bias needs its own gradient) the plain-torch recompute fallback runs.
 Kernels are looked up by ``kernel_id`` in an in-process registry filled by :func:`register_kernel`.
 """
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
+from ..artifact import KernelRecord
 from ..settings import triton_interpreting
 from . import launch
 from .fallback import recompute_backward
@@ -24,8 +25,9 @@ from .loader import LoadedKernel, get_loaded, load_record
 _ARGS = "str kernel_id, float scale, bool causal, int window, str mask_kind"
 
 
-def register_kernel(record: Any) -> str:
-    """Load ``record`` (sha256 + allowlist checked) and return the kernel id the op takes.
+def register_kernel(record: KernelRecord) -> str:
+    """Load ``record`` (by trust tier: re-rendered from the installed template, or its source after the sha256 and
+    allowlist checks) and return the kernel id the op takes.
 
     The loader's cache is the registry: anything loaded (a record, or a search candidate via load_source) is
     callable by its id.

@@ -1,13 +1,9 @@
-"""KernelGenome -> Triton source + launch config (the only place knobs turn into code).
+"""KernelGenome -> KernelSource (the only place knobs turn into code): :func:`render`.
 
-Source-level knobs (exp2, causal_split, lazy_rescale, persistent, warp_specialize, bwd_transposed, pack_gqa,
-heavy_first, use_tma, bwd_dq_atomic, overlap_qk, alibi_mma, alibi_bound)
-become module constants of the rendered file (the GENOME-CONSTANTS block of templates/flash_v1_fwd.py);
-launch-level knobs (tiles, warps, stages, kv_splits, even_fast_path, grid rule, bwd_dq_swap, bwd_dq_atomic (which
-also renders), and pack_gqa again,
-since it changes the grid, and use_tma again, since the launcher must align K/V for descriptors) go into ``launch``
-for the trusted launcher. A knob the template cannot honour (other templates, dropout) raises ValueError instead
-of being silently ignored.
+The knob table (artifact.KNOBS) says where each knob acts: knobs with a template constant fill the GENOME-CONSTANTS
+block of templates/flash_v1_fwd.py, knobs with a launch key go into the LaunchConfig the trusted launcher reads
+(some do both). A knob or spec the template cannot honour (other templates, dropout) raises ValueError instead of
+being silently ignored.
 
 Template ``flash_ws90`` (Hopper): flash_v1's module (its backward serves training) plus the Gluon forward of
 templates/flash_ws90_fwd.py as the entry point, launched through the descriptor ABI (launch grid "ws90").
@@ -17,10 +13,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
 
+from ..artifact import KNOBS, KernelSource, LaunchConfig, constants_block, launch_dict
 from ..spec import AttentionSpec, HardwareKey, MaskKind, next_power_of_two
 from .genome import KernelGenome
 
@@ -39,18 +34,6 @@ _SMEM_SCRATCH = 16 * 1024  # the compiler's own (layout conversions): 16.5 KB ov
 MAX_HEAD_DIM = 256
 _CONSTANTS_RE = re.compile(r"# GENOME-CONSTANTS-START\n.*?# GENOME-CONSTANTS-END\n", re.S)
 _IMPORT_LINES = ("import triton\n", "import triton.language as tl\n")
-
-
-@dataclass(frozen=True)
-class RenderedKernel:
-    """A rendered module: ``source`` defines ``entry_point`` (+ ``entry_point``_reduce) and, when
-    ``bwd_entry_point`` is set, ``{bwd}_preprocess``, ``{bwd}_dkdv``, ``{bwd}_dq``; ``launch`` is the config
-    the launcher reads (see launch.py)."""
-
-    source: str
-    entry_point: str
-    bwd_entry_point: str | None
-    launch: dict[str, Any] = field(default_factory=dict)
 
 
 def _template_text(name: str) -> str:
@@ -80,17 +63,6 @@ def _strip_docstring_and_imports(text: str) -> str:
     for line in _IMPORT_LINES:
         text = text.replace(line, "", 1)
     return text
-
-
-def _constants_block(genome: KernelGenome) -> str:
-    values = {"USE_EXP2": genome.exp2, "CAUSAL_SPLIT": genome.causal_split,
-              "LAZY_RESCALE": genome.lazy_rescale, "PERSISTENT": genome.persistent,
-              "WARP_SPECIALIZE": genome.warp_specialize, "BWD_TRANSPOSED": genome.bwd_transposed,
-              "PACK_GQA": genome.pack_gqa, "HEAVY_FIRST": genome.heavy_first, "USE_TMA": genome.use_tma,
-              "BWD_DQ_ATOMIC": genome.bwd_dq_atomic, "OVERLAP_QK": genome.overlap_qk,
-              "ALIBI_MMA": genome.alibi_mma, "ALIBI_BOUND": genome.alibi_bound}
-    body = "".join(f"{k} = tl.constexpr({v})\n" for k, v in values.items())
-    return f"# GENOME-CONSTANTS-START\n{body}# GENOME-CONSTANTS-END\n"
 
 
 def ws90_smem_bytes(genome: KernelGenome, head_dim: int) -> int:
@@ -138,10 +110,9 @@ def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
     smem = ws90_smem_bytes(genome, spec.head_dim)
     if genome.num_stages < 2 or smem > _SMEM_LIMIT - _SMEM_SCRATCH:
         problems.append(f"{genome.num_stages} stages ({smem} bytes of shared memory)")
-    flash_v1_only = [k for k in ("use_tma", "warp_specialize", "lazy_rescale", "pack_gqa", "overlap_qk",
-                                 "alibi_mma", "alibi_bound") if getattr(genome, k)]
-    if genome.kv_splits != 1 or flash_v1_only:
-        problems.append(f"flash_v1 forward knobs {flash_v1_only + (['kv_splits'] if genome.kv_splits != 1 else [])}")
+    flash_v1_only = [k.name for k in KNOBS if k.ws90 == "refused" and getattr(genome, k.name) != k.default]
+    if flash_v1_only:
+        problems.append(f"flash_v1 forward knobs {flash_v1_only}")
     if problems:
         raise ValueError("flash_ws90 cannot render: " + "; ".join(problems))
 
@@ -152,7 +123,8 @@ def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
         raise ValueError(f"unknown kernel template {genome.template!r}; available: {TEMPLATES}")
     if genome.template == "flash_ws90":
         _check_ws90(genome, spec)
-    if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or spec.head_dim % 8 or (spec.v_head_dim or 0) % 8):
+    rows_unaligned = spec.head_dim % 8 or (spec.v_head_dim or 0) % 8
+    if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or rows_unaligned):
         raise ValueError(f"use_tma needs 16-bit q/k/v with head dims divisible by 8 (16-byte rows); got {spec.dtype}, "
                          f"{spec.head_dim}/{spec.v_head_dim}")
     if spec.dropout_p > 0:
@@ -161,14 +133,16 @@ def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
         raise ValueError(f"head dim {spec.head_dim}/{spec.v_head_dim} exceeds {MAX_HEAD_DIM}")
 
 
-def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
-    """Render ``genome`` for ``spec``: forward + split-kv reduce + backward kernels in one module."""
+def render(genome: KernelGenome, spec: AttentionSpec) -> KernelSource:
+    """Render ``genome`` for ``spec`` from the installed templates: forward + split-kv reduce + backward kernels in
+    one module. The one genome -> source function (search, promotion, baselines and template-tier records)."""
     check_renderable(genome, spec)
     family = "flash_v1"  # every template's module starts as flash_v1's (flash_ws90 keeps its backward)
     fwd = _template_text(f"{family}_fwd.py")
     if not _CONSTANTS_RE.search(fwd):
         raise RuntimeError(f"template {family}_fwd.py lost its GENOME-CONSTANTS block")
-    fwd = _CONSTANTS_RE.sub(_constants_block(genome), fwd, count=1)
+    values = genome.to_dict()
+    fwd = _CONSTANTS_RE.sub(lambda _: constants_block(values), fwd, count=1)
     bwd = _strip_docstring_and_imports(_template_text(f"{family}_bwd.py"))
     source = f"{fwd.rstrip()}\n\n\n# ---- backward ({family}_bwd.py) ----\n{bwd}"
     if genome.template == "flash_ws90":
@@ -181,27 +155,9 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> RenderedKernel:
         grid = "splitkv"
     else:
         grid = "fwd"
-    launch = {
-        "grid": grid,
-        "BLOCK_M": genome.block_m,
-        "BLOCK_N": genome.block_n,
-        "num_warps": genome.num_warps,
-        "num_stages": genome.num_stages,
-        "kv_splits": genome.kv_splits,
-        "even_fast_path": genome.even_fast_path,
-        "pack_gqa": genome.pack_gqa,
-        "tma": genome.use_tma,
-        "alibi_bound": genome.alibi_bound,
-        "bwd_grid": "bwd",
-        "BWD_BLOCK_M": genome.bwd_block_m,
-        "BWD_BLOCK_N": genome.bwd_block_n,
-        "bwd_num_warps": genome.bwd_num_warps,
-        "bwd_num_stages": genome.bwd_num_stages,
-        "bwd_dq_swap": genome.bwd_dq_swap,
-        "bwd_dq_atomic": genome.bwd_dq_atomic,
-    }
     entry = WS90_ENTRY if genome.template == "flash_ws90" else FWD_ENTRY
-    return RenderedKernel(source=source, entry_point=entry, bwd_entry_point=BWD_ENTRY, launch=launch)
+    return KernelSource(source=source, entry_point=entry, bwd_entry_point=BWD_ENTRY,
+                        launch=LaunchConfig.from_dict(launch_dict(values, grid)))
 
 
 def _is_cpu(hardware: HardwareKey | None) -> bool:
@@ -219,9 +175,8 @@ def _decode_splits(spec: AttentionSpec, block_m: int, pack: bool, hardware: Hard
     """Split-K for decode: one query tile per (batch, head) leaves most SMs idle and a memory-bound kernel needs
     every SM streaming K/V. One split per 512 keys (up to 16), doubled while the grid still fits one wave of the
     SMs, never a split under 256 keys, at most 64 (the reduction reads every split's partial output).
-    H100, CUDA-graph timed (benchmarks/variant_sets/hopper-decode.json): 1x32 heads x 32768 keys ran 22% faster
-    at 16 splits (128 programs) than at the former rule's 64 (two programs per SM); 8x8192 and 32x4096, already
-    several waves deep, were best where the per-512-keys rule puts them."""
+    Measured on the H100: 1x32 heads x 32768 keys runs 22% faster at 16 splits (one wave) than at 64 (two programs
+    per SM); 8x8192 and 32x4096, already several waves deep, are best at one split per 512 keys."""
     heads = spec.kv_heads if pack else spec.q_heads
     rows = spec.q_len * spec.gqa_group if pack else spec.q_len
     tiles = spec.batch * heads * -(-rows // block_m)
@@ -257,12 +212,10 @@ def gluon_hopper_available() -> bool:
     return hasattr(gl, "warp_specialize") and hasattr(hopper, "warpgroup_mma")
 
 
-# The Gluon forward is launched from Python through an op Inductor cannot inline (op.py). With launch plans
-# (launch_plan.py) and the direct op (avo::attention_fwd_direct) that costs ~0.1 ms of host time per call under
-# torch.compile on the H100's host (0.28 ms before plans; launch-layers.csv), so at 4x32x1024x1024 d128 (69 GFLOP,
-# ~0.12 ms of kernel) the compiled call is GPU-bound and flash_ws90 measured 514 TFLOP/s against flash_v1's 435
-# (same run, benchmarks/results/nvidia-h100/small-ws90.csv). Below this much work per call the host launch would
-# show: the default stays flash_v1 (inlined by Inductor).
+# The Gluon forward is launched from Python through an op Inductor cannot inline (op.py): ~0.1 ms of host time
+# per compiled call on the H100's host. At 69 GFLOP per call (4x32x1024x1024 d128, ~0.12 ms of kernel) the call is
+# GPU-bound and flash_ws90 beats flash_v1 (514 vs 435 TFLOP/s, H100); below this much work the launch would show,
+# so the default stays flash_v1 (inlined by Inductor).
 WS90_MIN_FLOPS = 5e10
 
 
@@ -270,14 +223,12 @@ def ws90_suits(spec: AttentionSpec, hardware: HardwareKey | None) -> bool:
     """Whether the default genome for ``spec`` is flash_ws90: an sm_90 GPU, a Gluon with Hopper support, a
     prefill (not decode) spec the template renders with enough work per call to hide the host launch
     (WS90_MIN_FLOPS), and
-      * no mask at head dim 128. At head dim 64 flash_v1 measured ahead (H100, same run as cuDNN: flash_ws90
-        0.84-0.95x cuDNN against flash_v1's 0.92-0.96x), so the search, not the default, decides there;
+      * no mask at head dim 128 (at head dim 64 flash_v1 measured ahead on the H100: 0.92-0.96x cuDNN against
+        flash_ws90's 0.84-0.95x, so the search, not the default, decides there);
       * an additive bias whose rows a contiguous 16-bit bias keeps 16-byte aligned (kv_len a multiple of 8), at
-        head dim 64 or 128: the launcher streams it through TMA into QK^T's accumulator (H100, same run:
-        418 vs flash_v1's 349 TFLOP/s at 4x32x4096 d128, 282 vs 250 at 8x16x2048 d64,
-        benchmarks/results/nvidia-h100/variants-ws90-bias.csv). Other biases take pointer loads there, which
-        measured behind flash_v1 (322 vs 349);
-    not ALiBi: d64 measured 327 vs flash_v1's 353 TFLOP/s (benchmarks/variant_sets/hopper-ws90.json)."""
+        head dim 64 or 128: streamed through TMA into QK^T's accumulator, 1.13-1.2x flash_v1 on the H100. Biases
+        TMA cannot read take pointer loads, which measured 0.92x flash_v1;
+    not ALiBi: 0.93x flash_v1 at d64 on the H100."""
     if hardware is None:
         import torch
 
@@ -327,21 +278,18 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     block_m, block_n = (64, 32) if wide else (128, 64)
     warps, stages = (4, 2) if wide else ((8, 3) if d > 64 else (4, 3))
     if not wide and not spec.is_decode and spec.mask is MaskKind.NONE:
-        # Dense prefill tiles from an H100 A/B (benchmarks/variant_sets/hopper-fwd-tiles.json, CUDA-graph timed):
-        # 64x64 / 4 warps where there is little work per head (d<=64 causal: +4% at N 2048, +12% at 16x12x1024;
-        # d128 at N<=1024: +6.5%), 8 warps and 4 stages for d<=64 without a mask structure (+7%). Masked specs keep
-        # the tiles their campaign measured around.
+        # Dense prefill tiles (H100 A/B): 64x64 / 4 warps where there is little work per head (d<=64 causal:
+        # +4-12%; d128 at N<=1024: +6.5%), 8 warps and 4 stages for d<=64 without a mask structure (+7%).
         if (d <= 64 and (spec.causal or spec.window)) or (d > 64 and spec.kv_len <= 1024):
             block_m, block_n, warps, stages = 64, 64, 4, 3
         elif d <= 64:
             warps, stages = 8, 4
     elif not wide and not spec.is_decode and spec.mask is MaskKind.ALIBI and d <= 64:
-        # Bounded ALiBi (alibi_bound): 64-row tiles narrow their key span more tightly; 382 and 397 against 128x64's
-        # 377 and 381 TFLOP/s in two H100 A/Bs at 8x16x2048 d64 (variants-alibi-bound*.csv).
+        # Bounded ALiBi (alibi_bound): 64-row tiles narrow their key span more tightly (+1-4% over 128x64 at
+        # 8x16x2048 d64, H100).
         block_m, block_n, warps, stages = 64, 64, 4, 3
-    # Backward, measured on an H100 (benchmarks/variant_sets/hopper-bwd.json): dK/dV from S^T with 64x64 tiles
-    # at d=128 (2.5x the old 32x64 non-transposed default, fwd+bwd), the tutorial's 32x128 with dq on swapped
-    # 128x32 tiles at d<=64 (1.4x).
+    # Backward (H100 A/B, fwd+bwd): dK/dV from S^T with 64x64 tiles at d=128 (2.5x 32x64 non-transposed), the
+    # tutorial's 32x128 with dq on swapped 128x32 tiles at d<=64 (1.4x).
     if wide:
         bwd_m, bwd_n, bwd_warps, bwd_stages, transposed, swap = 16, 32, 8, 1, False, False
     elif d > 64:
@@ -353,17 +301,15 @@ def default_genome(spec: AttentionSpec, hardware: HardwareKey | None = None,
     if template is None:
         template = "flash_ws90" if ws90_suits(spec, hardware) else "flash_v1"
     if template == "flash_ws90":
-        # FlashAttention-3's shape (H100 A/Bs: benchmarks/results/nvidia-h100/ws90-prototype-probe*.log and
-        # variants-ws90.csv): 64 rows per math warpgroup, 128-key tiles, 2 stages (3 do not fit shared memory at
-        # d128); 1.01-1.04x cuDNN causal, 0.97-1.01x dense at d128 in the final issue-7 run. Persistent (one
-        # program per SM walking tiles) without a causal mask: +8% at 4x32x1024, +1.4-2.2% at 4k/8k, but -9% causal,
-        # where the heaviest-first tile order of the plain grid balances better (variants-persist.csv, H100).
+        # FlashAttention-3's shape: 64 rows per math warpgroup, 128-key tiles, 2 stages (3 do not fit shared
+        # memory at d128); 1.01-1.04x cuDNN causal, 0.97-1.01x dense at d128 (H100). Persistent without a causal
+        # mask: +1.4-8%; causal -9%, where the plain grid's heaviest-first tile order balances better.
         block_m, block_n, warps, stages, pack = WS90_BLOCK_M, 128, 4, 2, False
         persistent = not spec.causal and not spec.window
     else:
         persistent = False
     kv_splits = _decode_splits(spec, block_m, pack, hardware) if spec.is_decode and template == "flash_v1" else 1
-    # ALiBi (flash_v1; see genome.py): the one-sided key blocks' per-key term from the tensor cores, and no keys
+    # ALiBi (flash_v1; see artifact.KNOBS): the one-sided key blocks' per-key term from the tensor cores, and no keys
     # the slopes provably silence.
     alibi_mma = alibi_bound = template == "flash_v1" and spec.mask is MaskKind.ALIBI
     return KernelGenome(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages, template=template,

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..artifact import KernelRecord
 from ..spec import AttentionSpec
 from .launch import backward, forward, spec_call_args
-from .loader import LoadedKernel, load_record, static_violations
+from .loader import LoadedKernel, check_record, load_record
 from .reference import attention_reference, make_inputs, reference_grads, tolerance
 
 RAGGED_LENGTHS = ((1, 17), (17, 33), (33, 17))
@@ -89,15 +90,13 @@ def check_case(loaded: LoadedKernel, spec: AttentionSpec, device: torch.device, 
     return problems, worst
 
 
-def verify_record(record, device: torch.device | str | None = None) -> VerificationReport:  # type: ignore[no-untyped-def]
+def verify_record(record: KernelRecord, device: torch.device | str | None = None) -> VerificationReport:
     """Allowlist, load and check ``record`` on ``device`` (default: CUDA if available, else the CPU interpreter)."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        violations = static_violations(record.source, record.entry_point, record.bwd_entry_point, dict(record.launch))
+        record = check_record(record)  # the static gate by trust tier (loader.check_record)
     except ValueError as exc:
-        return VerificationReport(False, (f"launch: {exc}",), float("inf"))
-    if violations:
-        return VerificationReport(False, tuple(f"allowlist: {v}" for v in violations[:10]), float("inf"))
+        return VerificationReport(False, (f"static: {exc}",), float("inf"))
     try:
         loaded = load_record(record)
     except (ValueError, RuntimeError) as exc:

@@ -42,7 +42,7 @@ def materialize(candidate: Candidate) -> tuple[str, str, str | None, dict[str, A
         r = render(candidate.genome, candidate.spec)
     except ValueError as exc:
         raise StageError(Stage.STATIC, f"genome cannot be rendered: {exc}") from None
-    return r.source, r.entry_point, r.bwd_entry_point, dict(r.launch)
+    return r.source, r.entry_point, r.bwd_entry_point, r.launch_dict
 
 
 def static_check(source: str, entry: str, bwd: str | None, launch: dict[str, Any]) -> None:

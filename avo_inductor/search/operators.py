@@ -9,66 +9,67 @@ import dataclasses
 import random
 from typing import Any, Callable, Sequence
 
-from ..kernels.genome import GENOME_SPACE, KernelGenome
+from ..kernels.genome import KNOBS, KernelGenome, Knob
 from ..kernels.render import template_digest
 from ..spec import AttentionSpec, HardwareKey, MaskKind, next_power_of_two, stable_hash
 from .types import Candidate, EvalResult
 
-_BWD_KNOBS = ("bwd_block_m", "bwd_block_n", "bwd_num_warps", "bwd_num_stages", "bwd_transposed", "bwd_dq_swap",
-              "bwd_dq_atomic")
 
-
-# flash_ws90 (Gluon, Hopper) has a fixed warpgroup shape and none of flash_v1's forward-only knobs; exp2 and
-# causal_split still shape the backward it borrows from flash_v1, so they stay searched when the spec trains.
-_WS90_FIXED = {"block_m": (64,), "num_warps": (4,), "block_n": (64, 128), "num_stages": (2, 3, 4)}
-_WS90_FROZEN = ("even_fast_path", "use_tma", "warp_specialize", "lazy_rescale", "kv_splits", "pack_gqa",
-                "overlap_qk", "alibi_mma", "alibi_bound")
-
-
-def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None,
-               template: str = "flash_v1") -> dict[str, tuple[Any, ...]]:
-    """GENOME_SPACE pruned to the knobs and values that mean something for ``spec``.
-
-    Why each cut: a tile larger than next_pow2(length) only computes masked-out padding (the forward's rows are
-    q_len * GQA group when pack_gqa can pack them); kv_splits is the decode (q_len <= 16) split-K and must leave
-    every split at least one key tile; causal_split is a no-op without a causal mask (left frozen); pack_gqa needs
-    q heads sharing a kv head (GQA/MQA), else it is frozen False; the alibi_ knobs change ALiBi kernels only; backward
-    tiles matter only when the spec needs grad; TMA and warp specialization need Hopper (sm90+) and do not exist in
-    the CPU interpreter. A knob left with a single value is frozen (not mutated). ``template`` flash_ws90 narrows the
-    forward knobs to what that template renders (_WS90_FIXED; shared-memory fit is left to its renderability check).
-    """
+def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
+           hardware: HardwareKey | None) -> tuple[Any, ...] | None:
+    """The values of a knob under pruning rule ``rule`` (artifact.PRUNE_RULES) for ``spec``; None drops the knob
+    (frozen at its default). Why each cut: a tile larger than next_pow2(length) only computes masked-out padding
+    (the forward's rows are q_len * GQA group when pack_gqa can pack them); kv_splits is the decode (q_len <= 16)
+    split-K and must leave every split at least one key tile; causal-only knobs are no-ops without a causal mask or
+    window; pack_gqa needs q heads sharing a kv head; the alibi knobs change ALiBi kernels only; TMA and warp
+    specialization need Hopper (sm90+) and do not exist in the CPU interpreter."""
     gqa = spec.q_heads != spec.kv_heads
-    max_m = next_power_of_two(spec.q_len * spec.gqa_group if gqa else spec.q_len)
-    max_bwd_m = next_power_of_two(spec.q_len)
-    max_n = next_power_of_two(spec.kv_len)
+    if rule == "q_tile":
+        limit = next_power_of_two(spec.q_len * spec.gqa_group if gqa else spec.q_len)
+        return tuple(v for v in values if v <= limit)
+    if rule == "q_tile_bwd":
+        return tuple(v for v in values if v <= next_power_of_two(spec.q_len))
+    if rule == "kv_tile":
+        return tuple(v for v in values if v <= next_power_of_two(spec.kv_len))
+    if rule == "decode_splits":
+        return tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
+    if rule == "causal":
+        return values if spec.causal or spec.window else None
+    if rule == "alibi":
+        return values if spec.mask is MaskKind.ALIBI else None
+    if rule == "gqa":
+        return values if gqa else (False,)
+    if rule == "hopper":
+        hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
+        return values if hopper else (False,)
+    if rule is None:
+        return values
+    raise ValueError(f"unknown pruning rule {rule!r}")
+
+
+def spec_space(spec: AttentionSpec, hardware: HardwareKey | None = None, template: str = "flash_v1",
+               knobs: tuple[Knob, ...] = KNOBS) -> dict[str, tuple[Any, ...]]:
+    """The knob table's search space pruned to the knobs and values that mean something for ``spec``.
+
+    Per knob (artifact.KNOBS): its pruning rule (:func:`_prune`); backward knobs only when the spec needs grad. A
+    knob left with a single value is frozen (not mutated). ``template`` flash_ws90 keeps the knobs that template
+    renders (``ws90`` role; those acting only through the backward when the spec trains) narrowed to their
+    ``ws90_values`` (shared-memory fit is left to its renderability check).
+    """
+    ws90 = template == "flash_ws90"
     space: dict[str, tuple[Any, ...]] = {}
-    for knob, values in GENOME_SPACE.items():
-        allowed: tuple[Any, ...] = values
-        if knob in _BWD_KNOBS and not spec.needs_grad:
+    for knob in knobs:
+        if knob.direction == "bwd" and not spec.needs_grad:
             continue
-        if knob == "block_m":
-            allowed = tuple(v for v in values if v <= max_m)
-        elif knob == "bwd_block_m":
-            allowed = tuple(v for v in values if v <= max_bwd_m)
-        elif knob in ("block_n", "bwd_block_n"):
-            allowed = tuple(v for v in values if v <= max_n)
-        elif knob == "kv_splits":
-            allowed = tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
-        elif knob in ("causal_split", "heavy_first") and not (spec.causal or spec.window):
+        if ws90 and (knob.ws90 in ("ignored", "refused") or (knob.ws90 == "bwd" and not spec.needs_grad)):
             continue
-        elif knob in ("alibi_mma", "alibi_bound") and spec.mask is not MaskKind.ALIBI:
+        allowed = _prune(knob.prune, knob.values, spec, hardware)
+        if allowed is None:
             continue
-        elif knob == "pack_gqa":
-            allowed = values if gqa else (False,)
-        elif knob in ("use_tma", "warp_specialize"):
-            hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
-            allowed = values if hopper else (False,)
-        space[knob] = allowed or values[:1]
-    if template == "flash_ws90":
-        for knob in _WS90_FROZEN + (() if spec.needs_grad else ("exp2", "causal_split")):
-            space.pop(knob, None)
-        space.update({k: tuple(v for v in allowed if v in space.get(k, allowed)) or allowed
-                      for k, allowed in _WS90_FIXED.items()})
+        allowed = allowed or knob.values[:1]
+        if ws90 and knob.ws90_values is not None:
+            allowed = tuple(v for v in knob.ws90_values if v in allowed) or knob.ws90_values
+        space[knob.name] = allowed
     return space
 
 
@@ -178,7 +179,8 @@ class StructuredOperator:
     """VariationOperator over genome knobs: mutation (1–``max_knobs`` knobs) or uniform crossover.
 
     Parents without a genome (free-form agent sources) are skipped; children repeating a parent or each
-    other, or rejected by ``valid`` (default: the template can render them), are dropped, so ``propose`` may return fewer than ``n`` when the space is nearly exhausted.
+    other, or rejected by ``valid`` (default: the template can render them), are dropped, so ``propose`` may
+    return fewer than ``n`` when the space is nearly exhausted.
     """
 
     name = "structured"

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import Any, Callable
 
-from ..cache.record import KernelMetrics, KernelRecord
+from ..artifact import KernelMetrics, KernelRecord
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey
 from .types import Candidate, EvalResult, Evaluator, Stage
 
@@ -77,19 +77,23 @@ def promotion_eval_batch(evaluator: Evaluator, candidates: list[Candidate]) -> l
 
 def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey, software: SoftwareKey,
                  render: Callable[[Any, AttentionSpec], Any] | None = None) -> KernelRecord:
-    """KernelRecord for a promoted candidate; genome candidates are rendered, source candidates kept verbatim.
+    """KernelRecord for a promoted candidate: a genome candidate becomes a template-tier record (rendered to check
+    it and take its launch config), a source candidate a source-tier record holding its text verbatim.
 
     Hardware/software keys reported by the evaluator (``result.extra["hardware"|"software"]``, as dicts) win
     over the driver's: with Ray the driver may not have the GPU the kernel was timed on.
     """
     if candidate.source is not None:
         source, entry, bwd, launch = candidate.source, candidate.entry_point, candidate.bwd_entry_point, candidate.launch
+        tier: dict[str, str] = {}
     elif candidate.genome is not None:
         if render is None:
             from ..kernels.render import render as render_fn
             render = render_fn
+        from ..kernels.render import template_digest
         rendered = render(candidate.genome, candidate.spec)
-        source, entry, bwd, launch = rendered.source, rendered.entry_point, rendered.bwd_entry_point, rendered.launch
+        source, entry, bwd, launch = None, rendered.entry_point, rendered.bwd_entry_point, rendered.launch_dict
+        tier = {"tier": "template", "template_digest": template_digest(candidate.genome.template)}
     else:
         raise ValueError(f"candidate {candidate.id} has neither genome nor source")
     extra = result.extra or {}
@@ -104,7 +108,7 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
     return KernelRecord(spec=candidate.spec, hardware=hardware, software=software, source=source, entry_point=entry,
                         bwd_entry_point=bwd, launch=dict(launch), genome=candidate.genome.to_dict() if candidate.genome else None,
                         metrics=metrics, lineage_id=candidate.id, parent_ids=candidate.parent_ids,
-                        operator=candidate.operator, verified_software=(software,))
+                        operator=candidate.operator, verified_software=(software,), **tier)
 
 
 def failed_result(candidate: Candidate, exc: BaseException) -> EvalResult:
@@ -119,7 +123,7 @@ _VERIFY_SNIPPET = (
     "import json, os, sys\n"
     "verdict = os.fdopen(os.dup(1), 'w')\n"
     "os.dup2(2, 1)\n"
-    "from avo_inductor.cache.record import KernelRecord\n"
+    "from avo_inductor.artifact import KernelRecord\n"
     "from avo_inductor.kernels.verify import verify_record\n"
     "report = verify_record(KernelRecord.from_dict(json.load(sys.stdin)))\n"
     "verdict.write(json.dumps({'ok': bool(report.ok), 'problems': list(report.problems)[:5]}) + '\\n')\n"
