@@ -70,13 +70,15 @@ def test_store_record_is_served_and_right(tmp_path: Path) -> None:
     _check_numerics(near, nearby)
 
 
-def test_training_spec_is_served_by_a_forward_record(tmp_path: Path) -> None:
-    """The graph pass's lookup: the same shape tuned for the other direction serves a site too."""
+def test_inference_spec_is_served_by_a_training_record(tmp_path: Path) -> None:
+    """The graph pass's own lookup decides: an inference site takes the same shape's training record."""
     spec = SPECS[0]
+    trained = dataclasses.replace(spec, needs_grad=True)
     store = _store(tmp_path)
-    store.put(baseline_record(spec, CPU))
-    handle = kernel_for(dataclasses.replace(spec, needs_grad=True), source="store", store=store, device="cpu")
-    assert handle.source == "store" and handle.record.spec == spec
+    store.put(baseline_record(trained, CPU))
+    handle = kernel_for(spec, source="store", store=store, device="cpu")
+    assert handle.source == "store" and handle.record.spec == trained and handle.spec == spec
+    _check_numerics(handle, spec)
 
 
 def test_miss(tmp_path: Path) -> None:
