@@ -309,7 +309,7 @@ def parse_spec_text(text: str, *, dtype: str | None = None, needs_grad: bool = F
     dtype in the text wins, "train" in the text sets needs_grad. Raises ValueError naming the offending token.
     """
     if not isinstance(text, str):
-        raise ValueError(f"spec text must be a string; got {type(text).__name__}")
+        raise TypeError(f"spec text must be a string; got {type(text).__name__}")
     if len(text) > MAX_SPEC_TEXT:
         raise ValueError(f"spec text is longer than {MAX_SPEC_TEXT} characters: {text[:40]!r}...")
     tokens = text.split()
@@ -357,6 +357,8 @@ def _apply_word(word: str, fields: dict[str, Any], seen: dict[str, str], text: s
     """Set the field ``word`` names; a second word for a field already set raises (e.g. "causal+full")."""
     lowered = word.lower()
     key, eq, value = lowered.partition("=")
+    field: str
+    setting: Any
     if lowered in DTYPES or lowered in DTYPE_ALIASES:
         field, setting = "dtype", DTYPE_ALIASES.get(lowered, lowered)
     elif lowered in ("causal", "full"):

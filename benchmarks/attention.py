@@ -23,13 +23,14 @@ Writes <out>/<stem>.csv and <stem>.png (default out benchmarks/results/<gpu>/) a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import math
 import time
-import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -37,7 +38,15 @@ from avo_inductor import kernel_for
 from avo_inductor.search import bench
 from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind, parse_spec_text
 
-from .common import RESULTS, Panel, bar_panels, gpu_slug, print_table, time_ms, write_csv
+from .common import (
+    RESULTS,
+    Panel,
+    bar_panels,
+    gpu_slug,
+    print_table,
+    time_ms,
+    write_csv,
+)
 from .targets import evaluate_targets
 
 Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

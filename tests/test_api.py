@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cache_helpers import OLD_SW, make_record
 
 import avo_inductor
 from avo_inductor.backend.api import KernelHandle, KernelNotFound, kernel_for
@@ -15,8 +16,6 @@ from avo_inductor.kernels.baseline import baseline_record
 from avo_inductor.kernels.reference import attention_reference, make_inputs, tolerance
 from avo_inductor.kernels.render import default_genome
 from avo_inductor.spec import AttentionSpec, HardwareKey
-
-from cache_helpers import OLD_SW, make_record
 
 CPU = HardwareKey.current("cpu")
 SPECS = [

@@ -150,7 +150,11 @@ def test_sdpa_alibi_mask_has_exact_positions() -> None:
     """Built in bf16, ALiBi's arange is inexact above 256 and SDPA computed other attention (H100: error 2.9)."""
     import torch
 
-    from avo_inductor.kernels.reference import additive_mask, attention_reference, tolerance
+    from avo_inductor.kernels.reference import (
+        additive_mask,
+        attention_reference,
+        tolerance,
+    )
 
     spec = parse_spec_text("1,8,8,640,16,alibi", dtype="bfloat16")
     inputs, t = attention.make_tensors(spec, torch.device("cpu"))

@@ -9,7 +9,13 @@ import random
 import pytest
 
 from avo_inductor.cache.admin import parse_spec_text as admin_parse
-from avo_inductor.spec import DTYPES, AttentionSpec, MaskKind, parse_spec_text, spec_text
+from avo_inductor.spec import (
+    DTYPES,
+    AttentionSpec,
+    MaskKind,
+    parse_spec_text,
+    spec_text,
+)
 
 
 def _random_spec(rng: random.Random) -> AttentionSpec:

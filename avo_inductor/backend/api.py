@@ -9,7 +9,7 @@ in the backend layer for that reason: it uses the pass's lookup policy, and the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -52,7 +52,7 @@ class KernelHandle:
     note: str = ""
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """``torch.ops.avo.attention`` with this kernel and the spec's semantics; q (B,Hq,Nq,D), k/v (B,Hkv,Nk,D)."""
         return torch.ops.avo.attention(q, k, v, mask, self.kernel_id, self.spec.effective_scale, self.spec.causal,
                                        self.spec.window or 0, self.spec.mask.value)

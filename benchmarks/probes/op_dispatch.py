@@ -2,7 +2,6 @@
 
 Usage: python -m benchmarks.probes.op_dispatch   (an sm_90 GPU: the flash_ws90 template)
 """
-from typing import Optional
 
 import torch
 
@@ -21,7 +20,7 @@ inp = make_inputs(spec, "cuda")
 q, k, v = inp.q, inp.k, inp.v
 
 
-def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], kernel_id: str,
+def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kernel_id: str,
                 scale: float, causal: bool, window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The launch every registration below wraps (what avo::attention_fwd_direct registers for CUDA)."""
     kernel = get_kernel(kernel_id)
