@@ -1,7 +1,8 @@
 """avo_inductor: a torch.compile backend that runs evolved Triton attention kernels.
 
 ``torch.compile(model, backend="avo")`` works once the package is installed (entry point). Public API:
-``configure``, ``explain``, ``AttentionSpec``, ``HardwareKey``, ``SoftwareKey``, ``avo_backend``.
+``configure``, ``explain``, ``AttentionSpec``, ``HardwareKey``, ``SoftwareKey``, ``avo_backend``, and for tools
+``kernel_for(spec, source="store"|"baseline"|"auto")`` -> ``KernelHandle`` (the kernel for a spec, registered).
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from .settings import Settings, configure, get_settings
 from .spec import AttentionSpec, HardwareKey, MaskKind, SoftwareKey
 
 __all__ = [
-    "AttentionSpec", "HardwareKey", "MaskKind", "Settings", "SoftwareKey",
-    "avo_backend", "configure", "explain", "get_settings",
+    "AttentionSpec", "HardwareKey", "KernelHandle", "MaskKind", "Settings", "SoftwareKey",
+    "avo_backend", "configure", "explain", "get_settings", "kernel_for",
 ]
 __version__ = "0.1.0"
 
@@ -27,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from .backend.explain import explain
 
         return explain
+    if name in ("kernel_for", "KernelHandle"):
+        from .backend import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'avo_inductor' has no attribute {name!r}")

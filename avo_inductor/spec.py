@@ -11,10 +11,13 @@ import enum
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from .parsing import bounded_int, finite_float
 
 DTYPES = ("float16", "bfloat16", "float32")
 
@@ -154,16 +157,18 @@ class AttentionSpec:
         ]
         return "-".join(parts)
 
+    def to_text(self) -> str:
+        """The one spec text form (see :func:`spec_text`); ``AttentionSpec.from_text`` reads it back."""
+        return spec_text(self)
+
     def short(self) -> str:
-        """Compact text for tables: B,H,HKV,Nq,Nk,D dtype mask."""
-        mask = "causal" if self.causal else "full"
-        if self.window:
-            mask += f"/win{self.window}"
-        if self.mask is not MaskKind.NONE:
-            mask += f"+{self.mask.value}"
-        d = f"{self.head_dim}" if self.v_head_dim == self.head_dim else f"{self.head_dim}/{self.v_head_dim}"
-        grad = " train" if self.needs_grad else ""
-        return f"{self.batch},{self.q_heads},{self.kv_heads},{self.q_len},{self.kv_len},{d} {self.dtype} {mask}{grad}"
+        """What tables, reports and store listings print: the spec text form, so a printed spec can be pasted back."""
+        return spec_text(self)
+
+    @classmethod
+    def from_text(cls, text: str, *, dtype: str | None = None, needs_grad: bool = False) -> AttentionSpec:
+        """Parse the spec text form (see :func:`parse_spec_text`)."""
+        return parse_spec_text(text, dtype=dtype, needs_grad=needs_grad)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -251,3 +256,132 @@ def kernel_id(sha256: str, entry_point: str, bwd_entry_point: str | None, launch
 def stable_hash(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (dicts sorted), for ids and manifests."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+# ---- the spec text form -------------------------------------------------------------------------------------
+# One text form for every place a person reads or types a spec: the cache and search CLIs, the benchmarks, store
+# listings, reports. Canonical (what spec_text prints):
+#     B,H,HKV,NQ,NK,D[,DV] DTYPE (causal|full)[/winW][+MASK] [train] [dropout=P] [scale=S] [dynamic=DIM,...]
+# e.g. "2,32,8,1000,1000,128 bfloat16 causal/win256+padding train". DV is printed only when it differs from D,
+# dropout/scale/dynamic only when not their defaults; scale is printed with repr() so the float reads back exactly.
+# The parser also takes, as aliases:
+#   - five dimensions B,H,HKV,N,D (NQ = NK = N);
+#   - the benchmarks' comma rows, words after the numbers: "4,32,8,4096,128,causal", "...,window1024,train";
+#   - words in any order, joined by spaces, "+" or "/"; "none" for no tensor mask; "infer" for not train;
+#   - dtype short names fp16/half, bf16, fp32/float; "winW", "windowW", "win=W", "window=W", "p=P", "D/DV".
+# A window implies the causal upper bound (keys in (i - W, i]), and the detector always pairs it with causal, so
+# a window word makes the spec causal unless "full" is given ("full/win256" is the non-causal-flag form).
+DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+SPEC_TEXT_HELP = ('"B,H,HKV,NQ,NK,D[,DV] [dtype] [causal|full][/winW][+bias|bool|padding|alibi] [train] '
+                  '[dropout=P] [scale=S] [dynamic=q_len,...]", e.g. "2,32,8,1000,1000,128 bf16 causal/win256"')
+MAX_SPEC_TEXT = 400  # far above any real spec; refuses pasted garbage before any work is done on it
+_DIM_NAMES = ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "v_head_dim")
+_DYNAMIC_DIMS = ("batch", "q_len", "kv_len")
+_WINDOW = re.compile(r"win(?:dow)?=?(\d+)")
+
+
+def spec_text(spec: AttentionSpec) -> str:
+    """``spec`` in the canonical text form (module comment above); ``parse_spec_text`` inverts it exactly."""
+    dims = [spec.batch, spec.q_heads, spec.kv_heads, spec.q_len, spec.kv_len, spec.head_dim]
+    if spec.v_head_dim != spec.head_dim:
+        dims.append(spec.v_head_dim)  # type: ignore[arg-type]  # always an int after __post_init__
+    mask = "causal" if spec.causal else "full"
+    if spec.window is not None:
+        mask += f"/win{spec.window}"
+    if spec.mask is not MaskKind.NONE:
+        mask += f"+{spec.mask.value}"
+    words = [",".join(map(str, dims)), spec.dtype, mask]
+    if spec.needs_grad:
+        words.append("train")
+    if spec.dropout_p:
+        words.append(f"dropout={spec.dropout_p!r}")
+    if spec.scale is not None:
+        words.append(f"scale={spec.scale!r}")
+    if spec.dynamic:
+        words.append("dynamic=" + ",".join(spec.dynamic))
+    return " ".join(words)
+
+
+def parse_spec_text(text: str, *, dtype: str | None = None, needs_grad: bool = False) -> AttentionSpec:
+    """An AttentionSpec from its text form (canonical or an alias, see the module comment above).
+
+    ``dtype`` and ``needs_grad`` are defaults for text that does not say (a CLI's ``--dtype`` / ``--train``); a
+    dtype in the text wins, "train" in the text sets needs_grad. Raises ValueError naming the offending token.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"spec text must be a string; got {type(text).__name__}")
+    if len(text) > MAX_SPEC_TEXT:
+        raise ValueError(f"spec text is longer than {MAX_SPEC_TEXT} characters: {text[:40]!r}...")
+    tokens = text.split()
+    if not tokens:
+        raise ValueError(f"empty spec; expected {SPEC_TEXT_HELP}")
+    parts = tokens[0].split(",")
+    n_dims = next((i for i, p in enumerate(parts) if not p.strip().lstrip("-").replace("/", "").isdigit()), len(parts))
+    dims, trailing = parts[:n_dims], parts[n_dims:]
+    for part in trailing:  # benchmark rows: words may follow the numbers, but no number may follow a word
+        if part.strip().lstrip("-").isdigit():
+            raise ValueError(f"spec dimensions must be integers; got {parts[n_dims]!r} in {tokens[0]!r}; "
+                             f"expected {SPEC_TEXT_HELP}")
+    fields: dict[str, Any] = _parse_dims(dims, tokens[0])
+    words = [w for token in trailing + tokens[1:] for w in re.split(r"[+/]", token) if w]
+    seen: dict[str, str] = {}
+    for word in words:
+        _apply_word(word, fields, seen, text)
+    fields.setdefault("dtype", dtype if dtype is not None else "bfloat16")
+    fields["dtype"] = DTYPE_ALIASES.get(fields["dtype"], fields["dtype"])
+    fields.setdefault("needs_grad", needs_grad)
+    if fields.get("window") is not None:
+        fields.setdefault("causal", True)
+    try:
+        return AttentionSpec(**fields)
+    except ValueError as exc:
+        raise ValueError(f"spec {text!r}: {exc}") from None
+
+
+def _parse_dims(dims: list[str], token: str) -> dict[str, Any]:
+    """B,H,HKV,N,D / B,H,HKV,NQ,NK,D / B,H,HKV,NQ,NK,D,DV, or D/DV as the last dimension."""
+    if dims and "/" in dims[-1]:
+        head, _, v_head = dims[-1].partition("/")
+        dims = [*dims[:-1], head, v_head]
+        if len(dims) != 7:
+            raise ValueError(f"spec dimensions {token!r}: D/DV needs B,H,HKV,NQ,NK before it; expected {SPEC_TEXT_HELP}")
+    dims = list(dims)
+    if len(dims) not in (5, 6, 7):
+        raise ValueError(f"spec needs 5, 6 or 7 dimensions, got {len(dims)} in {token!r}; expected {SPEC_TEXT_HELP}")
+    if len(dims) == 5:
+        dims.insert(3, dims[3])  # B,H,HKV,N,D: NQ = NK = N
+    return {name: bounded_int(f"spec {name}", d, minimum=1) for name, d in zip(_DIM_NAMES, dims)}
+
+
+def _apply_word(word: str, fields: dict[str, Any], seen: dict[str, str], text: str) -> None:
+    """Set the field ``word`` names; a second word for a field already set raises (e.g. "causal+full")."""
+    lowered = word.lower()
+    key, eq, value = lowered.partition("=")
+    field: str
+    setting: Any
+    if lowered in DTYPES or lowered in DTYPE_ALIASES:
+        field, setting = "dtype", DTYPE_ALIASES.get(lowered, lowered)
+    elif lowered in ("causal", "full"):
+        field, setting = "causal", lowered == "causal"
+    elif lowered in ("train", "infer"):
+        field, setting = "needs_grad", lowered == "train"
+    elif lowered in {k.value for k in MaskKind}:
+        field, setting = "mask", MaskKind(lowered)
+    elif m := _WINDOW.fullmatch(lowered):
+        field, setting = "window", bounded_int(f"window in {word!r}", m.group(1), minimum=1)
+    elif eq and key in ("dropout", "p"):
+        field, setting = "dropout_p", finite_float(f"dropout in {word!r}", value, minimum=0.0)
+    elif eq and key == "scale":
+        field, setting = "scale", finite_float(f"scale in {word!r}", value)
+    elif eq and key == "dynamic":
+        names = tuple(n for n in word.partition("=")[2].split(",") if n)
+        bad = [n for n in names if n not in _DYNAMIC_DIMS]
+        if bad:
+            raise ValueError(f"unknown dynamic dim {bad[0]!r} in {text!r}; expected some of {_DYNAMIC_DIMS}")
+        field, setting = "dynamic", names
+    else:
+        raise ValueError(f"unknown spec word {word!r} in {text!r}; expected {SPEC_TEXT_HELP}")
+    if field in seen and fields.get(field) != setting:
+        raise ValueError(f"spec word {word!r} contradicts {seen[field]!r} in {text!r}")
+    seen[field] = word
+    fields[field] = setting

@@ -11,10 +11,11 @@ gives an "n/a: reason" cell; the run goes on.
 Decode rows (q_len <= 16) add the HBM floor: bytes(Q+K+V+O) / copy bandwidth measured in this run, and every
 provider on them is timed as CUDA-graph replays (launch overhead would otherwise be most of the time); the
 "timing" column says which method a row used.
-Spec text: "B,H,HKV,N,D,mask" or "B,H,HKV,NQ,NK,D,mask", mask none|causal|bias|padding|alibi|windowW (causal
-sliding window), optional ",train" suffix = forward + backward. Suite issue7 = core + masked + decode + two
-training specs: one invocation gives the whole table, then the targets table (PASS/MISS) last.
-Usage: python benchmarks/attention.py [--suite issue7|issue4|core|masked|decode|train7|all] [--specs "..."] [--train]
+Specs: the package's spec text (``avo_inductor.spec.parse_spec_text``), ";"-separated; the suites use its comma-row
+form "B,H,HKV,N,D,mask" or "B,H,HKV,NQ,NK,D,mask", mask none|causal|bias|padding|alibi|windowW (causal sliding
+window), optional ",train" = forward + backward; --dtype / --train fill what a spec leaves out. Suite issue7 =
+core + masked + decode + two training specs: one invocation gives the whole table, then the targets table last.
+Usage: python -m benchmarks.attention [--suite issue7|issue4|core|masked|decode|train7|all] [--specs "..."] [--train]
          [--providers a,b] [--quick] [--deadline-s S] [--avo-mode auto|compiled|eager] [--template T] [--out DIR]
          [--stem NAME]
 Writes <out>/<stem>.csv and <stem>.png (default out benchmarks/results/<gpu>/) and <out>/targets.csv.
@@ -22,23 +23,31 @@ Writes <out>/<stem>.csv and <stem>.png (default out benchmarks/results/<gpu>/) a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import math
-import sys
 import time
-import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, Panel, bar_panels, gpu_slug, print_table, time_ms, write_csv  # noqa: E402
-from targets import evaluate_targets  # noqa: E402
+from avo_inductor import kernel_for
+from avo_inductor.search import bench
+from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind, parse_spec_text
 
-from avo_inductor.search import bench  # noqa: E402
-from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind  # noqa: E402
+from .common import (
+    RESULTS,
+    Panel,
+    bar_panels,
+    gpu_slug,
+    print_table,
+    time_ms,
+    write_csv,
+)
+from .targets import evaluate_targets
 
 Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,30 +70,6 @@ NA_CHARS = 120  # length of an "n/a: reason" cell in the CSV (the printed table 
 
 
 # ---- specs --------------------------------------------------------------------------------------------------
-def parse_spec(text: str, dtype: str, train: bool = False) -> AttentionSpec:
-    """"B,H,HKV,N,D,mask" or "B,H,HKV,NQ,NK,D,mask", optional ",train"; mask: none|causal|bias|padding|alibi|windowW."""
-    parts = [p.strip() for p in text.strip().split(",")]
-    if parts and parts[-1] == "train":
-        train, parts = True, parts[:-1]
-    mask = parts[-1]
-    nums = [int(p) for p in parts[:-1]]
-    if len(nums) == 5:
-        b, h, hkv, n, d = nums
-        nq = nk = n
-    elif len(nums) == 6:
-        b, h, hkv, nq, nk, d = nums
-    else:
-        raise ValueError(f"bad spec {text!r}: expected B,H,HKV,N,D,mask or B,H,HKV,NQ,NK,D,mask")
-    causal, window, kind = mask == "causal", None, MaskKind.NONE
-    if mask.startswith("window"):
-        causal, window = True, int(mask[len("window"):])
-    elif mask in ("bias", "padding", "alibi"):
-        kind = MaskKind(mask)
-    elif mask not in ("none", "causal"):
-        raise ValueError(f"bad mask {mask!r} in spec {text!r}")
-    return AttentionSpec(b, h, hkv, nq, nk, d, dtype=dtype, causal=causal, window=window, mask=kind, needs_grad=train)
-
-
 def case_key(spec: AttentionSpec) -> str:
     """Canonical "B,H,HKV,NQ,NK,D,mask" (no dtype, no mode): what targets.py names its cases by."""
     if spec.window is not None:
@@ -106,7 +91,8 @@ def section(spec: AttentionSpec) -> str:
 
 
 def parse_specs(text: str, dtype: str, train: bool) -> list[AttentionSpec]:
-    return [parse_spec(s, dtype, train) for s in text.split(";") if s.strip()]
+    """";"-separated spec texts; ``dtype`` / ``train`` for the specs that do not say."""
+    return [parse_spec_text(s, dtype=dtype, needs_grad=train) for s in text.split(";") if s.strip()]
 
 
 # ---- avo: what backend="avo" would run ----------------------------------------------------------------------
@@ -127,24 +113,13 @@ class AvoChoice:
 
 
 def resolve_avo(spec: AttentionSpec, device: torch.device, template: str | None = None) -> AvoChoice:
-    """Same lookup + re-verification as the backend's graph pass, so the benchmark times what users get;
-    ``template`` pins the untuned template family of a store miss (A/B of the defaults)."""
-    from avo_inductor.backend.graph_pass import _ensure_verified, _lookup, _shared_store
-    from avo_inductor.kernels.baseline import baseline_record
-    from avo_inductor.kernels.op import register_kernel
-    from avo_inductor.kernels.render import default_genome
-    from avo_inductor.settings import get_settings
-
-    store = _shared_store(get_settings())
-    hit = _lookup(store, spec, HardwareKey.current(device))
-    note = ""
-    if hit is not None and not _ensure_verified(store, hit, device):
-        note, hit = f"tuned {hit.record.kernel_id} failed re-verification", None
-    if hit is None:
-        genome = default_genome(spec, HardwareKey.current(device), template)
-        return AvoChoice("avo-untuned", register_kernel(baseline_record(spec, genome=genome)), "template", "-",
-                         note or "store miss")
-    return AvoChoice("avo", register_kernel(hit.record), hit.layer, hit.record.spec.cache_key())
+    """What the backend would run (the store's record, verified on first use, through ``kernel_for``), else the
+    untuned template, so the benchmark times what users get; ``template`` pins the untuned template family of a
+    store miss (A/B of the defaults)."""
+    handle = kernel_for(spec, source="auto", device=device, template=template)
+    if handle.source == "store":
+        return AvoChoice("avo", handle.kernel_id, handle.layer, handle.record.spec.cache_key())
+    return AvoChoice("avo-untuned", handle.kernel_id, "template", "-", handle.note or "store miss")
 
 
 def avo_fn(spec: AttentionSpec, choice: AvoChoice, mask: torch.Tensor | None) -> Fn:

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One device call: install carried wheels + the package, then run the named steps; logs and CSV/PNG under $OUT.
-# Usage (on the GPU host, repo root):  bash benchmarks/gpu_session.sh STEP...   steps:
+# Usage (on the GPU host, repo root):  bash benchmarks/gpu_session.sh STEP...   steps (each benchmark runs as a
+# module of the benchmarks package from the repo root, python3 -m benchmarks.NAME):
 #   sanity (cascade check of the template on this GPU; stops the session if the default genome fails), tests (-m gpu),
 #   campaign (run or resume CAMPAIGN=search/h100-core.toml into CAMPAIGN_DB for one CAMPAIGN_SLICE-minute slice),
 #   export (the store's promoted records as $OUT/bundle), attention (ATTN_SUITE, default issue7), models
 #   (MODEL_CASES / MODEL_ARGS, e.g. --seed-baseline), variants / variants-training (template A/B, VARIANT_ARGS /
 #   VARIANT_TRAIN_ARGS, e.g. "--variants @benchmarks/variant_sets/hopper-bwd.json"; variants=NAME: VARIANT_ARGS_NAME,
 #   CSV variants-NAME.csv, several per session), search (the 5-minute smoke search), overhead (host cost per call,
-#   benchmarks/launch_overhead.py with OVERHEAD_ARGS, e.g. --profile).
+#   python -m benchmarks.launch_overhead with OVERHEAD_ARGS, e.g. --profile).
 # The GPU image lacks diskcache and platformdirs: carry them as wheels in .whl/ (pure Python), made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diskcache platformdirs
 set -uo pipefail
@@ -24,17 +25,17 @@ for step in "$@"; do
   echo "=== $step ($(date +%T))"
   case "$step" in
     tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
-    attention) python3 benchmarks/attention.py --suite "${ATTN_SUITE:-issue7}" --out "$OUT" ${ATTN_ARGS:-} > "$OUT/attention.log" 2>&1; tail -40 "$OUT/attention.log" ;;
-    models*) python3 benchmarks/models.py ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
-    overhead) python3 benchmarks/launch_overhead.py --out "$OUT" ${OVERHEAD_ARGS:-} > "$OUT/overhead.log" 2>&1; tail -12 "$OUT/overhead.log" ;;
-    variants) python3 benchmarks/variants.py --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
+    attention) python3 -m benchmarks.attention --suite "${ATTN_SUITE:-issue7}" --out "$OUT" ${ATTN_ARGS:-} > "$OUT/attention.log" 2>&1; tail -40 "$OUT/attention.log" ;;
+    models*) python3 -m benchmarks.models ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
+    overhead) python3 -m benchmarks.launch_overhead --out "$OUT" ${OVERHEAD_ARGS:-} > "$OUT/overhead.log" 2>&1; tail -12 "$OUT/overhead.log" ;;
+    variants) python3 -m benchmarks.variants --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
     variants=*) # A named A/B: variants=NAME runs variants.py with $VARIANT_ARGS_NAME ('-' in NAME read as '_').
               name=${step#variants=}; var="VARIANT_ARGS_${name//-/_}"
-              python3 benchmarks/variants.py --out "$OUT" --stem "variants-$name" ${!var:-} > "$OUT/variants-$name.log" 2>&1
+              python3 -m benchmarks.variants --out "$OUT" --stem "variants-$name" ${!var:-} > "$OUT/variants-$name.log" 2>&1
               tail -12 "$OUT/variants-$name.log" ;;
-    variants-training) python3 benchmarks/variants.py --training --out "$OUT" ${VARIANT_TRAIN_ARGS:-} > "$OUT/variants-training.log" 2>&1; tail -12 "$OUT/variants-training.log" ;;
-    sanity) python3 benchmarks/sanity.py > "$OUT/sanity.log" 2>&1; rc=$?; tail -12 "$OUT/sanity.log"; [ $rc = 0 ] || exit 3 ;;
-    sanity-large) python3 benchmarks/sanity.py --large > "$OUT/sanity-large.log" 2>&1; tail -6 "$OUT/sanity-large.log" ;;
+    variants-training) python3 -m benchmarks.variants --training --out "$OUT" ${VARIANT_TRAIN_ARGS:-} > "$OUT/variants-training.log" 2>&1; tail -12 "$OUT/variants-training.log" ;;
+    sanity) python3 -m benchmarks.sanity > "$OUT/sanity.log" 2>&1; rc=$?; tail -12 "$OUT/sanity.log"; [ $rc = 0 ] || exit 3 ;;
+    sanity-large) python3 -m benchmarks.sanity --large > "$OUT/sanity-large.log" 2>&1; tail -6 "$OUT/sanity-large.log" ;;
     campaign) # Run or resume (the newest unfinished run) the campaign for one slice of CAMPAIGN_SLICE minutes: the slice
               # ends between batches, promotes its best into this host's store (exported by the export step) and
               # leaves the run paused; the database comes back in $OUT for the next slice, on whatever host.

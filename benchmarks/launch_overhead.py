@@ -1,6 +1,6 @@
 """Host cost of one avo attention call, per template: eager and under torch.compile (CUDA only).
 
-    python benchmarks/launch_overhead.py [--specs "4,32,32,1024,128,none;..."] [--out DIR] [--profile] [--layers]
+    python -m benchmarks.launch_overhead [--specs "4,32,32,1024,128,none;..."] [--out DIR] [--profile] [--layers]
 
 For each spec and template (flash_v1; flash_ws90 on sm_90) it times N back-to-back calls of the op (eager, under
 torch.compile, and under torch.compile's CUDA graphs, mode="reduce-overhead") and reports the host time per call
@@ -22,20 +22,19 @@ import io
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import parse_spec  # noqa: E402
-from common import RESULTS, gpu_slug, print_table, write_csv  # noqa: E402
+from avo_inductor import kernel_for
+from avo_inductor.kernels.op import attention
+from avo_inductor.kernels.reference import make_inputs
+from avo_inductor.kernels.render import default_genome, render
+from avo_inductor.spec import AttentionSpec, HardwareKey, parse_spec_text
 
-from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
-from avo_inductor.kernels.op import attention, register_kernel  # noqa: E402
-from avo_inductor.kernels.reference import make_inputs  # noqa: E402
-from avo_inductor.kernels.render import default_genome, render  # noqa: E402
-from avo_inductor.spec import AttentionSpec, HardwareKey  # noqa: E402
+from .common import RESULTS, gpu_slug, print_table, write_csv
 
 DEFAULT_SPECS = "4,32,32,1024,128,none;4,32,32,4096,128,none;4,32,32,4096,128,causal"
 
@@ -79,7 +78,7 @@ def measure(spec: AttentionSpec, hardware: HardwareKey, profiles: list[str] | No
     inputs = make_inputs(spec, "cuda")
     rows = []
     for template in templates_for(spec, hardware):
-        kid = register_kernel(baseline_record(spec, hardware, genome=default_genome(spec, hardware, template)))
+        kid = kernel_for(spec, source="baseline", hardware=hardware, template=template).kernel_id
 
         def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kid: str = kid) -> torch.Tensor:
             return attention(q, k, v, kernel_id=kid, causal=spec.causal)
@@ -100,17 +99,22 @@ def measure(spec: AttentionSpec, hardware: HardwareKey, profiles: list[str] | No
 def layer_rows(spec: AttentionSpec, hardware: HardwareKey, template: str) -> list[dict[str, Any]]:
     """Host us per call of each layer of one ``template`` forward, innermost first (see the module docstring)."""
     from avo_inductor.kernels import launch
-    from avo_inductor.kernels.launch_plan import PLANS
+    from avo_inductor.kernels.launch_plan import PLANS, plan_key
     from avo_inductor.kernels.op import get_kernel
 
     inputs = make_inputs(spec, "cuda")
     q, k, v = inputs.q, inputs.k, inputs.v
-    kid = register_kernel(baseline_record(spec, hardware, genome=default_genome(spec, hardware, template)))
+    kid = kernel_for(spec, source="baseline", hardware=hardware, template=template).kernel_id
     loaded = get_kernel(kid)
     call_args = dict(scale=None, causal=spec.causal, window=0, mask_kind="none")
     launch.forward(loaded.functions, loaded.launch, q, k, v, None, **call_args)  # compiles and plans
     m, _, _ = launch.mask_operand(q, None, "none", k.shape[2])
-    plan = next(p for p in reversed(PLANS._plans.values()) if p.owner == (loaded.functions, loaded.launch))
+    # the plan launch.forward just made, under the key it files eager plans by (kernel ids, then the scalars
+    # in launch.forward's order: mask kind, scale, causal, window)
+    key = plan_key((id(loaded.functions), id(loaded.launch)), q, k, v, None, ("none", None, spec.causal, 0))
+    plan = PLANS.get(key)
+    if plan is None:
+        raise RuntimeError(f"launch.forward filed no eager plan for {spec.to_text()} ({template})")
     tensors = {"q": q, "k": k, "v": v, "mask": m}
     planned = plan.launches[0]
     table = dict(tensors)
@@ -143,19 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", action="store_true", help="also write launch-layers.csv (host us per layer)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("launch_overhead.py times CUDA launches: no CUDA device here", file=sys.stderr)
+        print("benchmarks.launch_overhead times CUDA launches: no CUDA device here", file=sys.stderr)
         return 2
     hardware = HardwareKey.current()
     profiles: list[str] | None = [] if args.profile else None
     rows = [row for text in args.specs.split(";")
-            for row in measure(parse_spec(text, "bfloat16"), hardware, profiles)]
+            for row in measure(parse_spec_text(text, dtype="bfloat16"), hardware, profiles)]
     out = args.out or RESULTS / gpu_slug()
     write_csv(out / "launch-overhead.csv", rows)
     if profiles is not None:
         (out / "launch-profile.txt").write_text("\n".join(profiles))
     if args.layers:
-        layers = [row for text in args.specs.split(";") for row in layer_rows(parse_spec(text, "bfloat16"), hardware,
-                  "flash_ws90" if tuple(hardware.capability) == (9, 0) else "flash_v1")]
+        template = "flash_ws90" if tuple(hardware.capability) == (9, 0) else "flash_v1"
+        layers = [row for text in args.specs.split(";")
+                  for row in layer_rows(parse_spec_text(text, dtype="bfloat16"), hardware, template)]
         write_csv(out / "launch-layers.csv", layers)
         print_table(layers, list(layers[0]))
     print_table(rows, list(rows[0]))

@@ -21,7 +21,7 @@ which the untuned baseline record of each missing spec is added (``explain()`` f
 inductor first call on the same model; pass % = the avo pass's own time vs inductor's first call
 (ANCHORS target: <= 10 % on a cache hit).
 
-Usage: python benchmarks/models.py [--cases llama:4:1024,gpt2:8:1024] [--modes infer,train]
+Usage: python -m benchmarks.models [--cases llama:4:1024,gpt2:8:1024] [--modes infer,train]
          [--variants eager:handwritten,inductor:handwritten,avo:handwritten,inductor:sdpa] [--seed-baseline]
          [--quick] [--tiny] [--warmup 3] [--iters 10] [--out DIR]
 Writes <out>/models.csv (one row per case and mode), <out>/compile.csv, <out>/models.png (default out
@@ -37,19 +37,18 @@ import importlib
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, Panel, bar_panels, gpu_slug, print_table, write_csv  # noqa: E402
+from avo_inductor.example_models import ModelConfig, gpt2_style, llama_style
 
-from avo_inductor.example_models import ModelConfig, gpt2_style, llama_style  # noqa: E402
+from .common import RESULTS, Panel, bar_panels, gpu_slug, print_table, write_csv
 
 DEFAULT_CASES = "llama:4:1024,llama:2:4096,llama:4:2048,llama:1:8192,gpt2:8:1024,gpt2:2:4096"
 QUICK_CASES = "llama:2:1024,gpt2:4:1024"
@@ -379,7 +378,7 @@ def run_case(case: Case, modes: Sequence[str], cfg: RunConfig) -> list[dict[str,
         dim = next(iter(models.values())).cfg.dim
         x = torch.randn(case.batch, case.seq, dim, device=cfg.device, dtype=cfg.dtype)
         if cfg.store is not None:
-            # Once per case: the pass serves a training site from a forward-tuned record and back (graph_pass._lookup).
+            # Once per case: the pass serves a training site from a forward-tuned record and back (the graph pass's lookup).
             for attn in sorted({v.attn for v in cfg.variants if v.backend == "avo"}):
                 cfg.seeded |= seed_baseline(cfg.store, models[attn], x, modes[0] == "train")
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory building the case: every cell says why

@@ -2,7 +2,7 @@
 
 Runs the sandboxed evaluator (the same one the search uses) on a few genomes x specs and prints one line per
 pair: stage reached, error, speedup over the best built-in. A default genome that fails here would waste a
-whole campaign, so gpu_session.sh runs this first. Usage: python benchmarks/sanity.py [--gpus 1]
+whole campaign, so gpu_session.sh runs this first. Usage: python -m benchmarks.sanity [--gpus 1]
 """
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ always time ratios, so they do not depend on how FLOPs are counted.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 # Baseline groups. "cuDNN" is SDPA's default on torch 2.11 / H100; the faster of default and forced cuDNN is
 # used so a target is never met against a slower-than-available baseline.

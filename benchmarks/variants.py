@@ -10,9 +10,9 @@ Forward variants are timed as CUDA-graph replays (no launch overhead: eager call
 With --training every provider runs a training step (forward + autograd backward; avo through the kernel's
 own Triton backward) and its gradients are checked against SDPA's; TFLOP/s then count the backward as 2.5x the
 forward, as ANCHORS.md does.
-Specs are attention.py's ("B,H,HKV,N,D,mask" or "B,H,HKV,NQ,NK,D,mask", mask none|causal|bias|padding|alibi|windowW):
-masked and decode specs get their mask tensors from make_inputs and are checked against SDPA given the same mask.
-Usage: python benchmarks/variants.py [--specs "4,32,32,4096,128,causal;..."] [--variants '{"name": {...}}']
+Specs are the package's spec text (as attention.py's, e.g. "B,H,HKV,N,D,mask"; bf16 unless a spec says): masked and
+decode specs get their mask tensors from make_inputs and are checked against SDPA given the same mask.
+Usage: python -m benchmarks.variants [--specs "4,32,32,4096,128,causal;..."] [--variants '{"name": {...}}']
        [--training]   (--variants @benchmarks/variant_sets/hopper-bwd.json reads the set from a file)
 Prints TFLOP/s per spec x provider and writes variants.csv (variants-training.csv; --stem names it) under --out.
 """
@@ -21,21 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attention import parse_spec as parse_bench_spec  # noqa: E402
-from common import RESULTS, gpu_slug, print_table, time_ms, write_csv  # noqa: E402
+from avo_inductor import kernel_for
+from avo_inductor.kernels.reference import make_inputs, tolerance
+from avo_inductor.kernels.render import default_genome
+from avo_inductor.search import bench
+from avo_inductor.spec import AttentionSpec, HardwareKey, parse_spec_text
 
-from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
-from avo_inductor.kernels.op import register_kernel  # noqa: E402
-from avo_inductor.kernels.reference import make_inputs, tolerance  # noqa: E402
-from avo_inductor.kernels.render import default_genome  # noqa: E402
-from avo_inductor.search import bench  # noqa: E402
-from avo_inductor.spec import AttentionSpec, HardwareKey  # noqa: E402
+from .common import RESULTS, gpu_slug, print_table, time_ms, write_csv
 
 DEFAULT_SPECS = "4,32,32,4096,128,none;4,32,32,4096,128,causal;8,16,16,2048,64,causal;4,32,8,4096,128,causal"
 DEFAULT_VARIANTS = {
@@ -49,8 +47,8 @@ DEFAULT_VARIANTS = {
 
 
 def parse_spec(text: str) -> AttentionSpec:
-    """attention.py's spec text, bf16 (",train" is --training's job here, so it is refused)."""
-    spec = parse_bench_spec(text, "bfloat16")
+    """A spec text, bf16 unless it says (",train" is --training's job here, so it is refused)."""
+    spec = parse_spec_text(text, dtype="bfloat16")
     if spec.needs_grad:
         raise ValueError(f"{text!r}: drop ',train' and pass --training to time training steps")
     return spec
@@ -59,12 +57,8 @@ def parse_spec(text: str) -> AttentionSpec:
 def variant_fn(spec: AttentionSpec, overrides: dict[str, Any], hardware: HardwareKey,
                mask: torch.Tensor | None) -> Callable[..., torch.Tensor]:
     genome = default_genome(spec, hardware, overrides.get("template")).replace(**overrides)
-    kernel_id = register_kernel(baseline_record(spec, hardware, genome=genome))
-
-    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return torch.ops.avo.attention(q, k, v, mask, kernel_id, spec.effective_scale, spec.causal, spec.window or 0,
-                                       spec.mask.value)
-    return run
+    handle = kernel_for(spec, source="baseline", hardware=hardware, genome=genome)
+    return lambda q, k, v: handle(q, k, v, mask)
 
 
 def _as_step(fn: Callable[..., torch.Tensor], do: torch.Tensor | None) -> Callable[..., tuple[torch.Tensor, ...]]:

@@ -1,4 +1,4 @@
-"""benchmarks/attention.py: the CPU smoke path end to end, and the issue-7 target verdicts on synthetic numbers.
+"""benchmarks.attention: the CPU smoke path end to end, and the issue-7 target verdicts on synthetic numbers.
 
 The GPU session is budgeted in minutes: a crash or a wrong verdict found there costs a whole run, so both the
 plumbing (CSV columns, failure cells, decode floor) and the PASS/MISS logic are checked here on CPU.
@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import attention  # noqa: E402
-import targets as T  # noqa: E402
+from avo_inductor.spec import parse_spec_text
+from benchmarks import attention
+from benchmarks import targets as T
 
 
 # ---- targets on synthetic rows -------------------------------------------------------------------------------
@@ -96,12 +94,13 @@ def test_every_target_case_is_in_the_issue7_suite() -> None:
             assert (case, target.mode) in run, (target.name, case)
 
 
-def test_parse_spec_train_suffix_and_case_key() -> None:
-    spec = attention.parse_spec("4,32,8,4096,128,window1024,train", "bfloat16")
+def test_spec_rows_train_suffix_and_case_key() -> None:
+    """The suites' comma rows read through the package's spec text parser; case_key names the targets' cases."""
+    spec = parse_spec_text("4,32,8,4096,128,window1024,train")
     assert spec.needs_grad and spec.window == 1024 and spec.causal
     assert attention.case_key(spec) == "4,32,8,4096,4096,128,window1024"
     assert attention.section(spec) == "train"
-    assert attention.section(attention.parse_spec("1,32,8,1,4096,128,none", "bfloat16")) == "decode"
+    assert attention.section(parse_spec_text("1,32,8,1,4096,128,none")) == "decode"
 
 
 # ---- the CPU smoke path ------------------------------------------------------------------------------------
@@ -151,9 +150,13 @@ def test_sdpa_alibi_mask_has_exact_positions() -> None:
     """Built in bf16, ALiBi's arange is inexact above 256 and SDPA computed other attention (H100: error 2.9)."""
     import torch
 
-    from avo_inductor.kernels.reference import additive_mask, attention_reference, tolerance
+    from avo_inductor.kernels.reference import (
+        additive_mask,
+        attention_reference,
+        tolerance,
+    )
 
-    spec = attention.parse_spec("1,8,8,640,16,alibi", "bfloat16")
+    spec = parse_spec_text("1,8,8,640,16,alibi", dtype="bfloat16")
     inputs, t = attention.make_tensors(spec, torch.device("cpu"))
     exact = additive_mask(1, 8, 640, 640, mask_kind="alibi", mask=inputs.mask, dtype=torch.float64)
     fp32 = additive_mask(1, 8, 640, 640, mask_kind="alibi", mask=inputs.mask, dtype=torch.float32)
@@ -180,7 +183,7 @@ def test_builtin_providers_match_float64_on_cpu(text: str) -> None:
     from avo_inductor.search import bench
 
     assert attention.bench is bench
-    spec = attention.parse_spec(text, "bfloat16")
+    spec = parse_spec_text(text, dtype="bfloat16")
     inputs, t = attention.make_tensors(spec, torch.device("cpu"))
     ref = attention_reference(t.q, t.k, t.v, scale=spec.effective_scale, causal=spec.causal, window=spec.window,
                               mask_kind=spec.mask.value, mask=inputs.mask)
@@ -206,7 +209,7 @@ def test_avo_check_against_float64_slice(text: str) -> None:
 
     from avo_inductor.kernels.reference import attention_reference
 
-    spec = attention.parse_spec(text, "bfloat16")
+    spec = parse_spec_text(text, dtype="bfloat16")
     inputs, _ = attention.make_tensors(spec, torch.device("cpu"))
     full = attention_reference(inputs.q, inputs.k, inputs.v, causal=spec.causal, window=spec.window,
                                mask_kind=spec.mask.value, mask=inputs.mask).to(torch.bfloat16)

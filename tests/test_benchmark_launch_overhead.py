@@ -1,4 +1,4 @@
-"""benchmarks/launch_overhead.py on a machine without CUDA: it refuses with a clear message (it times CUDA
+"""benchmarks.launch_overhead on a machine without CUDA: it refuses with a clear message (it times CUDA
 launches; the CPU interpreter has none), and picks flash_ws90 only where that template renders on sm_90."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_refuses_without_cuda() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "launch_overhead.py")], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.launch_overhead"], capture_output=True, cwd=ROOT,
                           text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=300)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
 
@@ -24,8 +24,7 @@ def test_refuses_without_cuda() -> None:
                                                       ((10, 0), MaskKind.NONE, ["flash_v1"]),
                                                       ((9, 0), MaskKind.PADDING, ["flash_v1"])])
 def test_templates_timed_per_spec(capability, mask, expected) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from launch_overhead import templates_for
+    from benchmarks.launch_overhead import templates_for
 
     spec = AttentionSpec(4, 32, 32, 1024, 1024, 128, mask=mask)
     assert templates_for(spec, HardwareKey("nvidia", "gpu", capability, 132)) == expected

@@ -1,4 +1,4 @@
-"""benchmarks/models.py on tiny models under the Triton interpreter: the CSV columns, the avo path each compile
+"""benchmarks.models on tiny models under the Triton interpreter: the CSV columns, the avo path each compile
 took (hit / fallback, from the pass's own SiteReports), compile-time columns, and failures as cells.
 
 Inductor's cold C++ compile of even the tiny models takes ~20 s per graph on a small CPU box, so here Inductor's
@@ -8,24 +8,17 @@ outputs are the benchmark's own code and run for real; Inductor itself is covere
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 def _models() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_models", BENCH / "models.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_models"] = module
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks.models with fresh module state for each test (reloaded, as a new process would import it)."""
+    return importlib.reload(importlib.import_module("benchmarks.models"))
 
 
 @pytest.fixture
@@ -36,7 +29,6 @@ def models(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
         return gm.forward
 
     monkeypatch.setattr(compile_fx_module, "compile_fx", eager_compile_fx)
-    monkeypatch.syspath_prepend(str(BENCH))
     return _models()
 
 

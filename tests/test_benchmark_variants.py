@@ -1,4 +1,4 @@
-"""benchmarks/variants.py end to end on the CPU interpreter: every variant is checked against SDPA before it
+"""benchmarks.variants end to end on the CPU interpreter: every variant is checked against SDPA before it
 is timed, and a variant that cannot render is reported in its cell instead of stopping the run."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_variants_table_checks_each_variant_and_reports_failures(tmp_path: Path) -> None:
     variants = {"default": {}, "tiles-16x32": {"block_n": 32}, "v9": {"template": "flash_v9"}}
     env = {**os.environ, "TRITON_INTERPRET": "1", "AVO_CACHE_DIR": str(tmp_path / "store")}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--specs", "1,2,2,40,16,causal",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.variants", "--specs", "1,2,2,40,16,causal",
                            "--variants", json.dumps(variants), "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = list(csv.DictReader(open(tmp_path / "variants.csv")))
     assert row["spec"].startswith("1,2,2,40,40,16")
@@ -30,9 +30,9 @@ def test_variants_training_checks_gradients(tmp_path: Path) -> None:
     """--training: each provider runs forward + backward, gradients checked against SDPA's, timed as 3.5x FLOPs."""
     variants = {"default": {}, "transposed": {"bwd_transposed": True, "heavy_first": True}}
     env = {**os.environ, "TRITON_INTERPRET": "1", "AVO_CACHE_DIR": str(tmp_path / "store")}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--specs", "1,2,2,33,16,causal",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.variants", "--specs", "1,2,2,33,16,causal",
                            "--variants", json.dumps(variants), "--training", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = list(csv.DictReader(open(tmp_path / "variants-training.csv")))
     assert row["spec"].endswith(" train")
@@ -46,9 +46,9 @@ def test_variants_take_masked_and_decode_specs(tmp_path: Path) -> None:
     variants = {"default": {}, "splits 2": {"kv_splits": 2}}
     env = {**os.environ, "TRITON_INTERPRET": "1", "AVO_CACHE_DIR": str(tmp_path / "store")}
     specs = "1,4,4,33,16,alibi;2,2,2,17,40,16,padding;2,4,2,1,113,16,none"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "variants.py"), "--specs", specs,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.variants", "--specs", specs,
                            "--variants", json.dumps(variants), "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path / "variants.csv")))
     assert [r["spec"].split(" ")[0] for r in rows] == ["1,4,4,33,33,16", "2,2,2,17,40,16", "2,4,2,1,113,16"]

@@ -10,6 +10,8 @@ import json
 import sys
 from typing import Any, Sequence
 
+from ..spec import SPEC_TEXT_HELP
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     sg.add_argument("--key", required=True, help="private key file from keygen")
     sub.add_parser("trust", help="add a public key to the trusted set").add_argument("pubkey")
     ba = sub.add_parser("baseline", help="store a plain untuned record for a spec")
-    ba.add_argument("--spec", required=True, help='"B,H,HKV,NQ,NK,D[,DV] dtype mask"')
+    ba.add_argument("--spec", required=True, help="spec text (the form `ls` prints): " + SPEC_TEXT_HELP)
     return p
 
 

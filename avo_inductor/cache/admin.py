@@ -1,57 +1,21 @@
-"""Store maintenance behind the CLI: find, prune, stats, verify-all, baseline records and spec text parsing.
+"""Store maintenance behind the CLI: find, prune, stats, verify-all, baseline records.
 
 Kept apart from ``__main__`` so every command's logic is a plain function tests can call without argparse.
+Specs given on the command line are read with the one spec text parser, ``spec.parse_spec_text``.
 """
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 import warnings
 from typing import Any
 
 from ..parsing import finite_float
-from ..spec import DTYPES, AttentionSpec, HardwareKey, MaskKind
+from ..spec import AttentionSpec, HardwareKey, parse_spec_text
 from .bundle import BundleReport, verify_bundle
 from .store import LOCAL_LAYER, CacheWarning, KernelStore, StoreHit
 
-_DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
-_SPEC_HELP = ('"B,H,HKV,NQ,NK,D[,DV] [dtype] [mask]", e.g. "1,32,8,2048,2048,128 bf16 causal"; mask words joined '
-              "by '+': full|causal|winN|bias|bool|padding|alibi|train")
-
-
-def parse_spec_text(text: str) -> AttentionSpec:
-    """``"1,32,8,2048,2048,128 bfloat16 causal+win256"`` -> AttentionSpec; ValueError with the bad part."""
-    tokens = text.replace("/", "+").split()
-    if not tokens:
-        raise ValueError(f"empty spec; expected {_SPEC_HELP}")
-    try:
-        dims = [int(x) for x in tokens[0].split(",")]
-    except ValueError:
-        raise ValueError(f"spec dimensions {tokens[0]!r} must be integers; expected {_SPEC_HELP}") from None
-    if len(dims) not in (6, 7):
-        raise ValueError(f"spec needs 6 or 7 dimensions, got {len(dims)} in {tokens[0]!r}; expected {_SPEC_HELP}")
-    names = ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "v_head_dim")
-    kwargs: dict[str, Any] = dict(zip(names, dims, strict=False))  # DV is optional
-    rest = tokens[1:]
-    if rest and (rest[0] in DTYPES or rest[0] in _DTYPE_ALIASES):
-        kwargs["dtype"] = _DTYPE_ALIASES.get(rest[0], rest[0])
-        rest = rest[1:]
-    for word in "+".join(rest).split("+"):
-        word = word.strip().lower()
-        if word in ("", "full", "none"):
-            continue
-        if word == "causal":
-            kwargs["causal"] = True
-        elif word == "train":
-            kwargs["needs_grad"] = True
-        elif m := re.fullmatch(r"win(?:dow)?=?(\d+)", word):
-            kwargs["window"] = int(m.group(1))
-        elif word in {k.value for k in MaskKind}:
-            kwargs["mask"] = MaskKind(word)
-        else:
-            raise ValueError(f"unknown spec word {word!r} in {text!r}; expected {_SPEC_HELP}")
-    return AttentionSpec(**kwargs)
+__all__ = ["add_baseline", "find_record", "parse_spec_text", "prune", "stats", "verify_all"]
 
 
 def find_record(store: KernelStore, ref: str) -> StoreHit:

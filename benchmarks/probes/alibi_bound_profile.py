@@ -2,7 +2,7 @@
 
 The bounded ALiBi kernel needs each head's largest key norm (launch.mask_operand); this shows what that costs
 next to the attention kernel in each mode.
-Usage: python benchmarks/probes/alibi_bound_profile.py [--spec 8,16,16,2048,64]
+Usage: python -m benchmarks.probes.alibi_bound_profile [--spec 8,16,16,2048,64]
 """
 from __future__ import annotations
 
@@ -10,25 +10,21 @@ import argparse
 
 import torch
 
-from avo_inductor.kernels.baseline import baseline_record
-from avo_inductor.kernels.op import register_kernel
+from avo_inductor import kernel_for
 from avo_inductor.kernels.reference import make_inputs
-from avo_inductor.kernels.render import default_genome
-from avo_inductor.spec import AttentionSpec, HardwareKey
+from avo_inductor.spec import parse_spec_text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", default="8,16,16,2048,64")
+    parser.add_argument("--spec", default="8,16,16,2048,64", help="spec text; ALiBi and bf16 unless it says")
     args = parser.parse_args()
-    b, h, hkv, n, d = (int(x) for x in args.spec.split(","))
-    spec = AttentionSpec(b, h, hkv, n, n, d, dtype="bfloat16", mask="alibi")
-    hw = HardwareKey.current()
-    kid = register_kernel(baseline_record(spec, hw, genome=default_genome(spec, hw)))
+    spec = parse_spec_text(args.spec if "alibi" in args.spec else f"{args.spec} alibi", dtype="bfloat16")
+    handle = kernel_for(spec, source="baseline")
     x = make_inputs(spec, "cuda", seed=0)
 
-    def call(q, k, v, m):
-        return torch.ops.avo.attention(q, k, v, m, kid, spec.effective_scale, False, 0, "alibi")
+    def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        return handle(q, k, v, m)
 
     for name, fn in (("eager", call), ("compiled", torch.compile(call, fullgraph=True))):
         for _ in range(3):

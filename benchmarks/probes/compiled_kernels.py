@@ -1,28 +1,20 @@
 """Probe: which GPU kernels one compiled avo call runs, and their times (torch.profiler), for the default template of
 a spec; prints Inductor's generated wrapper too (TORCH_LOGS=output_code is noisier). ``SPEC train``: a training
-step (forward + backward) instead, beside the same step through SDPA (cuDNN)."""
+step (forward + backward) instead, beside the same step through SDPA (cuDNN).
+Usage: python -m benchmarks.probes.compiled_kernels [SPEC [train]]   (SPEC: spec text, bf16 unless it says)"""
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
-from avo_inductor.kernels.op import attention, register_kernel  # noqa: E402
-from avo_inductor.kernels.reference import make_inputs  # noqa: E402
-from avo_inductor.kernels.render import default_genome  # noqa: E402
-from avo_inductor.spec import HardwareKey  # noqa: E402
-from attention import parse_spec  # noqa: E402
+from avo_inductor import kernel_for
+from avo_inductor.kernels.op import attention
+from avo_inductor.kernels.reference import make_inputs
+from avo_inductor.spec import parse_spec_text
 
 text = sys.argv[1] if len(sys.argv) > 1 else "16,12,12,1024,64,causal"
 train = len(sys.argv) > 2 and sys.argv[2] == "train"
-spec = parse_spec(text, "bfloat16")
-if train:
-    import dataclasses
-
-    spec = dataclasses.replace(spec, needs_grad=True)
-hw = HardwareKey.current()
-kid = register_kernel(baseline_record(spec, hw, genome=default_genome(spec, hw)))
+spec = parse_spec_text(text, dtype="bfloat16", needs_grad=train)
+kid = kernel_for(spec, source="baseline").kernel_id
 inp = make_inputs(spec, "cuda")
 q, k, v = (t.requires_grad_(train) for t in (inp.q, inp.k, inp.v))
 fn = torch.compile(lambda q, k, v: attention(q, k, v, kernel_id=kid, causal=spec.causal), backend="inductor")

@@ -1,40 +1,52 @@
-"""Probe: host us per call of the ws90 forward behind different op registrations (eager and torch.compile)."""
-import sys
-from pathlib import Path
+"""Probe: host us per call of the ws90 forward behind different op registrations (eager and torch.compile).
+
+Usage: python -m benchmarks.probes.op_dispatch   (an sm_90 GPU: the flash_ws90 template)
+"""
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from avo_inductor.kernels import launch  # noqa: E402
-from avo_inductor.kernels.baseline import baseline_record  # noqa: E402
-from avo_inductor.kernels.op import (  # noqa: E402
-    _attention_fwd_fake, _run_forward, attention, get_kernel, register_kernel)
-from avo_inductor.kernels.reference import make_inputs  # noqa: E402
-from avo_inductor.kernels.render import default_genome  # noqa: E402
-from avo_inductor.spec import HardwareKey  # noqa: E402
-from attention import parse_spec  # noqa: E402
-from launch_overhead import per_call_us  # noqa: E402
+from avo_inductor import kernel_for
+from avo_inductor.kernels import launch
+from avo_inductor.kernels.op import attention, get_kernel
+from avo_inductor.kernels.reference import make_inputs
+from avo_inductor.spec import parse_spec_text
 
-spec = parse_spec("4,32,32,1024,128,none", "bfloat16")
-hw = HardwareKey.current()
-kid = register_kernel(baseline_record(spec, hw, genome=default_genome(spec, hw, "flash_ws90")))
+from ..launch_overhead import per_call_us
+
+spec = parse_spec_text("4,32,32,1024,128 bf16 full")
+kid = kernel_for(spec, source="baseline", template="flash_ws90").kernel_id
 loaded = get_kernel(kid)
 inp = make_inputs(spec, "cuda")
 q, k, v = inp.q, inp.k, inp.v
 
+
+def run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kernel_id: str,
+                scale: float, causal: bool, window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The launch every registration below wraps (what avo::attention_fwd_direct registers for CUDA)."""
+    kernel = get_kernel(kernel_id)
+    return launch.forward(kernel.functions, kernel.launch, q, k, v, mask, scale=scale, causal=causal, window=window,
+                          mask_kind=mask_kind)
+
+
+def forward_fake(q, k, v, mask, kernel_id, scale, causal, window, mask_kind):  # type: ignore[no-untyped-def]
+    """Output shapes for tracing: out (B, Hq, Nq, Dv), lse (B, Hq, Nq) fp32."""
+    return q.new_empty((*q.shape[:3], v.shape[3])), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
 lib = torch.library.Library("avo_probe", "DEF")
 lib.define("lean(Tensor q, Tensor k, Tensor v, Tensor? mask, str kernel_id, float scale, bool causal, int window, "
            "str mask_kind) -> (Tensor, Tensor)")
-lib.impl("lean", _run_forward, "CUDA")  # the kernel avo::attention_fwd_direct registers
-torch.library.register_fake("avo_probe::lean", _attention_fwd_fake, lib=lib)
+lib.impl("lean", run_forward, "CUDA")  # as avo::attention_fwd_direct registers it
+torch.library.register_fake("avo_probe::lean", forward_fake, lib=lib)
 
 
 @torch.library.custom_op("avo_probe::cop", mutates_args=())
 def cop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kernel_id: str, scale: float,
         causal: bool, window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _run_forward(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)
+    return run_forward(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)
 
-cop.register_fake(_attention_fwd_fake)
+
+cop.register_fake(forward_fake)
 
 
 s = q.shape[-1] ** -0.5

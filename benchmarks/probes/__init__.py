@@ -1,0 +1,1 @@
+"""One-question GPU probes (see README.md here), run as ``python -m benchmarks.probes.<name>``."""
