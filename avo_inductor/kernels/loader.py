@@ -6,6 +6,7 @@ Loaded kernels are cached in-process by kernel id, so a record is imported once 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -185,7 +186,11 @@ def load_record(record: KernelRecord) -> LoadedKernel:
     """Load a KernelRecord's kernel: a template record re-rendered from the installed template, a source record's
     own text after its recorded sha256 is checked against it (before anything runs)."""
     if record.tier == "template":
-        return load_kernel(kernel_for_record(record))
+        # Registered under the record's own id as well, so the op in a compiled graph, explain() and the store name
+        # one id (it hashes template digest + genome + launch, which determine the rendered text in a process).
+        loaded = dataclasses.replace(load_kernel(kernel_for_record(record)), kernel_id=record.kernel_id)
+        with _LOCK:
+            return _LOADED.setdefault(loaded.kernel_id, loaded)
     assert record.source is not None
     return load_source(record.source, record.entry_point, record.bwd_entry_point, dict(record.launch),
                        sha256=record.sha256)
