@@ -31,13 +31,17 @@ def attn_bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_od
 
 # EVOLVE-BLOCK-START
 @triton.jit
-def _p_from_lse(s, lse):
+def _p_from_lse(s, lse, MASK_KIND: tl.constexpr):
     """P = exp(s - lse) from scaled, masked scores and the saved natural-log LSE broadcast against them (s in log2
-    units when USE_EXP2); rows past N_Q carry lse = +inf and give 0."""
+    units when USE_EXP2); rows past N_Q carry lse = +inf and give 0. A bias row whose every key sat at the
+    forward's BIAS_FLOOR (LSE below BIAS_FLOOR_LSE) gives 0: its 1/N cannot be recovered from that LSE (see
+    BIAS_FLOOR)."""
     if USE_EXP2:
         p = tl.math.exp2(s - lse * LOG2E)
     else:
         p = tl.exp(s - lse)
+    if MASK_KIND == 1:
+        p = tl.where(lse > BIAS_FLOOR_LSE, p, 0.0)
     return p
 
 
@@ -50,7 +54,7 @@ def _probs(q, kt, LSE_row, offs_m, offs_n, mask, qk_scale, MASK_KIND: tl.constex
     s = _apply_masks(s, offs_m, offs_n, mask, MASK_KIND=MASK_KIND, APPLY_CAUSAL=APPLY_CAUSAL, HAS_WINDOW=HAS_WINDOW,
                      CHECK_N=CHECK_N)
     lse = tl.load(LSE_row + offs_m, mask=offs_m < mask[4], other=float("inf"))
-    return _p_from_lse(s, lse[:, None])
+    return _p_from_lse(s, lse[:, None], MASK_KIND=MASK_KIND)
 
 
 @triton.jit
@@ -88,7 +92,7 @@ def _dkdv_inner(dk, dv, k_op, v_op, q_src, do_src, rows, dq_dst, mask, offs_n, l
             st = _mask_scores(st, offs_m[None, :], offs_n[:, None], mask, MASK_KIND=MASK_KIND,
                               APPLY_CAUSAL=APPLY_CAUSAL, HAS_WINDOW=HAS_WINDOW, CHECK_N=CHECK_N)
             lse = tl.load(LSE_row + offs_m, mask=offs_m < N_Q, other=float("inf"))
-            pt = _p_from_lse(st, lse[None, :])
+            pt = _p_from_lse(st, lse[None, :], MASK_KIND=MASK_KIND)
             dv = _dot(pt.to(do.dtype), do, dv)
             dpt = _dot(v_op, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
             dst = pt * (dpt - delta[None, :])

@@ -3,7 +3,8 @@
 Rendered by avo_inductor/kernels/render.py, which rewrites the GENOME-CONSTANTS block from a KernelGenome.
 Follows the launcher ABI documented at the top of avo_inductor/kernels/launch.py. Masks: MASK_KIND 0 none,
 1 additive bias, 2 keep-mask (bool, read as *i1), 3 alibi slopes; causal/window bottom-right aligned.
-LSE is natural-log logsumexp, +inf for rows with no allowed key (their output is 0).
+LSE is natural-log logsumexp, +inf for rows with no allowed key (their output is 0); rows of finfo.min biases: see
+BIAS_FLOOR.
 PACK_GQA (FlashAttention-3's PackGQA): one program per (row tile, kv split, batch*kv head) whose rows are the
 (query position, head-in-group) pairs of the GROUP q heads sharing that kv head, row r -> position r // GROUP,
 q head kv_head * GROUP + r % GROUP, so each K/V block is read once for the whole group (decode with GQA).
@@ -42,6 +43,17 @@ LN2 = tl.constexpr(0.6931471805599453)
 # exactly representable in fp16/bf16 and the accumulator rescale is skipped on most iterations.
 RESCALE_THRESHOLD = tl.constexpr(8.0)
 KEEP_SCAN = tl.constexpr(1024)  # keys per step of the keep-vector scan (_kept_span)
+# Additive biases are clamped here from below: torch.finfo(fp32 or bf16).min * log2(e) overflows to -inf, which
+# would mask a key that eager softmax keeps (HF's padding bias puts finfo.min on every key of a padded query row;
+# eager, SDPA and the float64 reference give that row mean(v), the scores being absorbed by the bias). Clamped, such
+# a row's scores all equal BIAS_FLOOR and its softmax is uniform, as theirs. Its LSE cannot be exact through the
+# log2 domain (log(N) is below the rounding of ~3e38): it is finite and below -1e30, which is how the checker
+# recognises such rows. The backward recomputes P from the LSE, which cannot reproduce 1/N there: rows whose LSE
+# is below BIAS_FLOOR_LSE contribute no gradient (_p_from_lse), exact where their upstream gradient is zero (the
+# padded positions of a loss) and documented as a limit otherwise. Rows with at least one key above the floor are
+# exact in both directions: the floor keys weigh exp2(-3.4e38 - max) = 0, as in eager.
+BIAS_FLOOR = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX
+BIAS_FLOOR_LSE = tl.constexpr(-1e30)
 
 
 @triton.jit
@@ -85,7 +97,9 @@ def _mask_scores(s, rows, cols, mask, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.
             bias = tl.load(m_ptrs, mask=inb, other=0.0)
             bias = bias.to(tl.float32)
             if USE_EXP2:
-                bias = bias * LOG2E
+                # A finite bias stays finite in log2 units (see BIAS_FLOOR); -inf (a masked key) and NaN pass.
+                scaled = bias * LOG2E
+                bias = tl.where((scaled < BIAS_FLOOR) & (bias > float("-inf")), BIAS_FLOOR, scaled)
             s = s + bias
         else:
             keep = tl.load(m_ptrs, mask=inb, other=0)
