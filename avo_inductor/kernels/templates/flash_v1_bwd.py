@@ -31,51 +31,68 @@ def attn_bwd_preprocess(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_od
 
 # EVOLVE-BLOCK-START
 @triton.jit
-def _probs(q, kt, LSE_base, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window, qk_scale,
-           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
-           HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
-    """P (BM, BN) recomputed from the saved logsumexp; rows past N_Q load lse = +inf and give 0."""
-    s = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)) * qk_scale
-    s = _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                     MASK_KIND, IS_CAUSAL, HAS_WINDOW, CHECK_N)
-    lse = tl.load(LSE_base + offs_m, mask=offs_m < N_Q, other=float("inf"))
+def _p_from_lse(s, lse, MASK_KIND: tl.constexpr):
+    """P = exp(s - lse) from scaled, masked scores and the saved natural-log LSE broadcast against them (s in log2
+    units when USE_EXP2); rows past N_Q carry lse = +inf and give 0. A bias row whose every key sat at the
+    forward's BIAS_FLOOR (LSE below BIAS_FLOOR_LSE) gives 0: its 1/N cannot be recovered from that LSE (see
+    BIAS_FLOOR)."""
     if USE_EXP2:
-        p = tl.math.exp2(s - lse[:, None] * LOG2E)
+        p = tl.math.exp2(s - lse * LOG2E)
     else:
-        p = tl.exp(s - lse[:, None])
+        p = tl.exp(s - lse)
+    if MASK_KIND == 1:
+        p = tl.where(lse > BIAS_FLOOR_LSE, p, 0.0)
     return p
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE_row, DELTA_row, M_base, slope, DQ_head, offs_n, offs_d,
-                offs_dv, lo, hi, stride_qm, stride_qd, stride_dom, stride_dod, stride_mm, stride_mn, stride_dqm,
-                stride_dqd, N_Q, N_KV, window, qk_scale, dq_scale, HEAD_DIM: tl.constexpr,
-                V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
-                HAS_WINDOW: tl.constexpr, CHECK_M: tl.constexpr, CHECK_N: tl.constexpr):
-    """dK/dV of one key tile from query rows [lo, hi) of one q head. k_op/v_op are the tile's K and V as (BN, D)
-    with BWD_TRANSPOSED, else K^T and V^T (D, BN). BWD_TRANSPOSED works on S^T = K Q^T (BN, BM), the Triton
-    tutorial's form: P^T and dS^T come out in the orientation their matmuls consume, so no computed tile is
-    transposed in registers (only loaded Q and dO tiles, which the compiler transposes for free in shared memory).
+def _probs(q, kt, LSE_row, offs_m, offs_n, mask, qk_scale, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+           HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
+    """P (BM, BN) of query rows offs_m against keys offs_n recomputed from the saved logsumexp (``mask``: see
+    _mask_scores)."""
+    s = _dot(q, kt, tl.zeros([q.shape[0], kt.shape[1]], dtype=tl.float32)) * qk_scale
+    s = _apply_masks(s, offs_m, offs_n, mask, MASK_KIND=MASK_KIND, APPLY_CAUSAL=APPLY_CAUSAL, HAS_WINDOW=HAS_WINDOW,
+                     CHECK_N=CHECK_N)
+    lse = tl.load(LSE_row + offs_m, mask=offs_m < mask[4], other=float("inf"))
+    return _p_from_lse(s, lse[:, None], MASK_KIND=MASK_KIND)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k_op, v_op, q_src, do_src, rows, dq_dst, mask, offs_n, lo, hi, qk_scale,
+                HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASK_KIND: tl.constexpr,
+                APPLY_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, CHECK_M: tl.constexpr, CHECK_N: tl.constexpr):
+    """dK/dV of one key tile (keys offs_n) from query rows [lo, hi) of one q head. k_op/v_op are the tile's K and V
+    as (BN, D) with BWD_TRANSPOSED, else K^T and V^T (D, BN). ``q_src`` (Q_head, stride_qm, stride_qd, offs_d) and
+    ``do_src`` (DO_head, stride_dom, stride_dod, offs_dv) locate the head's Q and dO rows, ``rows`` (LSE_row,
+    DELTA_row) its saved statistics, ``dq_dst`` (DQ_head, stride_dqm, stride_dqd, dq_scale) its dq accumulator
+    (BWD_DQ_ATOMIC), ``mask`` as in _mask_scores.
+    BWD_TRANSPOSED works on S^T = K Q^T (BN, BM), the Triton tutorial's form: P^T and dS^T come out in the
+    orientation their matmuls consume, so no computed tile is transposed in registers (only loaded Q and dO tiles,
+    which the compiler transposes for free in shared memory).
     Rows past N_Q load lse = +inf and contribute nothing; keys past N_KV only touch dk/dv rows never stored (and
     add nothing to dq: their K rows load as zero). BWD_DQ_ATOMIC: dq += scale * dS K is added to DQ_head (fp32)
     here, so no dq kernel recomputes S and dP."""
+    Q_head, stride_qm, stride_qd, offs_d = q_src
+    DO_head, stride_dom, stride_dod, offs_dv = do_src
+    LSE_row, DELTA_row = rows
+    DQ_head, stride_dqm, stride_dqd, dq_scale = dq_dst
+    N_Q = mask[4]
+    BLOCK_N: tl.constexpr = offs_n.shape[0]
+    BLOCK_D: tl.constexpr = offs_d.shape[0]
+    BLOCK_DV: tl.constexpr = offs_dv.shape[0]
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         do = _load_tile(DO_head + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                        offs_m, offs_dv, N_Q, V_HEAD_DIM, CHECK_M, V_HEAD_DIM != BLOCK_DV)
+                        offs_m, offs_dv, N_Q, V_HEAD_DIM, CHECK_R=CHECK_M, CHECK_C=V_HEAD_DIM != BLOCK_DV)
         delta = tl.load(DELTA_row + offs_m, mask=offs_m < N_Q, other=0.0)
         if BWD_TRANSPOSED:
             qt = _load_tile(Q_head + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd,
-                            offs_d, offs_m, HEAD_DIM, N_Q, HEAD_DIM != BLOCK_D, CHECK_M)
+                            offs_d, offs_m, HEAD_DIM, N_Q, CHECK_R=HEAD_DIM != BLOCK_D, CHECK_C=CHECK_M)
             st = _dot(k_op, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)) * qk_scale
-            st = _mask_scores(st, offs_m[None, :], offs_n[:, None], M_base, stride_mm, stride_mn, slope, N_Q, N_KV,
-                              window, MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+            st = _mask_scores(st, offs_m[None, :], offs_n[:, None], mask, MASK_KIND=MASK_KIND,
+                              APPLY_CAUSAL=APPLY_CAUSAL, HAS_WINDOW=HAS_WINDOW, CHECK_N=CHECK_N)
             lse = tl.load(LSE_row + offs_m, mask=offs_m < N_Q, other=float("inf"))
-            if USE_EXP2:
-                pt = tl.math.exp2(st - lse[None, :] * LOG2E)
-            else:
-                pt = tl.exp(st - lse[None, :])
+            pt = _p_from_lse(st, lse[None, :], MASK_KIND=MASK_KIND)
             dv = _dot(pt.to(do.dtype), do, dv)
             dpt = _dot(v_op, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
             dst = pt * (dpt - delta[None, :])
@@ -86,9 +103,9 @@ def _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE_row, DELTA_row, M_base,
                               mask=(offs_m[None, :] < N_Q) & (offs_d[:, None] < HEAD_DIM))
         else:
             q = _load_tile(Q_head + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                           offs_m, offs_d, N_Q, HEAD_DIM, CHECK_M, HEAD_DIM != BLOCK_D)
-            p = _probs(q, k_op, LSE_row, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                       qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+                           offs_m, offs_d, N_Q, HEAD_DIM, CHECK_R=CHECK_M, CHECK_C=HEAD_DIM != BLOCK_D)
+            p = _probs(q, k_op, LSE_row, offs_m, offs_n, mask, qk_scale, MASK_KIND=MASK_KIND,
+                       APPLY_CAUSAL=APPLY_CAUSAL, HAS_WINDOW=HAS_WINDOW, CHECK_N=CHECK_N)
             dv = _dot(tl.trans(p.to(do.dtype)), do, dv)
             dp = _dot(do, v_op, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
             ds = p * (dp - delta[:, None])
@@ -152,27 +169,23 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
     for g in range(GROUP):
         off_h = off_kvh * GROUP + g
         M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
-        Q_head = Q + off_b * stride_qb + off_h * stride_qh
-        DO_head = DO + off_b * stride_dob + off_h * stride_doh
-        DQ_head = DQ + off_b * stride_dqb + off_h * stride_dqh
+        q_src = (Q + off_b * stride_qb + off_h * stride_qh, stride_qm, stride_qd, offs_d)
+        do_src = (DO + off_b * stride_dob + off_h * stride_doh, stride_dom, stride_dod, offs_dv)
+        dq_dst = (DQ + off_b * stride_dqb + off_h * stride_dqh, stride_dqm, stride_dqd, dq_scale)
         row = (off_b * H_Q + off_h) * N_Q
+        rows = (LSE + row, DELTA + row)
+        mask = (M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window)
         if IS_CAUSAL and CAUSAL_SPLIT:
-            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, DQ_head,
-                                 offs_n, offs_d, offs_dv, lo, full_lo, stride_qm, stride_qd, stride_dom, stride_dod,
-                                 stride_mm, stride_mn, stride_dqm, stride_dqd, N_Q, N_KV, window, qk_scale, dq_scale,
-                                 HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True,
-                                 HAS_WINDOW, not EVEN_M, not EVEN_N)
-            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, DQ_head,
-                                 offs_n, offs_d, offs_dv, full_lo, hi, stride_qm, stride_qd, stride_dom, stride_dod,
-                                 stride_mm, stride_mn, stride_dqm, stride_dqd, N_Q, N_KV, window, qk_scale, dq_scale,
-                                 HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False,
-                                 HAS_WINDOW, not EVEN_M, False)
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, q_src, do_src, rows, dq_dst, mask, offs_n, lo, full_lo, qk_scale,
+                                 HEAD_DIM, V_HEAD_DIM, BLOCK_M, MASK_KIND=MASK_KIND, APPLY_CAUSAL=True,
+                                 HAS_WINDOW=HAS_WINDOW, CHECK_M=not EVEN_M, CHECK_N=not EVEN_N)
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, q_src, do_src, rows, dq_dst, mask, offs_n, full_lo, hi, qk_scale,
+                                 HEAD_DIM, V_HEAD_DIM, BLOCK_M, MASK_KIND=MASK_KIND, APPLY_CAUSAL=False,
+                                 HAS_WINDOW=HAS_WINDOW, CHECK_M=not EVEN_M, CHECK_N=False)
         else:
-            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, Q_head, DO_head, LSE + row, DELTA + row, M_base, slope, DQ_head,
-                                 offs_n, offs_d, offs_dv, lo, hi, stride_qm, stride_qd, stride_dom, stride_dod,
-                                 stride_mm, stride_mn, stride_dqm, stride_dqd, N_Q, N_KV, window, qk_scale, dq_scale,
-                                 HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL,
-                                 HAS_WINDOW, not EVEN_M, not EVEN_N)
+            dk, dv = _dkdv_inner(dk, dv, k_op, v_op, q_src, do_src, rows, dq_dst, mask, offs_n, lo, hi, qk_scale,
+                                 HEAD_DIM, V_HEAD_DIM, BLOCK_M, MASK_KIND=MASK_KIND, APPLY_CAUSAL=IS_CAUSAL,
+                                 HAS_WINDOW=HAS_WINDOW, CHECK_M=not EVEN_M, CHECK_N=not EVEN_N)
     dk = dk * tl.cast(sm_scale, tl.float32)
     ok_n = offs_n[:, None] < N_KV
     tl.store(DK + off_b * stride_dkb + off_kvh * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -182,22 +195,24 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
 
 
 @triton.jit
-def _dq_inner(dq, q, do, delta, K_base, V_base, LSE_row, M_base, slope, offs_m, offs_d, offs_dv, lo, hi,
-              stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, N_Q, N_KV, window, qk_scale,
-              HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+def _dq_inner(dq, q, do, delta, k_src, v_src, LSE_row, mask, offs_m, lo, hi, qk_scale, HEAD_DIM: tl.constexpr,
+              V_HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
               HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
-    """dq of one query tile from keys [lo, hi): dq += dS K, dS = P * (dP - delta)."""
+    """dq of one query tile from keys [lo, hi): dq += dS K, dS = P * (dP - delta). ``k_src``/``v_src``: (base of
+    this kv head's K or V, key stride, head-dim stride, head-dim offsets); ``mask``: see _mask_scores."""
+    K_base, stride_kn, stride_kd, offs_d = k_src
+    V_base, stride_vn, stride_vd, offs_dv = v_src
+    N_KV = mask[5]
     offs_n0 = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         kt = _load_tile(K_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                        offs_d, offs_n, HEAD_DIM, N_KV, HEAD_DIM != BLOCK_D, CHECK_N)
+                        offs_d, offs_n, HEAD_DIM, N_KV, CHECK_R=HEAD_DIM != offs_d.shape[0], CHECK_C=CHECK_N)
         vt = _load_tile(V_base + offs_n[None, :] * stride_vn + offs_dv[:, None] * stride_vd,
-                        offs_dv, offs_n, V_HEAD_DIM, N_KV, V_HEAD_DIM != BLOCK_DV, CHECK_N)
-        p = _probs(q, kt, LSE_row, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                   qk_scale, BLOCK_M, BLOCK_N, MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
-        dp = _dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+                        offs_dv, offs_n, V_HEAD_DIM, N_KV, CHECK_R=V_HEAD_DIM != offs_dv.shape[0], CHECK_C=CHECK_N)
+        p = _probs(q, kt, LSE_row, offs_m, offs_n, mask, qk_scale, MASK_KIND=MASK_KIND, APPLY_CAUSAL=APPLY_CAUSAL,
+                   HAS_WINDOW=HAS_WINDOW, CHECK_N=CHECK_N)
+        dp = _dot(do, vt, tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32))
         ds = p * (dp - delta[:, None])
         dq = _dot(ds.to(q.dtype), tl.trans(kt), dq)
     return dq
@@ -239,23 +254,23 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
     V_base = V + off_b * stride_vb + off_kvh * stride_vh
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     lo, hi = _kv_range(start_m, N_Q, N_KV, window, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW)
+    k_src = (K_base, stride_kn, stride_kd, offs_d)
+    v_src = (V_base, stride_vn, stride_vd, offs_dv)
+    mask = (M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window)
     if IS_CAUSAL and CAUSAL_SPLIT:
         # Key blocks wholly at or below the diagonal of the tile's first row: no causal test, no key bounds test.
         full_hi = (start_m + (N_KV - N_Q) + 1) // BLOCK_N * BLOCK_N
         full_hi = tl.minimum(tl.maximum(full_hi, lo), hi)
-        dq = _dq_inner(dq, q, do, delta, K_base, V_base, LSE + bh * N_Q, M_base, slope, offs_m, offs_d, offs_dv, lo,
-                       full_hi, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, N_Q, N_KV, window,
-                       qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False,
-                       HAS_WINDOW, False)
-        dq = _dq_inner(dq, q, do, delta, K_base, V_base, LSE + bh * N_Q, M_base, slope, offs_m, offs_d, offs_dv,
-                       full_hi, hi, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, N_Q, N_KV,
-                       window, qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True,
-                       HAS_WINDOW, not EVEN_N)
+        dq = _dq_inner(dq, q, do, delta, k_src, v_src, LSE + bh * N_Q, mask, offs_m, lo, full_hi, qk_scale, HEAD_DIM,
+                       V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=False, HAS_WINDOW=HAS_WINDOW,
+                       CHECK_N=False)
+        dq = _dq_inner(dq, q, do, delta, k_src, v_src, LSE + bh * N_Q, mask, offs_m, full_hi, hi, qk_scale, HEAD_DIM,
+                       V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=True, HAS_WINDOW=HAS_WINDOW,
+                       CHECK_N=not EVEN_N)
     else:
-        dq = _dq_inner(dq, q, do, delta, K_base, V_base, LSE + bh * N_Q, M_base, slope, offs_m, offs_d, offs_dv, lo,
-                       hi, stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, N_Q, N_KV, window,
-                       qk_scale, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL,
-                       HAS_WINDOW, not EVEN_N)
+        dq = _dq_inner(dq, q, do, delta, k_src, v_src, LSE + bh * N_Q, mask, offs_m, lo, hi, qk_scale, HEAD_DIM,
+                       V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW,
+                       CHECK_N=not EVEN_N)
     dq = dq * tl.cast(sm_scale, tl.float32)
     tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              dq.to(DQ.dtype.element_ty), mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))

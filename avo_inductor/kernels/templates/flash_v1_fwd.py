@@ -3,7 +3,8 @@
 Rendered by avo_inductor/kernels/render.py, which rewrites the GENOME-CONSTANTS block from a KernelGenome.
 Follows the launcher ABI documented at the top of avo_inductor/kernels/launch.py. Masks: MASK_KIND 0 none,
 1 additive bias, 2 keep-mask (bool, read as *i1), 3 alibi slopes; causal/window bottom-right aligned.
-LSE is natural-log logsumexp, +inf for rows with no allowed key (their output is 0).
+LSE is natural-log logsumexp, +inf for rows with no allowed key (their output is 0); rows of finfo.min biases: see
+BIAS_FLOOR.
 PACK_GQA (FlashAttention-3's PackGQA): one program per (row tile, kv split, batch*kv head) whose rows are the
 (query position, head-in-group) pairs of the GROUP q heads sharing that kv head, row r -> position r // GROUP,
 q head kv_head * GROUP + r % GROUP, so each K/V block is read once for the whole group (decode with GQA).
@@ -42,6 +43,17 @@ LN2 = tl.constexpr(0.6931471805599453)
 # exactly representable in fp16/bf16 and the accumulator rescale is skipped on most iterations.
 RESCALE_THRESHOLD = tl.constexpr(8.0)
 KEEP_SCAN = tl.constexpr(1024)  # keys per step of the keep-vector scan (_kept_span)
+# Additive biases are clamped here from below: torch.finfo(fp32 or bf16).min * log2(e) overflows to -inf, which
+# would mask a key that eager softmax keeps (HF's padding bias puts finfo.min on every key of a padded query row;
+# eager, SDPA and the float64 reference give that row mean(v), the scores being absorbed by the bias). Clamped, such
+# a row's scores all equal BIAS_FLOOR and its softmax is uniform, as theirs. Its LSE cannot be exact through the
+# log2 domain (log(N) is below the rounding of ~3e38): it is finite and below -1e30, which is how the checker
+# recognises such rows. The backward recomputes P from the LSE, which cannot reproduce 1/N there: rows whose LSE
+# is below BIAS_FLOOR_LSE contribute no gradient (_p_from_lse), exact where their upstream gradient is zero (the
+# padded positions of a loss) and documented as a limit otherwise. Rows with at least one key above the floor are
+# exact in both directions: the floor keys weigh exp2(-3.4e38 - max) = 0, as in eager.
+BIAS_FLOOR = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX
+BIAS_FLOOR_LSE = tl.constexpr(-1e30)
 
 
 @triton.jit
@@ -70,12 +82,13 @@ def _load_tile(ptrs, offs_r, offs_c, n_r, n_c, CHECK_R: tl.constexpr, CHECK_C: t
 
 
 @triton.jit
-def _mask_scores(s, rows, cols, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                 MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                 CHECK_N: tl.constexpr):
+def _mask_scores(s, rows, cols, mask, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+                 HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
     """Masked scores at (query ``rows``, key ``cols``): broadcastable 2-D index tensors, so one body serves S
     (rows (BM, 1), cols (1, BN)) and the backward's S^T (rows (1, BM), cols (BN, 1)). s is fp32 and scaled
-    (log2 units when USE_EXP2); masked entries become -inf."""
+    (log2 units when USE_EXP2); masked entries become -inf. ``mask`` is the operand of one (batch, head) with what
+    its tests read: (base, stride_mm, stride_mn, ALiBi slope, N_Q, N_KV, window)."""
+    M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window = mask
     diag = rows + (N_KV - N_Q)  # bottom-right aligned query position
     if MASK_KIND == 1 or MASK_KIND == 2:
         inb = (rows < N_Q) & (cols < N_KV)
@@ -84,7 +97,9 @@ def _mask_scores(s, rows, cols, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, 
             bias = tl.load(m_ptrs, mask=inb, other=0.0)
             bias = bias.to(tl.float32)
             if USE_EXP2:
-                bias = bias * LOG2E
+                # A finite bias stays finite in log2 units (see BIAS_FLOOR); -inf (a masked key) and NaN pass.
+                scaled = bias * LOG2E
+                bias = tl.where((scaled < BIAS_FLOOR) & (bias > float("-inf")), BIAS_FLOOR, scaled)
             s = s + bias
         else:
             keep = tl.load(m_ptrs, mask=inb, other=0)
@@ -107,12 +122,11 @@ def _mask_scores(s, rows, cols, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, 
 
 
 @triton.jit
-def _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                 MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                 CHECK_N: tl.constexpr):
+def _apply_masks(s, offs_m, offs_n, mask, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+                 HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr):
     """s: (BM, BN) scores of query rows offs_m against keys offs_n; see _mask_scores."""
-    return _mask_scores(s, offs_m[:, None], offs_n[None, :], M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                        MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+    return _mask_scores(s, offs_m[:, None], offs_n[None, :], mask, MASK_KIND=MASK_KIND, APPLY_CAUSAL=APPLY_CAUSAL,
+                        HAS_WINDOW=HAS_WINDOW, CHECK_N=CHECK_N)
 
 
 @triton.jit
@@ -188,79 +202,105 @@ def _kept_span(KEEP, stride_kn, lo, hi, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _k_tile(K_src, start_n, offs_n, offs_d, stride_kn, stride_kd, n_bound, HEAD_DIM: tl.constexpr,
-            BLOCK_D: tl.constexpr, CHECK_N: tl.constexpr):
-    """K^T block (BLOCK_D, BLOCK_N) of keys offs_n = start_n + arange (CHECK_N: keys >= n_bound read as zero)."""
+def _k_tile(k_src, start_n, offs_n, n_bound, HEAD_DIM: tl.constexpr, CHECK_N: tl.constexpr):
+    """K^T block (BLOCK_D, BLOCK_N) of keys offs_n = start_n + arange (CHECK_N: keys >= n_bound read as zero).
+    ``k_src``: (K of one (batch, kv head): base pointer or, USE_TMA, tensor descriptor; stride_kn; stride_kd;
+    offs_d, the head-dim offsets)."""
+    K_src, stride_kn, stride_kd, offs_d = k_src
     if USE_TMA:
         kt = tl.trans(K_src.load([start_n, 0]))
     else:
         kt = _load_tile(K_src + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                        offs_d, offs_n, HEAD_DIM, n_bound, HEAD_DIM != BLOCK_D, CHECK_N)
+                        offs_d, offs_n, HEAD_DIM, n_bound, CHECK_R=HEAD_DIM != offs_d.shape[0], CHECK_C=CHECK_N)
     return kt
 
 
 @triton.jit
-def _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, n_bound, V_HEAD_DIM: tl.constexpr,
-            BLOCK_DV: tl.constexpr, CHECK_N: tl.constexpr):
-    """V block (BLOCK_N, BLOCK_DV) of keys offs_n = start_n + arange (CHECK_N: keys >= n_bound read as zero)."""
+def _v_tile(v_src, start_n, offs_n, n_bound, V_HEAD_DIM: tl.constexpr, CHECK_N: tl.constexpr):
+    """V block (BLOCK_N, BLOCK_DV) of keys offs_n = start_n + arange (CHECK_N: keys >= n_bound read as zero).
+    ``v_src``: (V_src, stride_vn, stride_vd, offs_dv), as k_src for K."""
+    V_src, stride_vn, stride_vd, offs_dv = v_src
     if USE_TMA:
         v = V_src.load([start_n, 0])
     else:
         v = _load_tile(V_src + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                       offs_n, offs_dv, n_bound, V_HEAD_DIM, CHECK_N, V_HEAD_DIM != BLOCK_DV)
+                       offs_n, offs_dv, n_bound, V_HEAD_DIM, CHECK_R=CHECK_N, CHECK_C=V_HEAD_DIM != offs_dv.shape[0])
     return v
 
 
 @triton.jit
-def _unmasked_probs(qk, m_i, qk_scale):
-    """Softmax step of a block with nothing to mask: the row max is taken on raw scores and the scale folds into
-    one FMA per score (x * scale - m), as in the Triton tutorial; the scale is positive (launcher checks).
-    Returns (p, alpha, m_new)."""
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+def _softmax_step(x, m_i, qk_scale, row_offset, RAW: tl.constexpr, ROW_OFFSET: tl.constexpr,
+                  MAY_BE_EMPTY: tl.constexpr):
+    """The online softmax's update for one key block, shared by every forward loop: returns (p, alpha, m_new),
+    p = exp(score - m_new) per score and alpha = exp(m_i - m_new) the rescale of what was accumulated so far
+    (base 2 when USE_EXP2; LAZY_RESCALE keeps m_i until the new max exceeds it by RESCALE_THRESHOLD).
+
+    The scores are x * qk_scale (RAW: x is raw QK^T, so the max is taken on raw scores and the scale folds into one
+    FMA per score, as in the Triton tutorial; the launcher checks the scale is positive) or x itself (x already
+    scaled and masked), plus ``row_offset`` per row when ROW_OFFSET (a term constant along the block's keys, kept
+    out of the per-score work). MAY_BE_EMPTY: a row may have seen only masked (-inf) scores so far; its max then
+    stands in as 0 so that -inf - -inf never appears."""
+    if RAW:
+        row_max = tl.max(x, 1) * qk_scale
+    else:
+        row_max = tl.max(x, 1)
+    if ROW_OFFSET:
+        row_max = row_max + row_offset
+    m_new = tl.maximum(m_i, row_max)
     if LAZY_RESCALE:
         m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
-    if USE_EXP2:
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
+    if MAY_BE_EMPTY:
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        p = tl.exp(qk * qk_scale - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
+        m_ref = m_new
+    if ROW_OFFSET:
+        shift = m_ref - row_offset
+    else:
+        shift = m_ref
+    if RAW:
+        arg = x * qk_scale - shift[:, None]
+    else:
+        arg = x - shift[:, None]
+    if USE_EXP2:
+        p = tl.math.exp2(arg)
+        alpha = tl.math.exp2(m_i - m_ref)
+    else:
+        p = tl.exp(arg)
+        alpha = tl.exp(m_i - m_ref)
     return p, alpha, m_new
 
 
 @triton.jit
-def _accumulate(acc, l_i, p, alpha, V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, n_bound,
-                V_HEAD_DIM: tl.constexpr, BLOCK_DV: tl.constexpr, CHECK_N: tl.constexpr):
+def _accumulate(acc, l_i, p, alpha, v_src, start_n, offs_n, n_bound, V_HEAD_DIM: tl.constexpr,
+                CHECK_N: tl.constexpr):
     """One key block's end of the online softmax: the running sums and accumulator rescaled by alpha, then the
     block's P V added (V rows offs_n = start_n + arange; CHECK_N: rows >= n_bound read as zero)."""
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    v = _v_tile(V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, n_bound, V_HEAD_DIM, BLOCK_DV, CHECK_N)
+    v = _v_tile(v_src, start_n, offs_n, n_bound, V_HEAD_DIM, CHECK_N=CHECK_N)
     acc = _dot(p.to(v.dtype), v, acc)
     return acc, l_i
 
 
 # EVOLVE-BLOCK-START
 @triton.jit
-def _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
-                       stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                       HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_inner_overlap(acc, l_i, m_i, q, k_src, v_src, lo, hi, qk_scale, HEAD_DIM: tl.constexpr,
+                       V_HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
     """Unmasked key blocks [lo, hi) (whole blocks inside N_KV) with FlashAttention-3's intra-warpgroup overlap:
     block j+1's QK^T is issued before block j's softmax, so the asynchronous matmul runs under the exponentials.
     The next block's index is clamped to the last block (the final iteration recomputes it and drops it: no read
     past hi); the prologue's load is bounded by hi, so an empty range reads nothing."""
+    BLOCK_M: tl.constexpr = q.shape[0]
     offs_n0 = tl.arange(0, BLOCK_N)
-    kt = _k_tile(K_src, lo, lo + offs_n0, offs_d, stride_kn, stride_kd, hi, HEAD_DIM, BLOCK_D, True)
+    kt = _k_tile(k_src, lo, lo + offs_n0, hi, HEAD_DIM, CHECK_N=True)
     qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
     for start_n in tl.range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         nxt = tl.multiple_of(tl.minimum(start_n + BLOCK_N, hi - BLOCK_N), BLOCK_N)
-        kt = _k_tile(K_src, nxt, nxt + offs_n0, offs_d, stride_kn, stride_kd, hi, HEAD_DIM, BLOCK_D, False)
+        kt = _k_tile(k_src, nxt, nxt + offs_n0, hi, HEAD_DIM, CHECK_N=False)
         qk_next = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-        p, alpha, m_i = _unmasked_probs(qk, m_i, qk_scale)
-        acc, l_i = _accumulate(acc, l_i, p, alpha, V_src, start_n, start_n + offs_n0, offs_dv, stride_vn, stride_vd,
-                               hi, V_HEAD_DIM, BLOCK_DV, False)
+        p, alpha, m_i = _softmax_step(qk, m_i, qk_scale, 0.0, RAW=True, ROW_OFFSET=False, MAY_BE_EMPTY=False)
+        acc, l_i = _accumulate(acc, l_i, p, alpha, v_src, start_n, start_n + offs_n0, hi, V_HEAD_DIM, CHECK_N=False)
         qk = qk_next
     return acc, l_i, m_i
 
@@ -284,17 +324,16 @@ def _alibi_mma_operands(slope, sm_scale, dtype: tl.constexpr, BLOCK_M: tl.conste
 
 
 @triton.jit
-def _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, lo, hi,
-                         stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale, alibi_w, c0, row_shift,
-                         HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
+def _fwd_inner_alibi_mma(acc, l_i, m_i, q, k_src, v_src, alibi, lo, hi, N_KV, qk_scale, HEAD_DIM: tl.constexpr,
+                         V_HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, CHECK_N: tl.constexpr,
                          ALIBI_SIDE: tl.constexpr):
     """ALiBi key blocks [lo, hi) wholly left (ALIBI_SIDE 1) or right (2) of every row's diagonal (ALIBI_MMA): their
     scores, in the tile's shifted units (see _fwd_tile), are qk * qk_scale + side_w * j + gamma, j the key's offset
     in its block and gamma = side_w * (start_n - c0), plus 2 * row_shift per row on the right (side_w = +w left,
     -w right). qx @ kx (_alibi_mma_operands, qx negated on the right) adds side_w * j to QK^T on the tensor cores;
-    gamma, one value per row, folds into the row max and the exponent's offset, so each score costs what an
-    unmasked one does (_unmasked_probs)."""
+    gamma, one value per row, is _softmax_step's row offset, so each score costs what an unmasked one does."""
+    alibi_w, c0, row_shift, qx, kx = alibi
+    BLOCK_M: tl.constexpr = q.shape[0]
     if ALIBI_SIDE == 1:
         side_w = alibi_w
         qx_op = qx.to(q.dtype)
@@ -305,7 +344,7 @@ def _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv
     for start_n in tl.range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_n = start_n + offs_n0
-        kt = _k_tile(K_src, start_n, offs_n, offs_d, stride_kn, stride_kd, N_KV, HEAD_DIM, BLOCK_D, CHECK_N)
+        kt = _k_tile(k_src, start_n, offs_n, N_KV, HEAD_DIM, CHECK_N=CHECK_N)
         qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
         qk = _dot(qx_op, kx, qk)
         if CHECK_N:
@@ -313,58 +352,47 @@ def _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv
         gamma = side_w * (start_n - c0).to(tl.float32)
         if ALIBI_SIDE == 2:
             gamma = gamma + 2.0 * row_shift
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale + gamma)
-        if LAZY_RESCALE:
-            m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
-        if USE_EXP2:
-            p = tl.math.exp2(qk * qk_scale - (m_new - gamma)[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-        else:
-            p = tl.exp(qk * qk_scale - (m_new - gamma)[:, None])
-            alpha = tl.exp(m_i - m_new)
-        acc, l_i = _accumulate(acc, l_i, p, alpha, V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV,
-                               V_HEAD_DIM, BLOCK_DV, CHECK_N)
+        p, alpha, m_new = _softmax_step(qk, m_i, qk_scale, gamma, RAW=True, ROW_OFFSET=True, MAY_BE_EMPTY=False)
+        acc, l_i = _accumulate(acc, l_i, p, alpha, v_src, start_n, offs_n, N_KV, V_HEAD_DIM, CHECK_N=CHECK_N)
         m_i = m_new
     return acc, l_i, m_i
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi,
-               stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope,
-               N_Q, N_KV, window, qk_scale, alibi_w, c0, row_shift, qx, kx,
-               HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
+def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, mask, alibi, offs_m, lo, hi, qk_scale, HEAD_DIM: tl.constexpr,
+               V_HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, CHECK_N: tl.constexpr, ALIBI_SIDE: tl.constexpr):
     """Online softmax over key blocks [lo, hi) (the overlapped loop, OVERLAP_QK, where they need no mask; with
-    ALIBI_MMA, ALiBi blocks on one side of the diagonal with no other mask take _fwd_inner_alibi_mma, qx / kx from
-    _alibi_mma_operands).
+    ALIBI_MMA, ALiBi blocks on one side of the diagonal with no other mask take _fwd_inner_alibi_mma).
+    ``k_src``/``v_src``: see _k_tile; ``mask``: see _mask_scores; ``alibi``: (w, c0, row_shift, qx, kx), below.
     ALIBI_SIDE (ALiBi with one slope per program, see _fwd_tile): 0 scores as _apply_masks gives them; otherwise
     scores carry the row shift ``row_shift`` = w * (d - c0) (w the slope in score units, d each row's diagonal key,
     c0 the tile's first): 1 every key of these blocks is at or left of every row's diagonal (or causally masked), so
     the ALiBi term is the column vector w * (c - c0); 2 every key is right of every row's diagonal,
     2 * row_shift - w * (c - c0); 3 the band between, |d - c| per score."""
+    alibi_w, c0, row_shift, qx, kx = alibi
+    N_KV = mask[5]
+    BLOCK_M: tl.constexpr = q.shape[0]
     offs_n0 = tl.arange(0, BLOCK_N)
-    # A block with nothing to mask takes the short path (_unmasked_probs), or with OVERLAP_QK the overlapped loop.
+    # A block with nothing to mask takes the short path (raw scores), or with OVERLAP_QK the overlapped loop.
     NO_MASK: tl.constexpr = MASK_KIND == 0 and not APPLY_CAUSAL and not HAS_WINDOW and not CHECK_N
     ONE_SIDED_MMA: tl.constexpr = (ALIBI_MMA and (ALIBI_SIDE == 1 or ALIBI_SIDE == 2) and not APPLY_CAUSAL
                                    and not HAS_WINDOW)
     if ONE_SIDED_MMA:
-        acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, qx, kx, K_src, V_src, offs_d, offs_dv, lo, hi,
-                                             stride_kn, stride_kd, stride_vn, stride_vd, N_KV, qk_scale, alibi_w,
-                                             c0, row_shift, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N,
-                                             CHECK_N, ALIBI_SIDE)
+        acc, l_i, m_i = _fwd_inner_alibi_mma(acc, l_i, m_i, q, k_src, v_src, alibi, lo, hi, N_KV, qk_scale,
+                                             HEAD_DIM, V_HEAD_DIM, BLOCK_N, CHECK_N=CHECK_N, ALIBI_SIDE=ALIBI_SIDE)
     elif OVERLAP_QK and NO_MASK and not WARP_SPECIALIZE:
-        acc, l_i, m_i = _fwd_inner_overlap(acc, l_i, m_i, q, K_src, V_src, offs_d, offs_dv, lo, hi,
-                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, HEAD_DIM,
-                                           V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N)
+        acc, l_i, m_i = _fwd_inner_overlap(acc, l_i, m_i, q, k_src, v_src, lo, hi, qk_scale, HEAD_DIM, V_HEAD_DIM,
+                                           BLOCK_N)
     else:
         for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             offs_n = start_n + offs_n0
-            kt = _k_tile(K_src, start_n, offs_n, offs_d, stride_kn, stride_kd, N_KV, HEAD_DIM, BLOCK_D, CHECK_N)
+            kt = _k_tile(k_src, start_n, offs_n, N_KV, HEAD_DIM, CHECK_N=CHECK_N)
             qk = _dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
             if NO_MASK:
-                p, alpha, m_new = _unmasked_probs(qk, m_i, qk_scale)
+                p, alpha, m_new = _softmax_step(qk, m_i, qk_scale, 0.0, RAW=True, ROW_OFFSET=False,
+                                                MAY_BE_EMPTY=False)
             else:
                 s = qk * qk_scale
                 if ALIBI_SIDE == 1:
@@ -372,38 +400,29 @@ def _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, 
                 elif ALIBI_SIDE == 2:
                     s = s + (2.0 * row_shift)[:, None] - (alibi_w * (offs_n - c0).to(tl.float32))[None, :]
                 ONE_SIDED: tl.constexpr = ALIBI_SIDE == 1 or ALIBI_SIDE == 2  # ALiBi term already added
-                s = _apply_masks(s, offs_m, offs_n, M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                                 0 if ONE_SIDED else MASK_KIND, APPLY_CAUSAL, HAS_WINDOW, CHECK_N)
+                s = _apply_masks(s, offs_m, offs_n, mask, MASK_KIND=0 if ONE_SIDED else MASK_KIND,
+                                 APPLY_CAUSAL=APPLY_CAUSAL, HAS_WINDOW=HAS_WINDOW, CHECK_N=CHECK_N)
                 if ALIBI_SIDE == 3:
                     s = s + row_shift[:, None]
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                if LAZY_RESCALE:
-                    m_new = tl.where(m_new - m_i > RESCALE_THRESHOLD, m_new, m_i)
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked so far: avoid -inf - -inf
-                if USE_EXP2:
-                    p = tl.math.exp2(s - m_safe[:, None])
-                    alpha = tl.math.exp2(m_i - m_safe)
-                else:
-                    p = tl.exp(s - m_safe[:, None])
-                    alpha = tl.exp(m_i - m_safe)
-            acc, l_i = _accumulate(acc, l_i, p, alpha, V_src, start_n, offs_n, offs_dv, stride_vn, stride_vd, N_KV,
-                                   V_HEAD_DIM, BLOCK_DV, CHECK_N)
+                p, alpha, m_new = _softmax_step(s, m_i, qk_scale, 0.0, RAW=False, ROW_OFFSET=False,
+                                                MAY_BE_EMPTY=True)
+            acc, l_i = _accumulate(acc, l_i, p, alpha, v_src, start_n, offs_n, N_KV, V_HEAD_DIM, CHECK_N=CHECK_N)
             m_i = m_new
     return acc, l_i, m_i
 
 
 @triton.jit
-def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
-              stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-              stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
-              stride_mb, stride_mh, stride_mm, stride_mn,
-              H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+def _fwd_tile(Q, K, V, O, LSE, MASK, strides, pid_m, split, off_b, off_h, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
               HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
               MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
     """One tile. Unpacked: off_h is the q head and row i is query position pid_m * BLOCK_M + i. PACK_GQA: off_h is
     the kv head and packed row r = pid_m * BLOCK_M + i is position r // GROUP of q head off_h * GROUP + r % GROUP;
-    masks, bias, slopes and stores use each row's own position and head."""
+    masks, bias, slopes and stores use each row's own position and head. ``strides``: the launch's 20 strides of
+    q, k, v, o and the mask operand, in the ABI's order."""
+    (stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+     stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+     stride_mb, stride_mh, stride_mm, stride_mn) = strides
     off_b = off_b.to(tl.int64)
     off_h = off_h.to(tl.int64)
     start_m = pid_m * BLOCK_M
@@ -482,6 +501,12 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
             # One keep-vector over the keys for every query and head (a padding mask): keys outside its first and
             # last kept entry are masked for every row, so the loop skips them (varlen's saving, from the mask).
             lo, hi = _kept_span(MASK + off_b * stride_mb, stride_mn, lo, hi, BLOCK_N)
+    # What every key loop reads, grouped as it travels: K and V of this (batch, kv head), the mask operand of this
+    # (batch, head) with the lengths and window its tests use, and the ALiBi shift state.
+    k_src = (K_src, stride_kn, stride_kd, offs_d)
+    v_src = (V_src, stride_vn, stride_vd, offs_dv)
+    mask = (M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window)
+    alibi = (alibi_w, c0, row_shift, qx, kx)
     if IS_CAUSAL and CAUSAL_SPLIT:
         # Blocks wholly below the diagonal of the tile's first row need no causal test and no key bounds
         # test (they end at or before key q_lo + off < N_KV); only the diagonal band pays for masks.
@@ -493,41 +518,34 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, split, off_b, off_h,
             # only the window's lower edge band pays for the window test, as only the diagonal band pays for causal.
             mid_lo = tl.cdiv(tl.maximum(q_hi - 1 + (N_KV - N_Q) - window + 1, 0), BLOCK_N) * BLOCK_N
             mid_lo = tl.minimum(tl.maximum(mid_lo, lo), full_hi)
-            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, mid_lo,
-                                       stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q,
-                                       N_KV, window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM,
-                                       BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, True, False, SIDE_LEFT)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, mid_lo, full_hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
-                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, SIDE_LEFT)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, full_hi, hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
-                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, True, HAS_WINDOW, not EVEN_N, SIDE_LEFT)
+            acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, mask, alibi, offs_m, lo, mid_lo, qk_scale,
+                                       HEAD_DIM, V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=False,
+                                       HAS_WINDOW=True, CHECK_N=False, ALIBI_SIDE=SIDE_LEFT)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, mask, alibi, offs_m, mid_lo, full_hi, qk_scale,
+                                   HEAD_DIM, V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=False,
+                                   HAS_WINDOW=False, CHECK_N=False, ALIBI_SIDE=SIDE_LEFT)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, mask, alibi, offs_m, full_hi, hi, qk_scale,
+                                   HEAD_DIM, V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=True,
+                                   HAS_WINDOW=HAS_WINDOW, CHECK_N=not EVEN_N, ALIBI_SIDE=SIDE_LEFT)
     elif ALIBI_SHIFT and not IS_CAUSAL and not HAS_WINDOW:
         # Blocks ending at or before the tile's first diagonal key (c0, so inside N_KV: no bounds test), the band
         # the tile's diagonal crosses, and the blocks starting after its last row's diagonal key.
         left_hi = tl.minimum(tl.maximum((c0 + 1) // BLOCK_N * BLOCK_N, lo), hi)
         right_lo = tl.minimum(tl.maximum(tl.cdiv(q_hi + (N_KV - N_Q), BLOCK_N) * BLOCK_N, left_hi), hi)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, left_hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
-                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, False, 1)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, left_hi, right_lo,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
-                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 3)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, right_lo, hi,
-                                   stride_kn, stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV,
-                                   window, qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D,
-                                   BLOCK_DV, BLOCK_M, BLOCK_N, MASK_KIND, False, False, not EVEN_N, 2)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, mask, alibi, offs_m, lo, left_hi, qk_scale,
+                                   HEAD_DIM, V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=False,
+                                   HAS_WINDOW=False, CHECK_N=False, ALIBI_SIDE=1)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, mask, alibi, offs_m, left_hi, right_lo, qk_scale,
+                                   HEAD_DIM, V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=False,
+                                   HAS_WINDOW=False, CHECK_N=not EVEN_N, ALIBI_SIDE=3)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, mask, alibi, offs_m, right_lo, hi, qk_scale,
+                                   HEAD_DIM, V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=False,
+                                   HAS_WINDOW=False, CHECK_N=not EVEN_N, ALIBI_SIDE=2)
     else:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, K_src, V_src, M_base, offs_m, offs_d, offs_dv, lo, hi, stride_kn,
-                                   stride_kd, stride_vn, stride_vd, stride_mm, stride_mn, slope, N_Q, N_KV, window,
-                                   qk_scale, alibi_w, c0, row_shift, qx, kx, HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV,
-                                   BLOCK_M, BLOCK_N, MASK_KIND, IS_CAUSAL, HAS_WINDOW, not EVEN_N,
-                                   SIDE_LEFT if IS_CAUSAL else SIDE_BAND)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, mask, alibi, offs_m, lo, hi, qk_scale,
+                                   HEAD_DIM, V_HEAD_DIM, BLOCK_N, MASK_KIND=MASK_KIND, APPLY_CAUSAL=IS_CAUSAL,
+                                   HAS_WINDOW=HAS_WINDOW, CHECK_N=not EVEN_N,
+                                   ALIBI_SIDE=SIDE_LEFT if IS_CAUSAL else SIDE_BAND)
     if ALIBI_SHIFT:
         m_i = m_i - row_shift
     empty = l_i == 0.0
@@ -560,6 +578,9 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
              HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
              MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
+    strides = (stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+               stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+               stride_mb, stride_mh, stride_mm, stride_mn)
     if PACK_GQA:
         # Tiles of N_Q * GROUP packed rows per (batch, kv head): the grid's second axis is B * H_KV.
         H_T = H_Q // GROUP
@@ -578,24 +599,20 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
             # Reversed within each (batch, head), never across heads: neighbouring programs keep sharing K/V in L2.
             if IS_CAUSAL and HEAVY_FIRST:
                 pid_m = tl.cdiv(ROWS, BLOCK_M) - 1 - pid_m
-            _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, r % SPLITS, bh // H_T, bh % H_T,
-                      stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-                      stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
-                      stride_mb, stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
-                      HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW,
-                      MASK_KIND, EVEN_M, EVEN_N, SPLITS)
+            _fwd_tile(Q, K, V, O, LSE, MASK, strides, pid_m, r % SPLITS, bh // H_T, bh % H_T, H_Q, GROUP, N_Q, N_KV,
+                      sm_scale, window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
+                      BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW,
+                      MASK_KIND=MASK_KIND, EVEN_M=EVEN_M, EVEN_N=EVEN_N, SPLITS=SPLITS)
     else:
         pid0 = tl.program_id(0)
         bh = tl.program_id(1)
         pid_m = pid0 // SPLITS
         if IS_CAUSAL and HEAVY_FIRST:
             pid_m = tl.cdiv(ROWS, BLOCK_M) - 1 - pid_m
-        _fwd_tile(Q, K, V, O, LSE, MASK, pid_m, pid0 % SPLITS, bh // H_T, bh % H_T,
-                  stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-                  stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
-                  stride_mb, stride_mh, stride_mm, stride_mn, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
-                  HEAD_DIM, V_HEAD_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW,
-                  MASK_KIND, EVEN_M, EVEN_N, SPLITS)
+        _fwd_tile(Q, K, V, O, LSE, MASK, strides, pid_m, pid0 % SPLITS, bh // H_T, bh % H_T, H_Q, GROUP, N_Q, N_KV,
+                  sm_scale, window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
+                  BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW, MASK_KIND=MASK_KIND,
+                  EVEN_M=EVEN_M, EVEN_N=EVEN_N, SPLITS=SPLITS)
 # EVOLVE-BLOCK-END
 
 

@@ -144,7 +144,7 @@ def _ws_load_bias(b_desc, b_smem, b_ready, b_empty, c, b, hq, m0, j, BLOCK_M: gl
 
 
 @gluon.jit
-def _ws_bias_acc(b_smem, b_ready, b_empty, c, bias_to_raw, s_layout: gl.constexpr, WG: gl.constexpr,
+def _ws_bias_acc(b_smem, b_ready, b_empty, c, bias_to_raw, raw_floor, s_layout: gl.constexpr, WG: gl.constexpr,
                  BIAS_STAGES: gl.constexpr):
     """QK^T's initial accumulator for ring position c: this warpgroup's bias tile, read from its TMA ring into the
     scores' layout (the slot released as soon as the registers hold it) in raw-score units."""
@@ -154,7 +154,11 @@ def _ws_bias_acc(b_smem, b_ready, b_empty, c, bias_to_raw, s_layout: gl.constexp
     # The slot's next TMA write (async proxy) must not overtake these generic-proxy reads.
     fence_async_shared()
     mbarrier.arrive(b_empty.index(slot), count=1)
-    return bias.to(gl.float32) * bias_to_raw
+    b = bias.to(gl.float32)
+    raw = b * bias_to_raw
+    # A finite bias stays finite after the scale (raw_floor = -FLT_MAX / max(qk_scale, 1), so raw * qk_scale is
+    # too); -inf and NaN pass. As flash_v1's BIAS_FLOOR: a row of finfo.min biases gives mean(v), as eager does.
+    return gl.where((raw < raw_floor) & (b > -float("inf")), raw_floor, raw)
 
 
 @gluon.jit
@@ -171,7 +175,10 @@ def _ws_probs(s, bias, j, m_i, m0, full, N_Q, N_KV, qk_scale, alibi_slope, s_lay
     else:
         s = s * qk_scale
         if MASK_KIND == 1:
-            s = s + bias.to(gl.float32) * 1.4426950408889634
+            # finite biases stay finite, -inf stays -inf (flash_v1's BIAS_FLOOR: finfo.min rows give mean(v))
+            b = bias.to(gl.float32)
+            b2 = b * 1.4426950408889634
+            s = s + gl.where((b2 < -3.4028234663852886e38) & (b > -float("inf")), -3.4028234663852886e38, b2)
         else:
             rows = (m0 + (N_KV - N_Q) + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))).to(gl.float32)
             cols = (j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))).to(gl.float32)
@@ -222,6 +229,7 @@ def _ws_math(q_smem_all, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_rea
     # added in _ws_probs.
     PROBS_KIND: gl.constexpr = 0 if BIAS_TMA else MASK_KIND
     bias_to_raw = 1.4426950408889634 / qk_scale
+    raw_floor = -3.4028234663852886e38 / gl.maximum(qk_scale, 1.0)
     it = 0  # K/V ring position, as the loader counts it
     issue = 0  # this warpgroup's matmul issues so far (the turn barriers' phase)
     tile_i = 0
@@ -242,7 +250,7 @@ def _ws_math(q_smem_all, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_rea
             mbarrier.wait(k_ready.index(stage), (it // STAGES) & 1)
             s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
             if BIAS_TMA:
-                s = _ws_bias_acc(b_smem, b_ready, b_empty, it, bias_to_raw, s_layout, WG, BIAS_STAGES)
+                s = _ws_bias_acc(b_smem, b_ready, b_empty, it, bias_to_raw, raw_floor, s_layout, WG, BIAS_STAGES)
             _ws_turn(turn, issue, WG)
             s_tok = warpgroup_mma(q_smem, k_smem.index(stage).permute((1, 0)), s, use_acc=BIAS_TMA, is_async=True)
             mbarrier.arrive(turn.index((WG + 1) % WS_WARPGROUPS), count=1)
@@ -261,7 +269,7 @@ def _ws_math(q_smem_all, k_smem, v_smem, b_smem, q_bars, q_empty, k_ready, v_rea
                 prev = (c - 1) % STAGES
                 mbarrier.wait(k_ready.index(stage), (c // STAGES) & 1)
                 if BIAS_TMA:
-                    s = _ws_bias_acc(b_smem, b_ready, b_empty, c, bias_to_raw, s_layout, WG, BIAS_STAGES)
+                    s = _ws_bias_acc(b_smem, b_ready, b_empty, c, bias_to_raw, raw_floor, s_layout, WG, BIAS_STAGES)
                 _ws_turn(turn, issue, WG)
                 # use_acc=False ignores the accumulator's values: the previous block's (dead) scores serve, so no
                 # zero tile stays live across the loop (64 registers a thread at 64x128)
