@@ -71,11 +71,13 @@ def avo_unavailable_reason(match: Any) -> str | None:
 
 
 def _lookup(store: Any, spec: AttentionSpec, hardware: HardwareKey) -> Any:
-    """Exact spec first, then the same shape tuned for the other direction: every record carries a forward
-    kernel, and its backward (or the recompute fallback) serves a training site."""
+    """Exact spec first; an inference site may also take the same shape's training record (its forward and LSE
+    were checked like any record's). A training site never takes an inference record: only training records
+    have their backward checked (check/cases.py ``with_grads``), and an unchecked backward with a wrong dq or
+    LSE would silently corrupt the gradients."""
     hit = store.lookup(spec, hardware)
-    if hit is None:
-        hit = store.lookup(dataclasses.replace(spec, needs_grad=not spec.needs_grad), hardware)
+    if hit is None and not spec.needs_grad:
+        hit = store.lookup(dataclasses.replace(spec, needs_grad=True), hardware)
     return hit
 
 
@@ -89,7 +91,7 @@ def _ensure_verified(store: Any, hit: Any, device: torch.device | None) -> bool:
         return True
     if hit.record.sha256 in _failed_verification:
         return False
-    from ..kernels.verify import verify_record
+    from ..check.verify import verify_record
 
     report = verify_record(hit.record, device=device)
     if report.ok:
