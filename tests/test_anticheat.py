@@ -173,7 +173,9 @@ def test_host_escape_plants_are_refused(rendered):
         assert results["patch_harness"].extra["worker_pid"] != results["writes_nothing"].extra["worker_pid"]
     assert "not finite" in results["writes_nothing"].message
     if results["memoise"].stage is Stage.CORRECT_SMALL:
-        assert "disagree" in results["memoise"].message or "did not change" in results["memoise"].message
+        # the interpreter runs one program per tile: the first tile computes, every later one (this call and after)
+        # leaves the buffer as it is, which the poison, the second run or the third shows
+        assert any(s in results["memoise"].message for s in ("not finite", "disagree", "did not change"))
     if results["steal_reference"].stage is Stage.CORRECT_SMALL:
         assert "max abs err" in results["steal_reference"].message
 
