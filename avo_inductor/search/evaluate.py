@@ -235,11 +235,11 @@ class _Session:
     def ask(self, stage: Stage, message: dict[str, Any]) -> Any:
         reply = self.worker.request(message, max(0.5, self.deadline - time.monotonic()))
         if reply.status == "timeout":
-            raise _Failed(Stage.TIMEOUT, f"exceeded the {self.timeout_s:g}s hard timeout during stage "
-                                         f"{reply.last_progress or stage.value}; worker killed (SIGKILL) and restarted")
+            raise _Failed(Stage.TIMEOUT, f"exceeded the {self.timeout_s:g}s hard timeout during stage {stage.value} "
+                                         f"({reply.last_progress}); worker killed (SIGKILL) and restarted")
         if reply.status != "ok":
             code = reply.payload.get("exit_code")
-            raise _Failed(Stage.CRASH, f"worker died (exit code {code}) during stage {reply.last_progress or stage.value}; "
+            raise _Failed(Stage.CRASH, f"worker died (exit code {code}) during stage {stage.value} ({reply.last_progress}); "
                                        f"stderr tail:\n{reply.stderr_tail[-1500:]}")
         if reply.payload.get("error"):
             text = str(reply.payload["error"])
