@@ -245,3 +245,38 @@ def test_an_inference_record_never_serves_a_training_site() -> None:
     assert _lookup(_Store([infer, train]), train, None) == train
     assert _lookup(_Store([train]), infer, None) == train
     assert _lookup(_Store([infer]), infer, None) == infer
+
+
+def test_training_compile_never_runs_an_inference_records_unchecked_backward() -> None:
+    """End to end: the store holds only an inference record whose backward halves dq (its forward is right). A
+    training compile must not use it (a miss, SDPA kept), so the gradients match eager."""
+    import dataclasses as dc
+
+    import avo_inductor
+    from avo_inductor.cache.store import KernelStore
+    from avo_inductor.kernels.baseline import baseline_record
+    from torch import nn
+    from torch._dynamo.utils import counters
+
+    class Attn(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    model = Attn()
+    q = torch.randn(2, 4, 17, 16, requires_grad=True)
+    k, v = (torch.randn(2, 2, 17, 16, requires_grad=True) for _ in range(2))
+    spec = avo_inductor.explain(model, q, k, v, quiet=True)[0].spec
+    assert spec.needs_grad
+    good = baseline_record(dc.replace(spec, needs_grad=False))
+    anchor = "    dq = dq * tl.cast(sm_scale, tl.float32)\n"
+    assert anchor in good.source
+    bad = good.with_changes(source=good.source.replace(anchor, "    dq = dq * tl.cast(sm_scale * 0.5, tl.float32)\n"),
+                            sha256="")
+    KernelStore.from_settings().put(bad)
+    counters.clear()
+    out = torch.compile(model, backend="avo")(q, k, v)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref = torch.autograd.grad(model(q, k, v).square().sum(), (q, k, v))
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+    assert counters["avo"]["hit"] == 0
