@@ -22,7 +22,7 @@ from .sandbox import Worker
 from .tolerance import CheckFailure
 
 
-def _judge_device(worker_device: str) -> torch.device:
+def judge_device(worker_device: str) -> torch.device:
     """Judge on the worker's GPU when this process has CUDA (the float64 reference of a real shape is big)."""
     if worker_device.startswith("cuda") and torch.cuda.is_available():
         return torch.device(worker_device)
@@ -56,7 +56,7 @@ def verify_isolated(record: Any, timeout_s: float = 900.0, device: str | None = 
             if failed:
                 return False, failed
             try:
-                judge_dir(cases, out_dir, _judge_device(dev))
+                judge_dir(cases, out_dir, judge_device(dev))
             except CheckFailure as exc:
                 return False, str(exc)
             except Exception as exc:  # an unreadable output file is the worker's fault

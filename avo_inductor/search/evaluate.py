@@ -250,14 +250,6 @@ class _Session:
         return reply
 
 
-def _judge_device(worker_device: str) -> Any:
-    import torch
-
-    if worker_device.startswith("cuda") and torch.cuda.is_available():
-        return torch.device(worker_device)
-    return torch.device("cpu")
-
-
 def _wall_ms(marks: Sequence[tuple[str, float]], calls: int) -> float | None:
     """ms per call of the wall segment, as this process clocked it (minus one measured round trip)."""
     at = dict(marks)
@@ -361,6 +353,7 @@ class SandboxedEvaluator:
 
     def _cascade(self, worker: Any, job: dict[str, Any], extra: dict[str, Any], metrics: dict[str, Any]) -> Stage:
         from ..check import cases as check_cases
+        from ..check.isolated import judge_device
         from ..check.judge import judge_dir
         from ..check.tolerance import CheckFailure
         from ..spec import HardwareKey, SoftwareKey
@@ -368,12 +361,12 @@ class SandboxedEvaluator:
         cand: Candidate = job["candidate"]
         spec, until = cand.spec, job["until"]
         rng = random.Random(job["seed"])
-        dtype = worker.device.split(":")[0]
-        judge_on = _judge_device(worker.device)
+        kind = worker.device.split(":")[0]  # "cpu" or "cuda"
+        judge_on = judge_device(worker.device)
         session = _Session(worker, self.timeout_s)
         with tempfile.TemporaryDirectory(prefix="avo-eval-out-") as out_dir:
             os.chmod(out_dir, 0o700)
-            target = check_cases.target_case(spec, dtype, rng)
+            target = check_cases.target_case(spec, kind, rng)
             baseline = None if until is not None else self._baseline(session, target.spec, rng)
             session.ask(Stage.COMPILE, {"op": "load", "source": job["source"], "entry_point": job["entry_point"],
                                         "bwd_entry_point": job["bwd_entry_point"], "launch": job["launch"]})
@@ -391,16 +384,16 @@ class SandboxedEvaluator:
                 except CheckFailure as exc:
                     raise _Failed(stage, str(exc)) from None
 
-            stats = check(Stage.CORRECT_SMALL, check_cases.small_cases(spec, dtype, rng, quick=job["quick"]))
+            stats = check(Stage.CORRECT_SMALL, check_cases.small_cases(spec, kind, rng, quick=job["quick"]))
             if job["promotion"]:
-                stats += check(Stage.PROMOTION, check_cases.small_cases(spec, dtype, rng, held_out=True))
+                stats += check(Stage.PROMOTION, check_cases.small_cases(spec, kind, rng, held_out=True))
             if until is Stage.CORRECT_SMALL:
                 return Stage.CORRECT_SMALL
             stats += check(Stage.CORRECT_TARGET, [target])
             metrics.update(max_abs_err=max(s.max_abs_err for s in stats), rel_err=max(s.rel_err for s in stats))
             if until is Stage.CORRECT_TARGET:
                 return Stage.CORRECT_TARGET
-            hardware = HardwareKey.current(judge_on) if dtype == "cuda" else HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
+            hardware = HardwareKey.current(judge_on) if kind == "cuda" else HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
             extra.update(hardware=hardware.to_dict(), software=SoftwareKey.current().to_dict())
             timing = self._time(session, job, target.spec, baseline, out_dir, judge_on, rng)
             extra.update(timing.pop("extra"))
