@@ -94,8 +94,10 @@ def test_each_gives_every_item_a_fresh_worker():
     """A worker that ran one candidate never serves another: ``each`` recycles it after every item."""
     pool = WorkerPool(["cpu"], handler=DIAG)
     try:
-        pids = pool.each([0, 1, 2], lambda worker, item: worker.request({"op": "ping"}, timeout_s=30).payload["pid"])
-        assert len(set(pids)) == 3
+        seen = pool.each([0, 1, 2], lambda worker, item: (worker.request({"op": "ping"}, timeout_s=30).payload["pid"],
+                                                          worker._work_dir.name))
+        assert len({pid for pid, _ in seen}) == 3
+        assert len({folder for _, folder in seen}) == 3  # nothing one candidate's process wrote is seen by the next
     finally:
         pool.close()
 

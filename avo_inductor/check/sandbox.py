@@ -118,11 +118,16 @@ class Worker:
         self.restarts = -1
         self._buf = b""
         self._stderr = tempfile.TemporaryFile()
-        self._work_dir = tempfile.TemporaryDirectory(prefix="avo-worker-")
+        self._work_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self) -> None:
+        """Start a worker process in a new private folder (its AVO_CACHE_DIR, where the loader writes kernel
+        sources): nothing a previous process of this Worker left on disk is visible to the next."""
         self.close()
         self._buf = b""
+        if self._work_dir is not None:
+            self._work_dir.cleanup()
+        self._work_dir = tempfile.TemporaryDirectory(prefix="avo-worker-")
         self.proc = subprocess.Popen(
             [sys.executable, "-s", "-m", "avo_inductor.check.sandbox", "--worker", self.handler, self.device],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=scrubbed_env(self.device, work_dir=self._work_dir.name),
@@ -201,9 +206,9 @@ class Worker:
             return reply
 
     def recycle(self) -> None:
-        """Kill this worker and start a fresh one (a worker that ran one candidate's code never serves another)."""
-        self._kill()
-        self._restart_quietly()
+        """Kill this worker; the next request starts a fresh process in a fresh folder (a worker that ran one
+        candidate's code never serves another)."""
+        self.close()
 
     def _restart_quietly(self) -> None:
         """Restart now so the next candidate finds a warm worker; if that fails (e.g. a GPU still stuck after a
