@@ -12,7 +12,7 @@ import sys
 from avo_inductor.kernels.render import default_genome
 from avo_inductor.search.evaluate import SandboxedEvaluator
 from avo_inductor.search.operators import candidate_id, genome_hash
-from avo_inductor.search.sandbox import default_devices
+from avo_inductor.check.sandbox import default_devices
 from avo_inductor.search.types import Candidate
 from avo_inductor.spec import AttentionSpec, HardwareKey
 

@@ -49,12 +49,22 @@ class FakeEvaluator:
             time.sleep(self.delay_s)
         return [self._one(c) for c in candidates]
 
+    @property
+    def parallelism(self) -> int:
+        return 1
+
     def promote(self, candidate: Candidate) -> EvalResult:
         self.promoted.append(candidate.id)
         r = self._one(candidate)
         if self.promote_speedup is not None:
             r = EvalResult(r.candidate_id, r.ok, r.stage, speedup=self.promote_speedup, spread=self.spread)
         return r
+
+    def promote_many(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        return [self.promote(c) for c in candidates]
+
+    def close(self) -> None:
+        pass
 
 
 def tiny_sdpa_model() -> tuple[Any, tuple[Any, ...]]:

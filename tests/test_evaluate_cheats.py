@@ -1,7 +1,8 @@
 """Planted cheats (ANTICHEAT.md), each rejected at the stage that should catch it; an honest kernel passes.
 
 Every cheat is the real rendered flash_v1 kernel with one edit, so it follows the launcher ABI and fails where
-intended, not at compile. One sandboxed CPU worker (Triton interpreter) serves the module; tiny shapes.
+intended, not at compile. A sandboxed CPU worker (Triton interpreter), fresh per candidate, runs them; this
+process judges. The full ANTICHEAT suite is tests/test_anticheat.py.
 """
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ def test_numerical_cheats_rejected_at_correct_small(evaluator, rendered):
     assert "NaN" in results["writes_nothing"].message
     assert "not finite" in results["partial_output"].message
     assert "disagree" in results["cached_result"].message or "did not change" in results["cached_result"].message
-    assert "outside atol" in results["skips_tail"].message
-    assert "modified its inputs ['q']" in results["modifies_inputs"].message
+    assert "max abs err" in results["skips_tail"].message
+    assert "modified its inputs" in results["modifies_inputs"].message
 
 
 @pytest.mark.parametrize("name,old,new,expect", [
@@ -109,11 +110,11 @@ def test_hang_times_out_crash_is_contained_and_the_run_goes_on(rendered):
     after = cheats(rendered)["writes_nothing"]
     with SandboxedEvaluator(["cpu"], timeout_s=15) as ev:  # the honest "after" needs margin on a loaded CI box
         r_hang, r_crash, r_after = ev.evaluate([hang, crash, after])
-        restarts = ev.pool.workers[0].restarts
     assert r_hang.stage is Stage.TIMEOUT and "compile" in r_hang.message and "SIGKILL" in r_hang.message
     assert r_crash.stage is Stage.CRASH and "exit code -11" in r_crash.message
     assert r_after.stage is Stage.CORRECT_SMALL  # the restarted worker still evaluates the next candidate
-    assert restarts == 2
+    # one fresh worker per candidate: no candidate's verdict comes from a process another candidate ran in
+    assert len({r.extra["worker_pid"] for r in (r_hang, r_crash, r_after)}) == 3
 
 
 def test_impossible_flop_rate_rejected_by_plausibility():
@@ -141,65 +142,58 @@ def test_impossible_flop_rate_rejected_by_plausibility():
     assert not bench.same_work_as_cudnn(dataclasses.replace(spec, q_len=100))  # non-square causal: a dense mask
 
 
-class _FakeGraph:
-    """Stands in for a captured CUDA graph of ``calls`` calls: replay() runs ``write`` (what they would do)."""
-
-    def __init__(self, write, calls: int = 1) -> None:  # type: ignore[no-untyped-def]
-        self.write, self.calls = write, calls
-
-    def replay(self) -> None:
-        self.write()
-
-
-def test_graph_replay_must_reproduce_the_timed_outputs():
+def _fake_forward(fault):
+    """A stand-in kernel for the worker-side runner: the reference (fp32 math) written into the harness's buffers,
+    then ``fault`` applied to the output."""
     import torch
 
-    from avo_inductor.search.evaluate import StageError, _check_replay
+    from avo_inductor.kernels.reference import attention_reference, reference_lse
 
-    spec = AttentionSpec(batch=1, q_heads=2, kv_heads=2, q_len=1, kv_len=64, head_dim=16, dtype="float16")
-    want = [torch.randn(1, 2, 1, 16, dtype=torch.float16) for _ in range(3)]
-    outs = [(torch.empty_like(w), torch.empty(1, 2, 1)) for w in want]
-    _check_replay(_FakeGraph(lambda: outs[1][0].copy_(want[1])), outs, want, spec)  # one call, one slot: fine
-    with pytest.raises(StageError, match="does not reproduce"):  # 16 calls must have written every slot
-        _check_replay(_FakeGraph(lambda: outs[1][0].copy_(want[1]), calls=16), outs, want, spec)
-    _check_replay(_FakeGraph(lambda: [o.copy_(w) for (o, _), w in zip(outs, want)], calls=16), outs, want, spec)
-    with pytest.raises(StageError, match="wrote no output"):  # work done outside the graph: nothing on replay
-        _check_replay(_FakeGraph(lambda: None), outs, want, spec)
-    with pytest.raises(StageError, match="does not reproduce"):
-        _check_replay(_FakeGraph(lambda: outs[0][0].copy_(want[0] + 1)), outs, want, spec)
+    def run(loaded, spec_, x, out, lse):
+        kw = dict(scale=spec_.scale, causal=spec_.causal, window=spec_.window, mask_kind=spec_.mask.value, mask=x.mask)
+        ref = attention_reference(x.q, x.k, x.v, compute_dtype=torch.float32, **kw)
+        out.copy_(fault(ref, x).to(out.dtype))
+        lse.copy_(reference_lse(x.q, x.k, compute_dtype=torch.float32, **kw))
+    return run
+
+
+def _run_and_judge(monkeypatch, spec, fault, runs, seed=0):
+    import random
+
+    import torch
+
+    from avo_inductor.check import run as check_run
+    from avo_inductor.check.cases import CheckCase
+    from avo_inductor.check.judge import judge_case
+
+    rng = random.Random(seed)
+    case = CheckCase("t", spec, (rng.getrandbits(62), rng.getrandbits(62)), runs, False)
+    monkeypatch.setattr(check_run, "run_forward", _fake_forward(fault))
+    monkeypatch.setattr(check_run, "scratch_bytes", lambda spec_, loaded: 4)
+    return judge_case(case, check_run.run_case(None, case, torch.device("cpu")))
 
 
 @pytest.mark.parametrize("fault", ["last_group_wrong", "one_nan", "correct"])
 def test_target_check_catches_one_wrong_row_and_one_unwritten_element(monkeypatch, fault):
     """The target-size check (one run, no scratch games) still compares every element with float64: one wrong row
     in the last batch's last head, or one element left NaN, fails it."""
-    import random
-
-    import torch
-
-    from avo_inductor.kernels.reference import attention_reference
-    from avo_inductor.search import correctness
+    from avo_inductor.check.tolerance import CheckFailure
     from avo_inductor.spec import AttentionSpec
 
     spec = AttentionSpec(3, 8, 2, 19, 23, 8, dtype="float32", causal=True)
 
-    def fake_forward(loaded, spec_, x, out, lse):
-        ref = attention_reference(x.q, x.k, x.v, scale=spec_.scale, causal=spec_.causal)
-        out.copy_(ref.to(out.dtype))
-        lse.zero_()
+    def apply(ref, x):
         if fault == "last_group_wrong":
-            out[-1, -1, 5] += 0.5
+            ref[-1, -1, 5] += 0.5
         elif fault == "one_nan":
-            out[0, 0, 0, 0] = float("nan")
+            ref[0, 0, 0, 0] = float("nan")
+        return ref
 
-    monkeypatch.setattr(correctness, "run_forward", fake_forward)
-    monkeypatch.setattr(correctness, "_scratch_bytes", lambda spec_, loaded: 4)
     if fault == "correct":
-        stats = correctness.check_shape(None, spec, torch.device("cpu"), random.Random(0), full=False)
-        assert stats.max_abs_err < 1e-5
+        assert _run_and_judge(monkeypatch, spec, apply, 1).max_abs_err < 1e-5
     else:
-        with pytest.raises(correctness.CheckFailure, match="not finite" if "nan" in fault else "outside atol"):
-            correctness.check_shape(None, spec, torch.device("cpu"), random.Random(0), full=False)
+        with pytest.raises(CheckFailure, match="not finite" if "nan" in fault else r"max abs err.*first at \(2, 7, 5"):
+            _run_and_judge(monkeypatch, spec, apply, 1)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -207,28 +201,11 @@ def test_full_check_catches_a_kernel_wrong_only_where_a_padding_row_reaches_the_
     """A padded-attention kernel that miscounts keys only in rows kept through the last key (as flash_v1's split-K
     once did: it re-ran the previous split's keys) fails the check on every draw, not on the one random prefix
     length in ten that reaches the end: the checks keep every key of the last batch row. An honest kernel passes."""
-    import random
-
-    import torch
-
-    from avo_inductor.kernels.reference import attention_reference
-    from avo_inductor.search import correctness
+    from avo_inductor.check.tolerance import CheckFailure
     from avo_inductor.spec import AttentionSpec
 
     spec = AttentionSpec(2, 4, 2, 1, 70, 16, dtype="float32", mask="padding")
-
-    def forward(buggy):
-        def run(loaded, spec_, x, out, lse):
-            ref = attention_reference(x.q, x.k, x.v, scale=spec_.scale, mask_kind="padding", mask=x.mask)
-            if buggy:  # wrong only in the batch rows that keep the last key
-                ref = ref + 0.5 * x.mask[:, -1].to(ref.dtype)[:, None, None, None]
-            out.copy_(ref.to(out.dtype))
-            lse.zero_()
-        return run
-
-    monkeypatch.setattr(correctness, "_scratch_bytes", lambda spec_, loaded: 4)
-    monkeypatch.setattr(correctness, "run_forward", forward(buggy=False))
-    correctness.check_shape(None, spec, torch.device("cpu"), random.Random(seed))
-    monkeypatch.setattr(correctness, "run_forward", forward(buggy=True))
-    with pytest.raises(correctness.CheckFailure, match="outside atol"):
-        correctness.check_shape(None, spec, torch.device("cpu"), random.Random(seed))
+    _run_and_judge(monkeypatch, spec, lambda ref, x: ref, 3, seed)
+    with pytest.raises(CheckFailure, match="max abs err"):  # wrong only in the batch rows that keep the last key
+        _run_and_judge(monkeypatch, spec, lambda ref, x: ref + 0.5 * x.mask[:, -1].to(ref.dtype)[:, None, None, None],
+                       3, seed)

@@ -19,8 +19,8 @@ from avo_inductor.kernels.baseline import baseline_record
 from avo_inductor.kernels.loader import load_record
 from avo_inductor.kernels.op import attention, register_kernel
 from avo_inductor.kernels.reference import attention_reference, make_inputs, reference_grads, tolerance
+from avo_inductor.check.verify import verify_record
 from avo_inductor.kernels.render import default_genome
-from avo_inductor.kernels.verify import verify_record
 from avo_inductor.spec import AttentionSpec, HardwareKey
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -13,7 +13,7 @@ from avo_inductor.kernels.tiers import as_source_record
 from avo_inductor.kernels.loader import load_record, load_source
 from avo_inductor.kernels.op import attention, get_kernel, register_kernel
 from avo_inductor.kernels.reference import attention_reference, make_inputs, reference_grads, tolerance
-from avo_inductor.kernels.verify import verify_record
+from avo_inductor.check.verify import verify_record
 from avo_inductor.spec import AttentionSpec, HardwareKey, SoftwareKey
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -122,7 +122,7 @@ def test_verify_record_accepts_baseline_and_rejects_a_wrong_kernel():
     assert bad_src != rec.source
     bad = _record(dataclasses.replace(spec, needs_grad=False), source=bad_src, sha256="")
     report = verify_record(bad, "cpu")
-    assert not report.ok and any("forward mismatch" in p for p in report.problems)
+    assert not report.ok and any("output (run 1" in p and "max abs err" in p for p in report.problems)
     evil = _record(spec, source=rec.source + "\nimport os\n", sha256="")
     assert not verify_record(evil, "cpu").ok
 
@@ -208,14 +208,19 @@ def test_eager_launches_skip_the_hop_dispatch_and_tracing_keeps_it(monkeypatch: 
 
 
 def test_verification_checks_the_records_lengths_not_its_whole_batch():
-    """On a GPU a record is checked at its own lengths, head dims and mask, at batch 1 and <= 2 kv heads with their
-    GQA groups whole (first use runs in the user's process); the ragged small shapes keep the GQA ratio."""
-    from avo_inductor.kernels.verify import verification_specs
+    """On a GPU a record is checked at its own lengths, head dims and mask, at batch 2 and 2 kv heads with their
+    GQA groups whole (first use runs in the user's process); the ragged small shapes keep the GQA ratio, and a
+    training record's cases check its backward."""
+    import random
+
+    from avo_inductor.check.cases import verification_cases
 
     spec = AttentionSpec(4, 32, 8, 4096, 4096, 128, dtype="bfloat16", causal=True, window=1024, needs_grad=True)
-    *ragged, own = verification_specs(spec, torch.device("cuda"))
-    assert (own.batch, own.q_heads, own.kv_heads, own.q_len, own.kv_len) == (1, 8, 2, 4096, 4096)
-    assert (own.head_dim, own.window, own.causal, own.dtype) == (128, 1024, True, "bfloat16")
-    assert all(s.gqa_group == 4 and s.batch == 1 for s in ragged)
-    cpu_own = verification_specs(spec, torch.device("cpu"))[-1]
+    *ragged, own = verification_cases(spec, "cuda", random.Random(0))
+    s = own.spec
+    assert (s.batch, s.q_heads, s.kv_heads, s.q_len, s.kv_len) == (2, 8, 2, 4096, 4096)
+    assert (s.head_dim, s.window, s.causal, s.dtype) == (128, 1024, True, "bfloat16")
+    assert all(c.spec.gqa_group == 4 and c.spec.batch == 2 and c.spec.kv_heads == 2 and c.grads for c in ragged)
+    assert all(c.spec.q_len != c.spec.kv_len for c in ragged)
+    cpu_own = verification_cases(spec, "cpu", random.Random(0))[-1].spec
     assert cpu_own.q_len <= 48 and cpu_own.kv_len <= 96

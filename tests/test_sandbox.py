@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from avo_inductor.search.sandbox import WorkerPool, Worker, harness_sha256, scrubbed_env
+from avo_inductor.check.sandbox import HARNESS_FILES, WorkerPool, Worker, harness_sha256, scrubbed_env
 
-DIAG = "avo_inductor.search.sandbox:diagnostic_handler"
+DIAG = "avo_inductor.check.sandbox:diagnostic_handler"
 
 
 def test_scrubbed_env_keeps_no_secrets():
@@ -75,3 +75,33 @@ def test_pool_affinity_prefers_served_then_unclaimed_keys_and_never_idles():
             pool.map([{"op": "ping"}], timeout_s=30, affinity=[])
     finally:
         pool.close()
+
+
+def test_parent_clocks_a_synced_segment_itself():
+    """``sync`` waits for the parent's go and ``mark`` is stamped on arrival: the parent's own wall clock of the
+    segment in between (here a 0.3 s sleep) cannot be shortened by the worker."""
+    worker = Worker("cpu", DIAG)
+    try:
+        reply = worker.request({"op": "sync", "seconds": 0.3}, timeout_s=30)
+        assert reply.status == "ok"
+        at = dict(reply.marks)
+        assert 0.3 <= at["end"] - at["start"] < 5
+    finally:
+        worker.close()
+
+
+def test_each_gives_every_item_a_fresh_worker():
+    """A worker that ran one candidate never serves another: ``each`` recycles it after every item."""
+    pool = WorkerPool(["cpu"], handler=DIAG)
+    try:
+        seen = pool.each([0, 1, 2], lambda worker, item: (worker.request({"op": "ping"}, timeout_s=30).payload["pid"],
+                                                          worker._work_dir.name))
+        assert len({pid for pid, _ in seen}) == 3
+        assert len({folder for _, folder in seen}) == 3  # nothing one candidate's process wrote is seen by the next
+    finally:
+        pool.close()
+
+
+def test_harness_hash_covers_the_checker_and_tolerates_an_absent_grammar():
+    assert {"check/run.py", "check/judge.py", "check/tolerance.py", "check/cases.py", "kernels/grammar.py"} <= set(HARNESS_FILES)
+    assert harness_sha256(("kernels/no_such_file.py",)) != harness_sha256(("kernels/launch.py",))

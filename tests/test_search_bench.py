@@ -140,12 +140,14 @@ def test_baseline_names() -> None:
     assert list(bench.available_baselines(spec, "cpu", x.q, x.k, x.v, x.mask, names=("sdpa", "sdpa_cudnn"))) == ["sdpa"]
 
 
-def test_training_specs_time_forward_plus_backward_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_specs_time_forward_plus_backward_on_both_sides(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A training spec's speedup compares training steps: the candidate's forward + Triton backward against the
     built-in's forward + autograd backward (timing a forward alone would tune training kernels for the wrong
     objective). Checked in-process on the CPU interpreter, where the numbers are informative only."""
+    from avo_inductor.check import run as check_run
+    from avo_inductor.kernels.loader import load_source
     from avo_inductor.kernels.render import default_genome
-    from avo_inductor.search import correctness, evaluate
+    from avo_inductor.search import evaluate
     from avo_inductor.search.operators import candidate_id, genome_hash
     from avo_inductor.search.types import Candidate
 
@@ -154,7 +156,7 @@ def test_training_specs_time_forward_plus_backward_on_both_sides(monkeypatch: py
     cand = Candidate(candidate_id(spec, genome_hash(genome)), spec, genome=genome)
     source, entry, bwd, launch = evaluate.materialize(cand)
     calls = {"backward": 0, "baseline_grad": 0}
-    real_backward, real_step = correctness.launch.backward, bench.training_step
+    real_backward, real_step = check_run.launch.backward, bench.training_step
 
     def counting_backward(*args, **kwargs):
         calls["backward"] += 1
@@ -168,12 +170,26 @@ def test_training_specs_time_forward_plus_backward_on_both_sides(monkeypatch: py
             return step(*args)
         return run
 
-    monkeypatch.setattr(correctness.launch, "backward", counting_backward)
+    class Channel:  # the worker's channel to the parent: nothing to wait for in-process
+        def progress(self, stage):
+            pass
+
+        def mark(self, tag):
+            pass
+
+        def sync(self, tag):
+            pass
+
+    monkeypatch.setattr(check_run.launch, "backward", counting_backward)
     monkeypatch.setattr(bench, "training_step", counting_step)
-    monkeypatch.setattr(evaluate, "_BASELINES", {})
-    job = {"candidate": cand.to_dict(), "source": source, "entry_point": entry, "bwd_entry_point": bwd,
-           "launch": launch, "until": None, "promotion": False, "quick": True, "seed": 3}
-    result = evaluate.run_cascade(job, lambda stage: None)
-    assert result.ok, result.message
-    assert result.extra["timed"] == "forward+backward" and result.speedup is not None and result.speedup > 0
+    state = check_run.WorkerState()
+    state.loaded = load_source(source, entry, bwd, launch)
+    monkeypatch.setattr(check_run, "_STATE", state)
+    base = evaluate.handle_request({"op": "baselines", "spec": spec.to_dict(), "seeds": [1, 2]}, Channel())
+    assert base.get("best") == "sdpa", base
+    reply = evaluate.handle_request({"op": "time", "spec": spec.to_dict(), "seeds": [3, 4], "rounds": 2,
+                                     "baseline": base["best"], "out_dir": str(tmp_path), "wall_calls": 1}, Channel())
+    assert "error" not in reply, reply
+    assert reply["candidate"]["median_ms"] > 0 and reply["baseline"]["median_ms"] > 0
+    assert len(list(tmp_path.glob("timed*.pt"))) == 3  # every output buffer's last timed call comes back
     assert calls["backward"] >= 2 and calls["baseline_grad"] >= 2  # both sides ran backward in the timed rounds

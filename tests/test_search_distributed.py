@@ -26,8 +26,18 @@ class _PinnedEvaluator:
         return [EvalResult(c.id, True, Stage.PASSED, speedup=synthetic_speedup(c.genome), extra={"device": self.device})  # type: ignore[arg-type]
                 for c in candidates]
 
+    @property
+    def parallelism(self) -> int:
+        return 1
+
     def promote(self, candidate: Candidate) -> EvalResult:
-        return EvalResult(candidate.id, True, Stage.PASSED, speedup=9.0)
+        return EvalResult(candidate.id, True, Stage.PASSED, speedup=9.0, extra={"device": self.device})
+
+    def promote_many(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        return [self.promote(c) for c in candidates]
+
+    def close(self) -> None:
+        pass
 
 
 def _fake_ray(gpus: int) -> types.ModuleType:
@@ -43,7 +53,7 @@ def _fake_ray(gpus: int) -> types.ModuleType:
 
     class _Handle:
         def __init__(self, obj: Any) -> None:
-            for name in ("evaluate", "promote", "close"):
+            for name in ("evaluate", "promote_many", "close"):
                 setattr(self, name, _Method(getattr(obj, name)))
 
     def remote(**opts: Any) -> Any:
@@ -81,6 +91,11 @@ def test_ray_evaluator_shards_and_keeps_order(monkeypatch: pytest.MonkeyPatch) -
     assert [r.candidate_id for r in results] == [c.id for c in cands]
     assert {r.extra["device"] for r in results} == {"cuda:4", "cuda:5", "cuda:6"}
     assert ev.promote(cands[0]).speedup == 9.0
+    # winners are re-checked in parallel over every actor, answers in the candidates' order
+    promoted = ev.promote_many(cands[:5])
+    assert [r.candidate_id for r in promoted] == [c.id for c in cands[:5]]
+    assert {r.extra["device"] for r in promoted} == {"cuda:4", "cuda:5", "cuda:6"}
+    assert all(r.speedup == 9.0 for r in promoted)
     ev.close()
 
 

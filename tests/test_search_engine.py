@@ -115,19 +115,14 @@ def test_broken_operator_is_noted_not_fatal(tmp_path: Path) -> None:
     assert any(e.kind == "note" and "API unreachable" in e.message for e in events)
 
 
-class _EvaluateOnly:
-    def __init__(self) -> None:
-        self.flags: list[bool] = []
-
-    def evaluate(self, candidates: Sequence[Candidate], promotion: bool = False) -> list[EvalResult]:
-        self.flags.append(promotion)
-        return [EvalResult(c.id, True, Stage.PASSED, speedup=1.5) for c in candidates]
+class _WrongAnswer(FakeEvaluator):
+    def promote(self, candidate: Candidate) -> EvalResult:
+        return EvalResult("someone-else", True, Stage.PASSED, speedup=1.5)
 
 
-def test_promotion_eval_falls_back_to_evaluate_flag() -> None:
-    ev = _EvaluateOnly()
-    res = promotion_eval(ev, Candidate("x", SPEC, genome=default_genome(SPEC)))
-    assert res.ok and ev.flags == [True]
+def test_promotion_eval_refuses_an_answer_about_another_candidate() -> None:
+    with pytest.raises(RuntimeError, match="asked about"):
+        promotion_eval(_WrongAnswer(), Candidate("x", SPEC, genome=default_genome(SPEC)))
 
 
 def test_promotion_keeps_a_faster_stored_kernel(tmp_path: Path) -> None:

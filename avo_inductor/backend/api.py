@@ -20,7 +20,7 @@ from ..kernels.op import register_kernel
 from ..kernels.render import default_genome
 from ..settings import get_settings
 from ..spec import AttentionSpec, HardwareKey
-from .graph_pass import _ensure_verified, _lookup, _shared_store
+from .graph_pass import ensure_verified, lookup_record, shared_store
 
 if TYPE_CHECKING:
     from ..cache.store import KernelStore
@@ -86,11 +86,11 @@ def kernel_for(spec: AttentionSpec, *, source: Source = "auto", hardware: Hardwa
     hardware = hardware or HardwareKey.current(device)
     note = ""
     if source != "baseline":
-        store = store if store is not None else _shared_store(get_settings())
-        hit = _lookup(store, spec, hardware)
+        store = store if store is not None else shared_store(get_settings())
+        hit = lookup_record(store, spec, hardware)
         if hit is None:
             note = f"no record for {spec.to_text()} on {hardware.slug}"
-        elif not _ensure_verified(store, hit, _device(device)):
+        elif not ensure_verified(store, hit, _device(device)):
             note = f"record {hit.record.kernel_id} failed verification on this GPU"
         else:
             return KernelHandle(spec, hit.record, register_kernel(hit.record), "store", hit.layer)

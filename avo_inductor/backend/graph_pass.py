@@ -13,7 +13,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.fx as fx
@@ -22,6 +22,9 @@ from ..settings import Settings, triton_interpreting
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey
 from . import report as rep
 from .report import SiteReport
+
+if TYPE_CHECKING:
+    from ..cache.store import KernelStore, StoreHit
 
 
 class AvoMissError(RuntimeError):
@@ -70,26 +73,28 @@ def avo_unavailable_reason(match: Any) -> str | None:
     return None
 
 
-def _lookup(store: Any, spec: AttentionSpec, hardware: HardwareKey) -> Any:
-    """Exact spec first, then the same shape tuned for the other direction: every record carries a forward
-    kernel, and its backward (or the recompute fallback) serves a training site."""
+def lookup_record(store: KernelStore, spec: AttentionSpec, hardware: HardwareKey) -> StoreHit | None:
+    """Exact spec first; an inference site may also take the same shape's training record (its forward and LSE
+    were checked like any record's). A training site never takes an inference record: only training records
+    have their backward checked (check/cases.py ``with_grads``), and an unchecked backward with a wrong dq or
+    LSE would silently corrupt the gradients."""
     hit = store.lookup(spec, hardware)
-    if hit is None:
-        hit = store.lookup(dataclasses.replace(spec, needs_grad=not spec.needs_grad), hardware)
+    if hit is None and not spec.needs_grad:
+        hit = store.lookup(dataclasses.replace(spec, needs_grad=True), hardware)
     return hit
 
 
 _failed_verification: set[str] = set()
 
 
-def _ensure_verified(store: Any, hit: Any, device: torch.device | None) -> bool:
+def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | None) -> bool:
     """A record tuned on other software, or read from a bundle layer, is verified (compile + correctness) once
     before use; a pass is marked in the store, a failure is remembered for this process (not retried per compile)."""
     if not getattr(hit, "needs_reverify", False):
         return True
     if hit.record.sha256 in _failed_verification:
         return False
-    from ..kernels.verify import verify_record
+    from ..check.verify import verify_record
 
     report = verify_record(hit.record, device=device)
     if report.ok:
@@ -138,12 +143,12 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
 
     device = _site_device(match)
     hardware = HardwareKey.current(device)
-    hit = _lookup(store, spec, hardware)
+    hit = lookup_record(store, spec, hardware)
     if hit is not None and dry_run and getattr(hit, "needs_reverify", False):
         return dataclasses.replace(base, action=rep.AVO, status="hit", kernel_id=hit.record.kernel_id,
                                    speedup=hit.record.metrics.speedup, layer=hit.layer,
                                    reason="verified on this GPU at first compile")
-    if hit is not None and not _ensure_verified(store, hit, device):
+    if hit is not None and not ensure_verified(store, hit, device):
         _warn_once(f"reverify:{hit.record.kernel_id}", f"avo: kernel {hit.record.kernel_id} failed re-verification on "
                    f"{SoftwareKey.current()}; using the fallback")
         hit = None
@@ -173,7 +178,7 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
 _stores: dict[Settings, Any] = {}
 
 
-def _shared_store(settings: Settings) -> Any:
+def shared_store(settings: Settings) -> KernelStore:
     """One KernelStore per settings for the whole process, not one per compiled graph."""
     with _search_lock:
         if settings not in _stores:
@@ -206,7 +211,7 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
     if not found:
         return PassResult(sites, changed=False)
     if store is None:
-        store = (store_factory or _shared_store)(settings)
+        store = (store_factory or shared_store)(settings)
     origin = _origin(gm)
     changed = False
     for match in found:

@@ -213,8 +213,8 @@ def isolated_verifier(record: KernelRecord) -> IsolatedVerdict:
     """The default Verifier: compile + correctness in a sandboxed child process (``verify_isolated``, shared with
     the search's promotion), never in this one. A bundle is untrusted input, and the importing process holds the
     writable store: a hostile kernel that crashes, hangs or misbehaves there must cost only its own admission.
-    (Imported lazily: cache sits below search, and only importing a bundle needs the sandbox.)"""
-    from ..search.promotion import verify_isolated
+    (Imported lazily: only importing or verifying a bundle needs the sandbox.)"""
+    from ..check.isolated import verify_isolated
 
     ok, problems = verify_isolated(record)
     return IsolatedVerdict(ok, (problems,) if problems else ())

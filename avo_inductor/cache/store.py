@@ -62,7 +62,7 @@ def _json_only_disk() -> type:
 @dataclass(frozen=True)
 class StoreHit:
     """A found record. ``needs_reverify``: tuned on other software (or imported unverified); the backend
-    re-verifies it once with ``kernels.verify.verify_record`` and then calls ``store.mark_verified(key)``."""
+    re-verifies it once with ``check.verify.verify_record`` and then calls ``store.mark_verified(key)``."""
 
     record: KernelRecord
     layer: str

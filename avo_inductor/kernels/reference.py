@@ -143,19 +143,22 @@ def _reference_slices(b: int, hq: int, hkv: int, nq: int, nk: int) -> list[tuple
 def attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None, causal: bool = False,
     window: int | None = None, mask_kind: str = "none", mask: torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """Float64 attention output (B, Hq, Nq, Dv); see the module docstring for the exact semantics.
 
-    Computed one (batch, run of whole GQA groups) slice at a time when the float64 scores would exceed
-    ``REFERENCE_CHUNK_BYTES``: at (2, 32, 8192, 8192) they are 34 GB, and the softmax needs a second copy."""
+    ``compute_dtype`` other than float64 gives "the same math in plain torch at that dtype", the yardstick of the
+    checker's tolerance rule (check/tolerance.py). Computed one (batch, run of whole GQA groups) slice at a time
+    when the float64 scores would exceed ``REFERENCE_CHUNK_BYTES``: at (2, 32, 8192, 8192) they are 34 GB, and
+    the softmax needs a second copy."""
     b, hq, nq, _ = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     slices = _reference_slices(b, hq, hkv, nq, nk)
-    kw = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind)
+    kw = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind, compute_dtype=compute_dtype)
     if slices is None:
         return attention_math(q, k, v, mask=mask, **kw)
     group = hq // hkv
-    out = torch.empty((b, hq, nq, v.shape[3]), dtype=torch.float64, device=q.device)
+    out = torch.empty((b, hq, nq, v.shape[3]), dtype=compute_dtype, device=q.device)
     for bi, h0, h1 in slices:
         kv = slice(h0 // group, h1 // group)
         out[bi:bi + 1, h0:h1] = attention_math(q[bi:bi + 1, h0:h1], k[bi:bi + 1, kv], v[bi:bi + 1, kv],
@@ -166,22 +169,24 @@ def attention_reference(
 def reference_grads(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, *, scale: float | None = None,
     causal: bool = False, window: int | None = None, mask_kind: str = "none", mask: torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Float64 (dq, dk, dv) of ``sum(attention(q, k, v) * do)`` by autograd; dk/dv summed over each GQA group.
+    ``compute_dtype``: as in :func:`attention_reference`.
 
     Sliced like :func:`attention_reference` (whole GQA groups per slice, so each slice owns its dk/dv heads): the
     unsliced autograd graph of a (4, 32, 4096, 4096) target holds several 17 GB float64 tensors, and verifying a
     shipped record at its own shape ran out of memory on an 80 GB H100."""
     b, hq, nq, _ = q.shape
     hkv, nk = k.shape[1], k.shape[2]
-    kw = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind)
+    kw = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind, compute_dtype=compute_dtype)
     slices = _reference_slices(b, hq, hkv, nq, nk)
     if slices is None:
         return _grads_math(q, k, v, do, mask, **kw)
     group = hq // hkv
-    dq = torch.empty(q.shape, dtype=torch.float64, device=q.device)
-    dk = torch.empty(k.shape, dtype=torch.float64, device=q.device)
-    dv = torch.empty(v.shape, dtype=torch.float64, device=q.device)
+    dq = torch.empty(q.shape, dtype=compute_dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=compute_dtype, device=q.device)
+    dv = torch.empty(v.shape, dtype=compute_dtype, device=q.device)
     for bi, h0, h1 in slices:
         kv = slice(h0 // group, h1 // group)
         dq[bi:bi + 1, h0:h1], dk[bi:bi + 1, kv], dv[bi:bi + 1, kv] = _grads_math(
@@ -191,11 +196,47 @@ def reference_grads(
 
 
 def _grads_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, mask: torch.Tensor | None,
-                **kw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    q64, k64, v64 = (t.detach().to(torch.float64).requires_grad_(True) for t in (q, k, v))
-    out = attention_math(q64, k64, v64, mask=mask, **kw)
-    dq, dk, dv = torch.autograd.grad(out, (q64, k64, v64), do.to(torch.float64))
+                compute_dtype: torch.dtype = torch.float64, **kw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q64, k64, v64 = (t.detach().to(compute_dtype).requires_grad_(True) for t in (q, k, v))
+    with torch.enable_grad():
+        out = attention_math(q64, k64, v64, mask=mask, compute_dtype=compute_dtype, **kw)
+        dq, dk, dv = torch.autograd.grad(out, (q64, k64, v64), do.to(compute_dtype))
     return dq, dk, dv
+
+
+def reference_lse(
+    q: torch.Tensor, k: torch.Tensor, *, scale: float | None = None, causal: bool = False,
+    window: int | None = None, mask_kind: str = "none", mask: torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Natural-log logsumexp of each row's masked, scaled scores (B, Hq, Nq) in ``compute_dtype``, with the
+    launcher ABI's convention: +inf for a row with no allowed key (the backward reads it as "P = 0").
+    Sliced like :func:`attention_reference`."""
+    b, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    if hq % hkv:
+        raise ValueError(f"q heads ({hq}) must be a multiple of kv heads ({hkv})")
+    sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    group = hq // hkv
+
+    def lse(qs: torch.Tensor, ks: torch.Tensor, ms: torch.Tensor | None) -> torch.Tensor:
+        kc = ks.to(compute_dtype).repeat_interleave(group, dim=1) if group > 1 else ks.to(compute_dtype)
+        s = torch.matmul(qs.to(compute_dtype), kc.transpose(-1, -2)) * sc
+        add = additive_mask(qs.shape[0], qs.shape[1], nq, nk, causal=causal, window=window, mask_kind=mask_kind,
+                            mask=ms, dtype=compute_dtype, device=q.device)
+        if add is not None:
+            s = s + add
+        out = torch.logsumexp(s, dim=-1)
+        return torch.where(torch.isneginf(out), torch.full_like(out, math.inf), out)
+
+    slices = _reference_slices(b, hq, hkv, nq, nk)
+    if slices is None:
+        return lse(q, k, mask)
+    out = torch.empty((b, hq, nq), dtype=compute_dtype, device=q.device)
+    for bi, h0, h1 in slices:
+        kv = slice(h0 // group, h1 // group)
+        out[bi:bi + 1, h0:h1] = lse(q[bi:bi + 1, h0:h1], k[bi:bi + 1, kv], _mask_slice(mask, mask_kind, bi, h0, h1))
+    return out
 
 
 REFERENCE_CHUNK_BYTES = 2 << 30

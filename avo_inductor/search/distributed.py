@@ -44,20 +44,18 @@ class _EvalActorImpl:
         results = self.evaluator.evaluate([Candidate.from_dict(p) for p in payload])
         return [r.to_dict() for r in results]
 
-    def promote(self, payload: dict[str, Any]) -> dict[str, Any]:
-        from .promotion import promotion_eval
-
-        return promotion_eval(self.evaluator, Candidate.from_dict(payload)).to_dict()
+    def promote_many(self, payload: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        results = self.evaluator.promote_many([Candidate.from_dict(p) for p in payload])
+        return [r.to_dict() for r in results]
 
     def close(self) -> None:
-        close = getattr(self.evaluator, "close", None)
-        if callable(close):
-            close()
+        self.evaluator.close()
 
 
 class RayEvaluator:
-    """Evaluator over a Ray cluster: ``evaluate`` splits a batch round-robin over the GPU actors and returns
-    results in the candidates' order; ``promote`` re-evaluates one winner on the first actor."""
+    """Evaluator over a Ray cluster: ``evaluate`` and ``promote_many`` split a batch round-robin over the GPU
+    actors (winners re-checked in parallel, as the local evaluator does over its GPUs) and return results in
+    the candidates' order."""
 
     def __init__(self, address: str, factory: str = DEFAULT_FACTORY, actors: int | None = None,
                  **evaluator_kwargs: Any) -> None:
@@ -76,10 +74,20 @@ class RayEvaluator:
         return len(self.actors)
 
     def evaluate(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        return self._fan_out("evaluate", candidates)
+
+    def promote(self, candidate: Candidate) -> EvalResult:
+        return self._fan_out("promote_many", [candidate])[0]
+
+    def promote_many(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        return self._fan_out("promote_many", candidates)
+
+    def _fan_out(self, method: str, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        """``method`` of the actors over ``candidates`` split round-robin, results in the candidates' order."""
         if not candidates:
             return []
         shards: list[list[int]] = [list(range(i, len(candidates), len(self.actors))) for i in range(len(self.actors))]
-        futures = [(idx, actor.evaluate.remote([candidates[i].to_dict() for i in idx]))
+        futures = [(idx, getattr(actor, method).remote([candidates[i].to_dict() for i in idx]))
                    for actor, idx in zip(self.actors, shards) if idx]
         out: list[EvalResult | None] = [None] * len(candidates)
         for idx, fut in futures:
@@ -89,9 +97,6 @@ class RayEvaluator:
         if missing:
             raise RuntimeError(f"Ray actors returned no result for {missing}")
         return [r for r in out if r is not None]
-
-    def promote(self, candidate: Candidate) -> EvalResult:
-        return EvalResult.from_dict(self.ray.get(self.actors[0].promote.remote(candidate.to_dict())))
 
     def close(self) -> None:
         for actor in self.actors:

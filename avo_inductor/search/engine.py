@@ -16,7 +16,7 @@ from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_k
 from . import population as pop
 from .database import PENDING, SearchDatabase
 from .operators import StructuredOperator, candidate_id, content_hash
-from .promotion import build_record, promotion_decision, promotion_eval_batch, verify_isolated
+from .promotion import build_record, promotion_decision, promotion_eval_batch
 from .types import Candidate, EvalResult, Evaluator, VariationOperator
 
 
@@ -199,7 +199,7 @@ class SearchEngine:
             self._emit("generation", run_id, gen, f"generation {gen}: {len(pending)} candidate(s)")
             # Default batch: one candidate per evaluation device, so the wall-clock budget is checked between
             # batches (a whole generation per call overran a 5-minute budget by minutes on an H200).
-            devices = max(1, int(getattr(self.evaluator, "parallelism", 1)))
+            devices = max(1, int(self.evaluator.parallelism))
             step = self.config.eval_batch or devices
             if self._slice_end is not None:
                 step = min(step, devices)  # a slice must end on time: one candidate per device between checks
@@ -404,11 +404,6 @@ class SearchEngine:
         old = hit.record.metrics.speedup if hit is not None and hit.record.operator != "baseline" else None
         if old is not None and result.speedup is not None and old >= result.speedup:
             return False, f"store already holds {hit.record.kernel_id} at {old:.3f}x (>= {result.speedup:.3f}x)"
-        if record.spec.needs_grad and record.bwd_entry_point:
-            # The cascade times and checks the forward; the backward kernels are checked here, in a child process.
-            ok, problems = verify_isolated(record)
-            if not ok:
-                return False, f"backward verification failed: {problems}"
         skey = self.store.put(record)
         self.db.record_promotion(record.kernel_id, run_id, cand.id, cand.spec.cache_key(),
                                  str(skey or store_key(record.spec, record.hardware)), result.speedup)

@@ -243,7 +243,7 @@ def build_evaluator(options: RunOptions) -> Evaluator:
 
         return RayEvaluator(options.ray_address, quick=options.quick)
     from .evaluate import SandboxedEvaluator
-    from .sandbox import default_devices
+    from ..check.sandbox import default_devices
 
     devices = default_devices()
     if options.gpus is not None and devices != ["cpu"]:
@@ -301,9 +301,8 @@ def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | 
         return outcome
     finally:
         db.close()
-        close = getattr(evaluator, "close", None)
-        if owned and callable(close):
-            close()
+        if owned:
+            evaluator.close()
 
 
 def latest_unfinished(db: SearchDatabase) -> str:

@@ -111,7 +111,24 @@ class VariationOperator(Protocol):
 
 
 class Evaluator(Protocol):
-    """Runs the cascade on candidates (in isolated workers) and returns one result per candidate, in order."""
+    """Runs the cascade on candidates (in isolated workers) and returns one result per candidate, in order.
+
+    Every method here is called directly by the engine, promotion, the runner or the Ray driver (no probing):
+    ``parallelism`` candidates are evaluated at once; ``promote`` / ``promote_many`` re-check winners with new
+    seeds, held-out shapes and stricter timing before anything is stored; ``close`` releases workers."""
+
+    @property
+    def parallelism(self) -> int:
+        ...
 
     def evaluate(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        ...
+
+    def promote(self, candidate: Candidate) -> EvalResult:
+        ...
+
+    def promote_many(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        ...
+
+    def close(self) -> None:
         ...

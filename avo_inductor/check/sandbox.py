@@ -5,6 +5,12 @@ keys or other secrets), pinned to one device, killed with SIGKILL past its hard 
 a segfault or a poisoned CUDA context costs one candidate, never the run (OpenEvolve's thread-based evaluator
 could not kill a hung kernel). The harness files a worker runs are hashed at its start; a worker whose hash
 differs from the one the pool saw first is refused (tamper evidence).
+
+A worker that ran a candidate's host code (under the interpreter the kernel body IS host Python) is never
+reused for another candidate: callers ``recycle()`` it (SIGKILL + fresh start) between candidates
+(``WorkerPool.each`` does). Handlers get a ``Channel``: ``progress`` for stage names, ``mark``/``sync`` for the
+parent's own wall clock of a timed segment (the parent stamps the messages as they arrive; ``sync`` waits for
+the parent's "go", so the segment starts when the parent says).
 """
 from __future__ import annotations
 
@@ -25,9 +31,10 @@ from typing import Any, Callable, Sequence
 
 _PKG = Path(__file__).resolve().parent.parent  # avo_inductor/
 # Files whose code decides a verdict; any change between worker starts is tamper evidence.
-HARNESS_FILES = ("search/sandbox.py", "search/evaluate.py", "search/correctness.py", "search/bench.py", "search/types.py",
+HARNESS_FILES = ("check/sandbox.py", "check/run.py", "check/cases.py", "check/judge.py", "check/tolerance.py",
+                 "search/evaluate.py", "search/bench.py", "search/types.py", "kernels/grammar.py",
                  "kernels/allowlist.py", "kernels/loader.py", "kernels/launch.py", "kernels/reference.py", "spec.py")
-DEFAULT_HANDLER = "avo_inductor.search.evaluate:handle_request"
+DEFAULT_HANDLER = "avo_inductor.check.run:handle_request"
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "LD_LIBRARY_PATH", "USER",
              "VIRTUAL_ENV", "XDG_CACHE_HOME")
 _ENV_KEEP_PREFIXES = ("TRITON_", "CUDA_", "NVIDIA_", "TORCHINDUCTOR_", "OMP_", "MKL_", "NCCL_")
@@ -96,6 +103,7 @@ class WorkerReply:
     last_progress: str = ""
     stderr_tail: str = ""
     duration_s: float = 0.0
+    marks: tuple[tuple[str, float], ...] = ()  # (tag, parent monotonic time: a mark's arrival, a sync's "go")
 
 
 class Worker:
@@ -110,13 +118,18 @@ class Worker:
         self.restarts = -1
         self._buf = b""
         self._stderr = tempfile.TemporaryFile()
-        self._work_dir = tempfile.TemporaryDirectory(prefix="avo-worker-")
+        self._work_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def start(self) -> None:
+        """Start a worker process in a new private folder (its AVO_CACHE_DIR, where the loader writes kernel
+        sources): nothing a previous process of this Worker left on disk is visible to the next."""
         self.close()
         self._buf = b""
+        if self._work_dir is not None:
+            self._work_dir.cleanup()
+        self._work_dir = tempfile.TemporaryDirectory(prefix="avo-worker-")
         self.proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "avo_inductor.search.sandbox", "--worker", self.handler, self.device],
+            [sys.executable, "-s", "-m", "avo_inductor.check.sandbox", "--worker", self.handler, self.device],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=scrubbed_env(self.device, work_dir=self._work_dir.name),
             cwd=self._work_dir.name, start_new_session=True)
         self.restarts += 1
@@ -148,6 +161,7 @@ class Worker:
         self._stderr.seek(0, os.SEEK_END)
         err_offset = self._stderr.tell()
         progress = ""
+        marks: list[tuple[str, float]] = []
         try:
             self.proc.stdin.write((json.dumps(message) + "\n").encode())
             self.proc.stdin.flush()
@@ -167,18 +181,34 @@ class Worker:
                 code = self.proc.poll()
                 self._kill()
                 reply = WorkerReply("timeout" if timed_out else "crash", {"exit_code": code}, progress, tail,
-                                    time.monotonic() - t0)
+                                    time.monotonic() - t0, tuple(marks))
                 self._restart_quietly()
                 return reply
+            if "mark" in msg:
+                marks.append((str(msg["mark"]), time.monotonic()))
+                continue
+            if "sync" in msg:
+                try:
+                    self.proc.stdin.write(b'{"op": "go"}\n')
+                    self.proc.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    pass
+                marks.append((str(msg["sync"]), time.monotonic()))
+                continue
             if "progress" in msg:
                 progress = str(msg["progress"])
                 continue
-            reply = WorkerReply("ok", msg, progress, "", time.monotonic() - t0)
+            reply = WorkerReply("ok", msg, progress, "", time.monotonic() - t0, tuple(marks))
             if msg.get("restart"):  # e.g. a CUDA error: the context may be poisoned, start clean
-                reply = WorkerReply("ok", msg, progress, self._stderr_tail(err_offset), reply.duration_s)
+                reply = WorkerReply("ok", msg, progress, self._stderr_tail(err_offset), reply.duration_s, tuple(marks))
                 self._kill()
                 self._restart_quietly()
             return reply
+
+    def recycle(self) -> None:
+        """Kill this worker; the next request starts a fresh process in a fresh folder (a worker that ran one
+        candidate's code never serves another)."""
+        self.close()
 
     def _restart_quietly(self) -> None:
         """Restart now so the next candidate finds a warm worker; if that fails (e.g. a GPU still stuck after a
@@ -302,6 +332,37 @@ class WorkerPool:
             raise errors[0]
         return [r for r in replies if r is not None]
 
+    def each(self, items: Sequence[Any], fn: Callable[[Worker, Any], Any], recycle: bool = True) -> list[Any]:
+        """``fn(worker, item)`` for every item, spread over the workers (one thread each), results in order.
+        With ``recycle`` each worker is killed and restarted after every item: one fresh process per candidate."""
+        remaining = list(range(len(items)))
+        lock = threading.Lock()
+        results: list[Any] = [None] * len(items)
+        errors: list[BaseException] = []
+
+        def drain(worker: Worker) -> None:
+            while not errors:
+                with lock:
+                    if not remaining:
+                        return
+                    i = remaining.pop(0)
+                try:
+                    results[i] = fn(worker, items[i])
+                    if recycle:
+                        worker.recycle()
+                except BaseException as exc:  # tamper evidence or a harness bug: stop every thread
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=drain, args=(w,), daemon=True) for w in self.workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
     def close(self) -> None:
         for w in self.workers:
             w.close()
@@ -317,11 +378,31 @@ def default_devices() -> list[str]:
 
 
 # ---- worker side ------------------------------------------------------------------------------------------
-def diagnostic_handler(message: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
-    """A handler for testing the sandbox itself: ping (env names), sleep, crash (SIGSEGV), raise."""
+class Channel:
+    """What a handler may say besides its reply: ``progress`` (stage name), ``mark`` (the parent stamps its
+    arrival), ``sync`` (wait for the parent's "go", stamped by the parent when sent)."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+        self._send = send
+
+    def progress(self, stage: str) -> None:
+        self._send({"progress": stage})
+
+    def mark(self, tag: str) -> None:
+        self._send({"mark": tag})
+
+    def sync(self, tag: str) -> None:
+        self._send({"sync": tag})
+        line = sys.stdin.readline()
+        if not line or json.loads(line).get("op") != "go":
+            raise RuntimeError(f"sync {tag!r}: expected the parent's go, got {line[:80]!r}")
+
+
+def diagnostic_handler(message: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """A handler for testing the sandbox itself: ping (env names), sleep, crash (SIGSEGV), raise, print, sync."""
     op = message.get("op")
     if op == "sleep":
-        progress("sleeping")
+        channel.progress("sleeping")
         time.sleep(float(message["seconds"]))
     elif op == "crash":
         sys.stderr.write("diagnostic crash requested\n")
@@ -329,6 +410,10 @@ def diagnostic_handler(message: dict[str, Any], progress: Callable[[str], None])
         os.kill(os.getpid(), signal.SIGSEGV)
     elif op == "print":
         print("stray stdout from kernel land")  # must not corrupt the protocol
+    elif op == "sync":
+        channel.sync("start")
+        time.sleep(float(message.get("seconds", 0.0)))
+        channel.mark("end")
     return {"ok": True, "env_keys": sorted(os.environ), "pid": os.getpid()}
 
 
@@ -347,18 +432,21 @@ def worker_main(handler_name: str, device: str) -> None:
 
     harness = harness_sha256()  # hashed once, before any candidate ran in this process
     send({"hello": {"pid": os.getpid(), "device": device, "harness_sha256": harness}})
-    for line in sys.stdin:
+    while True:
+        line = sys.stdin.readline()  # readline, not iteration: Channel.sync reads the same stream
+        if not line:
+            return
         if not line.strip():
             continue
         message = json.loads(line)
         if message.get("op") == "exit":
             return
         message["worker_harness"] = harness
-        send(handler(message, lambda stage: send({"progress": stage})))
+        send(handler(message, Channel(send)))
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker_main(sys.argv[2], sys.argv[3])
     else:
-        raise SystemExit("usage: python -m avo_inductor.search.sandbox --worker <handler> <device>")
+        raise SystemExit("usage: python -m avo_inductor.check.sandbox --worker <handler> <device>")

@@ -1,0 +1,62 @@
+"""In-process check of a KernelRecord: static check, load, run every verification case, judge. First use.
+
+Used by first-use verification (backend/graph_pass.py ``ensure_verified``), where the record already runs in
+the user's process anyway. Anything that must not run foreign code in the calling process (``cache import`` /
+``cache verify``, promotion) uses check/isolated.py instead, which runs the same cases in a sandboxed worker and
+judges here. Training: a record's backward is checked exactly when its spec is a training spec
+(cases.with_grads); an inference record never serves a training site.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..artifact import KernelRecord
+from .cases import verification_cases
+from .judge import judge_case
+from .run import run_case
+from .tolerance import CheckFailure
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """ok: every check passed. problems: one line per failure. max_rel_err: worst relative error seen."""
+
+    ok: bool
+    problems: tuple[str, ...] = ()
+    max_rel_err: float = 0.0
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def verify_record(record: KernelRecord, device: torch.device | str | None = None,
+                  seed: int | None = None) -> VerificationReport:
+    """Static gate by trust tier, load and check ``record`` on ``device`` (default: CUDA if available, else the
+    interpreter)."""
+    from ..kernels.loader import check_record, load_record
+
+    dev = torch.device(device) if device is not None else default_device()
+    try:
+        record = check_record(record)
+    except ValueError as exc:
+        return VerificationReport(False, (f"static: {exc}",), float("inf"))
+    try:
+        loaded = load_record(record)
+    except (ValueError, RuntimeError, SyntaxError) as exc:
+        return VerificationReport(False, (f"load: {exc}",), float("inf"))
+    problems: list[str] = []
+    worst = 0.0
+    for case in verification_cases(record.spec, dev.type, random.Random(seed)):
+        try:
+            worst = max(worst, judge_case(case, run_case(loaded, case, dev), dev).rel_err)
+        except CheckFailure as exc:
+            problems.append(str(exc))
+            worst = float("inf")
+        except Exception as exc:  # a kernel that fails to compile or crashes fails verification, never the caller
+            problems.append(f"{case.name}: {type(exc).__name__}: {str(exc)[:300]}")
+            worst = float("inf")
+    return VerificationReport(not problems, tuple(problems), worst)
