@@ -10,12 +10,12 @@ from typing import Any
 
 from .settings import Settings, configure, get_settings
 from .spec import AttentionSpec, HardwareKey, MaskKind, SoftwareKey
+from .version import __version__
 
 __all__ = [
     "AttentionSpec", "HardwareKey", "KernelHandle", "MaskKind", "Settings", "SoftwareKey",
     "avo_backend", "configure", "explain", "get_settings", "kernel_for",
 ]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:

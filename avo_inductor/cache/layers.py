@@ -44,9 +44,7 @@ def discover_bundles(path: Path) -> list[Path]:
 
 def shipped_roots() -> list[Path]:
     """Where bundles shipped with avo_inductor live: package data, and the repo's ``cache/`` in a checkout."""
-    import avo_inductor
-
-    pkg = Path(avo_inductor.__file__).resolve().parent
+    pkg = Path(__file__).resolve().parent.parent  # avo_inductor/
     roots = [pkg / SHIPPED_PACKAGE_DIR]
     repo = pkg.parent
     # Only a source checkout has pyproject.toml beside the package; in site-packages a sibling `cache/`

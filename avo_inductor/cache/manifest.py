@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
+from ..version import __version__
 from ..parsing import MAX_INT, bounded_int, finite_float, load_json
 from ..spec import HardwareKey, SoftwareKey, store_key
 from ..artifact import KernelRecord
@@ -228,8 +229,6 @@ def default_creator() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    from .. import __version__
-
     return f"{user}@{socket.gethostname()} avo_inductor {__version__}"
 
 
