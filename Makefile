@@ -22,7 +22,11 @@ demo: install
 
 # One pytest worker per core (pytest-xdist): the interpreter-bound CPU suite took 13.4 minutes serially on CI's two
 # cores, 6.8 in parallel. Every test has its own kernel store (tests/conftest.py), so workers share nothing.
+# Static checks first (seconds): the layer contract, lint and types of the package, then the tests.
 test: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check avo_inductor
+	$(VENV)/bin/mypy avo_inductor
 	$(PY) -m pytest -q -n auto
 
 test-gpu: install
