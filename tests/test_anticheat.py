@@ -98,7 +98,7 @@ def plant(rendered: object, spec: AttentionSpec, cid: str, old: str, new: str, b
     assert at >= 0 and (backward or split < 0 or at < split), f"anchor for {cid} not found"
     return Candidate(id=cid, spec=spec, source=src[:at] + new + src[at + len(old):],
                      entry_point=rendered.entry_point, bwd_entry_point=rendered.bwd_entry_point,  # type: ignore[attr-defined]
-                     launch=dict(rendered.launch), operator="agent")  # type: ignore[attr-defined]
+                     launch=rendered.launch_dict, operator="agent")
 
 
 def numeric_plants(rendered: object, spec: AttentionSpec) -> dict[str, tuple[Candidate, str]]:

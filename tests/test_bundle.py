@@ -185,7 +185,9 @@ def test_crashing_verification_refuses_without_harming_the_importer(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel that segfaults the verifier kills only the child: the import is refused, the store unchanged."""
     baseline = pytest.importorskip("avo_inductor.kernels.baseline")
-    good = baseline.baseline_record(make_record(16).spec)
+    from avo_inductor.kernels.tiers import as_source_record
+
+    good = as_source_record(baseline.baseline_record(make_record(16).spec))  # an agent edit starts from its source
     anchor = "    if PERSISTENT:\n"
     assert anchor in good.source
     bad = good.with_changes(source=good.source.replace(anchor, "    junk = tl.load(Q + 1099511627776)\n" + anchor, 1),

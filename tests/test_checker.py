@@ -255,6 +255,7 @@ def test_training_compile_never_runs_an_inference_records_unchecked_backward() -
     import avo_inductor
     from avo_inductor.cache.store import KernelStore
     from avo_inductor.kernels.baseline import baseline_record
+    from avo_inductor.kernels.tiers import as_source_record
     from torch import nn
     from torch._dynamo.utils import counters
 
@@ -267,7 +268,7 @@ def test_training_compile_never_runs_an_inference_records_unchecked_backward() -
     k, v = (torch.randn(2, 2, 17, 16, requires_grad=True) for _ in range(2))
     spec = avo_inductor.explain(model, q, k, v, quiet=True)[0].spec
     assert spec.needs_grad
-    good = baseline_record(dc.replace(spec, needs_grad=False))
+    good = as_source_record(baseline_record(dc.replace(spec, needs_grad=False)))  # an edit carries its source
     anchor = "    dq = dq * tl.cast(sm_scale, tl.float32)\n"
     assert anchor in good.source
     bad = good.with_changes(source=good.source.replace(anchor, "    dq = dq * tl.cast(sm_scale * 0.5, tl.float32)\n"),
