@@ -33,7 +33,8 @@ _PKG = Path(__file__).resolve().parent.parent  # avo_inductor/
 # Files whose code decides a verdict; any change between worker starts is tamper evidence.
 HARNESS_FILES = ("check/sandbox.py", "check/run.py", "check/cases.py", "check/judge.py", "check/tolerance.py",
                  "search/evaluate.py", "search/bench.py", "search/types.py", "kernels/grammar.py",
-                 "kernels/allowlist.py", "kernels/loader.py", "kernels/launch.py", "kernels/reference.py", "spec.py")
+                 "kernels/grammar_vocab.py", "kernels/grammar_text.py", "kernels/loader.py", "kernels/launch.py",
+                 "kernels/operands.py", "kernels/reference.py", "artifact.py", "parsing.py", "spec.py")
 DEFAULT_HANDLER = "avo_inductor.check.run:handle_request"
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "LD_LIBRARY_PATH", "USER",
              "VIRTUAL_ENV", "XDG_CACHE_HOME")
