@@ -324,13 +324,8 @@ class WorkerPool:
                 if on_reply is not None:
                     on_reply(i, replies[i])  # type: ignore[arg-type]
 
-        threads = [threading.Thread(target=drain, args=(j, w), daemon=True) for j, w in enumerate(self.workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        _run_threads([threading.Thread(target=drain, args=(j, w), daemon=True) for j, w in enumerate(self.workers)],
+                     errors)
         return [r for r in replies if r is not None]
 
     def each(self, items: Sequence[Any], fn: Callable[[Worker, Any], Any], recycle: bool = True) -> list[Any]:
@@ -355,13 +350,7 @@ class WorkerPool:
                     errors.append(exc)
                     return
 
-        threads = [threading.Thread(target=drain, args=(w,), daemon=True) for w in self.workers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        _run_threads([threading.Thread(target=drain, args=(w,), daemon=True) for w in self.workers], errors)
         return results
 
     def close(self) -> None:
@@ -446,8 +435,19 @@ def worker_main(handler_name: str, device: str) -> None:
         send(handler(message, Channel(send)))
 
 
+def _run_threads(threads: list[threading.Thread], errors: list[BaseException]) -> None:
+    """Start the pool's drain threads, wait for all, and re-raise the first error one of them recorded."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker_main(sys.argv[2], sys.argv[3])
     else:
         raise SystemExit("usage: python -m avo_inductor.check.sandbox --worker <handler> <device>")
+
