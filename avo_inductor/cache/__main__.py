@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from ..spec import SPEC_TEXT_HELP
 
@@ -100,7 +101,7 @@ def _report_out(console: Any, reports: list[Any], as_json: bool) -> int:
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 
-def _run(args: argparse.Namespace, console: Any) -> int:  # noqa: C901 - one branch per subcommand
+def _run(args: argparse.Namespace, console: Any) -> int:
     from . import admin, bundle, signing
     from ..settings import get_settings
 

@@ -57,7 +57,8 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -403,7 +404,7 @@ def _ws90_bias_ring(mask: torch.Tensor, m_strides: tuple[Any, ...], dtype: torch
     return BiasRing(stages, m_strides[0] == 0, m_strides[1] == 0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ws90_layout(block: tuple[int, ...], dtype: torch.dtype) -> Any:
     from triton.experimental.gluon import language as gl
 
