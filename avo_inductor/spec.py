@@ -108,6 +108,12 @@ class AttentionSpec:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
 
     @property
+    def value_dim(self) -> int:
+        """``v_head_dim`` typed as the int it always is after ``__post_init__`` (the field admits None only as the
+        constructor's "same as head_dim")."""
+        return self.head_dim if self.v_head_dim is None else self.v_head_dim
+
+    @property
     def is_decode(self) -> bool:
         return self.q_len <= 16
 
@@ -131,7 +137,7 @@ class AttentionSpec:
 
         ``backward``: forward + backward, the backward counted 2.5x the forward (the convention in ANCHORS.md).
         """
-        f = 2.0 * self.batch * self.q_heads * self.attended_pairs() * (self.head_dim + self.v_head_dim)
+        f = 2.0 * self.batch * self.q_heads * self.attended_pairs() * (self.head_dim + self.value_dim)
         return f * (3.5 if backward else 1.0)
 
     def bucketed(self) -> AttentionSpec:
@@ -283,8 +289,8 @@ _WINDOW = re.compile(r"win(?:dow)?=?(\d+)")
 def spec_text(spec: AttentionSpec) -> str:
     """``spec`` in the canonical text form (module comment above); ``parse_spec_text`` inverts it exactly."""
     dims = [spec.batch, spec.q_heads, spec.kv_heads, spec.q_len, spec.kv_len, spec.head_dim]
-    if spec.v_head_dim != spec.head_dim:
-        dims.append(spec.v_head_dim)  # type: ignore[arg-type]  # always an int after __post_init__
+    if spec.value_dim != spec.head_dim:
+        dims.append(spec.value_dim)
     mask = "causal" if spec.causal else "full"
     if spec.window is not None:
         mask += f"/win{spec.window}"
