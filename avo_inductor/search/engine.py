@@ -367,7 +367,9 @@ class SearchEngine:
 
     # ---- promotion -----------------------------------------------------------------------------------
     def _promote_all(self, run_id: str, stop: str) -> SearchOutcome:
-        best, promoted, rejected = {}, {}, {}
+        best: dict[str, tuple[str, float]] = {}
+        promoted: dict[str, str] = {}
+        rejected: dict[str, str] = {}
         winners: list[Candidate] = []
         for spec in self.config.specs:
             key = spec.cache_key()

@@ -394,6 +394,8 @@ class SandboxedEvaluator:
             metrics.update(max_abs_err=max(s.max_abs_err for s in stats), rel_err=max(s.rel_err for s in stats))
             if until is Stage.CORRECT_TARGET:
                 return Stage.CORRECT_TARGET
+            if baseline is None:  # only a staged run (until set) skips the baseline, and none gets past the target
+                raise ValueError(f"until={until!r}: a staged evaluation stops at {Stage.CORRECT_TARGET.value} at most")
             hardware = HardwareKey.current(judge_on) if kind == "cuda" else HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
             extra.update(hardware=hardware.to_dict(), software=SoftwareKey.current().to_dict())
             timing = self._time(session, job, target.spec, baseline, out_dir, judge_on, rng)

@@ -68,7 +68,7 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
     """
     if candidate.source is not None:
         source, entry, bwd, launch = candidate.source, candidate.entry_point, candidate.bwd_entry_point, candidate.launch
-        tier: dict[str, str] = {}
+        tier, digest = "source", ""  # KernelRecord's defaults
     elif candidate.genome is not None:
         if render is None:
             from ..kernels.render import render as render_fn
@@ -76,7 +76,7 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
         from ..kernels.render import template_digest
         rendered = render(candidate.genome, candidate.spec)
         source, entry, bwd, launch = None, rendered.entry_point, rendered.bwd_entry_point, rendered.launch_dict
-        tier = {"tier": "template", "template_digest": template_digest(candidate.genome.template)}
+        tier, digest = "template", template_digest(candidate.genome.template)
     else:
         raise ValueError(f"candidate {candidate.id} has neither genome nor source")
     extra = result.extra or {}
@@ -91,7 +91,8 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
     return KernelRecord(spec=candidate.spec, hardware=hardware, software=software, source=source, entry_point=entry,
                         bwd_entry_point=bwd, launch=dict(launch), genome=candidate.genome.to_dict() if candidate.genome else None,
                         metrics=metrics, lineage_id=candidate.id, parent_ids=candidate.parent_ids,
-                        operator=candidate.operator, verified_software=(software,), **tier)
+                        operator=candidate.operator, verified_software=(software,), tier=tier,
+                        template_digest=digest)
 
 
 def failed_result(candidate: Candidate, exc: BaseException) -> EvalResult:
