@@ -356,7 +356,7 @@ def _parse_dims(dims: list[str], token: str) -> dict[str, Any]:
         raise ValueError(f"spec needs 5, 6 or 7 dimensions, got {len(dims)} in {token!r}; expected {SPEC_TEXT_HELP}")
     if len(dims) == 5:
         dims.insert(3, dims[3])  # B,H,HKV,N,D: NQ = NK = N
-    return {name: bounded_int(f"spec {name}", d, minimum=1) for name, d in zip(_DIM_NAMES, dims)}
+    return {name: bounded_int(f"spec {name}", d, minimum=1) for name, d in zip(_DIM_NAMES, dims, strict=False)}  # 6 dims: no v_head_dim
 
 
 def _apply_word(word: str, fields: dict[str, Any], seen: dict[str, str], text: str) -> None:

@@ -278,7 +278,7 @@ def import_bundle(store: KernelStore, path: str | Path, *, trusted_keys: Any = N
     admitted = []
     for key, record in report.records.items():
         if key not in report.unverified and here_sw != record.software and here_sw not in record.verified_software:
-            record = record.with_changes(verified_software=record.verified_software + (here_sw,))
+            record = record.with_changes(verified_software=(*record.verified_software, here_sw))
         admitted.append(record)
     store.put_many(admitted, unverified_keys=report.unverified)
     return report

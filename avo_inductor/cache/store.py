@@ -38,7 +38,7 @@ def _json_only_disk() -> type:
     import diskcache
     from diskcache.core import MODE_PICKLE
 
-    class JsonOnlyDisk(diskcache.Disk):  # type: ignore[misc]
+    class JsonOnlyDisk(diskcache.Disk):
         def get(self, key: Any, raw: bool) -> Any:
             if not raw:
                 raise ValueError("pickled key refused (the avo store writes only text keys)")
@@ -323,7 +323,7 @@ class KernelStore:
                 db.delete(mark_key)
             else:
                 marked = [s for s in self._mark(key, record.sha256).get("software", []) if s != sw.to_dict()]
-                db.set(mark_key, json.dumps({"unverified": False, "software": marked + [sw.to_dict()]}))
+                db.set(mark_key, json.dumps({"unverified": False, "software": [*marked, sw.to_dict()]}))
             _bump_generation(db)
         return True
 

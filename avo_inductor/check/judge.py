@@ -41,7 +41,7 @@ def _refs(spec: AttentionSpec, x: Any, grads: bool, seed: int) -> dict[str, torc
     if grads:
         do = case_grad_output(spec, seed, x.q.device)
         for name, g, g_dt in zip(("dq", "dk", "dv"), reference_grads(x.q, x.k, x.v, do, **kw),
-                                 reference_grads(x.q, x.k, x.v, do, compute_dtype=dt, **kw)):
+                                 reference_grads(x.q, x.k, x.v, do, compute_dtype=dt, **kw), strict=True):
             refs[name], refs[f"{name}@dtype"] = g, g_dt
     return refs
 

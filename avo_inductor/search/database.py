@@ -200,7 +200,7 @@ class SearchDatabase:
         added: list[Candidate] = []
         now = time.time()
         with self._tx() as c:
-            for cand, digest in zip(candidates, source_hashes):
+            for cand, digest in zip(candidates, source_hashes, strict=True):
                 cur = c.execute(
                     "INSERT OR IGNORE INTO candidates (run_id, id, spec_key, spec, genome, source, source_hash, "
                     "entry_point, bwd_entry_point, launch, parent_ids, operator, island, generation, diff, notes, "
@@ -257,7 +257,7 @@ class SearchDatabase:
     def candidates(self, run_id: str, status: str | None = None) -> list[Candidate]:
         sql, args = "SELECT * FROM candidates WHERE run_id=?", [run_id]
         if status:
-            sql, args = sql + " AND status=?", args + [status]
+            sql, args = sql + " AND status=?", [*args, status]
         return [_candidate(r) for r in self._conn.execute(sql + " ORDER BY seq", args)]
 
     def candidate(self, run_id: str, candidate_id: str) -> Candidate | None:

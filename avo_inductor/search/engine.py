@@ -248,7 +248,7 @@ class SearchEngine:
             base = self._default_genome(spec, self.hardware)
             seed = Candidate(id="", spec=spec, genome=base, operator="seed", diff="default genome")
             seed = dataclasses.replace(seed, id=candidate_id(spec, content_hash(seed)))
-            mine = [seed] + self._curated_seeds(spec, base, {seed.id})
+            mine = [seed, *self._curated_seeds(spec, base, {seed.id})]
             variants = StructuredOperator(crossover_rate=0.0, hardware=self.hardware).propose(
                 [(seed, None)], self.config.seed_variants, _rng(self.config.seed, spec.cache_key()).getrandbits(31))
             mine += [v for v in variants if v.id not in {c.id for c in mine}]
@@ -345,7 +345,7 @@ class SearchEngine:
             raise RuntimeError(f"evaluator returned results for {[r.candidate_id for r in results]}, "
                                f"expected {[c.id for c in batch]} in order")
         self.db.record_results(run_id, results)
-        for cand, res in zip(batch, results):
+        for cand, res in zip(batch, results, strict=True):
             self._counts[0] += 1
             self._counts[1] += 0 if res.ok else 1
             key = cand.spec.cache_key()
@@ -387,7 +387,7 @@ class SearchEngine:
             winners.append(cand)
         if not self.config.promote:
             return SearchOutcome(run_id, stop, best, promoted, rejected)
-        for cand, again in zip(winners, promotion_eval_batch(self.evaluator, winners)):
+        for cand, again in zip(winners, promotion_eval_batch(self.evaluator, winners), strict=True):
             key = cand.spec.cache_key()
             self.db.record_results(run_id, [again], promotion=True)
             ok, why = promotion_decision(again, self.config.require_speedup, self.config.min_gain)

@@ -99,7 +99,7 @@ def _baseline_args(spec: AttentionSpec, sets: list[Any], dos: list[Any] | None) 
     if dos is None:
         return [(x.q, x.k, x.v, x.mask) for x in sets]
     leaves = [[t.detach().requires_grad_(True) for t in (x.q, x.k, x.v)] for x in sets]
-    return [(*qkv, x.mask, do) for qkv, x, do in zip(leaves, sets, dos)]
+    return [(*qkv, x.mask, do) for qkv, x, do in zip(leaves, sets, dos, strict=True)]
 
 
 def _timing_inputs(spec: AttentionSpec, seeds: list[int], device: Any) -> tuple[list[Any], list[Any] | None]:
@@ -316,7 +316,7 @@ class SandboxedEvaluator:
                              "seed": int.from_bytes(os.urandom(8), "little") >> 1}))
         if jobs:
             done = self.pool.each([job for _, job in jobs], self._evaluate_one)
-            for (i, _), result in zip(jobs, done):
+            for (i, _), result in zip(jobs, done, strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 
