@@ -207,11 +207,13 @@ class HardwareKey:
         return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw).strip("-")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "name": self.name, "capability": list(self.capability), "sm_count": self.sm_count}
+        return {"vendor": self.vendor, "name": self.name, "capability": list(self.capability),
+                "sm_count": self.sm_count}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HardwareKey:
-        return cls(str(data["vendor"]), str(data["name"]), tuple(int(x) for x in data["capability"]), int(data["sm_count"]))  # type: ignore[arg-type]
+        return cls(str(data["vendor"]), str(data["name"]),
+                   tuple(int(x) for x in data["capability"]), int(data["sm_count"]))  # type: ignore[arg-type]
 
     @classmethod
     def current(cls, device: torch.device | str | None = None) -> HardwareKey:
@@ -350,13 +352,15 @@ def _parse_dims(dims: list[str], token: str) -> dict[str, Any]:
         head, _, v_head = dims[-1].partition("/")
         dims = [*dims[:-1], head, v_head]
         if len(dims) != 7:
-            raise ValueError(f"spec dimensions {token!r}: D/DV needs B,H,HKV,NQ,NK before it; expected {SPEC_TEXT_HELP}")
+            raise ValueError(f"spec dimensions {token!r}: D/DV needs B,H,HKV,NQ,NK before it; "
+                             f"expected {SPEC_TEXT_HELP}")
     dims = list(dims)
     if len(dims) not in (5, 6, 7):
         raise ValueError(f"spec needs 5, 6 or 7 dimensions, got {len(dims)} in {token!r}; expected {SPEC_TEXT_HELP}")
     if len(dims) == 5:
         dims.insert(3, dims[3])  # B,H,HKV,N,D: NQ = NK = N
-    return {name: bounded_int(f"spec {name}", d, minimum=1) for name, d in zip(_DIM_NAMES, dims, strict=False)}  # 6 dims: no v_head_dim
+    # strict=False: six dims leave v_head_dim out (the last of _DIM_NAMES), and the spec defaults it
+    return {name: bounded_int(f"spec {name}", d, minimum=1) for name, d in zip(_DIM_NAMES, dims, strict=False)}
 
 
 def _apply_word(word: str, fields: dict[str, Any], seen: dict[str, str], text: str) -> None:

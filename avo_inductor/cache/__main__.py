@@ -95,7 +95,8 @@ def _report_out(console: Any, reports: list[Any], as_json: bool) -> int:
                            "records": sorted(r.records), "unverified": r.unverified} for r in reports], indent=1))
     for r in reports if not as_json else ():
         status = "[green]OK[/green]" if r.ok else "[red]REFUSED[/red]"
-        console.print(f"{status} {escape(r.path)}: {len(r.records)} record(s)" + escape("".join(f"; {n}" for n in r.notes)))
+        notes = escape("".join(f"; {n}" for n in r.notes))
+        console.print(f"{status} {escape(r.path)}: {len(r.records)} record(s)" + notes)
         for problem in r.problems:
             console.print(f"  [red]-[/red] {escape(problem)}", highlight=False)
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED

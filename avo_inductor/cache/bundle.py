@@ -77,7 +77,8 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
                     raise BundleError(f"{tar_path} holds more than {MAX_FILES} members")
                 rel = safe_relpath(member.name)
                 if member.issym() or member.islnk():
-                    raise BundleError(f"tar member {member.name!r} is a link (to {member.linkname!r}); links are refused")
+                    raise BundleError(f"tar member {member.name!r} is a link (to {member.linkname!r}); "
+                                      "links are refused")
                 target = dest / rel
                 if not target.resolve().is_relative_to(dest.resolve()):
                     raise BundleError(f"tar member {member.name!r} escapes the bundle folder")
@@ -101,7 +102,8 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise BundleError(f"cannot read {tar_path} ({type(exc).__name__}: {exc}); truncated or not a tar archive") from None
+        raise BundleError(f"cannot read {tar_path} ({type(exc).__name__}: {exc}); "
+                          "truncated or not a tar archive") from None
 
 
 def _bundle_root(folder: Path) -> Path:
@@ -284,7 +286,8 @@ def import_bundle(store: KernelStore, path: str | Path, *, trusted_keys: Any = N
     return report
 
 
-def _write_bundle(root: Path, records: list[KernelRecord], creator: str | None, sign_key: str | Path | None) -> Manifest:
+def _write_bundle(root: Path, records: list[KernelRecord], creator: str | None,
+                  sign_key: str | Path | None) -> Manifest:
     files: list[FileEntry] = []
     entries: list[RecordEntry] = []
     for record in sorted(records, key=lambda r: r.kernel_id):

@@ -266,7 +266,8 @@ class KernelStore:
     # ---- writes (writable layer only) ---------------------------------------------------------------
     def put(self, record: KernelRecord, *, unverified: bool = False) -> str:
         """Store ``record`` under its key; ``unverified`` records are re-verified on first use."""
-        return self.put_many([record], unverified_keys={store_key(record.spec, record.hardware)} if unverified else ())[0]
+        unverified_keys = {store_key(record.spec, record.hardware)} if unverified else ()
+        return self.put_many([record], unverified_keys=unverified_keys)[0]
 
     def put_many(self, records: Iterable[KernelRecord], unverified_keys: Iterable[str] = ()) -> list[str]:
         """Store several records in one transaction (all or nothing), bumping the generation once."""
@@ -319,7 +320,8 @@ class KernelStore:
         with db.transact(retry=True):
             if hit.layer == LOCAL_LAYER:
                 verified = record.verified_software + (() if sw in record.verified_software else (sw,))
-                db.set(_REC + key, json.dumps(record.with_changes(verified_software=verified).to_dict(), sort_keys=True))
+                db.set(_REC + key,
+                       json.dumps(record.with_changes(verified_software=verified).to_dict(), sort_keys=True))
                 db.delete(mark_key)
             else:
                 marked = [s for s in self._mark(key, record.sha256).get("software", []) if s != sw.to_dict()]

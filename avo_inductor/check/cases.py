@@ -78,7 +78,8 @@ def small_cases(spec: AttentionSpec, device_type: str, rng: random.Random, *, he
                 quick: bool = False) -> list[CheckCase]:
     """The ragged small cases (``held_out``: the set seen only at promotion). Decode specs keep short queries."""
     cpu = device_type == "cpu"
-    pairs: tuple[tuple[int, int], ...] = (_CPU_HELD_OUT if cpu else _GPU_HELD_OUT) if held_out else (_CPU_SMALL if cpu else _GPU_SMALL)
+    pairs: tuple[tuple[int, int], ...] = \
+        (_CPU_HELD_OUT if cpu else _GPU_HELD_OUT) if held_out else (_CPU_SMALL if cpu else _GPU_SMALL)
     if spec.is_decode:
         pairs = tuple((min(q, spec.q_len), k) for q, k in pairs)
     if quick:

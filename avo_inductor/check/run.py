@@ -30,7 +30,8 @@ FATAL_MARKERS = ("illegal memory access", "CUDA error", "out of memory", "misali
 
 def alloc(spec: AttentionSpec, device: torch.device, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse) buffers of ``spec`` filled with ``fill`` (never zeros: a kernel must not find a telltale value)."""
-    out = torch.full((spec.batch, spec.q_heads, spec.q_len, spec.value_dim), fill, dtype=spec.torch_dtype, device=device)
+    out = torch.full((spec.batch, spec.q_heads, spec.q_len, spec.value_dim), fill, dtype=spec.torch_dtype,
+                     device=device)
     lse = torch.full((spec.batch, spec.q_heads, spec.q_len), fill, dtype=torch.float32, device=device)
     return out, lse
 

@@ -47,7 +47,8 @@ Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q,
     Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV, stride_{q,k,v,do,m,dq,dk,dv} (4 each),
     BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window, and the forward's constexprs without SPLITS
     (BLOCK_M/BLOCK_N = BWD_BLOCK_M/BWD_BLOCK_N).
-  Grid rule "bwd": dkdv (cdiv(Nk, BWD_BLOCK_N), B * Hkv), summing the GQA group in-kernel; dq (cdiv(Nq, BWD_BLOCK_M), B * Hq).
+  Grid rule "bwd": dkdv (cdiv(Nk, BWD_BLOCK_N), B * Hkv), summing the GQA group in-kernel;
+  dq (cdiv(Nq, BWD_BLOCK_M), B * Hq).
   launch["bwd_dq_atomic"] true: DQ is a zero-filled contiguous fp32 (B, Hq, Nq, D) buffer that ``{bwd}_dkdv``
   atomically adds its dq = scale * dS K contributions to; ``{bwd}_dq`` is not launched and the launcher casts the
   buffer into dq.

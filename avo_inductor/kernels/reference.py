@@ -41,7 +41,8 @@ def tolerance(dtype: torch.dtype | str, grad: bool = False) -> tuple[float, floa
     return (atol * _GRAD_SCALE, rtol * _GRAD_SCALE) if grad else (atol, rtol)
 
 
-def allowed_keys(nq: int, nk: int, causal: bool, window: int | None, device: torch.device | str = "cpu") -> torch.Tensor | None:
+def allowed_keys(nq: int, nk: int, causal: bool, window: int | None,
+                 device: torch.device | str = "cpu") -> torch.Tensor | None:
     """(Nq, Nk) bool keep-mask of the causal / window structure (bottom-right aligned), None if unrestricted."""
     window = window or None
     if not causal and window is None:
@@ -199,7 +200,8 @@ def reference_grads(
 
 
 def _grads_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, mask: torch.Tensor | None,
-                compute_dtype: torch.dtype = torch.float64, **kw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                compute_dtype: torch.dtype = torch.float64,
+                **kw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q64, k64, v64 = (t.detach().to(compute_dtype).requires_grad_(True) for t in (q, k, v))
     with torch.enable_grad():
         out = attention_math(q64, k64, v64, mask=mask, compute_dtype=compute_dtype, **kw)

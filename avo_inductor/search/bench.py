@@ -90,7 +90,8 @@ def check_plausibility(flops: float, median_ms: float, device_name: str, dtype: 
     ratio = (cudnn_ms / median_ms) if cudnn_ms else None
     if peak is not None and tflops > peak:
         return Plausibility(False, False, tflops, peak, ratio,
-                            f"claimed {tflops:.1f} TFLOP/s exceeds the {device_name} {dtype} peak of {peak:.1f} TFLOP/s")
+                            f"claimed {tflops:.1f} TFLOP/s exceeds the {device_name} {dtype} peak of "
+                            f"{peak:.1f} TFLOP/s")
     if ratio is not None and ratio > MAX_CUDNN_RATIO:
         return Plausibility(True, True, tflops, peak, ratio,
                             f"{ratio:.2f}x cuDNN on the same shape (> {MAX_CUDNN_RATIO}x): needs re-measurement")
@@ -231,7 +232,8 @@ class CapturedCalls:
         return statistics.median(times)
 
 
-def capture_all(fns: Mapping[str, Callable[[], Any]], device: torch.device) -> tuple[dict[str, CapturedCalls] | None, str]:
+def capture_all(fns: Mapping[str, Callable[[], Any]],
+                device: torch.device) -> tuple[dict[str, CapturedCalls] | None, str]:
     """(graphs, method): CUDA graphs of GRAPH_CALLS calls for every fn, or (None, why) when one of them cannot be
     captured (a baseline that syncs the host), in which case every fn is timed with do_bench instead: one method
     for all, so candidate and baselines stay comparable."""

@@ -277,7 +277,8 @@ class SearchEngine:
                 out.append(cand)
         return out
 
-    def _parents(self, spec: AttentionSpec, island: pop.Island, rng: random.Random) -> list[tuple[Candidate, EvalResult | None]]:
+    def _parents(self, spec: AttentionSpec, island: pop.Island,
+                 rng: random.Random) -> list[tuple[Candidate, EvalResult | None]]:
         k = max(2, min(self.config.population, 8))
         chosen = pop.select_parents(island, k, rng, self.config.exploit_ratio, self.config.top_k)
         if chosen:
@@ -315,7 +316,8 @@ class SearchEngine:
                         try:
                             children = op.propose(parents, want, rng.getrandbits(31))
                         except Exception as exc:  # one broken operator (API down, budget) must not stop the search
-                            self._emit("note", self._run_id, gen, f"operator {op.name} failed: {type(exc).__name__}: {exc}")
+                            self._emit("note", self._run_id, gen,
+                                       f"operator {op.name} failed: {type(exc).__name__}: {exc}")
                             break
                         for c in children:
                             c = dataclasses.replace(c, spec=spec, island=island.index, generation=gen,
@@ -424,7 +426,8 @@ class SearchEngine:
 
     def _account(self, run_id: str) -> None:
         now, (dollars, tokens) = self.clock(), self._operator_spend()
-        self.db.add_spend(run_id, seconds=now - self._mark, dollars=dollars - self._spend[0], tokens=tokens - self._spend[1])
+        self.db.add_spend(run_id, seconds=now - self._mark, dollars=dollars - self._spend[0],
+                          tokens=tokens - self._spend[1])
         self._mark, self._spend = now, (dollars, tokens)
 
     def _budget_left(self) -> float | None:

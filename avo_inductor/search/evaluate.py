@@ -191,8 +191,8 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
         if last_input[i] < 0:
             continue
         x = sets[last_input[i]]
-        torch.save({"out1": run.host(out), "lse1": run.host(lse), "digest_x": input_digest(x), "input_index": last_input[i]},
-                   Path(message["out_dir"]) / f"timed{i}.pt")
+        torch.save({"out1": run.host(out), "lse1": run.host(lse), "digest_x": input_digest(x),
+                    "input_index": last_input[i]}, Path(message["out_dir"]) / f"timed{i}.pt")
     return {"candidate": t["candidate"].to_dict(), "baseline": t[best].to_dict(), "wall_calls": calls,
             "method": t["candidate"].method}
 
@@ -240,8 +240,8 @@ class _Session:
                                          f"({reply.last_progress}); worker killed (SIGKILL) and restarted")
         if reply.status != "ok":
             code = reply.payload.get("exit_code")
-            raise _Failed(Stage.CRASH, f"worker died (exit code {code}) during stage {stage.value} ({reply.last_progress}); "
-                                       f"stderr tail:\n{reply.stderr_tail[-1500:]}")
+            raise _Failed(Stage.CRASH, f"worker died (exit code {code}) during stage {stage.value} "
+                                       f"({reply.last_progress}); stderr tail:\n{reply.stderr_tail[-1500:]}")
         if reply.payload.get("error"):
             text = str(reply.payload["error"])
             if reply.payload.get("restart"):
@@ -396,7 +396,8 @@ class SandboxedEvaluator:
                 return Stage.CORRECT_TARGET
             if baseline is None:  # only a staged run (until set) skips the baseline, and none gets past the target
                 raise ValueError(f"until={until!r}: a staged evaluation stops at {Stage.CORRECT_TARGET.value} at most")
-            hardware = HardwareKey.current(judge_on) if kind == "cuda" else HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
+            hardware = HardwareKey.current(judge_on) if kind == "cuda" else \
+                HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
             extra.update(hardware=hardware.to_dict(), software=SoftwareKey.current().to_dict())
             timing = self._time(session, job, target.spec, baseline, out_dir, judge_on, rng)
             extra.update(timing.pop("extra"))

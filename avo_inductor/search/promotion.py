@@ -67,7 +67,8 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
     over the driver's: with Ray the driver may not have the GPU the kernel was timed on.
     """
     if candidate.source is not None:
-        source, entry, bwd, launch = candidate.source, candidate.entry_point, candidate.bwd_entry_point, candidate.launch
+        source, entry, bwd = candidate.source, candidate.entry_point, candidate.bwd_entry_point
+        launch = candidate.launch
         tier, digest = "source", ""  # KernelRecord's defaults
     elif candidate.genome is not None:
         if render is None:
@@ -89,7 +90,8 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
                             rel_err=result.rel_err, bwd_median_ms=extra.get("bwd_median_ms"),
                             bwd_speedup=extra.get("bwd_speedup"))
     return KernelRecord(spec=candidate.spec, hardware=hardware, software=software, source=source, entry_point=entry,
-                        bwd_entry_point=bwd, launch=dict(launch), genome=candidate.genome.to_dict() if candidate.genome else None,
+                        bwd_entry_point=bwd, launch=dict(launch),
+                        genome=candidate.genome.to_dict() if candidate.genome else None,
                         metrics=metrics, lineage_id=candidate.id, parent_ids=candidate.parent_ids,
                         operator=candidate.operator, verified_software=(software,), tier=tier,
                         template_digest=digest)

@@ -122,7 +122,8 @@ def specs_from_model(target: str) -> list[AttentionSpec]:
         raise ValueError(f"--model {target}: cannot load factory: {exc}") from None
     made = factory()
     if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], tuple)):
-        raise ValueError(f"--model {target}: factory must return (model, example_inputs tuple); got {type(made).__name__}")
+        raise ValueError(f"--model {target}: factory must return (model, example_inputs tuple); "
+                         f"got {type(made).__name__}")
     model, example_inputs = made
     from ..detect.match import find_attention_sites
 
@@ -258,7 +259,8 @@ def _agent_settings(options: RunOptions, inputs_search: dict[str, Any], settings
     changes: dict[str, Any] = {
         "agent_model": options.agent_model or inputs_search.get("agent_model"),
         "agent_max_tokens": options.max_tokens or inputs_search.get("max_tokens"),
-        "agent_max_dollars": options.max_dollars if options.max_dollars is not None else inputs_search.get("max_dollars"),
+        "agent_max_dollars": options.max_dollars if options.max_dollars is not None
+        else inputs_search.get("max_dollars"),
     }
     return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
 
