@@ -157,8 +157,8 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
     def call(xi: int, oi: int) -> Any:
         last_input[oi] = xi
         out, lse = outs[oi]
-        if training:
-            return run.run_training_step(loaded, spec, sets[xi], out, lse, dos[xi])  # type: ignore[index]
+        if dos is not None:  # dos exist exactly when training
+            return run.run_training_step(loaded, spec, sets[xi], out, lse, dos[xi])
         return run.run_forward(loaded, spec, sets[xi], out, lse)
 
     pairs = [(j % len(sets), j % len(outs)) for j in range(len(sets) * len(outs))]
