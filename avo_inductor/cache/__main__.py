@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 from ..spec import SPEC_TEXT_HELP
 

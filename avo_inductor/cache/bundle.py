@@ -18,8 +18,8 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..settings import Settings, get_settings
 from ..spec import HardwareKey, store_key

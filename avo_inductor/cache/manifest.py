@@ -12,8 +12,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 from ..version import __version__
 from ..parsing import MAX_INT, bounded_int, finite_float, load_json

@@ -12,8 +12,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..parsing import bounded_int, finite_float, load_json
 from ..settings import Settings, get_settings

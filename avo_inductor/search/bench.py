@@ -13,8 +13,8 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 

@@ -13,8 +13,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ..kernels.genome import KernelGenome
 from ..spec import AttentionSpec

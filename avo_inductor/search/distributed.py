@@ -8,8 +8,8 @@ sandbox worker pays a torch/Triton import and warm-up once per actor instead of 
 from __future__ import annotations
 
 import importlib
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 from .types import Candidate, EvalResult
 

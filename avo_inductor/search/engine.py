@@ -10,8 +10,8 @@ import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from . import population as pop

@@ -23,8 +23,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 from ..spec import AttentionSpec
 from .types import Candidate, EvalResult, Stage

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..kernels.genome import KNOBS, KernelGenome, Knob
 from ..kernels.render import template_digest

@@ -7,8 +7,8 @@ only if it passes and its speedup exceeds 1 by more than the spread measured in 
 """
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from ..artifact import KernelMetrics, KernelRecord
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey

@@ -9,8 +9,8 @@ import dataclasses
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from ..parsing import bounded_int, finite_float
 from ..settings import Settings, get_settings
