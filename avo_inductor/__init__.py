@@ -10,7 +10,7 @@ from typing import Any
 
 from .settings import Settings, configure, get_settings
 from .spec import AttentionSpec, HardwareKey, MaskKind, SoftwareKey
-from .version import __version__
+from .version import __version__ as __version__  # re-exported
 
 __all__ = [
     "AttentionSpec", "HardwareKey", "KernelHandle", "MaskKind", "Settings", "SoftwareKey",

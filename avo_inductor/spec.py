@@ -108,6 +108,12 @@ class AttentionSpec:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
 
     @property
+    def value_dim(self) -> int:
+        """``v_head_dim`` typed as the int it always is after ``__post_init__`` (the field admits None only as the
+        constructor's "same as head_dim")."""
+        return self.head_dim if self.v_head_dim is None else self.v_head_dim
+
+    @property
     def is_decode(self) -> bool:
         return self.q_len <= 16
 
@@ -131,7 +137,7 @@ class AttentionSpec:
 
         ``backward``: forward + backward, the backward counted 2.5x the forward (the convention in ANCHORS.md).
         """
-        f = 2.0 * self.batch * self.q_heads * self.attended_pairs() * (self.head_dim + self.v_head_dim)
+        f = 2.0 * self.batch * self.q_heads * self.attended_pairs() * (self.head_dim + self.value_dim)
         return f * (3.5 if backward else 1.0)
 
     def bucketed(self) -> AttentionSpec:
@@ -201,11 +207,13 @@ class HardwareKey:
         return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw).strip("-")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "name": self.name, "capability": list(self.capability), "sm_count": self.sm_count}
+        return {"vendor": self.vendor, "name": self.name, "capability": list(self.capability),
+                "sm_count": self.sm_count}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HardwareKey:
-        return cls(str(data["vendor"]), str(data["name"]), tuple(int(x) for x in data["capability"]), int(data["sm_count"]))  # type: ignore[arg-type]
+        return cls(str(data["vendor"]), str(data["name"]),
+                   tuple(int(x) for x in data["capability"]), int(data["sm_count"]))  # type: ignore[arg-type]
 
     @classmethod
     def current(cls, device: torch.device | str | None = None) -> HardwareKey:
@@ -283,8 +291,8 @@ _WINDOW = re.compile(r"win(?:dow)?=?(\d+)")
 def spec_text(spec: AttentionSpec) -> str:
     """``spec`` in the canonical text form (module comment above); ``parse_spec_text`` inverts it exactly."""
     dims = [spec.batch, spec.q_heads, spec.kv_heads, spec.q_len, spec.kv_len, spec.head_dim]
-    if spec.v_head_dim != spec.head_dim:
-        dims.append(spec.v_head_dim)  # type: ignore[arg-type]  # always an int after __post_init__
+    if spec.value_dim != spec.head_dim:
+        dims.append(spec.value_dim)
     mask = "causal" if spec.causal else "full"
     if spec.window is not None:
         mask += f"/win{spec.window}"
@@ -344,13 +352,15 @@ def _parse_dims(dims: list[str], token: str) -> dict[str, Any]:
         head, _, v_head = dims[-1].partition("/")
         dims = [*dims[:-1], head, v_head]
         if len(dims) != 7:
-            raise ValueError(f"spec dimensions {token!r}: D/DV needs B,H,HKV,NQ,NK before it; expected {SPEC_TEXT_HELP}")
+            raise ValueError(f"spec dimensions {token!r}: D/DV needs B,H,HKV,NQ,NK before it; "
+                             f"expected {SPEC_TEXT_HELP}")
     dims = list(dims)
     if len(dims) not in (5, 6, 7):
         raise ValueError(f"spec needs 5, 6 or 7 dimensions, got {len(dims)} in {token!r}; expected {SPEC_TEXT_HELP}")
     if len(dims) == 5:
         dims.insert(3, dims[3])  # B,H,HKV,N,D: NQ = NK = N
-    return {name: bounded_int(f"spec {name}", d, minimum=1) for name, d in zip(_DIM_NAMES, dims)}
+    # strict=False: six dims leave v_head_dim out (the last of _DIM_NAMES), and the spec defaults it
+    return {name: bounded_int(f"spec {name}", d, minimum=1) for name, d in zip(_DIM_NAMES, dims, strict=False)}
 
 
 def _apply_word(word: str, fields: dict[str, Any], seen: dict[str, str], text: str) -> None:

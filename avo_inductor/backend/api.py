@@ -40,8 +40,9 @@ class KernelHandle:
 
     ``spec`` is the spec asked for (what a call computes: scale, causal, window, mask kind); ``record.spec`` is the
     one the kernel was tuned or rendered for (a store record covers a bucket of shapes, and the graph pass's lookup
-    may serve a site from the same shape's record of the other direction). ``source`` is "store" or "baseline"; ``layer`` the store layer the record came
-    from, or "template" for a baseline. ``note`` says why ``source="auto"`` fell back to the baseline.
+    may serve a site from the same shape's record of the other direction). ``source`` is "store" or "baseline";
+    ``layer`` the store layer the record came from, or "template" for a baseline. ``note`` says why
+    ``source="auto"`` fell back to the baseline.
     """
 
     spec: AttentionSpec
@@ -69,9 +70,10 @@ def kernel_for(spec: AttentionSpec, *, source: Source = "auto", hardware: Hardwa
                template: str | None = None, genome: KernelGenome | None = None) -> KernelHandle:
     """The kernel for ``spec``, registered with the avo op.
 
-    ``source``: "store" = the record a compile would use (the graph pass's lookup: exact spec first), verified once on ``device`` when it was tuned on other software or read from a bundle; raises
-    KernelNotFound on a miss or a failed verification. "baseline" = the untuned template kernel (``genome``, else
-    the default genome of ``template``, else of the default template). "auto" = the store's, else the baseline
+    ``source``: "store" = the record a compile would use (the graph pass's lookup: exact spec first), verified once
+    on ``device`` when it was tuned on other software or read from a bundle; raises KernelNotFound on a miss or a
+    failed verification. "baseline" = the untuned template kernel (``genome``, else the default genome of
+    ``template``, else of the default template). "auto" = the store's, else the baseline
     (``note`` says why).
     ``hardware`` defaults to ``device``'s key (default device: CUDA if available, else the CPU interpreter);
     ``store`` defaults to the process-wide store of the current settings, the one the backend uses.

@@ -13,7 +13,8 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
@@ -227,7 +228,8 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
                 raise
             _count("error")
             _warn_once(f"site:{type(exc).__name__}:{exc}", f"avo: left an attention site at "
-                       f"{match.module_path or '<root>'} untouched after an internal error: {type(exc).__name__}: {exc}")
+                       f"{match.module_path or '<root>'} untouched after an internal error: "
+                       f"{type(exc).__name__}: {exc}")
             site = SiteReport(module_path=match.module_path, pattern=match.pattern, action=rep.ERROR,
                               spec=match.spec, reason=f"{type(exc).__name__}: {exc}")
         changed |= site.action in (rep.AVO, rep.SDPA)

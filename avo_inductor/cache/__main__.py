@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..spec import SPEC_TEXT_HELP
 
@@ -94,13 +95,14 @@ def _report_out(console: Any, reports: list[Any], as_json: bool) -> int:
                            "records": sorted(r.records), "unverified": r.unverified} for r in reports], indent=1))
     for r in reports if not as_json else ():
         status = "[green]OK[/green]" if r.ok else "[red]REFUSED[/red]"
-        console.print(f"{status} {escape(r.path)}: {len(r.records)} record(s)" + escape("".join(f"; {n}" for n in r.notes)))
+        notes = escape("".join(f"; {n}" for n in r.notes))
+        console.print(f"{status} {escape(r.path)}: {len(r.records)} record(s)" + notes)
         for problem in r.problems:
             console.print(f"  [red]-[/red] {escape(problem)}", highlight=False)
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 
-def _run(args: argparse.Namespace, console: Any) -> int:  # noqa: C901 - one branch per subcommand
+def _run(args: argparse.Namespace, console: Any) -> int:
     from . import admin, bundle, signing
     from ..settings import get_settings
 

@@ -18,7 +18,8 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..settings import Settings, get_settings
 from ..spec import HardwareKey, store_key
@@ -76,7 +77,8 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
                     raise BundleError(f"{tar_path} holds more than {MAX_FILES} members")
                 rel = safe_relpath(member.name)
                 if member.issym() or member.islnk():
-                    raise BundleError(f"tar member {member.name!r} is a link (to {member.linkname!r}); links are refused")
+                    raise BundleError(f"tar member {member.name!r} is a link (to {member.linkname!r}); "
+                                      "links are refused")
                 target = dest / rel
                 if not target.resolve().is_relative_to(dest.resolve()):
                     raise BundleError(f"tar member {member.name!r} escapes the bundle folder")
@@ -100,7 +102,8 @@ def safe_extract(tar_path: Path, dest: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise BundleError(f"cannot read {tar_path} ({type(exc).__name__}: {exc}); truncated or not a tar archive") from None
+        raise BundleError(f"cannot read {tar_path} ({type(exc).__name__}: {exc}); "
+                          "truncated or not a tar archive") from None
 
 
 def _bundle_root(folder: Path) -> Path:
@@ -232,7 +235,7 @@ def check_correctness(report: BundleReport, verifier: Verifier | None = None,
             continue
         try:
             result = verifier(record)
-        except Exception as exc:  # noqa: BLE001 - a crashing candidate is a failed verification, not our crash
+        except Exception as exc:
             report.problems.append(f"kernel {record.kernel_id} ({key}) crashed during verification: "
                                    f"{type(exc).__name__}: {exc}")
             continue
@@ -277,13 +280,14 @@ def import_bundle(store: KernelStore, path: str | Path, *, trusted_keys: Any = N
     admitted = []
     for key, record in report.records.items():
         if key not in report.unverified and here_sw != record.software and here_sw not in record.verified_software:
-            record = record.with_changes(verified_software=record.verified_software + (here_sw,))
+            record = record.with_changes(verified_software=(*record.verified_software, here_sw))
         admitted.append(record)
     store.put_many(admitted, unverified_keys=report.unverified)
     return report
 
 
-def _write_bundle(root: Path, records: list[KernelRecord], creator: str | None, sign_key: str | Path | None) -> Manifest:
+def _write_bundle(root: Path, records: list[KernelRecord], creator: str | None,
+                  sign_key: str | Path | None) -> Manifest:
     files: list[FileEntry] = []
     entries: list[RecordEntry] = []
     for record in sorted(records, key=lambda r: r.kernel_id):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from .manifest import (MANIFEST_NAME, BundleError, Manifest, read_capped, read_manifest, check_signature,
                        sha256_bytes, validate_record)

@@ -12,7 +12,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..version import __version__
 from ..parsing import MAX_INT, bounded_int, finite_float, load_json
@@ -141,8 +142,10 @@ class Manifest:
                                         _text("record kernel_id", r.get("kernel_id", "")))
                             for r in _items("records", data["records"]))
             manifest = cls(files=files, records=records,
-                           hardware=tuple(HardwareKey.from_dict(h) for h in _items("hardware", data.get("hardware", []))),
-                           software=tuple(SoftwareKey.from_dict(s) for s in _items("software", data.get("software", []))),
+                           hardware=tuple(HardwareKey.from_dict(h)
+                                          for h in _items("hardware", data.get("hardware", []))),
+                           software=tuple(SoftwareKey.from_dict(s)
+                                          for s in _items("software", data.get("software", []))),
                            creator=_text("creator", data.get("creator", "")),
                            created_at=finite_float("created_at", data.get("created_at", 0.0)),
                            format=fmt)
@@ -253,7 +256,8 @@ def read_manifest(root: Path) -> tuple[Manifest, Signature | None]:
     return manifest, sig
 
 
-def check_signature(manifest: Manifest, sig: Signature | None, trusted: Iterable[str], require_signed: bool) -> str | None:
+def check_signature(manifest: Manifest, sig: Signature | None, trusted: Iterable[str],
+                    require_signed: bool) -> str | None:
     """Apply the signature policy; returns the signer's key (hex) or None when unsigned and allowed.
 
     A present signature must always be valid; when trusted keys are configured the signer must be one of them;

@@ -10,7 +10,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..parsing import load_json
 
@@ -26,7 +27,8 @@ def _crypto() -> Any:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError as exc:
-        raise RuntimeError(f"bundle signatures need the 'cryptography' package ({exc}); pip install cryptography") from None
+        raise RuntimeError(f"bundle signatures need the 'cryptography' package ({exc}); "
+                           "pip install cryptography") from None
     return exceptions, serialization, ed25519
 
 SIG_ALGORITHM = "ed25519"

@@ -12,7 +12,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..parsing import bounded_int, finite_float, load_json
 from ..settings import Settings, get_settings
@@ -37,7 +38,7 @@ def _json_only_disk() -> type:
     import diskcache
     from diskcache.core import MODE_PICKLE
 
-    class JsonOnlyDisk(diskcache.Disk):  # type: ignore[misc]
+    class JsonOnlyDisk(diskcache.Disk):
         def get(self, key: Any, raw: bool) -> Any:
             if not raw:
                 raise ValueError("pickled key refused (the avo store writes only text keys)")
@@ -265,7 +266,8 @@ class KernelStore:
     # ---- writes (writable layer only) ---------------------------------------------------------------
     def put(self, record: KernelRecord, *, unverified: bool = False) -> str:
         """Store ``record`` under its key; ``unverified`` records are re-verified on first use."""
-        return self.put_many([record], unverified_keys={store_key(record.spec, record.hardware)} if unverified else ())[0]
+        unverified_keys = {store_key(record.spec, record.hardware)} if unverified else ()
+        return self.put_many([record], unverified_keys=unverified_keys)[0]
 
     def put_many(self, records: Iterable[KernelRecord], unverified_keys: Iterable[str] = ()) -> list[str]:
         """Store several records in one transaction (all or nothing), bumping the generation once."""
@@ -318,11 +320,12 @@ class KernelStore:
         with db.transact(retry=True):
             if hit.layer == LOCAL_LAYER:
                 verified = record.verified_software + (() if sw in record.verified_software else (sw,))
-                db.set(_REC + key, json.dumps(record.with_changes(verified_software=verified).to_dict(), sort_keys=True))
+                db.set(_REC + key,
+                       json.dumps(record.with_changes(verified_software=verified).to_dict(), sort_keys=True))
                 db.delete(mark_key)
             else:
                 marked = [s for s in self._mark(key, record.sha256).get("software", []) if s != sw.to_dict()]
-                db.set(mark_key, json.dumps({"unverified": False, "software": marked + [sw.to_dict()]}))
+                db.set(mark_key, json.dumps({"unverified": False, "software": [*marked, sw.to_dict()]}))
             _bump_generation(db)
         return True
 

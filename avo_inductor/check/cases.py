@@ -78,7 +78,8 @@ def small_cases(spec: AttentionSpec, device_type: str, rng: random.Random, *, he
                 quick: bool = False) -> list[CheckCase]:
     """The ragged small cases (``held_out``: the set seen only at promotion). Decode specs keep short queries."""
     cpu = device_type == "cpu"
-    pairs = (_CPU_HELD_OUT if cpu else _GPU_HELD_OUT) if held_out else (_CPU_SMALL if cpu else _GPU_SMALL)
+    pairs: tuple[tuple[int, int], ...] = \
+        (_CPU_HELD_OUT if cpu else _GPU_HELD_OUT) if held_out else (_CPU_SMALL if cpu else _GPU_SMALL)
     if spec.is_decode:
         pairs = tuple((min(q, spec.q_len), k) for q, k in pairs)
     if quick:
@@ -118,11 +119,11 @@ def case_inputs(spec: AttentionSpec, seed: int, device: torch.device | str) -> A
     if spec.mask is MaskKind.PADDING and spec.batch >= 2 and x.mask is not None:
         x.mask[-1] = True
     dev = torch.device(device)
-    return AttentionInputs(*(None if t is None else t.to(dev) for t in (x.q, x.k, x.v, x.mask)))
+    return AttentionInputs(x.q.to(dev), x.k.to(dev), x.v.to(dev), None if x.mask is None else x.mask.to(dev))
 
 
 def case_grad_output(spec: AttentionSpec, seed: int, device: torch.device | str) -> torch.Tensor:
     """The output gradient ``do`` of a case's backward run, from the case's seed (CPU, then moved)."""
     g = torch.Generator().manual_seed(seed ^ 0x5DEECE66D)
-    shape = (spec.batch, spec.q_heads, spec.q_len, spec.v_head_dim)
+    shape = (spec.batch, spec.q_heads, spec.q_len, spec.value_dim)
     return torch.randn(shape, generator=g, dtype=torch.float32).to(spec.torch_dtype).to(torch.device(device))

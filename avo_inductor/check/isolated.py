@@ -49,7 +49,8 @@ def verify_isolated(record: Any, timeout_s: float = 900.0, device: str | None = 
             failed = _failure("load", load)
             if failed:
                 return False, failed
-            cases = verification_cases(record.spec, dev.split(":")[0], random.Random(int.from_bytes(os.urandom(8), "little")))
+            rng = random.Random(int.from_bytes(os.urandom(8), "little"))
+            cases = verification_cases(record.spec, dev.split(":")[0], rng)
             reply = worker.request({"op": "run_cases", "cases": [c.to_dict() for c in cases], "out_dir": out_dir},
                                    max(1.0, deadline - time.monotonic()))
             failed = _failure("run", reply)

@@ -41,7 +41,7 @@ def _refs(spec: AttentionSpec, x: Any, grads: bool, seed: int) -> dict[str, torc
     if grads:
         do = case_grad_output(spec, seed, x.q.device)
         for name, g, g_dt in zip(("dq", "dk", "dv"), reference_grads(x.q, x.k, x.v, do, **kw),
-                                 reference_grads(x.q, x.k, x.v, do, compute_dtype=dt, **kw)):
+                                 reference_grads(x.q, x.k, x.v, do, compute_dtype=dt, **kw), strict=True):
             refs[name], refs[f"{name}@dtype"] = g, g_dt
     return refs
 
@@ -63,7 +63,8 @@ def judge_case(case: CheckCase, got: dict[str, Any], device: torch.device | str 
     for name in ("out1", "out2", "out3", "dq", "dk", "dv"):
         t = got.get(name)
         if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != spec.torch_dtype):
-            raise CheckFailure(f"{name}: {getattr(t, 'dtype', type(t).__name__)}, expected {spec.torch_dtype} ({where})")
+            raise CheckFailure(f"{name}: {getattr(t, 'dtype', type(t).__name__)}, "
+                               f"expected {spec.torch_dtype} ({where})")
     x = case_inputs(spec, case.seeds[0], dev)
     if got["digest_x"] != input_digest(x):
         raise CheckFailure(f"the kernel modified its inputs (q/k/v/mask differ after the call; inputs must stay "
@@ -79,7 +80,8 @@ def judge_case(case: CheckCase, got: dict[str, Any], device: torch.device | str 
                                  f"backward of run 1, {where}"))
     if case.runs == 3:
         try:
-            compare("output", got["out2"].to(dev), refs["out"], refs["out@dtype"], dt, f"run 2, other pre-fill, {where}")
+            compare("output", got["out2"].to(dev), refs["out"], refs["out@dtype"], dt,
+                    f"run 2, other pre-fill, {where}")
             compare_lse(got["lse2"].to(dev), refs["lse"], refs["lse@dtype"], f"run 2, {where}")
         except CheckFailure as exc:
             diff = float((got["out2"].double() - got["out1"].double()).abs().nan_to_num(float("inf")).max())

@@ -30,7 +30,8 @@ FATAL_MARKERS = ("illegal memory access", "CUDA error", "out of memory", "misali
 
 def alloc(spec: AttentionSpec, device: torch.device, fill: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse) buffers of ``spec`` filled with ``fill`` (never zeros: a kernel must not find a telltale value)."""
-    out = torch.full((spec.batch, spec.q_heads, spec.q_len, spec.v_head_dim), fill, dtype=spec.torch_dtype, device=device)
+    out = torch.full((spec.batch, spec.q_heads, spec.q_len, spec.value_dim), fill, dtype=spec.torch_dtype,
+                     device=device)
     lse = torch.full((spec.batch, spec.q_heads, spec.q_len), fill, dtype=torch.float32, device=device)
     return out, lse
 
@@ -44,7 +45,7 @@ def dirty_allocator(device: torch.device, nbytes: int, value: float) -> None:
 
 def scratch_bytes(spec: AttentionSpec, loaded: Any) -> int:
     splits = int(getattr(loaded.launch, "kv_splits", 1))
-    return 4 * spec.batch * spec.q_heads * splits * spec.q_len * (spec.v_head_dim + 1)
+    return 4 * spec.batch * spec.q_heads * splits * spec.q_len * (spec.value_dim + 1)
 
 
 def run_forward(loaded: Any, spec: AttentionSpec, inputs: Any, out: torch.Tensor, lse: torch.Tensor) -> None:
@@ -59,9 +60,9 @@ def run_backward(loaded: Any, spec: AttentionSpec, inputs: Any, out: torch.Tenso
     kernel's own out and LSE), or the plain-torch recompute fallback for a kernel without one."""
     args = launch.spec_call_args(spec)
     if loaded.has_backward:
-        bufs = {n: torch.full_like(t, float("nan")) for n, t in (("dq", inputs.q), ("dk", inputs.k), ("dv", inputs.v))}
+        dq, dk, dv = (torch.full_like(t, float("nan")) for t in (inputs.q, inputs.k, inputs.v))
         return launch.backward(loaded.functions, loaded.launch, do, inputs.q, inputs.k, inputs.v, out, lse,
-                               inputs.mask, **bufs, **args)
+                               inputs.mask, dq=dq, dk=dk, dv=dv, **args)
     return fallback.recompute_backward(do, inputs.q, inputs.k, inputs.v, inputs.mask,
                                        **{**args, "scale": spec.effective_scale})[:3]
 

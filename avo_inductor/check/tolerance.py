@@ -99,7 +99,8 @@ def compare_lse(got: torch.Tensor, ref: torch.Tensor, same_math: torch.Tensor, c
     tiny = (ref < LSE_FLOOR) & ~empty
     wrong_tiny = tiny & ~(g < LSE_FLOOR)
     if wrong_tiny.any():
-        raise CheckFailure(f"{where}: rows whose reference LSE is below {LSE_FLOOR:g} must be too: {_where(wrong_tiny)}")
+        raise CheckFailure(f"{where}: rows whose reference LSE is below {LSE_FLOOR:g} must be too: "
+                           f"{_where(wrong_tiny)}")
     normal = ~(empty | tiny)
     if not normal.any():
         return Comparison("lse", 0.0, 0.0, 0.0, 0.0)

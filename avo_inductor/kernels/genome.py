@@ -8,4 +8,4 @@ from __future__ import annotations
 
 from ..artifact import GENOME_SPACE, KNOB_BY_NAME, KNOBS, KernelGenome, Knob
 
-__all__ = ["GENOME_SPACE", "KNOBS", "KNOB_BY_NAME", "Knob", "KernelGenome"]
+__all__ = ["GENOME_SPACE", "KNOBS", "KNOB_BY_NAME", "KernelGenome", "Knob"]

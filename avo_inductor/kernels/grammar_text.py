@@ -78,9 +78,9 @@ def shape_problem(tree: ast.AST) -> Violation | None:
 def parse_checked(source: object) -> ast.Module | list[Violation]:
     """The module's syntax tree, or why the text is refused before any grammar rule applies."""
     early = text_problems(source)
-    if early:
+    if early or not isinstance(source, str):  # text_problems refuses every non-str, so early is set then
         return early
-    tree = parse(source)  # type: ignore[arg-type]  # text_problems refused every non-str
+    tree = parse(source)
     if isinstance(tree, Violation):
         return [tree]
     shape = shape_problem(tree)

@@ -47,7 +47,8 @@ Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q,
     Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV, stride_{q,k,v,do,m,dq,dk,dv} (4 each),
     BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window, and the forward's constexprs without SPLITS
     (BLOCK_M/BLOCK_N = BWD_BLOCK_M/BWD_BLOCK_N).
-  Grid rule "bwd": dkdv (cdiv(Nk, BWD_BLOCK_N), B * Hkv), summing the GQA group in-kernel; dq (cdiv(Nq, BWD_BLOCK_M), B * Hq).
+  Grid rule "bwd": dkdv (cdiv(Nk, BWD_BLOCK_N), B * Hkv), summing the GQA group in-kernel;
+  dq (cdiv(Nq, BWD_BLOCK_M), B * Hq).
   launch["bwd_dq_atomic"] true: DQ is a zero-filled contiguous fp32 (B, Hq, Nq, D) buffer that ``{bwd}_dkdv``
   atomically adds its dq = scale * dS K contributions to; ``{bwd}_dq`` is not launched and the launcher casts the
   buffer into dq.
@@ -57,7 +58,8 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 
@@ -90,15 +92,25 @@ def _known_multiple(n: Any, block: int) -> bool:
     return bool(statically_known_true(n % block == 0))
 
 
+class TritonKernel(Protocol):
+    """A launchable @triton.jit (or Gluon) function: ``kernel[grid](**kwargs)``. Triton ships no type stubs, so
+    this names what the launcher uses: indexing by a grid, and the ``__call__`` (valid only inside another kernel)
+    that makes it the callable ``torch.library.wrap_triton`` takes."""
+
+    def __getitem__(self, grid: Any) -> Callable[..., Any]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 @dataclass(frozen=True)
 class KernelFunctions:
     """The @triton.jit functions of one loaded source; backward ones are None without a bwd entry point."""
 
-    fwd: Callable[..., Any]
-    reduce: Callable[..., Any] | None = None
-    bwd_preprocess: Callable[..., Any] | None = None
-    bwd_dkdv: Callable[..., Any] | None = None
-    bwd_dq: Callable[..., Any] | None = None
+    fwd: TritonKernel
+    reduce: TritonKernel | None = None
+    bwd_preprocess: TritonKernel | None = None
+    bwd_dkdv: TritonKernel | None = None
+    bwd_dq: TritonKernel | None = None
 
     @property
     def has_backward(self) -> bool:
@@ -115,7 +127,7 @@ def _plain_eager(grid: tuple[Any, ...], args: Any) -> bool:
     return all(type(a) is torch.Tensor for a in args if isinstance(a, torch.Tensor))
 
 
-def _launch(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Any:
+def _launch(fn: TritonKernel, grid: tuple[Any, ...], **kwargs: Any) -> Any:
     """Launch ``fn`` (returns what Triton's launch returns: the CompiledKernel of an eager GPU launch)."""
     ensure_interpreter_fixes()
     if _plain_eager(grid, kwargs.values()):
@@ -268,7 +280,7 @@ def forward(fns: KernelFunctions, cfg: LaunchConfig, q: torch.Tensor, k: torch.T
     return result
 
 
-def _launch_direct(fn: Callable[..., Any], grid: tuple[Any, ...], **kwargs: Any) -> Any:
+def _launch_direct(fn: TritonKernel, grid: tuple[Any, ...], **kwargs: Any) -> Any:
     """A Gluon kernel's launch: always direct (wrap_triton cannot trace Gluon host descriptors)."""
     return fn[grid](**kwargs)
 
@@ -403,7 +415,7 @@ def _ws90_bias_ring(mask: torch.Tensor, m_strides: tuple[Any, ...], dtype: torch
     return BiasRing(stages, m_strides[0] == 0, m_strides[1] == 0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ws90_layout(block: tuple[int, ...], dtype: torch.dtype) -> Any:
     from triton.experimental.gluon import language as gl
 
@@ -429,7 +441,9 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
              causal: bool, window: int, mask_kind: str, dq: torch.Tensor | None = None, dk: torch.Tensor | None = None,
              dv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the Triton backward: (dq, dk, dv) shaped like q, k, v (dk/dv summed over each GQA group)."""
-    if not fns.has_backward:
+    # fns.has_backward, spelled out so each kernel is narrowed to non-None below.
+    preprocess_fn, dkdv_fn, dq_fn = fns.bwd_preprocess, fns.bwd_dkdv, fns.bwd_dq
+    if preprocess_fn is None or dkdv_fn is None or dq_fn is None:
         raise RuntimeError("this kernel has no Triton backward entry point; use the recompute fallback")
     _check_qkv(q, k, v)
     check_mask_operand(mask_kind, mask, q, k, v)
@@ -443,7 +457,7 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
     delta = torch.empty((b, hq, nq), dtype=torch.float32, device=q.device)
     sc = _scalars(q, k, v, scale, causal, window, mask_kind)
     bm, bn = cfg.bwd_block_m, cfg.bwd_block_n
-    _launch(fns.bwd_preprocess, (_cdiv(nq, bm), b * hq), O=o, DO=do, DELTA=delta, **_strides("o", o),
+    _launch(preprocess_fn, (_cdiv(nq, bm), b * hq), O=o, DO=do, DELTA=delta, **_strides("o", o),
             **_strides("do", do), H_Q=hq, N_Q=nq, V_HEAD_DIM=sc["V_HEAD_DIM"], BLOCK_M=bm, BLOCK_DV=sc["BLOCK_DV"],
             num_warps=4, num_stages=1)
     m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
@@ -461,11 +475,11 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
     if cfg.bwd_dq_atomic:
         # dk/dv's kernel adds every key tile's dq contribution into one fp32 buffer; no dq kernel.
         dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        _launch(fns.bwd_dkdv, (_cdiv(nk, bn), b * hkv), **{**args, "DQ": dq_acc, **_strides("dq", dq_acc)},
+        _launch(dkdv_fn, (_cdiv(nk, bn), b * hkv), **{**args, "DQ": dq_acc, **_strides("dq", dq_acc)},
                 **tiles(bm, bn))
         dq.copy_(dq_acc)
         return dq, dk, dv
-    _launch(fns.bwd_dkdv, (_cdiv(nk, bn), b * hkv), **args, **tiles(bm, bn))
+    _launch(dkdv_fn, (_cdiv(nk, bn), b * hkv), **args, **tiles(bm, bn))
     dq_m, dq_n = (bn, bm) if cfg.bwd_dq_swap else (bm, bn)
-    _launch(fns.bwd_dq, (_cdiv(nq, dq_m), b * hq), **args, **tiles(dq_m, dq_n))
+    _launch(dq_fn, (_cdiv(nq, dq_m), b * hq), **args, **tiles(dq_m, dq_n))
     return dq, dk, dv

@@ -12,7 +12,6 @@
   Triton backward; otherwise (or when a bias needs its own gradient) the plain-torch recompute fallback runs.
 Kernels are looked up by ``kernel_id`` in an in-process registry filled by :func:`register_kernel`.
 """
-from typing import Optional
 
 import torch
 
@@ -46,13 +45,13 @@ def get_kernel(kernel_id: str) -> LoadedKernel:
 
 @torch.library.triton_op(
     "avo::attention_fwd", mutates_args=())
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], kernel_id: str,
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kernel_id: str,
                   scale: float, causal: bool, window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) fp32 (natural log, +inf for rows with no key)."""
     return _run_forward(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)
 
 
-def _run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], kernel_id: str,
+def _run_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kernel_id: str,
                  scale: float, causal: bool, window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward launch behind both forward ops."""
     loaded = get_kernel(kernel_id)
@@ -71,7 +70,7 @@ def _attention_fwd_fake(q, k, v, mask, kernel_id, scale, causal, window, mask_ki
 @torch.library.triton_op(
     "avo::attention_backward", mutates_args=())
 def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                       lse: torch.Tensor, mask: Optional[torch.Tensor], kernel_id: str, scale: float, causal: bool,
+                       lse: torch.Tensor, mask: torch.Tensor | None, kernel_id: str, scale: float, causal: bool,
                        window: int, mask_kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) by the kernel's Triton backward; dk/dv summed over each GQA group."""
     loaded = get_kernel(kernel_id)
@@ -159,8 +158,8 @@ def _attention_composite(q, k, v, mask, kernel_id, scale, causal, window, mask_k
 _LIB.impl("attention", _attention_composite, "CompositeImplicitAutograd")
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None, *,
-              kernel_id: str, scale: Optional[float] = None, causal: bool = False, window: Optional[int] = None,
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, *,
+              kernel_id: str, scale: float | None = None, causal: bool = False, window: int | None = None,
               mask_kind: str = "none") -> torch.Tensor:
     """Python convenience over torch.ops.avo.attention: q (B,Hq,Nq,D), k (B,Hkv,Nk,D), v (B,Hkv,Nk,Dv)."""
     scale = float(q.shape[-1] ** -0.5 if scale is None else scale)

@@ -23,7 +23,7 @@ def _broadcastable(shape: tuple[Any, ...], target: tuple[Any, ...]) -> bool:
     """True when ``shape`` broadcasts to ``target`` (right-aligned; each dim 1 or equal; at most len(target) dims)."""
     if len(shape) > len(target):
         return False
-    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target)))
+    return all(s == 1 or s == t for s, t in zip(reversed(shape), reversed(target), strict=False))
 
 
 def check_mask_operand(mask_kind: str, mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor,

@@ -41,7 +41,8 @@ def tolerance(dtype: torch.dtype | str, grad: bool = False) -> tuple[float, floa
     return (atol * _GRAD_SCALE, rtol * _GRAD_SCALE) if grad else (atol, rtol)
 
 
-def allowed_keys(nq: int, nk: int, causal: bool, window: int | None, device: torch.device | str = "cpu") -> torch.Tensor | None:
+def allowed_keys(nq: int, nk: int, causal: bool, window: int | None,
+                 device: torch.device | str = "cpu") -> torch.Tensor | None:
     """(Nq, Nk) bool keep-mask of the causal / window structure (bottom-right aligned), None if unrestricted."""
     window = window or None
     if not causal and window is None:
@@ -71,9 +72,10 @@ def additive_mask(
     dtype = torch.float64 if target == torch.float64 else torch.float32  # the working precision
     kind = MaskKind(mask_kind)
     out: torch.Tensor | None = None
-    if kind is not MaskKind.NONE and mask is None:
-        raise ValueError(f"mask_kind={kind.value!r} needs a mask tensor")
-    if kind is MaskKind.BIAS:
+    if mask is None:
+        if kind is not MaskKind.NONE:
+            raise ValueError(f"mask_kind={kind.value!r} needs a mask tensor")
+    elif kind is MaskKind.BIAS:
         if mask.dtype == torch.bool:
             raise ValueError("mask_kind='bias' needs a float tensor; got a bool mask (use mask_kind='bool')")
         out = mask
@@ -90,7 +92,7 @@ def additive_mask(
         j = torch.arange(nk, device=device, dtype=dtype)[None, :]
         out = -mask.to(dtype).reshape(1, h, 1, 1) * (i - j).abs()
     structural = allowed_keys(nq, nk, causal, window, device)
-    if kind is MaskKind.BIAS and structural is None:
+    if kind is MaskKind.BIAS and structural is None and mask is not None:
         return mask.to(target)  # nothing is added: a cast suffices (an fp32 copy of a 4x32x4096^2 bias is 8.6 GB)
     if structural is not None:
         s = torch.zeros((nq, nk), dtype=dtype, device=device).masked_fill(~structural, -math.inf)
@@ -154,7 +156,8 @@ def attention_reference(
     b, hq, nq, _ = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     slices = _reference_slices(b, hq, hkv, nq, nk)
-    kw = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind, compute_dtype=compute_dtype)
+    kw: dict[str, Any] = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind,
+                              compute_dtype=compute_dtype)
     if slices is None:
         return attention_math(q, k, v, mask=mask, **kw)
     group = hq // hkv
@@ -179,7 +182,8 @@ def reference_grads(
     shipped record at its own shape ran out of memory on an 80 GB H100."""
     b, hq, nq, _ = q.shape
     hkv, nk = k.shape[1], k.shape[2]
-    kw = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind, compute_dtype=compute_dtype)
+    kw: dict[str, Any] = dict(scale=scale, causal=causal, window=window, mask_kind=mask_kind,
+                              compute_dtype=compute_dtype)
     slices = _reference_slices(b, hq, hkv, nq, nk)
     if slices is None:
         return _grads_math(q, k, v, do, mask, **kw)
@@ -196,7 +200,8 @@ def reference_grads(
 
 
 def _grads_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor, mask: torch.Tensor | None,
-                compute_dtype: torch.dtype = torch.float64, **kw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                compute_dtype: torch.dtype = torch.float64,
+                **kw: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q64, k64, v64 = (t.detach().to(compute_dtype).requires_grad_(True) for t in (q, k, v))
     with torch.enable_grad():
         out = attention_math(q64, k64, v64, mask=mask, compute_dtype=compute_dtype, **kw)
@@ -291,7 +296,7 @@ def make_inputs(spec: AttentionSpec, device: torch.device | str = "cpu", seed: i
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g, dtype=torch.float32, device=dev).to(dtype=dt)
 
-    q, k, v = randn(b, hq, nq, spec.head_dim), randn(b, hkv, nk, spec.head_dim), randn(b, hkv, nk, spec.v_head_dim)
+    q, k, v = randn(b, hq, nq, spec.head_dim), randn(b, hkv, nk, spec.head_dim), randn(b, hkv, nk, spec.value_dim)
     mask: torch.Tensor | None = None
     if spec.mask is MaskKind.BIAS:
         mask = randn(b, hq, nq, nk)

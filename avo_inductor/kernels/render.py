@@ -40,7 +40,7 @@ def _template_text(name: str) -> str:
     return resources.files("avo_inductor.kernels").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def template_digest(template: str) -> str:
     """Hash of a template family's source files: part of a genome's search identity, so a search database resumed
     after the template changed re-evaluates its genomes instead of trusting scores of kernels it no longer renders
@@ -201,12 +201,12 @@ def _gluon_dialect(text: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gluon_hopper_available() -> bool:
     """True when this Triton ships Gluon's Hopper API (warpgroup MMA, TMA, mbarriers, warp_specialize)."""
     try:
         from triton.experimental.gluon import language as gl
-        from triton.experimental.gluon.language.nvidia import hopper  # noqa: F401
+        from triton.experimental.gluon.language.nvidia import hopper
     except ImportError:
         return False
     return hasattr(gl, "warp_specialize") and hasattr(hopper, "warpgroup_mma")

@@ -13,7 +13,8 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -89,7 +90,8 @@ def check_plausibility(flops: float, median_ms: float, device_name: str, dtype: 
     ratio = (cudnn_ms / median_ms) if cudnn_ms else None
     if peak is not None and tflops > peak:
         return Plausibility(False, False, tflops, peak, ratio,
-                            f"claimed {tflops:.1f} TFLOP/s exceeds the {device_name} {dtype} peak of {peak:.1f} TFLOP/s")
+                            f"claimed {tflops:.1f} TFLOP/s exceeds the {device_name} {dtype} peak of "
+                            f"{peak:.1f} TFLOP/s")
     if ratio is not None and ratio > MAX_CUDNN_RATIO:
         return Plausibility(True, True, tflops, peak, ratio,
                             f"{ratio:.2f}x cuDNN on the same shape (> {MAX_CUDNN_RATIO}x): needs re-measurement")
@@ -230,7 +232,8 @@ class CapturedCalls:
         return statistics.median(times)
 
 
-def capture_all(fns: Mapping[str, Callable[[], Any]], device: torch.device) -> tuple[dict[str, CapturedCalls] | None, str]:
+def capture_all(fns: Mapping[str, Callable[[], Any]],
+                device: torch.device) -> tuple[dict[str, CapturedCalls] | None, str]:
     """(graphs, method): CUDA graphs of GRAPH_CALLS calls for every fn, or (None, why) when one of them cannot be
     captured (a baseline that syncs the host), in which case every fn is timed with do_bench instead: one method
     for all, so candidate and baselines stay comparable."""
@@ -308,8 +311,8 @@ def sdpa_call(spec: AttentionSpec, attn_mask: torch.Tensor | None, is_causal: bo
     """fn(q, k, v) calling SDPA with this mask, the spec's scale and GQA, under ``backend`` (an SDPBackend name)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    kwargs = dict(attn_mask=attn_mask, is_causal=is_causal, scale=spec.effective_scale,
-                  enable_gqa=spec.q_heads != spec.kv_heads)
+    kwargs: dict[str, Any] = dict(attn_mask=attn_mask, is_causal=is_causal, scale=spec.effective_scale,
+                                  enable_gqa=spec.q_heads != spec.kv_heads)
     forced = None if backend is None else getattr(SDPBackend, backend)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -371,19 +374,24 @@ def flex_baseline(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     kind, off, window, causal = spec.mask, spec.kv_len - spec.q_len, spec.window, spec.causal
-    if kind is not MaskKind.NONE and mask is None:
-        raise ValueError(f"mask_kind={kind.value!r} needs a mask tensor")
     keep: torch.Tensor | None = None  # bool, 4-d broadcastable, for mask_mod
-    if kind is MaskKind.PADDING:
+    bias: torch.Tensor | None = None
+    slopes: torch.Tensor | None = None
+    if mask is None:
+        if kind is not MaskKind.NONE:
+            raise ValueError(f"mask_kind={kind.value!r} needs a mask tensor")
+    elif kind is MaskKind.PADDING:
         if mask.dim() != 2:
             raise ValueError(f"padding mask must be (B, Nk); got shape {tuple(mask.shape)}")
         keep = mask.to(device=device, dtype=torch.bool)[:, None, None, :]
     elif kind is MaskKind.BOOL:
         keep = _as_4d(mask.to(device=device, dtype=torch.bool))
-    bias = _as_4d(mask.to(device)) if kind is MaskKind.BIAS else None
-    slopes = mask.to(device=device, dtype=torch.float32).reshape(-1) if kind is MaskKind.ALIBI else None
-    if slopes is not None and slopes.numel() != spec.q_heads:
-        raise ValueError(f"alibi slopes must be ({spec.q_heads},); got shape {tuple(mask.shape)}")
+    elif kind is MaskKind.BIAS:
+        bias = _as_4d(mask.to(device))
+    elif kind is MaskKind.ALIBI:
+        slopes = mask.to(device=device, dtype=torch.float32).reshape(-1)
+        if slopes.numel() != spec.q_heads:
+            raise ValueError(f"alibi slopes must be ({spec.q_heads},); got shape {tuple(mask.shape)}")
 
     def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
         ok = kv_idx <= q_idx + off if causal or window is not None else kv_idx >= 0
@@ -396,6 +404,7 @@ def flex_baseline(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.
     def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
         if bias is not None:
             return score + _index4(bias, b, h, q_idx, kv_idx)
+        assert slopes is not None  # score_mod is the mod only for bias and alibi
         return score - slopes[h] * (q_idx + off - kv_idx).abs()
 
     block_mask = None
@@ -403,7 +412,9 @@ def flex_baseline(spec: AttentionSpec, mask: torch.Tensor | None, device: torch.
         block_b = keep.shape[0] if keep is not None and keep.shape[0] > 1 else None
         block_h = keep.shape[1] if keep is not None and keep.shape[1] > 1 else None
         block_mask = create_block_mask(mask_mod, block_b, block_h, spec.q_len, spec.kv_len, device=device)
-    flex = compiled_flex() if compiled else flex_attention
+    flex: Callable[..., torch.Tensor] = flex_attention
+    if compiled:
+        flex = compiled_flex()
     mod = score_mod if kind in (MaskKind.BIAS, MaskKind.ALIBI) else None
     gqa = spec.q_heads != spec.kv_heads
 
@@ -461,7 +472,10 @@ def baseline_fns(spec: AttentionSpec, device: torch.device | str,
     unknown = [n for n in names if n not in BUILTIN_NAMES]
     if unknown:
         raise ValueError(f"unknown built-in baseline(s) {unknown}; expected some of {BUILTIN_NAMES}")
-    return {n: _per_mask(lambda m, n=n: builtin_baseline(n, spec, m, device)) for n in names}
+
+    def builder(name: str) -> Callable[[torch.Tensor | None], Fn3]:
+        return lambda m: builtin_baseline(name, spec, m, device)
+    return {n: _per_mask(builder(n)) for n in names}
 
 
 def training_step(fn: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch.Tensor, ...]]:

@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from . import runner
 from .progress import make_progress
@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument("--pending", action="store_true", help="specs queued by compiles that missed the store")
     src.add_argument("--campaign", metavar="FILE", help="campaign TOML (see search/*.toml)")
-    src.add_argument("--model", metavar="MOD:FACTORY", help="factory() -> (model, example_inputs); its shapes are traced")
+    src.add_argument("--model", metavar="MOD:FACTORY",
+                     help="factory() -> (model, example_inputs); its shapes are traced")
     run.add_argument("--generations", type=_arg("generations"))
     run.add_argument("--budget-minutes", type=_arg("budget_minutes"), help="wall-clock budget for the whole run")
     run.add_argument("--population", type=_arg("population"), help="children per island per generation")
@@ -47,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tokens", type=_arg("max_tokens"), help="agent token budget")
     run.add_argument("--max-dollars", type=_arg("max_dollars"), help="agent dollar budget")
     run.add_argument("--ray-address", help="fan evaluation out to a Ray cluster (pip install avo_inductor[ray])")
-    run.add_argument("--quick", action="store_true", help="tiny search for CI: 2 seeds, 1 generation of 1 child, 1 island, quick evaluation")
+    run.add_argument("--quick", action="store_true",
+                     help="tiny search for CI: 2 seeds, 1 generation of 1 child, 1 island, quick evaluation")
     for name, sp in (("run", run), ("status", sub.add_parser("status", help="runs and best speedup per spec")),
                      ("lineage", sub.add_parser("lineage", help="ancestry of a spec key, kernel id or candidate id")),
                      ("resume", sub.add_parser("resume", help="continue a killed or stopped run"))):
@@ -55,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "lineage":
             sp.add_argument("ref", metavar="SPEC_KEY|KERNEL_ID|CANDIDATE_ID")
         if name == "resume":
-            sp.add_argument("run_id", metavar="RUN_ID", help='a run id from `status`, or "latest" (newest unfinished run)')
+            sp.add_argument("run_id", metavar="RUN_ID",
+                            help='a run id from `status`, or "latest" (newest unfinished run)')
         if name in ("run", "resume"):
             sp.add_argument("--slice-minutes", type=_arg("slice_minutes"), metavar="M",
                             help="GPU time in slices: stop after M minutes, promote the best so far, leave the run "
@@ -142,5 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with `python -m avo_inductor.search resume RUN_ID` (see `status`)", file=sys.stderr)
+        print("interrupted; continue with `python -m avo_inductor.search resume RUN_ID` (see `status`)",
+              file=sys.stderr)
         return 130

@@ -13,7 +13,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ..kernels.genome import KernelGenome
 from ..spec import AttentionSpec
@@ -194,12 +195,13 @@ class SearchDatabase:
                       "WHERE id=?", (seconds, dollars, tokens, run_id))
 
     # ---- candidates and results --------------------------------------------------------------------
-    def add_candidates(self, run_id: str, candidates: Sequence[Candidate], source_hashes: Sequence[str]) -> list[Candidate]:
+    def add_candidates(self, run_id: str, candidates: Sequence[Candidate],
+                       source_hashes: Sequence[str]) -> list[Candidate]:
         """Insert as pending; returns those that were new (same id in the same run = duplicate, skipped)."""
         added: list[Candidate] = []
         now = time.time()
         with self._tx() as c:
-            for cand, digest in zip(candidates, source_hashes):
+            for cand, digest in zip(candidates, source_hashes, strict=True):
                 cur = c.execute(
                     "INSERT OR IGNORE INTO candidates (run_id, id, spec_key, spec, genome, source, source_hash, "
                     "entry_point, bwd_entry_point, launch, parent_ids, operator, island, generation, diff, notes, "
@@ -224,7 +226,8 @@ class SearchDatabase:
 
     def mark_evaluating(self, run_id: str, ids: Sequence[str]) -> None:
         with self._tx() as c:
-            c.executemany("UPDATE candidates SET status=? WHERE run_id=? AND id=?", [(EVALUATING, run_id, i) for i in ids])
+            c.executemany("UPDATE candidates SET status=? WHERE run_id=? AND id=?",
+                          [(EVALUATING, run_id, i) for i in ids])
 
     def requeue_in_flight(self, run_id: str) -> int:
         """Candidates a killed run left 'evaluating' go back to pending; returns how many."""
@@ -256,7 +259,7 @@ class SearchDatabase:
     def candidates(self, run_id: str, status: str | None = None) -> list[Candidate]:
         sql, args = "SELECT * FROM candidates WHERE run_id=?", [run_id]
         if status:
-            sql, args = sql + " AND status=?", args + [status]
+            sql, args = sql + " AND status=?", [*args, status]
         return [_candidate(r) for r in self._conn.execute(sql + " ORDER BY seq", args)]
 
     def candidate(self, run_id: str, candidate_id: str) -> Candidate | None:
@@ -271,7 +274,8 @@ class SearchDatabase:
     def evaluated(self, run_id: str) -> list[tuple[Candidate, EvalResult]]:
         """Every evaluated (candidate, result) of the run, in evaluation order."""
         rows = self._conn.execute(
-            "SELECT c.*, r.data AS result FROM results r JOIN candidates c ON c.run_id=r.run_id AND c.id=r.candidate_id "
+            "SELECT c.*, r.data AS result FROM results r "
+            "JOIN candidates c ON c.run_id=r.run_id AND c.id=r.candidate_id "
             "WHERE r.run_id=? AND r.promotion=0 ORDER BY r.seq", (run_id,))
         return [(_candidate(r), EvalResult.from_dict(json.loads(r["result"]))) for r in rows]
 
@@ -305,7 +309,8 @@ class SearchDatabase:
         """(run_id, candidate_id) for a kernel id, a candidate id or a spec key (its best candidate)."""
         row = self._conn.execute("SELECT run_id, candidate_id FROM promotions WHERE kernel_id=? ORDER BY created DESC",
                                  (ref,)).fetchone()
-        row = row or self._conn.execute("SELECT run_id, id FROM candidates WHERE id=? ORDER BY seq DESC", (ref,)).fetchone()
+        row = row or self._conn.execute("SELECT run_id, id FROM candidates WHERE id=? ORDER BY seq DESC",
+                                        (ref,)).fetchone()
         row = row or self._conn.execute("SELECT run_id, candidate_id FROM best WHERE spec_key=?", (ref,)).fetchone()
         if row is None:
             raise ValueError(f"{ref!r} is not a kernel id, candidate id or spec key known to {self.path}")

@@ -8,7 +8,8 @@ sandbox worker pays a torch/Triton import and warm-up once per actor instead of 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .types import Candidate, EvalResult
 
@@ -88,10 +89,10 @@ class RayEvaluator:
             return []
         shards: list[list[int]] = [list(range(i, len(candidates), len(self.actors))) for i in range(len(self.actors))]
         futures = [(idx, getattr(actor, method).remote([candidates[i].to_dict() for i in idx]))
-                   for actor, idx in zip(self.actors, shards) if idx]
+                   for actor, idx in zip(self.actors, shards, strict=True) if idx]
         out: list[EvalResult | None] = [None] * len(candidates)
         for idx, fut in futures:
-            for i, raw in zip(idx, self.ray.get(fut)):
+            for i, raw in zip(idx, self.ray.get(fut), strict=False):  # a short reply is reported below
                 out[i] = EvalResult.from_dict(raw)
         missing = [candidates[i].id for i, r in enumerate(out) if r is None]
         if missing:

@@ -10,7 +10,8 @@ import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from . import population as pop
@@ -247,7 +248,7 @@ class SearchEngine:
             base = self._default_genome(spec, self.hardware)
             seed = Candidate(id="", spec=spec, genome=base, operator="seed", diff="default genome")
             seed = dataclasses.replace(seed, id=candidate_id(spec, content_hash(seed)))
-            mine = [seed] + self._curated_seeds(spec, base, {seed.id})
+            mine = [seed, *self._curated_seeds(spec, base, {seed.id})]
             variants = StructuredOperator(crossover_rate=0.0, hardware=self.hardware).propose(
                 [(seed, None)], self.config.seed_variants, _rng(self.config.seed, spec.cache_key()).getrandbits(31))
             mine += [v for v in variants if v.id not in {c.id for c in mine}]
@@ -276,7 +277,8 @@ class SearchEngine:
                 out.append(cand)
         return out
 
-    def _parents(self, spec: AttentionSpec, island: pop.Island, rng: random.Random) -> list[tuple[Candidate, EvalResult | None]]:
+    def _parents(self, spec: AttentionSpec, island: pop.Island,
+                 rng: random.Random) -> list[tuple[Candidate, EvalResult | None]]:
         k = max(2, min(self.config.population, 8))
         chosen = pop.select_parents(island, k, rng, self.config.exploit_ratio, self.config.top_k)
         if chosen:
@@ -314,7 +316,8 @@ class SearchEngine:
                         try:
                             children = op.propose(parents, want, rng.getrandbits(31))
                         except Exception as exc:  # one broken operator (API down, budget) must not stop the search
-                            self._emit("note", self._run_id, gen, f"operator {op.name} failed: {type(exc).__name__}: {exc}")
+                            self._emit("note", self._run_id, gen,
+                                       f"operator {op.name} failed: {type(exc).__name__}: {exc}")
                             break
                         for c in children:
                             c = dataclasses.replace(c, spec=spec, island=island.index, generation=gen,
@@ -344,7 +347,7 @@ class SearchEngine:
             raise RuntimeError(f"evaluator returned results for {[r.candidate_id for r in results]}, "
                                f"expected {[c.id for c in batch]} in order")
         self.db.record_results(run_id, results)
-        for cand, res in zip(batch, results):
+        for cand, res in zip(batch, results, strict=True):
             self._counts[0] += 1
             self._counts[1] += 0 if res.ok else 1
             key = cand.spec.cache_key()
@@ -366,7 +369,9 @@ class SearchEngine:
 
     # ---- promotion -----------------------------------------------------------------------------------
     def _promote_all(self, run_id: str, stop: str) -> SearchOutcome:
-        best, promoted, rejected = {}, {}, {}
+        best: dict[str, tuple[str, float]] = {}
+        promoted: dict[str, str] = {}
+        rejected: dict[str, str] = {}
         winners: list[Candidate] = []
         for spec in self.config.specs:
             key = spec.cache_key()
@@ -384,7 +389,7 @@ class SearchEngine:
             winners.append(cand)
         if not self.config.promote:
             return SearchOutcome(run_id, stop, best, promoted, rejected)
-        for cand, again in zip(winners, promotion_eval_batch(self.evaluator, winners)):
+        for cand, again in zip(winners, promotion_eval_batch(self.evaluator, winners), strict=True):
             key = cand.spec.cache_key()
             self.db.record_results(run_id, [again], promotion=True)
             ok, why = promotion_decision(again, self.config.require_speedup, self.config.min_gain)
@@ -421,7 +426,8 @@ class SearchEngine:
 
     def _account(self, run_id: str) -> None:
         now, (dollars, tokens) = self.clock(), self._operator_spend()
-        self.db.add_spend(run_id, seconds=now - self._mark, dollars=dollars - self._spend[0], tokens=tokens - self._spend[1])
+        self.db.add_spend(run_id, seconds=now - self._mark, dollars=dollars - self._spend[0],
+                          tokens=tokens - self._spend[1])
         self._mark, self._spend = now, (dollars, tokens)
 
     def _budget_left(self) -> float | None:

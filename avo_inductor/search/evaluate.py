@@ -23,7 +23,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..spec import AttentionSpec
 from .types import Candidate, EvalResult, Stage
@@ -98,7 +99,7 @@ def _baseline_args(spec: AttentionSpec, sets: list[Any], dos: list[Any] | None) 
     if dos is None:
         return [(x.q, x.k, x.v, x.mask) for x in sets]
     leaves = [[t.detach().requires_grad_(True) for t in (x.q, x.k, x.v)] for x in sets]
-    return [(*qkv, x.mask, do) for qkv, x, do in zip(leaves, sets, dos)]
+    return [(*qkv, x.mask, do) for qkv, x, do in zip(leaves, sets, dos, strict=True)]
 
 
 def _timing_inputs(spec: AttentionSpec, seeds: list[int], device: Any) -> tuple[list[Any], list[Any] | None]:
@@ -156,8 +157,8 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
     def call(xi: int, oi: int) -> Any:
         last_input[oi] = xi
         out, lse = outs[oi]
-        if training:
-            return run.run_training_step(loaded, spec, sets[xi], out, lse, dos[xi])  # type: ignore[index]
+        if dos is not None:  # dos exist exactly when training
+            return run.run_training_step(loaded, spec, sets[xi], out, lse, dos[xi])
         return run.run_forward(loaded, spec, sets[xi], out, lse)
 
     pairs = [(j % len(sets), j % len(outs)) for j in range(len(sets) * len(outs))]
@@ -190,8 +191,8 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
         if last_input[i] < 0:
             continue
         x = sets[last_input[i]]
-        torch.save({"out1": run.host(out), "lse1": run.host(lse), "digest_x": input_digest(x), "input_index": last_input[i]},
-                   Path(message["out_dir"]) / f"timed{i}.pt")
+        torch.save({"out1": run.host(out), "lse1": run.host(lse), "digest_x": input_digest(x),
+                    "input_index": last_input[i]}, Path(message["out_dir"]) / f"timed{i}.pt")
     return {"candidate": t["candidate"].to_dict(), "baseline": t[best].to_dict(), "wall_calls": calls,
             "method": t["candidate"].method}
 
@@ -239,8 +240,8 @@ class _Session:
                                          f"({reply.last_progress}); worker killed (SIGKILL) and restarted")
         if reply.status != "ok":
             code = reply.payload.get("exit_code")
-            raise _Failed(Stage.CRASH, f"worker died (exit code {code}) during stage {stage.value} ({reply.last_progress}); "
-                                       f"stderr tail:\n{reply.stderr_tail[-1500:]}")
+            raise _Failed(Stage.CRASH, f"worker died (exit code {code}) during stage {stage.value} "
+                                       f"({reply.last_progress}); stderr tail:\n{reply.stderr_tail[-1500:]}")
         if reply.payload.get("error"):
             text = str(reply.payload["error"])
             if reply.payload.get("restart"):
@@ -315,7 +316,7 @@ class SandboxedEvaluator:
                              "seed": int.from_bytes(os.urandom(8), "little") >> 1}))
         if jobs:
             done = self.pool.each([job for _, job in jobs], self._evaluate_one)
-            for (i, _), result in zip(jobs, done):
+            for (i, _), result in zip(jobs, done, strict=True):
                 results[i] = result
         return [r for r in results if r is not None]
 
@@ -393,7 +394,10 @@ class SandboxedEvaluator:
             metrics.update(max_abs_err=max(s.max_abs_err for s in stats), rel_err=max(s.rel_err for s in stats))
             if until is Stage.CORRECT_TARGET:
                 return Stage.CORRECT_TARGET
-            hardware = HardwareKey.current(judge_on) if kind == "cuda" else HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
+            if baseline is None:  # only a staged run (until set) skips the baseline, and none gets past the target
+                raise ValueError(f"until={until!r}: a staged evaluation stops at {Stage.CORRECT_TARGET.value} at most")
+            hardware = HardwareKey.current(judge_on) if kind == "cuda" else \
+                HardwareKey("cpu", "triton-interpreter", (0, 0), 0)
             extra.update(hardware=hardware.to_dict(), software=SoftwareKey.current().to_dict())
             timing = self._time(session, job, target.spec, baseline, out_dir, judge_on, rng)
             extra.update(timing.pop("extra"))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..kernels.genome import KNOBS, KernelGenome, Knob
 from ..kernels.render import template_digest
@@ -176,7 +177,7 @@ def candidate_id(spec: AttentionSpec, digest: str) -> str:
 
 
 class StructuredOperator:
-    """VariationOperator over genome knobs: mutation (1–``max_knobs`` knobs) or uniform crossover.
+    """VariationOperator over genome knobs: mutation (1 to ``max_knobs`` knobs) or uniform crossover.
 
     Parents without a genome (free-form agent sources) are skipped; children repeating a parent or each
     other, or rejected by ``valid`` (default: the template can render them), are dropped, so ``propose`` may

@@ -7,7 +7,8 @@ only if it passes and its speedup exceeds 1 by more than the spread measured in 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..artifact import KernelMetrics, KernelRecord
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey
@@ -66,8 +67,9 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
     over the driver's: with Ray the driver may not have the GPU the kernel was timed on.
     """
     if candidate.source is not None:
-        source, entry, bwd, launch = candidate.source, candidate.entry_point, candidate.bwd_entry_point, candidate.launch
-        tier: dict[str, str] = {}
+        source, entry, bwd = candidate.source, candidate.entry_point, candidate.bwd_entry_point
+        launch = candidate.launch
+        tier, digest = "source", ""  # KernelRecord's defaults
     elif candidate.genome is not None:
         if render is None:
             from ..kernels.render import render as render_fn
@@ -75,7 +77,7 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
         from ..kernels.render import template_digest
         rendered = render(candidate.genome, candidate.spec)
         source, entry, bwd, launch = None, rendered.entry_point, rendered.bwd_entry_point, rendered.launch_dict
-        tier = {"tier": "template", "template_digest": template_digest(candidate.genome.template)}
+        tier, digest = "template", template_digest(candidate.genome.template)
     else:
         raise ValueError(f"candidate {candidate.id} has neither genome nor source")
     extra = result.extra or {}
@@ -88,9 +90,11 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
                             rel_err=result.rel_err, bwd_median_ms=extra.get("bwd_median_ms"),
                             bwd_speedup=extra.get("bwd_speedup"))
     return KernelRecord(spec=candidate.spec, hardware=hardware, software=software, source=source, entry_point=entry,
-                        bwd_entry_point=bwd, launch=dict(launch), genome=candidate.genome.to_dict() if candidate.genome else None,
+                        bwd_entry_point=bwd, launch=dict(launch),
+                        genome=candidate.genome.to_dict() if candidate.genome else None,
                         metrics=metrics, lineage_id=candidate.id, parent_ids=candidate.parent_ids,
-                        operator=candidate.operator, verified_software=(software,), **tier)
+                        operator=candidate.operator, verified_software=(software,), tier=tier,
+                        template_digest=digest)
 
 
 def failed_result(candidate: Candidate, exc: BaseException) -> EvalResult:

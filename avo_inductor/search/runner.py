@@ -9,7 +9,8 @@ import dataclasses
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..parsing import bounded_int, finite_float
 from ..settings import Settings, get_settings
@@ -22,8 +23,8 @@ from .operators import StructuredOperator
 from .types import Evaluator, VariationOperator
 
 OPERATOR_WEIGHTS = {"structured": 1.0, "agent": 0.25}  # agent sessions cost minutes and dollars each
-QUICK = {"generations": 1, "population": 1, "islands": 1, "seed_variants": 1, "budget_minutes": 15.0,
-         "operators": ("structured",)}
+QUICK: dict[str, Any] = {"generations": 1, "population": 1, "islands": 1, "seed_variants": 1,
+                         "budget_minutes": 15.0, "operators": ("structured",)}
 # Lower bounds of the integer run options (CLI flags and campaign [search] values alike).
 INT_MINIMUMS = {"generations": 0, "population": 1, "islands": 1, "seed": 0, "gpus": 1, "max_tokens": 1,
                 "seed_variants": 0, "migration_interval": 0, "eval_batch": 0}
@@ -121,7 +122,8 @@ def specs_from_model(target: str) -> list[AttentionSpec]:
         raise ValueError(f"--model {target}: cannot load factory: {exc}") from None
     made = factory()
     if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[1], tuple)):
-        raise ValueError(f"--model {target}: factory must return (model, example_inputs tuple); got {type(made).__name__}")
+        raise ValueError(f"--model {target}: factory must return (model, example_inputs tuple); "
+                         f"got {type(made).__name__}")
     model, example_inputs = made
     from ..detect.match import find_attention_sites
 
@@ -156,13 +158,13 @@ def resolve_inputs(options: RunOptions, store: Any, hardware: HardwareKey) -> In
     entries = [e for e in store.pending() if options.ray_address or e.hardware.slug == hardware.slug]
     if not entries:
         raise NothingToDo(f"the pending queue of {store.directory} has no spec for {hardware.slug}; nothing to search")
-    specs: dict[str, AttentionSpec] = {}
+    by_key: dict[str, AttentionSpec] = {}
     keys: dict[str, str] = {}
     for e in entries:
-        specs.setdefault(e.spec.cache_key(), e.spec)
+        by_key.setdefault(e.spec.cache_key(), e.spec)
         keys[e.spec.cache_key()] = e.key
-    labels = {k: f"{specs[k].short()} ×{e.count}" for e in entries for k in [e.spec.cache_key()]}
-    return Inputs(tuple(specs.values()), labels, {}, keys)
+    labels = {k: f"{by_key[k].short()} \N{MULTIPLICATION SIGN}{e.count}" for e in entries for k in [e.spec.cache_key()]}
+    return Inputs(tuple(by_key.values()), labels, {}, keys)
 
 
 def build_config(options: RunOptions, inputs: Inputs, hardware: HardwareKey) -> SearchConfig:
@@ -254,9 +256,12 @@ def build_evaluator(options: RunOptions) -> Evaluator:
 
 
 def _agent_settings(options: RunOptions, inputs_search: dict[str, Any], settings: Settings) -> Settings:
-    changes = {"agent_model": options.agent_model or inputs_search.get("agent_model"),
-               "agent_max_tokens": options.max_tokens or inputs_search.get("max_tokens"),
-               "agent_max_dollars": options.max_dollars if options.max_dollars is not None else inputs_search.get("max_dollars")}
+    changes: dict[str, Any] = {
+        "agent_model": options.agent_model or inputs_search.get("agent_model"),
+        "agent_max_tokens": options.max_tokens or inputs_search.get("max_tokens"),
+        "agent_max_dollars": options.max_dollars if options.max_dollars is not None
+        else inputs_search.get("max_dollars"),
+    }
     return dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
 
 

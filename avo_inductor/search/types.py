@@ -4,7 +4,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from ..kernels.genome import KernelGenome
 from ..spec import AttentionSpec
