@@ -27,7 +27,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 _PKG = Path(__file__).resolve().parent.parent  # avo_inductor/
 # Files whose code decides a verdict; any change between worker starts is tamper evidence.
@@ -83,7 +84,8 @@ def scrubbed_env(device: str, base: dict[str, str] | None = None, work_dir: str 
         if "CUDA_VISIBLE_DEVICES" in base:  # set, even to "" (no GPU): map through it, never around it
             visible = [v.strip() for v in base["CUDA_VISIBLE_DEVICES"].split(",") if v.strip()]
             if index >= len(visible):
-                raise ValueError(f"{device}: the parent sees only CUDA_VISIBLE_DEVICES={base['CUDA_VISIBLE_DEVICES']!r}")
+                raise ValueError(f"{device}: the parent sees only "
+                                 f"CUDA_VISIBLE_DEVICES={base['CUDA_VISIBLE_DEVICES']!r}")
             env["CUDA_VISIBLE_DEVICES"] = visible[index]
         else:
             env["CUDA_VISIBLE_DEVICES"] = str(index)
@@ -131,8 +133,9 @@ class Worker:
         self._work_dir = tempfile.TemporaryDirectory(prefix="avo-worker-")
         self.proc = subprocess.Popen(
             [sys.executable, "-s", "-m", "avo_inductor.check.sandbox", "--worker", self.handler, self.device],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=scrubbed_env(self.device, work_dir=self._work_dir.name),
-            cwd=self._work_dir.name, start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+            env=scrubbed_env(self.device, work_dir=self._work_dir.name), cwd=self._work_dir.name,
+            start_new_session=True)
         self.restarts += 1
         msg = self._read_message(time.monotonic() + self.start_timeout_s)
         if msg is None or "hello" not in msg:
