@@ -2,7 +2,7 @@
 
 Import trusts nothing in the bundle: tar members are extracted by hand (no links, devices or escaping paths;
 capped counts and sizes), every file is checked against the manifest sha256, the signature against the trusted
-keys, every record against the static allowlist, and each kernel for this device is compiled and checked for
+keys, every record against the kernel-source grammar, and each kernel for this device is compiled and checked for
 correctness in a sandboxed child process (never in the importing process). Only when every check passes is
 anything written, in one store transaction.
 """

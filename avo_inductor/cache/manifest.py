@@ -1,7 +1,7 @@
 """Bundle format: ``manifest.json`` (+ optional ``manifest.sig``) and ``records/<key-hash>.json``.
 
 Shared by the read-only store layers and by bundle import/verify so both apply the same checks: path safety,
-size caps, per-file sha256, signature policy and per-record validation (parse, sha, allowlist, key).
+size caps, per-file sha256, signature policy and per-record validation (parse, sha, trust tier and grammar, key).
 """
 from __future__ import annotations
 
@@ -290,7 +290,7 @@ def validate_record(raw: bytes | dict[str, Any], expected_key: str | None = None
 
     Checks: JSON, fields and format (KernelRecord.from_dict), content sha256, the trust tier's static gate
     (``kernels.loader.check_record``: a template record renders from the installed template; a source record
-    passes the allowlist with every function the launcher will call, and is refused when
+    passes the kernel-source grammar with every function the launcher will call, and is refused when
     ``source_needs_signature``), and that the record really belongs under ``expected_key``.
     """
     if isinstance(raw, bytes):

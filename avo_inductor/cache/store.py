@@ -237,7 +237,7 @@ class KernelStore:
 
     def _needs_reverify(self, key: str, record: KernelRecord, layer: str = LOCAL_LAYER) -> bool:
         """Records in the writable store were verified on import or by the search; a read-only layer's records
-        only passed hash / signature / allowlist checks, so they are compiled and checked once on this host."""
+        only passed hash / signature / grammar checks, so they are compiled and checked once on this host."""
         mark = self._mark(key, record.sha256)
         sw = self.software
         if (key, record.sha256, sw) in self._memory_marks:

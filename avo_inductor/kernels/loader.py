@@ -1,4 +1,4 @@
-"""Kernel source -> callable, only after its sha256 matches and the static allowlist passes; records by trust tier.
+"""Kernel source -> callable, only after its sha256 matches and the kernel-source grammar accepts it; records by trust tier.
 
 Triton's JIT reads a kernel's text with inspect.getsource, so the source is written to a real file named by
 its sha256 under ``<AVO_CACHE_DIR>/kernel_src/`` and imported from there with importlib (never exec of a string).
@@ -31,7 +31,7 @@ _LOADED: dict[str, LoadedKernel] = {}
 
 @dataclass(frozen=True)
 class LoadedKernel:
-    """An imported, allowlisted kernel module with its validated launch config."""
+    """An imported, grammar-checked kernel module with its validated launch config."""
 
     kernel_id: str
     sha256: str
@@ -59,7 +59,7 @@ def required_functions(entry_point: str, bwd_entry_point: str | None, launch: Ma
 def static_violations(source: str, entry_point: str, bwd_entry_point: str | None,
                       launch: Mapping[str, Any]) -> list[Violation]:
     """The one static gate for kernel source (bundles, the store, search candidates, the loader): a valid launch
-    config, then the AST allowlist with every function the launcher will call. Nothing is executed.
+    config, then the positive kernel-source grammar (kernels/grammar.py) with every function the launcher will call. Nothing is executed.
 
     Raises ValueError ("invalid launch config: ...") for a launch dict the launcher cannot use.
     """
@@ -147,7 +147,7 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
                 sha256: str | None = None) -> LoadedKernel:
     """Check, write, import and bind ``source``; ``sha256`` (if given) must match the text.
 
-    Raises ValueError for a hash mismatch, an allowlist violation or a bad launch dict; RuntimeError when the
+    Raises ValueError for a hash mismatch, a grammar violation or a bad launch dict; RuntimeError when the
     module cannot be written or imported.
     """
     actual = hashlib.sha256(source.encode("utf-8")).hexdigest()

@@ -26,7 +26,7 @@ _ARGS = "str kernel_id, float scale, bool causal, int window, str mask_kind"
 
 def register_kernel(record: KernelRecord) -> str:
     """Load ``record`` (by trust tier: re-rendered from the installed template, or its source after the sha256 and
-    allowlist checks) and return the kernel id the op takes.
+    grammar checks) and return the kernel id the op takes.
 
     The loader's cache is the registry: anything loaded (a record, or a search candidate via load_source) is
     callable by its id.
