@@ -1,4 +1,5 @@
-"""Kernel source -> callable, only after its sha256 matches and the kernel-source grammar accepts it; records by trust tier.
+"""Kernel source -> callable, only after its sha256 matches and the kernel-source grammar accepts it; records by
+trust tier.
 
 Triton's JIT reads a kernel's text with inspect.getsource, so the source is written to a real file named by
 its sha256 under ``<AVO_CACHE_DIR>/kernel_src/`` and imported from there with importlib (never exec of a string).
@@ -59,7 +60,8 @@ def required_functions(entry_point: str, bwd_entry_point: str | None, launch: Ma
 def static_violations(source: str, entry_point: str, bwd_entry_point: str | None,
                       launch: Mapping[str, Any]) -> list[Violation]:
     """The one static gate for kernel source (bundles, the store, search candidates, the loader): a valid launch
-    config, then the positive kernel-source grammar (kernels/grammar.py) with every function the launcher will call. Nothing is executed.
+    config, then the positive kernel-source grammar (kernels/grammar.py) with every function the launcher will
+    call. Nothing is executed.
 
     Raises ValueError ("invalid launch config: ...") for a launch dict the launcher cannot use.
     """

@@ -59,7 +59,8 @@ def materialize(candidate: Candidate) -> tuple[str, str, str | None, dict[str, A
 
 
 def static_check(source: str, entry: str, bwd: str | None, launch: dict[str, Any]) -> None:
-    """The kernel-source grammar (AST, nothing executed), every entry point the launcher will call, a valid launch config."""
+    """The kernel-source grammar (AST, nothing executed), every entry point the launcher will call, a valid launch
+    config."""
     from ..kernels.loader import static_violations
 
     try:
