@@ -281,3 +281,20 @@ def test_training_compile_never_runs_an_inference_records_unchecked_backward() -
     for g, r in zip(grads, ref):
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
     assert counters["avo"]["hit"] == 0
+
+
+@pytest.mark.parametrize("tier", ["template", "source"])
+def test_isolated_verification_of_both_trust_tiers(tier: str) -> None:
+    """``cache import`` / ``cache verify`` run this un-mocked: a template record (no source: rendered from the
+    installed template) and a source record of the same kernel both pass."""
+    from avo_inductor.check.isolated import verify_isolated
+    from avo_inductor.kernels.baseline import baseline_record
+    from avo_inductor.kernels.tiers import as_source_record
+
+    spec = AttentionSpec(2, 4, 2, 17, 33, 16, dtype="float32", causal=True)
+    record = baseline_record(spec)
+    assert record.tier == "template" and record.source is None
+    if tier == "source":
+        record = as_source_record(record)
+    ok, problems = verify_isolated(record, timeout_s=600)
+    assert ok, problems

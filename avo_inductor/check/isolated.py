@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..artifact import KernelRecord
 from .cases import verification_cases
 from .judge import judge_dir
 from .sandbox import Worker
@@ -29,11 +30,11 @@ def judge_device(worker_device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _record_device(record: Any) -> str:
+def _record_device(record: KernelRecord) -> str:
     return "cpu" if record.hardware.vendor == "cpu" or not torch.cuda.is_available() else "cuda:0"
 
 
-def verify_isolated(record: Any, timeout_s: float = 900.0, device: str | None = None) -> tuple[bool, str]:
+def verify_isolated(record: KernelRecord, timeout_s: float = 900.0, device: str | None = None) -> tuple[bool, str]:
     """(ok, problems) for ``record``: forward and LSE (training specs: dq, dk, dv too) on the verification cases.
 
     A crashing, hanging or hostile kernel costs the verification, never the calling process."""
@@ -43,9 +44,7 @@ def verify_isolated(record: Any, timeout_s: float = 900.0, device: str | None = 
     try:
         with tempfile.TemporaryDirectory(prefix="avo-verify-out-") as out_dir:
             os.chmod(out_dir, 0o700)
-            load = worker.request({"op": "load", "source": record.source, "entry_point": record.entry_point,
-                                   "bwd_entry_point": record.bwd_entry_point, "launch": dict(record.launch)},
-                                  max(1.0, deadline - time.monotonic()))
+            load = worker.request({"op": "load", **_kernel_message(record)}, max(1.0, deadline - time.monotonic()))
             failed = _failure("load", load)
             if failed:
                 return False, failed
@@ -65,6 +64,19 @@ def verify_isolated(record: Any, timeout_s: float = 900.0, device: str | None = 
     finally:
         worker.close()
     return True, ""
+
+
+def _kernel_message(record: KernelRecord) -> dict[str, Any]:
+    """What the worker loads: a template record rendered here from the installed template (it carries no source),
+    a source record's own text."""
+    from ..kernels.tiers import kernel_for_record
+
+    if record.tier == "template":
+        kernel = kernel_for_record(record)
+        return {"source": kernel.source, "entry_point": kernel.entry_point,
+                "bwd_entry_point": kernel.bwd_entry_point, "launch": kernel.launch_dict}
+    return {"source": record.source, "entry_point": record.entry_point, "bwd_entry_point": record.bwd_entry_point,
+            "launch": dict(record.launch)}
 
 
 def _failure(step: str, reply: Any) -> str:

@@ -154,12 +154,14 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
     sets, dos = _timing_inputs(spec, [int(s) for s in message["seeds"]], device)
     outs = [run.alloc(spec, device, float("nan")) for _ in range(len(sets) + 1)]
     last_input = [-1] * len(outs)
+    grads: list[Any] = [None] * len(outs)  # training: the gradients of the last timed call into each buffer
 
     def call(xi: int, oi: int) -> Any:
         last_input[oi] = xi
         out, lse = outs[oi]
         if dos is not None:  # dos exist exactly when training
-            return run.run_training_step(loaded, spec, sets[xi], out, lse, dos[xi])
+            grads[oi] = run.run_training_step(loaded, spec, sets[xi], out, lse, dos[xi])
+            return grads[oi]
         return run.run_forward(loaded, spec, sets[xi], out, lse)
 
     pairs = [(j % len(sets), j % len(outs)) for j in range(len(sets) * len(outs))]
@@ -192,8 +194,11 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
         if last_input[i] < 0:
             continue
         x = sets[last_input[i]]
-        torch.save({"out1": run.host(out), "lse1": run.host(lse), "digest_x": input_digest(x),
-                    "input_index": last_input[i]}, Path(message["out_dir"]) / f"timed{i}.pt")
+        saved = {"out1": run.host(out), "lse1": run.host(lse), "digest_x": input_digest(x),
+                 "input_index": last_input[i]}
+        if grads[i] is not None:
+            saved.update(zip(("dq", "dk", "dv"), (run.host(g) for g in grads[i][:3]), strict=True))
+        torch.save(saved, Path(message["out_dir"]) / f"timed{i}.pt")
     return {"candidate": t["candidate"].to_dict(), "baseline": t[best].to_dict(), "wall_calls": calls,
             "method": t["candidate"].method}
 
@@ -448,14 +453,17 @@ class SandboxedEvaluator:
             index = int(got.get("input_index", -1))
             if not 0 <= index < len(seeds):
                 raise _Failed(Stage.TIMING, f"timed output buffer {i}: no valid input index")
-            case = CheckCase(f"timed call, output buffer {i}", spec, (seeds[index], seeds[index]), 1, False)
+            case = CheckCase(f"timed call, output buffer {i}", spec, (seeds[index], seeds[index]), 1,
+                             grads=spec.needs_grad)
             try:
                 judge_case(case, got, judge_on)
             except CheckFailure as exc:
                 raise _Failed(Stage.TIMING, f"the outputs of the timed calls are wrong (a kernel that computes "
                                             f"only outside timing?): {exc}") from None
             checked += 1
-        if checked < len(seeds):
+        # Every buffer is written on a GPU; the CPU interpreter's two timing rounds may leave one unused.
+        needed = len(seeds) if cpu else len(seeds) + 1
+        if checked < needed:
             raise _Failed(Stage.TIMING, f"only {checked} of {len(seeds) + 1} timed output buffers came back")
         median, base_ms = float(c["median_ms"]), float(b["median_ms"])
         if not (median > 0 and base_ms > 0):
