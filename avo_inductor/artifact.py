@@ -411,7 +411,7 @@ class KernelRecord:
     """A verified kernel for one spec on one GPU, in one of two trust tiers.
 
     tier "template": an installed template + ``genome``; ``source`` is None and the kernel is re-rendered from the
-    installed template when loaded (``kernels.render.kernel_for_record``), so no foreign code runs.
+    installed template when loaded (``kernels.tiers.kernel_for_record``), so no foreign code runs.
     ``template_digest`` is the digest of the template it was measured with; ``sha256`` is ``template_identity``.
     tier "source": ``source`` is a full Triton module (an agent edit), gated by the kernel-source check before
     use and, when trusted keys are configured, a bundle signature; ``sha256`` hashes the source.
@@ -510,7 +510,7 @@ class KernelRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> KernelRecord:
         """Parse a record; ValueError (never KeyError/TypeError/OverflowError) on malformed or future-format data.
 
-        Format 1 (no tier) parses as a source record; ``kernels.render.tiered`` turns one whose genome renders to
+        Format 1 (no tier) parses as a source record; ``kernels.tiers.tiered`` turns one whose genome renders to
         exactly its source into a template record.
         """
         if not isinstance(data, Mapping):

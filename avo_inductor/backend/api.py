@@ -40,7 +40,7 @@ class KernelHandle:
 
     ``spec`` is the spec asked for (what a call computes: scale, causal, window, mask kind); ``record.spec`` is the
     one the kernel was tuned or rendered for (a store record covers a bucket of shapes, and the graph pass's lookup
-    may serve a site from the same shape's record of the other direction). ``source`` is "store" or "baseline";
+    may serve an inference site from the same shape's training record). ``source`` is "store" or "baseline";
     ``layer`` the store layer the record came from, or "template" for a baseline. ``note`` says why
     ``source="auto"`` fell back to the baseline.
     """

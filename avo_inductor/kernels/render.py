@@ -36,6 +36,7 @@ _CONSTANTS_RE = re.compile(r"# GENOME-CONSTANTS-START\n.*?# GENOME-CONSTANTS-END
 _IMPORT_LINES = ("import triton\n", "import triton.language as tl\n")
 
 
+@functools.cache  # read once per process, like template_digest: the text rendered and the digest recorded agree
 def _template_text(name: str) -> str:
     return resources.files("avo_inductor.kernels").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
 

@@ -118,21 +118,21 @@ def _rng(*parts: Any) -> random.Random:
 
 class SearchEngine:
     """Runs one search over ``config.specs``. ``operators``: (operator, weight) pairs; ``store`` (KernelStore
-    interface: put/lookup) may be None to search without promoting. ``render``/``default_genome`` default to
+    interface: put/lookup) may be None to search without promoting. ``default_genome`` defaults to
     ``avo_inductor.kernels.render``'s, imported lazily."""
 
     def __init__(self, db: SearchDatabase, evaluator: Evaluator,
                  operators: Sequence[tuple[VariationOperator, float]], config: SearchConfig, *, store: Any = None,
                  hardware: HardwareKey | None = None, software: SoftwareKey | None = None,
                  on_event: Callable[[SearchEvent], None] | None = None, clock: Callable[[], float] = time.monotonic,
-                 render: Callable[..., Any] | None = None, default_genome: Callable[..., Any] | None = None) -> None:
+                 default_genome: Callable[..., Any] | None = None) -> None:
         if not operators or all(w <= 0 for _, w in operators):
             raise ValueError("need at least one variation operator with a positive weight")
         self.db, self.evaluator, self.config, self.store = db, evaluator, config, store
         self.operators = [(op, float(w)) for op, w in operators if w > 0]
         self.hardware = hardware or HardwareKey.current()
         self.software = software or SoftwareKey.current()
-        self.on_event, self.clock, self.render, self._default_genome = on_event, clock, render, default_genome
+        self.on_event, self.clock, self._default_genome = on_event, clock, default_genome
         self.islands: dict[str, list[pop.Island]] = {}
         self._counts = [0, 0]
         self._spent_before = 0.0
@@ -404,7 +404,7 @@ class SearchEngine:
         return SearchOutcome(run_id, stop, best, promoted, rejected)
 
     def _store(self, run_id: str, cand: Candidate, result: EvalResult, why: str) -> tuple[bool, str]:
-        record = build_record(cand, result, self.hardware, self.software, self.render)
+        record = build_record(cand, result, self.hardware, self.software)
         hit = self.store.lookup(record.spec, record.hardware)
         old = hit.record.metrics.speedup if hit is not None and hit.record.operator != "baseline" else None
         if old is not None and result.speedup is not None and old >= result.speedup:

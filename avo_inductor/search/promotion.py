@@ -7,11 +7,10 @@ only if it passes and its speedup exceeds 1 by more than the spread measured in 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..artifact import KernelMetrics, KernelRecord
-from ..spec import AttentionSpec, HardwareKey, SoftwareKey
+from ..spec import HardwareKey, SoftwareKey
 from .types import Candidate, EvalResult, Evaluator, Stage
 
 
@@ -58,28 +57,14 @@ def promotion_eval_batch(evaluator: Evaluator, candidates: list[Candidate]) -> l
     return out
 
 
-def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey, software: SoftwareKey,
-                 render: Callable[[Any, AttentionSpec], Any] | None = None) -> KernelRecord:
-    """KernelRecord for a promoted candidate: a genome candidate becomes a template-tier record (rendered to check
-    it and take its launch config), a source candidate a source-tier record holding its text verbatim.
+def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey,
+                 software: SoftwareKey) -> KernelRecord:
+    """KernelRecord for a promoted candidate: a genome candidate becomes a template-tier record
+    (``kernels.tiers.template_record``), a source candidate a source-tier record holding its text verbatim.
 
     Hardware/software keys reported by the evaluator (``result.extra["hardware"|"software"]``, as dicts) win
     over the driver's: with Ray the driver may not have the GPU the kernel was timed on.
     """
-    if candidate.source is not None:
-        source, entry, bwd = candidate.source, candidate.entry_point, candidate.bwd_entry_point
-        launch = candidate.launch
-        tier, digest = "source", ""  # KernelRecord's defaults
-    elif candidate.genome is not None:
-        if render is None:
-            from ..kernels.render import render as render_fn
-            render = render_fn
-        from ..kernels.render import template_digest
-        rendered = render(candidate.genome, candidate.spec)
-        source, entry, bwd, launch = None, rendered.entry_point, rendered.bwd_entry_point, rendered.launch_dict
-        tier, digest = "template", template_digest(candidate.genome.template)
-    else:
-        raise ValueError(f"candidate {candidate.id} has neither genome nor source")
     extra = result.extra or {}
     if isinstance(extra.get("hardware"), dict):
         hardware = HardwareKey.from_dict(extra["hardware"])
@@ -89,12 +74,18 @@ def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey
                             baseline=result.baseline, baseline_ms=result.baseline_ms, max_abs_err=result.max_abs_err,
                             rel_err=result.rel_err, bwd_median_ms=extra.get("bwd_median_ms"),
                             bwd_speedup=extra.get("bwd_speedup"))
-    return KernelRecord(spec=candidate.spec, hardware=hardware, software=software, source=source, entry_point=entry,
-                        bwd_entry_point=bwd, launch=dict(launch),
-                        genome=candidate.genome.to_dict() if candidate.genome else None,
-                        metrics=metrics, lineage_id=candidate.id, parent_ids=candidate.parent_ids,
-                        operator=candidate.operator, verified_software=(software,), tier=tier,
-                        template_digest=digest)
+    provenance: dict[str, Any] = dict(metrics=metrics, lineage_id=candidate.id, parent_ids=candidate.parent_ids,
+                                      operator=candidate.operator, verified_software=(software,))
+    if candidate.source is not None:
+        return KernelRecord(spec=candidate.spec, hardware=hardware, software=software, source=candidate.source,
+                            entry_point=candidate.entry_point, bwd_entry_point=candidate.bwd_entry_point,
+                            launch=dict(candidate.launch),
+                            genome=candidate.genome.to_dict() if candidate.genome else None, **provenance)
+    if candidate.genome is None:
+        raise ValueError(f"candidate {candidate.id} has neither genome nor source")
+    from ..kernels.tiers import template_record
+
+    return template_record(candidate.genome, candidate.spec, hardware, software, **provenance)
 
 
 def failed_result(candidate: Candidate, exc: BaseException) -> EvalResult:
