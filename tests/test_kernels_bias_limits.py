@@ -15,7 +15,7 @@ import torch
 from _kernel_cases import call_args, fresh, load, run_forward, snapshot, unchanged
 
 from avo_inductor.kernels import launch
-from avo_inductor.kernels.reference import attention_reference, reference_grads, tolerance
+from avo_inductor.kernels.reference import attention_reference, reference_grads, reference_lse, tolerance
 from avo_inductor.spec import AttentionSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -59,16 +59,6 @@ def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     return (torch.softmax(s, -1) @ v.float()).to(q.dtype)
 
 
-def _reference_lse(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, causal: bool) -> torch.Tensor:
-    group = q.shape[1] // k.shape[1]
-    k = k.double().repeat_interleave(group, 1)
-    s = (q.double() @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias.double()
-    if causal:
-        nq, nk = s.shape[-2:]
-        s = s.masked_fill(~torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq), float("-inf"))
-    return torch.logsumexp(s, -1)
-
-
 def _setup(dtype: str, causal: bool, pattern: str):
     spec = AttentionSpec(2, 4, 2, 17, 33, 16, dtype=dtype, causal=causal, mask="bias")
     inp = fresh(spec)
@@ -91,7 +81,7 @@ def test_finfo_min_bias_forward_matches_reference_and_eager(dtype, causal, patte
     assert not torch.isnan(out).any()
     torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
     torch.testing.assert_close(out.double(), eager.double(), atol=2 * atol, rtol=2 * rtol)
-    ref_lse = _reference_lse(inp.q, inp.k, inp.mask, causal)
+    ref_lse = reference_lse(inp.q, inp.k, causal=causal, mask_kind="bias", mask=inp.mask)
     floor = ref_lse < FLOOR_LSE
     if dtype == "float16":  # fp16's finfo.min (-65504) is not absorbed by the scores: ordinary rows
         assert not floor.any()
@@ -110,7 +100,7 @@ def test_finfo_min_bias_backward_matches_reference(dtype, causal, pattern):
     kernel = load(spec)
     out, lse = run_forward(kernel, spec, inp)
     do = torch.randn_like(out)
-    floor = _reference_lse(inp.q, inp.k, inp.mask, causal) < FLOOR_LSE
+    floor = reference_lse(inp.q, inp.k, causal=causal, mask_kind="bias", mask=inp.mask) < FLOOR_LSE
     do[floor] = 0  # the padded positions' gradient, as a loss that ignores them gives it
     bufs = {n: torch.full_like(t, float("nan")) for n, t in (("dq", inp.q), ("dk", inp.k), ("dv", inp.v))}
     got = launch.backward(kernel.functions, kernel.launch, do, inp.q, inp.k, inp.v, out, lse, inp.mask, **bufs,
@@ -133,7 +123,7 @@ def test_finfo_min_rows_with_upstream_gradient_stay_finite(dtype):
     got = launch.backward(kernel.functions, kernel.launch, do, inp.q, inp.k, inp.v, out, lse, inp.mask,
                           **call_args(spec))
     do_kept = do.clone()
-    do_kept[_reference_lse(inp.q, inp.k, inp.mask, True) < FLOOR_LSE] = 0
+    do_kept[reference_lse(inp.q, inp.k, causal=True, mask_kind="bias", mask=inp.mask) < FLOOR_LSE] = 0
     refs = reference_grads(inp.q, inp.k, inp.v, do_kept, mask=inp.mask, **call_args(spec))
     atol, rtol = tolerance(dtype, grad=True)
     for name, g, r in zip(("dq", "dk", "dv"), got, refs):
