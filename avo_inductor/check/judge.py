@@ -16,7 +16,7 @@ import torch
 from ..kernels.reference import attention_reference, reference_grads, reference_lse
 from ..spec import AttentionSpec
 from .cases import CheckCase, case_grad_output, case_inputs
-from .run import input_digest
+from .run import input_digest, output_path
 from .tolerance import CheckFailure, compare, compare_lse
 
 _EXPECTED = {"out1", "lse1", "digest_x"}
@@ -109,11 +109,6 @@ def load_outputs(path: str | Path) -> dict[str, Any]:
     if not isinstance(got, dict):
         raise CheckFailure(f"worker output {Path(path).name} is not a mapping")
     return got
-
-
-def output_path(out_dir: str | Path, index: int) -> Path:
-    """Where the worker writes case ``index``'s outputs; the parent reads this path, never one the worker names."""
-    return Path(out_dir) / f"case{index}.pt"
 
 
 def judge_dir(cases: list[CheckCase], out_dir: str | Path, device: torch.device | str = "cpu") -> list[CaseStats]:

@@ -117,10 +117,20 @@ def run_case(loaded: Any, case: CheckCase, device: torch.device) -> dict[str, An
     return got
 
 
+def output_path(out_dir: str | Path, index: int) -> Path:
+    """Where the worker writes case ``index``'s outputs; the parent reads this path, never one the worker names."""
+    return Path(out_dir) / f"case{index}.pt"
+
+
+def timed_output_path(out_dir: str | Path, index: int) -> Path:
+    """Where the worker writes the outputs of the last timed call into output buffer ``index``."""
+    return Path(out_dir) / f"timed{index}.pt"
+
+
 def save_outputs(outputs: dict[str, Any], out_dir: str, index: int) -> None:
-    """Write case ``index``'s raw outputs where the parent will look (judge.output_path; tensors and digests only,
-    loaded there with weights_only)."""
-    torch.save(outputs, Path(out_dir) / f"case{index}.pt")
+    """Write case ``index``'s raw outputs where the parent will look (tensors and digests only, loaded there with
+    weights_only)."""
+    torch.save(outputs, output_path(out_dir, index))
 
 
 def error_text(exc: BaseException, limit: int = 1500) -> str:

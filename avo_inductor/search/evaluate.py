@@ -198,7 +198,7 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
                  "input_index": last_input[i]}
         if grads[i] is not None:
             saved.update(zip(("dq", "dk", "dv"), (run.host(g) for g in grads[i][:3]), strict=True))
-        torch.save(saved, Path(message["out_dir"]) / f"timed{i}.pt")
+        torch.save(saved, run.timed_output_path(message["out_dir"], i))
     return {"candidate": t["candidate"].to_dict(), "baseline": t[best].to_dict(), "wall_calls": calls,
             "method": t["candidate"].method}
 
@@ -428,6 +428,7 @@ class SandboxedEvaluator:
               out_dir: str, judge_on: Any, rng: random.Random) -> dict[str, Any]:
         from ..check.cases import CheckCase
         from ..check.judge import judge_case, load_outputs
+        from ..check.run import timed_output_path
         from ..check.tolerance import CheckFailure
 
         cpu = session.worker.device == "cpu"
@@ -446,7 +447,7 @@ class SandboxedEvaluator:
         c, b = raw["candidate"], raw["baseline"]
         checked = 0
         for i in range(len(seeds) + 1):  # the outputs of the last timed call into every buffer, judged here
-            path = sub / f"timed{i}.pt"
+            path = timed_output_path(sub, i)
             if not path.is_file():
                 continue
             got = load_outputs(path)
