@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Mapping
@@ -19,7 +20,9 @@ _ENV_NAMES = {"cache_dir": "AVO_CACHE_DIR", "cache_path": "AVO_CACHE_PATH", "on_
               "strict": "AVO_STRICT", "log": "AVO_LOG", "use_shipped": "AVO_USE_SHIPPED",
               "trusted_keys": "AVO_TRUSTED_KEYS", "require_signed": "AVO_REQUIRE_SIGNED",
               "agent_model": "AVO_AGENT_MODEL", "agent_max_tokens": "AVO_AGENT_MAX_TOKENS",
-              "agent_max_dollars": "AVO_AGENT_MAX_DOLLARS"}
+              "agent_max_dollars": "AVO_AGENT_MAX_DOLLARS", "remote_cache": "AVO_REMOTE_CACHE",
+              "signing_key": "AVO_SIGNING_KEY"}
+REMOTE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def _default_cache_dir() -> Path:
@@ -41,6 +44,10 @@ class Settings:
     trusted_keys: Ed25519 public keys (hex or file paths) whose bundle signatures are accepted (AVO_TRUSTED_KEYS).
     require_signed: refuse bundles without a trusted signature (AVO_REQUIRE_SIGNED).
     agent_model / agent_max_tokens / agent_max_dollars: the LLM variation operator (AVO_AGENT_*).
+    remote_cache: a Redis URL shared by a fleet: read through on a local miss, promoted records published
+    (AVO_REMOTE_CACHE; None = off).
+    signing_key: Ed25519 private key (PEM path) that records published to the remote cache are signed with
+    (AVO_SIGNING_KEY).
     anthropic_api_key: read from ANTHROPIC_API_KEY; None disables the agent operator.
     """
 
@@ -56,6 +63,8 @@ class Settings:
     agent_max_tokens: int = 2_000_000
     agent_max_dollars: float = 20.0
     anthropic_api_key: str | None = field(default=None, repr=False)
+    remote_cache: str | None = None
+    signing_key: Path | None = None
 
     def __post_init__(self) -> None:
         # One normaliser for both paths (settings_from_env and configure()), so they cannot drift: every field is
@@ -68,7 +77,18 @@ class Settings:
         out["cache_dir"] = str(self.cache_dir)
         out["cache_path"] = [str(p) for p in self.cache_path]
         out["anthropic_api_key"] = "***" if self.anthropic_api_key else None
+        out["signing_key"] = str(self.signing_key) if self.signing_key is not None else None
+        out["remote_cache"] = redacted_url(self.remote_cache) if self.remote_cache else None
         return out
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password (settings dumps, store labels and messages never show it)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = f"{parsed.username or ''}:***@{parsed.hostname or ''}" + (f":{parsed.port}" if parsed.port else "")
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
 
 
 def _label(name: str) -> str:
@@ -110,6 +130,14 @@ def _normalised(s: Settings) -> dict[str, Any]:
     out["agent_max_tokens"] = bounded_int(_label("agent_max_tokens"), s.agent_max_tokens, minimum=1)
     # NaN would disable the cap (every `spent >= nan` is False); inf is no cap at all.
     out["agent_max_dollars"] = finite_float(_label("agent_max_dollars"), s.agent_max_dollars, minimum=0.0)
+    remote = s.remote_cache.strip() if isinstance(s.remote_cache, str) else s.remote_cache
+    if remote is not None and (not isinstance(remote, str) or not remote.startswith(REMOTE_SCHEMES)):
+        raise ValueError(f"{_label('remote_cache')} must be a redis://host:port/db URL (or rediss://, unix://); "
+                         f"got {s.remote_cache!r}")
+    out["remote_cache"] = remote or None
+    if s.signing_key is not None and (not isinstance(s.signing_key, (str, os.PathLike)) or not str(s.signing_key)):
+        raise ValueError(f"{_label('signing_key')} must be a key file path; got {s.signing_key!r}")
+    out["signing_key"] = Path(s.signing_key).expanduser() if s.signing_key is not None else None
     if s.anthropic_api_key is not None and not isinstance(s.anthropic_api_key, str):
         raise ValueError(f"{_label('anthropic_api_key')} must be a string; got a {type(s.anthropic_api_key).__name__}")
     return out

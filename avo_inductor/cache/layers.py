@@ -116,13 +116,20 @@ class BundleLayer:
             raw = read_capped(self.root / rel, self.root)
         except OSError as exc:
             raise BundleError(f"{rel}: cannot read: {exc}") from None
-        if len(raw) != size or sha256_bytes(raw) != sha:
-            raise BundleError(f"{rel}: sha256/size do not match the manifest ({len(raw)} bytes vs {size}); "
-                              "truncated or tampered")
-        record = validate_record(raw, key, source_needs_signature=bool(self.trusted_keys)
-                                 and self._signer not in self.trusted_keys)
+        record = admit_record_bytes(raw, rel, sha, size, key, trusted_keys=self.trusted_keys, signer=self._signer)
         self._parsed[key] = record
         return record
+
+
+def admit_record_bytes(raw: bytes, rel: str, sha: str, size: int, key: str, *, trusted_keys: frozenset[str],
+                       signer: str | None) -> KernelRecord:
+    """One record of a signature-checked manifest: its bytes must be the listed size and sha256, then the static
+    gates (``validate_record``); a source record needs a trusted signer when trusted keys are configured. Shared by
+    bundle layers and the remote store, so a record from either passes the same checks. BundleError otherwise."""
+    if len(raw) != size or sha256_bytes(raw) != sha:
+        raise BundleError(f"{rel}: sha256/size do not match the manifest ({len(raw)} bytes vs {size}); "
+                          "truncated or tampered")
+    return validate_record(raw, key, source_needs_signature=bool(trusted_keys) and signer not in trusted_keys)
 
 
 def open_layers(paths: Iterable[Path], *, shipped: bool, trusted_keys: frozenset[str],

@@ -1,7 +1,8 @@
 """KernelStore: the writable diskcache store, the read-only bundle layers behind it, and the pending queue.
 
-Lookup order: the writable store (AVO_CACHE_DIR), then each AVO_CACHE_PATH bundle, then shipped bundles; the
-first valid record wins. Records are stored as JSON text (never pickles) and pass the same static gates in
+Lookup order: the writable store (AVO_CACHE_DIR), then the fleet's remote cache (AVO_REMOTE_CACHE, read through
+into the writable store flagged unverified), then each AVO_CACHE_PATH bundle, then shipped bundles; the first
+valid record wins. Records are stored as JSON text (never pickles) and pass the same static gates in
 every layer, so a corrupt, tampered or half-written entry is a miss plus one warning, never a crash. When the
 writable directory cannot be opened (read-only deployment) the store keeps working from its layers alone.
 """
@@ -22,6 +23,7 @@ from ..artifact import KernelRecord
 from ..kernels.tiers import stale_note
 from .layers import BundleLayer, CacheWarning, open_layers, warn_once  # noqa: F401 - CacheWarning re-exported
 from .manifest import PARSE_ERRORS, BundleError, validate_record
+from .remote import RemoteStore
 from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
@@ -104,17 +106,19 @@ class KernelStore:
     directory: the writable diskcache folder (None = read-only store). layers: AVO_CACHE_PATH entries, each a
     bundle folder or a folder of bundle folders. shipped: also search bundles shipped with the package.
     trusted_keys / require_signed: signature policy applied to every layer's manifest.
+    remote: the fleet's shared store (AVO_REMOTE_CACHE), asked on a local miss; promoted records are published to it.
     """
 
     def __init__(self, directory: str | Path | None, layers: Iterable[str | Path] = (), shipped: bool = True, *,
                  trusted_keys: Iterable[str] = (), require_signed: bool = False,
-                 software: SoftwareKey | None = None) -> None:
+                 software: SoftwareKey | None = None, remote: RemoteStore | None = None) -> None:
         self.directory = Path(directory).expanduser() if directory is not None else None
         self.trusted_keys = frozenset(trusted_keys)
         self.require_signed = require_signed
         self.layers: list[BundleLayer] = open_layers([Path(p) for p in layers], shipped=shipped,
                                                      trusted_keys=self.trusted_keys, require_signed=require_signed)
         self._software = software
+        self.remote = remote
         self._db_obj: Any = None
         self._db_failed = False
         self._db_error = ""
@@ -125,7 +129,10 @@ class KernelStore:
     def from_settings(cls, settings: Settings | None = None) -> KernelStore:
         s = settings or get_settings()
         keys = load_trusted_keys(s.trusted_keys, s.cache_dir)
-        return cls(s.cache_dir, s.cache_path, s.use_shipped, trusted_keys=keys, require_signed=s.require_signed)
+        remote = RemoteStore(s.remote_cache, trusted_keys=keys, require_signed=s.require_signed,
+                             signing_key=s.signing_key) if s.remote_cache else None
+        return cls(s.cache_dir, s.cache_path, s.use_shipped, trusted_keys=keys, require_signed=s.require_signed,
+                   remote=remote)
 
     # ---- plumbing --------------------------------------------------------------------------------
     @property
@@ -185,6 +192,8 @@ class KernelStore:
         return sorted(keys)
 
     def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
         if self._db_obj is not None:
             self._db_obj.close()
             self._db_obj = None
@@ -202,13 +211,13 @@ class KernelStore:
 
     def get(self, key: str, *, touch: bool = True) -> StoreHit | None:
         """The first valid record under ``key`` in layer order; corrupt entries are skipped with a warning."""
-        for layer, record in self._candidates(key):
+        for layer, record in self._candidates(key, remote=True):
             if touch and layer == LOCAL_LAYER:
                 self._touch(key)
             return StoreHit(record, layer, key, self._needs_reverify(key, record, layer))
         return None
 
-    def _candidates(self, key: str) -> Iterator[tuple[str, KernelRecord]]:
+    def _candidates(self, key: str, remote: bool = False) -> Iterator[tuple[str, KernelRecord]]:
         raw = self._db_get(_REC + key)
         if raw is not None:
             try:
@@ -216,6 +225,11 @@ class KernelStore:
             except (BundleError, *PARSE_ERRORS) as exc:
                 warn_once(str(self.directory), key, f"avo kernel store: corrupt entry {key!r} in {self.directory} "
                            f"treated as a miss: {exc}")
+        if remote and self.remote is not None:
+            record = self.remote.fetch(key)  # None on a miss, a refusal or a dead server (each warned by fetch)
+            if record is not None:
+                self._keep_remote(key, record)
+                yield self.remote.label, record
         for layer in self.layers:
             try:
                 record = layer.get(key)
@@ -226,6 +240,17 @@ class KernelStore:
                 warn_once(layer.label, "", layer.error)
             if record is not None:
                 yield layer.label, record
+
+    def _keep_remote(self, key: str, record: KernelRecord) -> None:
+        """Read-through: a record admitted from the remote cache is kept in the writable store flagged unverified
+        (like a bundle record for other hardware), so it is verified once here and survives the server going away."""
+        if self.db is None:
+            return
+        try:
+            self.put(record, unverified=True)
+        except _DB_ERRORS as exc:
+            warn_once(str(self.directory), "remote-keep", f"avo kernel store {self.directory}: a record from the "
+                       f"remote cache could not be kept locally ({exc})")
 
     def _mark(self, key: str, sha: str) -> dict[str, Any]:
         raw = self._db_get(f"{_MARK}{key}:{sha}")
@@ -264,10 +289,14 @@ class KernelStore:
             pass  # a usage stamp is a hint for prune; losing one is harmless
 
     # ---- writes (writable layer only) ---------------------------------------------------------------
-    def put(self, record: KernelRecord, *, unverified: bool = False) -> str:
-        """Store ``record`` under its key; ``unverified`` records are re-verified on first use."""
+    def put(self, record: KernelRecord, *, unverified: bool = False, publish: bool = False) -> str:
+        """Store ``record`` under its key; ``unverified`` records are re-verified on first use. ``publish`` (the
+        search's promotion): also write it to the remote cache, if one is configured."""
         unverified_keys = {store_key(record.spec, record.hardware)} if unverified else ()
-        return self.put_many([record], unverified_keys=unverified_keys)[0]
+        key = self.put_many([record], unverified_keys=unverified_keys)[0]
+        if publish and self.remote is not None:
+            self.remote.publish([record])
+        return key
 
     def put_many(self, records: Iterable[KernelRecord], unverified_keys: Iterable[str] = ()) -> list[str]:
         """Store several records in one transaction (all or nothing), bumping the generation once."""

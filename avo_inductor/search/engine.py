@@ -409,7 +409,7 @@ class SearchEngine:
         old = hit.record.metrics.speedup if hit is not None and hit.record.operator != "baseline" else None
         if old is not None and result.speedup is not None and old >= result.speedup:
             return False, f"store already holds {hit.record.kernel_id} at {old:.3f}x (>= {result.speedup:.3f}x)"
-        skey = self.store.put(record)
+        skey = self.store.put(record, publish=True)  # also to the fleet's remote cache, when one is configured
         self.db.record_promotion(record.kernel_id, run_id, cand.id, cand.spec.cache_key(),
                                  str(skey or store_key(record.spec, record.hardware)), result.speedup)
         return True, record.kernel_id
