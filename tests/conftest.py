@@ -28,7 +28,8 @@ def isolated_avo(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     cache_dir = tmp_path_factory.mktemp("avo-cache")
     monkeypatch.setenv("AVO_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("AVO_USE_SHIPPED", "0")
-    for name in ("AVO_CACHE_PATH", "AVO_ON_MISS", "AVO_STRICT", "AVO_LOG", "AVO_TRUSTED_KEYS", "AVO_REQUIRE_SIGNED"):
+    for name in ("AVO_CACHE_PATH", "AVO_ON_MISS", "AVO_STRICT", "AVO_LOG", "AVO_TRUSTED_KEYS", "AVO_REQUIRE_SIGNED",
+                 "AVO_REMOTE_CACHE", "AVO_SIGNING_KEY"):
         monkeypatch.delenv(name, raising=False)
     reset_settings()
     torch._dynamo.reset()

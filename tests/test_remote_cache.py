@@ -1,0 +1,228 @@
+"""The fleet's shared store (AVO_REMOTE_CACHE) against a real redis-server started by the tests: two processes
+sharing records through it (one promotes and publishes, the other reads through with an empty local store),
+an unreachable server (one warning, local store still used, no hang) and hostile entries on the server (refused
+with a reason, never executed, local store untouched)."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from avo_inductor.cache.layers import CacheWarning
+from avo_inductor.cache.remote import KEY_PREFIX, RemoteStore, encode_entry
+from avo_inductor.cache.signing import keygen, load_private_key
+from avo_inductor.cache.store import KernelStore
+from avo_inductor.settings import Settings
+
+from cache_helpers import CPU_HW, SW, key_of, make_record
+
+redis = pytest.importorskip("redis", reason="the redis client is not installed: pip install 'avo_inductor[remote]'")
+TESTS = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server on a free port, data in a temp dir, no persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; `make test` installs it)")
+    port, folder = _free_port(), tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+                             "--appendonly", "no", "--protected-mode", "yes"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"redis-server on port {port} did not start (exit code {proc.poll()})") from None
+            time.sleep(0.05)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def server(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+def _store(folder: Path, url: str, **remote_kw: object) -> KernelStore:
+    policy = {k: v for k, v in remote_kw.items() if k in ("trusted_keys", "require_signed")}
+    return KernelStore(folder, shipped=False, software=SW, remote=RemoteStore(url, **remote_kw),  # type: ignore[arg-type]
+                       **policy)  # type: ignore[arg-type]
+
+
+def test_settings_read_the_remote_url() -> None:
+    s = Settings(remote_cache="redis://:hunter2@cache.lan:6379/2", signing_key="~/k.pem")
+    assert s.remote_cache == "redis://:hunter2@cache.lan:6379/2" and s.signing_key == Path("~/k.pem").expanduser()
+    assert "hunter2" not in json.dumps(s.to_dict())
+    with pytest.raises(ValueError, match="AVO_REMOTE_CACHE"):
+        Settings(remote_cache="http://cache.lan")
+
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+from avo_inductor.cache.remote import RemoteStore
+from avo_inductor.cache.store import KernelStore
+from avo_inductor.search import runner
+from search_fakes import HW, FakeEvaluator
+
+url, folder = sys.argv[1], Path(sys.argv[2])
+store = KernelStore(folder / "store", shipped=False, remote=RemoteStore(url))
+opts = runner.RunOptions(pending=True, db=str(folder / "search.db"), quick=True)
+from search_fakes import SPEC
+store.enqueue_pending(SPEC, HW, origin="fleet test")
+outcome = runner.execute(opts, store=store, evaluator=FakeEvaluator(), hardware=HW)
+print(list(outcome.promoted.values())[0])
+"""
+
+
+def test_a_second_process_reads_what_the_first_promoted(server: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    """Process A runs a search whose promotion publishes; this process, with an empty store, gets the hit."""
+    from search_fakes import HW, SPEC
+
+    done = subprocess.run([sys.executable, "-c", PUBLISHER, redis_url, str(tmp_path / "a")], capture_output=True,
+                          text=True, timeout=300, cwd=TESTS.parent, env={**__import__("os").environ,
+                                                                          "PYTHONPATH": f"{TESTS.parent}:{TESTS}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    kernel_id = done.stdout.strip().splitlines()[-1]
+    assert server.keys(KEY_PREFIX + "*")  # published by the promotion
+    store = _store(tmp_path / "b", redis_url)
+    assert store.local_keys() == []
+    hit = store.lookup(SPEC, HW)
+    assert hit is not None and hit.record.kernel_id == kernel_id and hit.layer == f"remote:{redis_url}"
+    assert hit.needs_reverify  # tuned elsewhere: compiled and checked once here before first use
+    # read through: kept locally, still unverified, so the next lookup needs no server
+    assert store.local_keys() == [hit.key]
+    server.flushdb()
+    again = store.lookup(SPEC, HW)
+    assert again is not None and again.layer == "local" and again.needs_reverify
+    assert store.mark_verified(hit.key) and not store.lookup(SPEC, HW).needs_reverify  # type: ignore[union-attr]
+
+
+def test_signed_publish_is_accepted_by_a_fleet_that_trusts_the_key(server: redis.Redis, redis_url: str,
+                                                                   tmp_path: Path) -> None:
+    priv, _, pub = keygen(tmp_path / "keys")
+    record = make_record(96, tag=3)  # a source record (agent edit): needs a trusted signature to cross hosts
+    writer = _store(tmp_path / "a", redis_url, signing_key=priv)
+    writer.put(record, publish=True)
+    reader = _store(tmp_path / "b", redis_url, trusted_keys=frozenset({pub}))
+    hit = reader.get(key_of(record))
+    assert hit is not None and hit.record.sha256 == record.sha256 and hit.needs_reverify
+    # a slower record does not replace the server's faster one
+    writer.put(make_record(96, tag=4, speedup=1.1), publish=True)
+    assert RemoteStore(redis_url).fetch(key_of(record)).sha256 == record.sha256  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_unreachable_server_warns_once_and_the_local_store_serves(kind: str, tmp_path: Path) -> None:
+    """Nothing listening (refused at once), or a listener that never answers (the socket timeouts end it)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    if kind == "silent":
+        listener.listen(8)
+    port = listener.getsockname()[1]
+    if kind == "refused":
+        listener.close()
+    store = _store(tmp_path / "local", f"redis://127.0.0.1:{port}/0")
+    local = make_record(64)
+    store.put(local)
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert store.get(key_of(make_record(128))) is None  # a local miss asks the server: down
+        assert store.get(key_of(make_record(256))) is None  # backed off: not asked again
+        hit = store.get(key_of(local))
+        store.put(make_record(512), publish=True)  # publishing to a dead server costs nothing either
+    elapsed = time.monotonic() - start
+    listener.close()
+    assert hit is not None and hit.layer == "local" and hit.record.sha256 == local.sha256
+    messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert len(messages) == 1 and "unreachable" in messages[0] and "using the local store only" in messages[0]
+    assert elapsed < 5.0, f"lookups against a dead server took {elapsed:.1f}s"
+    assert key_of(make_record(512)) in store.local_keys()
+
+
+EVIL_SOURCE = '''import triton
+import triton.language as tl
+open({marker!r}, "w").write("ran")
+
+
+@triton.jit
+def _attn_fwd(Q, Out, N, TAG: tl.constexpr):
+    pid = tl.program_id(0)
+    tl.store(Out + pid, tl.load(Q + pid))
+'''
+
+
+HOSTILE = ["tampered_source", "host_code", "untrusted_signer", "forged_signature", "unsigned_source"]
+
+
+def _hostile(kind: str, tmp_path: Path, keys: dict[str, tuple[Path, str]]) -> tuple[bytes, str, str]:
+    """(server entry, store key, the reason a refusal must name) for one kind of hostile entry (each kind under
+    its own key: a refusal is warned once per key and process)."""
+    q_len = 2 ** (4 + HOSTILE.index(kind))  # lengths are bucketed by powers of two in the store key
+    record = make_record(q_len)
+    signer = load_private_key(keys["alice"][0]) if kind in ("forged_signature", "tampered_source") else None
+    entry = json.loads(encode_entry(record, signer))
+    inner = json.loads(entry["record"])
+    if kind == "tampered_source":  # the source changed after the manifest was hashed (and signed)
+        inner["source"] = inner["source"].replace("x * 1", "x * 7")
+        entry["record"] = json.dumps(inner, sort_keys=True)
+        return json.dumps(entry).encode(), key_of(record), "sha256/size do not match"
+    if kind == "host_code":  # consistent entry whose source runs host Python at import
+        evil = make_record(q_len, source=EVIL_SOURCE.format(marker=str(tmp_path / "ran")))
+        return encode_entry(evil), key_of(evil), "static allowlist"
+    if kind == "untrusted_signer":
+        evil = make_record(q_len, tag=9)
+        return encode_entry(evil, load_private_key(keys["mallory"][0])), key_of(evil), "unknown key"
+    if kind == "forged_signature":  # alice's signature kept, the record and manifest rewritten under it
+        inner["source"] = inner["source"].replace("x * 1", "x * 7")
+        inner["sha256"] = ""
+        forged = json.loads(encode_entry(make_record(q_len, tag=7)))
+        entry["record"], entry["manifest"] = forged["record"], forged["manifest"]
+        return json.dumps(entry).encode(), key_of(record), "bad signature"
+    assert kind == "unsigned_source"
+    return encode_entry(record), key_of(record), "unsigned but trusted keys are configured"
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_hostile_entry_is_refused_never_run_and_not_kept(kind: str, server: redis.Redis, redis_url: str,
+                                                         tmp_path: Path) -> None:
+    keys = {name: (priv, pub) for name in ("alice", "mallory")
+            for priv, _, pub in [keygen(tmp_path / "keys" / name)]}
+    trusted = frozenset({keys["alice"][1]}) if kind != "host_code" else frozenset()
+    raw, key, reason = _hostile(kind, tmp_path, keys)
+    server.set(KEY_PREFIX + key, raw)
+    store = _store(tmp_path / "local", redis_url, trusted_keys=trusted)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert store.get(key) is None
+    assert reason in store.remote.refused[key]  # type: ignore[union-attr]
+    assert any(reason in str(w.message) and "refused" in str(w.message) for w in caught)
+    assert store.local_keys() == [] and store.generation().startswith("0-")  # local store untouched
+    assert not (tmp_path / "ran").exists()  # nothing from the entry ran
