@@ -5,6 +5,7 @@ with a reason, never executed, local store untouched)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from avo_inductor.cache.signing import keygen, load_private_key
 from avo_inductor.cache.store import KernelStore
 from avo_inductor.settings import Settings
 
-from cache_helpers import CPU_HW, SW, key_of, make_record
+from cache_helpers import SW, key_of, make_record
 
 redis = pytest.importorskip("redis", reason="the redis client is not installed: pip install 'avo_inductor[remote]'")
 TESTS = Path(__file__).resolve().parent
@@ -89,12 +90,11 @@ from pathlib import Path
 from avo_inductor.cache.remote import RemoteStore
 from avo_inductor.cache.store import KernelStore
 from avo_inductor.search import runner
-from search_fakes import HW, FakeEvaluator
+from search_fakes import HW, SPEC, FakeEvaluator
 
 url, folder = sys.argv[1], Path(sys.argv[2])
 store = KernelStore(folder / "store", shipped=False, remote=RemoteStore(url))
 opts = runner.RunOptions(pending=True, db=str(folder / "search.db"), quick=True)
-from search_fakes import SPEC
 store.enqueue_pending(SPEC, HW, origin="fleet test")
 outcome = runner.execute(opts, store=store, evaluator=FakeEvaluator(), hardware=HW)
 print(list(outcome.promoted.values())[0])
@@ -105,9 +105,9 @@ def test_a_second_process_reads_what_the_first_promoted(server: redis.Redis, red
     """Process A runs a search whose promotion publishes; this process, with an empty store, gets the hit."""
     from search_fakes import HW, SPEC
 
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
     done = subprocess.run([sys.executable, "-c", PUBLISHER, redis_url, str(tmp_path / "a")], capture_output=True,
-                          text=True, timeout=300, cwd=TESTS.parent, env={**__import__("os").environ,
-                                                                          "PYTHONPATH": f"{TESTS.parent}:{TESTS}"})
+                          text=True, timeout=300, cwd=TESTS.parent, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     kernel_id = done.stdout.strip().splitlines()[-1]
     assert server.keys(KEY_PREFIX + "*")  # published by the promotion
