@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-gpu wheel clean
+.PHONY: install demo test test-gpu wheel clean redis-server
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,17 @@ demo: install
 # One pytest worker per core (pytest-xdist): the interpreter-bound CPU suite took 13.4 minutes serially on CI's two
 # cores, 6.8 in parallel. Every test has its own kernel store (tests/conftest.py), so workers share nothing.
 # Static checks first (seconds): the layer contract, lint and types of the package, then the tests.
-test: install
+# The remote-cache tests start a real redis-server: installed from Debian's packages when missing (root only;
+# otherwise a note, and those tests skip saying why).
+test: install redis-server
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check avo_inductor
 	$(VENV)/bin/mypy avo_inductor
 	$(PY) -m pytest -q -n auto
+
+redis-server:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y --no-install-recommends redis-server >/dev/null; } \
+		|| echo "note: redis-server is missing and cannot be installed here (needs root and apt-get); the remote-cache tests will skip"
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu
