@@ -179,7 +179,8 @@ def _attn_fwd(Q, Out, N, TAG: tl.constexpr):
 '''
 
 
-HOSTILE = ["tampered_source", "host_code", "untrusted_signer", "forged_signature", "unsigned_source"]
+HOSTILE = ["tampered_source", "host_code", "untrusted_signer", "forged_signature", "unsigned_source", "not_json",
+           "wrong_type"]
 
 
 def _hostile(kind: str, tmp_path: Path, keys: dict[str, tuple[Path, str]]) -> tuple[bytes, str, str]:
@@ -206,6 +207,10 @@ def _hostile(kind: str, tmp_path: Path, keys: dict[str, tuple[Path, str]]) -> tu
         forged = json.loads(encode_entry(make_record(q_len, tag=7)))
         entry["record"], entry["manifest"] = forged["record"], forged["manifest"]
         return json.dumps(entry).encode(), key_of(record), "bad signature"
+    if kind == "not_json":
+        return b"\x80\x04\x95 a pickle, say", key_of(record), "not valid JSON"
+    if kind == "wrong_type":  # written as a Redis hash by someone else: the server refuses GETRANGE
+        return b"", key_of(record), "WRONGTYPE"
     assert kind == "unsigned_source"
     return encode_entry(record), key_of(record), "unsigned but trusted keys are configured"
 
@@ -217,7 +222,10 @@ def test_hostile_entry_is_refused_never_run_and_not_kept(kind: str, server: redi
             for priv, _, pub in [keygen(tmp_path / "keys" / name)]}
     trusted = frozenset({keys["alice"][1]}) if kind != "host_code" else frozenset()
     raw, key, reason = _hostile(kind, tmp_path, keys)
-    server.set(KEY_PREFIX + key, raw)
+    if raw:
+        server.set(KEY_PREFIX + key, raw)
+    else:
+        server.hset(KEY_PREFIX + key, "record", "{}")
     store = _store(tmp_path / "local", redis_url, trusted_keys=trusted)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

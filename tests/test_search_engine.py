@@ -34,7 +34,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.records: dict[str, Any] = {}
 
-    def put(self, record: Any) -> str:
+    def put(self, record: Any, publish: bool = False) -> str:
         key = store_key(record.spec, record.hardware)
         self.records[key] = record
         return key

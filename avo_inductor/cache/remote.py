@@ -138,9 +138,14 @@ class RemoteStore:
 
     @property
     def _errors(self) -> tuple[type[BaseException], ...]:
+        """What a dead or unreachable server raises (a server's refusal of one command is ResponseError)."""
         import redis
 
-        return (redis.RedisError, OSError)
+        return (redis.ConnectionError, redis.TimeoutError, OSError)
+
+    def _refuse(self, key: str, reason: str) -> None:
+        self.refused[key] = reason
+        warn_once(self.label, key, f"avo remote cache: entry {key!r} on {redacted_url(self.url)} refused: {reason}")
 
     # ---- reads ------------------------------------------------------------------------------------
     def fetch(self, key: str) -> KernelRecord | None:
@@ -149,19 +154,22 @@ class RemoteStore:
         client = self._redis()
         if client is None:
             return None
+        import redis
+
         try:
             raw = client.getrange(KEY_PREFIX + key, 0, MAX_ENTRY_BYTES)
         except self._errors as exc:
             self._failed("a lookup", exc)
+            return None
+        except redis.RedisError as exc:  # e.g. WRONGTYPE: something else stored under the key
+            self._refuse(key, f"the server answered {type(exc).__name__}: {str(exc)[:200]}")
             return None
         if not raw:
             return None
         try:
             record = decode_entry(bytes(raw), key, self.trusted_keys, self.require_signed)
         except (BundleError, *PARSE_ERRORS) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BundleError) else str(exc)
-            self.refused[key] = reason
-            warn_once(self.label, key, f"avo remote cache: entry {key!r} on {redacted_url(self.url)} refused: {reason}")
+            self._refuse(key, str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}")
             return None
         self.refused.pop(key, None)
         return record
@@ -183,6 +191,8 @@ class RemoteStore:
                 return []
         else:
             private = None
+        import redis
+
         written: list[str] = []
         for record in records:
             key = store_key(record.spec, record.hardware)
@@ -196,6 +206,10 @@ class RemoteStore:
                 client.set(KEY_PREFIX + key, encode_entry(record, private))
             except self._errors as exc:
                 self._failed("publishing", exc)
+                break
+            except redis.RedisError as exc:  # e.g. a read-only replica: this record stays local
+                warn_once(self.label, "publish", f"avo remote cache {redacted_url(self.url)} refused a write "
+                          f"({type(exc).__name__}: {str(exc)[:200]}); promoted records stay local")
                 break
             written.append(key)
         return written
