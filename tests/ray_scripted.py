@@ -1,8 +1,9 @@
 """The evaluator the real-Ray tests run inside RayEvaluator's actors (imported by Ray workers, so kept light).
 
 It scores genomes like search_fakes.FakeEvaluator and reports where it ran (device, pid); a candidate's ``notes``
-script what the actor does: "kill-once:<marker>" kills the actor for good with ray.kill the first time (its
-shard must be re-queued), and
+script what the actor does: "die-once:<marker>" ends the actor's process the first time (Ray restarts the actor
+and re-runs the call), "kill-once:<marker>" kills the actor for good with ray.kill the first time (its shard must
+be re-queued), and
 "barrier:<dir>:<n>" makes promote_many wait until n actors are inside it at once (proof the calls overlap)."""
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class ScriptedEvaluator:
 
     def _run(self, candidate: Candidate, stage: Stage) -> EvalResult:
         action, _, arg = candidate.notes.partition(":")
+        if action == "die-once" and _first_time(arg):
+            os._exit(3)  # the actor's process ends mid-batch, as on an OOM kill or a crashed driver
         if action == "kill-once" and _first_time(arg):
             import ray
 

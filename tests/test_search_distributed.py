@@ -1,7 +1,8 @@
 """RayEvaluator against a real local Ray (one session for the module: 2 CPUs, 2 "GPUs" that are Ray resources
 standing in for cards, no dashboard): batches sharded over one actor per GPU, results in the candidates' order,
 winners re-checked in parallel, and an actor that dies mid-batch (restarted and re-run, or dead for good and its
-shard re-queued) costs no candidate. The evaluator inside the actors is tests/ray_scripted.py."""
+shard re-queued) costs no candidate. The tests share one pool of actors and run in file order (the kill last);
+the evaluator inside the actors is tests/ray_scripted.py."""
 from __future__ import annotations
 
 import os
@@ -82,6 +83,19 @@ def test_sharding_order_pinning_and_parallel_promotion(evaluator: RayEvaluator, 
     assert all(r.ok and r.stage == Stage.PROMOTION for r in promoted), [r.message for r in promoted]
     assert [r.speedup for r in promoted] == [score(c) for c in winners]
     assert len({r.extra["pid"] for r in promoted}) == 2 and len(list(barrier.iterdir())) == 2
+
+
+def test_actor_dying_mid_batch_is_restarted_and_its_call_rerun(evaluator: RayEvaluator, tmp_path: Path) -> None:
+    """c3 (actor 1's shard: c1, c3, c5) ends its actor's process: Ray restarts the actor and re-runs the call."""
+    before = evaluator.evaluate(_candidates(2))
+    cands = _candidates(6, {3: f"die-once:{tmp_path / 'died'}"})
+    results = evaluator.evaluate(cands)
+    assert (tmp_path / "died").exists()  # the process really ended mid-batch
+    assert [r.candidate_id for r in results] == [c.id for c in cands]
+    assert all(r.ok for r in results) and [r.speedup for r in results] == [score(c) for c in cands]
+    assert results[0].extra["pid"] == before[0].extra["pid"]  # actor 0 untouched
+    assert results[3].extra["pid"] != before[1].extra["pid"]  # actor 1 is a fresh process
+    assert evaluator.parallelism == 2 and evaluator.lost == []
 
 
 def test_actor_killed_mid_batch_has_its_shard_requeued(evaluator: RayEvaluator, tmp_path: Path) -> None:
