@@ -185,6 +185,33 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device 
     return out
 
 
+def median_ci_ranks(n: int, alpha: float = 0.05) -> int:
+    """k such that [x_(k), x_(n+1-k)] (1-based order statistics) covers the median of n samples with probability
+    >= 1 - alpha, whatever their distribution (binomial(n, 1/2) tails); 1 (min and max) when n is too small."""
+    if n < 1:
+        raise ValueError(f"need at least one sample; got n={n}")
+    k, tail = 1, 0.0
+    while k < (n + 1) // 2:
+        tail += math.comb(n, k - 1) / 2 ** n  # P(fewer than k samples below the median)
+        if tail + math.comb(n, k) / 2 ** n > alpha / 2:
+            break
+        k += 1
+    return k
+
+
+def paired_spread(candidate: Timing, baseline: Timing, alpha: float = 0.05) -> float:
+    """Relative half-width of a distribution-free confidence interval of the median per-round ratio
+    baseline/candidate. ``time_interleaved`` times both in every round, back to back, so clock and thermal drift
+    common to both cancel in the ratio: the figure says how well the speedup is known, not how much each fn's
+    time wandered on its own (``Timing.spread``)."""
+    ratios = sorted(b / c for c, b in zip(candidate.samples_ms, baseline.samples_ms, strict=True) if c > 0)
+    if len(ratios) < 2:
+        return math.inf
+    k = median_ci_ranks(len(ratios), alpha)
+    med = statistics.median(ratios)
+    return max(med - ratios[k - 1], ratios[len(ratios) - k] - med) / med
+
+
 GRAPH_CALLS = 16  # calls per captured graph, the same for every fn timed together
 
 
