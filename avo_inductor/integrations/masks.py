@@ -38,6 +38,10 @@ class MaskPlan:
     reason: str = ""
 
 
+NO_MASK = MaskPlan()
+CAUSAL = MaskPlan(causal=True)
+
+
 def _structure(keep: torch.Tensor) -> tuple[Pattern, int | None]:
     """Pattern of one (Nq, Nk) keep-mask against bottom-right aligned causal / window masks, on its own device."""
     nq, nk = keep.shape
@@ -67,10 +71,10 @@ def plan_mask(mask: torch.Tensor | None, *, is_causal: bool, batch: int, q_len: 
     """
     if mask is None:
         if not is_causal:
-            return MaskPlan()
+            return NO_MASK
         if q_len != kv_len:
             return MaskPlan(reason=f"is_causal with q_len {q_len} != kv_len {kv_len} (SDPA aligns it top-left)")
-        return MaskPlan(causal=True)
+        return CAUSAL
     if is_causal:
         return MaskPlan(reason="both a mask and is_causal")
     if mask.dim() != 4 or tuple(mask.shape[-2:]) != (q_len, kv_len) or mask.shape[0] not in (1, batch):

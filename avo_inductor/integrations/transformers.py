@@ -50,7 +50,29 @@ class Decision:
 
 
 _by_bucket: dict[tuple[Any, ...], Decision] = {}
-_by_call: dict[tuple[Any, ...], Decision] = {}
+
+
+class _CallDecisions:
+    """Decisions by exact call shape (the per-call fast path), valid for one Settings object: configure() or a
+    reset of the settings starts afresh."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.table: dict[tuple[Any, ...], Decision] = {}
+
+    def get(self, settings: Settings, key: tuple[Any, ...]) -> Decision | None:
+        return self.table.get(key) if settings is self.settings else None
+
+    def put(self, settings: Settings, key: tuple[Any, ...], decision: Decision) -> None:
+        if settings is not self.settings or len(self.table) >= MAX_CALL_KEYS:
+            self.settings, self.table = settings, {}
+        self.table[key] = decision
+
+    def clear(self) -> None:
+        self.settings, self.table = None, {}
+
+
+_by_call = _CallDecisions()
 _unavailable_sites: dict[str, rep.SiteReport] = {}
 _mask_plans = MaskPlanCache()
 _warned: set[str] = set()
@@ -123,10 +145,6 @@ def _prepare(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, va
                                                    else getattr(module, "is_causal", True)))
     if causal and key.shape[2] > q_len:
         key, value = key[:, :, :q_len], value[:, :, :q_len]
-    unavailable = _unavailable(query, key, value, dropout)
-    if unavailable:
-        _note_unavailable(module, unavailable, settings)
-        return None
     batch, kv_len = query.shape[0], key.shape[2]
     if mask is None:
         plan = plan_mask(None, is_causal=causal, batch=batch, q_len=q_len, kv_len=kv_len)
@@ -138,18 +156,12 @@ def _prepare(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, va
         _note_unavailable(module, f"mask: {plan.reason}", settings)
         return None
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    call_key = (settings, query.shape, key.shape, value.shape, query.dtype, query.device, scaling, plan.causal,
-                plan.window, plan.kind, needs_grad)
-    decision = _by_call.get(call_key)
+    call_key = (query.shape, key.shape, value.shape, query.dtype, key.dtype, value.dtype, query.device, scaling,
+                dropout > 0, plan.causal, plan.window, plan.kind, needs_grad)
+    decision = _by_call.get(settings, call_key)
     if decision is None:
-        spec = AttentionSpec(batch, query.shape[1], key.shape[1], q_len, kv_len, head_dim, value.shape[3],
-                             dtype=str(query.dtype).removeprefix("torch."), scale=_spec_scale(scaling, head_dim),
-                             causal=plan.causal, window=plan.window, mask=plan.kind, needs_grad=needs_grad)
-        decision = _by_bucket.get(_bucket_key(settings, query.device, spec)) \
-            or _decide(module, spec, query.device, settings)
-        if len(_by_call) >= MAX_CALL_KEYS:
-            _by_call.clear()
-        _by_call[call_key] = decision
+        decision = _decide_call(module, query, key, value, dropout, scaling, plan, needs_grad, settings)
+        _by_call.put(settings, call_key, decision)
     if decision.kernel_id is None:
         if decision.site.status == "miss" and settings.on_miss == "error":
             raise AvoMissError(f"AVO_ON_MISS=error and attention {decision.site.summary()} has no tuned kernel. Tune "
@@ -157,6 +169,21 @@ def _prepare(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, va
         return None
     scale = scaling if scaling is not None else 1.0 / math.sqrt(head_dim)
     return decision.kernel_id, plan, float(scale), query, key, value
+
+
+def _decide_call(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 dropout: float, scaling: float | None, plan: MaskPlan, needs_grad: bool,
+                 settings: Settings) -> Decision:
+    """The decision for a call shape not seen yet: why no avo kernel can run it, else the spec's bucket decision."""
+    unavailable = _unavailable(query, key, value, dropout)
+    if unavailable:
+        return Decision(_note_unavailable(module, unavailable, settings))
+    head_dim = query.shape[3]
+    spec = AttentionSpec(query.shape[0], query.shape[1], key.shape[1], query.shape[2], key.shape[2], head_dim,
+                         value.shape[3], dtype=str(query.dtype).removeprefix("torch."),
+                         scale=_spec_scale(scaling, head_dim), causal=plan.causal, window=plan.window, mask=plan.kind,
+                         needs_grad=needs_grad)
+    return _by_bucket.get(_bucket_key(settings, query.device, spec)) or _decide(module, spec, query.device, settings)
 
 
 def _unavailable(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float) -> str:
@@ -220,12 +247,13 @@ def _miss(module: torch.nn.Module, spec: AttentionSpec, device: torch.device, ha
     return decision
 
 
-def _note_unavailable(module: torch.nn.Module, reason: str, settings: Settings) -> None:
+def _note_unavailable(module: torch.nn.Module, reason: str, settings: Settings) -> rep.SiteReport:
     """Record (and emit) once per reason why calls run SDPA without a lookup."""
     if reason not in _unavailable_sites:
         site = _site(module, None, rep.KEPT, reason=reason)
         _unavailable_sites[reason] = site
         logs.emit_sites([site], settings, in_compile=False)
+    return _unavailable_sites[reason]
 
 
 def _site(module: torch.nn.Module, spec: AttentionSpec | None, action: str, **fields: Any) -> rep.SiteReport:
