@@ -46,7 +46,7 @@ class HFCase:
 
 
 CASES: dict[str, HFCase] = {c.name: c for c in (
-    HFCase("llama-eager", "llama", "eager", masked=False, twin=True, trains=True, inputs="ids"),
+    HFCase("llama-eager", "llama", "eager", masked=False, twin=False, trains=True, inputs="ids"),
     HFCase("llama-sdpa", "llama", "sdpa", masked=False, twin=False, trains=True, inputs="ids"),
     HFCase("mistral-window", "mistral", "eager", masked=True, twin=True, trains=False, inputs="ids"),
     HFCase("qwen2", "qwen2", "eager", masked=False, twin=False, trains=False, inputs="ids"),
@@ -100,9 +100,10 @@ def config_for(family: str, profile: str, seq: int) -> Any:
         return tf.GPT2Config(**dims, n_positions=max(positions, 1024), attn_pdrop=0.0, resid_pdrop=0.0,
                              embd_pdrop=0.0, use_cache=False)
     if family in ("bert", "vit"):
-        dims = (dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=1) if tiny else
-                dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=4))
-        drop = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        dims: dict[str, Any] = (
+            dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=1) if tiny else
+            dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=4))
+        drop: dict[str, Any] = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         if family == "bert":
             return tf.BertConfig(**dims, **drop, vocab_size=128 if tiny else 30522, max_position_embeddings=positions)
         # 384/16 = 24 patches a side: 577 tokens with CLS; tiny: 64/16 = 4 a side, 17 tokens

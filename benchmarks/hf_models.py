@@ -4,8 +4,9 @@ Phase ``out-of-box``: a fresh, empty AVO_CACHE_DIR with the shipped bundle reada
 user gets it. Phase ``searched`` (``--search-minutes N`` > 0): per model, ``python -m avo_inductor.search run
 --model benchmarks.hf_cases:<factory> --budget-minutes N`` into that same store, then avo is measured again; its
 baselines are the out-of-box phase's (same process, same GPU). Per model and mode (``infer``: forward under no_grad;
-``train``: forward + backward, Llama and GPT-2): eager, inductor and avo on the model, plus its
-``attn_implementation="sdpa"`` twin under inductor where one exists (the reference masked models are judged against).
+``train``: forward + backward, Llama and GPT-2): eager, inductor and avo on the model, plus, for masked models, its
+``attn_implementation="sdpa"`` twin under inductor (the reference they are judged against; Llama's SDPA version is a
+case of its own, ``llama-sdpa``).
 Compiles are cold (benchmarks/models.py ``measure``: fresh Inductor caches); the avo pass's own seconds come from
 its SiteReports hook (models.observe_avo_pass) and are compared with inductor's first call on the same model
 (target: <= 10 % on a hit; a bundle record's one-time first-use verification is part of the pass time).
@@ -16,7 +17,7 @@ Usage: python -m benchmarks.hf_models [--cases llama-eager,mistral-window:1:8192
 Writes <out>/hf_models.csv (one row per model, mode and phase), <out>/hf_targets.csv and <out>/hf_models.png
 (default out benchmarks/results/<gpu>/), the search logs as <out>/hf-search-<model>.log; prints the targets, then
 the table with every number's same-run baseline and the GPU name last. A failure is a "failed: ..." cell.
-Default (9 models, --search-minutes 0): about 30 cold compiles, ~8 minutes on an H100; ``--quick``: 5 models at
+Default (9 models, --search-minutes 0): 27 cold compiles, ~8 minutes on an H100; ``--quick``: 5 models at
 shorter sequences, ~3 minutes; the search phase adds N minutes per model plus promotion.
 """
 from __future__ import annotations
@@ -94,7 +95,7 @@ def explain_counts(model: torch.nn.Module, x: torch.Tensor, train: bool) -> dict
     try:
         with torch.set_grad_enabled(train):
             report = explain(model, x, quiet=True)
-    except Exception as exc:  # noqa: BLE001 - a failed explain is a cell
+    except Exception as exc:  # a failed explain is a cell
         return {"why not hit": failure_text(exc)}
     finally:
         free_memory(model)
@@ -113,7 +114,7 @@ def measure_into(row: dict[str, Any], label: str, model: torch.nn.Module, backen
         row[f"{label} ms"], row[f"{label} first s"] = result.ms, result.first_s
         if result.err is not None:
             row[f"{label} err"] = result.err
-    except Exception as exc:  # noqa: BLE001 - a failed variant is a cell, never a crashed run
+    except Exception as exc:  # a failed variant is a cell, never a crashed run
         row[f"{label} ms"] = failure_text(exc)
     if log is not None:
         path, note = classify_path(log, set())
@@ -150,7 +151,7 @@ def out_of_box_rows(run: Run, setup: Setup) -> list[dict[str, Any]]:
     try:
         model, x = _build(run, run.case.attn, setup), _input(run, setup)
         twin = _build(run, "sdpa", setup) if run.case.twin else None
-    except Exception as exc:  # noqa: BLE001 - e.g. out of memory building the model
+    except Exception as exc:  # e.g. out of memory building the model: every cell says so
         free_memory()
         return [{**r, "avo ms": failure_text(exc)} for r in rows]
     for row in rows:
@@ -174,7 +175,7 @@ def searched_rows(run: Run, setup: Setup, baseline: Sequence[dict[str, Any]], ou
     rows = []
     try:
         model, x = _build(run, run.case.attn, setup), _input(run, setup)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # e.g. out of memory building the model: every cell says so
         free_memory()
         return [{**_key(run, b["mode"], SEARCHED, setup.gpu), "avo ms": failure_text(exc), "search": outcome}
                 for b in baseline]
@@ -306,7 +307,7 @@ def write_plot(rows: Sequence[dict[str, Any]], path: Path, gpu: str) -> None:
     groups = list(dict.fromkeys(f"{r['model']} {r['mode']}" for r in rows))
     masked = [g for g in groups if hc.CASES[g.split()[0]].masked and hc.CASES[g.split()[0]].twin]
 
-    def series(col: str, names: Sequence[str]) -> dict[str, list[float | None]]:
+    def series(col: str, names: Sequence[str]) -> dict[str, Sequence[float | None]]:
         return {phase: [next((_num(r.get(col)) for r in rows if f"{r['model']} {r['mode']}" == g
                               and r["phase"] == phase), None) for g in names] for phase in (OOB, SEARCHED)
                 if any(r["phase"] == phase for r in rows)}

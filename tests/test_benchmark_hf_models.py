@@ -64,7 +64,7 @@ def _promote_baselines(monkeypatch: pytest.MonkeyPatch, hf: ModuleType) -> list[
 def test_two_phases_write_csv_targets_and_png(hf: ModuleType, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _promote_baselines(monkeypatch, hf)
-    hf.main(TIMING + ["--cases", "bert-padded", "--modes", "infer", "--search-minutes", "0.1", "--out", str(tmp_path)])
+    hf.main([*TIMING, "--cases", "bert-padded", "--modes", "infer", "--search-minutes", "0.1", "--out", str(tmp_path)])
     assert calls == ["bert-padded"]
     rows = _read(tmp_path / "hf_models.csv")
     assert [(r["model"], r["mode"], r["phase"]) for r in rows] == [("bert-padded", "infer", "out-of-box"),
@@ -90,16 +90,41 @@ def test_two_phases_write_csv_targets_and_png(hf: ModuleType, tmp_path: Path,
     assert (tmp_path / "hf_models.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_training_rows_and_no_search(hf: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _promote_baselines(monkeypatch, hf)
-    hf.main(TIMING + ["--cases", "gpt2,vit", "--search-minutes", "0", "--out", str(tmp_path)])
-    rows = _read(tmp_path / "hf_models.csv")
-    assert calls == []  # --search-minutes 0 skips the second phase
-    assert [(r["model"], r["mode"]) for r in rows] == [("gpt2", "infer"), ("gpt2", "train"), ("vit", "infer")]
-    assert {r["phase"] for r in rows} == {"out-of-box"}
-    for r in rows:
-        assert r["avo path"] == "fallback" and float(r["avo ms"]) > 0 and float(r["x inductor"]) > 0
-        assert "inductor[sdpa] ms" not in r or not r["inductor[sdpa] ms"]  # no twin for unmasked models
+def test_runs_train_only_where_the_case_trains(hf: ModuleType) -> None:
+    runs = hf.parse_runs("gpt2,vit:3:17,bloom-alibi", "tiny", ["infer", "train"])
+    assert [(r.case.name, r.batch, r.seq, r.modes) for r in runs] == [
+        ("gpt2", 2, 17, ("infer", "train")), ("vit", 3, 17, ("infer",)), ("bloom-alibi", 2, 17, ("infer",))]
+
+
+def _site(action: str, status: str = "-", reason: str = "") -> Any:
+    from avo_inductor.backend.report import SiteReport
+
+    return SiteReport(module_path="layers.0.attn", pattern="matmul_softmax", action=action, status=status,
+                      reason=reason)
+
+
+def test_site_counts_split_exact_and_class_hits(hf: ModuleType) -> None:
+    sites = [_site("avo", "hit"), _site("avo", "hit", "class, tuned at 2,32,8,4096,4096,128"),
+             _site("sdpa", "miss", "no kernel; queued"), _site("kept", "miss"),
+             _site("skipped", reason="unrecognised op between softmax and the PV matmul"), _site("error", reason="x")]
+    assert hf.site_counts(sites) == {"sites": 6, "hits": 1, "class hits": 1, "fallbacks": 2, "skips": 1,
+                                     "errors": 1, "why not hit": "no kernel; queued"}
+
+
+@pytest.mark.parametrize(("pass_pct", "verdict"), [(4.0, "PASS"), (12.5, "MISS")])
+def test_targets_judge_each_row_against_its_baseline(hf: ModuleType, pass_pct: float, verdict: str) -> None:
+    oob = {"model": "mistral-window", "mode": "infer", "phase": "out-of-box", "inductor ms": 30.0,
+           "inductor[sdpa] ms": 20.0, "avo ms": 12.0, "avo path": "fallback", "gpu": "H100"}
+    hf.add_ratios(oob)
+    searched = {**oob, "phase": "searched", "avo ms": 10.0, "avo path": "hit", "inductor first s": 40.0,
+                "avo pass s": 0.4 * pass_pct}
+    hf.add_ratios(searched, out_of_box=oob)
+    got = {(t["target"], t["phase"]): (round(t["value"], 3), t["verdict"]) for t in hf.target_rows([oob, searched])}
+    assert got == {(">= 1.0x inductor out of the box", "out-of-box"): (2.5, "PASS"),
+                   (">= 1.3x sdpa twin under inductor (masked)", "out-of-box"): (1.667, "PASS"),
+                   (">= 2x inductor, window, no search", "out-of-box"): (2.5, "PASS"),
+                   ("after search >= out of box", "searched"): (1.2, "PASS"),
+                   ("avo pass <= 10% of inductor first compile (hit)", "searched"): (pass_pct, verdict)}
 
 
 @pytest.mark.parametrize(("name", "train", "window"), [("mistral-window", False, 8), ("llama-eager", True, None)])
