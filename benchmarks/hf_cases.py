@@ -90,33 +90,39 @@ def config_for(family: str, profile: str, seq: int) -> Any:
     positions = max(seq, 64)
     if family in ("llama", "mistral", "qwen2"):
         widths = {"llama": (4096, 14336, 32, 8), "mistral": (4096, 14336, 32, 8), "qwen2": (3584, 18944, 28, 4)}
-        dims = _decoder_dims(profile, *widths[family])
         extra = {"sliding_window": WINDOW[profile]} if family == "mistral" else {}
         cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config}[family]
-        return cls(**dims, **extra, max_position_embeddings=positions, attention_dropout=0.0, use_cache=False)
+        return cls(**_decoder_dims(profile, *widths[family]), **extra, max_position_embeddings=positions,
+                   attention_dropout=0.0, use_cache=False)
+    if family not in _OTHER_DIMS:
+        raise ValueError(f"unknown model family {family!r}")
+    dims: dict[str, Any] = _OTHER_DIMS[family][0 if tiny else 1]
     if family == "gpt2":
-        dims = (dict(n_embd=64, n_head=4, n_layer=1, vocab_size=128, bos_token_id=0, eos_token_id=0) if tiny else
-                dict(n_embd=768, n_head=12, n_layer=4))
         return tf.GPT2Config(**dims, n_positions=max(positions, 1024), attn_pdrop=0.0, resid_pdrop=0.0,
                              embd_pdrop=0.0, use_cache=False)
-    if family in ("bert", "vit"):
-        dims: dict[str, Any] = (
-            dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=1) if tiny else
-            dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=4))
-        drop: dict[str, Any] = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        if family == "bert":
-            return tf.BertConfig(**dims, **drop, vocab_size=128 if tiny else 30522, max_position_embeddings=positions)
-        # 384/16 = 24 patches a side: 577 tokens with CLS; tiny: 64/16 = 4 a side, 17 tokens
-        return tf.ViTConfig(**dims, **drop, image_size=64 if tiny else 384, patch_size=16)
+    if family == "bert":
+        return tf.BertConfig(**dims, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                             vocab_size=128 if tiny else 30522, max_position_embeddings=positions)
+    if family == "vit":  # 384/16 = 24 patches a side: 577 tokens with CLS; tiny: 64/16 = 4 a side, 17 tokens
+        return tf.ViTConfig(**dims, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                            image_size=64 if tiny else 384, patch_size=16)
     if family == "bloom":
-        dims = dict(hidden_size=64, n_head=4, n_layer=1, vocab_size=128) if tiny else \
-            dict(hidden_size=4096, n_head=32, n_layer=2, vocab_size=VOCAB)
         return tf.BloomConfig(**dims, attention_dropout=0.0, hidden_dropout=0.0, use_cache=False)
-    if family == "t5":
-        dims = dict(d_model=64, d_kv=16, d_ff=128, num_layers=1, num_heads=4, vocab_size=128) if tiny else \
-            dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=4, num_heads=16, vocab_size=32128)
-        return tf.T5Config(**dims, feed_forward_proj="gated-gelu", dropout_rate=0.0, use_cache=False)
-    raise ValueError(f"unknown model family {family!r}")
+    return tf.T5Config(**dims, feed_forward_proj="gated-gelu", dropout_rate=0.0, use_cache=False)
+
+
+_ENCODER = (dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=1),
+            dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=4))
+# family -> (tiny dims, full/quick dims) for the families without GQA
+_OTHER_DIMS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "gpt2": (dict(n_embd=64, n_head=4, n_layer=1, vocab_size=128, bos_token_id=0, eos_token_id=0),
+             dict(n_embd=768, n_head=12, n_layer=4)),
+    "bert": _ENCODER, "vit": _ENCODER,
+    "bloom": (dict(hidden_size=64, n_head=4, n_layer=1, vocab_size=128),
+              dict(hidden_size=4096, n_head=32, n_layer=2, vocab_size=VOCAB)),
+    "t5": (dict(d_model=64, d_kv=16, d_ff=128, num_layers=1, num_heads=4, vocab_size=128),
+           dict(d_model=1024, d_kv=64, d_ff=2816, num_layers=4, num_heads=16, vocab_size=32128)),
+}
 
 
 def _model_class(family: str) -> Any:

@@ -17,8 +17,10 @@ Usage: python -m benchmarks.hf_models [--cases llama-eager,mistral-window:1:8192
 Writes <out>/hf_models.csv (one row per model, mode and phase), <out>/hf_targets.csv and <out>/hf_models.png
 (default out benchmarks/results/<gpu>/), the search logs as <out>/hf-search-<model>.log; prints the targets, then
 the table with every number's same-run baseline and the GPU name last. A failure is a "failed: ..." cell.
-Default (9 models, --search-minutes 0): 27 cold compiles, ~8 minutes on an H100; ``--quick``: 5 models at
-shorter sequences, ~3 minutes; the search phase adds N minutes per model plus promotion.
+Default (9 models, --search-minutes 0): 27 cold compiles, ~8 minutes on an H100 (an estimate from
+benchmarks/models.py's compile times, not yet measured); ``--quick``: 5 models at shorter sequences, ~3 minutes; the
+search phase adds N minutes per model plus promotion (one model per 10-minute device call: ``--cases NAME
+--search-minutes 6``).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -226,23 +229,35 @@ def _short(row: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- the search phase --------------------------------------------------------------------------------------------
+def search_target(run: Run) -> str:
+    """The search CLI's ``--model`` for this run: the case's factory in hf_cases."""
+    return f"benchmarks.hf_cases:{run.case.factory}"
+
+
 def search_command(run: Run, minutes: float) -> list[str]:
-    return [sys.executable, "-m", "avo_inductor.search", "run", "--model", f"benchmarks.hf_cases:{run.case.factory}",
+    return [sys.executable, "-m", "avo_inductor.search", "run", "--model", search_target(run),
             "--budget-minutes", f"{minutes:g}"]
 
 
 def run_search(run: Run, minutes: float, profile: str, cache_dir: Path, log_path: Path) -> str:
     """The search CLI in a subprocess (its own GPU memory and workers) on this run's store; returns the outcome
-    in a few words ("stored 2, kept out 1" / "failed (exit 2): ...")."""
+    in a few words ("stored 2, kept out 1" / "failed (exit 2): ..."). Past the budget plus SEARCH_GRACE_S it gets
+    SIGINT (the search promotes what it has and stops), then SIGKILL a minute later."""
     train = "train" in run.modes
     env = {**os.environ, **hc.search_env(profile, run.batch, run.seq, train),
            "AVO_CACHE_DIR": str(cache_dir), "AVO_USE_SHIPPED": "1"}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
+        proc = subprocess.Popen(search_command(run, minutes), env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc = subprocess.run(search_command(run, minutes), env=env, cwd=REPO, stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=minutes * 60 + SEARCH_GRACE_S)
+            proc.wait(timeout=minutes * 60 + SEARCH_GRACE_S)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             return f"stopped after {minutes:g} min + {SEARCH_GRACE_S} s"
     lines = log_path.read_text().splitlines()
     stored = sum(line.lstrip().startswith("stored") for line in lines)

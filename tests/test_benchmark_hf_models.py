@@ -51,7 +51,7 @@ def _promote_baselines(monkeypatch: pytest.MonkeyPatch, hf: ModuleType) -> list[
 
         for name, value in hf.hc.search_env(profile, run.batch, run.seq, "train" in run.modes).items():
             monkeypatch.setenv(name, value)
-        specs = specs_from_model(hf.search_command(run, minutes)[5])
+        specs = specs_from_model(hf.search_target(run))
         with KernelStore(cache_dir, shipped=False) as store:
             store.put_many([baseline_record(s) for s in specs])
         calls.append(run.case.name)
