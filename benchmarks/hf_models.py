@@ -159,8 +159,7 @@ def out_of_box_rows(run: Run, setup: Setup) -> list[dict[str, Any]]:
         return [{**r, "avo ms": failure_text(exc)} for r in rows]
     for row in rows:
         train = row["mode"] == "train"
-        ref = measure_into(row, "eager", model, "eager", x, train, setup.timing, None)
-        ref = None if train else ref
+        ref = measure_into(row, "eager", model, "eager", x, train, setup.timing, None)  # None when training
         measure_into(row, "inductor", model, "inductor", x, train, setup.timing, ref)
         if twin is not None:
             measure_into(row, "inductor[sdpa]", twin, "inductor", x, train, setup.timing, ref)
@@ -188,7 +187,7 @@ def searched_rows(run: Run, setup: Setup, baseline: Sequence[dict[str, Any]], ou
         row.update({k: v for k, v in base.items() if k.startswith(("eager ", "inductor"))})
         ref = None if train else eager_output(model, x)
         measure_into(row, "avo", model, "avo", x, train, setup.timing, ref)
-        row.update(explain_counts(model, x, base["mode"] == "train"))
+        row.update(explain_counts(model, x, train))
         add_ratios(row, out_of_box=base)
         print(_short(row), flush=True)
         rows.append(row)
