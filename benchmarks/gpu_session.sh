@@ -20,6 +20,11 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 # --upgrade: a warm host keeps /tmp/site between calls, and pip leaves an installed package alone without it
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . >/dev/null
+# transformers for the hf step, when the image lacks it: wheels in .whl-hf/ (made here with pip download for cp312),
+# installed by pip's resolver so that what the image already has (numpy, torch) is kept.
+if [ -d .whl-hf ] && ! python3 -c "import transformers" 2>/dev/null; then
+  python3 -m pip install -q --user --break-system-packages --no-index --no-compile --find-links .whl-hf transformers 2>&1 | tail -2
+fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-store} AVO_USE_SHIPPED=${AVO_USE_SHIPPED:-0}  # 1: read cache/ bundles too
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
