@@ -6,6 +6,7 @@ return frozen dataclasses with ``to_dict`` that the CLI prints as text or JSON, 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,19 @@ def _db_path(db: str | Path | None, settings: Settings | None = None) -> Path:
     return Path(db) if db is not None else runner.default_db_path(settings)
 
 
+def writable_db(db: str | Path | None, settings: Settings | None = None) -> Path:
+    """The database path of a new run, its folder created; RuntimeError naming it (and the fix) if it can't be."""
+    path = _db_path(db, settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(f"{path.parent} is read-only")
+    except OSError as exc:
+        raise RuntimeError(f"cannot write the search database {path} ({exc.strerror or exc}); set AVO_CACHE_DIR "
+                           "to a writable folder or pass --db PATH") from None
+    return path
+
+
 def _existing_db(db: str | Path | None) -> Path:
     path = _db_path(db)
     if not path.exists():
@@ -169,9 +183,10 @@ def _check_agent(operators: Sequence[str] | None, settings: Settings) -> None:
     from .agent import agent_available
 
     usable, why = agent_available(settings)
+    if not settings.anthropic_api_key:
+        why = "needs ANTHROPIC_API_KEY: export ANTHROPIC_API_KEY=sk-ant-... first"
     if not usable:
-        raise ValueError(f"--operators agent: {why}. Set the key (export ANTHROPIC_API_KEY=sk-ant-...) or use "
-                         "--operators structured")
+        raise ValueError(f"--operators agent {why} (or search with --operators structured)")
 
 
 def run(campaign: str | Path | None = None, *, specs: Sequence[AttentionSpec | str] | None = None,
@@ -212,7 +227,7 @@ def run(campaign: str | Path | None = None, *, specs: Sequence[AttentionSpec | s
         model_target = str(model)
     texts = None if specs is None else tuple(s.to_text() if isinstance(s, AttentionSpec)
                                              else AttentionSpec.from_text(s).to_text() for s in specs)
-    db_path = _db_path(db, settings)
+    db_path = writable_db(db, settings)
     options = runner.RunOptions(
         pending=pending, campaign=None if campaign is None else str(campaign), model=model_target, specs=texts,
         train=train, generations=generations, budget_minutes=budget_minutes, population=population,

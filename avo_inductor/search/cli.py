@@ -111,7 +111,7 @@ def _progress(args: argparse.Namespace) -> Any:
     stdout carries the result object only."""
     from .progress import Fanout, JsonlLog, PlainProgress, make_progress
 
-    log = _db_path(args).with_suffix(".jsonl")
+    log = api.writable_db(args.db).with_suffix(".jsonl")
     return Fanout(JsonlLog(log), PlainProgress(sys.stderr)) if args.json else make_progress(log)
 
 
