@@ -142,7 +142,7 @@ def _run(args: argparse.Namespace, console: Any) -> int:
     elif args.cmd == "export":
         manifest = bundle.export_bundle(_store(), args.out, args.hardware, args.spec_filter, sign_key=args.key)
         if args.json:
-            print_json({"out": args.out, "records": sorted(manifest.records), "signed": bool(args.key)})
+            print_json({"out": args.out, "records": sorted(r.key for r in manifest.records), "signed": bool(args.key)})
             return EXIT_OK
         console.print(f"exported {len(manifest.records)} record(s) to {args.out}"
                       + (" (signed)" if args.key else ""))
