@@ -95,15 +95,27 @@ class _Projected(torch.nn.Module):
 
 
 @pytest.mark.parametrize("mode,train,needs_grad,says", [
-    ("eval", None, False, "inference"), ("train", None, True, "training"),
-    ("train", False, False, "--eval"), ("eval", True, True, "--train")])
+    ("eval", None, False, "(the model is in eval())"), ("train", None, True, "(the model is in train())"),
+    ("train", False, False, "(--eval)"), ("eval", True, True, "(--train)")])
 def test_model_trace_mode(mode: str, train: bool | None, needs_grad: bool, says: str) -> None:
+    """Inference specs for an eval() model, training specs for one in train mode; --train / --eval override, the
+    note says which and why, and the module's own mode is left as it was."""
     model = _Projected().train(mode == "train")
     notes: list[str] = []
     (spec,) = runner.trace_specs(model, (torch.randn(2, 17, 16),), train=train, notify=notes.append)
     assert spec.needs_grad is needs_grad and (spec.batch, spec.q_heads, spec.q_len, spec.head_dim) == (2, 2, 17, 8)
     (note,) = notes
-    assert says in note and ("training" if needs_grad else "inference") in note
+    assert says in note and f"{int(not needs_grad)} inference and {int(needs_grad)} training spec(s)" in note
+    assert model.training is (mode == "train")
+
+
+def test_model_factory_note_through_the_cli_path(tmp_path: Path) -> None:
+    """``--model MOD:FACTORY`` (a string) goes through the runner and reports the mode the same way."""
+    events: list[Any] = []
+    api.run(model="search_fakes:tiny_sdpa_model", db=tmp_path / "s.db", quick=True, progress=events.append,
+            store=KernelStore(tmp_path / "store", shipped=False), evaluator=FakeEvaluator(), hardware=HW)
+    (note,) = [e.message for e in events if e.kind == "note" and "traced in" in e.message]
+    assert note.startswith("--model search_fakes:tiny_sdpa_model: traced in train() mode")
 
 
 def test_run_model_object_says_which_mode(tmp_path: Path) -> None:

@@ -135,23 +135,18 @@ def specs_from_model(target: str, train: bool | None = None,
 
 def trace_specs(model: Any, example_inputs: tuple[Any, ...], *, train: bool | None = None,
                 notify: Callable[[str], None] | None = None, name: str = "model") -> list[AttentionSpec]:
-    """The distinct attention specs of ``model(*example_inputs)``. Inference specs (eval(), no grad) unless
-    ``train`` is True or, with ``train`` None, the module is in train mode: a training spec also needs the
-    backward kernel and costs about 3x the search. ``notify`` is told which mode was chosen and why."""
+    """The distinct attention specs of ``model(*example_inputs)``. Traced in eval() without grad (inference specs)
+    unless ``train`` is True or, with ``train`` None, the module is in train mode: a training spec also needs the
+    backward kernel and costs about 3x the search. ``notify`` is told which mode was used, why, and what it found.
+    The module's own train/eval flag is restored afterwards."""
     import torch
 
     from ..detect.match import find_attention_sites
 
     in_train = bool(getattr(model, "training", False))
     training = in_train if train is None else train
-    mode = "train" if in_train else "eval"
-    why = ("--train" if train else "--eval") if train is not None else f"the model is in {mode}() mode"
-    if notify is not None:
-        notify(f"{name}: tracing for {'training (forward + backward' if training else 'inference (forward'} specs), "
-               f"because {why}; pass {'--eval' if training else '--train'} for the other")
-    if hasattr(model, "train") and train is not None:
-        model.train(training)
-
+    flag = "--train" if train else "--eval"
+    why = f"the model is in {'train' if in_train else 'eval'}()" if train is None else flag
     found: dict[str, AttentionSpec] = {}
 
     def collect(gm: Any, _inputs: Any) -> Any:
@@ -163,10 +158,19 @@ def trace_specs(model: Any, example_inputs: tuple[Any, ...], *, train: bool | No
 
     torch._dynamo.reset()
     try:
+        if hasattr(model, "train"):
+            model.train(training)
         with torch.set_grad_enabled(training):
             torch.compile(model, backend=collect)(*example_inputs)
     finally:
         torch._dynamo.reset()
+        if hasattr(model, "train"):
+            model.train(in_train)
+    if notify is not None:
+        n_train = sum(s.needs_grad for s in found.values())
+        notify(f"{name}: traced in {'train' if training else 'eval'}() mode with grad {'on' if training else 'off'} "
+               f"({why}): {len(found) - n_train} inference and {n_train} training spec(s); "
+               f"{'--eval' if training else '--train'} traces the other way")
     return list(found.values())
 
 
