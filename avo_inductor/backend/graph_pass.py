@@ -169,7 +169,9 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
     _count("miss")
     if not dry_run:
         store.enqueue_pending(spec, hardware, origin)
-    miss = dataclasses.replace(base, status="miss", reason=f"no kernel for {hardware.name}; queued")
+    # explain() (dry_run) writes no queue: its row says what a compile would do instead of claiming it happened.
+    queued = "would be queued on compile" if dry_run else "queued"
+    miss = dataclasses.replace(base, status="miss", reason=f"no kernel for {hardware.name}; {queued}")
     misses.append(miss)
     if not is_sdpa and not dry_run:
         rewrite.rewrite_to_sdpa(gm, match)
