@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from . import runner
 from .progress import make_progress
+from .report import add_report_command
 
 
 def _arg(name: str) -> Callable[[str], int | float]:
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--slice-minutes", type=_arg("slice_minutes"), metavar="M",
                             help="GPU time in slices: stop after M minutes, promote the best so far, leave the run "
                                  "paused for `resume`")
+    add_report_command(sub)
     return p
 
 
@@ -131,7 +133,8 @@ def _lineage(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "resume": _resume, "status": _status, "lineage": _lineage}[args.command]
+    handler = getattr(args, "handler", None) or {"run": _run, "resume": _resume, "status": _status,
+                                                 "lineage": _lineage}[args.command]
     try:
         return handler(args)
     except runner.NothingToDo as exc:
