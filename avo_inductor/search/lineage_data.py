@@ -147,6 +147,11 @@ def cell_label(cell: pop.Cell) -> str:
     return f"{block_m}×{block_n} {stages[bucket]}" + (" split" if split else "")
 
 
+def _cell_order(cell: pop.Cell) -> tuple[bool, str, tuple[int, ...]]:
+    """Genome cells by tile size (numerically), agent cells last."""
+    return (cell[0] == "src", "", tuple(int(v) for v in cell)) if cell[0] != "src" else (True, repr(cell), ())
+
+
 def _genome_changes(cand: Candidate, parent: Candidate | None) -> tuple[tuple[str, str, str], ...]:
     if parent is None or cand.genome is None or parent.genome is None:
         return ()
@@ -196,9 +201,9 @@ def island_grid(spec_key: str, label: str, n_islands: int, evaluated: list[tuple
                 migrations: list[tuple[str, int]]) -> IslandGrid:
     """The spec's islands rebuilt from its evaluations and the run's migrations (population.rebuild, as on resume)."""
     islands = pop.rebuild(n_islands, evaluated, migrations)
-    cells = sorted({cell for isl in islands for cell in isl.elites}, key=lambda c: (c[0] == "src", repr(c)))
+    cells = sorted({cell for isl in islands for cell in isl.elites}, key=_cell_order)
     elites = tuple(GridCell(isl.index, cell_label(cell), cand.id, res.score)
-                   for isl in islands for cell, (cand, res) in sorted(isl.elites.items(), key=lambda kv: repr(kv[0])))
+                   for isl in islands for cell, (cand, res) in sorted(isl.elites.items(), key=lambda kv: _cell_order(kv[0])))
     ids = {c.id for c, _ in evaluated}
     return IslandGrid(spec_key, label, n_islands, tuple(cell_label(c) for c in cells), elites,
                       sum(cid in ids for cid, _ in migrations))

@@ -28,7 +28,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}td.fail{color:#b42318}
 code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;max-height:9em;overflow:auto}
 img{max-width:100%;height:auto;border:1px solid #e4e7ec;margin:6px 0}
-nav a{margin-right:14px}
+nav a{margin-right:14px}summary{cursor:pointer;color:#1f5fbf;margin:4px 0}
 """
 
 
@@ -67,17 +67,18 @@ def _plot_progress(progress: tuple[SpecProgress, ...], path: Path) -> None:
     fig = _figure(11, 4.8)
     ax = fig.add_subplot()
     end = max((p.t_s for sp in progress for p in sp.points), default=0.0)
+    unit, div = ("minutes", 60.0) if end > 600 else ("seconds", 1.0)
     for i, sp in enumerate(progress):
         color = f"C{i % 10}"
         ok = [p for p in sp.points if p.ok]
-        ax.scatter([p.t_s for p in ok], [p.score for p in ok], s=10, alpha=0.3, color=color)
+        ax.scatter([p.t_s / div for p in ok], [p.score for p in ok], s=10, alpha=0.3, color=color)
         steps = list(sp.best_so_far)
         if steps:
-            xs = [t for t, _ in steps] + [end]
+            xs = [t / div for t, _ in steps] + [end / div]
             ys = [b for _, b in steps] + [steps[-1][1]]
             ax.step(xs, ys, where="post", color=color, linewidth=2, label=f"{sp.label} (best {sp.best:.3f}×)")
     ax.axhline(1.0, color="#888", linestyle="--", linewidth=1)
-    ax.set_xlabel("seconds since the run started")
+    ax.set_xlabel(f"{unit} since the run started")
     ax.set_ylabel("speedup over the best built-in (×)")
     ax.set_title("best speedup over time (dots: every passing candidate)")
     if any(sp.best_so_far for sp in progress):
@@ -217,7 +218,8 @@ def _grid_html(grid: IslandGrid, image: str) -> str:
                    f"<td class=num>{_score(c.score)}</td></tr>" for c in grid.elites)
     return (f"<h3>{_e(grid.label)}</h3><p class=muted>{grid.islands} island(s), {len(grid.cells)} occupied cell(s), "
             f"{grid.migrations} migration(s)</p>{_img(image, 'islands and MAP-Elites grid')}"
-            f"<table><tr><th>island</th><th>cell</th><th>elite</th><th>score</th></tr>{rows}</table>")
+            f"<details><summary>every elite ({len(grid.elites)})</summary>"
+            f"<table><tr><th>island</th><th>cell</th><th>elite</th><th>score</th></tr>{rows}</table></details>")
 
 
 def _failures_html(failures: tuple[StageFailures, ...], image: str | None) -> str:
