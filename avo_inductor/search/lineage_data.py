@@ -139,12 +139,12 @@ class ReportData:
 
 
 def cell_label(cell: pop.Cell) -> str:
-    """A MAP-Elites cell as the report prints it: ``64×32 s3+ split`` for genome traits, ``agent ...`` for sources."""
+    """A MAP-Elites cell as the report prints it: ``64x32 s3+ split`` for genome traits, ``agent ...`` for sources."""
     stages = ("s1", "s2", "s3+")
     if cell and cell[0] == "src":
-        return "agent" + (f" {cell[1]}×{cell[2]} {stages[cell[3]]}" if len(cell) == 4 else "")
+        return "agent" + (f" {cell[1]}x{cell[2]} {stages[cell[3]]}" if len(cell) == 4 else "")
     block_m, block_n, bucket, split = cell
-    return f"{block_m}×{block_n} {stages[bucket]}" + (" split" if split else "")
+    return f"{block_m}x{block_n} {stages[bucket]}" + (" split" if split else "")
 
 
 def _cell_order(cell: pop.Cell) -> tuple[bool, str, tuple[int, ...]]:
@@ -202,8 +202,8 @@ def island_grid(spec_key: str, label: str, n_islands: int, evaluated: list[tuple
     """The spec's islands rebuilt from its evaluations and the run's migrations (population.rebuild, as on resume)."""
     islands = pop.rebuild(n_islands, evaluated, migrations)
     cells = sorted({cell for isl in islands for cell in isl.elites}, key=_cell_order)
-    elites = tuple(GridCell(isl.index, cell_label(cell), cand.id, res.score)
-                   for isl in islands for cell, (cand, res) in sorted(isl.elites.items(), key=lambda kv: _cell_order(kv[0])))
+    elites = tuple(GridCell(isl.index, cell_label(cell), cand.id, res.score) for isl in islands
+                   for cell, (cand, res) in sorted(isl.elites.items(), key=lambda kv: _cell_order(kv[0])))
     ids = {c.id for c, _ in evaluated}
     return IslandGrid(spec_key, label, n_islands, tuple(cell_label(c) for c in cells), elites,
                       sum(cid in ids for cid, _ in migrations))

@@ -59,7 +59,7 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _score(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}×"
+    return "—" if value is None else f"{value:.3f}x"
 
 
 # ---- charts ----------------------------------------------------------------------------------------
@@ -76,10 +76,10 @@ def _plot_progress(progress: tuple[SpecProgress, ...], path: Path) -> None:
         if steps:
             xs = [t / div for t, _ in steps] + [end / div]
             ys = [b for _, b in steps] + [steps[-1][1]]
-            ax.step(xs, ys, where="post", color=color, linewidth=2, label=f"{sp.label} (best {sp.best:.3f}×)")
+            ax.step(xs, ys, where="post", color=color, linewidth=2, label=f"{sp.label} (best {sp.best:.3f}x)")
     ax.axhline(1.0, color="#888", linestyle="--", linewidth=1)
     ax.set_xlabel(f"{unit} since the run started")
-    ax.set_ylabel("speedup over the best built-in (×)")
+    ax.set_ylabel("speedup over the best built-in (x)")
     ax.set_title("best speedup over time (dots: every passing candidate)")
     if any(sp.best_so_far for sp in progress):
         ax.legend(fontsize=8, loc="lower right")
@@ -115,7 +115,7 @@ def _plot_tree(tree: FamilyTree, path: Path) -> None:
         ax.annotate(text, (x, y), xytext=(0, 11), textcoords="offset points", ha="center", fontsize=7,
                     fontweight="bold" if n.candidate_id in main else "normal")
     if passed:
-        fig.colorbar(sc, ax=ax, label="speedup (×)", shrink=0.8)
+        fig.colorbar(sc, ax=ax, label="speedup (x)", shrink=0.8)
     ax.set_xticks(sorted(by_gen))
     ax.set_xlabel("generation")
     ax.set_yticks([])
@@ -141,8 +141,8 @@ def _plot_grid(grid: IslandGrid, path: Path) -> None:
                     else "black")
     ax.set_xticks(range(len(grid.cells)), grid.cells, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(grid.islands), [f"island {i}" for i in range(grid.islands)], fontsize=8)
-    ax.set_title("MAP-Elites elites: speedup per island × trait cell (tile m×n, stages, kv split)", fontsize=9)
-    fig.colorbar(im, ax=ax, label="speedup (×)")
+    ax.set_title("MAP-Elites elites: speedup per island x trait cell (tile mxn, stages, kv split)", fontsize=9)
+    fig.colorbar(im, ax=ax, label="speedup (x)")
     fig.savefig(path)
 
 
@@ -192,8 +192,8 @@ def _progress_html(data: ReportData, image: str | None) -> str:
                    f"</td><td class=num>{_score(sp.best) if sp.best else '—'}</td></tr>" for sp in data.progress)
     table = ("<table><tr><th>spec</th><th>key</th><th>evaluated</th><th>best</th></tr>" + rows + "</table>"
              if rows else "<p class=muted>no candidate was evaluated in this run</p>")
-    return (f'<section id="progress"><h2>Best speedup over time</h2>{_img(image, "best speedup over time") if image else ""}'
-            f"{table}</section>")
+    chart = _img(image, "best speedup over time") if image else ""
+    return f'<section id="progress"><h2>Best speedup over time</h2>{chart}{table}</section>'
 
 
 def _tree_html(tree: FamilyTree, image: str) -> str:
@@ -202,9 +202,10 @@ def _tree_html(tree: FamilyTree, image: str) -> str:
         verdict = ("<td class=ok>passed</td>" if n.ok else
                    f"<td class=fail>{_e(n.stage or 'not evaluated')}</td>")
         others = ", ".join(f"<code>{_e(p)}</code>" for p in n.parent_ids[1:])
+        second = f"<span class=muted>second parent: {others}</span>" if others else ""
         rows.append(f"<tr><td class=num>{n.generation}</td><td class=num>{n.island}</td>"
                     f"<td><code>{_e(n.candidate_id)}</code></td><td>{_e(n.operator)}</td>"
-                    f"<td><pre>{_e(n.change)}</pre>{'<span class=muted>second parent: ' + others + '</span>' if others else ''}"
+                    f"<td><pre>{_e(n.change)}</pre>{second}"
                     f"</td><td class=num>{_score(n.score)}</td>{verdict}</tr>")
     kernel = f" — stored as <code>{_e(tree.kernel_id)}</code>" if tree.kernel_id else ""
     note = (f"<p class=muted>only the nearest {len(tree.nodes)} ancestors are drawn</p>" if tree.truncated else "")
@@ -227,7 +228,8 @@ def _failures_html(failures: tuple[StageFailures, ...], image: str | None) -> st
         return '<section id="failures"><h2>Failures by cascade stage</h2><p class=muted>no failures</p></section>'
     rows = "".join(f"<tr><td>{_e(f.stage)}</td><td class=num>{f.count}</td><td>"
                    + "".join(f"<pre>{_e(m)}</pre>" for m in f.examples) + "</td></tr>" for f in failures)
-    return (f'<section id="failures"><h2>Failures by cascade stage</h2>{_img(image, "failures by stage") if image else ""}'
+    chart = _img(image, "failures by stage") if image else ""
+    return (f'<section id="failures"><h2>Failures by cascade stage</h2>{chart}'
             f"<table><tr><th>stage</th><th>failed</th><th>examples</th></tr>{rows}</table></section>")
 
 
