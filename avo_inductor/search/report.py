@@ -94,7 +94,7 @@ def _plot_tree(tree: FamilyTree, path: Path) -> None:
     pos = {cid: (gen, i - (len(ids) - 1) / 2) for gen, ids in by_gen.items() for i, cid in enumerate(ids)}
     main = {n.candidate_id for n in tree.main_line}
     rows = max(len(ids) for ids in by_gen.values())
-    fig = _figure(max(6.0, 1.6 * len(by_gen) + 2), max(3.0, 0.55 * rows + 1.5))
+    fig = _figure(max(7.0, 1.6 * len(by_gen) + 2), max(2.4, 0.55 * rows + 1.6))
     ax = fig.add_subplot()
     for n in tree.nodes:
         for k, parent in enumerate(n.parent_ids):
@@ -121,8 +121,7 @@ def _plot_tree(tree: FamilyTree, path: Path) -> None:
     ax.set_yticks([])
     ax.set_ylim(-rows / 2 - 0.5, rows / 2 + 0.8)
     ax.set_xlim(min(by_gen) - 0.6, max(by_gen) + 0.6)
-    ax.set_title(f"family tree of {tree.winner_id} (blue: first-parent line; dotted: second parent; X: failed)",
-                 fontsize=9)
+    ax.set_title(f"ancestors of {tree.winner_id}", fontsize=9)
     fig.savefig(path)
 
 
@@ -132,16 +131,16 @@ def _plot_grid(grid: IslandGrid, path: Path) -> None:
     values = np.full((grid.islands, len(grid.cells)), np.nan)
     for cell in grid.elites:
         values[cell.island % grid.islands, grid.cells.index(cell.cell)] = cell.score
-    fig = _figure(max(5.0, 0.8 * len(grid.cells) + 2.5), max(2.2, 0.6 * grid.islands + 1.6))
+    fig = _figure(max(6.5, 0.8 * len(grid.cells) + 2.5), max(2.2, 0.6 * grid.islands + 1.6))
     ax = fig.add_subplot()
     im = ax.imshow(values, cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         if not np.isnan(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < np.nanmax(values) * 0.8
-                    else "black")
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if im.norm(v) < 0.6 else "black")  # viridis is dark below ~0.6
     ax.set_xticks(range(len(grid.cells)), grid.cells, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(grid.islands), [f"island {i}" for i in range(grid.islands)], fontsize=8)
-    ax.set_title("MAP-Elites elites: speedup per island x trait cell (tile mxn, stages, kv split)", fontsize=9)
+    ax.set_title("best speedup per island and trait cell", fontsize=9)
     fig.colorbar(im, ax=ax, label="speedup (x)")
     fig.savefig(path)
 
@@ -218,7 +217,8 @@ def _grid_html(grid: IslandGrid, image: str) -> str:
     rows = "".join(f"<tr><td class=num>{c.island}</td><td>{_e(c.cell)}</td><td><code>{_e(c.candidate_id)}</code></td>"
                    f"<td class=num>{_score(c.score)}</td></tr>" for c in grid.elites)
     return (f"<h3>{_e(grid.label)}</h3><p class=muted>{grid.islands} island(s), {len(grid.cells)} occupied cell(s), "
-            f"{grid.migrations} migration(s)</p>{_img(image, 'islands and MAP-Elites grid')}"
+            f"{grid.migrations} migration(s); a cell is a tile shape (block m x n), a pipelining depth (s1, s2, s3+) "
+            f"and whether the kv loop is split</p>{_img(image, 'islands and MAP-Elites grid')}"
             f"<details><summary>every elite ({len(grid.elites)})</summary>"
             f"<table><tr><th>island</th><th>cell</th><th>elite</th><th>score</th></tr>{rows}</table></details>")
 
@@ -254,7 +254,9 @@ def render(data: ReportData, out_dir: Path) -> ReportFiles:
             '<nav><a href="#summary">run</a><a href="#progress">progress</a><a href="#lineage">family trees</a>'
             '<a href="#islands">islands</a><a href="#failures">failures</a></nav>'
             f"{_summary(data)}{_progress_html(data, progress)}"
-            f'<section id="lineage"><h2>Winners\' family trees</h2>'
+            f'<section id="lineage"><h2>Winners\' family trees</h2><p class=muted>Columns are generations; the blue '
+            "line follows first parents (each tree's table), dotted lines lead to crossover's second parents, red "
+            "crosses failed the cascade.</p>"
             f"{trees or '<p class=muted>no candidate passed the cascade</p>'}</section>"
             f'<section id="islands"><h2>Islands and MAP-Elites grid</h2>'
             f"{grids or '<p class=muted>no elites yet</p>'}</section>"
