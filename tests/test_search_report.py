@@ -27,6 +27,7 @@ from avo_inductor.search.lineage_data import load_report_data
 from avo_inductor.search.operators import StructuredOperator, content_hash
 from avo_inductor.search.report import MissingDependency, ReportFiles, write_report
 from avo_inductor.search.types import Candidate, EvalResult, Stage
+from avo_inductor.spec import AttentionSpec
 
 from search_fakes import HW, SPEC, SW, FakeEvaluator, default_genome
 
@@ -50,8 +51,8 @@ class StagedFailures(FakeEvaluator):
         return super()._one(c)
 
 
-def _search(db_path: Path, seed: int) -> str:
-    config = SearchConfig(specs=(SPEC, SPEC2), generations=4, population=3, islands=2, seed=seed,
+def _search(db_path: Path, seed: int, specs: tuple[AttentionSpec, ...] = (SPEC, SPEC2), generations: int = 4) -> str:
+    config = SearchConfig(specs=specs, generations=generations, population=3, islands=2, seed=seed,
                           migration_interval=2)
     engine = SearchEngine(SearchDatabase(db_path), StagedFailures(), [(StructuredOperator(valid=None), 1.0)], config,
                           hardware=HW, software=SW, default_genome=default_genome)
@@ -66,7 +67,7 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]
     """(database, older run id, newest run id). The newest run also holds an agent child of SPEC's winner that
     beats it (a source-carrying winner, hostile id and diff) and a failed agent child with a hostile message."""
     db_path = tmp_path_factory.mktemp("report") / "search.db"
-    older = _search(db_path, seed=3)
+    older = _search(db_path, seed=3, specs=(SPEC2,), generations=2)
     newest = _search(db_path, seed=11)
     with SearchDatabase(db_path) as db:
         winner = max(((c, r) for c, r in db.evaluated(newest) if r.ok and c.spec == SPEC),
