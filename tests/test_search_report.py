@@ -192,6 +192,7 @@ def test_data_matches_the_database(populated: tuple[Path, str, str]) -> None:
         for parent, child in itertools.pairwise(line):
             assert child.parent_ids[0] == parent.candidate_id
             before, after = by_id[parent.candidate_id].genome, by_id[child.candidate_id].genome
+            assert before is not None and after is not None
             assert {k: (a, b) for k, a, b in child.genome_changes} == {
                 f.name: (str(getattr(before, f.name)), str(getattr(after, f.name)))
                 for f in dataclasses.fields(after) if getattr(before, f.name) != getattr(after, f.name)}
