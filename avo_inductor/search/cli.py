@@ -16,6 +16,7 @@ from typing import Any
 from ..cli_support import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_common_flags, add_json_flag, guarded, print_json,
                            prog_name)
 from . import api, runner
+from .report import add_report_command
 
 # Exception -> exit code, first match wins. ValueError is bad input (flags, campaign content, AVO_* values).
 _ERRORS: tuple[tuple[type[BaseException], int], ...] = (
@@ -84,7 +85,7 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
                                 description="Evolutionary search for attention kernels (see search/README.md). "
                                             "Exit codes: 0 ok, 1 refused or failed, 2 usage.")
     add_common_flags(p)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,resume,status,lineage,...}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,resume,status,lineage,report}")
     _add_run(sub)
     resume = sub.add_parser("resume", help="continue a killed or stopped run")
     resume.add_argument("run_id", metavar="RUN_ID", help='a run id from `status`, or "latest" (newest unfinished run)')
@@ -103,6 +104,7 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     lineage.set_defaults(handler=_lineage)
     # Subcommands from other modules register here, one call each: add_<name>_command(sub) adds its parser and
     # sets its ``handler`` default (a function Namespace -> exit code).
+    add_report_command(sub)
     return p
 
 
