@@ -226,7 +226,8 @@ def test_cli_user_errors_are_one_line(tmp_path: Path, populated: tuple[Path, str
     argv: Sequence[str] = ["report", "--db", str(db), "--out", str(tmp_path / "r")]
     rc = search_main([*argv, "--run", "r-does-not-exist"] if case == "unknown run" else argv)
     err = capsys.readouterr().err
-    assert rc != 0 and err.startswith("error: ") and "Traceback" not in err
+    assert rc == 1 and err.startswith("python -m avo_inductor.search: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
     assert {"unknown run": "no run 'r-does-not-exist'", "missing database": "no search database",
             "empty database": "no runs in"}[case] in err
     assert not (tmp_path / "r" / "index.html").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import avo_torch_logs
 from avo_inductor.backend import logs
 from avo_inductor.backend import report as rep
 from avo_inductor.settings import get_settings
@@ -61,7 +62,7 @@ def _hook_dist(root: Path) -> Path:
     info = root / "avo_logs_hook-0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: avo-logs-hook\nVersion: 0\n")
-    (info / "entry_points.txt").write_text("[torch.backends]\navo_logs = avo_inductor.backend.logs:torch_logs_hook\n")
+    (info / "entry_points.txt").write_text("[torch.backends]\navo_logs = avo_torch_logs:torch_logs_hook\n")
     return root
 
 
@@ -154,7 +155,7 @@ def test_trace_holds_the_avo_sites_artifact(results: dict[str, Result]) -> None:
     ("avo_inductor", False), ("dynamo,inductor", False), ("", False),
 ])
 def test_hook_registers_only_when_asked(setting: str, named: bool) -> None:
-    assert logs._names_avo(setting) is named
+    assert avo_torch_logs.names_avo(setting) is named
 
 
 def _site() -> rep.SiteReport:

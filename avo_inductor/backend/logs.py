@@ -5,7 +5,8 @@ What a third-party backend can do with ``torch._logging`` (torch 2.13, read from
   is parsed once, inside ``import torch``, and an unknown name makes ``import torch`` itself raise ValueError. The
   only hook that runs before that parse is the device-backend autoload (entry-point group ``torch.backends``, called
   just before ``_init_logs``, which torch keeps in that order so that backends can register log names);
-  :func:`torch_logs_hook` is that entry point. The ``torch_dynamo_backends`` entry point loads at the first compile,
+  the top-level module ``avo_torch_logs`` is that entry point (stdlib only, so that importing torch never
+  imports this package). The ``torch_dynamo_backends`` entry point loads at the first compile,
   too late. ``TORCH_LOGS=avo_inductor`` (a module name) needs no registration at all.
 - ``trace_structured("artifact", ...)`` writes a JSON artifact into the ``TORCH_TRACE`` log under the current compile
   id; tlparse turns it into ``avo_sites.json`` in that compile's folder. No registration needed.
@@ -14,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from collections.abc import Sequence
+
+from avo_torch_logs import LOG_NAME
 
 from ..settings import Settings
 from . import report as rep
 
-LOG_NAME = "avo"  # the TORCH_LOGS name: TORCH_LOGS=avo (INFO) or +avo (DEBUG)
 TRACE_ARTIFACT = "avo_sites"  # name of the structured-trace artifact (tlparse: avo_sites.json per compile id)
 _registered = False
 
@@ -39,27 +39,6 @@ def register_torch_logs() -> None:
 
     register_log(LOG_NAME, rep.logger.name)
     _registered = True
-
-
-def _names_avo(setting: str) -> bool:
-    """Whether a TORCH_LOGS value names the avo log (or asks for the help listing, which should list it)."""
-    names = {re.sub(r"^[+-]", "", part.strip()) for part in setting.split(",")}
-    return bool(names & {LOG_NAME, "help"})
-
-
-def torch_logs_hook() -> None:
-    """Entry point (group ``torch.backends``), called inside ``import torch`` just before TORCH_LOGS is parsed.
-
-    Registers the ``avo`` name only when TORCH_LOGS asks for it, so that a process without TORCH_LOGS=avo keeps
-    ``avo_inductor`` a plain logger (propagating to the root logger's handlers). Never raises: torch turns an
-    exception here into a failed ``import torch``.
-    """
-    try:
-        if _names_avo(os.environ.get("TORCH_LOGS", "")):
-            register_torch_logs()
-    except Exception as exc:  # a broken hook must never break `import torch`
-        logging.getLogger(rep.logger.name).warning("avo: could not register the TORCH_LOGS name %r: %s: %s",
-                                                   LOG_NAME, type(exc).__name__, exc)
 
 
 def _asked_for(level: int) -> bool:

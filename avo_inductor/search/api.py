@@ -17,6 +17,7 @@ from ..spec import AttentionSpec, HardwareKey
 from . import runner
 from .database import LineageStep, RunInfo, SearchDatabase
 from .engine import SearchConfig, SearchEvent, SearchOutcome
+from .errors import SearchNotFound, SearchRefused
 from .types import Evaluator
 
 __all__ = ["Lineage", "NothingToDo", "RunResult", "RunStatus", "SearchNotFound", "SearchRefused", "SpecResult",
@@ -25,12 +26,6 @@ __all__ = ["Lineage", "NothingToDo", "RunResult", "RunStatus", "SearchNotFound",
 NothingToDo = runner.NothingToDo
 
 
-class SearchNotFound(LookupError):
-    """A search database, run, kernel id, candidate id or spec key that does not exist (CLI exit code 1)."""
-
-
-class SearchRefused(RuntimeError):
-    """A request that is well formed but cannot be done now, e.g. resuming a finished run (CLI exit code 1)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import population as pop
 from .database import RunInfo, SearchDatabase
+from .errors import SearchNotFound
 from .types import Candidate, EvalResult, Stage
 
 MAX_TREE_NODES = 60  # ancestors drawn per winner (nearest first); deep agent lineages stay legible
@@ -231,7 +232,7 @@ def failures_by_stage(evaluated: list[tuple[Candidate, EvalResult]],
 def _latest_run(db: SearchDatabase) -> RunInfo:
     runs = db.runs()
     if not runs:
-        raise ValueError(f"no runs in {db.path}: run a search first")
+        raise SearchNotFound(f"no runs in {db.path}: run a search first")
     return max(runs, key=lambda r: (r.started, r.id))
 
 
@@ -239,9 +240,12 @@ def load_report_data(db_path: str | Path, run_id: str | None = None) -> ReportDa
     """Everything the report shows for ``run_id`` (default: the most recently started run) of the database."""
     path = Path(db_path)
     if not path.is_file():
-        raise ValueError(f"no search database at {path} (run a search first, or pass --db PATH)")
+        raise SearchNotFound(f"no search database at {path} (run a search first, or pass --db PATH)")
     with SearchDatabase(path) as db:
-        run = db.get_run(run_id) if run_id else _latest_run(db)
+        try:
+            run = db.get_run(run_id) if run_id else _latest_run(db)
+        except ValueError as exc:  # an unknown run id
+            raise SearchNotFound(str(exc)) from None
         labels = run.config.get("labels", {}) if isinstance(run.config.get("labels"), dict) else {}
         n_islands = int(run.config.get("search", {}).get("islands", 1) or 1)
         evaluated = db.evaluated(run.id)

@@ -269,7 +269,8 @@ def render(data: ReportData, out_dir: Path) -> ReportFiles:
 def write_report(db_path: str | Path, out_dir: str | Path, run_id: str | None = None) -> ReportFiles:
     """Write ``index.html`` and its PNGs for ``run_id`` (default: the newest run) of the database at ``db_path``.
 
-    Raises ValueError for a missing database or unknown run, MissingDependency without matplotlib."""
+    Raises SearchNotFound (search.errors) for a missing database, an empty one or an unknown run;
+    MissingDependency without matplotlib."""
     _figure(1, 1)  # fail on a missing matplotlib before reading anything
     return render(load_report_data(db_path, run_id), Path(out_dir))
 
