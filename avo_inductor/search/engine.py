@@ -385,7 +385,8 @@ class SearchEngine:
             if self.config.require_speedup and gain is not None and gain < SCREEN_FLOOR:
                 # Re-measuring costs a worker 10-100 s per spec (H100); a screening speedup this far below 1 cannot
                 # clear 1 + spread on re-measurement, so the spec keeps its SDPA fallback without one.
-                rejected[key] = f"best screening speedup over the fallback {gain:.3f}x < {SCREEN_FLOOR}: not re-measured"
+                rejected[key] = (f"best screening speedup over the fallback {gain:.3f}x < {SCREEN_FLOOR}: "
+                                 "not re-measured")
                 continue
             winners.append(cand)
         if not self.config.promote:

@@ -489,8 +489,9 @@ class SandboxedEvaluator:
         against = f if isinstance(f, dict) else b
         spread = max(float(c["spread"]), float(against["spread"]))
         measured = {baseline["best"]: base_ms, **({fallback: fallback_ms} if fallback and fallback_ms else {})}
+        gain = None if fallback_ms is None else fallback_ms / median
         return {"median_ms": median, "baseline_ms": base_ms, "baseline": baseline["best"], "speedup": base_ms / median,
-                "fallback_ms": fallback_ms, "speedup_vs_fallback": None if fallback_ms is None else fallback_ms / median,
+                "fallback_ms": fallback_ms, "speedup_vs_fallback": gain,
                 "spread": spread, "extra": {
                     "baselines_ms": {**baseline["ms"], **measured}, "wall_ms": wall, "fallback": fallback,
                     "timing_method": raw["method"], "baselines_method": baseline["method"], "informative_only": cpu,
