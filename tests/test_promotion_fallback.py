@@ -15,7 +15,7 @@ import pytest
 import torch
 from search_fakes import HW, SW, FakeEvaluator, default_genome
 
-from avo_inductor.check.cases import CheckCase, case_inputs
+from avo_inductor.check.cases import case_inputs
 from avo_inductor.check.run import input_digest, timed_output_path
 from avo_inductor.kernels.reference import attention_reference, reference_lse
 from avo_inductor.search.bench import FALLBACK
