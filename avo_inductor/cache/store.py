@@ -432,7 +432,9 @@ class KernelStore:
     def generation(self) -> str:
         """Changes whenever a record is written, removed or marked verified (in any process), or layers change.
 
-        Pending-queue and last-use updates do not change it: they never change what a lookup returns.
+        Pending-queue and last-use updates do not change it: they never change what a lookup returns. Nor do class
+        verdicts (``mark_class_verdict``): they change no record, and a compiled graph carries the kernel id it
+        chose, so no cache keyed on the generation can serve a stale choice.
         """
         counter = 0
         db = self.db
