@@ -174,10 +174,10 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
                                    reason="verified at this shape at first compile" if hit.is_class else
                                    "verified on this GPU at first compile")
     while hit is not None and not ensure_verified(store, hit, device):
-        where = f"at {spec.to_text()} (class record tuned at {hit.record.spec.to_text()})" if hit.is_class else \
-            f"on {SoftwareKey.current()}"
+        what = f"verification at {spec.to_text()} (class record tuned at {hit.record.spec.to_text()})" \
+            if hit.is_class else f"re-verification on {SoftwareKey.current()}"
         _warn_once(f"reverify:{hit.record.kernel_id}:{spec.cache_key() if hit.is_class else ''}",
-                   f"avo: kernel {hit.record.kernel_id} failed verification {where}; using the fallback")
+                   f"avo: kernel {hit.record.kernel_id} failed {what}; using the fallback")
         hit = lookup_record(store, spec, hardware) if hit.is_class else None  # a class hit: the next neighbour
     if hit is not None:
         record = hit.record
