@@ -84,12 +84,13 @@ def _store() -> Any:
 def _records_table(hits: list[Any]) -> Any:
     from rich.table import Table
 
-    t = Table("spec", "hardware", "software", "speedup", "kernel id", "layer", title=f"{len(hits)} record(s)")
+    t = Table("spec", "hardware", "software", "vs fallback", "vs best built-in", "kernel id", "layer",
+              title=f"{len(hits)} record(s)")
     for h in hits:
         r = h.record
         sw = f"triton {r.software.triton} / torch {r.software.torch}" + (" (reverify)" if h.needs_reverify else "")
-        speed = f"{r.metrics.speedup:.2f}x" if r.metrics.speedup else "-"
-        t.add_row(r.spec.short(), r.hardware.slug, sw, speed, r.kernel_id, h.layer)
+        speed = [f"{x:.2f}x" if x else "-" for x in (r.metrics.speedup_vs_fallback, r.metrics.speedup)]
+        t.add_row(r.spec.short(), r.hardware.slug, sw, *speed, r.kernel_id, h.layer)
     return t
 
 
@@ -119,7 +120,8 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         if args.json:
             print_json([{"key": h.key, "layer": h.layer, "kernel_id": h.record.kernel_id,
                          "needs_reverify": h.needs_reverify, "spec": h.record.spec.short(),
-                         "speedup": h.record.metrics.speedup} for h in hits])
+                         "speedup": h.record.metrics.speedup,
+                         "speedup_vs_fallback": h.record.metrics.speedup_vs_fallback} for h in hits])
         else:
             console.print(_records_table(hits))
     elif args.cmd == "show":

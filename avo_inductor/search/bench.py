@@ -299,6 +299,13 @@ def wall_ms_per_call(fn: Callable[[], Any], device: torch.device | str, calls: i
 SDPA_BACKENDS: dict[str, str | None] = {"sdpa": None, "sdpa_flash": "FLASH_ATTENTION",
                                         "sdpa_efficient": "EFFICIENT_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION"}
 BUILTIN_NAMES: tuple[str, ...] = (*SDPA_BACKENDS, "flex")
+# The fallback: what the compiled model runs at a site the store has no kernel for, and so what a kernel must beat
+# to be stored (search/promotion.py). A miss keeps the user's SDPA call or rewrites hand-written attention to one
+# (detect/rewrite.py rewrite_to_sdpa): SDPA with its default backend choice, is_causal for plain square causal,
+# otherwise a mask covering window / padding / bool / bias / ALiBi: the "sdpa" provider above. Its mask is
+# prepared once here, and additive; the rewrite passes a bool keep-mask where it can, which SDPA converts to this
+# additive form on every call, so the fallback is charged no more than the model pays for it.
+FALLBACK = "sdpa"
 _MASK_CACHE = 4  # prepared masks kept per baseline fn (the evaluator rotates 2-3 input sets)
 
 Fn3 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
