@@ -74,13 +74,13 @@ def parse_runs(text: str, profile: str, modes: Sequence[str]) -> list[Run]:
 
 # ---- the explain() summary ---------------------------------------------------------------------------------------
 def site_counts(sites: Sequence[Any]) -> dict[str, Any]:
-    """Counts over SiteReports: exact hits, class hits (a record tuned at another shape of the same class: its
-    status or reason says "class"), fallbacks (rewritten to or kept as SDPA), skips, errors; the first reason why
-    a site was not a hit."""
+    """Counts over SiteReports: exact hits, class hits (a record tuned at another shape of the same class:
+    ``SiteReport.tuned_at`` is that shape), fallbacks (rewritten to or kept as SDPA), skips, errors; the first reason
+    why a site was not a hit."""
     from avo_inductor.backend import report as rep
 
     def is_class(s: Any) -> bool:
-        return "class" in f"{s.status} {s.reason}".lower()
+        return getattr(s, "tuned_at", None) is not None
 
     hits = [s for s in sites if s.action == rep.AVO]
     why = next((s.reason for s in sites if s.action != rep.AVO and s.reason), "")
