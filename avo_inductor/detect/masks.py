@@ -42,11 +42,26 @@ class TermKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class MaskTerm:
-    """One tensor combined into the scores. ``factor`` scales a BIAS term by the scales applied after it."""
+    """One tensor combined into the scores. ``factor`` scales a BIAS term by the scales applied after it.
+
+    ``heads``: the term was added to (B*H, Nq, Nk) scores that are later viewed as (B, H, Nq, Nk) (BLOOM's
+    baddbmm input); :func:`in_site_frame` brings its values to the 4-D frame, the rewrite does the same in-graph.
+    """
 
     node: fx.Node
     kind: TermKind
     factor: float = 1.0
+    heads: int | None = None
+
+
+def in_site_frame(value: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """A term's value as it broadcasts against (B, H, Nq, Nk) scores: a merged-frame (B*H, X, Y) term becomes
+    (B, H, X, Y); a leading dim of 1 (or a rank below 3) broadcasts over batch and heads as it is."""
+    if heads is None or value.dim() < 3 or value.shape[-3] == 1:
+        return value
+    if value.dim() != 3 or value.shape[0] % heads:
+        raise ValueError(f"merged-frame term of shape {tuple(value.shape)} does not split into {heads} heads")
+    return value.reshape(value.shape[0] // heads, heads, *value.shape[1:])
 
 
 class Pattern(str, enum.Enum):
@@ -170,7 +185,7 @@ def _hints(values: list[Any]) -> dict[sympy.Symbol, Any]:
     return {}
 
 
-def _keep_of(value: torch.Tensor, kind: TermKind) -> torch.Tensor | None:
+def keep_of(value: torch.Tensor, kind: TermKind) -> torch.Tensor | None:
     """The bool keep-mask a constant term stands for, or None if it is a genuine bias (not just 0 / -inf)."""
     if kind is TermKind.KEEP:
         return value.bool()
@@ -183,7 +198,7 @@ def _keep_of(value: torch.Tensor, kind: TermKind) -> torch.Tensor | None:
     return ~masked
 
 
-def _pattern_2d(keep: torch.Tensor, q_len: int, kv_len: int) -> tuple[Pattern, int | None]:
+def pattern_2d(keep: torch.Tensor, q_len: int, kv_len: int) -> tuple[Pattern, int | None]:
     """Classify a keep-mask broadcast over leading dims against bottom-right aligned causal / window masks."""
     if keep.dim() < 2:
         keep = keep.reshape((1,) * (2 - keep.dim()) + tuple(keep.shape))
@@ -209,6 +224,17 @@ def _pattern_2d(keep: torch.Tensor, q_len: int, kv_len: int) -> tuple[Pattern, i
     return Pattern.GENERIC, None
 
 
+def evaluation_points(node: fx.Node, q_len: Any, kv_len: Any) -> list[dict[sympy.Symbol, Any]]:
+    """Size-symbol assignments a shape-only term is checked at: the traced sizes, and under dynamic shapes the
+    same sizes + PERTURB (a pattern must hold at both to be trusted for every size)."""
+    assign = _hints([q_len, kv_len, example(node)])
+    points = [assign]
+    sizes = {s: v for s, v in assign.items() if isinstance(v, sympy.Integer)}
+    if any(is_symbolic(x) for x in (q_len, kv_len)) and sizes:
+        points.append({**assign, **{s: v + PERTURB for s, v in sizes.items()}})
+    return points
+
+
 def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -> tuple[Pattern, int | None]:
     """Pattern of one mask term: a shape-only term is evaluated (twice under dynamic shapes), others are GENERIC.
 
@@ -216,13 +242,8 @@ def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -
     """
     if not is_shape_only(term.node):
         return Pattern.GENERIC, None
-    assign = _hints([q_len, kv_len, example(term.node)])
-    points = [assign]
-    sizes = {s: v for s, v in assign.items() if isinstance(v, sympy.Integer)}
-    if any(is_symbolic(x) for x in (q_len, kv_len)) and sizes:
-        points.append({**assign, **{s: v + PERTURB for s, v in sizes.items()}})
     results = set()
-    for point in points:
+    for point in evaluation_points(term.node, q_len, kv_len):
         evaluator = Evaluator(gm, point)
         try:
             with unset_fake_temporarily(), torch.no_grad():
@@ -234,8 +255,12 @@ def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -
             return Pattern.GENERIC, None
         if not isinstance(value, torch.Tensor):
             return Pattern.GENERIC, None
-        keep = _keep_of(value.cpu(), term.kind)
+        try:
+            value = in_site_frame(value, term.heads)
+        except ValueError:
+            return Pattern.GENERIC, None
+        keep = keep_of(value.cpu(), term.kind)
         if keep is None:
             return Pattern.GENERIC, None
-        results.add(_pattern_2d(keep, nq, nk))
+        results.add(pattern_2d(keep, nq, nk))
     return results.pop() if len(results) == 1 else (Pattern.GENERIC, None)
