@@ -14,6 +14,7 @@ tensor. Policy (documented for ``explain()``):
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,3 +265,98 @@ def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -
             return Pattern.GENERIC, None
         results.add(pattern_2d(keep, nq, nk))
     return results.pop() if len(results) == 1 else (Pattern.GENERIC, None)
+
+
+# Ops that leave a bool mask's values as they are (a broadcast, a device move, a bool cast).
+_SAME_VALUES = ("expand", "to", "bool", "contiguous")
+_AND = (operator.and_, torch.logical_and, torch.bitwise_and)
+_AND_METHODS = ("__and__", "logical_and", "bitwise_and")
+
+
+def _value_preserving(node: fx.Node) -> fx.Node | None:
+    """The input of a bool-preserving op (expand, .to(device / bool), .bool()), else None."""
+    if node.op != "call_method" or node.target not in _SAME_VALUES or not node.args:
+        return None
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or getattr(example(src), "dtype", None) != torch.bool:
+        return None
+    return src if getattr(example(node), "dtype", None) == torch.bool else None
+
+
+def _and_operands(node: fx.Node) -> list[fx.Node] | None:
+    is_and = (node.op == "call_function" and node.target in _AND) or \
+        (node.op == "call_method" and node.target in _AND_METHODS)
+    if not is_and or len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+        return None
+    return [a for a in node.args if isinstance(a, fx.Node)]
+
+
+def keep_source(term: MaskTerm) -> fx.Node | None:
+    """The bool keep-mask a term stands for: a KEEP term itself, or ``c`` of a BIAS ``where(c, 0, -inf|min)``
+    (transformers' eager mask from masking_utils); None otherwise."""
+    if term.kind is TermKind.KEEP:
+        return term.node
+    node = term.node
+    if term.kind is TermKind.BIAS and node.op == "call_function" and node.target is torch.where \
+            and len(node.args) == 3 and isinstance(node.args[0], fx.Node):
+        cond, zero, fill = node.args
+        zero_value = example(zero)
+        is_zero = zero == 0 or (isinstance(zero_value, torch.Tensor) and zero_value.dim() == 0
+                                and isinstance(zero, fx.Node) and _is_zeros(zero))
+        fill_value = fill if isinstance(fill, (int, float)) else None
+        if is_zero and fill_value is not None and fill_value <= NEG_THRESHOLD \
+                and getattr(example(cond), "dtype", None) == torch.bool:
+            return cond
+    return None
+
+
+def _is_zeros(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in (torch.zeros, torch.zeros_like)
+
+
+def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any
+                     ) -> tuple[Pattern, int | None, list[MaskTerm]] | None:
+    """Split a keep-mask built as ``a & b & ...`` (transformers' masking_utils: causal, sliding window and padding
+    functions and-ed, then expanded) into its shape-only part, classified as one pattern, and the tensor factors
+    the kernel must read (padding (B, 1, 1, Nk) gathered from the user's attention_mask), as KEEP terms.
+
+    None when the term is not such a conjunction, has no data-dependent factor, or its shape-only part is not
+    causal / window / all (then the term stays a tensor as it is).
+    """
+    root = keep_source(term)
+    if root is None:
+        return None
+    leaves: list[fx.Node] = []
+    work = [root]
+    while work:
+        node = work.pop()
+        if len(leaves) > 16:
+            return None
+        if (src := _value_preserving(node)) is not None:
+            work.append(src)
+        elif (ops := _and_operands(node)) is not None:
+            work.extend(ops)
+        else:
+            leaves.append(node)
+    constant = [leaf for leaf in leaves if is_shape_only(leaf)]
+    data = [leaf for leaf in leaves if not is_shape_only(leaf)]
+    if not data or len(leaves) < 2:
+        return None
+    results = set()
+    for point in evaluation_points(root, q_len, kv_len):
+        evaluator = Evaluator(gm, point)
+        try:
+            with unset_fake_temporarily(), torch.no_grad():
+                keep = torch.ones((), dtype=torch.bool)
+                for leaf in constant:
+                    keep = keep & torch.as_tensor(evaluator(leaf)).bool().cpu()
+                nq, nk = (evaluator.sym(x) if is_symbolic(x) else int(x) for x in (q_len, kv_len))
+        except Exception:  # a factor we cannot evaluate: the term stays as it is
+            return None
+        results.add(pattern_2d(keep, nq, nk))
+    if len(results) != 1:
+        return None
+    pattern, window = results.pop()
+    if pattern is Pattern.GENERIC:
+        return None
+    return pattern, window, [MaskTerm(leaf, TermKind.KEEP, heads=term.heads) for leaf in data]

@@ -23,7 +23,7 @@ from torch import fx
 
 from ..spec import DTYPES, AttentionSpec, MaskKind
 from .fx_utils import arg, example, hint, is_symbolic, module_path, shape_of, single_user, sym_expr, tensor_meta
-from .masks import MaskTerm, Pattern, TermKind, classify_term
+from .masks import MaskTerm, Pattern, TermKind, classify_term, factor_keep_term
 from .alibi import AlibiFit, fit_alibi
 from .patterns import (
     Unsupported, is_matmul, is_qk, is_sdpa, is_softmax, merge_step, peel_key, peel_repeat, peel_scale, prob_step,
@@ -282,6 +282,9 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
     causal, window, generic = sdpa_causal, None, []
     for term in terms:
         pat, w = classify_term(gm, term, dims["q_len"], dims["kv_len"])
+        if pat is Pattern.GENERIC and (factored := factor_keep_term(gm, term, dims["q_len"], dims["kv_len"])):
+            pat, w, data_factors = factored  # causal/window & padding: flags + the padding tensor
+            generic.extend(data_factors)
         if pat is Pattern.ALL:
             continue
         if pat is Pattern.CAUSAL:
