@@ -300,11 +300,9 @@ def keep_source(term: MaskTerm) -> fx.Node | None:
     if term.kind is TermKind.BIAS and node.op == "call_function" and node.target is torch.where \
             and len(node.args) == 3 and isinstance(node.args[0], fx.Node):
         cond, zero, fill = node.args
-        zero_value = example(zero)
-        is_zero = zero == 0 or (isinstance(zero_value, torch.Tensor) and zero_value.dim() == 0
-                                and isinstance(zero, fx.Node) and _is_zeros(zero))
-        fill_value = fill if isinstance(fill, (int, float)) else None
-        if is_zero and fill_value is not None and fill_value <= NEG_THRESHOLD \
+        is_zero = (isinstance(zero, (int, float)) and zero == 0) or (isinstance(zero, fx.Node) and _is_zeros(zero))
+        fill_value = fill if isinstance(fill, (int, float)) and not isinstance(fill, bool) else None
+        if is_zero and fill_value is not None and fill_value <= NEG_THRESHOLD and isinstance(cond, fx.Node) \
                 and getattr(example(cond), "dtype", None) == torch.bool:
             return cond
     return None

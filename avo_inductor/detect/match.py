@@ -297,6 +297,7 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
     if sdpa_causal and not equal_lens:
         raise Unsupported("is_causal=True with q_len != kv_len: SDPA aligns it top-left, the avo kernel bottom-right")
     alibi, note = _alibi(gm, generic, dims, causal, window)
+    mask: fx.Node | None
     if alibi is not None:
         causal = causal or alibi.causal
         window = min(w for w in (window, alibi.window) if w is not None) if (window or alibi.window) else None
