@@ -120,3 +120,38 @@ def test_handwritten_alibi_is_verified_not_guessed(style: str) -> None:
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     elif style != "learned":  # learned slopes are not looked at: they need a gradient
         assert match.note.startswith("bias kept: not ALiBi"), match.note
+
+
+def test_bloom_dynamic_lengths_run_the_same_site() -> None:
+    torch.manual_seed(0)
+    model = _bloom().eval()
+    compiled, seen = compile_with(model, dynamic=True, rewrite=avo_rewrite)
+    with torch.no_grad():
+        for n in (17, 29):
+            ids = torch.randint(0, 100, (B, n), generator=torch.Generator().manual_seed(n))
+            torch.testing.assert_close(compiled(ids).last_hidden_state, model(ids).last_hidden_state,
+                                       atol=1e-4, rtol=1e-4)
+    assert len(seen.sites) == 1 and {"q_len", "kv_len"} <= set(seen.matches[0].spec.dynamic)
+    assert all(m.spec.mask is MaskKind.ALIBI for m in seen.matches)
+
+
+def test_bloom_padded_batch_keeps_alibi_as_a_bias_and_says_why() -> None:
+    """Positions from the user's attention_mask (cumsum) cannot be checked at compile time: a bias, exact."""
+    import avo_inductor
+
+    torch.manual_seed(0)
+    model = _bloom().eval()
+    ids = _ids(6)
+    mask = torch.ones(B, N, dtype=torch.long)
+    mask[1, 12:] = 0
+    compiled, seen = compile_with(model, rewrite=avo_rewrite)
+    with torch.no_grad():
+        out = compiled(ids, attention_mask=mask).last_hidden_state
+        ref = model(ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
+    assert [(m.spec.mask, m.spec.causal) for m in seen.matches] == [(MaskKind.BIAS, True)] * LAYERS
+    assert all(m.note.startswith("bias kept: not ALiBi") for m in seen.matches), [m.note for m in seen.matches]
+    report = avo_inductor.explain(model, ids, attention_mask=mask, quiet=True)
+    assert [r.module_path for r in report] == ["h.0.self_attention", "h.1.self_attention"]
+    assert all("not ALiBi" in r.reason for r in report), [r.reason for r in report]

@@ -36,6 +36,7 @@ _REL_TOL = 1e-6  # float64 probe arithmetic; a residual above this is structure,
 # Probe slopes ~1e-3: probe x position stays far above NEG_THRESHOLD at any length, so only real masking counts
 _PROBE_SIZE = 1e-3
 _MAX_CANDIDATES = 4
+_ROWS = 64  # query rows checked for a term without a query dim (see _fit_values)
 _MAX_WALK = 64
 
 
@@ -144,41 +145,68 @@ def _fit_with(gm: fx.GraphModule, term: MaskTerm, slopes: fx.Node, q_len: Any, k
 
 def _fit_values(value: torch.Tensor, probe: torch.Tensor, nq: int, nk: int, causal: bool,
                 window: int | None) -> tuple[float, bool, int | None] | str:
-    """(alpha, term_causal, term_window) when ``value`` is alpha * probe[h] * ALiBi position + row constant."""
+    """(alpha, term_causal, term_window) when ``value`` is alpha * probe[h] * ALiBi position + row constant.
+
+    Memory stays near the term's own size: batches are fitted one at a time, and a term without a query dim
+    (BLOOM's, MPT's (.., 1, Nk)) is checked on _ROWS query rows including the last, whose allowed keys (causal:
+    all keys up to Nk - 1) contain every other row's, so a linear fit there holds on every row.
+    """
     value = value.reshape((1,) * (4 - value.dim()) + tuple(value.shape)) if value.dim() < 4 else value
-    if value.dim() != 4 or value.shape[1] != probe.numel():
-        return f"the bias of shape {tuple(value.shape)} has no head dim of {probe.numel()}"
+    heads = probe.numel()
+    if value.dim() != 4 or value.shape[1] != heads:
+        return f"the bias of shape {tuple(value.shape)} has no head dim of {heads}"
     try:
-        value = torch.broadcast_to(value, (value.shape[0], probe.numel(), nq, nk))
+        torch.broadcast_shapes(value.shape, (value.shape[0], heads, nq, nk))
     except RuntimeError:
-        return f"the bias of shape {tuple(value.shape)} does not broadcast to ({probe.numel()}, {nq}, {nk})"
-    term_keep = value > NEG_THRESHOLD
-    pattern, term_window = pattern_2d(term_keep, nq, nk)
-    if pattern is Pattern.GENERIC:
+        return f"the bias of shape {tuple(value.shape)} does not broadcast to ({heads}, {nq}, {nk})"
+    rows = torch.arange(nq)
+    if value.shape[2] == 1 and nq > _ROWS:
+        rows = torch.linspace(0, nq - 1, _ROWS).round().long().unique()
+    patterns = set()
+    for b in range(value.shape[0]):
+        keep_b = (value[b] > NEG_THRESHOLD).expand(heads, nq, nk)
+        patterns.add(pattern_2d(keep_b, nq, nk))
+    if len(patterns) != 1 or (pattern_and_window := patterns.pop())[0] is Pattern.GENERIC:
         return "the bias masks keys in a pattern other than causal / sliding window"
+    pattern, term_window = pattern_and_window
     term_causal = pattern in (Pattern.CAUSAL, Pattern.WINDOW)
     is_causal = causal or term_causal
     win = min(w for w in (window, term_window) if w is not None) if (window or term_window) else None
-    i = torch.arange(nq, dtype=torch.float64)[:, None] + (nk - nq)
+    i = rows.double()[:, None] + (nk - nq)
     j = torch.arange(nk, dtype=torch.float64)[None, :]
-    keep = term_keep & (j <= i if is_causal else torch.ones(nq, nk, dtype=torch.bool))
+    allowed = j <= i if is_causal else torch.ones(rows.numel(), nk, dtype=torch.bool)
     if win is not None:
-        keep = keep & (j > i - win)
+        allowed = allowed & (j > i - win)
     # causal: -slope * |i + off - j| == slope * j - slope * (i + off) on allowed keys; otherwise only symmetric
-    x = j.expand(nq, nk) if is_causal else -(i - j).abs()
-    count = keep.sum(-1, keepdim=True)
-    usable = count >= 2
-    if not bool(usable.any()):
+    x = j.expand(rows.numel(), nk) if is_causal else -(i - j).abs()
+
+    def centred(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Value and position of batch b, each minus its row mean over the allowed keys (0 elsewhere)."""
+        t = value[b].expand(heads, nq, nk)[:, rows]
+        keep = allowed & (t > NEG_THRESHOLD)
+        count = keep.sum(-1, keepdim=True)
+        keep = keep & (count >= 2)
+        count = count.clamp(min=1)
+        t = torch.where(keep, t, 0.0)
+        xs = torch.where(keep, x, 0.0)
+        return (torch.where(keep, t - t.sum(-1, keepdim=True) / count, 0.0),
+                torch.where(keep, xs - xs.sum(-1, keepdim=True) / count, 0.0))
+
+    num = torch.zeros(heads, dtype=torch.float64)
+    den = torch.zeros(heads, dtype=torch.float64)
+    for b in range(value.shape[0]):
+        t_c, x_c = centred(b)
+        num += (t_c * x_c).sum(dim=(1, 2))
+        den += (x_c * x_c).sum(dim=(1, 2))
+    if not bool((den > 0).all()):
         return "no query row sees two keys: the slopes cannot be identified"
-    t = torch.where(keep, value, 0.0)
-    xs = torch.where(keep, x, 0.0)
-    t_c = torch.where(keep & usable, t - t.sum(-1, keepdim=True) / count.clamp(min=1), 0.0)
-    x_c = torch.where(keep & usable, xs - xs.sum(-1, keepdim=True) / count.clamp(min=1), 0.0)
-    per_head = (t_c * x_c).sum(dim=(0, 2, 3)) / (x_c * x_c).sum(dim=(0, 2, 3))
-    residual = (t_c - per_head[None, :, None, None] * x_c).abs().max()
-    size = t_c.abs().max()
-    if not bool(torch.isfinite(residual)) or float(residual) > _REL_TOL * max(float(size), 1e-30):
-        return f"the bias is not slopes x positions (+ a per-row constant): residual {float(residual):.3g}"
+    per_head = num / den
+    for b in range(value.shape[0]):
+        t_c, x_c = centred(b)
+        residual = float((t_c - per_head[:, None, None] * x_c).abs().max())
+        size = float(t_c.abs().max())
+        if not residual <= _REL_TOL * max(size, 1e-30):  # also refuses a NaN residual
+            return f"the bias is not slopes x positions (+ a per-row constant): residual {residual:.3g}"
     alphas = per_head / probe
     alpha = float(alphas[0])
     if alpha == 0.0 or float((alphas - alpha).abs().max()) > _REL_TOL * abs(alpha):

@@ -334,12 +334,18 @@ def _alibi(gm: fx.GraphModule, generic: list[MaskTerm], dims: dict[str, Any], ca
            window: int | None) -> tuple[AlibiFit | None, str]:
     """The ALiBi reading of the site's one bias tensor (see ``alibi.py``), else (None, why not when it had
     per-head slopes). A bias beside another mask tensor stays a bias: the kernels read one mask operand."""
-    if len(generic) != 1 or generic[0].kind is not TermKind.BIAS:
-        return None, ""
-    fit = fit_alibi(gm, generic[0], dims["q_len"], dims["kv_len"], int(hint(dims["q_heads"])), causal, window)
-    if fit is None or isinstance(fit, AlibiFit):
-        return fit, ""
-    return None, f"bias kept: not ALiBi ({fit})"
+    notes = []
+    for term in generic:
+        if term.kind is not TermKind.BIAS:
+            continue
+        fit = fit_alibi(gm, term, dims["q_len"], dims["kv_len"], int(hint(dims["q_heads"])), causal, window)
+        if isinstance(fit, AlibiFit):
+            if len(generic) == 1:
+                return fit, ""
+            notes.append("ALiBi beside another mask tensor (the kernels read one mask operand)")
+        elif fit is not None:
+            notes.append(fit)
+    return None, f"bias kept: not ALiBi ({notes[0]})" if notes else ""
 
 
 def _mask_kind(generic: list[MaskTerm], dims: dict[str, Any]) -> tuple[MaskKind, fx.Node | None]:
