@@ -34,36 +34,44 @@ def _qwen2(impl: str) -> torch.nn.Module:
     return transformers.Qwen2Model(cfg)
 
 
-# (model, attn_implementation, padded) -> window of each layer (None: causal only)
+# (model, attn_implementation, batch) -> window of each layer (None: causal only). Packed sequences (position ids
+# restarting, no cache): the causal test runs on positions remapped from the user's position ids, which cannot be
+# checked at compile time, so the and-ed keep-mask stays a bool tensor (exact; the kernels have no document-id mask).
 CASES = {
-    ("llama", "eager", True): (None, None),
-    ("llama", "sdpa", True): (None, None),
-    ("mistral", "sdpa", True): (WINDOW, WINDOW),
-    ("mistral", "eager", False): (WINDOW, WINDOW),
-    ("qwen2", "eager", True): (WINDOW, None),
+    ("llama", "eager", "padded"): (None, None),
+    ("llama", "sdpa", "padded"): (None, None),
+    ("mistral", "sdpa", "padded"): (WINDOW, WINDOW),
+    ("mistral", "eager", "plain"): (WINDOW, WINDOW),
+    ("qwen2", "eager", "padded"): (WINDOW, None),
+    ("llama", "sdpa", "packed"): (None, None),
 }
+KINDS = {"padded": (MaskKind.PADDING, True), "plain": (MaskKind.NONE, True), "packed": (MaskKind.BOOL, False)}
 FACTORIES = {"llama": _llama, "mistral": _mistral, "qwen2": _qwen2}
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=lambda c: "-".join(map(str, c)))
-def test_masking_utils_become_flags_and_padding(case: tuple[str, str, bool]) -> None:
-    name, impl, padded = case
+def test_masking_utils_become_flags_and_padding(case: tuple[str, str, str]) -> None:
+    name, impl, batch = case
+    padded = batch == "padded"
     torch.manual_seed(0)
     model = FACTORIES[name](impl).eval()
     ids = torch.randint(0, 100, (B, N), generator=torch.Generator().manual_seed(5))
-    kwargs: dict[str, torch.Tensor] = {}
+    kwargs: dict[str, object] = {}
+    if batch == "packed":  # two documents of 9 and 8 tokens per row
+        kwargs = {"position_ids": torch.cat([torch.arange(9), torch.arange(8)]).repeat(B, 1), "use_cache": False}
     if padded:
-        kwargs["attention_mask"] = torch.ones(B, N, dtype=torch.long)
-        kwargs["attention_mask"][1, 11:] = 0
+        pad = torch.ones(B, N, dtype=torch.long)
+        pad[1, 11:] = 0
+        kwargs["attention_mask"] = pad
     compiled, seen = compile_with(model, rewrite=avo_rewrite)
     with torch.no_grad():
         out = compiled(ids, **kwargs).last_hidden_state
         ref = model(ids, **kwargs).last_hidden_state
     assert len(seen.matches) == 2 and not seen.skipped, seen.sites
-    windows = CASES[case]
-    for match, window in zip(seen.matches, windows, strict=True):
-        want = {"q_heads": 4, "kv_heads": 2, "q_len": N, "kv_len": N, "scale": None, "causal": True,
-                "window": window, "mask": MaskKind.PADDING if padded else MaskKind.NONE}
+    kind, causal = KINDS[batch]
+    for match, window in zip(seen.matches, CASES[case], strict=True):
+        want = {"q_heads": 4, "kv_heads": 2, "q_len": N, "kv_len": N, "scale": None, "causal": causal,
+                "window": window, "mask": kind}
         assert {key: getattr(match.spec, key) for key in want} == want
-    real = kwargs["attention_mask"].bool() if padded else torch.ones(B, N, dtype=torch.bool)
+    real = pad.bool() if padded else torch.ones(B, N, dtype=torch.bool)
     torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
