@@ -19,6 +19,9 @@ are themselves rounded first (Falcon's ``slopes.bfloat16()``) are taken after th
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +39,7 @@ _REL_TOL = 1e-6  # float64 probe arithmetic; a residual above this is structure,
 # Probe slopes ~1e-3: probe x position stays far above NEG_THRESHOLD at any length, so only real masking counts
 _PROBE_SIZE = 1e-3
 _MAX_CANDIDATES = 4
+_FITS: ContextVar[dict[tuple[Any, ...], Any] | None] = ContextVar("avo_alibi_fits", default=None)
 _ROWS = 64  # query rows checked for a term without a query dim (see _fit_values)
 _MAX_WALK = 64
 
@@ -91,6 +95,28 @@ def fit_alibi(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any, heads
 
     ``causal`` / ``window``: the site's structure from its other terms (keys outside it are not compared).
     """
+    # Layers share one bias node (BLOOM's alibi, Falcon's combined mask): fit it once per detection pass.
+    cache = _FITS.get()
+    key = (term.node, term.factor, term.heads, heads, causal, window, str(q_len), str(kv_len))
+    if cache is None:
+        return _fit_term(gm, term, q_len, kv_len, heads, causal, window)
+    if key not in cache:
+        cache[key] = _fit_term(gm, term, q_len, kv_len, heads, causal, window)
+    return cache[key]
+
+
+@contextlib.contextmanager
+def fit_cache() -> Iterator[None]:
+    """Share fits between the sites of one detection pass (the graph does not change during it)."""
+    token = _FITS.set({})
+    try:
+        yield
+    finally:
+        _FITS.reset(token)
+
+
+def _fit_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any, heads: int, causal: bool,
+              window: int | None) -> AlibiFit | str | None:
     reasons: list[str] = []
     for slopes in _candidates(term.node, heads):
         fit = _fit_with(gm, term, slopes, q_len, kv_len, heads, causal, window)

@@ -8,7 +8,9 @@ graph is not modified.
 Policy: q/k/v are taken after layout transposes and before GQA repeats (repeat_interleave / repeat_kv), so the
 kernel does GQA itself; scales on q, k or the scores fold into one constant; masks fold into causal / window flags
 when they are shape-only (see ``masks.py``), else stay a tensor (BOOL keep-mask, PADDING (B, 1, 1, Nk) bool, or
-BIAS). SDPA's ``is_causal`` counts as causal only when Nq == Nk is provable (SDPA aligns it top-left).
+BIAS). A keep-mask and-ed from shape-only and data factors (transformers' masking_utils: causal / window & padding)
+becomes the flags plus its data factors; a bias that is verified slopes x positions becomes ALIBI (``alibi.py``).
+SDPA's ``is_causal`` counts as causal only when Nq == Nk is provable (SDPA aligns it top-left).
 Skipped: softmax not over the last dim, scores scaled by a tensor, masked_fill/where with a value that does not
 mask, probabilities or scores used elsewhere (``output_attentions``), einsum, dtypes other than fp16/bf16/fp32.
 """
@@ -24,7 +26,7 @@ from torch import fx
 from ..spec import DTYPES, AttentionSpec, MaskKind
 from .fx_utils import arg, example, hint, is_symbolic, module_path, shape_of, single_user, sym_expr, tensor_meta
 from .masks import MaskTerm, Pattern, TermKind, classify_term, factor_keep_term
-from .alibi import AlibiFit, fit_alibi
+from .alibi import AlibiFit, fit_alibi, fit_cache
 from .patterns import (
     Unsupported, is_matmul, is_qk, is_sdpa, is_softmax, merge_step, peel_key, peel_repeat, peel_scale, prob_step,
     reaches_qk, score_step, sdpa_arguments, softmax_dim, softmax_dtype, unmerge_heads,
@@ -79,11 +81,12 @@ class SkippedSite:
 def find_attention_sites(gm: fx.GraphModule) -> list[AttentionMatch | SkippedSite]:
     """Every attention site of ``gm`` in graph order: SDPA calls and hand-written softmax(q k^T) v chains."""
     sites: list[AttentionMatch | SkippedSite] = []
-    for node in list(gm.graph.nodes):
-        if is_sdpa(node):
-            sites.append(_guard(gm, node, "sdpa", _match_sdpa))
-        elif is_softmax(node) and _attention_like(node):
-            sites.append(_guard(gm, node, "matmul_softmax", _match_handwritten))
+    with fit_cache():
+        for node in list(gm.graph.nodes):
+            if is_sdpa(node):
+                sites.append(_guard(gm, node, "sdpa", _match_sdpa))
+            elif is_softmax(node) and _attention_like(node):
+                sites.append(_guard(gm, node, "matmul_softmax", _match_handwritten))
     return sites
 
 
