@@ -186,7 +186,7 @@ def _hints(values: list[Any]) -> dict[sympy.Symbol, Any]:
     return {}
 
 
-def keep_of(value: torch.Tensor, kind: TermKind) -> torch.Tensor | None:
+def _keep_of(value: torch.Tensor, kind: TermKind) -> torch.Tensor | None:
     """The bool keep-mask a constant term stands for, or None if it is a genuine bias (not just 0 / -inf)."""
     if kind is TermKind.KEEP:
         return value.bool()
@@ -260,7 +260,7 @@ def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -
             value = in_site_frame(value, term.heads)
         except ValueError:
             return Pattern.GENERIC, None
-        keep = keep_of(value.cpu(), term.kind)
+        keep = _keep_of(value.cpu(), term.kind)
         if keep is None:
             return Pattern.GENERIC, None
         results.add(pattern_2d(keep, nq, nk))
