@@ -29,8 +29,16 @@ from avo_inductor.spec import AttentionSpec, store_key
 WINDOW = AttentionSpec(2, 4, 2, 40, 40, 16, dtype="float32", causal=True, window=8)
 
 
-def _timing(ms: float, spread: float) -> dict[str, Any]:
-    return {"median_ms": ms, "spread": spread, "samples_ms": [ms], "method": "do_bench"}
+ROUND_NOISE = (-1.0, -0.5, 0.0, 0.5, 1.0)  # per-round deviations, in units of the fake's noise
+
+
+def _timing(ms: float, noise: float, drift: tuple[float, ...] = (0.0,) * 5) -> dict[str, Any]:
+    """Raw per-round samples as the worker sends them: ``ms`` times (1 + noise * ROUND_NOISE[r]) times the round's
+    ``drift`` (shared by every fn timed in that round, as a clock change is)."""
+    samples = [ms * (1 + noise * u) * (1 + d) for u, d in zip(ROUND_NOISE, drift, strict=True)]
+    med = sorted(samples)[len(samples) // 2]
+    return {"median_ms": med, "spread": (max(samples) - min(samples)) / med, "samples_ms": samples,
+            "method": "do_bench"}
 
 
 class _Reply:
@@ -43,9 +51,10 @@ class _TimingWorker:
     """Answers the parent's "time" op as the worker does: right outputs of the timed calls in the parent's folder,
     raw timings of the candidate, the best built-in and (when asked for one) the fallback."""
 
-    def __init__(self, candidate_ms: float, builtin_ms: float, fallback_ms: float, spread: float) -> None:
+    def __init__(self, candidate_ms: float, builtin_ms: float, fallback_ms: float, spread: float,
+                 drift: tuple[float, ...] = (0.0,) * 5) -> None:
         self.ms = (candidate_ms, builtin_ms, fallback_ms)
-        self.spread = spread
+        self.spread, self.drift = spread, drift
         self.worker = type("W", (), {"device": "cpu"})()
         self.asked: dict[str, Any] = {}
 
@@ -60,10 +69,10 @@ class _TimingWorker:
                         "digest_x": input_digest(x), "input_index": i % len(seeds)},
                        timed_output_path(message["out_dir"], i))
         cand, builtin, fallback = self.ms
-        payload = {"candidate": _timing(cand, self.spread), "baseline": _timing(builtin, 0.01), "wall_calls": 20,
-                   "method": "do_bench"}
+        payload = {"candidate": _timing(cand, self.spread, self.drift), "baseline": _timing(builtin, 0.0, self.drift),
+                   "wall_calls": 20, "method": "do_bench"}
         if message.get("fallback") not in (None, message["baseline"]):
-            payload["fallback"] = _timing(fallback, self.spread)
+            payload["fallback"] = _timing(fallback, 0.0, self.drift)
         return _Reply(payload)
 
 
@@ -96,19 +105,47 @@ def test_faster_than_the_fallback_slower_than_flex_is_promoted_with_both_figures
     assert type(m).from_dict(m.to_dict()) == m
 
 
-@pytest.mark.parametrize(("fallback_ms", "spread", "promoted"), [
-    (1.04, 0.05, False),  # 4 % faster than the fallback, 5 % spread: noise
+@pytest.mark.parametrize(("fallback_ms", "noise", "promoted"), [
+    (1.04, 0.05, False),  # 4 % faster than the fallback, the ratio known to +-5.3 %: noise
     (1.06, 0.05, True),
     (0.90, 0.01, False),  # slower than the fallback, however it compares to Flex
 ])
-def test_the_gain_over_the_fallback_must_exceed_the_spread(fallback_ms: float, spread: float, promoted: bool,
+def test_the_gain_over_the_fallback_must_exceed_the_spread(fallback_ms: float, noise: float, promoted: bool,
                                                            tmp_path: Path) -> None:
-    result = _evaluate(_TimingWorker(1.0, 0.5, fallback_ms, spread=spread), tmp_path)
-    assert result.spread == pytest.approx(spread)  # the spread of the comparison promotion decides on
+    result = _evaluate(_TimingWorker(1.0, 0.5, fallback_ms, spread=noise), tmp_path)
+    # The spread of the comparison promotion decides on (candidate vs fallback), paired round by round: with the
+    # candidate alone noisy, the ratio's extreme rounds are 1 / (1 -+ noise) off its median.
+    assert result.spread == pytest.approx(noise / (1 - noise))
     ok, why = promotion_decision(result)
     assert ok is promoted, why
     if not promoted:
         assert "does not beat it by more than the spread" in why
+
+
+def test_drift_shared_by_candidate_and_fallback_does_not_hide_a_win(tmp_path: Path) -> None:
+    """A 3 % win measured while the clock wandered by 12 % across rounds: every fn's own range is 12 %, the
+    round-by-round ratio did not move, so the win is certified (a per-fn spread would have refused it)."""
+    drift = (0.0, 0.12, 0.03, 0.08, -0.01)
+    result = _evaluate(_TimingWorker(1.0, 0.5, 1.03, spread=0.0, drift=drift), tmp_path)
+    assert result.extra["spread_per_fn"] > 0.1 and result.spread == pytest.approx(0.0, abs=1e-9)
+    ok, why = promotion_decision(result)
+    assert ok, why
+
+
+def test_a_reply_whose_round_counts_differ_is_a_timing_failure(tmp_path: Path) -> None:
+    worker = _TimingWorker(1.0, 0.5, 2.0, spread=0.01)
+    ask = worker.ask
+
+    def short_fallback(stage: Any, message: dict[str, Any]) -> _Reply:
+        reply = ask(stage, message)
+        reply.payload["fallback"]["samples_ms"] = reply.payload["fallback"]["samples_ms"][:3]
+        return reply
+
+    worker.ask = short_fallback  # type: ignore[method-assign]
+    from avo_inductor.search.evaluate import _Failed
+
+    with pytest.raises(_Failed, match="malformed timing"):
+        _evaluate(worker, tmp_path)
 
 
 def test_no_fallback_timing_no_promotion() -> None:

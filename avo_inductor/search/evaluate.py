@@ -36,6 +36,11 @@ CASCADE: tuple[Stage, ...] = (Stage.STATIC, Stage.COMPILE, Stage.CORRECT_SMALL, 
 # call costs seconds and the timing is informative only, so one call).
 WALL_CALLS = 20
 CPU_WALL_CALLS = 1
+# GPU timing: rounds of do_bench, REP_MS of calls each, candidate and built-ins interleaved. Promotion re-measures
+# with PROMOTION_ROUNDS (a 95 % interval of the median ratio from the 6th to the 15th of 20 sorted ratios).
+REP_MS = 50
+SCREEN_ROUNDS = 10
+PROMOTION_ROUNDS = 20
 
 
 class StageError(Exception):
@@ -177,7 +182,7 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
     graphed = bench.graph_timed(spec) and not training
     graphs: dict[str, Any] = {}
     t = bench.time_interleaved(fns, device, rounds=max(2, int(message["rounds"])), cpu_reps=1, use_graphs=graphed,
-                               graphs=graphs)
+                               graphs=graphs, rep_ms=max(1, int(message.get("rep_ms", 100))))
     replay_inputs = list(last_input)
     calls = int(message.get("wall_calls", WALL_CALLS))
     channel.sync("rtt")
@@ -263,6 +268,19 @@ class _Session:
             at = Stage.STATIC if reply.payload.get("stage") == "static" else stage
             raise _Failed(at, text)
         return reply
+
+
+def _timing_of(raw: Any) -> Any:
+    """A worker's Timing dict back as a bench.Timing (samples as floats), for the parent's own arithmetic."""
+    from .bench import Timing
+
+    if not isinstance(raw, dict):
+        raise _Failed(Stage.TIMING, f"malformed timing in the worker's reply: {type(raw).__name__}")
+    try:
+        samples = tuple(float(x) for x in raw["samples_ms"])
+        return Timing(float(raw["median_ms"]), float(raw["spread"]), samples, str(raw.get("method", "")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Failed(Stage.TIMING, f"malformed timing in the worker's reply: {exc}") from None
 
 
 def _wall_ms(marks: Sequence[tuple[str, float]], calls: int) -> float | None:
@@ -438,6 +456,7 @@ class SandboxedEvaluator:
         from ..check.judge import judge_case, load_outputs
         from ..check.run import timed_output_path
         from ..check.tolerance import CheckFailure
+        from . import bench
         from .bench import FALLBACK
 
         cpu = session.worker.device == "cpu"
@@ -446,15 +465,17 @@ class SandboxedEvaluator:
         # (the baselines op timed it); when it is itself the best built-in, one timing serves both.
         fallback = FALLBACK if FALLBACK in baseline["ms"] else None
         # CPU: two rounds only, the interpreter's numbers say nothing about a GPU and each run costs ~1 s.
-        # GPU: 5 rounds of do_bench; on the H100 (torch 2.11, triton 3.6) the round-to-round spread of a flash_v1
-        # candidate at (4,16,16,2048,64 causal bf16) was 9-12%, so promotion needs a gain larger than that.
-        rounds = 2 if cpu else (5 * (2 if promotion else 1) // (2 if quick and not promotion else 1))
+        # GPU: many short do_bench rounds (REP_MS each): the spread is a confidence interval of the median per-round
+        # ratio (bench.paired_spread), which narrows with the number of rounds, not with their length. On the H100
+        # (torch 2.11, triton 3.6) each fn's own round-to-round range was 9-12% at (4,16,16,2048,64 causal bf16):
+        # clock drift that candidate and baseline share, and that the paired ratio cancels.
+        rounds = 2 if cpu else (PROMOTION_ROUNDS if promotion else SCREEN_ROUNDS // (2 if quick else 1))
         seeds = [rng.getrandbits(62) for _ in range(2 if cpu else 3)]
         sub = Path(out_dir) / "timing"
         sub.mkdir()
         reply = session.ask(Stage.TIMING, {"op": "time", "spec": spec.to_dict(), "seeds": seeds, "rounds": rounds,
                                            "baseline": baseline["best"], "fallback": fallback, "out_dir": str(sub),
-                                           "wall_calls": CPU_WALL_CALLS if cpu else WALL_CALLS})
+                                           "rep_ms": REP_MS, "wall_calls": CPU_WALL_CALLS if cpu else WALL_CALLS})
         raw = reply.payload
         c, b = raw["candidate"], raw["baseline"]
         f = b if fallback == baseline["best"] else raw.get("fallback") if fallback else None
@@ -485,9 +506,14 @@ class SandboxedEvaluator:
             raise _Failed(Stage.TIMING, f"non-positive time: candidate {median!r} ms, baseline {base_ms!r} ms, "
                                         f"fallback {fallback_ms!r} ms")
         wall = _wall_ms(reply.marks, int(raw["wall_calls"]))
-        # The spread that counts is the one of the comparison promotion decides on: candidate vs fallback.
+        # The spread that counts is the one of the comparison promotion decides on: candidate vs fallback, paired
+        # round by round (decided here from the worker's raw samples, not from a figure the worker computed).
         against = f if isinstance(f, dict) else b
-        spread = max(float(c["spread"]), float(against["spread"]))
+        try:
+            spread = bench.paired_spread(_timing_of(c), _timing_of(against))
+        except ValueError as exc:  # round counts that differ: not one interleaved measurement
+            raise _Failed(Stage.TIMING, f"malformed timing in the worker's reply: {exc}") from None
+        per_fn_spread = max(float(c["spread"]), float(against["spread"]))
         measured = {baseline["best"]: base_ms, **({fallback: fallback_ms} if fallback and fallback_ms else {})}
         gain = None if fallback_ms is None else fallback_ms / median
         return {"median_ms": median, "baseline_ms": base_ms, "baseline": baseline["best"], "speedup": base_ms / median,
@@ -496,7 +522,7 @@ class SandboxedEvaluator:
                     "baselines_ms": {**baseline["ms"], **measured}, "wall_ms": wall, "fallback": fallback,
                     "timing_method": raw["method"], "baselines_method": baseline["method"], "informative_only": cpu,
                     "timed_shape": spec.to_dict(), "timed": "forward+backward" if spec.needs_grad else "forward",
-                    "timed_outputs_checked": checked}}
+                    "timed_outputs_checked": checked, "spread_per_fn": per_fn_spread, "timing_rounds": rounds}}
 
     def _plausibility(self, job: dict[str, Any], spec: AttentionSpec, device_name: str, baseline: dict[str, Any],
                       metrics: dict[str, Any], extra: dict[str, Any]) -> Stage:

@@ -9,9 +9,11 @@ uses), for each spec:
 - ``--trials`` independent repeats of the whole timing, per timing strategy (rounds x do_bench rep ms).
 Per (spec, strategy) it reports the speedup estimate, how much it moved between trials (the real
 reproducibility), two spread figures and the A/A pair's worst deviation from 1:
-- "range": max over the two fns of (max - min) / median of their round medians (each fn on its own);
+- "range": max over the two fns of (max - min) / median of their round medians (each fn on its own: the figure
+  promotion compared against before);
 - "paired": ``bench.paired_spread``, the half-width of a distribution-free confidence interval of the median of
-  the per-round ratios baseline/candidate (rounds are interleaved, so drift common to both cancels in the ratio).
+  the per-round ratios baseline/candidate (rounds are interleaved, so drift common to both cancels in the ratio):
+  the figure the evaluator's promotion now uses (``search/evaluate.py``: REP_MS, SCREEN_ROUNDS, PROMOTION_ROUNDS).
 A strategy is trustworthy at 1 % when the trial-to-trial range, its spread figure and the A/A error are <= 1 %,
 and an A/A pair never clears 1 + spread.
 Usage (GPU): python -m benchmarks.probes.timing_spread [--specs "..."] [--strategies 5x100,20x25] [--trials 5]
@@ -38,7 +40,7 @@ from ..common import print_table, write_csv
 
 DEFAULT_SPECS = ("4,32,32,4096,128,none;1,16,4,8192,128,causal;8,16,16,2048,64,causal;"
                  "8,16,16,2048,64,causal,train")
-DEFAULT_STRATEGIES = "5x100,10x100,20x25,40x25"
+DEFAULT_STRATEGIES = "10x100,10x50,20x50,40x25"  # 10x100: the old promotion; 20x50: the new
 
 
 @dataclass(frozen=True)
