@@ -367,7 +367,12 @@ TIERS: tuple[str, ...] = ("template", "source")
 
 @dataclass(frozen=True)
 class KernelMetrics:
-    """Measured on the record's hardware; speedup is over ``baseline`` timed in the same process. None = not
+    """Measured on the record's hardware, every time in the same process as the kernel's (the timing worker).
+
+    speedup / baseline / baseline_ms: over the best built-in backend (FlexAttention included), the quality figure
+    reports show. speedup_vs_fallback / fallback_ms: over what the compiled model runs at the site without the
+    kernel (SDPA, with the dense mask for window / ALiBi / padding), the figure promotion decides on and class
+    records are admitted by. Records written before the fallback was timed have no fallback figure. None = not
     measured; never NaN or infinite."""
 
     median_ms: float | None = None
@@ -379,6 +384,13 @@ class KernelMetrics:
     rel_err: float | None = None
     bwd_median_ms: float | None = None
     bwd_speedup: float | None = None
+    speedup_vs_fallback: float | None = None
+    fallback_ms: float | None = None
+
+    @property
+    def speedup_vs_best_builtin(self) -> float | None:
+        """``speedup`` by its full name: over the best built-in backend named in ``baseline``."""
+        return self.speedup
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

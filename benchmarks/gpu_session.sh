@@ -8,7 +8,10 @@
 #   (MODEL_CASES / MODEL_ARGS, e.g. --seed-baseline), variants / variants-training (template A/B, VARIANT_ARGS /
 #   VARIANT_TRAIN_ARGS, e.g. "--variants @benchmarks/variant_sets/hopper-bwd.json"; variants=NAME: VARIANT_ARGS_NAME,
 #   CSV variants-NAME.csv, several per session), search (the 5-minute smoke search), overhead (host cost per call,
-#   python -m benchmarks.launch_overhead with OVERHEAD_ARGS, e.g. --profile).
+#   python -m benchmarks.launch_overhead with OVERHEAD_ARGS, e.g. --profile), hf (real transformers models,
+#   python -m benchmarks.hf_models: out of the box, then a HF_SEARCH_MINUTES search per model when > 0 (default 0:
+#   the out-of-box phase alone, ~8 min; HF_ARGS e.g. "--quick" ~3 min, or "--cases mistral-window" to search one
+#   model per device call).
 # The GPU image lacks diskcache and platformdirs: carry them as wheels in .whl/ (pure Python), made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diskcache platformdirs
 set -uo pipefail
@@ -17,6 +20,11 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 # --upgrade: a warm host keeps /tmp/site between calls, and pip leaves an installed package alone without it
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target /tmp/site . >/dev/null
+# transformers for the hf step, when the image lacks it: wheels in .whl-hf/ (made here with pip download for cp312),
+# installed by pip's resolver so that what the image already has (numpy, torch) is kept.
+if [ -d .whl-hf ] && ! python3 -c "import transformers" 2>/dev/null; then
+  python3 -m pip install -q --user --break-system-packages --no-index --no-compile --find-links .whl-hf transformers 2>&1 | tail -2
+fi
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 export AVO_CACHE_DIR=${AVO_CACHE_DIR:-/tmp/avo-store} AVO_USE_SHIPPED=${AVO_USE_SHIPPED:-0}  # 1: read cache/ bundles too
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$OUT/gpu.txt"
@@ -27,6 +35,8 @@ for step in "$@"; do
     tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py tests/test_anticheat.py -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
     attention) python3 -m benchmarks.attention --suite "${ATTN_SUITE:-issue7}" --out "$OUT" ${ATTN_ARGS:-} > "$OUT/attention.log" 2>&1; tail -40 "$OUT/attention.log" ;;
     models*) python3 -m benchmarks.models ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
+    hf) python3 -m benchmarks.hf_models --out "$OUT" --search-minutes "${HF_SEARCH_MINUTES:-0}" ${HF_ARGS:-} > "$OUT/hf.log" 2>&1
+        grep -v Warning "$OUT/hf.log" | tail -40 ;;
     overhead) python3 -m benchmarks.launch_overhead --out "$OUT" ${OVERHEAD_ARGS:-} > "$OUT/overhead.log" 2>&1; tail -12 "$OUT/overhead.log" ;;
     variants) python3 -m benchmarks.variants --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
     variants=*) # A named A/B: variants=NAME runs variants.py with $VARIANT_ARGS_NAME ('-' in NAME read as '_').

@@ -179,6 +179,38 @@ class SdpaAttention(nn.Module):
         return out.transpose(1, 2).reshape(b, n, -1)
 
 
+class AlibiAttention(nn.Module):
+    """Causal or bidirectional attention with a bias built from per-head slopes, written the way ``style`` says:
+    kpos (slopes x key position, causal) | relative (slopes x (k - q), causal) | symmetric (-slopes x |q - k|,
+    no causal mask) | kpos_full (slopes x key position without a causal mask: not ALiBi) | noise (kpos + a fixed
+    random buffer: not ALiBi) | learned (kpos with slopes as a parameter) | square (slopes x k^2: not ALiBi)."""
+
+    def __init__(self, style: str, heads: int = 4, head_dim: int = 8) -> None:
+        super().__init__()
+        self.style, self.heads, self.head_dim = style, heads, head_dim
+        self.qkv = nn.Linear(heads * head_dim, 3 * heads * head_dim)
+        self.register_buffer("noise", torch.randn(heads, MAX_LEN, MAX_LEN) * 1e-2)
+        self.slopes = nn.Parameter(torch.rand(heads)) if style == "learned" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        h = self.heads
+        slopes = self.slopes if self.slopes is not None else \
+            torch.pow(2.0, -8.0 * torch.arange(1, h + 1, device=x.device, dtype=torch.float32) / h)
+        i = torch.arange(n, device=x.device)[:, None]
+        j = torch.arange(n, device=x.device)[None, :]
+        distance = {"relative": j - i, "symmetric": -(i - j).abs(), "square": j * j}.get(self.style, j.expand(n, n))
+        bias = slopes[:, None, None] * distance
+        if self.style == "noise":
+            bias = bias + self.noise[:, :n, :n]
+        s = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim) + bias
+        if self.style not in ("symmetric", "kpos_full"):
+            s = s.masked_fill(j > i, float("-inf"))
+        out = torch.softmax(s, dim=-1) @ v
+        return out.transpose(1, 2).reshape(b, n, -1)
+
+
 @dataclass
 class Compiled:
     """What the harness saw: one list of sites per backend call, and the rewritten graphs."""
@@ -217,6 +249,16 @@ def compile_with(model: nn.Module, *, dynamic: bool = False, rewrite: Rewrite | 
 
     torch._dynamo.reset()
     return torch.compile(model, backend=backend, dynamic=dynamic, fullgraph=False), seen
+
+
+def avo_rewrite(gm: fx.GraphModule, match: AttentionMatch) -> Any:
+    """Rewrite a site to the avo op running the untuned baseline kernel of its spec (the interpreter on CPU), the
+    kernel a seeded store record would serve, without Inductor (whose CPU compile costs tens of seconds a model)."""
+    from avo_inductor.detect import rewrite_to_avo
+    from avo_inductor.kernels.baseline import baseline_record
+    from avo_inductor.kernels.op import register_kernel
+
+    return rewrite_to_avo(gm, match, register_kernel(baseline_record(match.spec)))
 
 
 def count_calls(gm: fx.GraphModule, *targets: Any) -> int:

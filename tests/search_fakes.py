@@ -27,11 +27,15 @@ def default_genome(spec: AttentionSpec, hardware: Any = None) -> KernelGenome:
 
 
 class FakeEvaluator:
-    """Scores genomes with ``synthetic_speedup`` times ``scale``; genomes with block_m == 256 "fail to compile"."""
+    """Scores genomes with ``synthetic_speedup`` times ``scale``; genomes with block_m == 256 "fail to compile".
+
+    ``fallback_factor``: the fallback's time over the best built-in's, so the speedup over the fallback is the
+    speedup times it (1.0: the fallback is the best built-in, as for plain causal attention)."""
 
     def __init__(self, delay_s: float = 0.0, spread: float = 0.02, promote_speedup: float | None = None,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, fallback_factor: float = 1.0) -> None:
         self.delay_s, self.spread, self.promote_speedup, self.scale = delay_s, spread, promote_speedup, scale
+        self.fallback_factor = fallback_factor
         self.calls: list[list[str]] = []
         self.promoted: list[str] = []
 
@@ -41,7 +45,8 @@ class FakeEvaluator:
             return EvalResult(c.id, False, Stage.COMPILE, message="out of shared memory")
         speedup = synthetic_speedup(c.genome) * self.scale
         return EvalResult(c.id, True, Stage.PASSED, speedup=speedup, spread=self.spread, median_ms=1.0 / speedup,
-                          baseline_ms=1.0, baseline="sdpa")
+                          baseline_ms=1.0, baseline="sdpa", speedup_vs_fallback=speedup * self.fallback_factor,
+                          fallback_ms=self.fallback_factor)
 
     def evaluate(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
         self.calls.append([c.id for c in candidates])
@@ -57,7 +62,8 @@ class FakeEvaluator:
         self.promoted.append(candidate.id)
         r = self._one(candidate)
         if self.promote_speedup is not None:
-            r = EvalResult(r.candidate_id, r.ok, r.stage, speedup=self.promote_speedup, spread=self.spread)
+            r = EvalResult(r.candidate_id, r.ok, r.stage, speedup=self.promote_speedup, spread=self.spread,
+                           speedup_vs_fallback=self.promote_speedup * self.fallback_factor)
         return r
 
     def promote_many(self, candidates: Sequence[Candidate]) -> list[EvalResult]:

@@ -80,6 +80,7 @@ def test_miss_fallback_rewrites_handwritten_to_sdpa_and_queues() -> None:
     spec = report[0].spec
     assert (spec.q_heads, spec.kv_heads, spec.q_len, spec.head_dim, spec.causal) == (4, 2, 17, 16, True)
     assert _store().pending() == []  # explain() has no side effects
+    assert report[0].reason.endswith("would be queued on compile")  # and says so: nothing was queued
     out = torch.compile(model, backend="avo")(q, k, v)
     torch.testing.assert_close(out, model(q, k, v), atol=1e-5, rtol=1e-5)
     pending = _store().pending()

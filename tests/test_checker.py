@@ -234,6 +234,9 @@ class _Store:
     def lookup(self, spec: AttentionSpec, hardware: Any) -> Any:
         return spec if spec in self.specs else None
 
+    def lookup_class(self, spec: AttentionSpec, hardware: Any, serves: Any = None) -> Any:
+        return None  # exact records only here; class records: tests/test_class_records.py
+
 
 def test_an_inference_record_never_serves_a_training_site() -> None:
     """Only training records have their backward checked, so a training site takes only a training record; an

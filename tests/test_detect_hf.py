@@ -38,7 +38,7 @@ MODELS = {
     "llama": (_llama, "layers.0.self_attn", {"q_heads": 4, "kv_heads": 2, "causal": True}, MaskKind.NONE,
               MaskKind.NONE),
     "bert": (_bert, "encoder.layer.0.attention.self", {"q_heads": 4, "kv_heads": 4, "causal": False},
-             MaskKind.BIAS, MaskKind.BOOL),
+             MaskKind.PADDING, MaskKind.PADDING),
 }
 
 

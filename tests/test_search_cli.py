@@ -113,8 +113,8 @@ def test_resume_finishes_an_interrupted_run(tmp_path: Path) -> None:
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--campaign", str(tmp_path / "missing.toml"), "--db", str(tmp_path / "s.db")]) == 2
-    assert main(["status", "--db", str(tmp_path / "none.db")]) == 2
-    assert main(["lineage", "abc", "--db", str(tmp_path / "none.db")]) == 2
+    assert main(["status", "--db", str(tmp_path / "none.db")]) == 1  # not found: 1; bad input (above): 2
+    assert main(["lineage", "abc", "--db", str(tmp_path / "none.db")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and "missing.toml: cannot read campaign file" in err[0] and "no search database" in err[1]
 

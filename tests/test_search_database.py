@@ -90,7 +90,7 @@ def test_corrupt_database_gives_clear_error(tmp_path: Path, damage: str) -> None
     assert str(path) in str(err.value) and "move it aside" in str(err.value)
 
     from avo_inductor.search.cli import main
-    assert main(["status", "--db", str(path)]) == 2  # one line on stderr, no traceback
+    assert main(["status", "--db", str(path)]) == 1  # failed (exit 1): one line on stderr, no traceback
 
 
 KILL_SCRIPT = textwrap.dedent("""

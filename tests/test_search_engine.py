@@ -84,7 +84,7 @@ def test_promotion_rejects_gain_within_spread(tmp_path: Path) -> None:
     store = FakeStore()
     eng, _ = _engine(tmp_path, FakeEvaluator(spread=0.05, promote_speedup=1.03), store=store, generations=2)
     outcome = eng.run()
-    assert "does not beat the baseline" in outcome.rejected[SPEC.cache_key()]
+    assert "does not beat it by more than the spread" in outcome.rejected[SPEC.cache_key()]
     assert store.lookup(SPEC, HW) is None
     ok, _ = promotion_decision(EvalResult("x", True, Stage.PASSED, speedup=0.5), require_speedup=False)
     assert ok  # CPU interpreter runs store verified kernels without a speedup

@@ -78,25 +78,48 @@ def lookup_record(store: KernelStore, spec: AttentionSpec, hardware: HardwareKey
     """Exact spec first; an inference site may also take the same shape's training record (its forward and LSE
     were checked like any record's). A training site never takes an inference record: only training records
     have their backward checked (check/cases.py ``with_grads``), and an unchecked backward with a wrong dq or
-    LSE would silently corrupt the gradients."""
+    LSE would silently corrupt the gradients.
+
+    Without an exact record, a class record tuned at a neighbouring shape (``KernelStore.lookup_class``, same
+    inference/training rule; docs/CACHE.md "Class records"): ``hit.serves`` is then the site's spec, and
+    ``ensure_verified`` checks the record at that shape before it is used."""
+    train = dataclasses.replace(spec, needs_grad=True)
     hit = store.lookup(spec, hardware)
     if hit is None and not spec.needs_grad:
-        hit = store.lookup(dataclasses.replace(spec, needs_grad=True), hardware)
+        hit = store.lookup(train, hardware)
+    if hit is None:
+        hit = store.lookup_class(spec, hardware)
+    if hit is None and not spec.needs_grad:
+        hit = store.lookup_class(train, hardware, serves=spec)
     return hit
 
 
 _failed_verification: set[str] = set()
 
 
+def _tuned_at(hit: StoreHit) -> AttentionSpec | None:
+    """The shape a class hit's record was tuned at (SiteReport.tuned_at); None for an exact hit."""
+    return hit.record.spec if hit.is_class else None
+
+
 def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | None) -> bool:
     """A record tuned on other software, or read from a bundle layer, is verified (compile + correctness) once
-    before use; a pass is marked in the store, a failure is remembered for this process (not retried per compile)."""
+    before use; a pass is marked in the store, a failure is remembered for this process (not retried per compile).
+
+    A class hit is verified at the site's shape (``hit.serves``) once per (record, site key, software), pass or
+    fail, and the verdict is kept in the store (``mark_class_verdict``): a record that passes at shape A and fails
+    at B serves A only, and B is not checked again on the next compile."""
     if not getattr(hit, "needs_reverify", False):
         return True
-    if hit.record.sha256 in _failed_verification:
-        return False
     from ..check.verify import verify_record
 
+    if getattr(hit, "serves", None) is not None:
+        report = verify_record(hit.record, device=device, at=hit.serves)
+        store.mark_class_verdict(hit, report.ok, "; ".join(report.problems)[:500])
+        _count("class_verified" if report.ok else "class_rejected")
+        return bool(report.ok)
+    if hit.record.sha256 in _failed_verification:
+        return False
     report = verify_record(hit.record, device=device)
     if report.ok:
         store.mark_verified(hit.key, SoftwareKey.current())
@@ -147,12 +170,15 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
     hit = lookup_record(store, spec, hardware)
     if hit is not None and dry_run and getattr(hit, "needs_reverify", False):
         return dataclasses.replace(base, action=rep.AVO, status="hit", kernel_id=hit.record.kernel_id,
-                                   speedup=hit.record.metrics.speedup, layer=hit.layer,
-                                   reason="verified on this GPU at first compile")
-    if hit is not None and not ensure_verified(store, hit, device):
-        _warn_once(f"reverify:{hit.record.kernel_id}", f"avo: kernel {hit.record.kernel_id} failed re-verification on "
-                   f"{SoftwareKey.current()}; using the fallback")
-        hit = None
+                                   speedup=hit.record.metrics.speedup, layer=hit.layer, tuned_at=_tuned_at(hit),
+                                   reason="verified at this shape at first compile" if hit.is_class else
+                                   "verified on this GPU at first compile")
+    while hit is not None and not ensure_verified(store, hit, device):
+        what = f"verification at {spec.to_text()} (class record tuned at {hit.record.spec.to_text()})" \
+            if hit.is_class else f"re-verification on {SoftwareKey.current()}"
+        _warn_once(f"reverify:{hit.record.kernel_id}:{spec.cache_key() if hit.is_class else ''}",
+                   f"avo: kernel {hit.record.kernel_id} failed {what}; using the fallback")
+        hit = lookup_record(store, spec, hardware) if hit.is_class else None  # a class hit: the next neighbour
     if hit is not None:
         record = hit.record
         if not dry_run:
@@ -163,13 +189,23 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
         _count("hit")
         from ..kernels.tiers import stale_note  # a template record measured on another template version
 
+        notes = [stale_note(record) or ""]
+        if hit.is_class:  # served by a neighbour's kernel; the exact shape is still worth tuning
+            _count("class_hit")
+            if not dry_run:
+                store.enqueue_pending(spec, hardware, origin)
+            notes.insert(0, f"{record.metrics.speedup_vs_fallback or 0:.2f}x the fallback where tuned; verified at "
+                            f"this shape")
         return dataclasses.replace(base, action=rep.AVO, status="hit", kernel_id=record.kernel_id,
-                                   speedup=record.metrics.speedup, layer=hit.layer, reason=stale_note(record) or "")
+                                   speedup=record.metrics.speedup, layer=hit.layer, tuned_at=_tuned_at(hit),
+                                   reason="; ".join(n for n in notes if n))
 
     _count("miss")
     if not dry_run:
         store.enqueue_pending(spec, hardware, origin)
-    miss = dataclasses.replace(base, status="miss", reason=f"no kernel for {hardware.name}; queued")
+    # explain() (dry_run) writes no queue: its row says what a compile would do instead of claiming it happened.
+    queued = "would be queued on compile" if dry_run else "queued"
+    miss = dataclasses.replace(base, status="miss", reason=f"no kernel for {hardware.name}; {queued}")
     misses.append(miss)
     if not is_sdpa and not dry_run:
         rewrite.rewrite_to_sdpa(gm, match)
@@ -232,6 +268,8 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
                        f"{type(exc).__name__}: {exc}")
             site = SiteReport(module_path=match.module_path, pattern=match.pattern, action=rep.ERROR,
                               spec=match.spec, reason=f"{type(exc).__name__}: {exc}")
+        if match.note:  # why a bias with per-head slopes was not read as ALiBi (detect/alibi.py)
+            site = dataclasses.replace(site, reason="; ".join(r for r in (site.reason, match.note) if r))
         changed |= site.action in (rep.AVO, rep.SDPA)
         sites.append(site)
     if changed:

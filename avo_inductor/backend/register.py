@@ -15,8 +15,11 @@ import torch
 import torch.fx as fx
 
 from ..settings import get_settings
+from . import logs
 from . import report as rep
 from .graph_pass import AvoMissError, run_avo_pass
+
+logs.register_torch_logs()  # plugin load: `avo` becomes a torch._logging name (set_logs; TORCH_LOGS needs the hook)
 
 
 def _inductor_config_patches(mode: str | None, options: dict[str, Any] | None, dynamic: bool | None) -> dict[str, Any]:
@@ -46,8 +49,7 @@ def _apply_pass(gm: fx.GraphModule) -> None:
         warnings.warn(f"avo: attention pass failed ({type(exc).__name__}: {exc}); compiling this graph with stock "
                       f"Inductor", RuntimeWarning, stacklevel=2)
         return
-    if settings.log:
-        rep.log_sites(result.sites)
+    logs.emit_sites(result.sites, settings)
 
 
 def avo_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str | None = None,

@@ -32,18 +32,26 @@ class SiteReport:
     speedup: float | None = None
     layer: str | None = None
     reason: str = ""
+    tuned_at: AttentionSpec | None = None  # a class hit: the shape its record was tuned at (None: exact hit)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["spec"] = self.spec.to_dict() if self.spec else None
+        out["tuned_at"] = self.tuned_at.to_dict() if self.tuned_at else None
         return out
+
+    @property
+    def store_status(self) -> str:
+        """``status``, or ``hit (class, tuned at <spec text>)`` for a class hit."""
+        return f"{self.status} (class, tuned at {self.tuned_at.to_text()})" if self.tuned_at else self.status
 
     def summary(self) -> str:
         spec = self.spec.short() if self.spec else "-"
         speed = f" {self.speedup:.2f}x" if self.speedup else ""
         kid = f" kernel {self.kernel_id}" if self.kernel_id else ""
         why = f" ({self.reason})" if self.reason else ""
-        return f"{self.module_path or '<root>'} [{self.pattern}] {spec}: {self.action}/{self.status}{kid}{speed}{why}"
+        return (f"{self.module_path or '<root>'} [{self.pattern}] {spec}: {self.action}/{self.store_status}{kid}"
+                f"{speed}{why}")
 
 
 def log_sites(sites: Iterable[SiteReport]) -> None:
@@ -61,7 +69,7 @@ def render_table(sites: list[SiteReport], title: str = "avo attention sites") ->
         table.add_column(column, overflow="fold")
     for s in sites:
         table.add_row(
-            s.module_path or "<root>", s.spec.short() if s.spec else "-", s.status, s.action,
+            s.module_path or "<root>", s.spec.short() if s.spec else "-", s.store_status, s.action,
             s.kernel_id or "-", f"{s.speedup:.2f}x" if s.speedup else "-", s.reason or "",
         )
     return table

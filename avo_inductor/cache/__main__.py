@@ -1,19 +1,22 @@
-"""``python -m avo_inductor.cache``: inspect, ship and maintain kernel stores and bundles.
+"""``avo-cache`` / ``python -m avo_inductor.cache``: inspect, ship and maintain kernel stores and bundles.
 
-Thin: parses arguments, calls library functions, prints rich tables (or JSON with --json).
-Exit codes for CI: 0 ok, 1 verification failed / refused / not found, 2 usage error.
+Thin: parses arguments, calls library functions, prints rich tables (or JSON with --json, before or after the
+subcommand). Exit codes (``cli_support``): 0 ok, 1 verification failed / refused / not found, 2 usage error.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..cli_support import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_common_flags, add_json_flag, error_line, guarded,
+                           print_json, prog_name)
 from ..spec import SPEC_TEXT_HELP
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
 
 
 def _days(text: str) -> float:
@@ -26,10 +29,11 @@ def _days(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m avo_inductor.cache", description=__doc__.splitlines()[0])
-    p.add_argument("--json", action="store_true",
-                   help="machine-readable output (ls, show, pending, stats, verify, import, prune)")
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog or prog_name("avo_inductor.cache", "avo-cache"),
+                                description="Inspect, ship and maintain kernel stores and bundles. "
+                                            "Exit codes: 0 ok, 1 refused, failed or not found, 2 usage.")
+    add_common_flags(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("ls", help="list records (spec, hardware, software, speedup, kernel id, layer)")
     ls.add_argument("--all", action="store_true", help="also records shadowed by an earlier layer")
@@ -66,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("trust", help="add a public key to the trusted set").add_argument("pubkey")
     ba = sub.add_parser("baseline", help="store a plain untuned record for a spec")
     ba.add_argument("--spec", required=True, help="spec text (the form `ls` prints): " + SPEC_TEXT_HELP)
+    for sp in sub.choices.values():  # --json is accepted after every subcommand as well as before it
+        add_json_flag(sp)
     return p
 
 
@@ -78,12 +84,13 @@ def _store() -> Any:
 def _records_table(hits: list[Any]) -> Any:
     from rich.table import Table
 
-    t = Table("spec", "hardware", "software", "speedup", "kernel id", "layer", title=f"{len(hits)} record(s)")
+    t = Table("spec", "hardware", "software", "vs fallback", "vs best built-in", "kernel id", "layer",
+              title=f"{len(hits)} record(s)")
     for h in hits:
         r = h.record
         sw = f"triton {r.software.triton} / torch {r.software.torch}" + (" (reverify)" if h.needs_reverify else "")
-        speed = f"{r.metrics.speedup:.2f}x" if r.metrics.speedup else "-"
-        t.add_row(r.spec.short(), r.hardware.slug, sw, speed, r.kernel_id, h.layer)
+        speed = [f"{x:.2f}x" if x else "-" for x in (r.metrics.speedup_vs_fallback, r.metrics.speedup)]
+        t.add_row(r.spec.short(), r.hardware.slug, sw, *speed, r.kernel_id, h.layer)
     return t
 
 
@@ -91,8 +98,8 @@ def _report_out(console: Any, reports: list[Any], as_json: bool) -> int:
     from rich.markup import escape
 
     if as_json:
-        print(json.dumps([{"path": r.path, "ok": r.ok, "problems": r.problems, "notes": r.notes,
-                           "records": sorted(r.records), "unverified": r.unverified} for r in reports], indent=1))
+        print_json([{"path": r.path, "ok": r.ok, "problems": r.problems, "notes": r.notes,
+                     "records": sorted(r.records), "unverified": r.unverified} for r in reports])
     for r in reports if not as_json else ():
         status = "[green]OK[/green]" if r.ok else "[red]REFUSED[/red]"
         notes = escape("".join(f"; {n}" for n in r.notes))
@@ -111,17 +118,18 @@ def _run(args: argparse.Namespace, console: Any) -> int:
                 if (not args.hardware or args.hardware in h.record.hardware.slug)
                 and (not args.spec_filter or args.spec_filter in h.key or args.spec_filter in h.record.spec.short())]
         if args.json:
-            print(json.dumps([{"key": h.key, "layer": h.layer, "kernel_id": h.record.kernel_id,
-                               "needs_reverify": h.needs_reverify, "spec": h.record.spec.short(),
-                               "speedup": h.record.metrics.speedup} for h in hits], indent=1))
+            print_json([{"key": h.key, "layer": h.layer, "kernel_id": h.record.kernel_id,
+                         "needs_reverify": h.needs_reverify, "spec": h.record.spec.short(),
+                         "speedup": h.record.metrics.speedup,
+                         "speedup_vs_fallback": h.record.metrics.speedup_vs_fallback} for h in hits])
         else:
             console.print(_records_table(hits))
     elif args.cmd == "show":
         hit = admin.find_record(_store(), args.ref)
         data = {k: v for k, v in hit.record.to_dict().items() if k != "source"}
         if args.json:
-            print(json.dumps({"key": hit.key, "layer": hit.layer, "kernel_id": hit.record.kernel_id,
-                              "needs_reverify": hit.needs_reverify, "record": hit.record.to_dict()}, indent=1))
+            print_json({"key": hit.key, "layer": hit.layer, "kernel_id": hit.record.kernel_id,
+                        "needs_reverify": hit.needs_reverify, "record": hit.record.to_dict()})
             return EXIT_OK
         from rich.syntax import Syntax
 
@@ -135,6 +143,9 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         console.print(Syntax(kernel_for_record(hit.record).source, "python", line_numbers=True))
     elif args.cmd == "export":
         manifest = bundle.export_bundle(_store(), args.out, args.hardware, args.spec_filter, sign_key=args.key)
+        if args.json:
+            print_json({"out": args.out, "records": sorted(r.key for r in manifest.records), "signed": bool(args.key)})
+            return EXIT_OK
         console.print(f"exported {len(manifest.records)} record(s) to {args.out}"
                       + (" (signed)" if args.key else ""))
     elif args.cmd == "import":
@@ -144,32 +155,32 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         return _report_out(console, [report], args.json)
     elif args.cmd == "verify":
         if bool(args.bundle) == bool(args.all):
-            console.print("[red]error:[/red] give a BUNDLE or --all (not both)")
-            return EXIT_USAGE
+            raise ValueError("verify: give a BUNDLE or --all (not both)")
         reports = admin.verify_all(_store(), correctness=args.correctness) if args.all else [
             bundle.verify_bundle(args.bundle, args.trusted_key, args.require_signed, correctness=args.correctness)]
         return _report_out(console, reports, args.json)
     elif args.cmd == "rm":
         if not _store().remove(args.key):
-            console.print(f"[red]no local record under {args.key!r}[/red]")
-            return EXIT_FAILED
+            raise KeyError(f"no local record under {args.key!r}")
+        if args.json:
+            print_json({"removed": [args.key]})
+            return EXIT_OK
         console.print(f"removed {args.key}")
     elif args.cmd == "prune":
         if not args.stale_software and args.unused_days is None:
-            console.print("[red]error:[/red] prune needs --stale-software and/or --unused-days N")
-            return EXIT_USAGE
+            raise ValueError("prune needs --stale-software and/or --unused-days N")
         removed = admin.prune(_store(), stale_software=args.stale_software, unused_days=args.unused_days,
                               dry_run=args.dry_run)
         if args.json:
-            print(json.dumps({"dry_run": args.dry_run, "removed": [] if args.dry_run else removed,
-                              "would_remove": removed if args.dry_run else []}, indent=1))
+            print_json({"dry_run": args.dry_run, "removed": [] if args.dry_run else removed,
+                        "would_remove": removed if args.dry_run else []})
             return EXIT_OK
         verb = "would prune" if args.dry_run else "pruned"
         console.print(f"{verb} {len(removed)} record(s)" + "".join(f"\n  {k}" for k in removed), highlight=False)
     elif args.cmd == "stats":
         info = admin.stats(_store())
         if args.json:
-            print(json.dumps(info, indent=1))
+            print_json(info)
             return EXIT_OK
         from rich.table import Table
 
@@ -182,9 +193,13 @@ def _run(args: argparse.Namespace, console: Any) -> int:
         store = _store()
         entries = store.pending()
         if args.clear:
-            console.print(f"cleared {store.clear_pending()} pending spec(s)")
+            cleared = store.clear_pending()
+            if args.json:
+                print_json({"cleared": cleared})
+            else:
+                console.print(f"cleared {cleared} pending spec(s)")
         elif args.json:
-            print(json.dumps([e.to_dict() for e in entries], indent=1))
+            print_json([e.to_dict() for e in entries])
         else:
             from rich.table import Table
 
@@ -194,42 +209,58 @@ def _run(args: argparse.Namespace, console: Any) -> int:
             console.print(t)
     elif args.cmd == "keygen":
         priv, pub, hex_key = signing.keygen(args.dir)
+        if args.json:
+            print_json({"private_key": str(priv), "public_key": str(pub), "public_key_hex": hex_key})
+            return EXIT_OK
         console.print(f"private key: {priv} (keep secret)\npublic key:  {pub}\n{hex_key}", highlight=False)
     elif args.cmd == "sign":
         signer = bundle.sign_bundle(args.bundle, args.key)
+        if args.json:
+            print_json({"bundle": args.bundle, "key": signing.fingerprint(signer)})
+            return EXIT_OK
         console.print(f"signed {args.bundle} with key {signing.fingerprint(signer)}")
     elif args.cmd == "trust":
         path = signing.trust(args.pubkey, get_settings().cache_dir)
+        if args.json:
+            print_json({"trusted": path.stem, "path": str(path)})
+            return EXIT_OK
         console.print(f"trusted {path.stem} ({path})")
     elif args.cmd == "baseline":
         key = admin.add_baseline(_store(), admin.parse_spec_text(args.spec))
+        if args.json:
+            print_json({"stored": key})
+            return EXIT_OK
         console.print(f"stored baseline record {key}", highlight=False)
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _main(args: argparse.Namespace, prog: str) -> int:
     from rich.console import Console
-    from rich.markup import escape
 
     from .manifest import BundleError
 
-    args = _parser().parse_args(argv)
     # Piped output (CI logs, grep) gets wide tables instead of rich's 80-column default, so ids aren't cut.
     width = None if sys.stdout.isatty() else 200
     console, err = Console(soft_wrap=True, width=width), Console(stderr=True, soft_wrap=True, width=width)
     try:
         return _run(args, console)
     except BundleError as exc:
-        if hasattr(exc, "report"):
-            return _report_out(err, [exc.report], args.json)
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        if hasattr(exc, "report"):  # the report goes where the output goes: JSON on stdout, text on stderr
+            return _report_out(console if args.json else err, [exc.report], args.json)
+        error_line(prog, str(exc))
         return EXIT_FAILED
-    except (KeyError, RuntimeError, FileExistsError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc.args[0] if exc.args else exc))}", highlight=False)
-        return EXIT_FAILED
-    except ValueError as exc:
-        err.print(f"[red]usage error:[/red] {escape(str(exc))}", highlight=False)
-        return EXIT_USAGE
+
+
+# Exception -> exit code, first match wins: a missing or refused thing is 1, bad input (ValueError) is 2.
+_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
+    (KeyError, EXIT_FAILED), (RuntimeError, EXIT_FAILED), (OSError, EXIT_FAILED), (sqlite3.Error, EXIT_FAILED),
+    (ValueError, EXIT_USAGE))
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = _parser(prog)
+    args = parser.parse_args(argv)
+    return guarded(parser.prog, lambda: _main(args, parser.prog), _ERRORS)
 
 
 if __name__ == "__main__":

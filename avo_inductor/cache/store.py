@@ -2,9 +2,12 @@
 
 Lookup order: the writable store (AVO_CACHE_DIR), then the fleet's remote cache (AVO_REMOTE_CACHE, read through
 into the writable store flagged unverified), then each AVO_CACHE_PATH bundle, then shipped bundles; the first
-valid record wins. Records are stored as JSON text (never pickles) and pass the same static gates in
-every layer, so a corrupt, tampered or half-written entry is a miss plus one warning, never a crash. When the
-writable directory cannot be opened (read-only deployment) the store keeps working from its layers alone.
+valid record wins. With no record under a site's key, ``lookup_class`` offers a record of the same class
+tuned at a neighbouring shape (cache/classes.py), found through an index by class key built from the store keys
+once per store generation; whether it passed verification at a site's shape is remembered per (record, site
+key). Records are stored as JSON text (never pickles) and pass the same static gates in every layer, so a corrupt,
+tampered or half-written entry is a miss plus one warning, never a crash. When the writable directory cannot be
+opened (read-only deployment) the store keeps working from its layers alone.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from ..artifact import KernelRecord
 from ..kernels.tiers import stale_note
+from . import classes
 from .layers import BundleLayer, CacheWarning, open_layers, warn_once  # noqa: F401 - CacheWarning re-exported
 from .manifest import PARSE_ERRORS, BundleError, validate_record
 from .remote import RemoteStore
@@ -28,6 +32,7 @@ from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
 _REC, _PENDING, _MARK, _USED, _GEN = "rec:", "pending:", "mark:", "used:", "meta:generation"
+_CLASS = "classv:"  # verdict of a class record at a site's shape: classv:<record sha>|<site key>|<triton>|<torch>
 _TOUCH_INTERVAL_S = 3600.0  # last-use stamps feed `prune --unused-days`; hourly resolution keeps lookups read-only
 # What reading a damaged diskcache folder can raise: sqlite's "malformed"/"not a database", a value file gone or
 # unreadable, text that is not UTF-8, and our refusal of pickled entries (ValueError).
@@ -65,12 +70,21 @@ def _json_only_disk() -> type:
 @dataclass(frozen=True)
 class StoreHit:
     """A found record. ``needs_reverify``: tuned on other software (or imported unverified); the backend
-    re-verifies it once with ``check.verify.verify_record`` and then calls ``store.mark_verified(key)``."""
+    re-verifies it once with ``check.verify.verify_record`` and then calls ``store.mark_verified(key)``.
+
+    ``serves``: set on a class hit (``lookup_class``), the site's spec, which the record (filed under ``key``,
+    tuned at ``record.spec``) was chosen for; ``needs_reverify`` then means "not yet verified at that shape on
+    this software", and the verdict goes to ``store.mark_class_verdict``, never to ``mark_verified``."""
 
     record: KernelRecord
     layer: str
     key: str = ""
     needs_reverify: bool = False
+    serves: AttentionSpec | None = None
+
+    @property
+    def is_class(self) -> bool:
+        return self.serves is not None
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,8 @@ class KernelStore:
         self._db_error = ""
         self._touched: dict[str, float] = {}
         self._memory_marks: set[tuple[str, str, SoftwareKey]] = set()
+        self._class_index: tuple[Any, dict[str, list[str]]] | None = None
+        self._class_verdicts: dict[str, bool] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> KernelStore:
@@ -252,6 +268,90 @@ class KernelStore:
             warn_once(str(self.directory), "remote-keep", f"avo kernel store {self.directory}: a record from the "
                        f"remote cache could not be kept locally ({exc})")
 
+    # ---- class records ---------------------------------------------------------------------------
+    def lookup_class(self, spec: AttentionSpec, hardware: HardwareKey | None = None, *,
+                     serves: AttentionSpec | None = None,
+                     min_margin: float = classes.MIN_MARGIN) -> StoreHit | None:
+        """A record of ``spec``'s class tuned at a neighbouring shape (cache/classes.py), or None.
+
+        serves: the site's spec (default ``spec``; an inference site asks the training class with its own spec).
+        Candidates within reach are tried nearest first; one is skipped when its recorded speedup over the
+        fallback is unknown or below ``min_margin``, or when it failed verification at the site's key on this
+        software. The hit's ``needs_reverify`` is False only once it passed verification there.
+        """
+        hardware = hardware or HardwareKey.current()
+        site = classes.class_of(spec, hardware)
+        serves = serves or spec
+        site_key = store_key(serves, hardware)
+        own = store_key(spec, hardware)
+        ranked = []
+        for key in self._class_members(site.klass):
+            tuned = classes.parse_key(key)
+            if key != own and tuned is not None and classes.within_reach(site, tuned):
+                ranked.append((classes.neighbour_rank(site, tuned), key))
+        for _, key in sorted(ranked):
+            hit = self.get(key, touch=False)
+            margin = hit.record.metrics.speedup_vs_fallback if hit is not None else None
+            if hit is None or margin is None or margin < min_margin:
+                continue
+            verdict = self.class_verdict(hit.record.sha256, site_key)
+            if verdict is False:
+                continue
+            if hit.layer == LOCAL_LAYER:
+                self._touch(key)
+            return StoreHit(hit.record, hit.layer, key, needs_reverify=verdict is None, serves=serves)
+        return None
+
+    def _class_members(self, klass: str) -> list[str]:
+        """Store keys of one class: local and layer keys indexed by class once per store generation (a lookup
+        reads one counter, not every key)."""
+        counter = self._db_get(_GEN)
+        if self._class_index is None or self._class_index[0] != counter:
+            index: dict[str, list[str]] = {}
+            keys = self.local_keys() + [k for layer in self.layers for k in layer.keys()]
+            for key in dict.fromkeys(keys):
+                shape = classes.parse_key(key)
+                if shape is not None:
+                    index.setdefault(shape.klass, []).append(key)
+            self._class_index = (counter, index)
+        return self._class_index[1].get(klass, [])
+
+    def _verdict_key(self, sha: str, site_key: str) -> str:
+        sw = self.software
+        return f"{_CLASS}{sha}|{site_key}|{sw.triton}|{sw.torch}"
+
+    def class_verdict(self, sha: str, site_key: str) -> bool | None:
+        """Whether the record with content hash ``sha`` passed (True) or failed (False) verification at the site
+        key ``site_key`` on this software; None when it was never verified there."""
+        vkey = self._verdict_key(sha, site_key)
+        if vkey in self._class_verdicts:
+            return self._class_verdicts[vkey]
+        raw = self._db_get(vkey)
+        try:
+            data = load_json(raw, f"class verdict {vkey!r}") if isinstance(raw, (str, bytes)) and raw else None
+        except ValueError:
+            return None  # a damaged verdict is no verdict: the record is verified again, never trusted
+        if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
+            return None
+        self._class_verdicts[vkey] = data["ok"]
+        return bool(data["ok"])
+
+    def mark_class_verdict(self, hit: StoreHit, ok: bool, why: str = "") -> None:
+        """Remember how the class hit ``hit`` fared at its site's shape on this software (in the writable store,
+        so other processes skip the check too; in memory only when there is none). A failure is remembered like
+        a pass: that record is not verified again for that site key. Records and the generation are unchanged."""
+        if hit.serves is None:
+            raise ValueError(f"mark_class_verdict takes a class hit (lookup_class); {hit.key!r} is an exact hit")
+        vkey = self._verdict_key(hit.record.sha256, store_key(hit.serves, hit.record.hardware))
+        self._class_verdicts[vkey] = ok
+        if self.db is None:
+            return
+        try:
+            self.db.set(vkey, json.dumps({"ok": ok, "record": hit.key, "why": why[:500], "at": time.time()}))
+        except _DB_ERRORS as exc:
+            warn_once(str(self.directory), vkey, f"avo kernel store {self.directory}: a class verdict could not be "
+                       f"saved ({exc}); kept for this process")
+
     def _mark(self, key: str, sha: str) -> dict[str, Any]:
         raw = self._db_get(f"{_MARK}{key}:{sha}")
         try:
@@ -361,7 +461,9 @@ class KernelStore:
     def generation(self) -> str:
         """Changes whenever a record is written, removed or marked verified (in any process), or layers change.
 
-        Pending-queue and last-use updates do not change it: they never change what a lookup returns.
+        Pending-queue and last-use updates do not change it: they never change what a lookup returns. Nor do class
+        verdicts (``mark_class_verdict``): they change no record, and a compiled graph carries the kernel id it
+        chose, so no cache keyed on the generation can serve a stale choice.
         """
         counter = 0
         db = self.db

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..artifact import KernelRecord
+from ..spec import AttentionSpec
 from .cases import verification_cases
 from .judge import judge_case
 from .run import run_case
@@ -34,9 +35,10 @@ def default_device() -> torch.device:
 
 
 def verify_record(record: KernelRecord, device: torch.device | str | None = None,
-                  seed: int | None = None) -> VerificationReport:
+                  seed: int | None = None, *, at: AttentionSpec | None = None) -> VerificationReport:
     """Static gate by trust tier, load and check ``record`` on ``device`` (default: CUDA if available, else the
-    interpreter)."""
+    interpreter). ``at``: check the kernel at this spec's shape instead of the record's own (a class record about
+    to serve a site of its class at another shape: the cases, own lengths included, are the site's)."""
     from ..kernels.loader import check_record, load_record
 
     dev = torch.device(device) if device is not None else default_device()
@@ -50,7 +52,7 @@ def verify_record(record: KernelRecord, device: torch.device | str | None = None
         return VerificationReport(False, (f"load: {exc}",), float("inf"))
     problems: list[str] = []
     worst = 0.0
-    for case in verification_cases(record.spec, dev.type, random.Random(seed)):
+    for case in verification_cases(at or record.spec, dev.type, random.Random(seed)):
         try:
             worst = max(worst, judge_case(case, run_case(loaded, case, dev), dev).rel_err)
         except CheckFailure as exc:

@@ -14,6 +14,7 @@ tensor. Policy (documented for ``explain()``):
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +43,26 @@ class TermKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class MaskTerm:
-    """One tensor combined into the scores. ``factor`` scales a BIAS term by the scales applied after it."""
+    """One tensor combined into the scores. ``factor`` scales a BIAS term by the scales applied after it.
+
+    ``heads``: the term was added to (B*H, Nq, Nk) scores that are later viewed as (B, H, Nq, Nk) (BLOOM's
+    baddbmm input); :func:`in_site_frame` brings its values to the 4-D frame, the rewrite does the same in-graph.
+    """
 
     node: fx.Node
     kind: TermKind
     factor: float = 1.0
+    heads: int | None = None
+
+
+def in_site_frame(value: torch.Tensor, heads: int | None) -> torch.Tensor:
+    """A term's value as it broadcasts against (B, H, Nq, Nk) scores: a merged-frame (B*H, X, Y) term becomes
+    (B, H, X, Y); a leading dim of 1 (or a rank below 3) broadcasts over batch and heads as it is."""
+    if heads is None or value.dim() < 3 or value.shape[-3] == 1:
+        return value
+    if value.dim() != 3 or value.shape[0] % heads:
+        raise ValueError(f"merged-frame term of shape {tuple(value.shape)} does not split into {heads} heads")
+    return value.reshape(value.shape[0] // heads, heads, *value.shape[1:])
 
 
 class Pattern(str, enum.Enum):
@@ -183,7 +199,7 @@ def _keep_of(value: torch.Tensor, kind: TermKind) -> torch.Tensor | None:
     return ~masked
 
 
-def _pattern_2d(keep: torch.Tensor, q_len: int, kv_len: int) -> tuple[Pattern, int | None]:
+def pattern_2d(keep: torch.Tensor, q_len: int, kv_len: int) -> tuple[Pattern, int | None]:
     """Classify a keep-mask broadcast over leading dims against bottom-right aligned causal / window masks."""
     if keep.dim() < 2:
         keep = keep.reshape((1,) * (2 - keep.dim()) + tuple(keep.shape))
@@ -209,6 +225,17 @@ def _pattern_2d(keep: torch.Tensor, q_len: int, kv_len: int) -> tuple[Pattern, i
     return Pattern.GENERIC, None
 
 
+def evaluation_points(node: fx.Node, q_len: Any, kv_len: Any) -> list[dict[sympy.Symbol, Any]]:
+    """Size-symbol assignments a shape-only term is checked at: the traced sizes, and under dynamic shapes the
+    same sizes + PERTURB (a pattern must hold at both to be trusted for every size)."""
+    assign = _hints([q_len, kv_len, example(node)])
+    points = [assign]
+    sizes = {s: v for s, v in assign.items() if isinstance(v, sympy.Integer)}
+    if any(is_symbolic(x) for x in (q_len, kv_len)) and sizes:
+        points.append({**assign, **{s: v + PERTURB for s, v in sizes.items()}})
+    return points
+
+
 def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -> tuple[Pattern, int | None]:
     """Pattern of one mask term: a shape-only term is evaluated (twice under dynamic shapes), others are GENERIC.
 
@@ -216,13 +243,8 @@ def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -
     """
     if not is_shape_only(term.node):
         return Pattern.GENERIC, None
-    assign = _hints([q_len, kv_len, example(term.node)])
-    points = [assign]
-    sizes = {s: v for s, v in assign.items() if isinstance(v, sympy.Integer)}
-    if any(is_symbolic(x) for x in (q_len, kv_len)) and sizes:
-        points.append({**assign, **{s: v + PERTURB for s, v in sizes.items()}})
     results = set()
-    for point in points:
+    for point in evaluation_points(term.node, q_len, kv_len):
         evaluator = Evaluator(gm, point)
         try:
             with unset_fake_temporarily(), torch.no_grad():
@@ -234,8 +256,105 @@ def classify_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any) -
             return Pattern.GENERIC, None
         if not isinstance(value, torch.Tensor):
             return Pattern.GENERIC, None
+        try:
+            value = in_site_frame(value, term.heads)
+        except ValueError:
+            return Pattern.GENERIC, None
         keep = _keep_of(value.cpu(), term.kind)
         if keep is None:
             return Pattern.GENERIC, None
-        results.add(_pattern_2d(keep, nq, nk))
+        results.add(pattern_2d(keep, nq, nk))
     return results.pop() if len(results) == 1 else (Pattern.GENERIC, None)
+
+
+# Ops that leave a bool mask's values as they are (a broadcast, a device move, a bool cast).
+_SAME_VALUES = ("expand", "to", "bool", "contiguous")
+_AND = (operator.and_, torch.logical_and, torch.bitwise_and)
+_AND_METHODS = ("__and__", "logical_and", "bitwise_and")
+
+
+def _value_preserving(node: fx.Node) -> fx.Node | None:
+    """The input of a bool-preserving op (expand, .to(device / bool), .bool()), else None."""
+    if node.op != "call_method" or node.target not in _SAME_VALUES or not node.args:
+        return None
+    src = node.args[0]
+    if not isinstance(src, fx.Node) or getattr(example(src), "dtype", None) != torch.bool:
+        return None
+    return src if getattr(example(node), "dtype", None) == torch.bool else None
+
+
+def _and_operands(node: fx.Node) -> list[fx.Node] | None:
+    is_and = (node.op == "call_function" and node.target in _AND) or \
+        (node.op == "call_method" and node.target in _AND_METHODS)
+    if not is_and or len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+        return None
+    return [a for a in node.args if isinstance(a, fx.Node)]
+
+
+def keep_source(term: MaskTerm) -> fx.Node | None:
+    """The bool keep-mask a term stands for: a KEEP term itself, or ``c`` of a BIAS ``where(c, 0, -inf|min)``
+    (transformers' eager mask from masking_utils); None otherwise."""
+    if term.kind is TermKind.KEEP:
+        return term.node
+    node = term.node
+    if term.kind is TermKind.BIAS and node.op == "call_function" and node.target is torch.where \
+            and len(node.args) == 3 and isinstance(node.args[0], fx.Node):
+        cond, zero, fill = node.args
+        is_zero = (isinstance(zero, (int, float)) and zero == 0) or (isinstance(zero, fx.Node) and _is_zeros(zero))
+        fill_value = fill if isinstance(fill, (int, float)) and not isinstance(fill, bool) else None
+        if is_zero and fill_value is not None and fill_value <= NEG_THRESHOLD and isinstance(cond, fx.Node) \
+                and getattr(example(cond), "dtype", None) == torch.bool:
+            return cond
+    return None
+
+
+def _is_zeros(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in (torch.zeros, torch.zeros_like)
+
+
+def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any
+                     ) -> tuple[Pattern, int | None, list[MaskTerm]] | None:
+    """Split a keep-mask built as ``a & b & ...`` (transformers' masking_utils: causal, sliding window and padding
+    functions and-ed, then expanded) into its shape-only part, classified as one pattern, and the tensor factors
+    the kernel must read (padding (B, 1, 1, Nk) gathered from the user's attention_mask), as KEEP terms.
+
+    None when the term is not such a conjunction, has no data-dependent factor, or its shape-only part is not
+    causal / window / all (then the term stays a tensor as it is).
+    """
+    root = keep_source(term)
+    if root is None:
+        return None
+    leaves: list[fx.Node] = []
+    work = [root]
+    while work:
+        node = work.pop()
+        if len(leaves) > 16:
+            return None
+        if (src := _value_preserving(node)) is not None:
+            work.append(src)
+        elif (ops := _and_operands(node)) is not None:
+            work.extend(ops)
+        else:
+            leaves.append(node)
+    constant = [leaf for leaf in leaves if is_shape_only(leaf)]
+    data = [leaf for leaf in leaves if not is_shape_only(leaf)]
+    if not data or len(leaves) < 2:
+        return None
+    results = set()
+    for point in evaluation_points(root, q_len, kv_len):
+        evaluator = Evaluator(gm, point)
+        try:
+            with unset_fake_temporarily(), torch.no_grad():
+                keep = torch.ones((), dtype=torch.bool)
+                for leaf in constant:
+                    keep = keep & torch.as_tensor(evaluator(leaf)).bool().cpu()
+                nq, nk = (evaluator.sym(x) if is_symbolic(x) else int(x) for x in (q_len, kv_len))
+        except Exception:  # a factor we cannot evaluate: the term stays as it is
+            return None
+        results.add(pattern_2d(keep, nq, nk))
+    if len(results) != 1:
+        return None
+    pattern, window = results.pop()
+    if pattern is Pattern.GENERIC:
+        return None
+    return pattern, window, [MaskTerm(leaf, TermKind.KEEP, heads=term.heads) for leaf in data]

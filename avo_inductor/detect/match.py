@@ -8,7 +8,9 @@ graph is not modified.
 Policy: q/k/v are taken after layout transposes and before GQA repeats (repeat_interleave / repeat_kv), so the
 kernel does GQA itself; scales on q, k or the scores fold into one constant; masks fold into causal / window flags
 when they are shape-only (see ``masks.py``), else stay a tensor (BOOL keep-mask, PADDING (B, 1, 1, Nk) bool, or
-BIAS). SDPA's ``is_causal`` counts as causal only when Nq == Nk is provable (SDPA aligns it top-left).
+BIAS). A keep-mask and-ed from shape-only and data factors (transformers' masking_utils: causal / window & padding)
+becomes the flags plus its data factors; a bias that is verified slopes x positions becomes ALIBI (``alibi.py``).
+SDPA's ``is_causal`` counts as causal only when Nq == Nk is provable (SDPA aligns it top-left).
 Skipped: softmax not over the last dim, scores scaled by a tensor, masked_fill/where with a value that does not
 mask, probabilities or scores used elsewhere (``output_attentions``), einsum, dtypes other than fp16/bf16/fp32.
 """
@@ -22,11 +24,12 @@ import torch
 from torch import fx
 
 from ..spec import DTYPES, AttentionSpec, MaskKind
-from .fx_utils import example, hint, is_symbolic, module_path, shape_of, single_user, sym_expr, tensor_meta
-from .masks import MaskTerm, Pattern, TermKind, classify_term
+from .fx_utils import arg, example, hint, is_symbolic, module_path, shape_of, single_user, sym_expr, tensor_meta
+from .masks import MaskTerm, Pattern, TermKind, classify_term, factor_keep_term
+from .alibi import AlibiFit, fit_alibi, fit_cache
 from .patterns import (
-    Unsupported, is_matmul, is_qk, is_sdpa, is_softmax, peel_key, peel_repeat, peel_scale, prob_step,
-    reaches_qk, score_step, sdpa_arguments, softmax_dim, softmax_dtype,
+    Unsupported, is_matmul, is_qk, is_sdpa, is_softmax, merge_step, peel_key, peel_repeat, peel_scale, prob_step,
+    reaches_qk, score_step, sdpa_arguments, softmax_dim, softmax_dtype, unmerge_heads,
 )
 
 
@@ -38,7 +41,10 @@ class AttentionMatch:
     its transpose (B, Hkv, D, Nk) when ``k_is_transposed`` (the rewrite then transposes it back). ``rank3`` sites
     (bmm on (B*H, N, D)) are run as batch 1 with B*H heads. ``scale`` is the concrete softmax scale (the spec
     holds None when it is the default 1/sqrt(D)). ``mask`` is the one tensor the kernel reads (None if none or if
-    several ``mask_terms`` are combined by the rewrite); causal / window masks are folded into flags.
+    several ``mask_terms`` are combined by the rewrite); causal / window masks are folded into flags. For ALIBI,
+    ``mask`` is the graph node holding the Hq slopes (any shape) and the kernel's slopes are
+    ``alibi_scale * mask.reshape(-1)``; ``mask_terms`` keep the bias as written (the SDPA rewrite adds it as is).
+    ``note``: why a bias with per-head slopes was not read as ALiBi (for explain()).
     """
 
     output: fx.Node
@@ -58,6 +64,8 @@ class AttentionMatch:
     mask_terms: tuple[MaskTerm, ...] = ()
     k_is_transposed: bool = False
     rank3: bool = False
+    alibi_scale: float = 1.0
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,12 @@ class SkippedSite:
 def find_attention_sites(gm: fx.GraphModule) -> list[AttentionMatch | SkippedSite]:
     """Every attention site of ``gm`` in graph order: SDPA calls and hand-written softmax(q k^T) v chains."""
     sites: list[AttentionMatch | SkippedSite] = []
-    for node in list(gm.graph.nodes):
-        if is_sdpa(node):
-            sites.append(_guard(gm, node, "sdpa", _match_sdpa))
-        elif is_softmax(node) and _attention_like(node):
-            sites.append(_guard(gm, node, "matmul_softmax", _match_handwritten))
+    with fit_cache():
+        for node in list(gm.graph.nodes):
+            if is_sdpa(node):
+                sites.append(_guard(gm, node, "sdpa", _match_sdpa))
+            elif is_softmax(node) and _attention_like(node):
+                sites.append(_guard(gm, node, "matmul_softmax", _match_handwritten))
     return sites
 
 
@@ -151,7 +160,7 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
     if dtype not in (None, torch.float32):
         raise Unsupported(f"softmax in {dtype}")
     # forward: softmax -> (cast | dropout)* -> matmul(probs, v)
-    nodes, dropout_p, cur = [softmax], 0.0, softmax
+    nodes, dropout_p, cur, merged = [softmax], 0.0, softmax, None
     while True:
         user = single_user(cur)
         if user is None:
@@ -159,38 +168,51 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
         if is_matmul(user) and user.args[0] is cur:
             pv = user
             break
+        merge = merge_step(user) if merged is None else None
+        if merge is not None and merge[0] is cur:
+            merged = merge[1]
+            nodes.append(user)
+            cur = user
+            continue
         prob = prob_step(user)
         if prob is None or prob[0] is not cur:
-            raise Unsupported(f"unrecognised op between softmax and the PV matmul ({user.format_node()})")
+            raise Unsupported(f"unrecognised op between softmax and the PV matmul ({_describe(user)})")
         dropout_p = max(dropout_p, prob[1])
         nodes.append(user)
         cur = user
     nodes.append(pv)
     # backward: softmax input -> (score op)* -> qk matmul
-    scale, terms = 1.0, []
+    scale, terms, split = 1.0, [], None
     scores: fx.node.Argument = softmax.args[0]
     while not is_qk(scores):
         if not isinstance(scores, fx.Node) or (step := score_step(scores)) is None:
-            raise Unsupported(f"unrecognised op between the QK matmul and softmax ({getattr(scores, 'name', scores)})")
+            raise Unsupported(f"unrecognised op between the QK matmul and softmax ({_describe(scores)})")
         if len(scores.users) != 1:
             raise Unsupported("attention scores are used outside the site")
         if step.term is not None:
             node, kind, sign = step.term
             if not isinstance(node, fx.Node):
                 raise Unsupported("mask is not a tensor")
-            terms.append(MaskTerm(node, kind, scale * sign if kind is TermKind.BIAS else 1.0))
+            terms.append(MaskTerm(node, kind, scale * sign if kind is TermKind.BIAS else 1.0, heads=split))
+        if step.split_heads is not None:
+            if split is not None:
+                raise Unsupported("scores split into heads twice")
+            split = step.split_heads  # terms nearer the qk matmul are in the (B*H, Nq, Nk) frame
         scale *= step.scale
         nodes.append(scores)
         scores = step.source
+    if split != merged:
+        raise Unsupported(f"scores viewed as (B, H, Nq, Nk) with H={split} but probabilities merged with H={merged} "
+                          f"before the PV matmul")
     qk = scores
     nodes.append(qk)
     if qk.target == "baddbmm" or qk.target is torch.baddbmm:
-        bias, q_op, k_op = qk.args[:3]
+        bias, q_op, k_op = arg(qk, 0, "input"), arg(qk, 1, "batch1"), arg(qk, 2, "batch2")
         beta = _number(qk.kwargs.get("beta", 1.0), "beta")
         if beta != 0.0:  # beta * input + alpha * (q @ k^T): input is a bias scaled by beta, not by alpha
             if not isinstance(bias, fx.Node):
                 raise Unsupported("mask is not a tensor")
-            terms.append(MaskTerm(bias, TermKind.BIAS, scale * beta))
+            terms.append(MaskTerm(bias, TermKind.BIAS, scale * beta, heads=split))
         scale *= _number(qk.kwargs.get("alpha", 1.0), "alpha")
     else:
         q_op, k_op = qk.args[:2]
@@ -203,6 +225,12 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
     if n_rep != v_rep:  # repeated one way only: keep both repeated, which is still exact
         k, k_is_k, k_factor, _ = peel_key(k_op, gqa=False)
         v = v_op
+    if split is not None:  # BLOOM: (B*H, N, D) views of (B, H, N, D) q/k/v; the site runs in the 4-D frame
+        q4, k4, v4 = (unmerge_heads(x, split) for x in (q, k, v))
+        if q4 is None or k4 is None or v4 is None:
+            raise Unsupported(f"scores viewed as (B, {split}, Nq, Nk) but q/k/v are not (B*H, N, D) views of "
+                              f"(B, H, N, D) tensors")
+        q, k, v = q4, k4, v4
     nodes.extend([q_op, k_op, v_op])
     scale *= q_factor * k_factor
     if not math.isfinite(scale) or scale <= 0:
@@ -212,6 +240,14 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
     pattern = "matmul_softmax" + ("[fp32]" if upcast else "")
     return _build(gm, pv, pattern, q, k, v, transposed_k=not k_is_k, scale=scale, terms=tuple(terms),
                   dropout_p=dropout_p, sdpa_causal=False, nodes=tuple(nodes))
+
+
+def _describe(node: object) -> str:
+    """The op and the node, for a skip reason: ``view (attn_weights)``."""
+    if not isinstance(node, fx.Node):
+        return repr(node)
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return f"{target} ({node.name})"
 
 
 def _dtype(node: fx.Node) -> torch.dtype | None:
@@ -249,6 +285,9 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
     causal, window, generic = sdpa_causal, None, []
     for term in terms:
         pat, w = classify_term(gm, term, dims["q_len"], dims["kv_len"])
+        if pat is Pattern.GENERIC and (factored := factor_keep_term(gm, term, dims["q_len"], dims["kv_len"])):
+            pat, w, data_factors = factored  # causal/window & padding: flags + the padding tensor
+            generic.extend(data_factors)
         if pat is Pattern.ALL:
             continue
         if pat is Pattern.CAUSAL:
@@ -260,7 +299,15 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
     equal_lens = sym_expr(dims["q_len"]) == sym_expr(dims["kv_len"])
     if sdpa_causal and not equal_lens:
         raise Unsupported("is_causal=True with q_len != kv_len: SDPA aligns it top-left, the avo kernel bottom-right")
-    mask_kind, mask = _mask_kind(generic, dims)
+    alibi, note = _alibi(gm, generic, dims, causal, window)
+    mask: fx.Node | None
+    if alibi is not None:
+        causal = causal or alibi.causal
+        window = min(w for w in (window, alibi.window) if w is not None) if (window or alibi.window) else None
+        mask_kind, mask = MaskKind.ALIBI, alibi.slopes
+        pattern += "[alibi]"
+    else:
+        mask_kind, mask = _mask_kind(generic, dims)
     sym_dims = tuple(name for name in ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "v_head_dim")
                      if is_symbolic(dims[name]))
     head_dim = int(hint(dims["head_dim"]))
@@ -282,7 +329,26 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
         output=output, q=q, k=k, v=v, mask=mask, mask_kind=mask_kind, causal=causal, window=window, scale=eff_scale,
         dropout_p=dropout_p, spec=spec, module_path=module_path(output), pattern=pattern, nodes=nodes,
         mask_terms=tuple(generic), k_is_transposed=transposed_k, rank3=rank3,
+        alibi_scale=alibi.factor if alibi is not None else 1.0, note=note,
     )
+
+
+def _alibi(gm: fx.GraphModule, generic: list[MaskTerm], dims: dict[str, Any], causal: bool,
+           window: int | None) -> tuple[AlibiFit | None, str]:
+    """The ALiBi reading of the site's one bias tensor (see ``alibi.py``), else (None, why not when it had
+    per-head slopes). A bias beside another mask tensor stays a bias: the kernels read one mask operand."""
+    notes = []
+    for term in generic:
+        if term.kind is not TermKind.BIAS:
+            continue
+        fit = fit_alibi(gm, term, dims["q_len"], dims["kv_len"], int(hint(dims["q_heads"])), causal, window)
+        if isinstance(fit, AlibiFit):
+            if len(generic) == 1:
+                return fit, ""
+            notes.append("ALiBi beside another mask tensor (the kernels read one mask operand)")
+        elif fit is not None:
+            notes.append(fit)
+    return None, f"bias kept: not ALiBi ({notes[0]})" if notes else ""
 
 
 def _mask_kind(generic: list[MaskTerm], dims: dict[str, Any]) -> tuple[MaskKind, fx.Node | None]:

@@ -3,9 +3,12 @@
     qk      := matmul | bmm | baddbmm (q', k')
     q'      := q (* or / c)*
     k'      := k^T | (k^T or repeat(k)) (* or / c)*
-    scores  := qk ( * c | / c | + bias | - bias | masked_fill(m, -inf) | where(m, ., -inf) | cast )*
-    probs   := softmax(scores, -1 [, dtype]) ( cast | dropout )*
+    scores  := qk ( * c | / c | + bias | - bias | masked_fill(m, -inf) | where(m, ., -inf) | cast | split )*
+    probs   := softmax(scores, -1 [, dtype]) ( cast | dropout | merge )*
     out     := matmul | bmm (probs, v')
+    split   := view(B, H, Nq, Nk) of (B*H, Nq, Nk) scores; merge is its inverse (BLOOM: baddbmm on (B*H, N, D),
+               masks and softmax on (B, H, Nq, Nk)); a site with a split needs the merge and q/k/v that are
+               (B*H, N, D) views of (B, H, N, D) tensors
     v'      := v | repeat(v)
     repeat  := repeat_interleave | expand+reshape
 
@@ -23,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .fx_utils import arg, constant_number, hint, input_node, is_last_two_swap, is_op, shape_of
+from .fx_utils import (
+    arg, constant_number, hint, input_node, is_last_two_swap, is_op, is_symbolic, shape_of, sym_expr,
+)
 from .masks import NEG_THRESHOLD, TermKind
 
 SDPA_FNS = (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention)
@@ -42,6 +47,7 @@ SUB = ((operator.sub, torch.sub), ("sub", "__sub__"))
 MASKED_FILL = ((torch.masked_fill,), ("masked_fill",))
 WHERE = ((torch.where,), ("where",))
 REPEAT_INTERLEAVE = ((torch.repeat_interleave,), ("repeat_interleave",))
+VIEW_METHODS = ("view", "reshape")
 
 
 class Unsupported(Exception):
@@ -89,6 +95,8 @@ class ScoreStep:
     scale: float = 1.0
     # (mask operand as written, how it enters, sign for BIAS); the matcher rejects a mask that is not a graph node
     term: tuple[fx.node.Argument, TermKind, float] | None = None
+    # H when this op splits (B*H, Nq, Nk) scores into (B, H, Nq, Nk): terms before it live in the merged frame
+    split_heads: int | None = None
 
 
 def _masks_out(value: object) -> bool:
@@ -113,6 +121,10 @@ def score_step(node: fx.Node) -> ScoreStep | None:
     if is_op(node, (), CAST_METHODS):
         src = input_node(node)
         return None if src is None else ScoreStep(src)
+    if is_op(node, (torch.reshape,), VIEW_METHODS):
+        src = input_node(node)
+        heads = None if src is None else split_heads(src, node)
+        return None if heads is None or src is None else ScoreStep(src, split_heads=heads)
     if is_op(node, *MUL) or is_op(node, *DIV):
         a, b = args[0], args[1]
         divide = is_op(node, *DIV)
@@ -153,6 +165,37 @@ def score_step(node: fx.Node) -> ScoreStep | None:
             return ScoreStep(b, term=(cond, TermKind.DROP, 1.0))
         raise Unsupported(f"torch.where on the scores with a non-masking value ({node.format_node()})")
     return None
+
+
+def split_heads(merged: fx.Node, split: fx.Node) -> int | None:
+    """H when ``split`` is ``merged`` (B*H, X, Y) viewed as (B, H, X, Y) with X, Y unchanged, else None."""
+    m_shape, s_shape = shape_of(merged), shape_of(split)
+    if m_shape is None or s_shape is None or len(m_shape) != 3 or len(s_shape) != 4:
+        return None
+    if sym_expr(m_shape[1]) != sym_expr(s_shape[2]) or sym_expr(m_shape[2]) != sym_expr(s_shape[3]):
+        return None
+    if hint(s_shape[0]) * hint(s_shape[1]) != hint(m_shape[0]) or is_symbolic(s_shape[1]):
+        return None
+    return int(s_shape[1])
+
+
+def merge_step(node: fx.Node) -> tuple[fx.Node, int] | None:
+    """(input, H) when ``node`` views (B, H, Nq, Nk) probabilities as (B*H, Nq, Nk) (the inverse of a split)."""
+    if not is_op(node, (torch.reshape,), VIEW_METHODS):
+        return None
+    src = input_node(node)
+    heads = None if src is None else split_heads(node, src)
+    return None if heads is None or src is None else (src, heads)
+
+
+def unmerge_heads(node: fx.Node, heads: int) -> fx.Node | None:
+    """The (B, H, N, D) tensor that ``node`` (B*H, N, D) is a reshape/view of, or None (a copy or other layout)."""
+    if not is_op(node, (torch.reshape,), VIEW_METHODS):
+        return None
+    src = input_node(node)
+    if src is None:
+        return None
+    return src if split_heads(node, src) == heads else None
 
 
 def prob_step(node: fx.Node) -> tuple[fx.Node, float] | None:

@@ -114,7 +114,7 @@ def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None,
     keeps: list[fx.Node] = [extra_keep] if extra_keep is not None else []
     biases: list[fx.Node] = []
     for term in match.mask_terms:
-        node = term.node
+        node = _site_frame(b, term.node, term.heads)
         if term.kind is TermKind.BIAS:
             if term.factor != 1.0:
                 node = b("call_function", operator.mul, node, term.factor)
@@ -134,6 +134,23 @@ def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None,
     if keep is not None and bias is not None:
         return b("call_function", torch.where, keep, bias, float("-inf"))
     return keep if keep is not None else bias
+
+
+def _site_frame(b: _Builder, node: fx.Node, heads: int | None) -> fx.Node:
+    """A term added to (B*H, Nq, Nk) scores, reshaped to broadcast against (B, H, Nq, Nk) (masks.in_site_frame)."""
+    shape = require_tensor_meta(node).shape
+    if heads is None or len(shape) != 3 or (not is_symbolic(shape[0]) and int(shape[0]) == 1):
+        return node
+    return b("call_method", "reshape", node, -1, heads, b.size(node, 1), b.size(node, 2))
+
+
+def _alibi_slopes(b: _Builder, match: AttentionMatch) -> fx.Node:
+    """The kernel's (Hq,) fp32 slopes from the graph node holding them (computed at run time, not folded)."""
+    assert match.mask is not None
+    slopes = b("call_method", "to", b("call_method", "reshape", match.mask, -1), torch.float32)
+    if match.alibi_scale != 1.0:
+        slopes = b("call_function", operator.mul, slopes, float(match.alibi_scale))
+    return slopes
 
 
 def _fold(b: _Builder, op: Any, nodes: list[fx.Node]) -> fx.Node | None:
@@ -186,14 +203,18 @@ def rewrite_to_avo(gm: fx.GraphModule, match: AttentionMatch, kernel_id: str) ->
     """Replace the site by ``torch.ops.avo.attention(q, k, v, mask, kernel_id, scale, causal, window, mask_kind)``.
 
     k/v are passed un-repeated (the kernel does GQA); mask follows CONTRACTS.md: keep-mask for BOOL, (B, Nk) keep
-    for PADDING, additive for BIAS (float32/float16/bfloat16 kept as is, whatever q's dtype). Raises ValueError for
+    for PADDING, additive for BIAS (float32/float16/bfloat16 kept as is, whatever q's dtype), (Hq,) fp32 slopes
+    for ALIBI. Raises ValueError for
     dropout sites (the op has no dropout argument): the caller falls back to ``rewrite_to_sdpa`` for those.
     """
     if match.dropout_p:
         raise ValueError(f"avo.attention has no dropout; site {match.module_path!r} has dropout_p={match.dropout_p}")
     b = _Builder(gm, match.output)
     q, k, v = _operands(b, match)
-    mask = _tensor_mask(b, match, None, bias_in_q_dtype=False)  # the kernels read a bias in its own precision
+    if match.mask_kind is MaskKind.ALIBI:
+        mask: fx.Node | None = _alibi_slopes(b, match)
+    else:
+        mask = _tensor_mask(b, match, None, bias_in_q_dtype=False)  # the kernels read a bias in its own precision
     if mask is not None and match.mask_kind is MaskKind.PADDING:
         mask = b("call_method", "flatten", mask, 1)
     out = b("call_function", torch.ops.avo.attention.default, q, k, v, mask, kernel_id, float(match.scale),

@@ -185,6 +185,33 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device 
     return out
 
 
+def median_ci_ranks(n: int, alpha: float = 0.05) -> int:
+    """k such that [x_(k), x_(n+1-k)] (1-based order statistics) covers the median of n samples with probability
+    >= 1 - alpha, whatever their distribution (binomial(n, 1/2) tails); 1 (min and max) when n is too small."""
+    if n < 1:
+        raise ValueError(f"need at least one sample; got n={n}")
+    k, tail = 1, 0.0
+    while k < (n + 1) // 2:
+        tail += math.comb(n, k - 1) / 2 ** n  # P(fewer than k samples below the median)
+        if tail + math.comb(n, k) / 2 ** n > alpha / 2:
+            break
+        k += 1
+    return k
+
+
+def paired_spread(candidate: Timing, baseline: Timing, alpha: float = 0.05) -> float:
+    """Relative half-width of a distribution-free confidence interval of the median per-round ratio
+    baseline/candidate. ``time_interleaved`` times both in every round, back to back, so clock and thermal drift
+    common to both cancel in the ratio: the figure says how well the speedup is known, not how much each fn's
+    time wandered on its own (``Timing.spread``)."""
+    ratios = sorted(b / c for c, b in zip(candidate.samples_ms, baseline.samples_ms, strict=True) if c > 0)
+    if len(ratios) < 2:
+        return math.inf
+    k = median_ci_ranks(len(ratios), alpha)
+    med = statistics.median(ratios)
+    return max(med - ratios[k - 1], ratios[len(ratios) - k] - med) / med
+
+
 GRAPH_CALLS = 16  # calls per captured graph, the same for every fn timed together
 
 
@@ -272,6 +299,13 @@ def wall_ms_per_call(fn: Callable[[], Any], device: torch.device | str, calls: i
 SDPA_BACKENDS: dict[str, str | None] = {"sdpa": None, "sdpa_flash": "FLASH_ATTENTION",
                                         "sdpa_efficient": "EFFICIENT_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION"}
 BUILTIN_NAMES: tuple[str, ...] = (*SDPA_BACKENDS, "flex")
+# The fallback: what the compiled model runs at a site the store has no kernel for, and so what a kernel must beat
+# to be stored (search/promotion.py). A miss keeps the user's SDPA call or rewrites hand-written attention to one
+# (detect/rewrite.py rewrite_to_sdpa): SDPA with its default backend choice, is_causal for plain square causal,
+# otherwise a mask covering window / padding / bool / bias / ALiBi: the "sdpa" provider above. Its mask is
+# prepared once here, and additive; the rewrite passes a bool keep-mask where it can, which SDPA converts to this
+# additive form on every call, so the fallback is charged no more than the model pays for it.
+FALLBACK = "sdpa"
 _MASK_CACHE = 4  # prepared masks kept per baseline fn (the evaluator rotates 2-3 input sets)
 
 Fn3 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

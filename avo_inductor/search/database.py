@@ -279,6 +279,11 @@ class SearchDatabase:
             "WHERE r.run_id=? AND r.promotion=0 ORDER BY r.seq", (run_id,))
         return [(_candidate(r), EvalResult.from_dict(json.loads(r["result"]))) for r in rows]
 
+    def evaluation_times(self, run_id: str) -> dict[str, float]:
+        """Candidate id -> wall-clock time (epoch seconds) its cascade result was stored, for time-based reports."""
+        return {r[0]: r[1] for r in self._conn.execute(
+            "SELECT candidate_id, evaluated FROM results WHERE run_id=? AND promotion=0", (run_id,))}
+
     # ---- migrations, bests, promotions -------------------------------------------------------------
     def migrations(self, run_id: str) -> list[tuple[str, int]]:
         return [(r[0], r[1]) for r in self._conn.execute(

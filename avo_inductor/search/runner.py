@@ -58,6 +58,8 @@ class RunOptions:
     pending: bool = False
     campaign: str | None = None
     model: str | None = None
+    specs: tuple[str, ...] | None = None  # spec texts (AttentionSpec.to_text), from the Python API
+    train: bool | None = None  # --model: training specs (True), inference (False), the model's own mode (None)
     generations: int | None = None
     budget_minutes: float | None = None
     population: int | None = None
@@ -73,8 +75,12 @@ class RunOptions:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        if sum((self.pending, self.campaign is not None, self.model is not None)) != 1:
-            raise ValueError("give exactly one of --pending, --campaign FILE, --model MODULE:FACTORY")
+        if sum((self.pending, self.campaign is not None, self.model is not None, self.specs is not None)) != 1:
+            raise ValueError("give exactly one of --pending, --campaign FILE, --model MODULE:FACTORY (or specs)")
+        if self.specs is not None:
+            object.__setattr__(self, "specs", tuple(self.specs))
+            if not self.specs:
+                raise ValueError("specs is empty: give at least one attention spec")
         for name in ("generations", "budget_minutes", "population", "islands", "seed", "gpus", "max_tokens",
                      "max_dollars"):
             if getattr(self, name) is not None:
@@ -108,11 +114,10 @@ def default_db_path(settings: Settings | None = None) -> Path:
     return (settings or get_settings()).cache_dir / "search.db"
 
 
-def specs_from_model(target: str) -> list[AttentionSpec]:
+def specs_from_model(target: str, train: bool | None = None,
+                     notify: Callable[[str], None] | None = None) -> list[AttentionSpec]:
     """Trace ``pkg.module:factory`` (factory() -> (model, example_inputs tuple)) with a collecting backend
-    and return the distinct specs ``detect.match.find_attention_sites`` reports."""
-    import torch
-
+    and return the distinct specs ``detect.match.find_attention_sites`` reports. ``train`` as in trace_specs."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ValueError(f"--model expects pkg.module:factory; got {target!r}")
@@ -125,8 +130,23 @@ def specs_from_model(target: str) -> list[AttentionSpec]:
         raise ValueError(f"--model {target}: factory must return (model, example_inputs tuple); "
                          f"got {type(made).__name__}")
     model, example_inputs = made
+    return trace_specs(model, example_inputs, train=train, notify=notify, name=f"--model {target}")
+
+
+def trace_specs(model: Any, example_inputs: tuple[Any, ...], *, train: bool | None = None,
+                notify: Callable[[str], None] | None = None, name: str = "model") -> list[AttentionSpec]:
+    """The distinct attention specs of ``model(*example_inputs)``. Traced in eval() without grad (inference specs)
+    unless ``train`` is True or, with ``train`` None, the module is in train mode: a training spec also needs the
+    backward kernel and costs about 3x the search. ``notify`` is told which mode was used, why, and what it found.
+    The module's own train/eval flag is restored afterwards."""
+    import torch
+
     from ..detect.match import find_attention_sites
 
+    in_train = bool(getattr(model, "training", False))
+    training = in_train if train is None else train
+    flag = "--train" if train else "--eval"
+    why = f"the model is in {'train' if in_train else 'eval'}()" if train is None else flag
     found: dict[str, AttentionSpec] = {}
 
     def collect(gm: Any, _inputs: Any) -> Any:
@@ -138,20 +158,33 @@ def specs_from_model(target: str) -> list[AttentionSpec]:
 
     torch._dynamo.reset()
     try:
-        torch.compile(model, backend=collect)(*example_inputs)
+        if hasattr(model, "train"):
+            model.train(training)
+        with torch.set_grad_enabled(training):
+            torch.compile(model, backend=collect)(*example_inputs)
     finally:
         torch._dynamo.reset()
+        if hasattr(model, "train"):
+            model.train(in_train)
+    if notify is not None:
+        n_train = sum(s.needs_grad for s in found.values())
+        notify(f"{name}: traced in {'train' if training else 'eval'}() mode with grad {'on' if training else 'off'} "
+               f"({why}): {len(found) - n_train} inference and {n_train} training spec(s); "
+               f"{'--eval' if training else '--train'} traces the other way")
     return list(found.values())
 
 
-def resolve_inputs(options: RunOptions, store: Any, hardware: HardwareKey) -> Inputs:
+def resolve_inputs(options: RunOptions, store: Any, hardware: HardwareKey,
+                   notify: Callable[[str], None] | None = None) -> Inputs:
     """The specs to search and where they came from; raises NothingToDo when there are none."""
+    if options.specs is not None:
+        return Inputs(tuple(AttentionSpec.from_text(t) for t in options.specs), {}, {}, {})
     if options.campaign is not None:
         camp = load_campaign(options.campaign)
         labels = {e.spec.cache_key(): e.label for e in camp.entries if e.label}
         return Inputs(camp.specs, labels, camp.search, {})
     if options.model is not None:
-        specs = specs_from_model(options.model)
+        specs = specs_from_model(options.model, options.train, notify)
         if not specs:
             raise NothingToDo(f"--model {options.model}: no attention site the detector understands")
         return Inputs(tuple(specs), {}, {}, {})
@@ -248,7 +281,10 @@ def build_evaluator(options: RunOptions) -> Evaluator:
     from ..check.sandbox import default_devices
 
     devices = default_devices()
-    if options.gpus is not None and devices != ["cpu"]:
+    if options.gpus is not None and devices == ["cpu"]:
+        raise ValueError(f"--gpus {options.gpus}: this machine has 0 CUDA GPUs; leave --gpus out to search on the "
+                         "CPU (one Triton-interpreter worker)")
+    if options.gpus is not None:
         if not 1 <= options.gpus <= len(devices):
             raise ValueError(f"--gpus {options.gpus}: this machine has {len(devices)} GPU(s)")
         devices = devices[: options.gpus]
@@ -278,10 +314,11 @@ def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | 
     if store is None:
         from ..cache.store import KernelStore
         store = KernelStore.from_settings(settings)
-    inputs = inputs or resolve_inputs(options, store, hardware)
-    config = config or build_config(options, inputs, hardware)
     events: list[SearchEvent] = []
     emit = sink or events.append
+    inputs = inputs or resolve_inputs(options, store, hardware,
+                                      lambda message: emit(SearchEvent("note", run_id or "", 0, message)))
+    config = config or build_config(options, inputs, hardware)
     db = SearchDatabase(options.db or default_db_path(settings))
     owned = evaluator is None
     evaluator = evaluator or build_evaluator(options)

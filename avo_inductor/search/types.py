@@ -69,6 +69,8 @@ class EvalResult:
     """Outcome of the cascade for one candidate. ``ok`` only when every stage passed.
 
     score: higher is better (speedup over the best built-in backend timed in the same worker).
+    speedup_vs_fallback / fallback_ms: over the site's fallback (bench.FALLBACK), timed in the same worker;
+    promotion decides on it (search/promotion.py).
     """
 
     candidate_id: str
@@ -85,6 +87,8 @@ class EvalResult:
     spread: float | None = None
     duration_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    speedup_vs_fallback: float | None = None
+    fallback_ms: float | None = None
 
     @property
     def score(self) -> float:
