@@ -31,8 +31,9 @@ test: install redis-server
 	$(VENV)/bin/mypy avo_inductor
 	$(PY) -m pytest -q -n auto
 
+REDIS_APT := apt-get install -y --no-install-recommends redis-server >/dev/null
 redis-server:
-	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y --no-install-recommends redis-server >/dev/null; } \
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && { $(REDIS_APT) 2>&1 || { apt-get update >/dev/null && $(REDIS_APT); }; }; } \
 		|| echo "note: redis-server is missing and cannot be installed here (needs root and apt-get); the remote-cache tests will skip"
 
 test-gpu: install
