@@ -121,13 +121,16 @@ class RemoteStore:
         if self._client is None:
             try:
                 import redis
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
             except ImportError:
                 self._unavailable = True
                 warn_once(self.label, "import", f"AVO_REMOTE_CACHE is set but the 'redis' package is not installed "
                           f"(pip install 'avo_inductor[remote]'); {redacted_url(self.url)} is not used")
                 return None
+            # One attempt per command: the client's retries with backoff would stall a compile for seconds.
             self._client = redis.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                                socket_timeout=SOCKET_TIMEOUT_S, retry_on_timeout=False)
+                                                socket_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
         return self._client
 
     def _failed(self, what: str, exc: BaseException) -> None:
