@@ -21,7 +21,7 @@ from avo_inductor.cache.layers import CacheWarning
 from avo_inductor.cache.remote import KEY_PREFIX, RemoteStore, encode_entry
 from avo_inductor.cache.signing import keygen, load_private_key
 from avo_inductor.cache.store import KernelStore
-from avo_inductor.settings import Settings
+from avo_inductor.settings import Settings, settings_from_env
 
 from cache_helpers import SW, key_of, make_record
 
@@ -76,12 +76,32 @@ def _store(folder: Path, url: str, **remote_kw: object) -> KernelStore:
                        **policy)  # type: ignore[arg-type]
 
 
-def test_settings_read_the_remote_url() -> None:
-    s = Settings(remote_cache="redis://:hunter2@cache.lan:6379/2", signing_key="~/k.pem")
+def test_settings_read_the_remote_url(tmp_path: Path) -> None:
+    s = settings_from_env({"AVO_CACHE_DIR": str(tmp_path), "AVO_REMOTE_CACHE": "redis://:hunter2@cache.lan:6379/2",
+                           "AVO_SIGNING_KEY": "~/k.pem"})
     assert s.remote_cache == "redis://:hunter2@cache.lan:6379/2" and s.signing_key == Path("~/k.pem").expanduser()
     assert "hunter2" not in json.dumps(s.to_dict())
+    store = KernelStore.from_settings(s)
+    assert store.remote is not None and store.remote.label == "remote:redis://:***@cache.lan:6379/2"
+    assert store.remote.signing_key == s.signing_key
+    assert KernelStore.from_settings(settings_from_env({"AVO_CACHE_DIR": str(tmp_path),
+                                                        "AVO_REMOTE_CACHE": ""})).remote is None
     with pytest.raises(ValueError, match="AVO_REMOTE_CACHE"):
         Settings(remote_cache="http://cache.lan")
+
+
+def test_without_the_redis_package_the_local_store_serves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # `import redis` raises ImportError
+    store = _store(tmp_path / "local", "redis://127.0.0.1:1/0")
+    local = make_record(64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        store.put(local, publish=True)
+        assert store.get(key_of(make_record(128))) is None
+        hit = store.get(key_of(local))
+    assert hit is not None and hit.layer == "local"
+    messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert len(messages) == 1 and "'redis' package is not installed" in messages[0]
 
 
 PUBLISHER = """
