@@ -29,7 +29,7 @@ test: install redis-server
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check avo_inductor
 	$(VENV)/bin/mypy avo_inductor
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 REDIS_APT := apt-get install -y --no-install-recommends redis-server >/dev/null
 redis-server:

@@ -21,6 +21,9 @@ ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'avo_
 
 from avo_inductor.search.distributed import RayEvaluator  # noqa: E402
 
+# One pytest-xdist worker runs the whole module (make test uses --dist loadgroup): one Ray session, not one per worker.
+pytestmark = pytest.mark.xdist_group("ray")
+
 FACTORY = "ray_scripted:ScriptedEvaluator"
 GPU_IDS = ("4", "5")  # physical ids Ray hands out (CUDA_VISIBLE_DEVICES at start): not the actors' local index
 
