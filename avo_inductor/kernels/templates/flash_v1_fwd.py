@@ -17,6 +17,8 @@ ALIBI_MMA: ALiBi blocks wholly on one side of a tile's diagonal take their per-k
 (_fwd_inner_alibi_mma), so their softmax is the unmasked one plus per-row work.
 ALIBI_BOUND: ALiBi tiles skip the keys too far from every row's diagonal to weigh anything (_alibi_span): MASK holds
 the slopes followed by each (batch, kv head)'s largest key norm (launch["alibi_bound"]).
+EXP2_POLY: that percent of each score tile's columns take their exp2 from a polynomial on the FMA units, the rest
+from MUFU's ex2, so both units work on the softmax (_exp2_tile).
 """
 import triton
 import triton.language as tl
@@ -242,10 +244,12 @@ def _v_tile(v_src, start_n, offs_n, n_bound, V_HEAD_DIM: tl.constexpr, CHECK_N: 
 def _exp2_poly(x):
     """2^x on the FMA and integer units (FlashAttention-4's exp2 emulation): x = j + f, j = round(x) by the
     magic-number add, f in [-1/2, 1/2]; 2^f from the EXP2_C* polynomial, 2^j added into its exponent bits.
-    x is clamped at -127 first (no exponent underflow): there f = 0, p = 1 and the sum of the bits is 0, so -inf
+    x is clamped at -127 first (no exponent underflow): there f = 0, p = 1.0 and bits(1.0) + (-127 << 23) = 0, so -inf
     (masked scores) and every x <= -127 give exactly 0; -127 < x < -126 give a number under 2^-126 (2^x itself is
     subnormal there, which the GPU's ex2 flushes to 0). Needs x <= 127 (softmax arguments are <= 0, or <=
-    RESCALE_THRESHOLD with LAZY_RESCALE). A NaN x gives no NaN on the GPU (the exponent add overwrites it)."""
+    RESCALE_THRESHOLD with LAZY_RESCALE). A NaN x gives 0 on the GPU, not NaN (max.f32 returns its other operand).
+    sm_90 SASS per score (benchmarks/probes/exp2_poly_ptx.py): FMNMX, 3 FADD, 3 FFMA and one LEA for the exponent
+    add, in place of one MUFU.EX2."""
     x = tl.maximum(x, -127.0)
     t = x + ROUND_MAGIC
     j = t - ROUND_MAGIC
@@ -284,7 +288,8 @@ def _softmax_step(x, m_i, qk_scale, row_offset, RAW: tl.constexpr, ROW_OFFSET: t
                   MAY_BE_EMPTY: tl.constexpr):
     """The online softmax's update for one key block, shared by every forward loop: returns (p, alpha, m_new),
     p = exp(score - m_new) per score and alpha = exp(m_i - m_new) the rescale of what was accumulated so far
-    (base 2 when USE_EXP2; LAZY_RESCALE keeps m_i until the new max exceeds it by RESCALE_THRESHOLD).
+    (base 2 when USE_EXP2, EXP2_POLY percent of p's columns then from a polynomial: _exp2_tile; LAZY_RESCALE keeps
+    m_i until the new max exceeds it by RESCALE_THRESHOLD).
 
     The scores are x * qk_scale (RAW: x is raw QK^T, so the max is taken on raw scores and the scale folds into one
     FMA per score, as in the Triton tutorial; the launcher checks the scale is positive) or x itself (x already
