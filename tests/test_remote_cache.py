@@ -14,9 +14,11 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from avo_inductor.artifact import KernelRecord
 from avo_inductor.cache.layers import CacheWarning
 from avo_inductor.cache.remote import KEY_PREFIX, RemoteStore, encode_entry
 from avo_inductor.cache.signing import keygen, load_private_key
@@ -254,3 +256,89 @@ def test_hostile_entry_is_refused_never_run_and_not_kept(kind: str, server: redi
     assert any(reason in str(w.message) and "refused" in str(w.message) for w in caught)
     assert store.local_keys() == [] and store.generation().startswith("0-")  # local store untouched
     assert not (tmp_path / "ran").exists()  # nothing from the entry ran
+
+
+def _verify_then(action: Any, ok: bool) -> Any:
+    """verify_record as the graph pass calls it: the verdict ``ok``, after ``action`` ran (what a hostile server or
+    another process does while the check is running)."""
+    from cache_helpers import StubReport
+
+    def verify(record: KernelRecord, device: Any = None) -> StubReport:
+        action()
+        return StubReport(ok, [] if ok else ["output: max abs err 0.3"])
+    return verify
+
+
+@pytest.mark.parametrize("local", ["writable", "read-only"])
+def test_an_entry_swapped_during_verification_is_not_marked_verified(local: str, server: redis.Redis,
+                                                                      redis_url: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server replaces its entry while the first one is checked: only the checked record is marked, so the
+    replacement is verified before it serves (with no writable store the lookup reads the server again)."""
+    from avo_inductor.backend import graph_pass
+    from avo_inductor.check import verify
+
+    checked, swapped = make_record(64, tag=2), make_record(64, tag=3)
+    key = key_of(checked)
+    server.set(KEY_PREFIX + key, encode_entry(checked))
+    store = KernelStore(tmp_path / "local" if local == "writable" else None, shipped=False, software=SW,
+                        remote=RemoteStore(redis_url))
+    hit = store.get(key)
+    assert hit is not None and hit.needs_reverify and hit.record.sha256 == checked.sha256
+
+    def swap() -> None:
+        server.set(KEY_PREFIX + key, encode_entry(swapped))
+        if store.db is not None:  # another process replaced the local copy meanwhile
+            store.put(swapped, unverified=True)
+
+    monkeypatch.setattr(verify, "verify_record", _verify_then(swap, ok=True))
+    assert graph_pass.ensure_verified(store, hit, None)
+    now = store.get(key)
+    assert now is not None and now.record.sha256 == swapped.sha256 and now.needs_reverify
+
+
+def test_read_through_never_replaces_a_local_record_written_meanwhile(server: redis.Redis, redis_url: str,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A promotion lands in the local store while this process is reading the server's entry: it stays."""
+    promoted, remote = make_record(64, tag=2, speedup=3.0), make_record(64, tag=3)
+    key = key_of(promoted)
+    server.set(KEY_PREFIX + key, encode_entry(remote))
+    store = _store(tmp_path / "local", redis_url)
+    fetch = store.remote.fetch  # type: ignore[union-attr]
+
+    def fetch_while_promoting(k: str) -> KernelRecord | None:
+        got = fetch(k)
+        KernelStore(tmp_path / "local", shipped=False, software=SW).put(promoted)  # the search's promotion
+        return got
+
+    monkeypatch.setattr(store.remote, "fetch", fetch_while_promoting)
+    store.get(key)
+    again = store.get(key)
+    assert again is not None and again.layer == "local" and again.record.sha256 == promoted.sha256
+    assert not again.needs_reverify
+
+
+def test_a_read_through_copy_that_fails_verification_is_dropped(server: redis.Redis, redis_url: str,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server entry that passes the static gates but computes wrong results does not stay in the local store:
+    once the server holds a good record, the next process gets that one."""
+    from avo_inductor.backend import graph_pass
+    from avo_inductor.check import verify
+
+    bad, good = make_record(64, tag=5), make_record(64, tag=6)
+    key = key_of(bad)
+    server.set(KEY_PREFIX + key, encode_entry(bad))
+    store = _store(tmp_path / "local", redis_url)
+    hit = store.get(key)
+    assert hit is not None and hit.record.sha256 == bad.sha256 and store.local_keys() == [key]
+    monkeypatch.setattr(verify, "verify_record", _verify_then(lambda: None, ok=False))
+    assert not graph_pass.ensure_verified(store, hit, None)
+    assert store.local_keys() == []
+    server.set(KEY_PREFIX + key, encode_entry(good))
+    later = _store(tmp_path / "local", redis_url).get(key)
+    assert later is not None and later.record.sha256 == good.sha256
+    # a record verified here is never dropped
+    store.put(good)
+    assert not store.discard_read_through(key, good.sha256) and store.local_keys() == [key]

@@ -122,9 +122,10 @@ def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | No
         return False
     report = verify_record(hit.record, device=device)
     if report.ok:
-        store.mark_verified(hit.key, SoftwareKey.current())
+        store.mark_verified(hit.key, SoftwareKey.current(), sha=hit.record.sha256)
     else:
         _failed_verification.add(hit.record.sha256)
+        store.discard_read_through(hit.key, hit.record.sha256)
     return bool(report.ok)
 
 

@@ -259,14 +259,47 @@ class KernelStore:
 
     def _keep_remote(self, key: str, record: KernelRecord) -> None:
         """Read-through: a record admitted from the remote cache is kept in the writable store flagged unverified
-        (like a bundle record for other hardware), so it is verified once here and survives the server going away."""
-        if self.db is None:
+        (like a bundle record for other hardware), so it is verified once here and survives the server going away.
+        A local record written meanwhile (a promotion in another process) is never replaced by the server's, and a
+        kept copy that then fails verification is dropped again (``discard_read_through``)."""
+        db = self.db
+        if db is None:
             return
         try:
-            self.put(record, unverified=True)
+            with db.transact(retry=True):
+                if db.get(_REC + key) is not None:
+                    return
+                self.put_many([record], unverified_keys=[key])
+                db.set(f"{_MARK}{key}:{record.sha256}", json.dumps({"unverified": True, "read_through": True}))
         except _DB_ERRORS as exc:
             warn_once(str(self.directory), "remote-keep", f"avo kernel store {self.directory}: a record from the "
                        f"remote cache could not be kept locally ({exc})")
+
+    def discard_read_through(self, key: str, sha: str) -> bool:
+        """Drop the local copy of a remote record (``_keep_remote``) with content hash ``sha`` that failed
+        verification here, so it does not outlive the server's entry and shadow the layers after it in every later
+        process. A record verified or promoted here is never dropped. Returns whether one was."""
+        db = self.db
+        if db is None:
+            return False
+        mark_key = f"{_MARK}{key}:{sha}"
+        try:
+            with db.transact(retry=True):
+                mark, raw = self._mark(key, sha), db.get(_REC + key)
+                if not (mark.get("unverified") and mark.get("read_through")) or raw is None:
+                    return False
+                try:
+                    local = validate_record(raw.encode() if isinstance(raw, str) else raw, key)
+                except (BundleError, *PARSE_ERRORS):
+                    local = None
+                if local is None or local.sha256 != sha:
+                    return False
+                db.delete(_REC + key)
+                db.delete(mark_key)
+                _bump_generation(db)
+        except _DB_ERRORS:
+            return False
+        return True
 
     # ---- class records ---------------------------------------------------------------------------
     def lookup_class(self, spec: AttentionSpec, hardware: HardwareKey | None = None, *,
@@ -430,14 +463,16 @@ class KernelStore:
                                      "(drop the bundle from AVO_CACHE_PATH or set AVO_USE_SHIPPED=0)")
         return bool(found)
 
-    def mark_verified(self, key: str, software: SoftwareKey | None = None) -> bool:
+    def mark_verified(self, key: str, software: SoftwareKey | None = None, *, sha: str | None = None) -> bool:
         """Record that the record now served under ``key`` passed verification on ``software`` (default: now).
 
         Local records get ``software`` added to ``verified_software``; read-only ones get a side mark in the
-        writable store (in memory only if there is none). Returns False if ``key`` has no record.
+        writable store (in memory only if there is none). ``sha``: the content hash of the record that was
+        verified; when the record served now is another one (a remote entry replaced between the check and this
+        call, a concurrent write), nothing is marked. Returns False if nothing was marked.
         """
         hit = self.get(key, touch=False)
-        if hit is None:
+        if hit is None or (sha is not None and hit.record.sha256 != sha):
             return False
         sw = software or self.software
         record = hit.record
