@@ -23,6 +23,7 @@ from ..parsing import bounded_int, finite_float, load_json
 from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from ..artifact import KernelRecord
+from ..kernels import render
 from ..kernels.tiers import stale_note
 from . import classes
 from .layers import BundleLayer, CacheWarning, open_layers, warn_once  # noqa: F401 - CacheWarning re-exported
@@ -32,7 +33,7 @@ from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
 _REC, _PENDING, _MARK, _USED, _GEN = "rec:", "pending:", "mark:", "used:", "meta:generation"
-_CLASS = "classv:"  # verdict of a class record at a site's shape: classv:<record sha>|<site key>|<triton>|<torch>
+_CLASS = "classv:"  # a class record's verdict at a site's shape: classv:<sha>|<site key>|<triton>|<torch>|<template>
 _TOUCH_INTERVAL_S = 3600.0  # last-use stamps feed `prune --unused-days`; hourly resolution keeps lookups read-only
 # What reading a damaged diskcache folder can raise: sqlite's "malformed"/"not a database", a value file gone or
 # unreadable, text that is not UTF-8, and our refusal of pickled entries (ValueError).
@@ -327,7 +328,7 @@ class KernelStore:
             margin = hit.record.metrics.speedup_vs_fallback if hit is not None else None
             if hit is None or margin is None or margin < min_margin:
                 continue
-            verdict = self.class_verdict(hit.record.sha256, site_key)
+            verdict = self.class_verdict(hit.record, site_key)
             if verdict is False:
                 continue
             if hit.layer == LOCAL_LAYER:
@@ -349,14 +350,20 @@ class KernelStore:
             self._class_index = (counter, index)
         return self._class_index[1].get(klass, [])
 
-    def _verdict_key(self, sha: str, site_key: str) -> str:
+    def _verdict_key(self, record: KernelRecord, site_key: str) -> str:
+        """What a verdict holds for: the record, the site key and the software that ran it. A template record's
+        sha256 names the template it was measured with, but the kernel that runs is rendered from the installed
+        one, so that template's digest is part of the key too (an upgraded template is verified again)."""
         sw = self.software
-        return f"{_CLASS}{sha}|{site_key}|{sw.triton}|{sw.torch}"
+        installed = ""
+        if record.tier == "template" and record.genome is not None:
+            installed = render.template_digest(str(record.genome.get("template", "flash_v1")))
+        return f"{_CLASS}{record.sha256}|{site_key}|{sw.triton}|{sw.torch}|{installed}"
 
-    def class_verdict(self, sha: str, site_key: str) -> bool | None:
-        """Whether the record with content hash ``sha`` passed (True) or failed (False) verification at the site
-        key ``site_key`` on this software; None when it was never verified there."""
-        vkey = self._verdict_key(sha, site_key)
+    def class_verdict(self, record: KernelRecord, site_key: str) -> bool | None:
+        """Whether ``record`` passed (True) or failed (False) verification at the site key ``site_key`` on this
+        software and, for a template record, with the installed template; None when it was never verified there."""
+        vkey = self._verdict_key(record, site_key)
         if vkey in self._class_verdicts:
             return self._class_verdicts[vkey]
         raw = self._db_get(vkey)
@@ -375,7 +382,7 @@ class KernelStore:
         a pass: that record is not verified again for that site key. Records and the generation are unchanged."""
         if hit.serves is None:
             raise ValueError(f"mark_class_verdict takes a class hit (lookup_class); {hit.key!r} is an exact hit")
-        vkey = self._verdict_key(hit.record.sha256, store_key(hit.serves, hit.record.hardware))
+        vkey = self._verdict_key(hit.record, store_key(hit.serves, hit.record.hardware))
         self._class_verdicts[vkey] = ok
         if self.db is None:
             return
