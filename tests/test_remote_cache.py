@@ -342,3 +342,25 @@ def test_a_read_through_copy_that_fails_verification_is_dropped(server: redis.Re
     # a record verified here is never dropped
     store.put(good)
     assert not store.discard_read_through(key, good.sha256) and store.local_keys() == [key]
+
+
+@pytest.mark.parametrize("signer", ["none", "untrusted"])
+def test_a_publisher_never_replaces_a_trusted_entry_with_one_the_fleet_refuses(signer: str, server: redis.Redis,
+                                                                                redis_url: str,
+                                                                                tmp_path: Path) -> None:
+    """A host that trusts alice's key but signs with no key (or with its own) promotes a faster kernel: the
+    server keeps alice's signed entry, which the fleet accepts, and the host says why it did not publish."""
+    alice, _, alice_pub = keygen(tmp_path / "alice")
+    own, _, _ = keygen(tmp_path / "own")
+    signed, faster = make_record(96, tag=3, speedup=1.2), make_record(96, tag=4, speedup=2.0)
+    key = key_of(signed)
+    server.set(KEY_PREFIX + key, encode_entry(signed, load_private_key(alice)))
+    trusted = frozenset({alice_pub})
+    writer = _store(tmp_path / "w", redis_url, trusted_keys=trusted,
+                    **({"signing_key": own} if signer == "untrusted" else {}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        writer.put(faster, publish=True)
+    assert any("not publishing" in str(w.message) for w in caught)
+    kept = RemoteStore(redis_url, trusted_keys=trusted).fetch(key)
+    assert kept is not None and kept.sha256 == signed.sha256

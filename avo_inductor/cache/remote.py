@@ -182,7 +182,9 @@ class RemoteStore:
         """Write ``records`` to the server (signed when a signing key is configured); returns the keys written.
 
         A server entry that already holds a valid record at least as fast is kept (last writer does not win
-        blindly). Failures warn once and publish nothing: the local store already holds the records."""
+        blindly), and an entry this store's own signature policy would refuse (unsigned, or signed by a key not
+        among the trusted ones) is not written: it would replace an entry the fleet accepts with one it refuses.
+        Failures warn once and publish nothing: the local store already holds the records."""
         records = list(records)
         if not records or self._redis() is None:
             return []
@@ -202,11 +204,19 @@ class RemoteStore:
             current = self.fetch(key)
             if current is not None and (current.sha256 == record.sha256 or _speedup(current) >= _speedup(record)):
                 continue
+            entry = encode_entry(record, private)
+            try:
+                decode_entry(entry, key, self.trusted_keys, self.require_signed)
+            except BundleError as exc:
+                warn_once(self.label, f"publish-policy:{str(exc)[:80]}", f"avo remote cache: not publishing to "
+                          f"{redacted_url(self.url)}: this host's own signature policy refuses the entry ({exc}); "
+                          "set AVO_SIGNING_KEY to a trusted key")
+                continue
             client = self._redis()
             if client is None:
                 break
             try:
-                client.set(KEY_PREFIX + key, encode_entry(record, private))
+                client.set(KEY_PREFIX + key, entry)
             except self._errors as exc:
                 self._failed("publishing", exc)
                 break
