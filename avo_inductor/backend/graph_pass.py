@@ -115,7 +115,8 @@ def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | No
 
     if getattr(hit, "serves", None) is not None:
         report = verify_record(hit.record, device=device, at=hit.serves)
-        store.mark_class_verdict(hit, report.ok, "; ".join(report.problems)[:500])
+        store.mark_class_verdict(hit, report.ok, "; ".join(report.problems)[:500],
+                                 persist=not getattr(report, "environmental", False))
         _count("class_verified" if report.ok else "class_rejected")
         return bool(report.ok)
     if hit.record.sha256 in _failed_verification:
