@@ -364,3 +364,71 @@ def test_a_publisher_never_replaces_a_trusted_entry_with_one_the_fleet_refuses(s
     assert any("not publishing" in str(w.message) for w in caught)
     kept = RemoteStore(redis_url, trusted_keys=trusted).fetch(key)
     assert kept is not None and kept.sha256 == signed.sha256
+
+
+HELLO_REPLY = b"%2\r\n$5\r\nproto\r\n:3\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"  # RESP3 map for HELLO 3
+
+
+def _fake_server(listener: socket.socket, getrange: bytes, interval_s: float = 0.0, trickle: int = 0,
+                 hello: bool = True) -> None:
+    """A Redis look-alike for one connection: HELLO answered as Redis 7 does (or with "+OK" when not ``hello``),
+    "+OK" to other commands, and GETRANGE answered with ``getrange`` and then ``trickle`` more bytes, one per
+    ``interval_s`` (each read returns before the client's socket timeout)."""
+    conn, _ = listener.accept()
+    with conn:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            if b"GETRANGE" in data.upper():
+                conn.sendall(getrange)
+                for _ in range(trickle):
+                    time.sleep(interval_s)
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        return
+                return
+            lines = data.split(b"\r\n")
+            for i, line in enumerate(lines):
+                if line.startswith(b"*"):
+                    command = lines[i + 2].upper() if i + 2 < len(lines) else b""
+                    conn.sendall(HELLO_REPLY if command == b"HELLO" and hello else b"+OK\r\n")
+
+
+def _serve(target_kw: dict[str, Any]) -> tuple[socket.socket, str]:
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    threading.Thread(target=_fake_server, args=(listener,), kwargs=target_kw, daemon=True).start()
+    return listener, f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@pytest.mark.parametrize("reply", ["trickle", "unparsable"])
+def test_a_misbehaving_server_costs_at_most_one_deadline(reply: str, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """A reply announced at 1000 bytes and sent a byte per 0.4 s (every read returns within the socket timeout,
+    the reply would take minutes) and a handshake reply the client cannot parse: the lookup ends within the command
+    deadline with a warning, and the local store serves."""
+    from avo_inductor.cache import remote
+
+    monkeypatch.setattr(remote, "COMMAND_DEADLINE_S", 1.0)
+    kw: dict[str, Any] = {"trickle": {"getrange": b"$1000\r\n", "interval_s": 0.4, "trickle": 20},
+                          "unparsable": {"getrange": b"$0\r\n\r\n", "hello": False}}[reply]
+    listener, url = _serve(kw)
+    store = _store(tmp_path / "local", url)
+    local = make_record(64)
+    store.put(local)
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert store.get(key_of(make_record(128))) is None
+        hit = store.get(key_of(local))
+    elapsed = time.monotonic() - start
+    listener.close()
+    assert hit is not None and hit.layer == "local"
+    assert elapsed < 4.0, f"the lookup took {elapsed:.1f}s"
+    messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert any("unreachable" in m for m in messages), messages
