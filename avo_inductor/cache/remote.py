@@ -5,7 +5,8 @@
 the signature policy, the manifest's sha256/size of the record, the trust tier's static gate (kernel-source grammar
 or template re-render) and the store key. The KernelStore then keeps an admitted record locally flagged unverified,
 so it is compiled and checked once on this host before its first use. Nothing from the server is ever executed
-before that. An unreachable server costs one warning and short socket timeouts; the local store keeps working.
+before that. An unreachable or misbehaving server costs one warning and at most one command deadline; the local
+store keeps working.
 """
 from __future__ import annotations
 
