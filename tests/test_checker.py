@@ -170,8 +170,8 @@ class _FakeSession:
             torch.save(self.outputs(i, got), Path(message["out_dir"]) / f"timed{i}.pt")
         timing = {"median_ms": 1.0, "spread": 0.01, "samples_ms": [1.0], "method": "do_bench"}
         marks = (("rtt", 0.0), ("rtt_done", 0.001), ("wall", 1.0), ("wall_done", 1.0 + 0.001 + self.wall_s))
-        return _Reply({"candidate": timing, "baseline": {**timing, "median_ms": 1.2}, "wall_calls": 20,
-                       "method": "do_bench"}, marks)
+        return _Reply({"candidate": timing, "baseline": {**timing, "median_ms": 1.2, "samples_ms": [1.2]},
+                       "wall_calls": 20, "method": "do_bench"}, marks)
 
 
 def _time(session: _FakeSession, tmp_path: Path, promotion: bool = False) -> tuple[dict[str, Any], Any]:

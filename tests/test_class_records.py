@@ -147,6 +147,47 @@ def test_verdicts_are_per_site_shape(tmp_path: Path) -> None:
         store.mark_class_verdict(store.lookup(TUNED, CPU), True)
 
 
+def test_a_verdict_does_not_outlive_the_template_it_rendered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template record runs what the installed template renders: after an upgrade of the template (same torch
+    and triton, same record sha256) a verdict at a site's shape no longer holds, and the record is checked again."""
+    from avo_inductor.kernels import render
+
+    store = KernelStore(tmp_path / "s", shipped=False)
+    record = _record()
+    assert record.tier == "template"
+    store.put(record)
+    site = dataclasses.replace(TUNED, q_len=113, kv_len=113)
+    store.mark_class_verdict(store.lookup_class(site, CPU), True)
+    assert not store.lookup_class(site, CPU).needs_reverify
+    installed = render.template_digest
+    monkeypatch.setattr(render, "template_digest", lambda name: "0" * 16 if name == "flash_v1" else installed(name))
+    for s in (store, KernelStore(tmp_path / "s", shipped=False)):
+        hit = s.lookup_class(site, CPU)
+        assert hit is not None and hit.needs_reverify
+
+
+def test_a_check_that_ran_out_of_memory_is_not_a_lasting_verdict(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """First use checks beside the user's model: a case that ran out of GPU memory says nothing about the kernel.
+    This process moves on (no second try per compile); the next process checks the record again."""
+    from avo_inductor.check import verify
+
+    store = KernelStore(tmp_path / "s", shipped=False)
+    store.put(_record())
+    site = dataclasses.replace(TUNED, q_len=113, kv_len=113)
+    hit = store.lookup_class(site, CPU)
+    assert hit is not None and hit.needs_reverify
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(verify, "run_case", out_of_memory)
+    assert not graph_pass.ensure_verified(store, hit, torch.device("cpu"))
+    assert store.lookup_class(site, CPU) is None  # this process: not tried again
+    again = KernelStore(tmp_path / "s", shipped=False).lookup_class(site, CPU)
+    assert again is not None and again.needs_reverify
+
+
 def test_the_nearest_neighbour_is_chosen(tmp_path: Path) -> None:
     """Same kv-length bucket first, then the nearest lengths (log2), then the nearest batch x heads."""
     store = KernelStore(tmp_path / "s", shipped=False)

@@ -155,3 +155,21 @@ def test_bloom_padded_batch_keeps_alibi_as_a_bias_and_says_why() -> None:
     report = avo_inductor.explain(model, ids, attention_mask=mask, quiet=True)
     assert [r.module_path for r in report] == ["h.0.self_attention", "h.1.self_attention"]
     assert all("not ALiBi" in r.reason for r in report), [r.reason for r in report]
+
+
+def test_a_windowed_bias_is_fitted_on_every_key_not_only_the_sampled_rows_windows() -> None:
+    """A (1, H, 1, Nk) bias that is slopes x key position except at one key (no query dim, so every row reads it)
+    under a 2-key window: the rows the fit samples at Nq = 1000 see only their own window, and the odd key is
+    between them. It is not ALiBi (the row whose window holds that key would get a wrong logit)."""
+    from avo_inductor.detect.alibi import _ROWS, _fit_values
+
+    heads, n, window = 2, 1000, 2
+    probe = torch.tensor([1e-3, 2e-3], dtype=torch.float64)
+    value = probe.view(1, heads, 1, 1) * torch.arange(n, dtype=torch.float64).view(1, 1, 1, n)
+    assert isinstance(_fit_values(value, probe, n, n, True, window), tuple)  # the true ALiBi fits
+    sampled = torch.linspace(0, n - 1, _ROWS).round().long().unique()
+    seen = {int(r) - d for r in sampled for d in range(window)}
+    odd = next(k for k in range(n) if k not in seen)
+    value[..., odd] += 0.5
+    fit = _fit_values(value, probe, n, n, True, window)
+    assert isinstance(fit, str) and "residual" in fit

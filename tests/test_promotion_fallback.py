@@ -148,6 +148,34 @@ def test_a_reply_whose_round_counts_differ_is_a_timing_failure(tmp_path: Path) -
         _evaluate(worker, tmp_path)
 
 
+@pytest.mark.parametrize("claim", ["median", "nan"])
+def test_the_parent_computes_the_medians_from_the_samples(claim: str, tmp_path: Path) -> None:
+    """A worker whose reply claims a candidate median (or samples) other than what it timed: 1.0 ms against a
+    1.04 ms fallback is noise, whatever "median_ms" says; a non-finite sample is a timing failure."""
+    worker = _TimingWorker(1.0, 0.5, 1.04, spread=0.05)
+    ask = worker.ask
+
+    def lying(stage: Any, message: dict[str, Any]) -> _Reply:
+        reply = ask(stage, message)
+        if claim == "median":
+            reply.payload["candidate"]["median_ms"] = 0.1
+        else:
+            reply.payload["candidate"]["samples_ms"][0] = float("nan")
+        return reply
+
+    worker.ask = lying  # type: ignore[method-assign]
+    if claim == "nan":
+        from avo_inductor.search.evaluate import _Failed
+
+        with pytest.raises(_Failed, match="finite positive"):
+            _evaluate(worker, tmp_path)
+        return
+    result = _evaluate(worker, tmp_path)
+    assert result.median_ms == pytest.approx(1.0) and result.speedup_vs_fallback == pytest.approx(1.04)
+    ok, why = promotion_decision(result)
+    assert not ok, why
+
+
 def test_no_fallback_timing_no_promotion() -> None:
     """An evaluation that timed only the best built-in (an older evaluator) proves nothing about the fallback."""
     ok, why = promotion_decision(EvalResult("x", True, Stage.PASSED, speedup=3.0, spread=0.01))

@@ -14,9 +14,11 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from avo_inductor.artifact import KernelRecord
 from avo_inductor.cache.layers import CacheWarning
 from avo_inductor.cache.remote import KEY_PREFIX, RemoteStore, encode_entry
 from avo_inductor.cache.signing import keygen, load_private_key
@@ -254,3 +256,179 @@ def test_hostile_entry_is_refused_never_run_and_not_kept(kind: str, server: redi
     assert any(reason in str(w.message) and "refused" in str(w.message) for w in caught)
     assert store.local_keys() == [] and store.generation().startswith("0-")  # local store untouched
     assert not (tmp_path / "ran").exists()  # nothing from the entry ran
+
+
+def _verify_then(action: Any, ok: bool) -> Any:
+    """verify_record as the graph pass calls it: the verdict ``ok``, after ``action`` ran (what a hostile server or
+    another process does while the check is running)."""
+    from cache_helpers import StubReport
+
+    def verify(record: KernelRecord, device: Any = None) -> StubReport:
+        action()
+        return StubReport(ok, [] if ok else ["output: max abs err 0.3"])
+    return verify
+
+
+@pytest.mark.parametrize("local", ["writable", "read-only"])
+def test_an_entry_swapped_during_verification_is_not_marked_verified(local: str, server: redis.Redis,
+                                                                      redis_url: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server replaces its entry while the first one is checked: only the checked record is marked, so the
+    replacement is verified before it serves (with no writable store the lookup reads the server again)."""
+    from avo_inductor.backend import graph_pass
+    from avo_inductor.check import verify
+
+    checked, swapped = make_record(64, tag=2), make_record(64, tag=3)
+    key = key_of(checked)
+    server.set(KEY_PREFIX + key, encode_entry(checked))
+    store = KernelStore(tmp_path / "local" if local == "writable" else None, shipped=False, software=SW,
+                        remote=RemoteStore(redis_url))
+    hit = store.get(key)
+    assert hit is not None and hit.needs_reverify and hit.record.sha256 == checked.sha256
+
+    def swap() -> None:
+        server.set(KEY_PREFIX + key, encode_entry(swapped))
+        if store.db is not None:  # another process replaced the local copy meanwhile
+            store.put(swapped, unverified=True)
+
+    monkeypatch.setattr(verify, "verify_record", _verify_then(swap, ok=True))
+    assert graph_pass.ensure_verified(store, hit, None)
+    now = store.get(key)
+    assert now is not None and now.record.sha256 == swapped.sha256 and now.needs_reverify
+
+
+def test_read_through_never_replaces_a_local_record_written_meanwhile(server: redis.Redis, redis_url: str,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A promotion lands in the local store while this process is reading the server's entry: it stays."""
+    promoted, remote = make_record(64, tag=2, speedup=3.0), make_record(64, tag=3)
+    key = key_of(promoted)
+    server.set(KEY_PREFIX + key, encode_entry(remote))
+    store = _store(tmp_path / "local", redis_url)
+    fetch = store.remote.fetch  # type: ignore[union-attr]
+
+    def fetch_while_promoting(k: str) -> KernelRecord | None:
+        got = fetch(k)
+        KernelStore(tmp_path / "local", shipped=False, software=SW).put(promoted)  # the search's promotion
+        return got
+
+    monkeypatch.setattr(store.remote, "fetch", fetch_while_promoting)
+    store.get(key)
+    again = store.get(key)
+    assert again is not None and again.layer == "local" and again.record.sha256 == promoted.sha256
+    assert not again.needs_reverify
+
+
+def test_a_read_through_copy_that_fails_verification_is_dropped(server: redis.Redis, redis_url: str,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server entry that passes the static gates but computes wrong results does not stay in the local store:
+    once the server holds a good record, the next process gets that one."""
+    from avo_inductor.backend import graph_pass
+    from avo_inductor.check import verify
+
+    bad, good = make_record(64, tag=5), make_record(64, tag=6)
+    key = key_of(bad)
+    server.set(KEY_PREFIX + key, encode_entry(bad))
+    store = _store(tmp_path / "local", redis_url)
+    hit = store.get(key)
+    assert hit is not None and hit.record.sha256 == bad.sha256 and store.local_keys() == [key]
+    monkeypatch.setattr(verify, "verify_record", _verify_then(lambda: None, ok=False))
+    assert not graph_pass.ensure_verified(store, hit, None)
+    assert store.local_keys() == []
+    server.set(KEY_PREFIX + key, encode_entry(good))
+    later = _store(tmp_path / "local", redis_url).get(key)
+    assert later is not None and later.record.sha256 == good.sha256
+    # a record verified here is never dropped
+    store.put(good)
+    assert not store.discard_read_through(key, good.sha256) and store.local_keys() == [key]
+
+
+@pytest.mark.parametrize("signer", ["none", "untrusted"])
+def test_a_publisher_never_replaces_a_trusted_entry_with_one_the_fleet_refuses(signer: str, server: redis.Redis,
+                                                                                redis_url: str,
+                                                                                tmp_path: Path) -> None:
+    """A host that trusts alice's key but signs with no key (or with its own) promotes a faster kernel: the
+    server keeps alice's signed entry, which the fleet accepts, and the host says why it did not publish."""
+    alice, _, alice_pub = keygen(tmp_path / "alice")
+    own, _, _ = keygen(tmp_path / "own")
+    signed, faster = make_record(96, tag=3, speedup=1.2), make_record(96, tag=4, speedup=2.0)
+    key = key_of(signed)
+    server.set(KEY_PREFIX + key, encode_entry(signed, load_private_key(alice)))
+    trusted = frozenset({alice_pub})
+    writer = _store(tmp_path / "w", redis_url, trusted_keys=trusted,
+                    **({"signing_key": own} if signer == "untrusted" else {}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        writer.put(faster, publish=True)
+    assert any("not publishing" in str(w.message) for w in caught)
+    kept = RemoteStore(redis_url, trusted_keys=trusted).fetch(key)
+    assert kept is not None and kept.sha256 == signed.sha256
+
+
+HELLO_REPLY = b"%2\r\n$5\r\nproto\r\n:3\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"  # RESP3 map for HELLO 3
+
+
+def _fake_server(listener: socket.socket, getrange: bytes, interval_s: float = 0.0, trickle: int = 0,
+                 hello: bool = True) -> None:
+    """A Redis look-alike for one connection: HELLO answered as Redis 7 does (or with "+OK" when not ``hello``),
+    "+OK" to other commands, and GETRANGE answered with ``getrange`` and then ``trickle`` more bytes, one per
+    ``interval_s`` (each read returns before the client's socket timeout)."""
+    conn, _ = listener.accept()
+    with conn:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            if b"GETRANGE" in data.upper():
+                conn.sendall(getrange)
+                for _ in range(trickle):
+                    time.sleep(interval_s)
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        return
+                return
+            lines = data.split(b"\r\n")
+            for i, line in enumerate(lines):
+                if line.startswith(b"*"):
+                    command = lines[i + 2].upper() if i + 2 < len(lines) else b""
+                    conn.sendall(HELLO_REPLY if command == b"HELLO" and hello else b"+OK\r\n")
+
+
+def _serve(target_kw: dict[str, Any]) -> tuple[socket.socket, str]:
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    threading.Thread(target=_fake_server, args=(listener,), kwargs=target_kw, daemon=True).start()
+    return listener, f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@pytest.mark.parametrize("reply", ["trickle", "unparsable"])
+def test_a_misbehaving_server_costs_at_most_one_deadline(reply: str, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """A reply announced at 1000 bytes and sent a byte per 0.4 s (every read returns within the socket timeout,
+    the reply would take minutes) and a handshake reply the client cannot parse: the lookup ends within the command
+    deadline with a warning, and the local store serves."""
+    from avo_inductor.cache import remote
+
+    monkeypatch.setattr(remote, "COMMAND_DEADLINE_S", 1.0)
+    kw: dict[str, Any] = {"trickle": {"getrange": b"$1000\r\n", "interval_s": 0.4, "trickle": 20},
+                          "unparsable": {"getrange": b"$0\r\n\r\n", "hello": False}}[reply]
+    listener, url = _serve(kw)
+    store = _store(tmp_path / "local", url)
+    local = make_record(64)
+    store.put(local)
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert store.get(key_of(make_record(128))) is None
+        hit = store.get(key_of(local))
+    elapsed = time.monotonic() - start
+    listener.close()
+    assert hit is not None and hit.layer == "local"
+    assert elapsed < 4.0, f"the lookup took {elapsed:.1f}s"
+    messages = [str(w.message) for w in caught if issubclass(w.category, CacheWarning)]
+    assert any("unreachable" in m for m in messages), messages

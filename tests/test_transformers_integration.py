@@ -230,3 +230,30 @@ def test_masks_that_do_not_split(seeded: torch.Generator) -> None:
     plan = plan_mask(bias, is_causal=False, batch=B, q_len=17, kv_len=17)
     assert plan.kind is MaskKind.BIAS and plan.tensor is bias
     assert "top-left" in plan_mask(None, is_causal=True, batch=B, q_len=5, kv_len=9).reason
+
+
+def test_a_class_record_serves_as_in_a_compile_and_the_shape_is_queued(seeded: torch.Generator) -> None:
+    """No exact record, a neighbour of the class tuned at 64: the call runs its kernel after verification at the
+    call's shape, the decision says ``hit (class, tuned at ...)`` and the exact shape is queued for tuning, as a
+    compile's site would be (graph_pass ``_handle_site``)."""
+    from avo_inductor.artifact import KernelMetrics
+    from avo_inductor.kernels.render import default_genome
+
+    tuned = AttentionSpec(2, 4, 2, 64, 64, 16, dtype="float32", causal=True)
+    genome = default_genome(tuned, CPU).replace(block_m=64, block_n=64)
+    metrics = KernelMetrics(median_ms=1.0, speedup=0.9, baseline="flex", baseline_ms=0.9, speedup_vs_fallback=1.5,
+                            fallback_ms=1.5)
+    record = baseline_record(tuned, CPU, genome=genome).with_changes(metrics=metrics)
+    shared_store(get_settings()).put(record)
+    module = torch.nn.Module()
+    module.is_causal = True
+    q = torch.randn(2, 4, N, 16, generator=seeded)
+    k, v = (torch.randn(2, 2, N, 16, generator=seeded) for _ in range(2))
+    out, _ = avo_tf.avo_attention_forward(module, q, k, v, None)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                                           is_causal=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-4, rtol=1e-4)
+    (site,) = avo_tf.decisions()
+    assert (site.kernel_id, site.tuned_at, site.spec.q_len) == (record.kernel_id, tuned, N)
+    assert f"hit (class, tuned at {tuned.to_text()})" in site.summary()
+    assert [p.spec.q_len for p in shared_store(get_settings()).pending()] == [N]

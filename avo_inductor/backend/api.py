@@ -42,7 +42,8 @@ class KernelHandle:
     one the kernel was tuned or rendered for (a store record covers a bucket of shapes, and the graph pass's lookup
     may serve an inference site from the same shape's training record). ``source`` is "store" or "baseline";
     ``layer`` the store layer the record came from, or "template" for a baseline. ``note`` says why
-    ``source="auto"`` fell back to the baseline.
+    ``source="auto"`` fell back to the baseline. ``tuned_at``: set when a class record tuned at another shape serves
+    the spec (verified at the spec's shape first); a caller reports it like the graph pass and queues the spec.
     """
 
     spec: AttentionSpec
@@ -51,6 +52,7 @@ class KernelHandle:
     source: Literal["store", "baseline"]
     layer: str
     note: str = ""
+    tuned_at: AttentionSpec | None = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,12 +92,13 @@ def kernel_for(spec: AttentionSpec, *, source: Source = "auto", hardware: Hardwa
     if source != "baseline":
         store = store if store is not None else shared_store(get_settings())
         hit = lookup_record(store, spec, hardware)
-        if hit is None:
-            note = f"no record for {spec.to_text()} on {hardware.slug}"
-        elif not ensure_verified(store, hit, _device(device)):
+        note = f"no record for {spec.to_text()} on {hardware.slug}"
+        while hit is not None and not ensure_verified(store, hit, _device(device)):
             note = f"record {hit.record.kernel_id} failed verification on this GPU"
-        else:
-            return KernelHandle(spec, hit.record, register_kernel(hit.record), "store", hit.layer)
+            hit = lookup_record(store, spec, hardware) if hit.is_class else None  # a class hit: the next neighbour
+        if hit is not None:
+            return KernelHandle(spec, hit.record, register_kernel(hit.record), "store", hit.layer,
+                                tuned_at=hit.record.spec if hit.is_class else None)
         if source == "store":
             raise KernelNotFound(f"kernel_for: {note}")
     record = _baseline(spec, hardware, template, genome)

@@ -115,16 +115,18 @@ def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | No
 
     if getattr(hit, "serves", None) is not None:
         report = verify_record(hit.record, device=device, at=hit.serves)
-        store.mark_class_verdict(hit, report.ok, "; ".join(report.problems)[:500])
+        store.mark_class_verdict(hit, report.ok, "; ".join(report.problems)[:500],
+                                 persist=not getattr(report, "environmental", False))
         _count("class_verified" if report.ok else "class_rejected")
         return bool(report.ok)
     if hit.record.sha256 in _failed_verification:
         return False
     report = verify_record(hit.record, device=device)
     if report.ok:
-        store.mark_verified(hit.key, SoftwareKey.current())
+        store.mark_verified(hit.key, SoftwareKey.current(), sha=hit.record.sha256)
     else:
         _failed_verification.add(hit.record.sha256)
+        store.discard_read_through(hit.key, hit.record.sha256)
     return bool(report.ok)
 
 

@@ -5,11 +5,13 @@
 the signature policy, the manifest's sha256/size of the record, the trust tier's static gate (kernel-source grammar
 or template re-render) and the store key. The KernelStore then keeps an admitted record locally flagged unverified,
 so it is compiled and checked once on this host before its first use. Nothing from the server is ever executed
-before that. An unreachable server costs one warning and short socket timeouts; the local store keeps working.
+before that. An unreachable or misbehaving server costs one warning and at most one command deadline; the local
+store keeps working.
 """
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable
@@ -33,6 +35,9 @@ MAX_ENTRY_BYTES = 3 * 1024 * 1024
 # A lookup sits on the compile path: a server that does not answer must cost well under a second, once.
 CONNECT_TIMEOUT_S = 0.5
 SOCKET_TIMEOUT_S = 1.0
+# The socket timeout bounds each read, not a reply: a server that trickles an entry a byte per second would hold a
+# compile for days. Every command runs in a daemon thread and is abandoned (server marked down) past this.
+COMMAND_DEADLINE_S = 3.0
 RETRY_AFTER_S = 60.0  # after a failure the server is not asked again for this long (one warning, no stall per site)
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -139,6 +144,28 @@ class RemoteStore:
         warn_once(self.label, "unreachable", f"avo remote cache {redacted_url(self.url)} unreachable during {what} "
                   f"({type(exc).__name__}: {str(exc)[:200]}); using the local store only")
 
+    def _call(self, command: Any, *args: Any) -> Any:
+        """``command(*args)`` (one client command) within COMMAND_DEADLINE_S; past it the client is abandoned to the
+        thread still reading (a new one is made after the back-off) and TimeoutError (an OSError) is raised."""
+        result: list[Any] = []
+
+        def run() -> None:
+            try:
+                result.append((True, command(*args)))
+            except BaseException as exc:  # handed to the caller's except clauses
+                result.append((False, exc))
+
+        worker = threading.Thread(target=run, name="avo-remote-cache", daemon=True)
+        worker.start()
+        worker.join(COMMAND_DEADLINE_S)
+        if not result:
+            self._client = None
+            raise TimeoutError(f"no complete reply within {COMMAND_DEADLINE_S:g}s")
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+
     @property
     def _errors(self) -> tuple[type[BaseException], ...]:
         """What a dead or unreachable server raises (a server's refusal of one command is ResponseError)."""
@@ -160,12 +187,15 @@ class RemoteStore:
         import redis
 
         try:
-            raw = client.getrange(KEY_PREFIX + key, 0, MAX_ENTRY_BYTES)
+            raw = self._call(client.getrange, KEY_PREFIX + key, 0, MAX_ENTRY_BYTES)
         except self._errors as exc:
             self._failed("a lookup", exc)
             return None
         except redis.RedisError as exc:  # e.g. WRONGTYPE: something else stored under the key
             self._refuse(key, f"the server answered {type(exc).__name__}: {str(exc)[:200]}")
+            return None
+        except Exception as exc:  # a reply the client cannot parse: not a Redis server we can use
+            self._failed("a lookup", exc)
             return None
         if not raw:
             return None
@@ -182,7 +212,9 @@ class RemoteStore:
         """Write ``records`` to the server (signed when a signing key is configured); returns the keys written.
 
         A server entry that already holds a valid record at least as fast is kept (last writer does not win
-        blindly). Failures warn once and publish nothing: the local store already holds the records."""
+        blindly), and an entry this store's own signature policy would refuse (unsigned, or signed by a key not
+        among the trusted ones) is not written: it would replace an entry the fleet accepts with one it refuses.
+        Failures warn once and publish nothing: the local store already holds the records."""
         records = list(records)
         if not records or self._redis() is None:
             return []
@@ -202,17 +234,28 @@ class RemoteStore:
             current = self.fetch(key)
             if current is not None and (current.sha256 == record.sha256 or _speedup(current) >= _speedup(record)):
                 continue
+            entry = encode_entry(record, private)
+            try:
+                decode_entry(entry, key, self.trusted_keys, self.require_signed)
+            except BundleError as exc:
+                warn_once(self.label, f"publish-policy:{str(exc)[:80]}", f"avo remote cache: not publishing to "
+                          f"{redacted_url(self.url)}: this host's own signature policy refuses the entry ({exc}); "
+                          "set AVO_SIGNING_KEY to a trusted key")
+                continue
             client = self._redis()
             if client is None:
                 break
             try:
-                client.set(KEY_PREFIX + key, encode_entry(record, private))
+                self._call(client.set, KEY_PREFIX + key, entry)
             except self._errors as exc:
                 self._failed("publishing", exc)
                 break
             except redis.RedisError as exc:  # e.g. a read-only replica: this record stays local
                 warn_once(self.label, "publish", f"avo remote cache {redacted_url(self.url)} refused a write "
                           f"({type(exc).__name__}: {str(exc)[:200]}); promoted records stay local")
+                break
+            except Exception as exc:  # a reply the client cannot parse: not a Redis server we can use
+                self._failed("publishing", exc)
                 break
             written.append(key)
         return written

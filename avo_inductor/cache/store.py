@@ -23,6 +23,7 @@ from ..parsing import bounded_int, finite_float, load_json
 from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from ..artifact import KernelRecord
+from ..kernels import render
 from ..kernels.tiers import stale_note
 from . import classes
 from .layers import BundleLayer, CacheWarning, open_layers, warn_once  # noqa: F401 - CacheWarning re-exported
@@ -32,7 +33,7 @@ from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
 _REC, _PENDING, _MARK, _USED, _GEN = "rec:", "pending:", "mark:", "used:", "meta:generation"
-_CLASS = "classv:"  # verdict of a class record at a site's shape: classv:<record sha>|<site key>|<triton>|<torch>
+_CLASS = "classv:"  # a class record's verdict at a site's shape: classv:<sha>|<site key>|<triton>|<torch>|<template>
 _TOUCH_INTERVAL_S = 3600.0  # last-use stamps feed `prune --unused-days`; hourly resolution keeps lookups read-only
 # What reading a damaged diskcache folder can raise: sqlite's "malformed"/"not a database", a value file gone or
 # unreadable, text that is not UTF-8, and our refusal of pickled entries (ValueError).
@@ -259,14 +260,47 @@ class KernelStore:
 
     def _keep_remote(self, key: str, record: KernelRecord) -> None:
         """Read-through: a record admitted from the remote cache is kept in the writable store flagged unverified
-        (like a bundle record for other hardware), so it is verified once here and survives the server going away."""
-        if self.db is None:
+        (like a bundle record for other hardware), so it is verified once here and survives the server going away.
+        A local record written meanwhile (a promotion in another process) is never replaced by the server's, and a
+        kept copy that then fails verification is dropped again (``discard_read_through``)."""
+        db = self.db
+        if db is None:
             return
         try:
-            self.put(record, unverified=True)
+            with db.transact(retry=True):
+                if db.get(_REC + key) is not None:
+                    return
+                self.put_many([record], unverified_keys=[key])
+                db.set(f"{_MARK}{key}:{record.sha256}", json.dumps({"unverified": True, "read_through": True}))
         except _DB_ERRORS as exc:
             warn_once(str(self.directory), "remote-keep", f"avo kernel store {self.directory}: a record from the "
                        f"remote cache could not be kept locally ({exc})")
+
+    def discard_read_through(self, key: str, sha: str) -> bool:
+        """Drop the local copy of a remote record (``_keep_remote``) with content hash ``sha`` that failed
+        verification here, so it does not outlive the server's entry and shadow the layers after it in every later
+        process. A record verified or promoted here is never dropped. Returns whether one was."""
+        db = self.db
+        if db is None:
+            return False
+        mark_key = f"{_MARK}{key}:{sha}"
+        try:
+            with db.transact(retry=True):
+                mark, raw = self._mark(key, sha), db.get(_REC + key)
+                if not (mark.get("unverified") and mark.get("read_through")) or raw is None:
+                    return False
+                try:
+                    local = validate_record(raw.encode() if isinstance(raw, str) else raw, key)
+                except (BundleError, *PARSE_ERRORS):
+                    local = None
+                if local is None or local.sha256 != sha:
+                    return False
+                db.delete(_REC + key)
+                db.delete(mark_key)
+                _bump_generation(db)
+        except _DB_ERRORS:
+            return False
+        return True
 
     # ---- class records ---------------------------------------------------------------------------
     def lookup_class(self, spec: AttentionSpec, hardware: HardwareKey | None = None, *,
@@ -294,7 +328,7 @@ class KernelStore:
             margin = hit.record.metrics.speedup_vs_fallback if hit is not None else None
             if hit is None or margin is None or margin < min_margin:
                 continue
-            verdict = self.class_verdict(hit.record.sha256, site_key)
+            verdict = self.class_verdict(hit.record, site_key)
             if verdict is False:
                 continue
             if hit.layer == LOCAL_LAYER:
@@ -316,14 +350,20 @@ class KernelStore:
             self._class_index = (counter, index)
         return self._class_index[1].get(klass, [])
 
-    def _verdict_key(self, sha: str, site_key: str) -> str:
+    def _verdict_key(self, record: KernelRecord, site_key: str) -> str:
+        """What a verdict holds for: the record, the site key and the software that ran it. A template record's
+        sha256 names the template it was measured with, but the kernel that runs is rendered from the installed
+        one, so that template's digest is part of the key too (an upgraded template is verified again)."""
         sw = self.software
-        return f"{_CLASS}{sha}|{site_key}|{sw.triton}|{sw.torch}"
+        installed = ""
+        if record.tier == "template" and record.genome is not None:
+            installed = render.template_digest(str(record.genome.get("template", "flash_v1")))
+        return f"{_CLASS}{record.sha256}|{site_key}|{sw.triton}|{sw.torch}|{installed}"
 
-    def class_verdict(self, sha: str, site_key: str) -> bool | None:
-        """Whether the record with content hash ``sha`` passed (True) or failed (False) verification at the site
-        key ``site_key`` on this software; None when it was never verified there."""
-        vkey = self._verdict_key(sha, site_key)
+    def class_verdict(self, record: KernelRecord, site_key: str) -> bool | None:
+        """Whether ``record`` passed (True) or failed (False) verification at the site key ``site_key`` on this
+        software and, for a template record, with the installed template; None when it was never verified there."""
+        vkey = self._verdict_key(record, site_key)
         if vkey in self._class_verdicts:
             return self._class_verdicts[vkey]
         raw = self._db_get(vkey)
@@ -336,15 +376,17 @@ class KernelStore:
         self._class_verdicts[vkey] = data["ok"]
         return bool(data["ok"])
 
-    def mark_class_verdict(self, hit: StoreHit, ok: bool, why: str = "") -> None:
+    def mark_class_verdict(self, hit: StoreHit, ok: bool, why: str = "", *, persist: bool = True) -> None:
         """Remember how the class hit ``hit`` fared at its site's shape on this software (in the writable store,
-        so other processes skip the check too; in memory only when there is none). A failure is remembered like
-        a pass: that record is not verified again for that site key. Records and the generation are unchanged."""
+        so other processes skip the check too; in memory only when there is none, or with ``persist`` False: a
+        check that could not run here, e.g. out of GPU memory, is tried again by the next process). A failure is
+        remembered like a pass: that record is not verified again for that site key. Records and the generation
+        are unchanged."""
         if hit.serves is None:
             raise ValueError(f"mark_class_verdict takes a class hit (lookup_class); {hit.key!r} is an exact hit")
-        vkey = self._verdict_key(hit.record.sha256, store_key(hit.serves, hit.record.hardware))
+        vkey = self._verdict_key(hit.record, store_key(hit.serves, hit.record.hardware))
         self._class_verdicts[vkey] = ok
-        if self.db is None:
+        if self.db is None or not persist:
             return
         try:
             self.db.set(vkey, json.dumps({"ok": ok, "record": hit.key, "why": why[:500], "at": time.time()}))
@@ -430,14 +472,16 @@ class KernelStore:
                                      "(drop the bundle from AVO_CACHE_PATH or set AVO_USE_SHIPPED=0)")
         return bool(found)
 
-    def mark_verified(self, key: str, software: SoftwareKey | None = None) -> bool:
+    def mark_verified(self, key: str, software: SoftwareKey | None = None, *, sha: str | None = None) -> bool:
         """Record that the record now served under ``key`` passed verification on ``software`` (default: now).
 
         Local records get ``software`` added to ``verified_software``; read-only ones get a side mark in the
-        writable store (in memory only if there is none). Returns False if ``key`` has no record.
+        writable store (in memory only if there is none). ``sha``: the content hash of the record that was
+        verified; when the record served now is another one (a remote entry replaced between the check and this
+        call, a concurrent write), nothing is marked. Returns False if nothing was marked.
         """
         hit = self.get(key, touch=False)
-        if hit is None:
+        if hit is None or (sha is not None and hit.record.sha256 != sha):
             return False
         sw = software or self.software
         record = hit.record

@@ -23,11 +23,14 @@ from .tolerance import CheckFailure
 
 @dataclass(frozen=True)
 class VerificationReport:
-    """ok: every check passed. problems: one line per failure. max_rel_err: worst relative error seen."""
+    """ok: every check passed. problems: one line per failure. max_rel_err: worst relative error seen.
+    ``environmental``: a check could not run here (the GPU ran out of memory): the failure says nothing about the
+    kernel, so a caller that remembers verdicts must not remember this one."""
 
     ok: bool
     problems: tuple[str, ...] = ()
     max_rel_err: float = 0.0
+    environmental: bool = False
 
 
 def default_device() -> torch.device:
@@ -52,13 +55,17 @@ def verify_record(record: KernelRecord, device: torch.device | str | None = None
         return VerificationReport(False, (f"load: {exc}",), float("inf"))
     problems: list[str] = []
     worst = 0.0
+    environmental = False
     for case in verification_cases(at or record.spec, dev.type, random.Random(seed)):
         try:
             worst = max(worst, judge_case(case, run_case(loaded, case, dev), dev).rel_err)
         except CheckFailure as exc:
             problems.append(str(exc))
             worst = float("inf")
+        except torch.OutOfMemoryError as exc:  # first use runs beside the model, whose memory it is
+            problems.append(f"{case.name}: out of memory: {str(exc)[:300]}")
+            worst, environmental = float("inf"), True
         except Exception as exc:  # a kernel that fails to compile or crashes fails verification, never the caller
             problems.append(f"{case.name}: {type(exc).__name__}: {str(exc)[:300]}")
             worst = float("inf")
-    return VerificationReport(not problems, tuple(problems), worst)
+    return VerificationReport(not problems, tuple(problems), worst, environmental=environmental and bool(problems))

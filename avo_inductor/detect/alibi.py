@@ -175,7 +175,8 @@ def _fit_values(value: torch.Tensor, probe: torch.Tensor, nq: int, nk: int, caus
 
     Memory stays near the term's own size: batches are fitted one at a time, and a term without a query dim
     (BLOOM's, MPT's (.., 1, Nk)) is checked on _ROWS query rows including the last, whose allowed keys (causal:
-    all keys up to Nk - 1) contain every other row's, so a linear fit there holds on every row.
+    all keys up to Nk - 1) contain every other row's, so a linear fit there holds on every row; a window is then
+    not applied to the fit (it would hide the keys between the sampled rows' windows).
     """
     value = value.reshape((1,) * (4 - value.dim()) + tuple(value.shape)) if value.dim() < 4 else value
     heads = probe.numel()
@@ -186,7 +187,8 @@ def _fit_values(value: torch.Tensor, probe: torch.Tensor, nq: int, nk: int, caus
     except RuntimeError:
         return f"the bias of shape {tuple(value.shape)} does not broadcast to ({heads}, {nq}, {nk})"
     rows = torch.arange(nq)
-    if value.shape[2] == 1 and nq > _ROWS:
+    sampled = value.shape[2] == 1 and nq > _ROWS
+    if sampled:
         rows = torch.linspace(0, nq - 1, _ROWS).round().long().unique()
     patterns = set()
     for b in range(value.shape[0]):
@@ -201,7 +203,9 @@ def _fit_values(value: torch.Tensor, probe: torch.Tensor, nq: int, nk: int, caus
     i = rows.double()[:, None] + (nk - nq)
     j = torch.arange(nk, dtype=torch.float64)[None, :]
     allowed = j <= i if is_causal else torch.ones(rows.numel(), nk, dtype=torch.bool)
-    if win is not None:
+    # With sampled rows a window would leave the keys between the sampled rows' windows unchecked; the term has
+    # no query dim, so every row sees the same values and the fit is made on all keys the causal rows allow.
+    if win is not None and not sampled:
         allowed = allowed & (j > i - win)
     # causal: -slope * |i + off - j| == slope * j - slope * (i + off) on allowed keys; otherwise only symmetric
     x = j.expand(rows.numel(), nk) if is_causal else -(i - j).abs()

