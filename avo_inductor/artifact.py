@@ -23,7 +23,7 @@ Direction = Literal["fwd", "bwd", "both"]
 # flash_v1 backward it keeps; "ignored" has no effect there; "refused" must keep its default (render refuses).
 Ws90Role = Literal["same", "bwd", "ignored", "refused"]
 # Per-spec pruning rules of search/operators.spec_space (logic there, one name per knob here).
-PRUNE_RULES = ("q_tile", "q_tile_bwd", "kv_tile", "decode_splits", "causal", "alibi", "gqa", "hopper", "half")
+PRUNE_RULES = ("q_tile", "q_tile_bwd", "kv_tile", "decode_splits", "causal", "alibi", "gqa", "hopper")
 
 _TILES = (16, 32, 64, 128, 256)
 _WARPS = (1, 2, 4, 8, 16)
@@ -127,10 +127,6 @@ KNOBS: tuple[Knob, ...] = (
          "2^-(26 + log2 N_kv) of the row sum (a Cauchy-Schwarz bound from each head's largest key norm, which the "
          "launcher passes): exact to fp32 rounding", constant="ALIBI_BOUND", launch_key="alibi_bound", prune="alibi",
          ws90="refused"),
-    Knob("exp2_poly", (0, 25, 50, 100), 0, "percent of each score tile's columns whose softmax exp2 is a degree-3 "
-         "polynomial on the FMA units instead of MUFU's ex2 (FlashAttention-4's emulation: the two units work in "
-         "parallel, MUFU issuing 16 ex2 per clock per SM on Hopper, which bounds head dim 64); base-2 softmax, 16-bit "
-         "inputs", constant="EXP2_POLY", prune="half", ws90="refused"),
     Knob("bwd_block_m", (16, 32, 64, 128), 32, "backward query tile", accepted=_TILES, launch_key="BWD_BLOCK_M",
          direction="bwd", prune="q_tile_bwd"),
     Knob("bwd_block_n", (16, 32, 64, 128), 64, "backward key tile", accepted=_TILES, launch_key="BWD_BLOCK_N",

@@ -128,11 +128,6 @@ def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
     if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or rows_unaligned):
         raise ValueError(f"use_tma needs 16-bit q/k/v with head dims divisible by 8 (16-byte rows); got {spec.dtype}, "
                          f"{spec.head_dim}/{spec.v_head_dim}")
-    if genome.exp2_poly and (spec.dtype not in ("float16", "bfloat16") or not genome.exp2):
-        # The polynomial's relative error (1.0e-4, templates/flash_v1_fwd.py EXP2_C*) is far under bf16's and
-        # fp16's rounding but 1700x fp32's; it computes 2^x, so only the base-2 softmax has it.
-        raise ValueError(f"exp2_poly={genome.exp2_poly} needs 16-bit inputs and exp2=True (its polynomial is not "
-                         f"fp32-exact); got {spec.dtype}, exp2={genome.exp2}")
     if spec.dropout_p > 0:
         raise ValueError(f"dropout (p={spec.dropout_p}) is not implemented by avo kernels")
     if max(spec.head_dim, spec.v_head_dim or 0) > MAX_HEAD_DIM:

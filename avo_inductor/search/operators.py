@@ -22,8 +22,7 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
     (frozen at its default). Why each cut: a tile larger than next_pow2(length) only computes masked-out padding
     (the forward's rows are q_len * GQA group when pack_gqa can pack them); kv_splits is the decode (q_len <= 16)
     split-K and must leave every split at least one key tile; causal-only knobs are no-ops without a causal mask or
-    window; pack_gqa needs q heads sharing a kv head; the alibi knobs change ALiBi kernels only; half-precision
-    knobs (exp2_poly: its polynomial is not fp32-exact) need 16-bit inputs; TMA and warp
+    window; pack_gqa needs q heads sharing a kv head; the alibi knobs change ALiBi kernels only; TMA and warp
     specialization need Hopper (sm90+) and do not exist in the CPU interpreter."""
     gqa = spec.q_heads != spec.kv_heads
     if rule == "q_tile":
@@ -41,8 +40,6 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
         return values if spec.mask is MaskKind.ALIBI else None
     if rule == "gqa":
         return values if gqa else (False,)
-    if rule == "half":
-        return values if spec.dtype in ("float16", "bfloat16") else None
     if rule == "hopper":
         hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
         return values if hopper else (False,)

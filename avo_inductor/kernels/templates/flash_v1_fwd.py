@@ -17,8 +17,6 @@ ALIBI_MMA: ALiBi blocks wholly on one side of a tile's diagonal take their per-k
 (_fwd_inner_alibi_mma), so their softmax is the unmasked one plus per-row work.
 ALIBI_BOUND: ALiBi tiles skip the keys too far from every row's diagonal to weigh anything (_alibi_span): MASK holds
 the slopes followed by each (batch, kv head)'s largest key norm (launch["alibi_bound"]).
-EXP2_POLY: that percent of each score tile's columns take their exp2 from a polynomial on the FMA units, the rest
-from MUFU's ex2, so both units work on the softmax (_exp2_tile).
 """
 import triton
 import triton.language as tl
@@ -37,7 +35,6 @@ BWD_DQ_ATOMIC = tl.constexpr(False)
 OVERLAP_QK = tl.constexpr(False)
 ALIBI_MMA = tl.constexpr(False)
 ALIBI_BOUND = tl.constexpr(False)
-EXP2_POLY = tl.constexpr(0)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -46,15 +43,6 @@ LN2 = tl.constexpr(0.6931471805599453)
 # exactly representable in fp16/bf16 and the accumulator rescale is skipped on most iterations.
 RESCALE_THRESHOLD = tl.constexpr(8.0)
 KEEP_SCAN = tl.constexpr(1024)  # keys per step of the keep-vector scan (_kept_span)
-# EXP2_POLY's 2^f = 1 + f (C1 + f (C2 + f C3)) on f in [-1/2, 1/2]: minimax in relative error with p(0) = 1 exactly,
-# fitted by benchmarks/probes/exp2_poly_fit.py (Lawson's reweighted least squares, numpy): max relative error
-# 1.01e-4 (2^-13.3), measured in fp32 over [-126, 0] by replaying _exp2_poly; bf16's unit roundoff is 39x that,
-# fp16's 4.8x (fp32 specs are refused: render.check_renderable).
-EXP2_C1 = tl.constexpr(0.6932829022407532)
-EXP2_C2 = tl.constexpr(0.2422109991312027)
-EXP2_C3 = tl.constexpr(0.05500893294811249)
-ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + ROUND_MAGIC holds round(x) in its low mantissa bits
-ROUND_MAGIC_BITS = tl.constexpr(0x4B400000)  # the bit pattern of ROUND_MAGIC
 # Additive biases are clamped here from below: torch.finfo(fp32 or bf16).min * log2(e) overflows to -inf, which
 # would mask a key that eager softmax keeps (HF's padding bias puts finfo.min on every key of a padded query row;
 # eager, SDPA and the float64 reference give that row mean(v), the scores being absorbed by the bias). Clamped, such
@@ -241,55 +229,11 @@ def _v_tile(v_src, start_n, offs_n, n_bound, V_HEAD_DIM: tl.constexpr, CHECK_N: 
 
 
 @triton.jit
-def _exp2_poly(x):
-    """2^x on the FMA and integer units (FlashAttention-4's exp2 emulation): x = j + f, j = round(x) by the
-    magic-number add, f in [-1/2, 1/2]; 2^f from the EXP2_C* polynomial, 2^j added into its exponent bits.
-    x is clamped at -127 first (no exponent underflow): there f = 0, p = 1.0 and bits(1.0) + (-127 << 23) = 0, so -inf
-    (masked scores) and every x <= -127 give exactly 0; -127 < x < -126 give a number under 2^-126 (2^x itself is
-    subnormal there, which the GPU's ex2 flushes to 0). Needs x <= 127 (softmax arguments are <= 0, or <=
-    RESCALE_THRESHOLD with LAZY_RESCALE). A NaN x gives 0 on the GPU, not NaN (max.f32 returns its other operand).
-    sm_90 SASS per score (benchmarks/probes/exp2_poly_ptx.py): FMNMX, 3 FADD, 3 FFMA and one LEA for the exponent
-    add, in place of one MUFU.EX2."""
-    x = tl.maximum(x, -127.0)
-    t = x + ROUND_MAGIC
-    j = t - ROUND_MAGIC
-    f = x - j
-    p = ((EXP2_C3 * f + EXP2_C2) * f + EXP2_C1) * f + 1.0
-    scale = (t.to(tl.int32, bitcast=True) - ROUND_MAGIC_BITS) * 8388608  # j * 2^23: j into the exponent field
-    return (p.to(tl.int32, bitcast=True) + scale).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _exp2_tile(x):
-    """2^x of a (BM, BN) tile, EXP2_POLY percent of its columns from _exp2_poly, the rest from ex2 (MUFU: one
-    instruction per score at 16 per clock per SM on Hopper, an eighth of the FMA rate, which bounds d64's softmax).
-    50: the odd columns; 25: the odd columns of the left half. Column parity and half are register bits of an MMA
-    accumulator's layout (each thread holds column pairs, repeated every 8 columns), so the split and the join
-    move no data between threads."""
-    BM: tl.constexpr = x.shape[0]
-    BN: tl.constexpr = x.shape[1]
-    if EXP2_POLY == 0:
-        p = tl.math.exp2(x)
-    elif EXP2_POLY == 100:
-        p = _exp2_poly(x)
-    elif EXP2_POLY == 50:
-        even, odd = tl.split(tl.reshape(x, [BM, BN // 2, 2]))
-        p = tl.reshape(tl.join(tl.math.exp2(even), _exp2_poly(odd)), [BM, BN])
-    else:
-        left, right = tl.split(tl.permute(tl.reshape(x, [BM, 2, BN // 2]), (0, 2, 1)))
-        even, odd = tl.split(tl.reshape(left, [BM, BN // 4, 2]))
-        left = tl.reshape(tl.join(tl.math.exp2(even), _exp2_poly(odd)), [BM, BN // 2])
-        p = tl.reshape(tl.permute(tl.join(left, tl.math.exp2(right)), (0, 2, 1)), [BM, BN])
-    return p
-
-
-@triton.jit
 def _softmax_step(x, m_i, qk_scale, row_offset, RAW: tl.constexpr, ROW_OFFSET: tl.constexpr,
                   MAY_BE_EMPTY: tl.constexpr):
     """The online softmax's update for one key block, shared by every forward loop: returns (p, alpha, m_new),
     p = exp(score - m_new) per score and alpha = exp(m_i - m_new) the rescale of what was accumulated so far
-    (base 2 when USE_EXP2, EXP2_POLY percent of p's columns then from a polynomial: _exp2_tile; LAZY_RESCALE keeps
-    m_i until the new max exceeds it by RESCALE_THRESHOLD).
+    (base 2 when USE_EXP2; LAZY_RESCALE keeps m_i until the new max exceeds it by RESCALE_THRESHOLD).
 
     The scores are x * qk_scale (RAW: x is raw QK^T, so the max is taken on raw scores and the scale folds into one
     FMA per score, as in the Triton tutorial; the launcher checks the scale is positive) or x itself (x already
@@ -318,7 +262,7 @@ def _softmax_step(x, m_i, qk_scale, row_offset, RAW: tl.constexpr, ROW_OFFSET: t
     else:
         arg = x - shift[:, None]
     if USE_EXP2:
-        p = _exp2_tile(arg)
+        p = tl.math.exp2(arg)
         alpha = tl.math.exp2(m_i - m_ref)
     else:
         p = tl.exp(arg)
