@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from avo_inductor.cache.bundle import BundleRefused, export_bundle, import_bundle, sign_bundle, verify_bundle
+from avo_inductor.cache.bundle import BundleError, BundleRefused, export_bundle, import_bundle, sign_bundle, verify_bundle
 from avo_inductor.cache.manifest import (MANIFEST_NAME, MAX_FILE_BYTES, SIGNATURE_NAME, FileEntry, Manifest,
                                          record_filename, sha256_bytes)
 from avo_inductor.cache.signing import keygen
@@ -99,6 +99,27 @@ def test_round_trip(tmp_path: Path, out: str) -> None:
     for r in records:
         hit = dst.get(key_of(r))
         assert hit.record.source == r.source and not hit.needs_reverify
+
+
+def test_a_signed_export_carries_only_records_verified_on_this_host(tmp_path: Path, keys) -> None:
+    """A signature says "checked here": a record this host never verified (e.g. a read-through copy from a remote
+    store) is left out of a signed export, with a warning naming it; an unsigned export carries it (its importer
+    verifies every record anyway)."""
+    from avo_inductor.cache.layers import CacheWarning
+
+    checked, unchecked = make_record(64, tag=1), make_record(512, tag=2)
+    src = _store(tmp_path / "src")
+    src.put(checked)
+    src.put(unchecked, unverified=True)
+    with pytest.warns(CacheWarning, match=f"leaves out 1 record.*{key_of(unchecked)}"):
+        manifest = export_bundle(src, tmp_path / "signed", sign_key=keys["alice"][0])
+    assert [r.key for r in manifest.records] == [key_of(checked)]
+    manifest = export_bundle(src, tmp_path / "unsigned")
+    assert sorted(r.key for r in manifest.records) == sorted(key_of(r) for r in (checked, unchecked))
+    only = _store(tmp_path / "only-unchecked")
+    only.put(unchecked, unverified=True)
+    with pytest.warns(CacheWarning), pytest.raises(BundleError, match="verified on this host"):
+        export_bundle(only, tmp_path / "nothing", sign_key=keys["alice"][0])
 
 
 def test_signed_round_trip_and_sign_in_place(tmp_path: Path, keys) -> None:

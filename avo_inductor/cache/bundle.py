@@ -15,6 +15,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from .manifest import (MANIFEST_NAME, MAX_FILE_BYTES, MAX_FILES, MAX_MANIFEST_BY
                        read_manifest, record_bytes, record_filename, safe_relpath, sha256_bytes, validate_record)
 from ..artifact import KernelRecord
 from .signing import fingerprint, load_private_key, load_trusted_keys, sign_bytes
+from .layers import CacheWarning
 from .store import KernelStore
 
 Verifier = Callable[[KernelRecord], Any]  # returns an object with .ok and .problems (VerificationReport)
@@ -348,9 +350,14 @@ def export_bundle(store: KernelStore, out: str | Path, hardware: HardwareKey | s
                   creator: str | None = None) -> Manifest:
     """Write the store's visible records (optionally one hardware target, specs whose key or short text
     contains ``spec_filter``) as a bundle folder or, for ``*.tar.gz``, an archive. ``hardware`` may be a
-    HardwareKey or a slug (substring match). Optionally signed with ``sign_key`` before packing."""
+    HardwareKey or a slug (substring match). Optionally signed with ``sign_key`` before packing.
+
+    A signature says "checked here": a signed export leaves out records this host has not verified on its own
+    software (read-through copies from a remote store, bundle records not yet used, records tuned elsewhere), with
+    one warning naming them (a first use on this host verifies them). Unsigned bundles carry
+    everything: their importer verifies every record anyway."""
     out = Path(out)
-    records = []
+    records, unverified = [], []
     for hit in store.iter_records():
         r = hit.record
         if isinstance(hardware, HardwareKey) and r.hardware != hardware:
@@ -359,9 +366,17 @@ def export_bundle(store: KernelStore, out: str | Path, hardware: HardwareKey | s
             continue
         if spec_filter and spec_filter not in hit.key and spec_filter not in r.spec.short():
             continue
+        if sign_key is not None and hit.needs_reverify:
+            unverified.append(hit.key)
+            continue
         records.append(r)
+    if unverified:
+        warnings.warn(f"signed export leaves out {len(unverified)} record(s) not verified on this host: "
+                      f"{', '.join(unverified[:5])}{' ...' if len(unverified) > 5 else ''}", CacheWarning,
+                      stacklevel=2)
     if not records:
-        raise BundleError(f"no records match hardware={hardware!s} spec_filter={spec_filter!r}; nothing exported")
+        raise BundleError(f"no records match hardware={hardware!s} spec_filter={spec_filter!r}"
+                          f"{' and are verified on this host' if unverified else ''}; nothing exported")
     if _is_tar(out):
         with tempfile.TemporaryDirectory(prefix="avo-export-") as tmp:
             manifest = _write_bundle(Path(tmp), records, creator, sign_key)
