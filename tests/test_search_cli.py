@@ -2,6 +2,8 @@
 one-line errors of the thin argparse front end. Asserts on returned data, never on stdout."""
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import pytest
@@ -119,13 +121,8 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(err) == 3 and "missing.toml: cannot read campaign file" in err[0] and "no search database" in err[1]
 
 
-def test_ray_address_without_ray_is_a_clear_error() -> None:
-    pytest.importorskip("pytest")
-    try:
-        import ray  # noqa: F401
-        pytest.skip("ray is installed here")
-    except ImportError:
-        pass
+def test_ray_address_without_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as where it is not installed
     with pytest.raises(RuntimeError, match=r"pip install 'avo_inductor\[ray\]'"):
         runner.build_evaluator(runner.RunOptions(pending=True, ray_address="ray://head:10001"))
 
