@@ -12,7 +12,8 @@ from typing import Callable
 
 import pytest
 
-from avo_inductor.cache.bundle import BundleError, BundleRefused, export_bundle, import_bundle, sign_bundle, verify_bundle
+from avo_inductor.cache.bundle import (BundleError, BundleRefused, export_bundle, import_bundle, sign_bundle,
+                                       verify_bundle)
 from avo_inductor.cache.manifest import (MANIFEST_NAME, MAX_FILE_BYTES, SIGNATURE_NAME, FileEntry, Manifest,
                                          record_filename, sha256_bytes)
 from avo_inductor.cache.signing import keygen
