@@ -17,7 +17,7 @@ from ..spec import AttentionSpec, HardwareKey
 from . import runner
 from .database import LineageStep, RunInfo, SearchDatabase
 from .engine import SearchConfig, SearchEvent, SearchOutcome
-from .errors import SearchNotFound, SearchRefused
+from .errors import SearchNotFound, SearchRefused, require_database
 from .types import Evaluator
 
 __all__ = ["Lineage", "NothingToDo", "RunResult", "RunStatus", "SearchNotFound", "SearchRefused", "SpecResult",
@@ -126,10 +126,7 @@ def writable_db(db: str | Path | None, settings: Settings | None = None) -> Path
 
 
 def _existing_db(db: str | Path | None) -> Path:
-    path = _db_path(db)
-    if not path.exists():
-        raise SearchNotFound(f"no search database at {path} (run a search first, or pass --db PATH)")
-    return path
+    return require_database(_db_path(db))
 
 
 def _source(options: dict[str, Any]) -> str:

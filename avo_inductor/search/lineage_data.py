@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import population as pop
 from .database import RunInfo, SearchDatabase
-from .errors import SearchNotFound
+from .errors import SearchNotFound, require_database
 from .types import Candidate, EvalResult, Stage
 
 MAX_TREE_NODES = 60  # ancestors drawn per winner (nearest first); deep agent lineages stay legible
@@ -238,10 +238,7 @@ def _latest_run(db: SearchDatabase) -> RunInfo:
 
 def load_report_data(db_path: str | Path, run_id: str | None = None) -> ReportData:
     """Everything the report shows for ``run_id`` (default: the most recently started run) of the database."""
-    path = Path(db_path)
-    if not path.is_file():
-        raise SearchNotFound(f"no search database at {path} (run a search first, or pass --db PATH)")
-    with SearchDatabase(path) as db:
+    with SearchDatabase(require_database(Path(db_path))) as db:
         try:
             run = db.get_run(run_id) if run_id else _latest_run(db)
         except ValueError as exc:  # an unknown run id
@@ -271,5 +268,5 @@ def load_report_data(db_path: str | Path, run_id: str | None = None) -> ReportDa
             again = db.result(run.id, winner.id, promotion=True)
             if again is not None and not again.ok:
                 refused.append(again)
-        return ReportData(path, run, tuple(r.id for r in db.runs()), tuple(progress), tuple(trees), tuple(grids),
+        return ReportData(db.path, run, tuple(r.id for r in db.runs()), tuple(progress), tuple(trees), tuple(grids),
                           failures_by_stage(evaluated, refused), tuple(promotions))
