@@ -80,7 +80,7 @@ def site_counts(sites: Sequence[Any]) -> dict[str, Any]:
     from avo_inductor.backend import report as rep
 
     def is_class(s: Any) -> bool:
-        return getattr(s, "tuned_at", None) is not None
+        return s.tuned_at is not None
 
     hits = [s for s in sites if s.action == rep.AVO]
     why = next((s.reason for s in sites if s.action != rep.AVO and s.reason), "")

@@ -107,6 +107,12 @@ class Timing:
     samples_ms: tuple[float, ...]
     method: str
 
+    @classmethod
+    def from_samples(cls, samples: Sequence[float], method: str) -> Timing:
+        """The median and spread of per-round samples: what the timing worker reports and the parent recomputes."""
+        med = statistics.median(samples)
+        return cls(med, (max(samples) - min(samples)) / med if med > 0 else math.inf, tuple(samples), method)
+
     def to_dict(self) -> dict[str, Any]:
         return {"median_ms": self.median_ms, "spread": self.spread, "samples_ms": list(self.samples_ms),
                 "method": self.method}
@@ -178,11 +184,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device 
             for name in (names if r % 2 == 0 else names[::-1]):
                 samples[name].append(_wall_median_ms(fns[name], device, cpu_reps))
         method = "wall"
-    out = {}
-    for name, vals in samples.items():
-        med = statistics.median(vals)
-        out[name] = Timing(med, (max(vals) - min(vals)) / med if med > 0 else math.inf, tuple(vals), method)
-    return out
+    return {name: Timing.from_samples(vals, method) for name, vals in samples.items()}
 
 
 def median_ci_ranks(n: int, alpha: float = 0.05) -> int:

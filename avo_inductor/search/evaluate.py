@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import statistics
 import tempfile
 import threading
 import time
@@ -288,8 +287,7 @@ def _timing_of(raw: Any) -> Any:
     if not samples or not all(math.isfinite(x) and x > 0 for x in samples):
         raise _Failed(Stage.TIMING, f"malformed timing in the worker's reply: samples must be finite positive "
                                     f"times; got {list(samples)[:8]}")
-    med = statistics.median(samples)
-    return Timing(med, (max(samples) - min(samples)) / med, samples, method)
+    return Timing.from_samples(samples, method)
 
 
 def _wall_ms(marks: Sequence[tuple[str, float]], calls: int) -> float | None:
