@@ -2,7 +2,8 @@
 # One device call: install carried wheels + the package, then run the named steps; logs and CSV/PNG under $OUT.
 # Usage (on the GPU host, repo root):  bash benchmarks/gpu_session.sh STEP...   steps (each benchmark runs as a
 # module of the benchmarks package from the repo root, python3 -m benchmarks.NAME):
-#   sanity (cascade check of the template on this GPU; stops the session if the default genome fails), tests (-m gpu),
+#   sanity (cascade check of the template on this GPU; stops the session if the default genome fails), tests (-m gpu;
+#   GPU_TESTS narrows the files),
 #   campaign (run or resume CAMPAIGN=search/h100-core.toml into CAMPAIGN_DB for one CAMPAIGN_SLICE-minute slice),
 #   export (the store's promoted records as $OUT/bundle), attention (ATTN_SUITE, default issue7), models
 #   (MODEL_CASES / MODEL_ARGS, e.g. --seed-baseline), variants / variants-training (template A/B, VARIANT_ARGS /
@@ -32,7 +33,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 for step in "$@"; do
   echo "=== $step ($(date +%T))"
   case "$step" in
-    tests) python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_backend.py tests/test_anticheat.py -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
+    tests) python3 -m pytest -q -m gpu -p no:cacheprovider ${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_gpu_backend.py tests/test_anticheat.py} -p no:logging > "$OUT/gpu-tests.log" 2>&1; grep -E "^(FAILED|ERROR|E  )|passed|failed" "$OUT/gpu-tests.log" | tail -15 ;;
     attention) python3 -m benchmarks.attention --suite "${ATTN_SUITE:-issue7}" --out "$OUT" ${ATTN_ARGS:-} > "$OUT/attention.log" 2>&1; tail -40 "$OUT/attention.log" ;;
     models*) python3 -m benchmarks.models ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
     hf) python3 -m benchmarks.hf_models --out "$OUT" --search-minutes "${HF_SEARCH_MINUTES:-0}" ${HF_ARGS:-} > "$OUT/hf.log" 2>&1
