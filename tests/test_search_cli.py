@@ -127,6 +127,22 @@ def test_ray_address_without_ray_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
         runner.build_evaluator(runner.RunOptions(pending=True, ray_address="ray://head:10001"))
 
 
+def test_gpus_with_ray_address_is_the_actor_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--gpus N with --ray-address asks the cluster for N actors (it was silently ignored)."""
+    from avo_inductor.search import distributed
+
+    made: list[tuple[str, int | None]] = []
+
+    class Recording:
+        def __init__(self, address: str, actors: int | None = None, **kwargs: object) -> None:
+            made.append((address, actors))
+
+    monkeypatch.setattr(distributed, "RayEvaluator", Recording)
+    runner.build_evaluator(runner.RunOptions(pending=True, ray_address="auto", gpus=3))
+    runner.build_evaluator(runner.RunOptions(pending=True, ray_address="auto"))
+    assert made == [("auto", 3), ("auto", None)]
+
+
 def test_default_db_lives_next_to_the_store() -> None:
     assert runner.default_db_path() == get_settings().cache_dir / "search.db"
 

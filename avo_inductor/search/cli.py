@@ -67,7 +67,8 @@ def _add_run(sub: Any) -> None:
                                          "ANTHROPIC_API_KEY")
     run.add_argument("--seed", type=_arg("seed"))
     run.add_argument("--gpus", type=_arg("gpus"), help="local GPUs to use (default all; without a GPU leave it out: "
-                                                       "one interpreter worker on the CPU)")
+                                                       "one interpreter worker on the CPU); with --ray-address, "
+                                                       "how many of the cluster's GPUs (default all)")
     run.add_argument("--agent-model")
     run.add_argument("--max-tokens", type=_arg("max_tokens"), help="agent token budget")
     run.add_argument("--max-dollars", type=_arg("max_dollars"), help="agent dollar budget")

@@ -272,11 +272,12 @@ def build_operators(names: tuple[str, ...], settings: Settings, evaluator: Evalu
 
 def build_evaluator(options: RunOptions) -> Evaluator:
     """Sandboxed workers, one per local GPU (``--gpus N``: the first N; CPU: one interpreter worker), or
-    Ray tasks pinned one per GPU when ``--ray-address`` is given."""
+    Ray actors pinned one per GPU when ``--ray-address`` is given (``--gpus N``: N actors, default one per GPU
+    of the cluster; more than the cluster has is refused there)."""
     if options.ray_address:
         from .distributed import RayEvaluator
 
-        return RayEvaluator(options.ray_address, quick=options.quick)
+        return RayEvaluator(options.ray_address, actors=options.gpus, quick=options.quick)
     from .evaluate import SandboxedEvaluator
     from ..check.sandbox import default_devices
 
