@@ -258,6 +258,33 @@ def test_hostile_entry_is_refused_never_run_and_not_kept(kind: str, server: redi
     assert not (tmp_path / "ran").exists()  # nothing from the entry ran
 
 
+def test_a_refused_entry_is_not_read_again_until_the_back_off_ends(server: redis.Redis, redis_url: str,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad entry is fetched and checked once per RETRY_AFTER_S, not once per site; the fleet's replacement with a
+    good entry is read after the back-off."""
+    from avo_inductor.cache import remote as remote_mod
+
+    record = make_record(1)
+    key = key_of(record)
+    server.set(KEY_PREFIX + key, b"not json")
+    remote = RemoteStore(redis_url)
+    reads: list[str] = []
+    client = remote._redis()
+    real_getrange = client.getrange
+    monkeypatch.setattr(client, "getrange", lambda name, *a: reads.append(name) or real_getrange(name, *a))
+    now = [1000.0]
+    monkeypatch.setattr(remote_mod.time, "monotonic", lambda: now[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        assert remote.fetch(key) is None and remote.fetch(key) is None
+    assert len(reads) == 1 and "not valid JSON" in remote.refused[key]
+    server.set(KEY_PREFIX + key, encode_entry(record))
+    now[0] += remote_mod.RETRY_AFTER_S + 1
+    fetched = remote.fetch(key)
+    assert fetched is not None and fetched.source == record.source and key not in remote.refused and len(reads) == 2
+
+
 def _verify_then(action: Any, ok: bool) -> Any:
     """verify_record as the graph pass calls it: the verdict ``ok``, after ``action`` ran (what a hostile server or
     another process does while the check is running)."""

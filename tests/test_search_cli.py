@@ -150,7 +150,7 @@ def test_default_db_lives_next_to_the_store() -> None:
 def test_model_factory_shapes_are_traced() -> None:
     (spec,) = runner.specs_from_model("search_fakes:tiny_sdpa_model")
     assert (spec.batch, spec.q_heads, spec.q_len, spec.head_dim, spec.causal) == (1, 4, 32, 16, True)
-    with pytest.raises(ValueError, match="pkg.module:factory"):
+    with pytest.raises(ValueError, match=r"pkg\.module:factory"):
         runner.specs_from_model("search_fakes")
     with pytest.raises(ValueError, match="cannot load factory"):
         runner.specs_from_model("search_fakes:nope")

@@ -114,6 +114,9 @@ class RemoteStore:
         self.require_signed = require_signed
         self.signing_key = Path(signing_key) if signing_key is not None else None
         self.refused: dict[str, str] = {}  # key -> why the server's entry was refused (for reports and tests)
+        # key -> when a refused entry is read again: a compile looks a key up once per site and per class
+        # neighbour, and re-reading (up to MAX_ENTRY_BYTES) and re-checking the same bad entry each time is waste
+        self._refused_until: dict[str, float] = {}
         self._client = client
         self._unavailable = False  # the redis package is missing: the layer is off for this process
         self._down_until = 0.0
@@ -175,12 +178,16 @@ class RemoteStore:
 
     def _refuse(self, key: str, reason: str) -> None:
         self.refused[key] = reason
+        self._refused_until[key] = time.monotonic() + RETRY_AFTER_S
         warn_once(self.label, key, f"avo remote cache: entry {key!r} on {redacted_url(self.url)} refused: {reason}")
 
     # ---- reads ------------------------------------------------------------------------------------
     def fetch(self, key: str) -> KernelRecord | None:
         """The server's record under ``key`` after the bundle gates; None on a miss, a refusal (warned, reason in
-        ``refused``) or an unreachable server (warned once)."""
+        ``refused``) or an unreachable server (warned once). A refused key is not read again for RETRY_AFTER_S
+        (a fleet may replace the entry with a good one; it is picked up after that)."""
+        if time.monotonic() < self._refused_until.get(key, 0.0):
+            return None
         client = self._redis()
         if client is None:
             return None
@@ -205,6 +212,7 @@ class RemoteStore:
             self._refuse(key, str(exc) if isinstance(exc, BundleError) else f"{type(exc).__name__}: {exc}")
             return None
         self.refused.pop(key, None)
+        self._refused_until.pop(key, None)
         return record
 
     # ---- writes -----------------------------------------------------------------------------------
