@@ -514,6 +514,26 @@ def baseline_fns(spec: AttentionSpec, device: torch.device | str,
     return {n: _per_mask(builder(n)) for n in names}
 
 
+def timing_inputs(spec: AttentionSpec, seeds: Sequence[int],
+                  device: torch.device | str) -> tuple[list[Any], list[Any] | None]:
+    """The rotated input sets the search times a spec over (one per seed), and the upstream gradients of a training
+    spec (None for forward-only): the evaluator's timing worker and the timing probes draw the same inputs."""
+    from ..check.cases import case_grad_output, case_inputs
+
+    sets = [case_inputs(spec, s, device) for s in seeds]
+    dos = [case_grad_output(spec, s, device) for s in seeds] if spec.needs_grad else None
+    return sets, dos
+
+
+def baseline_args(sets: Sequence[Any], dos: Sequence[Any] | None) -> list[tuple[Any, ...]]:
+    """A built-in baseline's call arguments per input set: (q, k, v, mask), or for training fresh grad-requiring
+    leaves and the upstream gradient (q, k, v, mask, do), as ``training_step`` takes them."""
+    if dos is None:
+        return [(x.q, x.k, x.v, x.mask) for x in sets]
+    leaves = [[t.detach().requires_grad_(True) for t in (x.q, x.k, x.v)] for x in sets]
+    return [(*qkv, x.mask, do) for qkv, x, do in zip(leaves, sets, dos, strict=True)]
+
+
 def training_step(fn: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch.Tensor, ...]]:
     """``fn(q, k, v, mask) -> out`` as a training step runs it: ``step(q, k, v, mask, do) -> (dq, dk, dv)``, the
     forward and its autograd backward (q, k, v must require grad). ``autograd.grad`` returns fresh gradients

@@ -103,21 +103,6 @@ def _smoke_op(message: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _baseline_args(spec: AttentionSpec, sets: list[Any], dos: list[Any] | None) -> list[tuple[Any, ...]]:
-    if dos is None:
-        return [(x.q, x.k, x.v, x.mask) for x in sets]
-    leaves = [[t.detach().requires_grad_(True) for t in (x.q, x.k, x.v)] for x in sets]
-    return [(*qkv, x.mask, do) for qkv, x, do in zip(leaves, sets, dos, strict=True)]
-
-
-def _timing_inputs(spec: AttentionSpec, seeds: list[int], device: Any) -> tuple[list[Any], list[Any] | None]:
-    from ..check.cases import case_grad_output, case_inputs
-
-    sets = [case_inputs(spec, s, device) for s in seeds]
-    dos = [case_grad_output(spec, s, device) for s in seeds] if spec.needs_grad else None
-    return sets, dos
-
-
 def _baselines_op(message: dict[str, Any]) -> dict[str, Any]:
     """Time every built-in baseline on the spec (no candidate loaded yet in this worker): best, ms, method."""
     from ..check import run
@@ -125,8 +110,8 @@ def _baselines_op(message: dict[str, Any]) -> dict[str, Any]:
 
     device = run.state().device
     spec = _spec_of(message)
-    sets, dos = _timing_inputs(spec, [int(s) for s in message["seeds"]], device)
-    args = _baseline_args(spec, sets, dos)
+    sets, dos = bench.timing_inputs(spec, [int(s) for s in message["seeds"]], device)
+    args = bench.baseline_args(sets, dos)
     available = bench.available_baselines(spec, device, *args[0][:4], do=args[0][4] if dos else None)
     if not available:
         return {"error": "no built-in baseline runs on this device for this spec"}
@@ -159,7 +144,7 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
     spec = _spec_of(message)
     training = spec.needs_grad
     cpu = device.type == "cpu"
-    sets, dos = _timing_inputs(spec, [int(s) for s in message["seeds"]], device)
+    sets, dos = bench.timing_inputs(spec, [int(s) for s in message["seeds"]], device)
     outs = [run.alloc(spec, device, float("nan")) for _ in range(len(sets) + 1)]
     last_input = [-1] * len(outs)
     grads: list[Any] = [None] * len(outs)  # training: the gradients of the last timed call into each buffer
@@ -179,7 +164,7 @@ def _time_op(message: dict[str, Any], channel: Any) -> dict[str, Any]:
     builtins = [best] + ([str(fallback)] if fallback and fallback != best else [])
     fns: dict[str, Any] = {"candidate": cand}
     for name, fn in bench.baseline_fns(spec, device, builtins).items():
-        fns[name] = bench.Rotating(bench.training_step(fn) if training else fn, _baseline_args(spec, sets, dos))
+        fns[name] = bench.Rotating(bench.training_step(fn) if training else fn, bench.baseline_args(sets, dos))
     graphed = bench.graph_timed(spec) and not training
     graphs: dict[str, Any] = {}
     t = bench.time_interleaved(fns, device, rounds=max(2, int(message["rounds"])), cpu_reps=1, use_graphs=graphed,

@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 from avo_inductor.check import run
-from avo_inductor.check.cases import case_grad_output, case_inputs
 from avo_inductor.kernels.baseline import baseline_record
 from avo_inductor.kernels.loader import load_record
 from avo_inductor.search import bench
@@ -73,8 +72,7 @@ def parse_strategy(text: str) -> tuple[int, int]:
 def _fns(spec: AttentionSpec, device: torch.device, seeds: list[int]) -> dict[str, Any]:
     """cand, twin (the same kernel through a second callable and output buffers) and cuDNN, over rotated inputs."""
     loaded = load_record(baseline_record(spec, HardwareKey.current(device)))
-    sets = [case_inputs(spec, s, device) for s in seeds]
-    dos = [case_grad_output(spec, s, device) for s in seeds] if spec.needs_grad else None
+    sets, dos = bench.timing_inputs(spec, seeds, device)
 
     def kernel_call() -> bench.Rotating:
         outs = [run.alloc(spec, device, float("nan")) for _ in sets]
@@ -87,13 +85,10 @@ def _fns(spec: AttentionSpec, device: torch.device, seeds: list[int]) -> dict[st
         return bench.Rotating(call, [(i,) for i in range(len(sets))])
 
     cudnn = bench.baseline_fns(spec, device, ("sdpa_cudnn",))["sdpa_cudnn"]
-    if dos is None:
-        base_args = [(x.q, x.k, x.v, x.mask) for x in sets]
-    else:
-        base_args = [(*(t.detach().requires_grad_(True) for t in (x.q, x.k, x.v)), x.mask, do)
-                     for x, do in zip(sets, dos, strict=True)]
+    if dos is not None:
         cudnn = bench.training_step(cudnn)
-    return {"cand": kernel_call(), "twin": kernel_call(), "cudnn": bench.Rotating(cudnn, base_args)}
+    base = bench.Rotating(cudnn, bench.baseline_args(sets, dos))
+    return {"cand": kernel_call(), "twin": kernel_call(), "cudnn": base}
 
 
 def measure(spec: AttentionSpec, device: torch.device, strategy: str, trials: int) -> SpreadRow:
