@@ -1,4 +1,5 @@
-"""KernelStore: the writable diskcache store, the read-only bundle layers behind it, and the pending queue.
+"""KernelStore: the writable diskcache store and the read-only bundle layers behind it (the pending queue of
+missed specs lives in the same diskcache, cache/pending.py).
 
 Lookup order: the writable store (AVO_CACHE_DIR), then the fleet's remote cache (AVO_REMOTE_CACHE, read through
 into the writable store flagged unverified), then each AVO_CACHE_PATH bundle, then shipped bundles; the first
@@ -19,7 +20,7 @@ from pathlib import Path
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..parsing import bounded_int, finite_float, load_json
+from ..parsing import finite_float, load_json
 from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from ..artifact import KernelRecord
@@ -28,16 +29,17 @@ from ..kernels.tiers import stale_note
 from . import classes
 from .layers import BundleLayer, CacheWarning, open_layers, warn_once  # noqa: F401 - CacheWarning re-exported
 from .manifest import PARSE_ERRORS, BundleError, validate_record
+from .pending import PendingEntry, PendingQueue
 from .remote import RemoteStore
 from .signing import load_trusted_keys
 
 LOCAL_LAYER = "local"
-_REC, _PENDING, _MARK, _USED, _GEN = "rec:", "pending:", "mark:", "used:", "meta:generation"
+_REC, _MARK, _USED, _GEN = "rec:", "mark:", "used:", "meta:generation"
 _CLASS = "classv:"  # a class record's verdict at a site's shape: classv:<sha>|<site key>|<triton>|<torch>|<template>
 _TOUCH_INTERVAL_S = 3600.0  # last-use stamps feed `prune --unused-days`; hourly resolution keeps lookups read-only
 # What reading a damaged diskcache folder can raise: sqlite's "malformed"/"not a database", a value file gone or
 # unreadable, text that is not UTF-8, and our refusal of pickled entries (ValueError).
-_DB_ERRORS = (OSError, sqlite3.Error, UnicodeDecodeError, ValueError)
+DB_ERRORS = (OSError, sqlite3.Error, UnicodeDecodeError, ValueError)
 
 
 def _json_only_disk() -> type:
@@ -86,33 +88,6 @@ class StoreHit:
     @property
     def is_class(self) -> bool:
         return self.serves is not None
-
-
-@dataclass(frozen=True)
-class PendingEntry:
-    """A spec that missed: how often, from which models, when first and last."""
-
-    key: str
-    spec: AttentionSpec
-    hardware: HardwareKey
-    count: int
-    origins: tuple[str, ...]
-    first_seen: float
-    last_seen: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "spec": self.spec.to_dict(), "hardware": self.hardware.to_dict(),
-                "count": self.count, "origins": list(self.origins), "first_seen": self.first_seen,
-                "last_seen": self.last_seen}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PendingEntry:
-        origins = data.get("origins", [])
-        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-            raise ValueError(f"pending origins must be a list of strings; got {origins!r:.80}")
-        return cls(str(data["key"]), AttentionSpec.from_dict(data["spec"]), HardwareKey.from_dict(data["hardware"]),
-                   bounded_int("pending count", data["count"]), tuple(origins),
-                   finite_float("first_seen", data["first_seen"]), finite_float("last_seen", data["last_seen"]))
 
 
 class KernelStore:
@@ -166,7 +141,7 @@ class KernelStore:
 
             try:
                 self._db_obj = diskcache.Cache(str(self.directory), timeout=60, disk=_json_only_disk())
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 self._db_failed = True
                 self._db_error = (f"avo kernel store {self.directory} is not writable or is damaged ({exc}); "
                                   "using read-only layers only")
@@ -189,7 +164,7 @@ class KernelStore:
             return None
         try:
             return db.get(key)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             warn_once(str(self.directory), key, f"avo kernel store entry {key!r} unreadable ({exc}); treated as a miss")
             return None
 
@@ -203,7 +178,7 @@ class KernelStore:
             for k in db.iterkeys():
                 if isinstance(k, str) and k.startswith(prefix):
                     keys.append(k[len(prefix):])
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             warn_once(str(self.directory), "iterkeys", f"avo kernel store {self.directory} is damaged ({exc}); "
                        f"listing the {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} read before the damage")
         return sorted(keys)
@@ -272,7 +247,7 @@ class KernelStore:
                     return
                 self.put_many([record], unverified_keys=[key])
                 db.set(f"{_MARK}{key}:{record.sha256}", json.dumps({"unverified": True, "read_through": True}))
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             warn_once(str(self.directory), "remote-keep", f"avo kernel store {self.directory}: a record from the "
                        f"remote cache could not be kept locally ({exc})")
 
@@ -298,7 +273,7 @@ class KernelStore:
                 db.delete(_REC + key)
                 db.delete(mark_key)
                 _bump_generation(db)
-        except _DB_ERRORS:
+        except DB_ERRORS:
             return False
         return True
 
@@ -390,7 +365,7 @@ class KernelStore:
             return
         try:
             self.db.set(vkey, json.dumps({"ok": ok, "record": hit.key, "why": why[:500], "at": time.time()}))
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             warn_once(str(self.directory), vkey, f"avo kernel store {self.directory}: a class verdict could not be "
                        f"saved ({exc}); kept for this process")
 
@@ -427,7 +402,7 @@ class KernelStore:
         self._touched[key] = now
         try:
             self.db.set(_USED + key, now)
-        except _DB_ERRORS:
+        except DB_ERRORS:
             pass  # a usage stamp is a hint for prune; losing one is harmless
 
     # ---- writes (writable layer only) ---------------------------------------------------------------
@@ -514,7 +489,7 @@ class KernelStore:
         if db is not None:
             try:
                 counter = int(db.get(_GEN, 0))
-            except (*_DB_ERRORS, TypeError, OverflowError):
+            except (*DB_ERRORS, TypeError, OverflowError):
                 counter = -1
         layers = [(layer.label, stable_hash(layer.manifest.to_dict()) if layer.manifest else layer.error)
                   for layer in self.layers]
@@ -571,56 +546,19 @@ class KernelStore:
         except ValueError:
             return None  # a damaged stamp: prune falls back to the record's creation time
 
-    # ---- pending queue -----------------------------------------------------------------------------
+    # ---- pending queue (cache/pending.py) ----------------------------------------------------------
     def enqueue_pending(self, spec: AttentionSpec, hardware: HardwareKey | None = None,
                         origin: str | None = None) -> PendingEntry | None:
         """Count a miss for ``spec`` (atomic across processes); None when the store is read-only."""
-        db = self.db
-        if db is None:
-            return None
-        hardware = hardware or HardwareKey.current()
-        key, now = store_key(spec, hardware), time.time()
-        try:
-            with db.transact(retry=True):
-                entry = self._pending_entry(key)
-                if entry is None:
-                    entry = PendingEntry(key, spec, hardware, 0, (), now, now)
-                origins = entry.origins + ((origin,) if origin and origin not in entry.origins else ())
-                entry = PendingEntry(key, entry.spec, entry.hardware, entry.count + 1, origins, entry.first_seen, now)
-                db.set(_PENDING + key, json.dumps(entry.to_dict(), sort_keys=True))
-        except _DB_ERRORS as exc:
-            warn_once(str(self.directory), "enqueue", f"avo kernel store {self.directory}: a miss could not be "
-                       f"queued ({exc})")
-            return None
-        return entry
-
-    def _pending_entry(self, key: str) -> PendingEntry | None:
-        raw = self._db_get(_PENDING + key)
-        if raw is None:
-            return None
-        try:
-            data = load_json(raw, f"pending entry {key!r}")
-            if not isinstance(data, dict):
-                raise ValueError(f"must be a JSON object; got {type(data).__name__}")
-            return PendingEntry.from_dict(data)
-        except PARSE_ERRORS as exc:
-            warn_once(str(self.directory), _PENDING + key, f"avo pending entry {key!r} is corrupt and was reset: {exc}")
-            return None
+        return PendingQueue(self).enqueue(spec, hardware, origin)
 
     def pending(self) -> list[PendingEntry]:
         """Missed specs, most frequent first."""
-        keys = self._db_keys(_PENDING)
-        entries = [e for e in (self._pending_entry(k) for k in keys) if e is not None]
-        return sorted(entries, key=lambda e: (-e.count, e.key))
+        return PendingQueue(self).entries()
 
     def clear_pending(self, keys: Iterable[str] | None = None) -> int:
         """Drop the given pending keys (all when None); returns how many were removed."""
-        db = self.db
-        if db is None:
-            return 0
-        keys = self._db_keys(_PENDING) if keys is None else list(keys)
-        with db.transact(retry=True):
-            return sum(1 for k in keys if db.delete(_PENDING + k))
+        return PendingQueue(self).clear(keys)
 
 
 def _bump_generation(db: Any) -> None:
