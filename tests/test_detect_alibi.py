@@ -173,3 +173,22 @@ def test_a_windowed_bias_is_fitted_on_every_key_not_only_the_sampled_rows_window
     value[..., odd] += 0.5
     fit = _fit_values(value, probe, n, n, True, window)
     assert isinstance(fit, str) and "residual" in fit
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", list(MODELS))
+def test_alibi_detected_on_the_gpu_in_bf16(name: str) -> None:
+    """The probe evaluation runs on the model's device: BLOOM on an H100 had every site kept as a plain bias
+    ("could not be evaluated with probe slopes": a CPU probe against the CUDA arange), so no ALiBi kernel was
+    ever looked up there."""
+    factory, _, factor = MODELS[name]
+    torch.manual_seed(0)
+    model = factory().eval().to("cuda", torch.bfloat16)
+    compiled, seen = compile_with(model, rewrite=None)
+    with torch.no_grad():
+        compiled(_ids(1).cuda())
+    assert len(seen.matches) == LAYERS and not seen.skipped, seen.sites
+    for match in seen.matches:
+        assert (match.spec.mask, match.spec.causal) == (MaskKind.ALIBI, True)
+        assert match.alibi_scale == pytest.approx(factor)

@@ -139,17 +139,20 @@ def _fit_with(gm: fx.GraphModule, term: MaskTerm, slopes: fx.Node, q_len: Any, k
         try:
             with unset_fake_temporarily(), torch.no_grad():
                 if real is None:
-                    real = torch.as_tensor(Evaluator(gm, point)(slopes)).double().reshape(-1)
+                    real = torch.as_tensor(Evaluator(gm, point)(slopes)).double().reshape(-1).cpu()
                 nq, nk = (int(hint(x)) if not is_symbolic(x) else Evaluator(gm, point).sym(x) for x in (q_len, kv_len))
+                # The graph's tensors live on the model's device (BLOOM builds its alibi with arange(device=...)):
+                # the probe goes in there, and the term comes back to the CPU, where the fit's positions are.
+                device = example(slopes).device
                 for seed in _PROBE_SEEDS:
                     g = torch.Generator().manual_seed(seed)
                     probe = (0.5 + torch.rand(heads, generator=g, dtype=torch.float64)) * _PROBE_SIZE
                     evaluator = _ProbeEvaluator(gm, point)
-                    evaluator.memo[slopes] = probe.reshape(tuple(int(s) for s in example(slopes).shape))
+                    evaluator.memo[slopes] = probe.reshape(tuple(int(s) for s in example(slopes).shape)).to(device)
                     value = evaluator(term.node)
                     if not isinstance(value, torch.Tensor):
                         return "the bias is not a tensor"
-                    fit = _fit_values(in_site_frame(value.double(), term.heads), probe, nq, nk, causal, window)
+                    fit = _fit_values(in_site_frame(value.double().cpu(), term.heads), probe, nq, nk, causal, window)
                     if isinstance(fit, str):
                         return fit
                     alphas.append(fit[0])
