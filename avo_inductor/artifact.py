@@ -392,6 +392,13 @@ class KernelMetrics:
         """``speedup`` by its full name: over the best built-in backend named in ``baseline``."""
         return self.speedup
 
+    @property
+    def fallback_margin(self) -> float | None:
+        """The speedup over the fallback, or for a record promoted before the fallback was timed (no
+        ``speedup_vs_fallback``) its speedup over the best built-in: a lower bound, since the fallback (SDPA as the
+        model calls it) is one of the built-ins timed, so it is never faster than the best of them."""
+        return self.speedup_vs_fallback if self.speedup_vs_fallback is not None else self.speedup
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

@@ -90,7 +90,10 @@ def test_a_neighbour_serves_a_ragged_shape_after_verification(seeded: torch.Gene
     ("decode record", dataclasses.replace(TUNED, q_len=8, kv_len=32), GOOD, False),
     ("window", dataclasses.replace(TUNED, window=8), GOOD, False),
     ("margin too small", TUNED, dataclasses.replace(GOOD, speedup_vs_fallback=1.05), False),
-    ("no fallback figure", TUNED, dataclasses.replace(GOOD, speedup_vs_fallback=None), False),
+    ("no figure at all", TUNED, dataclasses.replace(GOOD, speedup_vs_fallback=None, speedup=None), False),
+    # promoted before the fallback was timed: the speedup over the best built-in bounds the fallback's from below
+    ("built-in figure only", TUNED, dataclasses.replace(GOOD, speedup_vs_fallback=None, speedup=1.4), True),
+    ("small built-in figure", TUNED, dataclasses.replace(GOOD, speedup_vs_fallback=None, speedup=1.05), False),
 ])
 def test_which_records_a_site_may_take(why: str, tuned: AttentionSpec, metrics: KernelMetrics, served: bool,
                                        seeded: torch.Generator) -> None:

@@ -196,8 +196,7 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
             _count("class_hit")
             if not dry_run:
                 store.enqueue_pending(spec, hardware, origin)
-            notes.insert(0, f"{record.metrics.speedup_vs_fallback or 0:.2f}x the fallback where tuned; verified at "
-                            f"this shape")
+            notes.insert(0, rep.class_hit_note(record.metrics))
         return dataclasses.replace(base, action=rep.AVO, status="hit", kernel_id=record.kernel_id,
                                    speedup=record.metrics.speedup, layer=hit.layer, tuned_at=_tuned_at(hit),
                                    reason="; ".join(n for n in notes if n))

@@ -54,6 +54,13 @@ class SiteReport:
                 f"{speed}{why}")
 
 
+def class_hit_note(metrics: Any) -> str:
+    """What explain() says of a class hit: the record's margin over the fallback where it was tuned (``at least``
+    when only its speedup over the best built-in is known: KernelMetrics.fallback_margin)."""
+    bound = "" if metrics.speedup_vs_fallback is not None else "at least "
+    return f"{bound}{metrics.fallback_margin or 0:.2f}x the fallback where tuned; verified at this shape"
+
+
 def log_sites(sites: Iterable[SiteReport]) -> None:
     """AVO_LOG=1: one INFO line per site at compile time."""
     for site in sites:

@@ -285,8 +285,9 @@ class KernelStore:
 
         serves: the site's spec (default ``spec``; an inference site asks the training class with its own spec).
         Candidates within reach are tried nearest first; one is skipped when its recorded speedup over the
-        fallback is unknown or below ``min_margin``, or when it failed verification at the site's key on this
-        software. The hit's ``needs_reverify`` is False only once it passed verification there.
+        fallback (``KernelMetrics.fallback_margin``) is unknown or below ``min_margin``, or when it failed
+        verification at the site's key on this software. The hit's ``needs_reverify`` is False only once it passed
+        verification there.
         """
         hardware = hardware or HardwareKey.current()
         site = classes.class_of(spec, hardware)
@@ -300,7 +301,7 @@ class KernelStore:
                 ranked.append((classes.neighbour_rank(site, tuned), key))
         for _, key in sorted(ranked):
             hit = self.get(key, touch=False)
-            margin = hit.record.metrics.speedup_vs_fallback if hit is not None else None
+            margin = hit.record.metrics.fallback_margin if hit is not None else None
             if hit is None or margin is None or margin < min_margin:
                 continue
             verdict = self.class_verdict(hit.record, site_key)

@@ -226,8 +226,7 @@ def _decide(module: torch.nn.Module, spec: AttentionSpec, device: torch.device, 
 
     notes = [stale_note(handle.record) or ""]
     if handle.tuned_at is not None:  # a neighbour's kernel, as the graph pass reports it; the shape is worth tuning
-        notes.insert(0, f"{handle.record.metrics.speedup_vs_fallback or 0:.2f}x the fallback where tuned; verified "
-                        "at this shape")
+        notes.insert(0, rep.class_hit_note(handle.record.metrics))
         shared_store(settings).enqueue_pending(spec, hardware, _origin(module))
         _count("class_hit")
     site = _site(module, spec, rep.AVO, status="hit", kernel_id=handle.kernel_id, layer=handle.layer,
