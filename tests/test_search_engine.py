@@ -1,6 +1,8 @@
 """The search loop with in-test fakes: convergence, budget, failing operators, promotion into a store."""
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +16,7 @@ from avo_inductor.search.engine import SearchConfig, SearchEngine, SearchEvent
 from avo_inductor.search.operators import StructuredOperator
 from avo_inductor.search.promotion import promotion_decision, promotion_eval
 from avo_inductor.search.types import Candidate, EvalResult, Stage
-from avo_inductor.spec import store_key
+from avo_inductor.spec import AttentionSpec, store_key
 
 from search_fakes import HW, SPEC, SW, TARGET, FakeEvaluator, default_genome, synthetic_speedup
 
@@ -241,7 +243,6 @@ def test_engine_hands_its_wall_clock_deadline_to_operators(tmp_path: Path) -> No
 
 def test_campaign_seed_genomes_join_the_seeds_and_batches_interleave_specs(tmp_path: Path) -> None:
     from avo_inductor.search.engine import _round_robin_by_spec
-    from avo_inductor.spec import AttentionSpec
 
     other = AttentionSpec(1, 2, 2, 64, 64, 32, dtype="float16", causal=True)
     eng, _ = _engine(tmp_path, FakeEvaluator())
@@ -277,6 +278,21 @@ def test_slice_promotes_the_best_so_far_and_leaves_the_run_resumable(tmp_path: P
     assert seen < {c.id for c, _ in eng2.db.evaluated(first.run_id)}
     with pytest.raises(ValueError, match="slice_s"):
         eng2.run(slice_s=0.0)
+
+
+def test_a_slice_ending_before_a_spec_ran_says_so(tmp_path: Path) -> None:
+    """A slice that stops before a spec's first candidate was evaluated reports it as not evaluated yet (it was
+    "no candidate passed the cascade", which read as every candidate failing)."""
+    other = AttentionSpec(1, 2, 2, 64, 64, 32, dtype="float16", causal=True)
+    ticks = itertools.count()
+    eng, _ = _engine(tmp_path, FakeEvaluator(), store=FakeStore(), generations=1, eval_batch=1, seed_variants=0,
+                     islands=1)
+    eng.config = dataclasses.replace(eng.config, specs=(SPEC, other))
+    eng.clock = lambda: float(next(ticks))
+    outcome = eng.run(slice_s=2.5)  # a tick per clock read: the first spec's seed runs, the second's waits
+    assert outcome.stop_reason == "slice"
+    assert outcome.rejected[other.cache_key()] == "not evaluated yet (1 candidate(s) pending: resume the run)"
+    assert SPEC.cache_key() not in outcome.rejected or "pending" not in outcome.rejected[SPEC.cache_key()]
 
 
 def test_a_clearly_slower_best_is_not_re_measured(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -373,11 +374,14 @@ class SearchEngine:
         promoted: dict[str, str] = {}
         rejected: dict[str, str] = {}
         winners: list[Candidate] = []
+        waiting = Counter(c.spec.cache_key() for c in self.db.candidates(run_id, PENDING))
         for spec in self.config.specs:
             key = spec.cache_key()
             top = pop.best_overall(self.islands[key])
             if top is None:
-                rejected[key] = "no candidate passed the cascade"
+                # A paused slice may end before a spec's first candidate ran: say so, not that all of them failed.
+                rejected[key] = (f"not evaluated yet ({waiting[key]} candidate(s) pending: resume the run)"
+                                 if waiting[key] else "no candidate passed the cascade")
                 continue
             cand, res = top
             best[key] = (cand.id, res.score)
