@@ -76,7 +76,8 @@ def parse_runs(text: str, profile: str, modes: Sequence[str]) -> list[Run]:
 def site_counts(sites: Sequence[Any]) -> dict[str, Any]:
     """Counts over SiteReports: exact hits, class hits (a record tuned at another shape of the same class:
     ``SiteReport.tuned_at`` is that shape), fallbacks (rewritten to or kept as SDPA), skips, errors; the first reason
-    why a site was not a hit."""
+    why a site was not a hit, and the spec detection gave the first such site (the first site when all hit): a miss
+    is often a detection outcome (an H100 run read BERT's padding mask as a bias; only the spec showed it)."""
     from avo_inductor.backend import report as rep
 
     def is_class(s: Any) -> bool:
@@ -84,10 +85,12 @@ def site_counts(sites: Sequence[Any]) -> dict[str, Any]:
 
     hits = [s for s in sites if s.action == rep.AVO]
     why = next((s.reason for s in sites if s.action != rep.AVO and s.reason), "")
+    shown = next((s for s in sites if s.action != rep.AVO and s.spec is not None), None) or \
+        next((s for s in sites if s.spec is not None), None)
     return {"sites": len(sites), "hits": sum(not is_class(s) for s in hits), "class hits": sum(map(is_class, hits)),
             "fallbacks": sum(s.action in (rep.SDPA, rep.KEPT) for s in sites),
             "skips": sum(s.action == rep.SKIPPED for s in sites), "errors": sum(s.action == rep.ERROR for s in sites),
-            "why not hit": why[:120]}
+            "why not hit": why[:120], "site spec": shown.spec.to_text() if shown is not None else ""}
 
 
 def explain_counts(model: torch.nn.Module, x: torch.Tensor, train: bool) -> dict[str, Any]:

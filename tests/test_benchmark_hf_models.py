@@ -96,20 +96,25 @@ def test_runs_train_only_where_the_case_trains(hf: ModuleType) -> None:
         ("gpt2", 2, 17, ("infer", "train")), ("vit", 3, 17, ("infer",)), ("bloom-alibi", 2, 17, ("infer",))]
 
 
-def _site(action: str, status: str = "-", reason: str = "", tuned_at: str | None = None) -> Any:
+def _site(action: str, status: str = "-", reason: str = "", tuned_at: str | None = None,
+          spec: str | None = None) -> Any:
     from avo_inductor.backend.report import SiteReport
     from avo_inductor.spec import parse_spec_text
 
     return SiteReport(module_path="layers.0.attn", pattern="matmul_softmax", action=action, status=status,
-                      reason=reason, tuned_at=parse_spec_text(tuned_at) if tuned_at else None)
+                      reason=reason, tuned_at=parse_spec_text(tuned_at) if tuned_at else None,
+                      spec=parse_spec_text(spec) if spec else None)
 
 
 def test_site_counts_split_exact_and_class_hits(hf: ModuleType) -> None:
-    sites = [_site("avo", "hit"), _site("avo", "hit", tuned_at="2,32,8,4096,4096,128,causal"),
-             _site("sdpa", "miss", "no kernel; queued"), _site("kept", "miss"),
+    sites = [_site("avo", "hit", spec="2,32,8,4096,4096,128,causal"),
+             _site("avo", "hit", tuned_at="2,32,8,4096,4096,128,causal"),
+             _site("sdpa", "miss", "no kernel; queued", spec="8,16,16,512,512,64,bias"), _site("kept", "miss"),
              _site("skipped", reason="unrecognised op between softmax and the PV matmul"), _site("error", reason="x")]
-    assert hf.site_counts(sites) == {"sites": 6, "hits": 1, "class hits": 1, "fallbacks": 2, "skips": 1,
-                                     "errors": 1, "why not hit": "no kernel; queued"}
+    want = {"sites": 6, "hits": 1, "class hits": 1, "fallbacks": 2, "skips": 1, "errors": 1,
+            "why not hit": "no kernel; queued"}
+    assert hf.site_counts(sites) == {**want, "site spec": "8,16,16,512,512,64 bfloat16 full+bias"}
+    assert hf.site_counts(sites[:2])["site spec"] == "2,32,8,4096,4096,128 bfloat16 causal"  # all hit: the first
 
 
 @pytest.mark.parametrize(("pass_pct", "verdict"), [(4.0, "PASS"), (12.5, "MISS")])
