@@ -75,3 +75,67 @@ def test_masking_utils_become_flags_and_padding(case: tuple[str, str, str]) -> N
         assert {key: getattr(match.spec, key) for key in want} == want
     real = pad.bool() if padded else torch.ones(B, N, dtype=torch.bool)
     torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
+
+
+class _WhereMask(torch.nn.Module):
+    """Hand-written attention under an eager-style additive mask ``where(keep, zero, fill)``, keep = (a shape-only
+    factor) & (the batch's padding): the operand forms transformers and user code write (and Dynamo may trace them
+    as a call or a lifted constant, as it does on a GPU)."""
+
+    def __init__(self, zero: str, fill: str) -> None:
+        super().__init__()
+        self.zero, self.fill = zero, fill
+        self.register_buffer("zero_const", torch.zeros(()), persistent=False)
+
+    def _operand(self, form: str, value: float, like: torch.Tensor) -> object:
+        if form == "number":
+            return value
+        if form == "zeros":
+            return torch.zeros((), device=like.device, dtype=like.dtype) + value
+        if form == "tensor":
+            return torch.tensor(value, device=like.device, dtype=like.dtype)
+        if form == "full":
+            return torch.full((), value, device=like.device, dtype=like.dtype)
+        if form == "buffer":
+            return self.zero_const + value
+        assert form == "data"  # depends on the input: never a constant, however it evaluates
+        return like.sum() * 0 + value
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        n = q.shape[-2]
+        keep = (torch.arange(n, device=q.device)[None, None, None, :] >= 0) & pad[:, None, None, :].bool()
+        keep = keep.expand(q.shape[0], 1, n, n)
+        fill_value = {"min": torch.finfo(q.dtype).min, "-inf": float("-inf"), "mild": -1.0}
+        zero_form, _, zero_value = self.zero.partition("=")
+        fill_form, _, fill_name = self.fill.partition("=")
+        bias = torch.where(keep, self._operand(zero_form, float(zero_value or 0), q),
+                           self._operand(fill_form, fill_value[fill_name], q))
+        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + bias
+        return torch.softmax(scores, -1) @ v
+
+
+@pytest.mark.parametrize(("zero", "fill", "kind"), [
+    ("number", "number=min", MaskKind.PADDING),
+    ("zeros", "number=min", MaskKind.PADDING),
+    ("tensor", "tensor=min", MaskKind.PADDING),
+    ("full", "full=-inf", MaskKind.PADDING),
+    ("buffer", "number=-inf", MaskKind.PADDING),
+    ("number=0.5", "number=min", MaskKind.BIAS),  # not 0 where kept: a real bias
+    ("tensor", "tensor=mild", MaskKind.BIAS),  # -1 where dropped is a bias, not a mask
+    ("data", "number=min", MaskKind.BIAS),  # computed from the input: not evaluated, stays as written
+], ids=lambda x: str(x))
+def test_eager_mask_operands_are_read_by_value(zero: str, fill: str, kind: MaskKind) -> None:
+    """where(keep, 0, finfo.min | -inf) is a keep-mask whatever form its 0 and fill take; BERT's padding on an H100
+    was read as a bias (its graph's operands were not the literal forms the reader knew); anything that is not 0 /
+    a mask value by evaluation stays a bias."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, 4, N, 16, generator=g) for _ in range(3))
+    pad = torch.ones(B, N, dtype=torch.long)
+    pad[1, 11:] = 0
+    model = _WhereMask(zero, fill)
+    compiled, seen = compile_with(model, rewrite=avo_rewrite)
+    with torch.no_grad():
+        out, ref = compiled(q, k, v, pad), model(q, k, v, pad)
+    (match,) = seen.matches
+    assert (match.spec.mask, match.spec.causal) == (kind, False)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

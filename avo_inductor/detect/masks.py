@@ -23,7 +23,7 @@ import torch
 from torch import fx
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from .fx_utils import env_hints, example, is_inplace, is_symbolic
+from .fx_utils import env_hints, example, is_inplace, is_symbolic, tensor_meta
 
 # Largest intermediate evaluated at compile time. 16M elements kept a causal triu mask at N=8192 a tensor mask, and
 # SDPA then ran the dense-mask path: the Llama-style model took 13.8 ms vs 9.1 ms with is_causal (H200, B1 N8192).
@@ -291,21 +291,47 @@ def _and_operands(node: fx.Node) -> list[fx.Node] | None:
     return [a for a in node.args if isinstance(a, fx.Node)]
 
 
-def keep_source(term: MaskTerm) -> fx.Node | None:
-    """The bool keep-mask a term stands for: a KEEP term itself, or ``c`` of a BIAS ``where(c, 0, -inf|min)``
-    (transformers' eager mask from masking_utils); None otherwise."""
+def keep_source(gm: fx.GraphModule, term: MaskTerm) -> fx.Node | None:
+    """The bool keep-mask a term stands for: a KEEP term itself, or ``c`` of a BIAS ``where(c, zero, fill)``
+    (transformers' eager mask from masking_utils) whose ``zero`` is 0 and ``fill`` at most NEG_THRESHOLD; each a
+    number, or a small shape-only tensor (``torch.zeros(())``, ``torch.tensor(0.0)``, ``torch.full((), -inf)``, a
+    lifted constant) whose values are checked by evaluating it. None otherwise."""
     if term.kind is TermKind.KEEP:
         return term.node
     node = term.node
     if term.kind is TermKind.BIAS and node.op == "call_function" and node.target is torch.where \
             and len(node.args) == 3 and isinstance(node.args[0], fx.Node):
         cond, zero, fill = node.args
-        is_zero = (isinstance(zero, (int, float)) and zero == 0) or (isinstance(zero, fx.Node) and _is_zeros(zero))
-        fill_value = fill if isinstance(fill, (int, float)) and not isinstance(fill, bool) else None
-        if is_zero and fill_value is not None and fill_value <= NEG_THRESHOLD and isinstance(cond, fx.Node) \
-                and getattr(example(cond), "dtype", None) == torch.bool:
+        if isinstance(cond, fx.Node) and getattr(example(cond), "dtype", None) == torch.bool \
+                and _constant_all(gm, zero, lambda t: t == 0) \
+                and _constant_all(gm, fill, lambda t: t <= NEG_THRESHOLD):
             return cond
     return None
+
+
+_SMALL_CONSTANT = 64  # elements: a where() operand standing for one number, broadcast
+
+
+def _constant_all(gm: fx.GraphModule, value: Any, test: Any) -> bool:
+    """Whether ``value`` (a number, or a shape-only node evaluating to a tensor of at most _SMALL_CONSTANT
+    elements) passes ``test`` (a tensor -> bool tensor) everywhere. Nothing else is read as a constant."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return bool(test(torch.tensor(float(value), dtype=torch.float64)))
+    if not isinstance(value, fx.Node):
+        return False
+    if _is_zeros(value):
+        return bool(test(torch.zeros((), dtype=torch.float64)))
+    meta = tensor_meta(value)
+    if meta is None or is_symbolic(meta.numel()) or int(meta.numel()) > _SMALL_CONSTANT or not is_shape_only(value):
+        return False
+    try:
+        with unset_fake_temporarily(), torch.no_grad():
+            got = torch.as_tensor(Evaluator(gm, {})(value)).detach().cpu().double()
+    except Exception:  # not evaluable here: not a constant we can vouch for
+        return False
+    return bool(got.numel() > 0 and test(got).all())
 
 
 def _is_zeros(node: fx.Node) -> bool:
@@ -321,7 +347,7 @@ def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any
     None when the term is not such a conjunction, has no data-dependent factor, or its shape-only part is not
     causal / window / all (then the term stays a tensor as it is).
     """
-    root = keep_source(term)
+    root = keep_source(gm, term)
     if root is None:
         return None
     leaves: list[fx.Node] = []
