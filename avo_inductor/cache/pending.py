@@ -60,8 +60,6 @@ class PendingQueue:
                 origin: str | None = None) -> PendingEntry | None:
         """Count a miss for ``spec`` (atomic across processes); None when the store is read-only or the write
         failed (warned once)."""
-        from .store import DB_ERRORS
-
         db = self.store.db
         if db is None:
             return None
@@ -75,7 +73,7 @@ class PendingQueue:
                 origins = entry.origins + ((origin,) if origin and origin not in entry.origins else ())
                 entry = PendingEntry(key, entry.spec, entry.hardware, entry.count + 1, origins, entry.first_seen, now)
                 db.set(PREFIX + key, json.dumps(entry.to_dict(), sort_keys=True))
-        except DB_ERRORS as exc:
+        except self.store.db_errors as exc:
             warn_once(str(self.store.directory), "enqueue", f"avo kernel store {self.store.directory}: a miss could "
                       f"not be queued ({exc})")
             return None

@@ -99,6 +99,8 @@ class KernelStore:
     remote: the fleet's shared store (AVO_REMOTE_CACHE), asked on a local miss; promoted records are published to it.
     """
 
+    db_errors = DB_ERRORS  # what reading or writing the diskcache can raise (also for cache/pending.py)
+
     def __init__(self, directory: str | Path | None, layers: Iterable[str | Path] = (), shipped: bool = True, *,
                  trusted_keys: Iterable[str] = (), require_signed: bool = False,
                  software: SoftwareKey | None = None, remote: RemoteStore | None = None) -> None:
