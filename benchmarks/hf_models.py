@@ -18,9 +18,9 @@ Writes <out>/hf_models.csv (one row per model, mode and phase), <out>/hf_targets
 (default out benchmarks/results/<gpu>/), the search logs as <out>/hf-search-<model>.log; prints the targets, then
 the table with every number's same-run baseline and the GPU name last. A failure is a "failed: ..." cell.
 Default (9 models, --search-minutes 0): 27 cold compiles, ~8 minutes on an H100 (an estimate from
-benchmarks/models.py's compile times, not yet measured); ``--quick``: 5 models at shorter sequences, ~2 minutes (H100, session 13); the
-search phase adds N minutes per model plus promotion (one model per 10-minute device call: ``--cases NAME
---search-minutes 6``).
+benchmarks/models.py's compile times, not yet measured); ``--quick``: 5 models at shorter sequences, ~2 minutes
+(H100, session 13); the search phase adds N minutes per model plus promotion (one model per 10-minute device call:
+``--cases NAME --search-minutes 6``).
 """
 from __future__ import annotations
 
