@@ -449,13 +449,12 @@ class SandboxedEvaluator:
         from ..check.run import timed_output_path
         from ..check.tolerance import CheckFailure
         from . import bench
-        from .bench import FALLBACK
 
         cpu = session.worker.device == "cpu"
         promotion, quick = bool(job["promotion"]), bool(job["quick"])
         # The fallback is timed in the same worker, interleaved with the candidate, whenever it ran on this spec
         # (the baselines op timed it); when it is itself the best built-in, one timing serves both.
-        fallback = FALLBACK if FALLBACK in baseline["ms"] else None
+        fallback = bench.FALLBACK if bench.FALLBACK in baseline["ms"] else None
         # CPU: two rounds only, the interpreter's numbers say nothing about a GPU and each run costs ~1 s.
         # GPU: many short do_bench rounds (REP_MS each): the spread is a confidence interval of the median per-round
         # ratio (bench.paired_spread), which narrows with the number of rounds, not with their length. On the H100
