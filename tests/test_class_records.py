@@ -241,3 +241,36 @@ def test_class_keys_are_read_from_store_keys(spec: AttentionSpec) -> None:
                    {"q_heads": spec.q_heads * 2}, {"q_len": 16 if spec.q_len > 16 else 64}):
         assert classes.class_of(dataclasses.replace(spec, **change), CPU).klass != shape.klass, change
     assert classes.parse_key("not a key") is None
+
+
+@pytest.mark.parametrize("software", ["same", "other"])
+def test_class_check_runs_only_the_sites_lengths_for_a_record_verified_on_this_software(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, software: str) -> None:
+    """A class record the search verified on this very software passed the ragged set here already: at a site's
+    shape only that shape is new, and each ragged length specialisation would cost a Triton compile. A record
+    from other software is checked on the whole set at the site's shape."""
+    from avo_inductor.check import verify
+    from avo_inductor.spec import SoftwareKey
+
+    record = _record()
+    if software == "other":
+        record = record.with_changes(software=SoftwareKey("0.0", "0.0"))
+    store = KernelStore(tmp_path / "s", shipped=False)
+    store.put(record)
+    site = dataclasses.replace(TUNED, q_len=113, kv_len=113)
+    hit = store.lookup_class(site, CPU)
+    assert hit is not None and hit.needs_reverify
+    seen: list[list[str]] = []
+    real = verify.verification_cases
+
+    def spy(*args: object, **kwargs: object) -> list:
+        cases = real(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append([c.name for c in cases])
+        return cases
+
+    monkeypatch.setattr(verify, "verification_cases", spy)
+    assert graph_pass.ensure_verified(store, hit, torch.device("cpu"))
+    names = seen[0]
+    assert names[-1].startswith("own lengths")
+    assert (len(names) == 1) == (software == "same")
+    assert not store.lookup_class(site, CPU).needs_reverify

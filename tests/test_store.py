@@ -308,3 +308,27 @@ def test_layer_records_are_verified_once_before_use(tmp_path: Path) -> None:
     local = _store(tmp_path / "t")
     local.put(record)
     assert not local.lookup(record.spec, record.hardware).needs_reverify
+
+
+def test_shipped_records_on_their_own_software_are_trusted_as_is(tmp_path: Path, monkeypatch) -> None:
+    """The package's shipped bundles were verified where they were made: on the same software a hit needs no
+    first-use check (it cost 3.5-5.5 s of compile on an H100); on other software, or with its template changed, it
+    does. An AVO_CACHE_PATH folder that borrows a shipped layer's label stays untrusted."""
+    mine, theirs = make_record(tag=5), make_record(512, tag=6, software=OLD_SW)
+    shipped_root = tmp_path / "pkg"
+    _bundle_of(shipped_root, "gpu", mine, theirs)
+    monkeypatch.setattr(layers_mod, "shipped_roots", lambda: [shipped_root])
+    store = _store(tmp_path / "s", shipped=True)
+    hit = store.lookup(mine.spec, mine.hardware)
+    assert hit is not None and hit.layer == "shipped:gpu" and not hit.needs_reverify
+    assert store.verified_as_is(hit.record, hit.layer)
+    old = store.lookup(theirs.spec, theirs.hardware)
+    assert old is not None and old.layer == "shipped:gpu" and old.needs_reverify
+    assert not store.verified_as_is(old.record, old.layer)
+
+    impostor = tmp_path / "work"
+    borrowed = make_record(64, tag=7)
+    _bundle_of(impostor, "shipped:gpu", borrowed)
+    monkeypatch.chdir(impostor)
+    hit = _store(tmp_path / "t", Path("shipped:gpu")).lookup(borrowed.spec, borrowed.hardware)
+    assert hit is not None and hit.layer == "shipped:gpu" and hit.needs_reverify

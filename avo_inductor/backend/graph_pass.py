@@ -108,13 +108,15 @@ def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | No
 
     A class hit is verified at the site's shape (``hit.serves``) once per (record, site key, software), pass or
     fail, and the verdict is kept in the store (``mark_class_verdict``): a record that passes at shape A and fails
-    at B serves A only, and B is not checked again on the next compile."""
+    at B serves A only, and B is not checked again on the next compile. A class record the store holds as verified
+    on this software (``verified_as_is``: it passed the ragged set here) is checked at the site's lengths alone."""
     if not getattr(hit, "needs_reverify", False):
         return True
     from ..check.verify import verify_record
 
     if getattr(hit, "serves", None) is not None:
-        report = verify_record(hit.record, device=device, at=hit.serves)
+        as_is = store.verified_as_is(hit.record, hit.layer)
+        report = verify_record(hit.record, device=device, at=hit.serves, own_lengths_only=as_is)
         store.mark_class_verdict(hit, report.ok, "; ".join(report.problems)[:500],
                                  persist=not getattr(report, "environmental", False))
         _count("class_verified" if report.ok else "class_rejected")

@@ -62,6 +62,7 @@ class BundleLayer:
     label: str
     trusted_keys: frozenset[str] = frozenset()
     require_signed: bool = False
+    shipped: bool = False  # inside the installed package (or the checkout's cache/): verified where it was made
     _manifest: Manifest | None = field(default=None, init=False, repr=False)
     _index: dict[str, tuple[str, str, int]] | None = field(default=None, init=False, repr=False)
     _parsed: dict[str, KernelRecord] = field(default_factory=dict, init=False, repr=False)
@@ -144,7 +145,7 @@ def open_layers(paths: Iterable[Path], *, shipped: bool, trusted_keys: frozenset
     if shipped:
         for base in shipped_roots():
             for root in discover_bundles(base):
-                layers.append(BundleLayer(root, f"shipped:{root.name}", trusted_keys, require_signed))
+                layers.append(BundleLayer(root, f"shipped:{root.name}", trusted_keys, require_signed, shipped=True))
     return layers
 
 

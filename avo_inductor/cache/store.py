@@ -381,22 +381,40 @@ class KernelStore:
         return data if isinstance(data, dict) else {}
 
     def _needs_reverify(self, key: str, record: KernelRecord, layer: str = LOCAL_LAYER) -> bool:
-        """Records in the writable store were verified on import or by the search; a read-only layer's records
-        only passed hash / signature / grammar checks, so they are compiled and checked once on this host."""
+        """Records in the writable store were verified on import or by the search; so were the bundles shipped
+        inside the package (promoted by the search on the GPU and software they name, installed with the code
+        that would check them): either is trusted as is on the software it was verified on. Any other read-only
+        layer's records (AVO_CACHE_PATH, the remote cache) only passed hash / signature / grammar checks, so they
+        are compiled and checked once on this host; so is any record on software other than its own."""
         mark = self._mark(key, record.sha256)
         sw = self.software
         if (key, record.sha256, sw) in self._memory_marks:
             return False
         if mark.get("unverified"):
             return True
-        if layer == LOCAL_LAYER and (sw == record.software or sw in record.verified_software) \
-                and stale_note(record) is None:  # a template record whose template changed is re-verified
+        if self.verified_as_is(record, layer):
             return False
         try:
             marked = {SoftwareKey.from_dict(s) for s in mark.get("software", ())}
         except PARSE_ERRORS:
             marked = set()
         return sw not in marked
+
+    def verified_as_is(self, record: KernelRecord, layer: str) -> bool:
+        """Whether ``record``, found in ``layer``, was verified (ragged cases, held-out shapes, its target) on this
+        software by whoever made it: a record of a verified layer on its own software, whose template is unchanged."""
+        sw = self.software
+        return self._verified_layer(layer) and (sw == record.software or sw in record.verified_software) \
+            and stale_note(record) is None  # a template record whose template changed is re-verified
+
+    def _verified_layer(self, label: str) -> bool:
+        """The writable store and the package's shipped bundles: layers whose records were verified where they were
+        made. By the layer objects, not the label's text: an AVO_CACHE_PATH folder named like a shipped label
+        stays an untrusted layer."""
+        if label == LOCAL_LAYER:
+            return True
+        named = [layer for layer in self.layers if layer.label == label]
+        return bool(named) and all(layer.shipped for layer in named)
 
     def _touch(self, key: str) -> None:
         now = time.time()

@@ -99,11 +99,17 @@ def target_case(spec: AttentionSpec, device_type: str, rng: random.Random) -> Ch
     return CheckCase("target (scaled)", small, _seeds(rng), 1, with_grads(spec))
 
 
-def verification_cases(spec: AttentionSpec, device_type: str, rng: random.Random) -> list[CheckCase]:
+def verification_cases(spec: AttentionSpec, device_type: str, rng: random.Random, *,
+                       own_lengths_only: bool = False) -> list[CheckCase]:
     """First-use / ``cache verify`` cases: the small ragged set plus the record's own lengths at batch 2 and two
     kv heads (capped on CPU). Not the whole target: first use runs inside the user's process, whose GPU memory
-    belongs to the model (the search checked the full target before promotion)."""
-    cases = small_cases(spec, device_type, rng)
+    belongs to the model (the search checked the full target before promotion).
+
+    ``own_lengths_only``: the last case alone, for a class record checked at a site's shape on the very software
+    it passed the ragged set on (backend/graph_pass.py ``ensure_verified``): that set's answer cannot have changed,
+    and each of its length specialisations costs a Triton compile (~1.2 s on an H100 host, three of them:
+    benchmarks/probes/first_use_cost.py)."""
+    cases = [] if own_lengths_only else small_cases(spec, device_type, rng)
     q_len, kv_len = (spec.q_len, spec.kv_len) if device_type != "cpu" else \
         (min(spec.q_len, _CPU_TARGET_MAX), min(spec.kv_len, 2 * _CPU_TARGET_MAX))
     cases.append(CheckCase(f"own lengths Nq{q_len} Nk{kv_len}", shaped(spec, q_len, kv_len), _seeds(rng), 3,

@@ -38,10 +38,12 @@ def default_device() -> torch.device:
 
 
 def verify_record(record: KernelRecord, device: torch.device | str | None = None,
-                  seed: int | None = None, *, at: AttentionSpec | None = None) -> VerificationReport:
+                  seed: int | None = None, *, at: AttentionSpec | None = None,
+                  own_lengths_only: bool = False) -> VerificationReport:
     """Static gate by trust tier, load and check ``record`` on ``device`` (default: CUDA if available, else the
     interpreter). ``at``: check the kernel at this spec's shape instead of the record's own (a class record about
-    to serve a site of its class at another shape: the cases, own lengths included, are the site's)."""
+    to serve a site of its class at another shape: the cases, own lengths included, are the site's).
+    ``own_lengths_only``: that shape alone (cases.verification_cases), for a record verified on this software."""
     from ..kernels.loader import check_record, load_record
 
     dev = torch.device(device) if device is not None else default_device()
@@ -56,7 +58,8 @@ def verify_record(record: KernelRecord, device: torch.device | str | None = None
     problems: list[str] = []
     worst = 0.0
     environmental = False
-    for case in verification_cases(at or record.spec, dev.type, random.Random(seed)):
+    for case in verification_cases(at or record.spec, dev.type, random.Random(seed),
+                                   own_lengths_only=own_lengths_only):
         try:
             worst = max(worst, judge_case(case, run_case(loaded, case, dev), dev).rel_err)
         except CheckFailure as exc:
