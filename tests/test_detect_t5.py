@@ -13,10 +13,12 @@ transformers = pytest.importorskip("transformers")
 B, N, LAYERS = 2, 17, 2
 
 
-def _t5() -> torch.nn.Module:
+def _t5(attn: str | None = None) -> torch.nn.Module:
     cfg = transformers.T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=LAYERS, num_heads=4, vocab_size=100,
                                 dropout_rate=0.0, relative_attention_num_buckets=8)
-    return transformers.T5EncoderModel(cfg)
+    if attn is None:
+        return transformers.T5EncoderModel(cfg)
+    return transformers.T5EncoderModel._from_config(cfg, attn_implementation=attn)
 
 
 def _inputs(padded: bool) -> dict[str, torch.Tensor]:
@@ -62,3 +64,26 @@ def test_t5_training_bias_gradient_flows_through_the_avo_op() -> None:
     assert grads[table].abs().sum() > 0
     for name, got, want in zip(names, grads, ref_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("rewrite", ["sdpa", "avo"])
+def test_t5_permuted_bias_reaches_the_kernel_with_unit_key_stride(rewrite: str) -> None:
+    """T5 builds its bias by permuting an embedding lookup, so keys sit H elements apart. SDPA's fused kernels do
+    not take such a mask (on an H100 a T5 encoder ran 0.60x Inductor with every site on SDPA's slow path) and a
+    kernel would read it uncoalesced: the rewrite hands both a copy with consecutive keys adjacent."""
+    from detect_zoo import rewrite_to_sdpa
+
+    torch.manual_seed(0)
+    model = _t5("eager").eval()  # the hand-written form (the default implementation calls SDPA on a copy)
+    kwargs = _inputs(padded=False)
+    compiled, seen = compile_with(model, rewrite=avo_rewrite if rewrite == "avo" else rewrite_to_sdpa)
+    with torch.no_grad():
+        out = compiled(**kwargs).last_hidden_state
+        ref = model(**kwargs).last_hidden_state
+    target = torch.ops.avo.attention.default if rewrite == "avo" else torch.nn.functional.scaled_dot_product_attention
+    calls = [n for g in seen.graphs for n in g.graph.nodes if n.target is target]
+    assert len(calls) == LAYERS
+    for call in calls:
+        mask = (call.args[3] if rewrite == "avo" else call.kwargs["attn_mask"]).meta["example_value"]
+        assert mask.shape[-3:] == (4, N, N) and mask.stride(-1) == 1, (tuple(mask.shape), mask.stride())
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,64 @@
+"""Which GPU kernels does one inference step of a real-model case run, under Inductor and under avo?
+
+For a case of benchmarks/hf_cases.py (full profile shape), compiles the model with each backend (and the case's
+SDPA twin under Inductor when it has one), warms up, profiles a few steps with torch.profiler and prints the top
+kernels by GPU time. Asked first for the T5 encoder, which ran 0.60x Inductor with avo on an H100 although SDPA with
+the same bias alone is 2.8x faster than Inductor's compiled form (benchmarks/probes/bias_fallback.py).
+Usage (GPU): python -m benchmarks.probes.model_kernels [--case t5-encoder] [--top 8]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from .. import hf_cases
+from ..common import print_table
+
+STEPS = 5
+
+
+def profile_step(model: torch.nn.Module, x: torch.Tensor, backend: str, top: int) -> list[dict[str, object]]:
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        for _ in range(3):
+            compiled(x)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(STEPS):
+                compiled(x)
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.device_time_total for e in events) / STEPS
+    rows: list[dict[str, object]] = [{"backend": backend, "kernel": "ALL (us per step)", "us/step": total}]
+    for e in events[:top]:
+        rows.append({"backend": backend, "kernel": e.key[:90], "us/step": e.device_time_total / STEPS,
+                     "calls/step": e.count / STEPS})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    import avo_inductor  # noqa: F401 - registers backend="avo"
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", default="t5-encoder", choices=sorted(hf_cases.CASES))
+    ap.add_argument("--top", type=int, default=8)
+    args = ap.parse_args(argv)
+    case = hf_cases.CASES[args.case]
+    batch, seq = hf_cases.SHAPES["full"][args.case]
+    device, dtype = hf_cases.device_and_dtype()
+    x = hf_cases.make_input(case, "full", batch, seq, device, dtype)
+    rows: list[dict[str, object]] = []
+    model = hf_cases.build_model(case, case.attn, "full", seq, device, dtype).eval().requires_grad_(False)
+    for backend in ("inductor", "avo"):
+        rows += profile_step(model, x, backend, args.top)
+    if case.twin:
+        twin = hf_cases.build_model(case, "sdpa", "full", seq, device, dtype).eval().requires_grad_(False)
+        rows += [{**r, "backend": "inductor[sdpa]"} for r in profile_step(twin, x, "inductor", args.top)]
+    print_table(rows, ("backend", "kernel", "us/step", "calls/step"))
+
+
+if __name__ == "__main__":
+    main()
