@@ -142,7 +142,8 @@ def _fit_with(gm: fx.GraphModule, term: MaskTerm, slopes: fx.Node, q_len: Any, k
                     real = torch.as_tensor(Evaluator(gm, point)(slopes)).double().reshape(-1).cpu()
                 nq, nk = (int(hint(x)) if not is_symbolic(x) else Evaluator(gm, point).sym(x) for x in (q_len, kv_len))
                 # The graph's tensors live on the model's device (BLOOM builds its alibi with arange(device=...)):
-                # the probe goes in there, and the term comes back to the CPU, where the fit's positions are.
+                # the probe goes in there, and the fit runs there too (float64 over heads x 64 rows x Nk per batch:
+                # 0.8 s of BLOOM's pass on the host CPU at 4 x 2048, most of the pass).
                 device = example(slopes).device
                 for seed in _PROBE_SEEDS:
                     g = torch.Generator().manual_seed(seed)
@@ -152,7 +153,7 @@ def _fit_with(gm: fx.GraphModule, term: MaskTerm, slopes: fx.Node, q_len: Any, k
                     value = evaluator(term.node)
                     if not isinstance(value, torch.Tensor):
                         return "the bias is not a tensor"
-                    fit = _fit_values(in_site_frame(value.double().cpu(), term.heads), probe, nq, nk, causal, window)
+                    fit = _fit_values(in_site_frame(value.double(), term.heads), probe, nq, nk, causal, window)
                     if isinstance(fit, str):
                         return fit
                     alphas.append(fit[0])
@@ -189,10 +190,12 @@ def _fit_values(value: torch.Tensor, probe: torch.Tensor, nq: int, nk: int, caus
         torch.broadcast_shapes(value.shape, (value.shape[0], heads, nq, nk))
     except RuntimeError:
         return f"the bias of shape {tuple(value.shape)} does not broadcast to ({heads}, {nq}, {nk})"
-    rows = torch.arange(nq)
+    device = value.device
+    probe = probe.to(device)
+    rows = torch.arange(nq, device=device)
     sampled = value.shape[2] == 1 and nq > _ROWS
     if sampled:
-        rows = torch.linspace(0, nq - 1, _ROWS).round().long().unique()
+        rows = torch.linspace(0, nq - 1, _ROWS, device=device).round().long().unique()
     patterns = set()
     for b in range(value.shape[0]):
         keep_b = (value[b] > NEG_THRESHOLD).expand(heads, nq, nk)
@@ -204,8 +207,8 @@ def _fit_values(value: torch.Tensor, probe: torch.Tensor, nq: int, nk: int, caus
     is_causal = causal or term_causal
     win = min(w for w in (window, term_window) if w is not None) if (window or term_window) else None
     i = rows.double()[:, None] + (nk - nq)
-    j = torch.arange(nk, dtype=torch.float64)[None, :]
-    allowed = j <= i if is_causal else torch.ones(rows.numel(), nk, dtype=torch.bool)
+    j = torch.arange(nk, dtype=torch.float64, device=device)[None, :]
+    allowed = j <= i if is_causal else torch.ones(rows.numel(), nk, dtype=torch.bool, device=device)
     # With sampled rows a window would leave the keys between the sampled rows' windows unchecked; the term has
     # no query dim, so every row sees the same values and the fit is made on all keys the causal rows allow.
     if win is not None and not sampled:
@@ -225,8 +228,8 @@ def _fit_values(value: torch.Tensor, probe: torch.Tensor, nq: int, nk: int, caus
         return (torch.where(keep, t - t.sum(-1, keepdim=True) / count, 0.0),
                 torch.where(keep, xs - xs.sum(-1, keepdim=True) / count, 0.0))
 
-    num = torch.zeros(heads, dtype=torch.float64)
-    den = torch.zeros(heads, dtype=torch.float64)
+    num = torch.zeros(heads, dtype=torch.float64, device=device)
+    den = torch.zeros(heads, dtype=torch.float64, device=device)
     for b in range(value.shape[0]):
         t_c, x_c = centred(b)
         num += (t_c * x_c).sum(dim=(1, 2))

@@ -213,8 +213,8 @@ def pattern_2d(keep: torch.Tensor, q_len: int, kv_len: int) -> tuple[Pattern, in
     keep2 = flat[0]
     if bool(keep2.all()):
         return Pattern.ALL, None
-    i = torch.arange(q_len).unsqueeze(1)
-    j = torch.arange(kv_len).unsqueeze(0)
+    i = torch.arange(q_len, device=keep2.device).unsqueeze(1)
+    j = torch.arange(kv_len, device=keep2.device).unsqueeze(0)
     offset = kv_len - q_len
     causal = j <= i + offset
     if torch.equal(keep2, causal):
