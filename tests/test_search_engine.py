@@ -302,3 +302,31 @@ def test_a_clearly_slower_best_is_not_re_measured(tmp_path: Path) -> None:
     outcome = eng.run()
     assert "not re-measured" in outcome.rejected[SPEC.cache_key()]
     assert evaluator.promoted == []
+
+
+@pytest.mark.parametrize("case", ["promoted, in the store", "promoted, fresh store", "fell short"])
+def test_a_later_slice_does_not_re_measure_a_decided_best(tmp_path: Path, case: str) -> None:
+    """Every slice ends with promotion; a spec whose best is still the candidate an earlier slice decided on is
+    not re-measured (10-100 s a spec on an H100) when its record is in the store or its re-measurement fell short.
+    A host with a fresh store (no record) decides again."""
+    store = FakeStore()
+    evaluator = FakeEvaluator(promote_speedup=0.9 if case == "fell short" else None)
+    ticks = itertools.count()
+    eng, events = _engine(tmp_path, evaluator, store=store, generations=50)
+    eng.clock = lambda: float(next(ticks))
+    first = eng.run(slice_s=30.0)
+    assert len(evaluator.promoted) == 1
+    if case == "promoted, fresh store":
+        eng.store = FakeStore()
+    again = eng._promote_all(first.run_id, "slice")
+    key = SPEC.cache_key()
+    if case == "promoted, fresh store":
+        assert len(evaluator.promoted) == 2 and key in again.promoted
+        return
+    assert len(evaluator.promoted) == 1  # decided before: no second re-measurement
+    if case == "fell short":
+        assert key not in again.promoted and "earlier slice" in again.rejected[key]
+    else:
+        assert "earlier slice" in again.promoted[key] and again.promoted[key].startswith(store.lookup(SPEC, HW)
+                                                                                         .record.kernel_id)
+    assert any(e.kind == "promotion" and "earlier slice" in e.message for e in events)

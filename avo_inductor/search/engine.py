@@ -392,9 +392,18 @@ class SearchEngine:
                 rejected[key] = (f"best screening speedup over the fallback {gain:.3f}x < {SCREEN_FLOOR}: "
                                  "not re-measured")
                 continue
+            decided = self._decided(run_id, cand)
+            if decided is not None:
+                ok, why = decided
+                (promoted if ok else rejected)[key] = why
+                self._emit("promotion", run_id, self.config.generations, f"{key}: {why}",
+                           data={"candidate": cand.id, "promoted": ok, "re_measured": False})
+                continue
             winners.append(cand)
         if not self.config.promote:
             return SearchOutcome(run_id, stop, best, promoted, rejected)
+        # Best first: a slice whose device call ends mid-promotion has re-measured the most promising specs.
+        winners.sort(key=lambda c: -(self._screen_gain(run_id, c) or 0.0))
         for cand, again in zip(winners, promotion_eval_batch(self.evaluator, winners), strict=True):
             key = cand.spec.cache_key()
             self.db.record_results(run_id, [again], promotion=True)
@@ -408,6 +417,35 @@ class SearchEngine:
             self._emit("promotion", run_id, self.config.generations, f"{key}: {why}",
                        data={"candidate": cand.id, "promoted": ok})
         return SearchOutcome(run_id, stop, best, promoted, rejected)
+
+    def _decided(self, run_id: str, cand: Candidate) -> tuple[bool, str] | None:
+        """(promoted, why) when an earlier slice of this run already decided on ``cand``, else None (re-measure).
+
+        Slices promote their best at every end; re-measuring costs a worker 10-100 s per spec on an H100, and on
+        session 14's H100 re-measuring three winners that earlier slices had shipped outlasted the device call. So
+        a spec whose best is still the candidate decided before is not re-measured when that candidate's record is
+        in the store (its own layers or the shipped bundles), or when its re-measurement ran and fell short (a
+        second one would only sample the noise again). A failed re-measurement, a record missing from this store
+        (a fresh host) and a better candidate are decided anew."""
+        if not self.config.promote:
+            return None
+        earlier = self.db.result(run_id, cand.id, promotion=True)
+        if earlier is None:
+            return None
+        kernels = {p["kernel_id"] for p in self.db.promotions(run_id) if p.get("candidate_id") == cand.id}
+        if kernels:
+            hit = self.store.lookup(cand.spec, self.hardware) if self.store is not None else None
+            if hit is not None and hit.record.kernel_id in kernels:
+                return True, f"{hit.record.kernel_id} (promoted by an earlier slice of this run; in {hit.layer})"
+            return None
+        ok, why = promotion_decision(earlier, self.config.require_speedup, self.config.min_gain)
+        if ok or not earlier.ok:
+            return None  # passed but was not stored (the store held a faster one then), or the re-measurement failed
+        return False, f"{why} (re-measured by an earlier slice of this run)"
+
+    def _screen_gain(self, run_id: str, cand: Candidate) -> float | None:
+        result = self.db.result(run_id, cand.id)
+        return None if result is None else result.speedup_vs_fallback
 
     def _store(self, run_id: str, cand: Candidate, result: EvalResult, why: str) -> tuple[bool, str]:
         record = build_record(cand, result, self.hardware, self.software)
