@@ -65,11 +65,10 @@ PY
             # timeout: a hard stop (promotion included) if a worker hangs past the slice; SIGINT re-queues in-flight work.
             hard=$(python3 -c "print(int(float('$SLICE') * 60 + ${CAMPAIGN_PROMOTE_S:-150}))")
             # AVO_USE_SHIPPED=1: a winner an earlier slice shipped (in cache/) is found in the store, so this slice's
-            # promotion does not re-measure it (search/engine.py _decided).
-            export AVO_USE_SHIPPED=1
+            # promotion does not re-measure it (search/engine.py _decided); the export step still reads the store alone.
             case "$state" in
-              new) timeout -s INT "$hard" python3 -m avo_inductor.search run --campaign "${CAMPAIGN:-search/h100-core.toml}" --db "$DB" --slice-minutes "$SLICE" ${CAMPAIGN_ARGS:-} > "$OUT/campaign.log" 2>&1 ;;
-              resume) timeout -s INT "$hard" python3 -m avo_inductor.search resume latest --db "$DB" --slice-minutes "$SLICE" > "$OUT/campaign.log" 2>&1 ;;
+              new) AVO_USE_SHIPPED=1 timeout -s INT "$hard" python3 -m avo_inductor.search run --campaign "${CAMPAIGN:-search/h100-core.toml}" --db "$DB" --slice-minutes "$SLICE" ${CAMPAIGN_ARGS:-} > "$OUT/campaign.log" 2>&1 ;;
+              resume) AVO_USE_SHIPPED=1 timeout -s INT "$hard" python3 -m avo_inductor.search resume latest --db "$DB" --slice-minutes "$SLICE" > "$OUT/campaign.log" 2>&1 ;;
             esac
             echo "exit $?"; grep -E "stored|kept out|stopped|interrupted|error" "$OUT/campaign.log" | tail -25
             python3 -m avo_inductor.search status --db "$DB" 2>&1 | tee "$OUT/campaign-status.txt" | tail -25
