@@ -11,7 +11,7 @@
 #   CSV variants-NAME.csv, several per session), search (the 5-minute smoke search), overhead (host cost per call,
 #   python -m benchmarks.launch_overhead with OVERHEAD_ARGS, e.g. --profile), hf (real transformers models,
 #   python -m benchmarks.hf_models: out of the box, then a HF_SEARCH_MINUTES search per model when > 0 (default 0:
-#   the out-of-box phase alone, ~8 min; HF_ARGS e.g. "--quick" ~2 min on an H100, or "--cases mistral-window" to search one
+#   the out-of-box phase alone, ~5 min; HF_ARGS e.g. "--quick" ~2 min on an H100, or "--cases mistral-window" to search one
 #   model per device call).
 # The GPU image lacks diskcache and platformdirs: carry them as wheels in .whl/ (pure Python), made here with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diskcache platformdirs

@@ -15,12 +15,12 @@ Per model and phase, ``explain()`` counts its sites: hits, class hits, fallbacks
 Usage: python -m benchmarks.hf_models [--cases llama-eager,mistral-window:1:8192,...] [--modes infer,train]
          [--search-minutes 10] [--quick | --tiny] [--warmup 3] [--iters 10] [--cache-dir DIR] [--out DIR]
 Writes <out>/hf_models.csv (one row per model, mode and phase), <out>/hf_targets.csv and <out>/hf_models.png
-(default out benchmarks/results/<gpu>/), the search logs as <out>/hf-search-<model>.log; prints the targets, then
-the table with every number's same-run baseline and the GPU name last. A failure is a "failed: ..." cell.
-Default (9 models, --search-minutes 0): 27 cold compiles, ~8 minutes on an H100 (an estimate from
-benchmarks/models.py's compile times, not yet measured); ``--quick``: 5 models at shorter sequences, ~2 minutes
-(H100, session 13); the search phase adds N minutes per model plus promotion (one model per 10-minute device call:
-``--cases NAME --search-minutes 6``).
+(default out benchmarks/results/<gpu>/), the search logs as <out>/hf-search-<model>-<B>x<N>.log; prints the
+targets, then the table with every number's same-run baseline and the GPU name last. A failure is a "failed: ..."
+cell. Default (9 models, and the window model at 8k context too; --search-minutes 0): about 4 minutes on an H100
+(session 14, without the 8k row; that row took about a minute alone); ``--quick``: 5 models at shorter sequences,
+~2 minutes (H100, session 13); the search phase adds N minutes per model plus promotion (one model per 10-minute
+device call: ``--cases NAME --search-minutes 6``).
 """
 from __future__ import annotations
 
@@ -298,7 +298,8 @@ def target_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         value = _num(row.get(ratio_col))
         verdict = "n/a" if value is None else ("PASS" if (value <= threshold if at_most else value >= threshold)
                                                else "MISS")
-        out.append({"target": name, "model": row["model"], "mode": row["mode"], "phase": row["phase"],
+        out.append({"target": name, "model": row["model"], "B": row.get("B"), "N": row.get("N"), "mode": row["mode"],
+                    "phase": row["phase"],
                     "value": value, "threshold": threshold, "baseline": row.get(base_col), "avo ms": row.get("avo ms"),
                     "verdict": verdict, "gpu": row.get("gpu")})
 
@@ -321,13 +322,15 @@ def target_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_plot(rows: Sequence[dict[str, Any]], path: Path, gpu: str) -> None:
     """Speedup vs inductor, vs the SDPA twin (masked models) and the pass-time share, one series per phase."""
-    groups = list(dict.fromkeys(f"{r['model']} {r['mode']}" for r in rows))
+    def group(r: dict[str, Any]) -> str:  # a model run at two shapes (the window model at 8k) gets two bars
+        return f"{r['model']} {r['mode']} N{r.get('N', '?')}"
+
+    groups = list(dict.fromkeys(group(r) for r in rows))
     masked = [g for g in groups if hc.CASES[g.split()[0]].masked and hc.CASES[g.split()[0]].twin]
 
     def series(col: str, names: Sequence[str]) -> dict[str, Sequence[float | None]]:
-        return {phase: [next((_num(r.get(col)) for r in rows if f"{r['model']} {r['mode']}" == g
-                              and r["phase"] == phase), None) for g in names] for phase in (OOB, SEARCHED)
-                if any(r["phase"] == phase for r in rows)}
+        return {phase: [next((_num(r.get(col)) for r in rows if group(r) == g and r["phase"] == phase), None)
+                        for g in names] for phase in (OOB, SEARCHED) if any(r["phase"] == phase for r in rows)}
 
     panels = [Panel("avo step time: x faster than backend=inductor on the same model", groups,
                     series("x inductor", groups), "x faster", hline=1.0)]
@@ -348,8 +351,8 @@ def print_report(rows: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any
     """Targets, then the main table (last, what a log tail shows), headed by the GPU name."""
     print()
     print("targets (issue 21; baseline = the same run's number the ratio divides):")
-    print_table(clipped(targets), ["target", "model", "mode", "phase", "value", "threshold", "baseline", "avo ms",
-                                   "verdict"])
+    print_table(clipped(targets), ["target", "model", "B", "N", "mode", "phase", "value", "threshold", "baseline",
+                                   "avo ms", "verdict"])
     print()
     print(f"GPU: {gpu}   torch {torch.__version__}   (ms: median step; x: baseline ms / avo ms, same run)")
     print_table(clipped(rows, 32), [c for c in TABLE if any(c in r for r in rows)])
@@ -406,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             rows += by_run[run]
             write_csv(out / "hf_models.csv", rows)  # a run cut short by a time limit still leaves its rows
         for run in runs if args.search_minutes > 0 else []:
-            outcome = run_search(run, args.search_minutes, profile, store_dir, out / f"hf-search-{run.case.name}.log")
+            log = out / f"hf-search-{run.case.name}-{run.batch}x{run.seq}.log"
+            outcome = run_search(run, args.search_minutes, profile, store_dir, log)
             print(f"search {run.case.name}: {outcome}", flush=True)
             rows += searched_rows(run, setup, by_run[run], outcome)
             write_csv(out / "hf_models.csv", rows)
