@@ -67,9 +67,8 @@ SHAPES: dict[str, dict[str, tuple[int, int]]] = {
               "t5-encoder": (4, 512)},
     "tiny": {name: (2, 17) for name in CASES} | {"mistral-window": (2, 24), "vit": (2, 17)},
 }
-# The full profile: every case at its SHAPES entry, and the window model at 8k context too, where its window (a
-# quarter of the keys) is most of the attention and the Mistral targets were set (at 2 x 4096 the rest of
-# the model alone is more than half of inductor's step: README "Measured").
+# The full profile: every case at its SHAPES entry, and the window model at 8k context too, where attention decides
+# the step (at 2 x 4096 the rest of the model alone is more than half of inductor's step: README "Measured").
 LONG_CONTEXT_RUNS = ("mistral-window:1:8192",)
 DEFAULT_CASES = (*CASES, *LONG_CONTEXT_RUNS)
 QUICK_CASES = ("llama-eager", "mistral-window", "gpt2", "bert-padded", "bloom-alibi")
