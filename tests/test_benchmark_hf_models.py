@@ -154,3 +154,18 @@ def test_bad_arguments_exit_with_a_message(hf: ModuleType) -> None:
         hf.parse_args(["--modes", "infer,decode"])
     with pytest.raises(SystemExit):
         hf.parse_args(["--search-minutes", "-1"])
+
+
+def test_the_default_run_measures_the_window_model_at_two_shapes(hf: ModuleType) -> None:
+    """The full profile runs every case at its shape and the window model at 8k context too; targets name the
+    shape, so its two rows stay apart."""
+    from benchmarks import hf_cases
+
+    runs = hf.parse_runs(",".join(hf_cases.DEFAULT_CASES), "full", ["infer", "train"])
+    window = [(r.batch, r.seq) for r in runs if r.case.name == "mistral-window"]
+    assert window == [hf_cases.SHAPES["full"]["mistral-window"], (1, 8192)]
+    assert len(runs) == len(hf_cases.CASES) + 1
+    rows = [{"model": "mistral-window", "mode": "infer", "phase": "out-of-box", "B": b, "N": n, "x inductor": x,
+             "avo path": "fallback"} for (b, n), x in zip(window, (1.7, 2.6), strict=True)]
+    got = [(t["N"], t["verdict"]) for t in hf.target_rows(rows) if t["target"].startswith(">= 2x")]
+    assert got == [(4096, "MISS"), (8192, "PASS")]
