@@ -224,3 +224,25 @@ def test_verification_checks_the_records_lengths_not_its_whole_batch():
     assert all(c.spec.q_len != c.spec.kv_len for c in ragged)
     cpu_own = verification_cases(spec, "cpu", random.Random(0))[-1].spec
     assert cpu_own.q_len <= 48 and cpu_own.kv_len <= 96
+
+
+def test_a_loaded_kernel_whose_source_folder_was_removed_gets_its_file_back(isolated_avo, monkeypatch) -> None:
+    """The kernel source folder can vanish while the process lives (a temporary AVO_CACHE_DIR removed, as the
+    real-model benchmark does after its out-of-box phase). The next load of the same kernel restores the file where
+    its module was imported from: Inductor reads a user kernel's lines from it (``inspect.getsourcelines``) when it
+    compiles a graph that calls the kernel, and readers of ``LoadedKernel.path`` want it."""
+    import inspect
+    import shutil
+
+    from avo_inductor.settings import reset_settings
+
+    spec = AttentionSpec(1, 2, 1, 9, 9, 16, dtype="float32")
+    first = load_record(baseline_record(spec, HardwareKey.current("cpu")))
+    assert first.path.is_file()
+    shutil.rmtree(first.path.parent)
+    monkeypatch.setenv("AVO_CACHE_DIR", str(isolated_avo / "elsewhere"))
+    reset_settings()
+    again = load_record(baseline_record(spec, HardwareKey.current("cpu")))
+    assert again.path.is_file() and "def " in again.path.read_text()
+    assert inspect.getsourcelines(getattr(again.functions.fwd, "fn", again.functions.fwd))[0]
+    assert get_kernel(again.kernel_id).path.is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import linecache
 import os
 import sys
 import tempfile
@@ -83,18 +84,38 @@ def _write_source(source: str, sha: str) -> Path:
     """Write atomically (temp file + rename); an existing file is reused only if its bytes hash to ``sha``."""
     directory = _source_dir()
     path = directory / f"avo_kernel_{sha}.py"
-    data = source.encode("utf-8")
     if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha:
         return path
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        _atomic_write(path, source)
     except OSError as exc:
         raise RuntimeError(f"cannot write kernel source to {directory}: {exc}") from exc
     return path
+
+
+def _atomic_write(path: Path, source: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(source.encode("utf-8"))
+    os.replace(tmp, path)
+
+
+def _source_file_present(loaded: LoadedKernel, source: str) -> bool:
+    """Whether a loaded kernel's module file exists, written again where it was imported from if it was deleted.
+
+    The folder can go while the process lives (a temporary AVO_CACHE_DIR removed, a cleaner): Inductor reads a
+    user kernel's lines from that file when it compiles a graph calling it (``inspect.getsourcelines``), and
+    tracebacks and ``LoadedKernel.path`` readers want it too. False when it cannot be restored (the caller imports
+    the source afresh in the current folder)."""
+    if loaded.path.is_file():
+        return True
+    try:
+        _atomic_write(loaded.path, source)
+    except OSError:
+        return False
+    linecache.checkcache(str(loaded.path))
+    return True
 
 
 def _import(path: Path, sha: str) -> ModuleType:
@@ -159,7 +180,11 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
     with _LOCK:
         cached = _LOADED.get(kid)
     if cached is not None:
-        return cached
+        if _source_file_present(cached, source):
+            return cached
+        with _LOCK:
+            _LOADED.pop(kid, None)
+        sys.modules.pop(f"avo_kernel_{actual[:16]}", None)
     problems = static_violations(source, entry_point, bwd_entry_point, launch)
     if problems:
         listed = "; ".join(str(p) for p in problems[:10])
@@ -192,7 +217,10 @@ def load_record(record: KernelRecord) -> LoadedKernel:
         # one id (it hashes template digest + genome + launch, which determine the rendered text in a process).
         loaded = dataclasses.replace(load_kernel(kernel_for_record(record)), kernel_id=record.kernel_id)
         with _LOCK:
-            return _LOADED.setdefault(loaded.kernel_id, loaded)
+            held = _LOADED.get(loaded.kernel_id)
+            if held is None or held.path != loaded.path:  # new, or its module was imported afresh (file lost)
+                _LOADED[loaded.kernel_id] = held = loaded
+            return held
     assert record.source is not None
     return load_source(record.source, record.entry_point, record.bwd_entry_point, dict(record.launch),
                        sha256=record.sha256)
