@@ -111,7 +111,7 @@ def test_site_counts_split_exact_and_class_hits(hf: ModuleType) -> None:
              _site("avo", "hit", tuned_at="2,32,8,4096,4096,128,causal"),
              _site("sdpa", "miss", "no kernel; queued", spec="8,16,16,512,512,64,bias"), _site("kept", "miss"),
              _site("skipped", reason="unrecognised op between softmax and the PV matmul"), _site("error", reason="x")]
-    want = {"sites": 6, "hits": 1, "class hits": 1, "fallbacks": 2, "skips": 1, "errors": 1,
+    want = {"sites": 6, "hits": 1, "class hits": 1, "fallbacks": 2, "skips": 1, "errors": 1, "rewritten": 3,
             "why not hit": "no kernel; queued"}
     assert hf.site_counts(sites) == {**want, "site spec": "8,16,16,512,512,64 bfloat16 full+bias"}
     assert hf.site_counts(sites[:2])["site spec"] == "2,32,8,4096,4096,128 bfloat16 causal"  # all hit: the first
@@ -169,3 +169,13 @@ def test_the_default_run_measures_the_window_model_at_two_shapes(hf: ModuleType)
              "avo path": "fallback"} for (b, n), x in zip(window, (1.7, 2.6), strict=True)]
     got = [(t["N"], t["verdict"]) for t in hf.target_rows(rows) if t["target"].startswith(">= 2x")]
     assert got == [(4096, "MISS"), (8192, "PASS")]
+
+
+def test_a_model_avo_left_unchanged_is_noted_as_noise(hf: ModuleType) -> None:
+    """llama with attn_implementation="sdpa": its sites are SDPA calls avo keeps, so avo's graph is inductor's and a
+    0.985x is run-to-run noise; the measured verdict stands, with a note saying so."""
+    base = {"model": "llama-sdpa", "mode": "infer", "phase": "out-of-box", "B": 4, "N": 2048, "x inductor": 0.985,
+            "avo path": "fallback", "sites": 2}
+    kept, changed = hf.target_rows([{**base, "rewritten": 0}, {**base, "model": "llama-eager", "rewritten": 2}])
+    assert kept["verdict"] == changed["verdict"] == "MISS"
+    assert "graph unchanged" in kept["note"] and changed["note"] == ""
