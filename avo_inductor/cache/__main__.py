@@ -45,6 +45,12 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     ex.add_argument("--hardware", help="hardware slug (substring), e.g. nvidia-h100")
     ex.add_argument("--spec-filter", help="substring of the store key or spec text")
     ex.add_argument("--key", help="sign with this private key (from keygen)")
+    me = sub.add_parser("merge", help="merge bundles into one (the best record per key), e.g. one folder per GPU")
+    me.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle folders or archives")
+    me.add_argument("-o", "--out", required=True, help="new DIR or FILE.tar.gz")
+    me.add_argument("--key", help="sign the merged bundle with this private key (from keygen)")
+    me.add_argument("--require-signed", action="store_true", default=None)
+    me.add_argument("--trusted-key", action="append", help="trusted public key (hex or file); repeatable")
     im = sub.add_parser("import", help="verify a bundle and admit its records")
     im.add_argument("bundle")
     im.add_argument("--require-signed", action="store_true", default=None)
@@ -109,6 +115,28 @@ def _report_out(console: Any, reports: list[Any], as_json: bool) -> int:
     return EXIT_OK if all(r.ok for r in reports) else EXIT_FAILED
 
 
+def _merge_out(console: Any, args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .merge import merge_bundles
+
+    report = merge_bundles(args.bundles, args.out, trusted_keys=args.trusted_key, require_signed=args.require_signed,
+                           sign_key=args.key)
+    if args.json:
+        print_json({"out": report.out, "signed": bool(args.key), "records": [
+            {"key": c.key, "kernel_id": c.kernel_id, "source": c.source, "speedup": c.speedup,
+             "replaced": list(c.replaced)} for c in report.choices]})
+        return EXIT_OK
+    replaced = sum(len(c.replaced) for c in report.choices)
+    signed = " (signed)" if args.key else ""
+    console.print(f"merged {len(report.sources)} bundle(s) into {escape(report.out)}: {len(report.choices)} "
+                  f"record(s), {replaced} replaced by a faster one for the same key{signed}")
+    for choice in report.choices:
+        for old in choice.replaced:
+            console.print(f"  {escape(choice.key)}: kept {choice.kernel_id}, not {escape(old)}", highlight=False)
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace, console: Any) -> int:
     from . import admin, bundle, signing
     from ..settings import get_settings
@@ -148,6 +176,8 @@ def _run(args: argparse.Namespace, console: Any) -> int:
             return EXIT_OK
         console.print(f"exported {len(manifest.records)} record(s) to {args.out}"
                       + (" (signed)" if args.key else ""))
+    elif args.cmd == "merge":
+        return _merge_out(console, args)
     elif args.cmd == "import":
         report = bundle.import_bundle(_store(), args.bundle, trusted_keys=args.trusted_key,
                                       require_signed=args.require_signed)

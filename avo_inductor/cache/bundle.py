@@ -377,6 +377,14 @@ def export_bundle(store: KernelStore, out: str | Path, hardware: HardwareKey | s
     if not records:
         raise BundleError(f"no records match hardware={hardware!s} spec_filter={spec_filter!r}"
                           f"{' and are verified on this host' if unverified else ''}; nothing exported")
+    return write_bundle_to(out, records, creator, sign_key)
+
+
+def write_bundle_to(out: str | Path, records: list[KernelRecord], creator: str | None = None,
+                    sign_key: str | Path | None = None) -> Manifest:
+    """``records`` as a new bundle: a folder (absent or empty; written beside it, then renamed into place) or, for
+    ``*.tar.gz``, an archive (written whole, then renamed). A failure leaves no half-written bundle."""
+    out = Path(out)
     if _is_tar(out):
         with tempfile.TemporaryDirectory(prefix="avo-export-") as tmp:
             manifest = _write_bundle(Path(tmp), records, creator, sign_key)
