@@ -269,7 +269,15 @@ def test_class_check_runs_only_the_sites_lengths_for_a_record_verified_on_this_s
         return cases
 
     monkeypatch.setattr(verify, "verification_cases", spy)
-    assert graph_pass.ensure_verified(store, hit, torch.device("cpu"))
+    reports: list = []
+    real_verify = verify.verify_record
+
+    def verify_spy(*args: object, **kwargs: object) -> object:
+        reports.append(real_verify(*args, **kwargs))  # type: ignore[arg-type]
+        return reports[-1]
+
+    monkeypatch.setattr(verify, "verify_record", verify_spy)
+    assert graph_pass.ensure_verified(store, hit, torch.device("cpu")), reports[-1].problems
     names = seen[0]
     assert names[-1].startswith("own lengths")
     assert (len(names) == 1) == (software == "same")
