@@ -228,7 +228,7 @@ def test_verification_checks_the_records_lengths_not_its_whole_batch():
 
 def test_a_loaded_kernel_whose_source_folder_was_removed_gets_its_file_back(isolated_avo, monkeypatch) -> None:
     """The kernel source folder can vanish while the process lives (a temporary AVO_CACHE_DIR removed, as the
-    real-model benchmark does after its out-of-box phase). The next load of the same kernel restores the file where
+    model benchmark's seeded store does when it ends). The next load of the same kernel restores the file where
     its module was imported from: Inductor reads a user kernel's lines from it (``inspect.getsourcelines``) when it
     compiles a graph that calls the kernel, and readers of ``LoadedKernel.path`` want it."""
     import inspect
