@@ -228,9 +228,10 @@ def test_verification_checks_the_records_lengths_not_its_whole_batch():
 
 def test_a_loaded_kernel_whose_source_folder_was_removed_gets_its_file_back(isolated_avo, monkeypatch) -> None:
     """The kernel source folder can vanish while the process lives (a temporary AVO_CACHE_DIR removed, as the
-    model benchmark's seeded store does when it ends). The next load of the same kernel restores the file where
-    its module was imported from: Inductor reads a user kernel's lines from it (``inspect.getsourcelines``) when it
-    compiles a graph that calls the kernel, and readers of ``LoadedKernel.path`` want it."""
+    model benchmark's seeded store does when it ends). The next load of the same kernel imports it afresh in the
+    current folder (a removed folder is never made again) or, when only the file went, writes it back in place:
+    Inductor reads a user kernel's lines from it (``inspect.getsourcelines``) when it compiles a graph that calls
+    the kernel, and readers of ``LoadedKernel.path`` want it."""
     import inspect
     import shutil
 
@@ -244,5 +245,9 @@ def test_a_loaded_kernel_whose_source_folder_was_removed_gets_its_file_back(isol
     reset_settings()
     again = load_record(baseline_record(spec, HardwareKey.current("cpu")))
     assert again.path.is_file() and "def " in again.path.read_text()
+    assert again.path.parent == isolated_avo / "elsewhere" / "kernel_src"  # the removed folder is not made again
     assert inspect.getsourcelines(getattr(again.functions.fwd, "fn", again.functions.fwd))[0]
     assert get_kernel(again.kernel_id).path.is_file()
+    again.path.unlink()  # only the file gone: written back in place
+    third = load_record(baseline_record(spec, HardwareKey.current("cpu")))
+    assert third.path == again.path and third.path.is_file()

@@ -102,14 +102,17 @@ def _atomic_write(path: Path, source: str) -> None:
 
 
 def _source_file_present(loaded: LoadedKernel, source: str) -> bool:
-    """Whether a loaded kernel's module file exists, written again where it was imported from if it was deleted.
+    """Whether a loaded kernel's module file exists, written again where it was imported from if only the file was
+    deleted.
 
-    The folder can go while the process lives (a temporary AVO_CACHE_DIR removed, a cleaner): Inductor reads a
-    user kernel's lines from that file when it compiles a graph calling it (``inspect.getsourcelines``), and
-    tracebacks and ``LoadedKernel.path`` readers want it too. False when it cannot be restored (the caller imports
-    the source afresh in the current folder)."""
+    Files and folders can go while the process lives (a temporary AVO_CACHE_DIR removed, a cleaner): Inductor reads
+    a user kernel's lines from that file when it compiles a graph calling it (``inspect.getsourcelines``), and
+    tracebacks and ``LoadedKernel.path`` readers want it too. A removed folder is never made again (under /tmp it
+    could be someone else's by now): False, and the caller imports the source afresh in the current folder."""
     if loaded.path.is_file():
         return True
+    if not loaded.path.parent.is_dir():
+        return False
     try:
         _atomic_write(loaded.path, source)
     except OSError:
