@@ -202,10 +202,21 @@ def search_factory(name: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]
         b_text, _, n_text = os.environ[ENV_SHAPE].partition(":")
         batch, seq = int(b_text), int(n_text)
     train = os.environ.get(ENV_TRAIN, "1" if case.trains else "0") == "1"
+    model, x = model_and_input(name, profile, batch, seq, train=train)
+    return model, (x,)
+
+
+def model_and_input(name: str, profile: str = "full", batch: int | None = None, seq: int | None = None, *,
+                    train: bool = False) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The case's model (its own attention implementation, in train mode with grads only for ``train``) and an input,
+    on this machine's device and dtype, at the profile's shape unless ``batch``/``seq`` say otherwise."""
+    case = CASES[name]
+    default_batch, default_seq = SHAPES[profile][name]
+    batch, seq = batch or default_batch, seq or default_seq
     device, dtype = device_and_dtype()
     model = build_model(case, case.attn, profile, seq, device, dtype).train(train)
     model.requires_grad_(train)
-    return model, (make_input(case, profile, batch, seq, device, dtype),)
+    return model, make_input(case, profile, batch, seq, device, dtype)
 
 
 def _factory(name: str) -> Callable[[], tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]:

@@ -47,14 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top", type=int, default=8)
     args = ap.parse_args(argv)
     case = hf_cases.CASES[args.case]
-    batch, seq = hf_cases.SHAPES["full"][args.case]
-    device, dtype = hf_cases.device_and_dtype()
-    x = hf_cases.make_input(case, "full", batch, seq, device, dtype)
+    model, x = hf_cases.model_and_input(args.case, "full")
     rows: list[dict[str, object]] = []
-    model = hf_cases.build_model(case, case.attn, "full", seq, device, dtype).eval().requires_grad_(False)
     for backend in ("inductor", "avo"):
         rows += profile_step(model, x, backend, args.top)
     if case.twin:
+        device, dtype = hf_cases.device_and_dtype()
+        seq = hf_cases.SHAPES["full"][args.case][1]
         twin = hf_cases.build_model(case, "sdpa", "full", seq, device, dtype).eval().requires_grad_(False)
         rows += [{**r, "backend": "inductor[sdpa]"} for r in profile_step(twin, x, "inductor", args.top)]
     print_table(rows, ("backend", "kernel", "us/step", "calls/step"))

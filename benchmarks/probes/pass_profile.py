@@ -25,11 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--case", default="bloom-alibi", choices=sorted(hf_cases.CASES))
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args(argv)
-    case = hf_cases.CASES[args.case]
-    batch, seq = hf_cases.SHAPES["full"][args.case]
-    device, dtype = hf_cases.device_and_dtype()
-    model = hf_cases.build_model(case, case.attn, "full", seq, device, dtype).eval().requires_grad_(False)
-    x = hf_cases.make_input(case, "full", batch, seq, device, dtype)
+    model, x = hf_cases.model_and_input(args.case, "full")
     profile = cProfile.Profile()
     real = graph_pass.run_avo_pass
 
