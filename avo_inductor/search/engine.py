@@ -373,7 +373,7 @@ class SearchEngine:
         best: dict[str, tuple[str, float]] = {}
         promoted: dict[str, str] = {}
         rejected: dict[str, str] = {}
-        winners: list[Candidate] = []
+        winners: list[tuple[float, Candidate]] = []  # (screening gain over the fallback, candidate)
         waiting = Counter(c.spec.cache_key() for c in self.db.candidates(run_id, PENDING))
         for spec in self.config.specs:
             key = spec.cache_key()
@@ -399,12 +399,12 @@ class SearchEngine:
                 self._emit("promotion", run_id, self.config.generations, f"{key}: {why}",
                            data={"candidate": cand.id, "promoted": ok, "re_measured": False})
                 continue
-            winners.append(cand)
+            winners.append((gain or 0.0, cand))
         if not self.config.promote:
             return SearchOutcome(run_id, stop, best, promoted, rejected)
         # Best first: a slice whose device call ends mid-promotion has re-measured the most promising specs.
-        winners.sort(key=lambda c: -(self._screen_gain(run_id, c) or 0.0))
-        for cand, again in zip(winners, promotion_eval_batch(self.evaluator, winners), strict=True):
+        ordered = [cand for _, cand in sorted(winners, key=lambda w: -w[0])]
+        for cand, again in zip(ordered, promotion_eval_batch(self.evaluator, ordered), strict=True):
             key = cand.spec.cache_key()
             self.db.record_results(run_id, [again], promotion=True)
             ok, why = promotion_decision(again, self.config.require_speedup, self.config.min_gain)
@@ -442,10 +442,6 @@ class SearchEngine:
         if ok or not earlier.ok:
             return None  # passed but was not stored (the store held a faster one then), or the re-measurement failed
         return False, f"{why} (re-measured by an earlier slice of this run)"
-
-    def _screen_gain(self, run_id: str, cand: Candidate) -> float | None:
-        result = self.db.result(run_id, cand.id)
-        return None if result is None else result.speedup_vs_fallback
 
     def _store(self, run_id: str, cand: Candidate, result: EvalResult, why: str) -> tuple[bool, str]:
         record = build_record(cand, result, self.hardware, self.software)
