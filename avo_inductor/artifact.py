@@ -143,6 +143,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("bwd_dq_atomic", _BOOL, False, "dq accumulated by the dK/dV kernel with fp32 atomic adds, no dq kernel "
          "(FlashAttention-2's form: 5 tile matmuls per block pair instead of 7; dq's last bits vary run to run)",
          constant="BWD_DQ_ATOMIC", launch_key="bwd_dq_atomic", direction="bwd"),
+    Knob("bwd_dq_tma", _BOOL, False, "with bwd_dq_atomic, each dq tile is added by one bulk reduce-add of Hopper's "
+         "copy engine through a tensor descriptor (FlashAttention-3's dQ accumulation) instead of one atomic per "
+         "element; no effect without bwd_dq_atomic", constant="BWD_DQ_TMA", launch_key="bwd_dq_tma",
+         direction="bwd", prune="hopper"),
 )
 
 

@@ -51,6 +51,10 @@ GRID = [
     # dq by fp32 atomics from the dK/dV kernel
     (8, 2, 1000, 1000, 128, 128, True, None, "none", {"bwd_dq_atomic": True}),
     (8, 8, 777, 777, 64, 64, True, 128, "bias", {"bwd_dq_atomic": True, "bwd_transposed": False}),
+    # ... through TMA reduce-adds of whole tiles (bwd_dq_tma), both dK/dV forms, an odd head dim
+    (8, 2, 1000, 1000, 128, 128, True, None, "none", {"bwd_dq_atomic": True, "bwd_dq_tma": True}),
+    (8, 8, 777, 777, 72, 72, False, None, "bias", {"bwd_dq_atomic": True, "bwd_dq_tma": True,
+                                                    "bwd_transposed": False}),
     # the next block's QK^T before this block's softmax (dense, and a causal tile's full blocks); padded split-K
     # decode whose last splits start past the last key (4100 keys in 16 splits of 320)
     (8, 8, 1024, 1024, 128, 128, False, None, "none", {"overlap_qk": True}),

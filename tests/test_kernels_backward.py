@@ -46,6 +46,11 @@ CASES = [
     (4, 2, 17, 33, 40, 40, "float16", True, None, "bias", {"bwd_dq_atomic": True}),
     (4, 2, 33, 17, 24, 24, "float32", True, 5, "alibi", {"bwd_dq_atomic": True, "bwd_transposed": True}),
     (2, 2, 20, 37, 16, 16, "bfloat16", False, None, "padding", {"bwd_dq_atomic": True, "bwd_transposed": True}),
+    # ... added through a tensor descriptor (bwd_dq_tma): ragged rows past the descriptor, odd head dims (padded rows)
+    (4, 2, 17, 33, 40, 40, "float16", True, None, "bias", {"bwd_dq_atomic": True, "bwd_dq_tma": True}),
+    (2, 1, 113, 100, 17, 17, "float32", True, 40, "none", {"bwd_dq_atomic": True, "bwd_dq_tma": True,
+                                                             "bwd_transposed": True}),
+    (2, 2, 1, 37, 24, 24, "bfloat16", False, None, "padding", {"bwd_dq_atomic": True, "bwd_dq_tma": True}),
 ]
 
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,9 @@ import torch.fx as fx
 
 from ..settings import Settings, triton_interpreting
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey
+from . import deferred
 from . import report as rep
+from .deferred import DeferredCheck
 from .report import SiteReport
 
 if TYPE_CHECKING:
@@ -34,8 +36,13 @@ class AvoMissError(RuntimeError):
 
 @dataclass
 class PassResult:
+    """The pass's SiteReports, whether it rewrote the graph, and the class checks it left running in the background
+    (``run_avo_pass(defer_checks=True)``): the graph calls their kernels, so it may run only once every one passed
+    (``deferred.failed``)."""
+
     sites: list[SiteReport]
     changed: bool
+    deferred: list[DeferredCheck] = field(default_factory=list)
 
 
 _warned: set[str] = set()
@@ -157,7 +164,9 @@ def _spawn_detached(cmd: list[str], log_path: Any) -> None:
 
 
 def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings, origin: str,
-                 dry_run: bool, misses: list[SiteReport]) -> SiteReport:
+                 dry_run: bool, misses: list[SiteReport], checks: list[DeferredCheck] | None = None) -> SiteReport:
+    """One site's decision and rewrite. ``checks``: where a class hit's first-use check may be left running in
+    the background (backend/deferred.py), the site rewritten to its kernel meanwhile; None: checked here."""
     from ..detect import rewrite
 
     spec: AttentionSpec = match.spec
@@ -177,7 +186,13 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
                                    speedup=hit.record.metrics.speedup, layer=hit.layer, tuned_at=_tuned_at(hit),
                                    reason="verified at this shape at first compile" if hit.is_class else
                                    "verified on this GPU at first compile")
-    while hit is not None and not ensure_verified(store, hit, device):
+    background = None
+    if hit is not None and checks is not None and hit.is_class and getattr(hit, "needs_reverify", False) \
+            and deferred.can_defer(device):
+        assert device is not None  # can_defer: a CUDA site
+        background = deferred.defer(store, hit, device, ensure_verified)
+        checks.append(background)
+    while background is None and hit is not None and not ensure_verified(store, hit, device):
         what = f"verification at {spec.to_text()} (class record tuned at {hit.record.spec.to_text()})" \
             if hit.is_class else f"re-verification on {SoftwareKey.current()}"
         _warn_once(f"reverify:{hit.record.kernel_id}:{spec.cache_key() if hit.is_class else ''}",
@@ -198,7 +213,7 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
             _count("class_hit")
             if not dry_run:
                 store.enqueue_pending(spec, hardware, origin)
-            notes.insert(0, rep.class_hit_note(record.metrics))
+            notes.insert(0, rep.class_hit_note(record.metrics, in_background=background is not None))
         return dataclasses.replace(base, action=rep.AVO, status="hit", kernel_id=record.kernel_id,
                                    speedup=record.metrics.speedup, layer=hit.layer, tuned_at=_tuned_at(hit),
                                    reason="; ".join(n for n in notes if n))
@@ -238,15 +253,19 @@ def _origin(gm: fx.GraphModule) -> str:
 
 
 def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = None, *,
-                 dry_run: bool = False, store_factory: Callable[[Settings], Any] | None = None) -> PassResult:
+                 dry_run: bool = False, store_factory: Callable[[Settings], Any] | None = None,
+                 defer_checks: bool = False) -> PassResult:
     """Detect, look up and rewrite every attention site of ``gm`` in place (``dry_run``: report only).
 
+    ``defer_checks``: a CUDA class hit's first-use check runs in the background (PassResult.deferred) while the
+    caller compiles ``gm``; the caller must wait for the verdicts before running it (register.avo_backend does).
     Raises AvoMissError for AVO_ON_MISS=error; any other failure on a site leaves it untouched.
     """
     from ..detect.match import AttentionMatch, find_attention_sites
 
     sites: list[SiteReport] = []
     misses: list[SiteReport] = []
+    checks: list[DeferredCheck] | None = [] if defer_checks and not dry_run else None
     found = find_attention_sites(gm)
     if not found:
         return PassResult(sites, changed=False)
@@ -261,7 +280,7 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
                                     reason=match.reason))
             continue
         try:
-            site = _handle_site(gm, match, store, settings, origin, dry_run, misses)
+            site = _handle_site(gm, match, store, settings, origin, dry_run, misses, checks)
         except Exception as exc:  # the backend never breaks a user's compile
             if settings.strict:
                 raise
@@ -287,4 +306,4 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
                                f"Tune them with `python -m avo_inductor.search run --pending` or import a bundle.")
         if settings.on_miss == "search":
             start_background_search(settings)
-    return PassResult(sites, changed)
+    return PassResult(sites, changed, checks or [])

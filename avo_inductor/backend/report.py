@@ -54,11 +54,13 @@ class SiteReport:
                 f"{speed}{why}")
 
 
-def class_hit_note(metrics: Any) -> str:
+def class_hit_note(metrics: Any, in_background: bool = False) -> str:
     """What explain() says of a class hit: the record's margin over the fallback where it was tuned (``at least``
-    when only its speedup over the best built-in is known: KernelMetrics.fallback_margin)."""
+    when only its speedup over the best built-in is known: KernelMetrics.fallback_margin); ``in_background``: its
+    check at this shape ran while Inductor compiled (backend/deferred.py)."""
     bound = "" if metrics.speedup_vs_fallback is not None else "at least "
-    return f"{bound}{metrics.fallback_margin or 0:.2f}x the fallback where tuned; verified at this shape"
+    how = "verified at this shape while Inductor compiled" if in_background else "verified at this shape"
+    return f"{bound}{metrics.fallback_margin or 0:.2f}x the fallback where tuned; {how}"
 
 
 def log_sites(sites: Iterable[SiteReport]) -> None:

@@ -354,15 +354,19 @@ class KernelStore:
         self._class_verdicts[vkey] = data["ok"]
         return bool(data["ok"])
 
+    def class_verdict_key(self, hit: StoreHit) -> str:
+        """The key the verdict of class hit ``hit`` at its site's shape is kept under (one check per key)."""
+        if hit.serves is None:
+            raise ValueError(f"a class verdict is kept for a class hit (lookup_class); {hit.key!r} is an exact hit")
+        return self._verdict_key(hit.record, store_key(hit.serves, hit.record.hardware))
+
     def mark_class_verdict(self, hit: StoreHit, ok: bool, why: str = "", *, persist: bool = True) -> None:
         """Remember how the class hit ``hit`` fared at its site's shape on this software (in the writable store,
         so other processes skip the check too; in memory only when there is none, or with ``persist`` False: a
         check that could not run here, e.g. out of GPU memory, is tried again by the next process). A failure is
         remembered like a pass: that record is not verified again for that site key. Records and the generation
         are unchanged."""
-        if hit.serves is None:
-            raise ValueError(f"mark_class_verdict takes a class hit (lookup_class); {hit.key!r} is an exact hit")
-        vkey = self._verdict_key(hit.record, store_key(hit.serves, hit.record.hardware))
+        vkey = self.class_verdict_key(hit)
         self._class_verdicts[vkey] = ok
         if self.db is None or not persist:
             return

@@ -64,7 +64,7 @@ NAMESPACES: dict[tuple[str, ...], frozenset[str]] = {
 VALUE_ATTRIBUTES = frozenset({
     "to", "T", "dtype", "shape", "numel", "element_ty", "primitive_bitwidth", "block_type", "nbytes", "layout",
     "reshape", "permute", "trans", "view", "broadcast_to", "expand_dims", "split", "ravel",
-    "sum", "max", "min", "argmax", "argmin", "cumsum", "index", "slice", "load", "store",
+    "sum", "max", "min", "argmax", "argmin", "cumsum", "index", "slice", "load", "store", "atomic_add",
 })
 BUILTIN_CALLS = frozenset({"float", "int", "range", "min", "max", "len"})  # Triton's jit builtins, pure ones
 DIRECT_CALLS = frozenset({"fence_async_shared", "warpgroup_mma", "warpgroup_mma_wait"})  # Hopper imports

@@ -1,4 +1,5 @@
-"""CPU-interpreter shim: Triton's interpreter (3.9) multiplies bf16 tiles as raw uint16 bits in ``tl.dot``.
+"""CPU-interpreter shims: Triton's interpreter (3.9) multiplies bf16 tiles as raw uint16 bits in ``tl.dot``, and
+has no descriptor reductions (``desc.atomic_add``, the TMA dq accumulation of bwd_dq_tma).
 
 The interpreter stores bfloat16 as uint16 and ``create_dot`` hands those bits to np.matmul, so any bf16
 ``tl.dot`` returns garbage (~1e10 errors on randn 16x16 tiles). Kernels are unaffected on GPUs; this
@@ -51,4 +52,20 @@ def ensure_interpreter_fixes() -> None:
             return original(self, a, b, d, input_precision, max_num_imprecise_acc)
 
         builder_cls.create_dot = create_dot
+        if not hasattr(builder_cls, "create_descriptor_reduce"):
+            builder_cls.create_descriptor_reduce = _descriptor_reduce
         _PATCHED = True
+
+
+def _descriptor_reduce(self: Any, kind: Any, desc: Any, value: Any, indices: Any) -> Any:
+    """``desc.atomic_add(offsets, tile)`` (the interpreter has no descriptor reductions): an elementwise atomic
+    add over the tile's in-bounds elements, which is what the copy engine's bulk reduce-add computes."""
+    from triton._C.libtriton import ir
+    from triton.runtime import interpreter
+
+    if kind != ir.DESCRIPTOR_REDUCE_KIND.ADD:
+        raise NotImplementedError(f"descriptor reduction {kind} is not emulated; only ADD")
+    ptrs, mask = desc.materialize_pointers(indices)
+    op = ir.ATOMIC_OP.FADD if value.dtype.is_floating() else ir.ATOMIC_OP.ADD
+    self.create_atomic_rmw(op, ptrs, value, mask, ir.MEM_SEMANTIC.RELAXED, ir.MEM_SYNC_SCOPE.GPU)
+    return interpreter.TensorHandle(value.data, value.dtype.scalar)

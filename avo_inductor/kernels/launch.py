@@ -51,7 +51,9 @@ Backward ``{bwd}_preprocess``(O, DO, DELTA, stride_o(4), stride_do(4), H_Q, N_Q,
   dq (cdiv(Nq, BWD_BLOCK_M), B * Hq).
   launch["bwd_dq_atomic"] true: DQ is a zero-filled contiguous fp32 (B, Hq, Nq, D) buffer that ``{bwd}_dkdv``
   atomically adds its dq = scale * dS K contributions to; ``{bwd}_dq`` is not launched and the launcher casts the
-  buffer into dq.
+  buffer into dq. With launch["bwd_dq_tma"] too, its rows are padded to a multiple of 4 floats (the copy engine's
+  16-byte rule; DQ is a view of the first D columns) and Triton's scratch allocator is set for the kernel's
+  device-side descriptors.
 """
 from __future__ import annotations
 
@@ -436,6 +438,15 @@ def _ws90_descriptor(t: torch.Tensor, spec: DescriptorSpec) -> Any:
     return TensorDescriptor(t, shape, strides, list(spec.block), spec.layout)
 
 
+def _dq_accumulator(q: torch.Tensor, padded: bool) -> torch.Tensor:
+    """The zeroed fp32 dq buffer of bwd_dq_atomic, shaped like q; ``padded``: rows of a multiple of 4 floats (TMA
+    needs 16-byte row strides), returned as a view of the first D columns."""
+    d = q.shape[3]
+    width = _cdiv(d, 4) * 4 if padded else d
+    acc = torch.zeros((*q.shape[:3], width), dtype=torch.float32, device=q.device)
+    return acc[..., :d] if width != d else acc
+
+
 def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, mask: torch.Tensor | None, *, scale: float | None,
              causal: bool, window: int, mask_kind: str, dq: torch.Tensor | None = None, dk: torch.Tensor | None = None,
@@ -474,7 +485,11 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
 
     if cfg.bwd_dq_atomic:
         # dk/dv's kernel adds every key tile's dq contribution into one fp32 buffer; no dq kernel.
-        dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dq_acc = _dq_accumulator(q, padded=cfg.bwd_dq_tma)
+        if cfg.bwd_dq_tma:
+            import triton
+
+            triton.set_allocator(_scratch)  # a context variable: set on every call, whichever thread launches
         _launch(dkdv_fn, (_cdiv(nk, bn), b * hkv), **{**args, "DQ": dq_acc, **_strides("dq", dq_acc)},
                 **tiles(bm, bn))
         dq.copy_(dq_acc)

@@ -104,7 +104,9 @@ def configs() -> list[Config]:
         # Backward source knobs.
         bwd_knobs: list[tuple[tuple[str, Any], ...]] = [
             (("bwd_transposed", False),), (("bwd_transposed", True),), (("bwd_dq_atomic", True),),
-            (("bwd_dq_atomic", True), ("bwd_transposed", False)), (("causal_split", False),), (("exp2", False),),
+            (("bwd_dq_atomic", True), ("bwd_transposed", False)), (("bwd_dq_atomic", True), ("bwd_dq_tma", True)),
+            (("bwd_dq_atomic", True), ("bwd_dq_tma", True), ("bwd_transposed", False)),
+            (("causal_split", False),), (("exp2", False),),
             (("heavy_first", False),),
         ]
         for knobs in bwd_knobs:

@@ -65,13 +65,15 @@ def _dkdv_inner(dk, dv, k_op, v_op, q_src, do_src, rows, dq_dst, mask, offs_n, l
     as (BN, D) with BWD_TRANSPOSED, else K^T and V^T (D, BN). ``q_src`` (Q_head, stride_qm, stride_qd, offs_d) and
     ``do_src`` (DO_head, stride_dom, stride_dod, offs_dv) locate the head's Q and dO rows, ``rows`` (LSE_row,
     DELTA_row) its saved statistics, ``dq_dst`` (DQ_head, stride_dqm, stride_dqd, dq_scale) its dq accumulator
-    (BWD_DQ_ATOMIC), ``mask`` as in _mask_scores.
+    (BWD_DQ_ATOMIC; a tensor descriptor with BWD_DQ_TMA), ``mask`` as in _mask_scores.
     BWD_TRANSPOSED works on S^T = K Q^T (BN, BM), the Triton tutorial's form: P^T and dS^T come out in the
     orientation their matmuls consume, so no computed tile is transposed in registers (only loaded Q and dO tiles,
     which the compiler transposes for free in shared memory).
     Rows past N_Q load lse = +inf and contribute nothing; keys past N_KV only touch dk/dv rows never stored (and
     add nothing to dq: their K rows load as zero). BWD_DQ_ATOMIC: dq += scale * dS K is added to DQ_head (fp32)
-    here, so no dq kernel recomputes S and dP."""
+    here, so no dq kernel recomputes S and dP: one relaxed atomic per element (the kernel's end orders them before
+    anything reads dq), or with BWD_DQ_TMA one bulk reduce-add of the whole tile by the copy engine
+    (cp.reduce.async.bulk, FlashAttention-3's dQ accumulation)."""
     Q_head, stride_qm, stride_qd, offs_d = q_src
     DO_head, stride_dom, stride_dod, offs_dv = do_src
     LSE_row, DELTA_row = rows
@@ -99,8 +101,12 @@ def _dkdv_inner(dk, dv, k_op, v_op, q_src, do_src, rows, dq_dst, mask, offs_n, l
             dk = _dot(dst.to(qt.dtype), tl.trans(qt), dk)
             if BWD_DQ_ATOMIC:  # dq^T = K^T dS^T (BD, BM): no register transpose of the computed dS^T
                 dqt = _dot(tl.trans(k_op), dst.to(k_op.dtype), tl.zeros([BLOCK_D, BLOCK_M], dtype=tl.float32))
-                tl.atomic_add(DQ_head + offs_m[None, :] * stride_dqm + offs_d[:, None] * stride_dqd, dqt * dq_scale,
-                              mask=(offs_m[None, :] < N_Q) & (offs_d[:, None] < HEAD_DIM))
+                if BWD_DQ_TMA:
+                    DQ_head.atomic_add([start_m, 0], tl.trans(dqt * dq_scale))
+                else:
+                    tl.atomic_add(DQ_head + offs_m[None, :] * stride_dqm + offs_d[:, None] * stride_dqd,
+                                  dqt * dq_scale, mask=(offs_m[None, :] < N_Q) & (offs_d[:, None] < HEAD_DIM),
+                                  sem="relaxed")
         else:
             q = _load_tile(Q_head + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                            offs_m, offs_d, N_Q, HEAD_DIM, CHECK_R=CHECK_M, CHECK_C=HEAD_DIM != BLOCK_D)
@@ -112,8 +118,12 @@ def _dkdv_inner(dk, dv, k_op, v_op, q_src, do_src, rows, dq_dst, mask, offs_n, l
             dk = _dot(tl.trans(ds.to(q.dtype)), q, dk)
             if BWD_DQ_ATOMIC:  # k_op is K^T (BD, BN)
                 dq_part = _dot(ds.to(k_op.dtype), tl.trans(k_op), tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32))
-                tl.atomic_add(DQ_head + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
-                              dq_part * dq_scale, mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
+                if BWD_DQ_TMA:
+                    DQ_head.atomic_add([start_m, 0], dq_part * dq_scale)
+                else:
+                    tl.atomic_add(DQ_head + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+                                  dq_part * dq_scale, mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM),
+                                  sem="relaxed")
     return dk, dv
 
 
@@ -171,7 +181,13 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, MASK, DQ, DK, DV,
         M_base, slope = _head_mask(MASK, off_b, off_h, stride_mb, stride_mh, MASK_KIND)
         q_src = (Q + off_b * stride_qb + off_h * stride_qh, stride_qm, stride_qd, offs_d)
         do_src = (DO + off_b * stride_dob + off_h * stride_doh, stride_dom, stride_dod, offs_dv)
-        dq_dst = (DQ + off_b * stride_dqb + off_h * stride_dqh, stride_dqm, stride_dqd, dq_scale)
+        DQ_head = DQ + off_b * stride_dqb + off_h * stride_dqh
+        if BWD_DQ_ATOMIC and BWD_DQ_TMA:
+            # The launcher's dq accumulator: contiguous fp32 rows, 16-byte aligned; rows past N_Q and columns past
+            # HEAD_DIM of a tile fall outside the descriptor and are dropped by the copy engine.
+            DQ_head = tl.make_tensor_descriptor(DQ_head, shape=[N_Q, HEAD_DIM], strides=[stride_dqm, 1],
+                                                block_shape=[BLOCK_M, BLOCK_D])
+        dq_dst = (DQ_head, stride_dqm, stride_dqd, dq_scale)
         row = (off_b * H_Q + off_h) * N_Q
         rows = (LSE + row, DELTA + row)
         mask = (M_base, stride_mm, stride_mn, slope, N_Q, N_KV, window)
