@@ -474,9 +474,12 @@ class KernelRecord:
                 raise ValueError("a template-tier KernelRecord carries no source (it is re-rendered on load)")
             if self.genome is None or not self.template_digest:
                 raise ValueError("a template-tier KernelRecord needs its genome and template_digest")
-            genome = KernelGenome.from_dict(self.genome)
-            actual = template_identity(genome.template, self.template_digest, genome.to_dict())
-            object.__setattr__(self, "genome", genome.to_dict())
+            genome = KernelGenome.from_dict(self.genome)  # validated; knobs it lacks take their defaults
+            # The identity hashes the genome as written, not as parsed now: a knob added to the table later
+            # (its default is the behaviour such records had) must not change the hash of every record before it.
+            given = dict(self.genome)
+            actual = template_identity(genome.template, self.template_digest, given)
+            object.__setattr__(self, "genome", given)
         else:
             if not isinstance(self.source, str):
                 raise ValueError(f"a source-tier KernelRecord needs its source text; got {type(self.source).__name__}")
@@ -545,7 +548,8 @@ class KernelRecord:
             tier = _string(data.get("tier", "source"), "tier")
             genome = data.get("genome")
             if genome is not None:
-                genome = KernelGenome.from_dict(genome).to_dict()
+                KernelGenome.from_dict(genome)  # validated here; kept as written (see __post_init__)
+                genome = dict(genome)
             created = finite_float("record created_at", data.get("created_at", 0.0), minimum=0.0)
             return cls(
                 spec=AttentionSpec.from_dict(data["spec"]),

@@ -108,6 +108,18 @@ def test_lse_rules_for_empty_and_huge_negative_rows() -> None:
         compare_lse(torch.tensor([[[float("nan"), math.inf, -2e38]]]), ref, ref)
 
 
+@pytest.mark.parametrize("lse", [0.3, 2.9, -3.7, 41.0])
+def test_lse_floor_allows_a_few_fp32_ulps_of_the_row_and_no_more(lse: float) -> None:
+    """Torch's fp32 logsumexp exact to the reference (the worst case for the relative rule): a kernel LSE a few ulps
+    off passes (the folded scale, log2 and ln 2 each round once; 2 "+0.3 - 0.3" steps once refused such a row),
+    one 1e-4 off does not."""
+    ref = torch.full((1, 2, 2), lse, dtype=torch.float64)
+    ulp = torch.finfo(torch.float32).eps * max(abs(lse), 1.0)
+    compare_lse((ref + 6 * ulp).float(), ref, ref)
+    with pytest.raises(CheckFailure, match="max abs err"):
+        compare_lse((ref + 1e-4).float(), ref, ref)
+
+
 def test_reference_lse_follows_the_launcher_abi() -> None:
     q, k = torch.randn(2, 2, 3, 8, dtype=torch.float64), torch.randn(2, 2, 4, 8, dtype=torch.float64)
     keep = torch.tensor([[True, True, False, False], [False, False, False, False]])

@@ -12,6 +12,7 @@ import threading
 
 import pytest
 import torch
+from test_class_records import CPU as CPU_HW
 from test_class_records import TUNED, Causal, _qkv, _record, _store
 from torch._dynamo.utils import counters
 
@@ -56,7 +57,7 @@ def test_a_class_hit_is_checked_while_inductor_compiles(background: list[str], s
     counters.clear()
     out = torch.compile(model, backend="avo")(*args)
     torch.testing.assert_close(out, model(*args), atol=1e-4, rtol=1e-4)
-    assert background and all(name.startswith("avo-class-check") for name in background), background
+    assert background and all(name.startswith("avo-first-use-check") for name in background), background
     assert (counters["avo"]["class_hit"], counters["avo"]["class_verified"], counters["avo"]["miss"]) == (1, 1, 0)
     # The verdict is stored: a later compile neither checks again nor defers.
     torch._dynamo.reset()
@@ -110,19 +111,17 @@ def test_a_check_that_raises_counts_as_failed(monkeypatch: pytest.MonkeyPatch, s
     with pytest.warns(RuntimeWarning, match="the check raised RuntimeError: lost the GPU; compiling this graph again"):
         out = torch.compile(Causal(), backend="avo")(*args)
     torch.testing.assert_close(out, Causal()(*args), atol=1e-4, rtol=1e-4)
-    assert calls[0].startswith("avo-class-check") and calls[1:] == ["MainThread"]
+    assert calls[0].startswith("avo-first-use-check") and calls[1:] == ["MainThread"]
     assert counters["avo"]["class_verified"] >= 1
 
 
 def test_two_sites_of_one_shape_share_one_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """The verdict key names the record and the site's shape: a second site joins the running check."""
-    from test_class_records import CPU
-
     record = _record()
     store = _store()
     store.put(record)
     site = TUNED.__class__(**{**TUNED.__dict__, "q_len": 17, "kv_len": 17})
-    hit = store.lookup_class(site, CPU)
+    hit = store.lookup_class(site, CPU_HW)
     assert hit is not None and hit.needs_reverify
     release = threading.Event()
     runs: list[int] = []
@@ -137,3 +136,22 @@ def test_two_sites_of_one_shape_share_one_check(monkeypatch: pytest.MonkeyPatch)
     assert first.future is second.future
     release.set()
     assert deferred.failed([first, second]) == [] and runs == [1]
+
+
+def test_an_exact_record_needing_its_check_is_verified_while_inductor_compiles(background: list[str],
+                                                                               seeded: torch.Generator) -> None:
+    """An exact record imported unverified (as from another host's bundle) takes the same road: checked on the
+    worker during the compile, marked verified in the store, served."""
+    from avo_inductor.kernels.baseline import baseline_record
+    from avo_inductor.spec import AttentionSpec
+
+    args = _qkv(17, seeded)
+    spec = avo_inductor.explain(Causal(), *args, quiet=True)[0].spec
+    assert isinstance(spec, AttentionSpec)
+    record = baseline_record(spec, CPU_HW)
+    key = _store().put(record, unverified=True)
+    assert _store().get(key).needs_reverify
+    out = torch.compile(Causal(), backend="avo")(*args)
+    torch.testing.assert_close(out, Causal()(*args), atol=1e-4, rtol=1e-4)
+    assert background and background[0].startswith("avo-first-use-check")
+    assert not _store().get(key).needs_reverify

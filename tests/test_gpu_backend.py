@@ -75,3 +75,40 @@ def test_masked_op_compiles_inline_under_inductor(mask_kind: str) -> None:
     assert any(record.entry_point in c for c in code)
     ref = attention_reference(x.q, x.k, x.v, scale=spec.effective_scale, mask_kind=mask_kind, mask=x.mask)
     assert torch.allclose(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_class_hit_is_checked_in_the_background_and_then_served() -> None:
+    """A record tuned at 256 serves the same model at 113 (a class hit): its check at 113 runs on the worker thread
+    while Inductor compiles (backend/deferred.py), the compiled graph calls the record's kernel and matches eager,
+    and a recompile reads the stored verdict instead of checking again."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.utils import run_and_get_code
+
+    from avo_inductor.artifact import KernelMetrics
+    from avo_inductor.cache.store import KernelStore
+    from avo_inductor.kernels.baseline import baseline_record
+
+    model = _model().eval()
+    with torch.no_grad():
+        tuned = avo_inductor.explain(model, torch.randn(2, 256, 512, device="cuda", dtype=torch.bfloat16),
+                                     quiet=True)[0].spec
+    metrics = KernelMetrics(median_ms=1.0, speedup=1.0, baseline="flex", baseline_ms=1.0, speedup_vs_fallback=1.5,
+                            fallback_ms=1.5)
+    record = baseline_record(tuned).with_changes(metrics=metrics)
+    KernelStore.from_settings().put(record)
+    x = torch.randn(2, 113, 512, device="cuda", dtype=torch.bfloat16)
+    counters.clear()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(model, backend="avo"), x)
+        ref = model(x)
+    assert (counters["avo"]["class_hit"], counters["avo"]["class_verified"], counters["avo"]["miss"]) == (2, 1, 0)
+    assert any(record.entry_point in c for c in code), "Inductor's output code must contain the class kernel"
+    assert (out.float() - ref.float()).norm() / ref.float().norm() < 2e-2
+    with torch.no_grad():
+        sites = avo_inductor.explain(model, x, quiet=True)
+    assert all(s.action == "avo" and s.tuned_at == tuned for s in sites), [s.summary() for s in sites]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend="avo")(x)
+    assert counters["avo"]["class_verified"] == 1

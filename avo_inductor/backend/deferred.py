@@ -1,4 +1,4 @@
-"""A class record's first-use check, run in the background while Inductor compiles the graph that calls it.
+"""A record's first-use check, run in the background while Inductor compiles the graph that calls it.
 
 A class hit (a record tuned at a neighbouring shape, cache/classes.py) must pass verification at the site's shape
 before it serves. Done in the pass, that check (one Triton compile and a few launches, 1.5-2.5 s on an H100) came
@@ -8,7 +8,8 @@ graph meanwhile (Triton's compiler releases the GIL for most of its work), and t
 before it hands the compiled graph to the user (register.avo_backend). A record that fails is never run on the
 user's data: the backend compiles the graph again from Dynamo's copy, and that pass, seeing the stored failure,
 takes the next neighbour or the fallback. So nothing unverified ever runs, and the common case (a pass) costs
-only what the check does not overlap.
+only what the check does not overlap. The same holds for an exact record that needs its one-time check on this
+host (tuned on other software, or with a template that has changed since: kernels/tiers.py ``stale_note``).
 
 Only CUDA sites defer: Triton's CPU interpreter patches module-level state while it runs a kernel, which a
 concurrent compile on the main thread must not see.
@@ -38,7 +39,8 @@ _executor: ThreadPoolExecutor | None = None
 
 @dataclass(frozen=True)
 class DeferredCheck:
-    """One class hit's verification at ``site`` running in the background; ``future`` gives the verdict."""
+    """One hit's verification at ``site`` running in the background (``tuned_at`` is ``site`` for an exact hit);
+    ``future`` gives the verdict."""
 
     kernel_id: str
     site: AttentionSpec
@@ -56,7 +58,7 @@ def _pool() -> ThreadPoolExecutor:
     global _executor
     with _lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avo-class-check")
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avo-first-use-check")
         return _executor
 
 
@@ -64,7 +66,7 @@ def defer(store: KernelStore, hit: StoreHit, device: torch.device,
           check: Callable[[KernelStore, StoreHit, torch.device | None], bool]) -> DeferredCheck:
     """Start ``check(store, hit, device)`` (graph_pass.ensure_verified: it stores the verdict) on the worker, or join
     the one already running for the same record and site key."""
-    key = store.class_verdict_key(hit)
+    key = store.class_verdict_key(hit) if hit.is_class else f"record|{hit.key}|{hit.record.sha256}"
     pool = _pool()
     with _lock:
         future = _inflight.get(key)
@@ -72,8 +74,7 @@ def defer(store: KernelStore, hit: StoreHit, device: torch.device,
             future = pool.submit(_run, check, store, hit, device)
             _inflight[key] = future
             future.add_done_callback(functools.partial(_forget, key))
-    assert hit.serves is not None  # a class hit (store.class_verdict_key refuses any other)
-    return DeferredCheck(hit.record.kernel_id, hit.serves, hit.record.spec, future)
+    return DeferredCheck(hit.record.kernel_id, hit.serves or hit.record.spec, hit.record.spec, future)
 
 
 def _forget(key: str, _done: Future[bool]) -> None:
@@ -106,6 +107,8 @@ def failed(checks: Sequence[DeferredCheck]) -> list[tuple[DeferredCheck, str]]:
 
 
 def describe(check: DeferredCheck) -> str:
+    if check.site == check.tuned_at:
+        return f"kernel {check.kernel_id} (re-verified at {check.site.to_text()} on this software)"
     return (f"kernel {check.kernel_id} (class record tuned at {check.tuned_at.to_text()}) at "
             f"{check.site.to_text()}")
 

@@ -165,8 +165,8 @@ def _spawn_detached(cmd: list[str], log_path: Any) -> None:
 
 def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings, origin: str,
                  dry_run: bool, misses: list[SiteReport], checks: list[DeferredCheck] | None = None) -> SiteReport:
-    """One site's decision and rewrite. ``checks``: where a class hit's first-use check may be left running in
-    the background (backend/deferred.py), the site rewritten to its kernel meanwhile; None: checked here."""
+    """One site's decision and rewrite. ``checks``: where a hit's first-use check may be left running in the
+    background (backend/deferred.py), the site rewritten to its kernel meanwhile; None: checked here."""
     from ..detect import rewrite
 
     spec: AttentionSpec = match.spec
@@ -187,8 +187,8 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
                                    reason="verified at this shape at first compile" if hit.is_class else
                                    "verified on this GPU at first compile")
     background = None
-    if hit is not None and checks is not None and hit.is_class and getattr(hit, "needs_reverify", False) \
-            and deferred.can_defer(device):
+    if hit is not None and checks is not None and getattr(hit, "needs_reverify", False) \
+            and hit.record.sha256 not in _failed_verification and deferred.can_defer(device):
         assert device is not None  # can_defer: a CUDA site
         background = deferred.defer(store, hit, device, ensure_verified)
         checks.append(background)
@@ -209,6 +209,8 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
         from ..kernels.tiers import stale_note  # a template record measured on another template version
 
         notes = [stale_note(record) or ""]
+        if background is not None and not hit.is_class:
+            notes.append("verified on this host while Inductor compiled")
         if hit.is_class:  # served by a neighbour's kernel; the exact shape is still worth tuning
             _count("class_hit")
             if not dry_run:
