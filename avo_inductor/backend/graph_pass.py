@@ -36,9 +36,9 @@ class AvoMissError(RuntimeError):
 
 @dataclass
 class PassResult:
-    """The pass's SiteReports, whether it rewrote the graph, and the class checks it left running in the background
-    (``run_avo_pass(defer_checks=True)``): the graph calls their kernels, so it may run only once every one passed
-    (``deferred.failed``)."""
+    """The pass's SiteReports, whether it rewrote the graph, and the first-use checks it left running in the
+    background (``run_avo_pass(defer_checks=True)``): the graph calls their kernels, so it may run only once every
+    one passed (``deferred.failed``)."""
 
     sites: list[SiteReport]
     changed: bool
@@ -259,8 +259,9 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
                  defer_checks: bool = False) -> PassResult:
     """Detect, look up and rewrite every attention site of ``gm`` in place (``dry_run``: report only).
 
-    ``defer_checks``: a CUDA class hit's first-use check runs in the background (PassResult.deferred) while the
-    caller compiles ``gm``; the caller must wait for the verdicts before running it (register.avo_backend does).
+    ``defer_checks``: a CUDA hit's first-use check (a class hit, or a record tuned on other software) runs in the
+    background (PassResult.deferred) while the caller compiles ``gm``; the caller must wait for the verdicts before
+    running it (register.avo_backend does).
     Raises AvoMissError for AVO_ON_MISS=error; any other failure on a site leaves it untouched.
     """
     from ..detect.match import AttentionMatch, find_attention_sites

@@ -1,5 +1,5 @@
 """The ``avo`` torch.compile backend: the avo pass, then Inductor's compile_fx under scoped config patches, then the
-verdicts of any class checks the pass left running meanwhile (backend/deferred.py).
+verdicts of any first-use checks the pass left running meanwhile (backend/deferred.py).
 
 Registered through the ``torch_dynamo_backends`` entry point, so ``torch.compile(model, backend="avo")``
 works after ``pip install`` without importing avo_inductor. ``mode=`` and ``options=`` mean what they mean
@@ -58,7 +58,7 @@ def _apply_pass(gm: fx.GraphModule, defer_checks: bool = False) -> PassResult | 
 
 
 def settle_deferred_checks(result: PassResult | None) -> bool:
-    """Wait for the class checks the pass left running (backend/deferred.py); False when one did not pass, each
+    """Wait for the first-use checks the pass left running (backend/deferred.py); False when one did not pass, each
     such kernel named in a warning. Its own name so that benchmarks can time the wait as part of the pass."""
     if result is None or not result.deferred:
         return True
@@ -79,8 +79,8 @@ def avo_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str 
     patches = _inductor_config_patches(mode, options, dynamic=None)
     compiled = compile_fx(gm, list(example_inputs), config_patches=patches or None)
     if not settle_deferred_checks(result):
-        # A class kernel failed its check at this shape while Inductor compiled: that verdict is stored, so the pass
-        # on Dynamo's graph now takes the next neighbour (checked before use) or the fallback.
+        # A kernel failed its check while Inductor compiled: that verdict is kept, so the pass on Dynamo's graph now
+        # takes the next neighbour (checked before use) or the fallback.
         gm = fx.GraphModule(gm, as_given)
         _apply_pass(gm)
         compiled = compile_fx(gm, list(example_inputs), config_patches=patches or None)
