@@ -21,7 +21,7 @@ _ENV_NAMES = {"cache_dir": "AVO_CACHE_DIR", "cache_path": "AVO_CACHE_PATH", "on_
               "trusted_keys": "AVO_TRUSTED_KEYS", "require_signed": "AVO_REQUIRE_SIGNED",
               "agent_model": "AVO_AGENT_MODEL", "agent_max_tokens": "AVO_AGENT_MAX_TOKENS",
               "agent_max_dollars": "AVO_AGENT_MAX_DOLLARS", "remote_cache": "AVO_REMOTE_CACHE",
-              "signing_key": "AVO_SIGNING_KEY"}
+              "signing_key": "AVO_SIGNING_KEY", "background_checks": "AVO_BACKGROUND_CHECKS"}
 REMOTE_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -48,6 +48,9 @@ class Settings:
     (AVO_REMOTE_CACHE; None = off).
     signing_key: Ed25519 private key (PEM path) that records published to the remote cache are signed with
     (AVO_SIGNING_KEY).
+    background_checks: a record's first-use check on a CUDA site runs while Inductor compiles, the compiled graph
+    released after the verdict (backend/deferred.py); off: checked in the pass, before the compile
+    (AVO_BACKGROUND_CHECKS).
     anthropic_api_key: read from ANTHROPIC_API_KEY; None disables the agent operator.
     """
 
@@ -65,6 +68,7 @@ class Settings:
     anthropic_api_key: str | None = field(default=None, repr=False)
     remote_cache: str | None = None
     signing_key: Path | None = None
+    background_checks: bool = True
 
     def __post_init__(self) -> None:
         # One normaliser for both paths (settings_from_env and configure()), so they cannot drift: every field is
@@ -118,7 +122,7 @@ def _normalised(s: Settings) -> dict[str, Any]:
     if on_miss not in ON_MISS_CHOICES:
         raise ValueError(f"{_label('on_miss')} must be one of {', '.join(ON_MISS_CHOICES)}; got {s.on_miss!r}")
     out["on_miss"] = on_miss
-    for name in ("strict", "log", "use_shipped", "require_signed"):
+    for name in ("strict", "log", "use_shipped", "require_signed", "background_checks"):
         out[name] = strict_bool(_label(name), getattr(s, name))
     keys = s.trusted_keys
     keys = (keys,) if isinstance(keys, str) else keys  # configure(trusted_keys="hex or file"): one key, never split
@@ -153,7 +157,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         raw = env.get(name)
         if raw is None:
             continue
-        if key in ("strict", "log", "use_shipped", "require_signed", "on_miss"):
+        if key in ("strict", "log", "use_shipped", "require_signed", "background_checks", "on_miss"):
             kwargs[key] = raw  # set but empty is meaningful here: "" is false, and an empty on_miss is an error
         elif raw:
             kwargs[key] = tuple(k for k in raw.split(os.pathsep) if k) if key == "trusted_keys" else raw

@@ -155,3 +155,18 @@ def test_an_exact_record_needing_its_check_is_verified_while_inductor_compiles(b
     torch.testing.assert_close(out, Causal()(*args), atol=1e-4, rtol=1e-4)
     assert background and background[0].startswith("avo-first-use-check")
     assert not _store().get(key).needs_reverify
+
+
+def test_background_checks_off_checks_in_the_pass(background: list[str], seeded: torch.Generator,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """AVO_BACKGROUND_CHECKS=0: the class check runs in the pass, on the compiling thread, before Inductor."""
+    from avo_inductor.settings import reset_settings
+
+    monkeypatch.setenv("AVO_BACKGROUND_CHECKS", "0")
+    reset_settings()
+    _store().put(_record())
+    args = _qkv(17, seeded)
+    out = torch.compile(Causal(), backend="avo")(*args)
+    torch.testing.assert_close(out, Causal()(*args), atol=1e-4, rtol=1e-4)
+    assert background == ["MainThread"]
+

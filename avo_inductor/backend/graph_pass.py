@@ -268,7 +268,7 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
 
     sites: list[SiteReport] = []
     misses: list[SiteReport] = []
-    checks: list[DeferredCheck] | None = [] if defer_checks and not dry_run else None
+    checks: list[DeferredCheck] | None = [] if defer_checks and settings.background_checks and not dry_run else None
     found = find_attention_sites(gm)
     if not found:
         return PassResult(sites, changed=False)
