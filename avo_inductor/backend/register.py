@@ -7,7 +7,6 @@ for ``backend="inductor"``.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -74,14 +73,15 @@ def avo_backend(gm: fx.GraphModule, example_inputs: Sequence[Any], *, mode: str 
     """Dynamo backend: rewrite attention sites, then compile with Inductor exactly like ``backend="inductor"``."""
     from torch._inductor.compile_fx import compile_fx
 
-    as_given = copy.deepcopy(gm.graph)  # nodes copied, their meta shared: cheap beside a compile
     result = _apply_pass(gm, defer_checks=True)
     patches = _inductor_config_patches(mode, options, dynamic=None)
     compiled = compile_fx(gm, list(example_inputs), config_patches=patches or None)
     if not settle_deferred_checks(result):
         # A kernel failed its check while Inductor compiled: that verdict is kept, so the pass on Dynamo's graph now
         # takes the next neighbour (checked before use) or the fallback.
-        gm = fx.GraphModule(gm, as_given)
+        if result is None or result.graph_before is None:  # deferred checks always come with the graph as given
+            raise RuntimeError("avo: a kernel failed its first-use check and the graph as given was not kept")
+        gm = fx.GraphModule(gm, result.graph_before)
         _apply_pass(gm)
         compiled = compile_fx(gm, list(example_inputs), config_patches=patches or None)
     # compile_fx's annotation also covers AOT mode's artifacts (paths, weights); a Dynamo backend gets a callable
