@@ -38,6 +38,15 @@ def _record(spec: AttentionSpec = TUNED, metrics: KernelMetrics = GOOD) -> Kerne
     return baseline_record(spec, CPU, genome=genome).with_changes(metrics=metrics)
 
 
+def _wrong_record() -> KernelRecord:
+    """A class record whose forward is wrong: its scores are scaled by 1.01 (a source record, edited)."""
+    good = as_source_record(_record())
+    anchor = "qk_scale = tl.cast(sm_scale, tl.float32)"
+    assert anchor in good.source
+    return good.with_changes(source=good.source.replace(anchor, "qk_scale = tl.cast(sm_scale * 1.01, tl.float32)",
+                                                        1), sha256="")
+
+
 def _store() -> KernelStore:
     return KernelStore.from_settings()
 
@@ -113,11 +122,7 @@ def test_a_record_failing_at_the_site_is_not_used_nor_verified_again(seeded: tor
     """A class record whose forward is wrong (scores scaled by 1.01) fails verification at the site's shape: the
     site keeps SDPA and is queued, and the failure is remembered in the store, so neither the next compile nor a
     new process checks it again."""
-    good = as_source_record(_record())
-    anchor = "qk_scale = tl.cast(sm_scale, tl.float32)"
-    assert anchor in good.source
-    bad = good.with_changes(source=good.source.replace(anchor, "qk_scale = tl.cast(sm_scale * 1.01, tl.float32)", 1),
-                            sha256="")
+    bad = _wrong_record()
     _store().put(bad)
     args = _qkv(113, seeded)
     model = Causal()

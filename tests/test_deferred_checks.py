@@ -13,12 +13,11 @@ import threading
 import pytest
 import torch
 from test_class_records import CPU as CPU_HW
-from test_class_records import TUNED, Causal, _qkv, _record, _store
+from test_class_records import TUNED, Causal, _qkv, _record, _store, _wrong_record
 from torch._dynamo.utils import counters
 
 import avo_inductor
 from avo_inductor.backend import deferred, graph_pass, register
-from avo_inductor.kernels.tiers import as_source_record
 
 
 @pytest.fixture
@@ -73,10 +72,7 @@ def test_a_kernel_failing_its_background_check_never_runs(background: list[str],
     """A class record with a wrong forward (scores scaled by 1.01), rewritten into the graph before its verdict:
     the backend warns, compiles the graph again from Dynamo's copy, and the site runs SDPA; the kernel never ran on
     the user's inputs."""
-    good = as_source_record(_record())
-    anchor = "qk_scale = tl.cast(sm_scale, tl.float32)"
-    bad = good.with_changes(source=good.source.replace(anchor, "qk_scale = tl.cast(sm_scale * 1.01, tl.float32)", 1),
-                            sha256="")
+    bad = _wrong_record()
     _store().put(bad)
     args = _qkv(113, seeded)
     model = Causal()
