@@ -24,6 +24,8 @@ device call: ``--cases NAME --search-minutes 6``).
 """
 from __future__ import annotations
 
+import copy
+
 import argparse
 import contextlib
 import os
@@ -41,7 +43,8 @@ import torch
 
 from . import hf_cases as hc
 from .common import RESULTS, Panel, bar_panels, gpu_slug, print_table, write_csv
-from .models import PassLog, Timing, Variant, classify_path, clipped, failure_text, free_memory, measure, warm_process
+from .models import (PassLog, Timing, Variant, classify_path, clipped, failure_text, free_memory, measure, rel_err,
+                     warm_process)
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("infer", "train")
@@ -111,9 +114,11 @@ def explain_counts(model: torch.nn.Module, x: torch.Tensor, train: bool) -> dict
 
 # ---- measuring ---------------------------------------------------------------------------------------------------
 def measure_into(row: dict[str, Any], label: str, model: torch.nn.Module, backend: str, x: torch.Tensor,
-                 train: bool, timing: Timing, ref: torch.Tensor | None) -> torch.Tensor | None:
+                 train: bool, timing: Timing, ref: torch.Tensor | None,
+                 ref32: torch.Tensor | None = None) -> torch.Tensor | None:
     """Time one variant into ``row`` (``<label> ms``, ``<label> first s``, avo's path and pass seconds); returns
-    its first output (eager's is the reference the others' ``err`` is taken against)."""
+    its first output (eager's is the reference the others' ``err`` is taken against; ``ref32``, the float32 model's
+    eager output, gives ``<label> err32``)."""
     log = PassLog() if backend == "avo" else None
     out = None
     try:
@@ -121,6 +126,9 @@ def measure_into(row: dict[str, Any], label: str, model: torch.nn.Module, backen
         row[f"{label} ms"], row[f"{label} first s"] = result.ms, result.first_s
         if result.err is not None:
             row[f"{label} err"] = result.err
+        err32 = rel_err(out, ref32) if out is not None and ref32 is not None else None
+        if err32 is not None:
+            row[f"{label} err32"] = err32
     except Exception as exc:  # a failed variant is a cell, never a crashed run
         row[f"{label} ms"] = failure_text(exc)
     if log is not None:
@@ -163,11 +171,12 @@ def out_of_box_rows(run: Run, setup: Setup) -> list[dict[str, Any]]:
         return [{**r, "avo ms": failure_text(exc)} for r in rows]
     for row in rows:
         train = row["mode"] == "train"
-        ref = measure_into(row, "eager", model, "eager", x, train, setup.timing, None)  # None when training
-        measure_into(row, "inductor", model, "inductor", x, train, setup.timing, ref)
+        ref32 = None if train else float32_output(model, x)
+        ref = measure_into(row, "eager", model, "eager", x, train, setup.timing, None, ref32)  # None when training
+        measure_into(row, "inductor", model, "inductor", x, train, setup.timing, ref, ref32)
         if twin is not None:
-            measure_into(row, "inductor[sdpa]", twin, "inductor", x, train, setup.timing, ref)
-        measure_into(row, "avo", model, "avo", x, train, setup.timing, ref)
+            measure_into(row, "inductor[sdpa]", twin, "inductor", x, train, setup.timing, ref, ref32)
+        measure_into(row, "avo", model, "avo", x, train, setup.timing, ref, ref32)
         row.update(explain_counts(model, x, train))
         add_ratios(row)
         print(_short(row), flush=True)
@@ -190,7 +199,8 @@ def searched_rows(run: Run, setup: Setup, baseline: Sequence[dict[str, Any]], ou
         row = {**_key(run, base["mode"], SEARCHED, setup.gpu), "search": outcome}
         row.update({k: v for k, v in base.items() if k.startswith(("eager ", "inductor"))})
         ref = None if train else eager_output(model, x)
-        measure_into(row, "avo", model, "avo", x, train, setup.timing, ref)
+        ref32 = None if train else float32_output(model, x)
+        measure_into(row, "avo", model, "avo", x, train, setup.timing, ref, ref32)
         row.update(explain_counts(model, x, train))
         add_ratios(row, out_of_box=base)
         print(_short(row), flush=True)
@@ -198,6 +208,22 @@ def searched_rows(run: Run, setup: Setup, baseline: Sequence[dict[str, Any]], ou
     del model, x
     free_memory()
     return rows
+
+
+def float32_output(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The eager output of a float32 copy of ``model`` (same weights; float inputs cast): the reference that tells
+    whether a variant's distance from the bf16 eager output is error or accuracy. BLOOM's eager ALiBi scores round
+    to bf16 at magnitudes near N (an ulp of 8 at 2048), which a kernel adding the bias in float32 does not copy.
+    None when the copy does not fit on the device."""
+    try:
+        twin = copy.deepcopy(model).float().eval()
+        with torch.no_grad():
+            out = twin(x.float() if x.is_floating_point() else x).detach()
+        del twin
+        return out
+    except torch.OutOfMemoryError:
+        free_memory()
+        return None
 
 
 def eager_output(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -349,8 +375,9 @@ def write_plot(rows: Sequence[dict[str, Any]], path: Path, gpu: str) -> None:
 
 
 TABLE = ["model", "mode", "phase", "B", "N", "eager ms", "inductor ms", "inductor[sdpa] ms", "avo ms", "x inductor",
-         "x sdpa twin", "x out-of-box", "avo err", "avo path", "sites", "hits", "class hits", "fallbacks", "skips",
-         "errors", "inductor first s", "avo first s", "avo pass s", "avo pass % of inductor first", "search"]
+         "x sdpa twin", "x out-of-box", "avo err", "inductor err32", "avo err32", "avo path", "sites", "hits",
+         "class hits", "fallbacks", "skips", "errors", "inductor first s", "avo first s", "avo pass s",
+         "avo pass % of inductor first", "search"]
 
 
 def print_report(rows: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]], gpu: str) -> None:
