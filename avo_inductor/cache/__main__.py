@@ -6,6 +6,7 @@ subcommand). Exit codes (``cli_support``): 0 ok, 1 verification failed / refused
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sqlite3
 import sys
@@ -51,6 +52,13 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     me.add_argument("--key", help="sign the merged bundle with this private key (from keygen)")
     me.add_argument("--require-signed", action="store_true", default=None)
     me.add_argument("--trusted-key", action="append", help="trusted public key (hex or file); repeatable")
+    rs = sub.add_parser("restamp", help="re-stamp template records to the installed template where sm_90 code "
+                                         "digests (benchmarks/probes/ptx_digest.py --records) show it unchanged")
+    rs.add_argument("bundle", help="bundle folder or archive")
+    rs.add_argument("--before", required=True, help="digest file from a checkout with the records' template")
+    rs.add_argument("--after", required=True, help="digest file from the installed template (same Triton)")
+    rs.add_argument("-o", "--out", required=True, help="new DIR or FILE.tar.gz")
+    rs.add_argument("--trusted-key", action="append", help="trusted public key (hex or file); repeatable")
     im = sub.add_parser("import", help="verify a bundle and admit its records")
     im.add_argument("bundle")
     im.add_argument("--require-signed", action="store_true", default=None)
@@ -137,6 +145,22 @@ def _merge_out(console: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _restamp_out(console: Any, args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from .restamp import CodeDigests, restamp_bundle
+
+    report = restamp_bundle(args.bundle, args.out, CodeDigests.load(args.before), CodeDigests.load(args.after),
+                            trusted_keys=args.trusted_key)
+    if args.json:
+        print_json({"out": report.out, "records": [dataclasses.asdict(o) for o in report.outcomes]})
+        return EXIT_OK
+    console.print(f"wrote {escape(report.out)}: {report.restamped} of {len(report.outcomes)} record(s) re-stamped")
+    for o in report.outcomes:
+        console.print(f"  {'re-stamped' if o.restamped else 'kept'} {escape(o.key)}: {escape(o.why)}", highlight=False)
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace, console: Any) -> int:
     from . import admin, bundle, signing
     from ..settings import get_settings
@@ -178,6 +202,8 @@ def _run(args: argparse.Namespace, console: Any) -> int:
                       + (" (signed)" if args.key else ""))
     elif args.cmd == "merge":
         return _merge_out(console, args)
+    elif args.cmd == "restamp":
+        return _restamp_out(console, args)
     elif args.cmd == "import":
         report = bundle.import_bundle(_store(), args.bundle, trusted_keys=args.trusted_key,
                                       require_signed=args.require_signed)

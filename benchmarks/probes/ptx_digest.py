@@ -6,6 +6,7 @@ variations the campaigns use), binds launch arguments the way the launcher's ABI
 Triton's own binder derive the specialization (divisibility, ==1 constants), and compiles for
 GPUTarget("cuda", 90, 32) with line info off, so the digest covers the code and nothing of the source layout.
 Usage: python -m benchmarks.probes.ptx_digest [--out FILE.json] [--compare OLD.json] [--only SUBSTRING] [--jobs N]
+       [--records BUNDLE/records]
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from avo_inductor.kernels.render import default_genome, render, ws90_bias_stages
+from avo_inductor.kernels.render import default_genome, render, template_digest, ws90_bias_stages
 from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind
 
 H100 = HardwareKey("nvidia", "NVIDIA H100 80GB HBM3", (9, 0), 132)
@@ -129,6 +130,30 @@ def configs() -> list[Config]:
             spec = _spec(64, mask, causal, dtype=dtype)
             out.append(Config(f"fwd/{tag}", spec))
             out.append(Config(f"bwd/{tag}", spec, kernels=bwd))
+    return out
+
+
+def record_configs(folder: Path) -> list[Config]:
+    """Configurations from a bundle's template records (``--records``): each record's genome at its own spec and at
+    ragged lengths (1000; the verifier's off-multiple-of-16 specialization), forward kernels, backward too for a
+    training record. Whether a template edit changed the code a shipped record runs (``cache restamp``)."""
+    from avo_inductor.artifact import KernelRecord
+
+    out: list[Config] = []
+    for path in sorted(folder.glob("*.json")):
+        record = KernelRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        if record.tier != "template" or record.genome is None:
+            continue
+        genome = dict(record.genome)
+        template = str(genome.pop("template", "flash_v1"))
+        kernels = ("attn_fwd", "attn_fwd_reduce") if int(genome.get("kv_splits", 1)) > 1 else ("attn_fwd",)
+        if record.spec.needs_grad:
+            kernels += ("attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq")
+        if template == "flash_ws90":
+            kernels = ("attn_fwd_ws90",)
+        ragged = dataclasses.replace(record.spec, q_len=1 if record.spec.q_len == 1 else 1000, kv_len=1000)
+        for tag, spec in (("own", record.spec), ("ragged", ragged)):
+            out.append(Config(f"record/{path.stem}/{tag}", spec, template, tuple(sorted(genome.items())), kernels))
     return out
 
 
@@ -328,8 +353,10 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, help="a previous --out file: print identical / DIFFERENT per entry")
     parser.add_argument("--only", default="", help="configurations whose name contains this")
     parser.add_argument("--jobs", type=int, default=1, help="compiler processes")
+    parser.add_argument("--records", type=Path, help="a bundle's records/ folder: its records' kernels instead of "
+                                                     "the matrix")
     args = parser.parse_args()
-    todo = [c for c in configs() if args.only in c.name]
+    todo = [c for c in (record_configs(args.records) if args.records else configs()) if args.only in c.name]
     start = time.time()
     digests: dict[str, str] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -341,9 +368,17 @@ def main() -> None:
     print(f"{len(digests)} kernels from {len(todo)} configurations in {time.time() - start:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(digests, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        payload: dict[str, Any] = digests
+        if args.records:  # the evidence avo_inductor.cache restamp reads: which compiler and templates made it
+            import triton
+
+            templates = sorted({c.template for c in todo})
+            payload = {"triton": triton.__version__, "template_digests": {t: template_digest(t) for t in templates},
+                       "kernels": digests}
+        args.out.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     if args.compare:
         old = json.loads(args.compare.read_text(encoding="utf-8"))
+        old = old.get("kernels", old)
         same = [k for k in digests if old.get(k) == digests[k]]
         diff = [k for k in digests if k in old and old[k] != digests[k]]
         for k in diff:
