@@ -391,7 +391,7 @@ def run_case(case: Case, modes: Sequence[str], cfg: RunConfig) -> list[dict[str,
         x = torch.randn(case.batch, case.seq, dim, device=cfg.device, dtype=cfg.dtype)
         if cfg.store is not None:
             # Once per case: a training record when any mode trains (it also serves inference sites; an inference
-            # record never serves a training site, graph_pass.lookup_record).
+            # record never serves a training site, cache/serving.py lookup_record).
             for attn in sorted({v.attn for v in cfg.variants if v.backend == "avo"}):
                 cfg.seeded |= seed_baseline(cfg.store, models[attn], x, "train" in modes)
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory building the case: every cell says why

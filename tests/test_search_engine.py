@@ -330,3 +330,47 @@ def test_a_later_slice_does_not_re_measure_a_decided_best(tmp_path: Path, case: 
         assert "earlier slice" in again.promoted[key] and again.promoted[key].startswith(store.lookup(SPEC, HW)
                                                                                          .record.kernel_id)
     assert any(e.kind == "promotion" and "earlier slice" in e.message for e in events)
+
+
+def _kernel_at(spec: AttentionSpec, genome: Any, speedup: float) -> Any:
+    """A promoted record of ``genome`` tuned at ``spec``, as the engine writes one."""
+    from avo_inductor.search.promotion import build_record
+
+    cand = Candidate(id=f"tuned-{spec.q_len}", spec=spec, genome=genome, operator="structured")
+    result = EvalResult(cand.id, True, Stage.PASSED, speedup=speedup, spread=0.02, median_ms=1.0 / speedup,
+                        baseline_ms=1.0, baseline="sdpa", speedup_vs_fallback=speedup, fallback_ms=1.0)
+    return build_record(cand, result, HW, SW)
+
+
+@pytest.mark.parametrize("where", ["class", "exact"])
+def test_the_kernel_the_model_runs_today_is_a_seed_and_a_search_never_promotes_a_slower_one(
+        tmp_path: Path, where: str) -> None:
+    """A model's site served by a class record (tuned at 512 tokens) or an exact record: the search at the site's
+    shape seeds that kernel, so its promotion is the faster of it and what the search found. Without the seed this
+    one-generation search promotes the default genome (1.1x), an exact record that would shadow the neighbour's
+    2.0x kernel and make the model slower than out of the box."""
+    from avo_inductor.cache.store import KernelStore
+
+    best = default_genome(SPEC).replace(**TARGET)
+    tuned_at = dataclasses.replace(SPEC, q_len=512, kv_len=512) if where == "class" else SPEC
+    store = KernelStore(tmp_path / "store", shipped=False, software=SW)
+    store.put(_kernel_at(tuned_at, best, speedup=1.9 if where == "exact" else 1.5))
+    eng, _ = _engine(tmp_path, FakeEvaluator(), store=store, generations=0, seed_variants=0)
+    seeds = eng._seeds()
+    incumbent = [c for c in seeds if c.diff.startswith("incumbent")]
+    assert len(seeds) == 2 and len(incumbent) == 1 and incumbent[0].genome == best
+    assert ("class record tuned at" in incumbent[0].diff) == (where == "class")
+    outcome = eng.run()
+    hit = store.lookup(SPEC, HW)
+    assert hit is not None and hit.record.genome == best.to_dict()
+    if where == "class":  # the exact record now holds the neighbour's kernel, measured at this shape
+        assert outcome.promoted[SPEC.cache_key()] == hit.record.kernel_id
+        assert hit.record.metrics.speedup == pytest.approx(2.0)
+
+
+def test_no_incumbent_seed_without_a_record_or_a_class_lookup(tmp_path: Path) -> None:
+    from avo_inductor.cache.store import KernelStore
+
+    for store in (KernelStore(tmp_path / "empty", shipped=False, software=SW), FakeStore(), None):
+        eng, _ = _engine(tmp_path, FakeEvaluator(), store=store, generations=0, seed_variants=0)
+        assert [c.diff for c in eng._seeds()] == ["default genome"]

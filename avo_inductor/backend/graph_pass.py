@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx as fx
 
+from ..cache.serving import lookup_record
 from ..settings import Settings, triton_interpreting
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey
 from . import deferred
@@ -81,26 +82,6 @@ def avo_unavailable_reason(match: Any) -> str | None:
     if match.spec.dropout_p > 0:
         return f"dropout p={match.spec.dropout_p} is not fused by avo kernels"
     return None
-
-
-def lookup_record(store: KernelStore, spec: AttentionSpec, hardware: HardwareKey) -> StoreHit | None:
-    """Exact spec first; an inference site may also take the same shape's training record (its forward and LSE
-    were checked like any record's). A training site never takes an inference record: only training records
-    have their backward checked (check/cases.py ``with_grads``), and an unchecked backward with a wrong dq or
-    LSE would silently corrupt the gradients.
-
-    Without an exact record, a class record tuned at a neighbouring shape (``KernelStore.lookup_class``, same
-    inference/training rule; docs/CACHE.md "Class records"): ``hit.serves`` is then the site's spec, and
-    ``ensure_verified`` checks the record at that shape before it is used."""
-    train = dataclasses.replace(spec, needs_grad=True)
-    hit = store.lookup(spec, hardware)
-    if hit is None and not spec.needs_grad:
-        hit = store.lookup(train, hardware)
-    if hit is None:
-        hit = store.lookup_class(spec, hardware)
-    if hit is None and not spec.needs_grad:
-        hit = store.lookup_class(train, hardware, serves=spec)
-    return hit
 
 
 _failed_verification: set[str] = set()

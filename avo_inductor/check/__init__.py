@@ -7,5 +7,5 @@ outputs; trusted launcher code only), judge.py (parent side: references + compar
 
 Training sites: a record's backward (dq, dk, dv against float64 reference gradients) is checked exactly when
 its spec is a training spec, so a record serves a training site only if it was tuned (and checked) for
-training; an inference record never does (backend/graph_pass.py ``lookup_record``).
+training; an inference record never does (cache/serving.py ``lookup_record``).
 """

@@ -58,7 +58,7 @@ class CheckCase:
 
 def with_grads(spec: AttentionSpec) -> bool:
     """Whether checks of a record for ``spec`` include its backward: exactly the training specs. A record whose
-    backward was not checked never serves a training site (backend/graph_pass.py ``lookup_record``)."""
+    backward was not checked never serves a training site (cache/serving.py ``lookup_record``)."""
     return bool(spec.needs_grad)
 
 

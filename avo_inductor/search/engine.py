@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..artifact import KernelGenome
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from . import population as pop
 from .database import PENDING, SearchDatabase
@@ -250,11 +251,44 @@ class SearchEngine:
             seed = Candidate(id="", spec=spec, genome=base, operator="seed", diff="default genome")
             seed = dataclasses.replace(seed, id=candidate_id(spec, content_hash(seed)))
             mine = [seed, *self._curated_seeds(spec, base, {seed.id})]
+            mine += self._incumbent_seed(spec, {c.id for c in mine})
             variants = StructuredOperator(crossover_rate=0.0, hardware=self.hardware).propose(
                 [(seed, None)], self.config.seed_variants, _rng(self.config.seed, spec.cache_key()).getrandbits(31))
             mine += [v for v in variants if v.id not in {c.id for c in mine}]
             out += [dataclasses.replace(c, island=i % self.config.islands, generation=0) for i, c in enumerate(mine)]
         return out
+
+    def _incumbent_seed(self, spec: AttentionSpec, known: set[str]) -> list[Candidate]:
+        """The kernel a compiled model runs at ``spec`` today (cache/serving.py: the store's exact record, or a class
+        record tuned at a neighbouring shape) as a seed. The search's best is then measured against it at this very
+        shape, so what it promotes is never slower, within the screening's spread, than what the model ran out of
+        the box (a neighbour's kernel can beat everything else the search finds at this shape; promoted without it,
+        an exact record would shadow it and the model would get slower). A genome the template cannot render at
+        this spec is left out: it cannot run here either."""
+        if self.store is None or not hasattr(self.store, "lookup_class"):
+            return []
+        from ..cache.serving import lookup_record
+        from .operators import renderable
+
+        hit = lookup_record(self.store, spec, self.hardware)
+        if hit is None:
+            return []
+        record = hit.record
+        where = f"a class record tuned at {record.spec.to_text()}" if hit.is_class else f"stored in {hit.layer}"
+        diff = f"incumbent: {record.kernel_id}, {where}"
+        if record.tier == "template" and record.genome is not None:
+            genome = KernelGenome.from_dict(record.genome)
+            if not renderable(genome, spec):
+                return []
+            cand = Candidate(id="", spec=spec, genome=genome, operator="seed", diff=diff)
+        elif record.source is not None:
+            cand = Candidate(id="", spec=spec, source=record.source, entry_point=record.entry_point,
+                             bwd_entry_point=record.bwd_entry_point, launch=dict(record.launch), operator="seed",
+                             diff=diff)
+        else:
+            return []
+        cand = dataclasses.replace(cand, id=candidate_id(spec, content_hash(cand)))
+        return [] if cand.id in known else [cand]
 
     def _curated_seeds(self, spec: AttentionSpec, base: Any, known: set[str]) -> list[Candidate]:
         """``config.seed_genomes`` applied over ``base`` and clamped to the spec; knobs the spec does not search
