@@ -152,8 +152,12 @@ def record_configs(folder: Path) -> list[Config]:
         if template == "flash_ws90":
             kernels = ("attn_fwd_ws90",)
         ragged = dataclasses.replace(record.spec, q_len=1 if record.spec.q_len == 1 else 1000, kv_len=1000)
+        # flash_ws90 reads a bias through a TMA ring or by pointers, chosen per call (launch._ws90_bias_ring): both
+        bias_paths = (False, True) if template == "flash_ws90" and record.spec.mask is MaskKind.BIAS else (False,)
         for tag, spec in (("own", record.spec), ("ragged", ragged)):
-            out.append(Config(f"record/{path.stem}/{tag}", spec, template, tuple(sorted(genome.items())), kernels))
+            for tma in bias_paths:
+                out.append(Config(f"record/{path.stem}/{tag}{'-bias-tma' if tma else ''}", spec, template,
+                                  tuple(sorted(genome.items())), kernels, tma))
     return out
 
 
