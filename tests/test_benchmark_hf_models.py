@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 TIMING = ["--tiny", "--warmup", "0", "--iters", "1", "--no-warm-process"]
@@ -77,10 +78,13 @@ def test_two_phases_write_csv_targets_and_png(hf: ModuleType, tmp_path: Path,
                 "avo pass % of inductor first"):
         assert float(oob[col]) > 0, col
     assert float(oob["avo err"]) < 1e-4 and oob["gpu"].startswith("cpu")
+    # on the CPU the model already runs in float32: its float32 copy agrees with every variant
+    assert float(oob["inductor err32"]) < 1e-4 and float(oob["avo err32"]) < 1e-4
     # after the (stand-in) search: the interpreted kernel runs, next to the first phase's baselines
     assert (searched["avo path"], searched["hits"], searched["fallbacks"]) == ("hit", "1", "0")
     assert searched["inductor ms"] == oob["inductor ms"] and float(searched["x out-of-box"]) > 0
     assert float(searched["avo err"]) < 1e-4 and searched["search"] == "promoted 1 baseline(s)"
+    assert float(searched["avo err32"]) < 1e-4
     targets = _read(tmp_path / "hf_targets.csv")
     names = {(t["target"], t["phase"]) for t in targets}
     assert (">= 1.3x sdpa twin under inductor (masked)", "out-of-box") in names
@@ -179,3 +183,16 @@ def test_a_model_avo_left_unchanged_is_noted_as_noise(hf: ModuleType) -> None:
     kept, changed = hf.target_rows([{**base, "rewritten": 0}, {**base, "model": "llama-eager", "rewritten": 2}])
     assert kept["verdict"] == changed["verdict"] == "MISS"
     assert "graph unchanged" in kept["note"] and changed["note"] == ""
+
+
+def test_float32_reference_is_a_copy_and_leaves_the_model_as_it_was(hf: ModuleType) -> None:
+    """err32's reference: the same weights in float32 on a float32 input; the benchmarked bf16 model is untouched."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Linear(64, 8)).to(torch.bfloat16)
+    x = torch.randn(5, 16).to(torch.bfloat16)
+    ref = hf.float32_output(model, x)
+    assert ref is not None and ref.dtype == torch.float32
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    with torch.no_grad():
+        exact = model.float()(x.float())
+    assert torch.equal(ref, exact)
