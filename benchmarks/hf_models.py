@@ -24,10 +24,9 @@ device call: ``--cases NAME --search-minutes 6``).
 """
 from __future__ import annotations
 
-import copy
-
 import argparse
 import contextlib
+import copy
 import os
 import shutil
 import signal
