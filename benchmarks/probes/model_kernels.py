@@ -12,12 +12,12 @@ Usage (GPU): python -m benchmarks.probes.model_kernels [--case t5-encoder] [--to
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from .. import hf_cases
 from ..common import print_table
+from ..launch_overhead import per_call_us
 from ..models import make_step
 
 STEPS = 5
@@ -37,7 +37,9 @@ def attention_free_bound(rows: list[dict[str, object]]) -> str:
     """Amdahl: Inductor's step over avo's step without its attention kernels: no attention kernel, however fast,
     makes the model more than this much faster than Inductor."""
     def value(backend: str, kernel: str) -> float:
-        return float(next(r["us/step"] for r in rows if r["backend"] == backend and str(r["kernel"]) == kernel))
+        found = next(r["us/step"] for r in rows if r["backend"] == backend and str(r["kernel"]) == kernel)
+        assert isinstance(found, (int, float))  # profile_step writes numbers
+        return float(found)
     inductor = value("inductor", "ALL (us per step)")
     avo, avo_attention = value("avo", "ALL (us per step)"), value("avo", "attention kernels (us per step)")
     walls = f"wall time per step: inductor {value('inductor', 'wall time (us per step)'):.0f} us, avo " \
@@ -58,14 +60,7 @@ def profile_step(model: torch.nn.Module, x: torch.Tensor, backend: str, top: int
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=backend)
     step = make_step(compiled, model, x, train)
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(STEPS):
-        step()
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - start) / STEPS * 1e6
+    _, wall = per_call_us(step, calls=STEPS)  # after its warm-up; wall time to the last kernel's end
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(STEPS):
             step()
