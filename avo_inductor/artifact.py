@@ -23,8 +23,7 @@ Direction = Literal["fwd", "bwd", "both"]
 # flash_v1 backward it keeps; "ignored" has no effect there; "refused" must keep its default (render refuses).
 Ws90Role = Literal["same", "bwd", "ignored", "refused"]
 # Per-spec pruning rules of search/operators.spec_space (logic there, one name per knob here).
-PRUNE_RULES = ("q_tile", "q_tile_bwd", "kv_tile", "decode_splits", "causal", "alibi", "gqa", "hopper",
-               "half")
+PRUNE_RULES = ("q_tile", "q_tile_bwd", "kv_tile", "decode_splits", "causal", "alibi", "gqa", "hopper")
 
 _TILES = (16, 32, 64, 128, 256)
 _WARPS = (1, 2, 4, 8, 16)
@@ -127,10 +126,6 @@ KNOBS: tuple[Knob, ...] = (
     Knob("alibi_bound", _BOOL, False, "ALiBi query tiles skip keys whose decay provably leaves them under "
          "2^-(26 + log2 N_kv) of the row sum (a Cauchy-Schwarz bound from each head's largest key norm, which the "
          "launcher passes): exact to fp32 rounding", constant="ALIBI_BOUND", launch_key="alibi_bound", prune="alibi",
-         ws90="refused"),
-    Knob("exp2_poly", (0, 2, 4), 0, "1/N of each score tile's exponentials (0: none) run as a degree-3 polynomial on "
-         "the FMA units instead of the special-function units (FlashAttention-4's software exp2; head dim 64 is bound "
-         "by exp2 issue); 16-bit inputs only (7.5e-5 relative error)", constant="EXP2_POLY", prune="half",
          ws90="refused"),
     Knob("bwd_block_m", (16, 32, 64, 128), 32, "backward query tile", accepted=_TILES, launch_key="BWD_BLOCK_M",
          direction="bwd", prune="q_tile_bwd"),

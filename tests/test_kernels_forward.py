@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 from _kernel_cases import call_args, fresh, load, run_forward, snapshot, unchanged
 
 from avo_inductor.kernels import launch
 from avo_inductor.kernels.genome import KernelGenome
 from avo_inductor.kernels.reference import attention_reference, tolerance
-from avo_inductor.kernels.templates import flash_v1_fwd
 from avo_inductor.kernels.render import check_renderable, default_genome, render
 from avo_inductor.spec import AttentionSpec
 
@@ -76,17 +73,6 @@ CASES = [
     (4, 4, 1, 1024, 40, 40, "float16", False, None, "none", {"overlap_qk": True, "kv_splits": 4}),
     (2, 2, 48, 64, 64, 64, "bfloat16", False, None, "none", {"overlap_qk": True, "use_tma": True}),
     (2, 2, 17, 113, 24, 24, "float16", False, None, "bias", {"overlap_qk": True}),
-    # exp2_poly: half or a quarter of each tile's exponentials by the FMA polynomial (16-bit inputs): masked -inf
-    # scores, rows with no key, causal/window, every mask kind, splits, the overlapped and lazy-rescale loops
-    (2, 2, 17, 113, 40, 40, "bfloat16", True, None, "none", {"exp2_poly": 2}),
-    (4, 1, 113, 17, 111, 111, "float16", True, None, "none", {"exp2_poly": 4}),  # empty rows
-    (2, 1, 113, 1000, 64, 64, "bfloat16", True, 100, "bias", {"exp2_poly": 2, "block_n": 32}),
-    (2, 2, 33, 47, 72, 72, "float16", False, None, "padding", {"exp2_poly": 4, "lazy_rescale": True}),
-    (2, 2, 47, 150, 64, 64, "bfloat16", False, None, "alibi", {"exp2_poly": 2, "alibi_mma": True}),
-    (2, 2, 64, 128, 64, 64, "float16", False, None, "none", {"exp2_poly": 4, "overlap_qk": True,
-                                                             "even_fast_path": True}),
-    (4, 4, 1, 1000, 64, 64, "bfloat16", False, None, "none", {"exp2_poly": 2, "kv_splits": 4}),
-    (2, 2, 17, 17, 16, 16, "float16", False, None, "bool", {"exp2_poly": 4, "block_n": 16}),
 ]
 
 
@@ -254,33 +240,11 @@ def test_render_marks_evolve_block_and_knobs():
     (KernelGenome(template="flash_v9"), {}, "template"),
     (KernelGenome(), {"dropout_p": 0.1}, "dropout"),
     (KernelGenome(), {"head_dim": 320}, "head dim"),
-    (KernelGenome(exp2_poly=2), {"dtype": "float32"}, "16-bit"),
 ])
 def test_render_rejects_what_it_cannot_honour(genome, spec_kw, match):
     spec = AttentionSpec(**{**dict(batch=1, q_heads=2, kv_heads=2, q_len=16, kv_len=16, head_dim=64), **spec_kw})
     with pytest.raises(ValueError, match=match):
         check_renderable(genome, spec)
-
-
-@triton.jit
-def _software_exp2_kernel(X, Y, N, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(X + offs, mask=offs < N, other=0.0)
-    tl.store(Y + offs, flash_v1_fwd._exp2_poly(x), mask=offs < N)
-
-
-def test_software_exp2_is_within_its_stated_error_and_zero_below_its_range():
-    """exp2_poly's accuracy claim (7.5e-5 relative, under a 16-bit P's rounding) over the whole range the softmax
-    feeds it (lazy rescale allows up to +8), exact 0 for masked -inf scores and exponents under -125."""
-    x = torch.cat([torch.linspace(-125.0, 8.0, 40_000), torch.rand(20_000) * -3.0,
-                   torch.tensor([0.0, -0.5, 0.5, -1.0, 1.0, -124.9, -125.5, -1e30, float("-inf")])])
-    y = torch.full_like(x, float("nan"))
-    _software_exp2_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
-    in_range = x >= -125.0
-    exact = torch.exp2(x[in_range].double())
-    rel = ((y[in_range].double() - exact) / exact).abs()
-    assert rel.max() < 7.6e-5
-    assert (y[~in_range] == 0).all()
 
 
 def test_default_genome_valid_for_gpu_and_cpu():

@@ -128,8 +128,6 @@ def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
     if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or rows_unaligned):
         raise ValueError(f"use_tma needs 16-bit q/k/v with head dims divisible by 8 (16-byte rows); got {spec.dtype}, "
                          f"{spec.head_dim}/{spec.v_head_dim}")
-    if genome.exp2_poly and spec.dtype not in ("float16", "bfloat16"):
-        raise ValueError(f"exp2_poly (a polynomial exp2, 7.5e-5 relative error) is for 16-bit inputs; got {spec.dtype}")
     if spec.dropout_p > 0:
         raise ValueError(f"dropout (p={spec.dropout_p}) is not implemented by avo kernels")
     if max(spec.head_dim, spec.v_head_dim or 0) > MAX_HEAD_DIM:

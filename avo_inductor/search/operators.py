@@ -23,8 +23,7 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
     (the forward's rows are q_len * GQA group when pack_gqa can pack them); kv_splits is the decode (q_len <= 16)
     split-K and must leave every split at least one key tile; causal-only knobs are no-ops without a causal mask or
     window; pack_gqa needs q heads sharing a kv head; the alibi knobs change ALiBi kernels only; TMA and warp
-    specialization need Hopper (sm90+) and do not exist in the CPU interpreter; the polynomial exp2 is accurate
-    enough for 16-bit inputs only."""
+    specialization need Hopper (sm90+) and do not exist in the CPU interpreter."""
     gqa = spec.q_heads != spec.kv_heads
     if rule == "q_tile":
         limit = next_power_of_two(spec.q_len * spec.gqa_group if gqa else spec.q_len)
@@ -44,8 +43,6 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
     if rule == "hopper":
         hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
         return values if hopper else (False,)
-    if rule == "half":
-        return values if spec.dtype in ("float16", "bfloat16") else None
     if rule is None:
         return values
     raise ValueError(f"unknown pruning rule {rule!r}")

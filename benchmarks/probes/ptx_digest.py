@@ -83,7 +83,6 @@ def configs() -> list[Config]:
             (("exp2", False),), (("causal_split", False),), (("lazy_rescale", True),), (("persistent", True),),
             (("heavy_first", False),), (("use_tma", True),), (("overlap_qk", True),), (("warp_specialize", True),),
             (("persistent", True), ("use_tma", True), ("overlap_qk", True)), (("lazy_rescale", True), ("exp2", False)),
-            (("exp2_poly", 2),), (("exp2_poly", 4), ("lazy_rescale", True)), (("exp2_poly", 4), ("overlap_qk", True)),
         ]
         for knobs in fwd_knobs:
             label = "+".join(f"{k}={int(v)}" for k, v in knobs)

@@ -17,8 +17,6 @@ ALIBI_MMA: ALiBi blocks wholly on one side of a tile's diagonal take their per-k
 (_fwd_inner_alibi_mma), so their softmax is the unmasked one plus per-row work.
 ALIBI_BOUND: ALiBi tiles skip the keys too far from every row's diagonal to weigh anything (_alibi_span): MASK holds
 the slopes followed by each (batch, kv head)'s largest key norm (launch["alibi_bound"]).
-EXP2_POLY (0, 2 or 4): 1/EXP2_POLY of each score tile's exponentials run as a polynomial on the FMA units instead of
-the special-function units (FlashAttention-4's software exp2, _exp2_mixed), for 16-bit inputs only.
 """
 import triton
 import triton.language as tl
@@ -38,7 +36,6 @@ BWD_DQ_TMA = tl.constexpr(False)
 OVERLAP_QK = tl.constexpr(False)
 ALIBI_MMA = tl.constexpr(False)
 ALIBI_BOUND = tl.constexpr(False)
-EXP2_POLY = tl.constexpr(0)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -232,46 +229,6 @@ def _v_tile(v_src, start_n, offs_n, n_bound, V_HEAD_DIM: tl.constexpr, CHECK_N: 
     return v
 
 
-# 2^f on [-0.5, 0.5], degree-3 minimax in relative error (7.5e-5, under the 2^-8 rounding of a bf16 or fp16 P;
-# fp32 specs never get EXP2_POLY: the search prunes it and the checker refuses it there), Horner order.
-POLY_C0 = tl.constexpr(0.9999281213111186)
-POLY_C1 = tl.constexpr(0.6932609672206909)
-POLY_C2 = tl.constexpr(0.2426103414157596)
-POLY_C3 = tl.constexpr(0.055171342699102184)
-ROUND_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: x + it rounds x to an integer held in the low mantissa bits
-
-
-@triton.jit
-def _exp2_poly(x):
-    """2^x with no special-function instruction: x = j + f (j = round(x) by the magic-number add, |f| <= 0.5),
-    2^f from the polynomial, j added to its exponent bits. Exponents under -125 (masked -inf scores included, whose
-    f would be NaN) give 0, where the hardware exp2 gives a denormal or 0: below 2^-125 of the row's largest weight."""
-    t = x + ROUND_MAGIC
-    j = t - ROUND_MAGIC
-    f = x - j
-    p = POLY_C3 * f + POLY_C2
-    p = p * f + POLY_C1
-    p = p * f + POLY_C0
-    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
-    return tl.where(x < -125.0, 0.0, bits.to(tl.float32, bitcast=True))
-
-
-@triton.jit
-def _exp2_mixed(x, PARTS: tl.constexpr):
-    """exp2 of a score tile with 1/PARTS of its columns (every PARTS-th) on the FMA units and the rest on the
-    special-function units. At head dim 64 a tile's exponentials take as long on the SFUs (16 a clock per SM) as its
-    two matmuls on the tensor cores, so moving some to the 128-lane FMA pipe can shorten the softmax."""
-    BM: tl.constexpr = x.shape[0]
-    BN: tl.constexpr = x.shape[1]
-    even, odd = tl.split(tl.reshape(x, [BM, BN // 2, 2]))
-    if PARTS == 2:
-        p_odd = _exp2_poly(odd)
-    else:
-        odd_a, odd_b = tl.split(tl.reshape(odd, [BM, BN // 4, 2]))
-        p_odd = tl.reshape(tl.join(tl.math.exp2(odd_a), _exp2_poly(odd_b)), [BM, BN // 2])
-    return tl.reshape(tl.join(tl.math.exp2(even), p_odd), [BM, BN])
-
-
 @triton.jit
 def _softmax_step(x, m_i, qk_scale, row_offset, RAW: tl.constexpr, ROW_OFFSET: tl.constexpr,
                   MAY_BE_EMPTY: tl.constexpr):
@@ -306,10 +263,7 @@ def _softmax_step(x, m_i, qk_scale, row_offset, RAW: tl.constexpr, ROW_OFFSET: t
     else:
         arg = x - shift[:, None]
     if USE_EXP2:
-        if EXP2_POLY > 0:
-            p = _exp2_mixed(arg, EXP2_POLY)
-        else:
-            p = tl.math.exp2(arg)
+        p = tl.math.exp2(arg)
         alpha = tl.math.exp2(m_i - m_ref)
     else:
         p = tl.exp(arg)
