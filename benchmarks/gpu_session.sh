@@ -63,7 +63,9 @@ PY
 )
             echo "campaign state: $state ($DB), slice ${SLICE} min"
             # timeout: a hard stop (promotion included) if a worker hangs past the slice; SIGINT re-queues in-flight work.
-            hard=$(python3 -c "print(int(float('$SLICE') * 60 + ${CAMPAIGN_PROMOTE_S:-150}))")
+            # CAMPAIGN_PROMOTE_S: time after the slice for promotion, ~30 s a winner on an H100 (80 timing rounds, the
+            # checks, the baselines); winners are stored one by one, so a hard stop keeps those already re-measured.
+            hard=$(python3 -c "print(int(float('$SLICE') * 60 + ${CAMPAIGN_PROMOTE_S:-240}))")
             # AVO_USE_SHIPPED=1: a winner an earlier slice shipped (in cache/) is found in the store, so this slice's
             # promotion does not re-measure it (search/engine.py _decided); the export step still reads the store alone.
             case "$state" in

@@ -160,7 +160,7 @@ def test_promotion_batches_by_parallelism_and_isolates_failures() -> None:
 
     ev = _Batching()
     cands = [Candidate(cid, SPEC, genome=default_genome(SPEC)) for cid in ("a", "b", "boom", "c", "d")]
-    results = promotion_eval_batch(ev, cands)
+    results = list(promotion_eval_batch(ev, cands))
     assert ev.batches == [["a", "b"], ["boom", "c"], ["d"]]
     assert [r.candidate_id for r in results] == ["a", "b", "boom", "c", "d"]
     assert [r.ok for r in results] == [True, True, False, False, True]
@@ -293,6 +293,28 @@ def test_a_slice_ending_before_a_spec_ran_says_so(tmp_path: Path) -> None:
     assert outcome.stop_reason == "slice"
     assert outcome.rejected[other.cache_key()] == "not evaluated yet (1 candidate(s) pending: resume the run)"
     assert SPEC.cache_key() not in outcome.rejected or "pending" not in outcome.rejected[SPEC.cache_key()]
+
+
+class _KilledMidPromotion(FakeEvaluator):
+    """Re-measures the first winner, then the device call ends (the process is killed) during the second."""
+
+    def promote_many(self, candidates: Sequence[Candidate]) -> list[EvalResult]:
+        if self.promoted:
+            raise _Killed()
+        return super().promote_many(candidates)
+
+
+def test_a_kill_during_promotion_keeps_the_winners_already_re_measured(tmp_path: Path) -> None:
+    """Promotion re-measures winners one batch at a time and stores each before the next: a device call that ends
+    mid-promotion keeps what it re-measured (the whole list was re-measured before anything was stored)."""
+    other = AttentionSpec(1, 2, 2, 64, 64, 32, dtype="float16", causal=True)
+    store = FakeStore()
+    eng, _ = _engine(tmp_path, _KilledMidPromotion(), store=store, generations=1, islands=1)
+    eng.config = dataclasses.replace(eng.config, specs=(SPEC, other))
+    with pytest.raises(_Killed):
+        eng.run()
+    assert len(store.records) == 1  # the first winner stored; the second's re-measurement was cut off
+    assert len(eng.evaluator.promoted) == 1
 
 
 def test_a_clearly_slower_best_is_not_re_measured(tmp_path: Path) -> None:

@@ -436,8 +436,12 @@ class SearchEngine:
             winners.append((gain or 0.0, cand))
         if not self.config.promote:
             return SearchOutcome(run_id, stop, best, promoted, rejected)
-        # Best first: a slice whose device call ends mid-promotion has re-measured the most promising specs.
+        # Best first, each stored before the next is re-measured: a slice whose device call ends mid-promotion keeps
+        # the most promising specs' verdicts.
         ordered = [cand for _, cand in sorted(winners, key=lambda w: -w[0])]
+        if ordered:
+            self._emit("note", run_id, self.config.generations,
+                       f"re-measuring {len(ordered)} winner(s) for promotion, best first")
         for cand, again in zip(ordered, promotion_eval_batch(self.evaluator, ordered), strict=True):
             key = cand.spec.cache_key()
             self.db.record_results(run_id, [again], promotion=True)

@@ -10,6 +10,7 @@ still, since a miss never runs Flex. The speedup over the best built-in is kept 
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from ..artifact import KernelMetrics, KernelRecord
@@ -45,12 +46,13 @@ def promotion_decision(result: EvalResult, require_speedup: bool = True, min_gai
     return True, f"speedup {gain:.3f}x over the fallback > 1 + spread {margin:.3f}{builtin}"
 
 
-def promotion_eval_batch(evaluator: Evaluator, candidates: list[Candidate]) -> list[EvalResult]:
+def promotion_eval_batch(evaluator: Evaluator, candidates: list[Candidate]) -> Iterator[EvalResult]:
     """``promote_many`` over several winners, ``parallelism`` at a time (one winner per spec: a 19-spec campaign
-    re-checked one by one left 3 of 4 GPUs idle for minutes). A batch that raises becomes failed results for its
-    candidates; the others still count."""
+    re-checked one by one left 3 of 4 GPUs idle for minutes), yielding each batch's results before the next batch
+    runs: the caller records and stores them meanwhile, so a device call that ends mid-promotion keeps the winners
+    already re-measured (sessions 14 and 17 lost every re-measurement that way). A batch that raises becomes failed
+    results for its candidates; the others still count."""
     step = max(1, int(evaluator.parallelism))
-    out: list[EvalResult] = []
     for i in range(0, len(candidates), step):
         batch = candidates[i:i + step]
         try:
@@ -60,8 +62,7 @@ def promotion_eval_batch(evaluator: Evaluator, candidates: list[Candidate]) -> l
                                    f"asked about {[c.id for c in batch]}")
         except Exception as exc:
             results = [failed_result(c, exc) for c in batch]
-        out += results
-    return out
+        yield from results
 
 
 def build_record(candidate: Candidate, result: EvalResult, hardware: HardwareKey,

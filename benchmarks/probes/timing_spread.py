@@ -39,7 +39,7 @@ from ..common import print_table, write_csv
 
 DEFAULT_SPECS = ("4,32,32,4096,128,none;1,16,4,8192,128,causal;8,16,16,2048,64,causal;"
                  "8,16,16,2048,64,causal,train")
-DEFAULT_STRATEGIES = "10x100,10x50,20x50,40x25"  # 10x100: the old promotion; 20x50: the new
+DEFAULT_STRATEGIES = "10x100,20x50,40x50,80x50"  # 10x100: the first promotion; 20x50: sessions 13-16; 80x50: now
 
 
 @dataclass(frozen=True)
