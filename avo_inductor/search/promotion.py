@@ -50,7 +50,7 @@ def promotion_eval_batch(evaluator: Evaluator, candidates: list[Candidate]) -> I
     """``promote_many`` over several winners, ``parallelism`` at a time (one winner per spec: a 19-spec campaign
     re-checked one by one left 3 of 4 GPUs idle for minutes), yielding each batch's results before the next batch
     runs: the caller records and stores them meanwhile, so a device call that ends mid-promotion keeps the winners
-    already re-measured (sessions 14 and 17 lost every re-measurement that way). A batch that raises becomes failed
+    already re-measured (session 14's H100 slice lost every re-measurement that way). A batch that raises becomes failed
     results for its candidates; the others still count."""
     step = max(1, int(evaluator.parallelism))
     for i in range(0, len(candidates), step):
