@@ -3,7 +3,8 @@
 A miss runs ``F.scaled_dot_product_attention``, and torch picks its backend (on an H100 with torch 2.11: cuDNN). In
 session 17 the GPT-2 benchmark row (4 x 1024, 12 heads of 64, causal, inference) ran 1.57 ms a step that way and
 0.76 ms with cuDNN's SDPA disabled (flash picked instead), in training 6.15 vs 7.01 ms the other way round. This
-probe times each backend that accepts a site's shape, per call, two ways:
+probe times each backend that accepts a site's shape (named as the search names them, search/bench.py
+``SDPA_BACKENDS``: ``sdpa`` is torch's pick), through the search's own fallback call (``sdpa_call``), two ways:
 - ``wall us``: 100 back-to-back calls, one synchronize, wall clock per call: what a host-bound model step pays
   (the launch path's host cost when it exceeds the GPU work);
 - ``gpu us``: the GPU time per call (do_bench, CUDA events, L2 flushed; the host cost hidden behind the queue).
@@ -13,19 +14,17 @@ Usage (GPU): python -m benchmarks.probes.sdpa_backends
 """
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from avo_inductor.search.bench import SDPA_BACKENDS, dense_mask, sdpa_call
+from avo_inductor.spec import AttentionSpec, MaskKind
 
 from ..common import print_table, time_ms
+from ..launch_overhead import per_call_us
 
-BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION}
 COLUMNS = ("site", "mode", "backend", "wall us", "gpu us")
 
 
@@ -42,6 +41,10 @@ class Site:
     causal: bool
     padding: bool = False
 
+    def spec(self) -> AttentionSpec:
+        return AttentionSpec(self.batch, self.q_heads, self.kv_heads, self.seq, self.seq, self.head_dim,
+                             causal=self.causal, mask=MaskKind.PADDING if self.padding else MaskKind.NONE)
+
 
 SITES = (
     Site("gpt2 4x1024", 4, 12, 12, 1024, 64, True),
@@ -52,51 +55,37 @@ SITES = (
 )
 
 
-def _inputs(site: Site) -> tuple[torch.Tensor, ...]:
-    q = torch.randn(site.batch, site.q_heads, site.seq, site.head_dim, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(site.batch, site.kv_heads, site.seq, site.head_dim, device="cuda", dtype=torch.bfloat16)
+def _call(site: Site, backend: str | None, train: bool) -> Callable[[], None]:
+    """One call of SDPA at ``site`` under ``backend`` (an SDPBackend name; None: torch's pick) as the search times
+    the fallback (search/bench.py ``sdpa_call``): forward under no_grad, or forward + backward."""
+    spec = site.spec()
+    q = torch.randn(spec.batch, spec.q_heads, spec.q_len, spec.head_dim, device="cuda", dtype=spec.torch_dtype)
+    k = torch.randn(spec.batch, spec.kv_heads, spec.kv_len, spec.head_dim, device="cuda", dtype=spec.torch_dtype)
     v = torch.randn_like(k)
-    return q, k, v
-
-
-def _call(site: Site, backend: SDPBackend | None, train: bool) -> Callable[[], None]:
-    q, k, v = _inputs(site)
     mask = None
-    if site.padding:  # the last quarter of every other sequence padded, as an additive (B, 1, 1, N) mask
-        keep = torch.ones(site.batch, 1, 1, site.seq, dtype=torch.bool, device="cuda")
-        keep[::2, ..., site.seq * 3 // 4:] = False
-        mask = torch.zeros(keep.shape, dtype=q.dtype, device="cuda").masked_fill(~keep, torch.finfo(q.dtype).min)
-    gqa = site.q_heads != site.kv_heads
+    if site.padding:  # the last quarter of every other sequence padded: an additive (B, 1, 1, N) mask
+        keep = torch.ones(spec.batch, spec.kv_len, dtype=torch.bool, device="cuda")
+        keep[::2, spec.kv_len * 3 // 4:] = False
+        mask = dense_mask(spec, keep, "cuda", structural=False)
+    fn = sdpa_call(spec, mask, site.causal, backend)
     leaves = [t.requires_grad_(train) for t in (q, k, v)]
     grad = torch.randn_like(q)
 
     def run() -> None:
-        with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
-            if train:
-                out = F.scaled_dot_product_attention(*leaves, attn_mask=mask, is_causal=site.causal, enable_gqa=gqa)
-                out.backward(grad)
-            else:
-                with torch.no_grad():
-                    F.scaled_dot_product_attention(*leaves, attn_mask=mask, is_causal=site.causal, enable_gqa=gqa)
+        if train:
+            fn(*leaves).backward(grad)
+        else:
+            with torch.no_grad():
+                fn(*leaves)
 
     return run
 
 
-def wall_us(fn: Callable[[], None], calls: int = 100) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / calls * 1e6
-
-
 def main() -> int:
-    rows = []
+    rows: list[dict[str, object]] = []
     for site in SITES:
         for mode in ("infer", "train"):
-            for name, backend in BACKENDS.items():
+            for name, backend in SDPA_BACKENDS.items():
                 fn = _call(site, backend, mode == "train")
                 try:
                     fn()
@@ -104,7 +93,8 @@ def main() -> int:
                     rows.append({"site": site.name, "mode": mode, "backend": name, "wall us": None,
                                  "gpu us": None, "note": str(exc).splitlines()[0][:60]})
                     continue
-                rows.append({"site": site.name, "mode": mode, "backend": name, "wall us": round(wall_us(fn), 1),
+                rows.append({"site": site.name, "mode": mode, "backend": name,
+                             "wall us": round(per_call_us(fn, calls=100)[1], 1),
                              "gpu us": round(time_ms(fn, warmup_ms=25, rep_ms=100) * 1e3, 1)})
                 print(rows[-1], flush=True)
     print_table(rows, COLUMNS)
