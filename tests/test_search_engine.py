@@ -280,6 +280,29 @@ def test_slice_promotes_the_best_so_far_and_leaves_the_run_resumable(tmp_path: P
         eng2.run(slice_s=0.0)
 
 
+def test_a_run_is_not_resumed_on_another_kind_of_gpu(tmp_path: Path) -> None:
+    """Lent machines are an H100 one call and an H200 the next: a slice resumed on the other card would rank and
+    promote by timings from two GPUs. The resume is refused before it touches the run; a run from before the GPU
+    was recorded resumes as it did."""
+    ticks = itertools.count()
+    eng, _ = _engine(tmp_path, FakeEvaluator(), store=FakeStore(), generations=50)
+    eng.clock = lambda: float(next(ticks))
+    first = eng.run(slice_s=30.0)
+    paused = eng.db.get_run(first.run_id)
+    assert paused.config["hardware"] == HW.to_dict()
+    other_gpu = dataclasses.replace(HW, name="other-gpu")
+    evaluator = FakeEvaluator()
+    other = SearchEngine(SearchDatabase(tmp_path / "s.db"), evaluator, [(StructuredOperator(valid=None), 1.0)],
+                         eng.config, store=FakeStore(), hardware=other_gpu, software=SW, default_genome=default_genome)
+    with pytest.raises(ValueError, match=r"measured on nvidia-fake-gpu-sm90-132, this is nvidia-other-gpu-sm90-132"):
+        other.run(run_id=first.run_id)
+    untouched = other.db.get_run(first.run_id)
+    assert evaluator.calls == [] and (untouched.status, untouched.evaluated) == ("paused", paused.evaluated)
+    # A legacy run (no GPU in its config) is resumed wherever it is asked to be.
+    legacy_id = eng.db.create_run({"search": eng.config.to_dict()})
+    assert other.run(run_id=legacy_id, slice_s=30.0).run_id == legacy_id and evaluator.calls
+
+
 def test_a_slice_ending_before_a_spec_ran_says_so(tmp_path: Path) -> None:
     """A slice that stops before a spec's first candidate was evaluated reports it as not evaluated yet (it was
     "no candidate passed the cascade", which read as every candidate failing)."""

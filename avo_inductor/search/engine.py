@@ -155,8 +155,10 @@ class SearchEngine:
             raise ValueError(f"slice_s must be positive; got {slice_s}")
         requeued = 0
         if run_id is None:
-            run_id = self.db.create_run({"search": self.config.to_dict(), **(meta or {})})
+            run_id = self.db.create_run({"search": self.config.to_dict(), **(meta or {}),
+                                         "hardware": self.hardware.to_dict()})
         else:
+            self._check_same_gpu(run_id)
             requeued = self.db.requeue_in_flight(run_id)
             self.db.set_run_status(run_id, "running")
         self._run_id = run_id
@@ -188,6 +190,19 @@ class SearchEngine:
         self._emit("run_finished", run_id, self.db.get_run(run_id).generation, stop,
                    data={"promoted": outcome.promoted, "rejected": outcome.rejected})
         return outcome
+
+    def _check_same_gpu(self, run_id: str) -> None:
+        """Refuse to resume on another kind of GPU: the run's population, its screening speedups and the slice's
+        promotion choices compare timings, and timings taken on an H100 and an H200 (lent machines give either)
+        are never comparable. A run from before the GPU was recorded carries no key and is resumed as before."""
+        recorded = self.db.get_run(run_id).config.get("hardware")
+        if recorded is None:
+            return
+        started_on = HardwareKey.from_dict(recorded)
+        if started_on.slug != self.hardware.slug:
+            raise ValueError(f"run {run_id} was measured on {started_on.slug}, this is {self.hardware.slug}: its "
+                             f"timings are not comparable across GPUs; start a new run here (run --campaign ... "
+                             f"--db OTHER.db) instead of resuming it")
 
     # ---- loop ----------------------------------------------------------------------------------------
     def _loop(self, run_id: str) -> str:
