@@ -5,6 +5,7 @@ working search must climb to it. Seeded and pure, so tests are deterministic.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -83,3 +84,15 @@ def tiny_sdpa_model() -> tuple[Any, tuple[Any, ...]]:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True) * 2
 
     return Model(), tuple(torch.randn(1, 4, 32, 16) for _ in range(3))
+
+
+class GpuReportingEvaluator(FakeEvaluator):
+    """FakeEvaluator whose passing results say which GPU timed them, as SandboxedEvaluator's do."""
+
+    def __init__(self, hardware: HardwareKey, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hardware = hardware
+
+    def _one(self, c: Candidate) -> EvalResult:
+        res = super()._one(c)
+        return dataclasses.replace(res, extra={**res.extra, "hardware": self.hardware.to_dict()}) if res.ok else res

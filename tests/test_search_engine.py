@@ -18,7 +18,7 @@ from avo_inductor.search.promotion import promotion_decision, promotion_eval
 from avo_inductor.search.types import Candidate, EvalResult, Stage
 from avo_inductor.spec import AttentionSpec, store_key
 
-from search_fakes import HW, SPEC, SW, TARGET, FakeEvaluator, default_genome, synthetic_speedup
+from search_fakes import HW, SPEC, SW, TARGET, FakeEvaluator, GpuReportingEvaluator, default_genome, synthetic_speedup
 
 
 def _engine(tmp_path: Path, evaluator: Any, ops: Any = None, store: Any = None, **cfg: Any) -> tuple[SearchEngine, list[SearchEvent]]:
@@ -301,6 +301,33 @@ def test_a_run_is_not_resumed_on_another_kind_of_gpu(tmp_path: Path) -> None:
     # A legacy run (no GPU in its config) is resumed wherever it is asked to be.
     legacy_id = eng.db.create_run({"search": eng.config.to_dict()})
     assert other.run(run_id=legacy_id, slice_s=30.0).run_id == legacy_id and evaluator.calls
+
+
+def test_results_from_another_gpu_are_refused_before_they_are_recorded(tmp_path: Path) -> None:
+    """Where the engine cannot know the evaluating GPU up front (ray actors on other machines, a run from before
+    runs recorded their GPU), the results tell it: a batch timed on another GPU than the run's earlier results is
+    refused, nothing of it recorded, its candidates queued again for the right GPU."""
+    ticks = itertools.count()
+    eng, _ = _engine(tmp_path, GpuReportingEvaluator(HW), store=FakeStore(), generations=50)
+    eng.clock = lambda: float(next(ticks))
+    run_id = eng.run(slice_s=30.0).run_id
+    before = eng.db.get_run(run_id)
+    other_gpu = GpuReportingEvaluator(dataclasses.replace(HW, name="other-gpu"))
+    resumed = SearchEngine(SearchDatabase(tmp_path / "s.db"), other_gpu, [(StructuredOperator(valid=None), 1.0)],
+                           eng.config, store=FakeStore(), hardware=HW, software=SW, default_genome=default_genome)
+    with pytest.raises(ValueError, match=r"measured on nvidia-fake-gpu-sm90-132, but candidate .* was timed on "
+                                         r"nvidia-other-gpu-sm90-132"):
+        resumed.run(run_id=run_id)
+    after = resumed.db.get_run(run_id)
+    assert other_gpu.calls and after.evaluated == before.evaluated and after.status == "interrupted"
+    assert after.pending >= len(other_gpu.calls[0])  # the refused batch is back in the queue
+    # The same GPU again continues the run.
+    same = SearchEngine(SearchDatabase(tmp_path / "s.db"), GpuReportingEvaluator(HW),
+                        [(StructuredOperator(valid=None), 1.0)], eng.config, store=FakeStore(), hardware=HW,
+                        software=SW, default_genome=default_genome)
+    same.clock = lambda: float(next(ticks))
+    assert same.run(run_id=run_id, slice_s=30.0).stop_reason == "slice"
+    assert same.db.get_run(run_id).evaluated > before.evaluated
 
 
 def test_a_slice_ending_before_a_spec_ran_says_so(tmp_path: Path) -> None:

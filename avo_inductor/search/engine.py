@@ -118,6 +118,15 @@ def _rng(*parts: Any) -> random.Random:
     return random.Random(int(stable_hash([str(p) for p in parts])[:16], 16))
 
 
+def _reported_gpu(result: EvalResult) -> str | None:
+    """The slug of the device a result was measured on, as the evaluator reports it (None when it does not)."""
+    reported = result.extra.get("hardware") if isinstance(result.extra, dict) else None
+    try:
+        return HardwareKey.from_dict(reported).slug if isinstance(reported, dict) else None
+    except (KeyError, TypeError, ValueError):  # not a key this build can read: the result says nothing of its GPU
+        return None
+
+
 class SearchEngine:
     """Runs one search over ``config.specs``. ``operators``: (operator, weight) pairs; ``store`` (KernelStore
     interface: put/lookup) may be None to search without promoting. ``default_genome`` defaults to
@@ -141,6 +150,7 @@ class SearchEngine:
         self._run_id = ""
         self._slice_end: float | None = None
         self._run_candidates: list[Candidate] = []
+        self._measured_on: str | None = None  # slug of the GPU the run's results report (_check_measured_on)
 
     # ---- public --------------------------------------------------------------------------------------
     def run(self, run_id: str | None = None, meta: dict[str, Any] | None = None,
@@ -171,6 +181,7 @@ class SearchEngine:
         self._slice_end = None if slice_s is None else self._segment_start + slice_s
         self._spend = self._operator_spend()
         evaluated = self.db.evaluated(run_id)
+        self._measured_on = next(filter(None, (_reported_gpu(res) for _, res in evaluated)), None)
         migrations = self.db.migrations(run_id)
         for spec in self.config.specs:
             key = spec.cache_key()
@@ -203,6 +214,21 @@ class SearchEngine:
             raise ValueError(f"run {run_id} was measured on {started_on.slug}, this is {self.hardware.slug}: its "
                              f"timings are not comparable across GPUs; start a new run here (run --campaign ... "
                              f"--db OTHER.db) instead of resuming it")
+
+    def _check_measured_on(self, run_id: str, results: Sequence[EvalResult]) -> None:
+        """Every result of a run must come from one kind of GPU, whatever the evaluator (local workers, ray actors
+        on other machines) and however old the run: the first GPU a result reports is the run's, and a batch from
+        another is refused before it is recorded (its candidates go back to the queue)."""
+        for res in results:
+            gpu = _reported_gpu(res)
+            if gpu is None:
+                continue
+            if self._measured_on is None:
+                self._measured_on = gpu
+            elif gpu != self._measured_on:
+                raise ValueError(f"run {run_id} is measured on {self._measured_on}, but candidate {res.candidate_id} "
+                                 f"was timed on {gpu}: timings are not comparable across GPUs; evaluate this run "
+                                 f"on {self._measured_on} only, or start a new run for {gpu}")
 
     # ---- loop ----------------------------------------------------------------------------------------
     def _loop(self, run_id: str) -> str:
@@ -396,6 +422,7 @@ class SearchEngine:
         if [r.candidate_id for r in results] != [c.id for c in batch]:
             raise RuntimeError(f"evaluator returned results for {[r.candidate_id for r in results]}, "
                                f"expected {[c.id for c in batch]} in order")
+        self._check_measured_on(run_id, results)
         self.db.record_results(run_id, results)
         for cand, res in zip(batch, results, strict=True):
             self._counts[0] += 1
