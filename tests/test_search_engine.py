@@ -12,7 +12,8 @@ import pytest
 from avo_inductor.cache.store import StoreHit
 from avo_inductor.kernels.tiers import kernel_for_record
 from avo_inductor.search.database import SearchDatabase
-from avo_inductor.search.engine import SearchConfig, SearchEngine, SearchEvent
+from avo_inductor.search import api
+from avo_inductor.search.engine import SearchConfig, SearchEngine, SearchEvent, measured_gpu
 from avo_inductor.search.operators import StructuredOperator
 from avo_inductor.search.promotion import promotion_decision, promotion_eval
 from avo_inductor.search.types import Candidate, EvalResult, Stage
@@ -328,6 +329,11 @@ def test_results_from_another_gpu_are_refused_before_they_are_recorded(tmp_path:
     same.clock = lambda: float(next(ticks))
     assert same.run(run_id=run_id, slice_s=30.0).stop_reason == "slice"
     assert same.db.get_run(run_id).evaluated > before.evaluated
+    # `status` names the run's GPU: what its results report, else the key it recorded (none for a legacy run).
+    (run,) = api.status(tmp_path / "s.db")
+    assert run.gpu == HW.slug and run.to_dict()["gpu"] == HW.slug
+    cfg = same.db.get_run(run_id).config
+    assert measured_gpu(cfg, []) == HW.slug and measured_gpu({"search": cfg["search"]}, []) is None
 
 
 def test_a_slice_ending_before_a_spec_ran_says_so(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from ..settings import Settings, get_settings
 from ..spec import AttentionSpec, HardwareKey
 from . import runner
 from .database import LineageStep, RunInfo, SearchDatabase
-from .engine import SearchConfig, SearchEvent, SearchOutcome
+from .engine import SearchConfig, SearchEvent, SearchOutcome, measured_gpu
 from .errors import SearchNotFound, SearchRefused, require_database
 from .types import Evaluator
 
@@ -88,6 +88,7 @@ class RunStatus:
     dollars: float
     tokens: int
     specs: tuple[SpecResult, ...]
+    gpu: str | None = None  # the GPU the run is measured on (hardware slug); a run is resumed on that kind only
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -254,7 +255,9 @@ def status(db: str | Path | None = None) -> list[RunStatus]:
     with SearchDatabase(_existing_db(db)) as database:
         return [RunStatus(r.id, r.status, _source(r.config.get("options", {})), r.started, r.finished, r.generation,
                           r.evaluated, r.failed, r.pending, r.budget_spent_s, r.dollars, r.tokens,
-                          _spec_results(database, r)) for r in database.runs()]
+                          _spec_results(database, r),
+                          measured_gpu(r.config, (res for _, res in database.evaluated(r.id))))
+                for r in database.runs()]
 
 
 def lineage(ref: str, db: str | Path | None = None) -> Lineage:

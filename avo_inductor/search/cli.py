@@ -190,7 +190,8 @@ def _status(args: argparse.Namespace) -> int:
     for r in runs:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started))
         print(f"{r.run_id}  {r.status:<11} {when}  gen {r.generation}  {r.evaluated} evaluated ({r.failed} failed, "
-              f"{r.pending} pending)  {r.budget_spent_s / 60:.1f} min  ${r.dollars:.2f}  {r.source}")
+              f"{r.pending} pending)  {r.budget_spent_s / 60:.1f} min  ${r.dollars:.2f}  {r.source}"
+              + (f"  on {r.gpu}" if r.gpu else ""))
     best = _best_per_spec(runs)
     if best:
         print("best per spec:")

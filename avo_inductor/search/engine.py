@@ -11,7 +11,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..artifact import KernelGenome
@@ -125,6 +125,19 @@ def _reported_gpu(result: EvalResult) -> str | None:
         return HardwareKey.from_dict(reported).slug if isinstance(reported, dict) else None
     except (KeyError, TypeError, ValueError):  # not a key this build can read: the result says nothing of its GPU
         return None
+
+
+def measured_gpu(config: dict[str, Any], results: Iterable[EvalResult]) -> str | None:
+    """The slug of the GPU a run is measured on, for reports: what its results say, else the key the run recorded
+    when it started (None for a run from before GPUs were recorded that has no timed result)."""
+    reported = next(filter(None, map(_reported_gpu, results)), None)
+    recorded = config.get("hardware")
+    if reported is None and isinstance(recorded, dict):
+        try:
+            return HardwareKey.from_dict(recorded).slug
+        except (KeyError, TypeError, ValueError):
+            return None
+    return reported
 
 
 class SearchEngine:
