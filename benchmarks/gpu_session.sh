@@ -56,9 +56,16 @@ for step in "$@"; do
 import sys
 from pathlib import Path
 from avo_inductor.search.database import SearchDatabase
+from avo_inductor.search.runner import latest_unfinished
+from avo_inductor.spec import HardwareKey
 path = Path(sys.argv[1])
-runs = SearchDatabase(path).runs() if path.exists() else []
-print("resume" if any(r.status != "finished" for r in runs) else ("done" if runs else "new"))
+db = SearchDatabase(path) if path.exists() else None
+runs = db.runs() if db else []
+try:  # a run is resumed on its own kind of GPU only: another card's open run means a new run here
+    latest_unfinished(db, HardwareKey.current()) if db else None
+    print("resume" if db else "new")
+except ValueError:
+    print("done" if runs and all(r.status == "finished" for r in runs) else "new")
 PY
 )
             echo "campaign state: $state ($DB), slice ${SLICE} min"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from avo_inductor.cache.store import KernelStore
 from avo_inductor.search import runner
@@ -14,6 +15,7 @@ from avo_inductor.search.cli import main
 from avo_inductor.search.database import SearchDatabase
 from avo_inductor.search.engine import SearchEvent
 from avo_inductor.settings import get_settings
+from avo_inductor.spec import HardwareKey
 
 from search_fakes import HW, SPEC, FakeEvaluator
 
@@ -111,6 +113,33 @@ def test_resume_finishes_an_interrupted_run(tmp_path: Path) -> None:
     assert outcome.run_id == run.id and run.status == "finished" and run.pending == 0 and run.generation == 4
     with pytest.raises(ValueError, match="no unfinished run"):
         runner.resume("latest", db, store=store, evaluator=FakeEvaluator(), hardware=HW)
+
+
+def test_resuming_another_gpus_run_is_a_one_line_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run measured on one GPU, resumed from a machine of another kind (here: this CPU-only one): exit 1 and one
+    line saying why, whether the run is named or found as `latest`; the run is left as it was."""
+    class Interrupting(FakeEvaluator):
+        def evaluate(self, candidates):  # type: ignore[no-untyped-def]
+            if len(self.calls) == 1:
+                raise KeyboardInterrupt
+            return super().evaluate(candidates)
+
+    db = tmp_path / "s.db"
+    opts = runner.RunOptions(campaign=str(_campaign(tmp_path)), db=str(db), operators=("structured",))
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(opts, store=KernelStore(tmp_path / "store", shipped=False), evaluator=Interrupting(),
+                       hardware=HW)
+    (run,) = runner.status(db).runs
+    if torch.cuda.is_available() and HardwareKey.current().slug == HW.slug:
+        pytest.skip("this machine is the fake GPU")
+    capsys.readouterr()
+    assert main(["resume", "latest", "--db", str(db)]) == 1
+    assert main(["resume", run.id, "--db", str(db)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "no unfinished run measured on" in err[0]
+    assert f"run {run.id} was measured on {HW.slug}, this is " in err[1]
+    (after,) = runner.status(db).runs
+    assert (after.status, after.evaluated, after.pending) == (run.status, run.evaluated, run.pending)
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,13 +11,15 @@ import pytest
 
 from avo_inductor.cache.store import StoreHit
 from avo_inductor.kernels.tiers import kernel_for_record
-from avo_inductor.search.database import SearchDatabase
+from avo_inductor.search.database import PENDING, SearchDatabase
 from avo_inductor.search import api
 from avo_inductor.search.engine import SearchConfig, SearchEngine, SearchEvent, measured_gpu
+from avo_inductor.search.errors import SearchRefused
 from avo_inductor.search.operators import StructuredOperator
+from avo_inductor.search.runner import latest_unfinished
 from avo_inductor.search.promotion import promotion_decision, promotion_eval
 from avo_inductor.search.types import Candidate, EvalResult, Stage
-from avo_inductor.spec import AttentionSpec, store_key
+from avo_inductor.spec import AttentionSpec, HardwareKey, store_key
 
 from search_fakes import HW, SPEC, SW, TARGET, FakeEvaluator, GpuReportingEvaluator, default_genome, synthetic_speedup
 
@@ -281,10 +283,17 @@ def test_slice_promotes_the_best_so_far_and_leaves_the_run_resumable(tmp_path: P
         eng2.run(slice_s=0.0)
 
 
+def _engine_on(tmp_path: Path, evaluator: Any, hardware: HardwareKey, config: SearchConfig,
+               **kwargs: Any) -> SearchEngine:
+    """An engine over the database of ``_engine(tmp_path, ...)`` on another machine: ``hardware`` is its GPU."""
+    return SearchEngine(SearchDatabase(tmp_path / "s.db"), evaluator, [(StructuredOperator(valid=None), 1.0)], config,
+                        store=FakeStore(), hardware=hardware, software=SW, default_genome=default_genome, **kwargs)
+
+
 def test_a_run_is_not_resumed_on_another_kind_of_gpu(tmp_path: Path) -> None:
     """Lent machines are an H100 one call and an H200 the next: a slice resumed on the other card would rank and
     promote by timings from two GPUs. The resume is refused before it touches the run; a run from before the GPU
-    was recorded resumes as it did."""
+    was recorded resumes as it did; `resume latest` passes over open runs of other GPUs."""
     ticks = itertools.count()
     eng, _ = _engine(tmp_path, FakeEvaluator(), store=FakeStore(), generations=50)
     eng.clock = lambda: float(next(ticks))
@@ -293,19 +302,46 @@ def test_a_run_is_not_resumed_on_another_kind_of_gpu(tmp_path: Path) -> None:
     assert paused.config["hardware"] == HW.to_dict()
     other_gpu = dataclasses.replace(HW, name="other-gpu")
     evaluator = FakeEvaluator()
-    other = SearchEngine(SearchDatabase(tmp_path / "s.db"), evaluator, [(StructuredOperator(valid=None), 1.0)],
-                         eng.config, store=FakeStore(), hardware=other_gpu, software=SW, default_genome=default_genome)
-    with pytest.raises(ValueError, match=r"measured on nvidia-fake-gpu-sm90-132, this is nvidia-other-gpu-sm90-132"):
+    other = _engine_on(tmp_path, evaluator, other_gpu, eng.config)
+    other.clock = lambda: float(next(ticks))
+    with pytest.raises(SearchRefused, match=r"measured on nvidia-fake-gpu-sm90-132, this is nvidia-other-gpu-sm90-132"):
         other.run(run_id=first.run_id)
     untouched = other.db.get_run(first.run_id)
     assert evaluator.calls == [] and (untouched.status, untouched.evaluated) == ("paused", paused.evaluated)
-    # A legacy run (no GPU in its config) is resumed wherever it is asked to be.
+    with pytest.raises(ValueError, match="no unfinished run measured on nvidia-other-gpu-sm90-132"):
+        latest_unfinished(other.db, other_gpu)
+    # A legacy run (no GPU in its config) is resumed wherever it is asked to be, and `latest` finds it.
     legacy_id = eng.db.create_run({"search": eng.config.to_dict()})
+    assert latest_unfinished(other.db, other_gpu) == legacy_id and latest_unfinished(eng.db, HW) == legacy_id
     assert other.run(run_id=legacy_id, slice_s=30.0).run_id == legacy_id and evaluator.calls
+    # The other GPU's own run: `latest` on each GPU picks that GPU's run.
+    mine = _engine_on(tmp_path, FakeEvaluator(), other_gpu, eng.config)
+    mine.clock = lambda: float(next(ticks))
+    own_id = mine.run(slice_s=30.0).run_id
+    assert latest_unfinished(mine.db, other_gpu) == own_id
+    assert latest_unfinished(mine.db, HW) in (first.run_id, legacy_id) and latest_unfinished(mine.db, HW) != own_id
+
+
+def test_ray_head_neither_records_nor_checks_its_own_gpu(tmp_path: Path) -> None:
+    """With candidates timed by Ray actors the head's GPU (often none) is not the run's: it is not recorded and a
+    resume from another head is not refused up front; the results' GPU is what is checked."""
+    ticks = itertools.count()
+    head = _engine_on(tmp_path, GpuReportingEvaluator(HW), HardwareKey("cpu", "triton-interpreter", (0, 0), 0),
+                      SearchConfig(specs=(SPEC,), generations=50, population=6, islands=2, seed=0),
+                      measures_locally=False)
+    head.clock = lambda: float(next(ticks))
+    run_id = head.run(slice_s=30.0).run_id
+    assert "hardware" not in head.db.get_run(run_id).config
+    other_head = _engine_on(tmp_path, GpuReportingEvaluator(HW), dataclasses.replace(HW, name="other-head"),
+                            head.config, measures_locally=False)
+    other_head.clock = lambda: float(next(ticks))
+    assert other_head.run(run_id=run_id, slice_s=30.0).stop_reason == "slice"
+    (run,) = api.status(tmp_path / "s.db")
+    assert run.gpu == HW.slug  # from the actors' results
 
 
 def test_results_from_another_gpu_are_refused_before_they_are_recorded(tmp_path: Path) -> None:
-    """Where the engine cannot know the evaluating GPU up front (ray actors on other machines, a run from before
+    """Where the engine cannot know the evaluating GPU up front (Ray actors on other machines, a run from before
     runs recorded their GPU), the results tell it: a batch timed on another GPU than the run's earlier results is
     refused, nothing of it recorded, its candidates queued again for the right GPU."""
     ticks = itertools.count()
@@ -314,18 +350,17 @@ def test_results_from_another_gpu_are_refused_before_they_are_recorded(tmp_path:
     run_id = eng.run(slice_s=30.0).run_id
     before = eng.db.get_run(run_id)
     other_gpu = GpuReportingEvaluator(dataclasses.replace(HW, name="other-gpu"))
-    resumed = SearchEngine(SearchDatabase(tmp_path / "s.db"), other_gpu, [(StructuredOperator(valid=None), 1.0)],
-                           eng.config, store=FakeStore(), hardware=HW, software=SW, default_genome=default_genome)
-    with pytest.raises(ValueError, match=r"measured on nvidia-fake-gpu-sm90-132, but candidate .* was timed on "
-                                         r"nvidia-other-gpu-sm90-132"):
+    resumed = _engine_on(tmp_path, other_gpu, HW, eng.config)
+    with pytest.raises(SearchRefused, match=r"measured on nvidia-fake-gpu-sm90-132, but candidate .* was timed on "
+                                            r"nvidia-other-gpu-sm90-132"):
         resumed.run(run_id=run_id)
     after = resumed.db.get_run(run_id)
     assert other_gpu.calls and after.evaluated == before.evaluated and after.status == "interrupted"
-    assert after.pending >= len(other_gpu.calls[0])  # the refused batch is back in the queue
+    refused = set(other_gpu.calls[0])
+    assert refused <= {c.id for c in resumed.db.candidates(run_id, PENDING)}  # back in the queue
+    assert not refused & {c.id for c, _ in resumed.db.evaluated(run_id)}  # and nothing of them recorded
     # The same GPU again continues the run.
-    same = SearchEngine(SearchDatabase(tmp_path / "s.db"), GpuReportingEvaluator(HW),
-                        [(StructuredOperator(valid=None), 1.0)], eng.config, store=FakeStore(), hardware=HW,
-                        software=SW, default_genome=default_genome)
+    same = _engine_on(tmp_path, GpuReportingEvaluator(HW), HW, eng.config)
     same.clock = lambda: float(next(ticks))
     assert same.run(run_id=run_id, slice_s=30.0).stop_reason == "slice"
     assert same.db.get_run(run_id).evaluated > before.evaluated

@@ -18,6 +18,7 @@ from ..artifact import KernelGenome
 from ..spec import AttentionSpec, HardwareKey, SoftwareKey, stable_hash, store_key
 from . import population as pop
 from .database import PENDING, SearchDatabase
+from .errors import SearchRefused
 from .operators import StructuredOperator, candidate_id, content_hash
 from .promotion import build_record, promotion_decision, promotion_eval_batch
 from .types import Candidate, EvalResult, Evaluator, VariationOperator
@@ -149,7 +150,7 @@ class SearchEngine:
                  operators: Sequence[tuple[VariationOperator, float]], config: SearchConfig, *, store: Any = None,
                  hardware: HardwareKey | None = None, software: SoftwareKey | None = None,
                  on_event: Callable[[SearchEvent], None] | None = None, clock: Callable[[], float] = time.monotonic,
-                 default_genome: Callable[..., Any] | None = None) -> None:
+                 default_genome: Callable[..., Any] | None = None, measures_locally: bool = True) -> None:
         if not operators or all(w <= 0 for _, w in operators):
             raise ValueError("need at least one variation operator with a positive weight")
         self.db, self.evaluator, self.config, self.store = db, evaluator, config, store
@@ -164,6 +165,9 @@ class SearchEngine:
         self._slice_end: float | None = None
         self._run_candidates: list[Candidate] = []
         self._measured_on: str | None = None  # slug of the GPU the run's results report (_check_measured_on)
+        # False when candidates are timed elsewhere (Ray actors): this process's GPU is not the run's, so it is
+        # neither recorded nor checked up front; the results' own GPU is still checked batch by batch.
+        self.measures_locally = measures_locally
 
     # ---- public --------------------------------------------------------------------------------------
     def run(self, run_id: str | None = None, meta: dict[str, Any] | None = None,
@@ -178,10 +182,11 @@ class SearchEngine:
             raise ValueError(f"slice_s must be positive; got {slice_s}")
         requeued = 0
         if run_id is None:
-            run_id = self.db.create_run({"search": self.config.to_dict(), **(meta or {}),
-                                         "hardware": self.hardware.to_dict()})
+            gpu = {"hardware": self.hardware.to_dict()} if self.measures_locally else {}
+            run_id = self.db.create_run({"search": self.config.to_dict(), **(meta or {}), **gpu})
         else:
-            self._check_same_gpu(run_id)
+            if self.measures_locally:
+                self._check_same_gpu(run_id)
             requeued = self.db.requeue_in_flight(run_id)
             self.db.set_run_status(run_id, "running")
         self._run_id = run_id
@@ -224,14 +229,16 @@ class SearchEngine:
             return
         started_on = HardwareKey.from_dict(recorded)
         if started_on.slug != self.hardware.slug:
-            raise ValueError(f"run {run_id} was measured on {started_on.slug}, this is {self.hardware.slug}: its "
-                             f"timings are not comparable across GPUs; start a new run here (run --campaign ... "
-                             f"--db OTHER.db) instead of resuming it")
+            raise SearchRefused(f"run {run_id} was measured on {started_on.slug}, this is {self.hardware.slug}: "
+                                f"its timings are not comparable across GPUs; start a new run here (run --campaign "
+                                f"...) instead of resuming it")
 
     def _check_measured_on(self, run_id: str, results: Sequence[EvalResult]) -> None:
-        """Every result of a run must come from one kind of GPU, whatever the evaluator (local workers, ray actors
-        on other machines) and however old the run: the first GPU a result reports is the run's, and a batch from
-        another is refused before it is recorded (its candidates go back to the queue)."""
+        """Every screening result of a run must come from one kind of GPU, whatever the evaluator (local workers,
+        Ray actors on other machines) and however old the run: the first GPU a result reports is the run's, and a
+        batch from another is refused before it is recorded (its candidates go back to the queue; the time it took
+        stays charged to the run's budget, as any evaluation's). Promotion re-measurements are not checked: a record
+        is stored under the GPU its own re-measurement reports (promotion.build_record)."""
         for res in results:
             gpu = _reported_gpu(res)
             if gpu is None:
@@ -239,9 +246,9 @@ class SearchEngine:
             if self._measured_on is None:
                 self._measured_on = gpu
             elif gpu != self._measured_on:
-                raise ValueError(f"run {run_id} is measured on {self._measured_on}, but candidate {res.candidate_id} "
-                                 f"was timed on {gpu}: timings are not comparable across GPUs; evaluate this run "
-                                 f"on {self._measured_on} only, or start a new run for {gpu}")
+                raise SearchRefused(f"run {run_id} is measured on {self._measured_on}, but candidate "
+                                    f"{res.candidate_id} was timed on {gpu}: timings are not comparable across GPUs; "
+                                    f"evaluate this run on {self._measured_on} only, or start a new run for {gpu}")
 
     # ---- loop ----------------------------------------------------------------------------------------
     def _loop(self, run_id: str) -> str:

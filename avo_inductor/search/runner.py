@@ -18,7 +18,7 @@ from ..spec import AttentionSpec, HardwareKey
 from .budget import Budget
 from .campaign import load_campaign
 from .database import BestEntry, LineageStep, RunInfo, SearchDatabase
-from .engine import SearchConfig, SearchEngine, SearchEvent, SearchOutcome
+from .engine import SearchConfig, SearchEngine, SearchEvent, SearchOutcome, measured_gpu
 from .operators import StructuredOperator
 from .types import Evaluator, VariationOperator
 
@@ -333,7 +333,8 @@ def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | 
             spent = (info.tokens, info.dollars)
         ops = build_operators(operator_names(options, inputs), _agent_settings(options, inputs.search, settings),
                               evaluator, hardware, db, notify, spent)
-        engine = SearchEngine(db, evaluator, ops, config, store=store, hardware=hardware, on_event=emit)
+        engine = SearchEngine(db, evaluator, ops, config, store=store, hardware=hardware, on_event=emit,
+                              measures_locally=not options.ray_address)
         meta = {"options": options.to_dict(), "labels": inputs.labels, "pending_keys": inputs.pending_keys,
                 "campaign_search": inputs.search}
         outcome = engine.run(run_id=run_id, meta=None if run_id else meta,
@@ -348,11 +349,21 @@ def execute(options: RunOptions, *, run_id: str | None = None, inputs: Inputs | 
             evaluator.close()
 
 
-def latest_unfinished(db: SearchDatabase) -> str:
-    """The most recently started run that has not finished (what a campaign sliced over GPU leases continues)."""
+def latest_unfinished(db: SearchDatabase, hardware: HardwareKey | None = None) -> str:
+    """The most recently started run that has not finished (what a campaign sliced over GPU leases continues);
+    with ``hardware``, the newest of those measured on that GPU or not measured yet (a run is resumed on its own
+    kind of GPU only, so a database may hold one open run per kind; ``measured_gpu``: what the run recorded, or
+    what its results report for a run from before runs recorded their GPU)."""
     open_runs = sorted((r for r in db.runs() if r.status != "finished"), key=lambda r: r.started)
     if not open_runs:
         raise ValueError("no unfinished run in the database: every run has finished (start a new one with `run`)")
+    if hardware is not None:
+        mine = [r for r in open_runs
+                if measured_gpu(r.config, (res for _, res in db.evaluated(r.id))) in (None, hardware.slug)]
+        if not mine:
+            raise ValueError(f"no unfinished run measured on {hardware.slug} in the database (its open runs were "
+                             f"measured on other GPUs; start a new one here with `run`)")
+        open_runs = mine
     return open_runs[-1].id
 
 
@@ -362,7 +373,7 @@ def resume(run_id: str, db_path: str | Path | None = None, **kwargs: Any) -> Sea
     path = _existing(db_path or default_db_path(kwargs.get("settings")))
     with SearchDatabase(path) as db:
         if run_id == "latest":
-            run_id = latest_unfinished(db)
+            run_id = latest_unfinished(db, kwargs.get("hardware") or HardwareKey.current())
         info = db.get_run(run_id)
     if info.status == "finished":
         raise ValueError(f"run {run_id} already finished; start a new run (the database keeps its population)")
