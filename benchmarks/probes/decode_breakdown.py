@@ -5,7 +5,8 @@ replays exactly as attention.py times it, the per-kernel GPU time inside those r
 split-K forward and its reduce), the rest (launch gaps and tails between kernels), cuDNN's SDPA on the same
 inputs, and the HBM floor (bytes of Q, K, V and O over this run's copy bandwidth).
 Asked because decode sits at 1.05-1.13x the floor on the H100 (issue 22.3): is the gap the forward's streaming,
-the reduce kernel, or the boundary between the two launches?
+the reduce kernel, or the boundary between the two launches? Variants are timed, not checked: run them through
+benchmarks/variants.py (which checks each against SDPA) before quoting one as a kernel.
 Usage (GPU): python -m benchmarks.probes.decode_breakdown [--specs "8,32,8,1,8192,128,none;..."]
        [--variants '{"splits 8": {"kv_splits": 8}}']  (or @benchmarks/variant_sets/FILE.json)
 """
