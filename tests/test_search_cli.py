@@ -94,18 +94,24 @@ def test_quick_and_explicit_options_precedence(tmp_path: Path) -> None:
         runner.RunOptions(pending=True, operators=("genetic",))
 
 
-def test_resume_finishes_an_interrupted_run(tmp_path: Path) -> None:
+def _interrupted_run(tmp_path: Path, store: KernelStore, batches: int) -> Path:
+    """A campaign run on the fake GPU HW, interrupted (Ctrl-C) after ``batches`` evaluated batches: its database."""
     class Interrupting(FakeEvaluator):
         def evaluate(self, candidates):  # type: ignore[no-untyped-def]
-            if len(self.calls) == 2:
+            if len(self.calls) == batches:
                 raise KeyboardInterrupt
             return super().evaluate(candidates)
 
     db = tmp_path / "s.db"
     opts = runner.RunOptions(campaign=str(_campaign(tmp_path)), db=str(db), operators=("structured",))
-    store = KernelStore(tmp_path / "store", shipped=False)
     with pytest.raises(KeyboardInterrupt):
         runner.execute(opts, store=store, evaluator=Interrupting(), hardware=HW)
+    return db
+
+
+def test_resume_finishes_an_interrupted_run(tmp_path: Path) -> None:
+    store = KernelStore(tmp_path / "store", shipped=False)
+    db = _interrupted_run(tmp_path, store, batches=2)
     (run,) = runner.status(db).runs
     assert run.status == "interrupted" and run.pending > 0
     outcome = runner.resume("latest", db, store=store, evaluator=FakeEvaluator(), hardware=HW)
@@ -118,17 +124,7 @@ def test_resume_finishes_an_interrupted_run(tmp_path: Path) -> None:
 def test_resuming_another_gpus_run_is_a_one_line_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A run measured on one GPU, resumed from a machine of another kind (here: this CPU-only one): exit 1 and one
     line saying why, whether the run is named or found as `latest`; the run is left as it was."""
-    class Interrupting(FakeEvaluator):
-        def evaluate(self, candidates):  # type: ignore[no-untyped-def]
-            if len(self.calls) == 1:
-                raise KeyboardInterrupt
-            return super().evaluate(candidates)
-
-    db = tmp_path / "s.db"
-    opts = runner.RunOptions(campaign=str(_campaign(tmp_path)), db=str(db), operators=("structured",))
-    with pytest.raises(KeyboardInterrupt):
-        runner.execute(opts, store=KernelStore(tmp_path / "store", shipped=False), evaluator=Interrupting(),
-                       hardware=HW)
+    db = _interrupted_run(tmp_path, KernelStore(tmp_path / "store", shipped=False), batches=1)
     (run,) = runner.status(db).runs
     if torch.cuda.is_available() and HardwareKey.current().slug == HW.slug:
         pytest.skip("this machine is the fake GPU")
