@@ -9,7 +9,8 @@
 #   (MODEL_CASES / MODEL_ARGS, e.g. --seed-baseline), variants / variants-training (template A/B, VARIANT_ARGS /
 #   VARIANT_TRAIN_ARGS, e.g. "--variants @benchmarks/variant_sets/hopper-bwd.json"; variants=NAME: VARIANT_ARGS_NAME,
 #   CSV variants-NAME.csv, several per session), search (the 5-minute smoke search), overhead (host cost per call,
-#   python -m benchmarks.launch_overhead with OVERHEAD_ARGS, e.g. --profile), hf (real transformers models,
+#   python -m benchmarks.launch_overhead with OVERHEAD_ARGS, e.g. --profile), decode (where decode's time goes:
+#   benchmarks/probes/decode_breakdown.py with DECODE_ARGS, e.g. "--variants @benchmarks/variant_sets/FILE.json"), hf (real transformers models,
 #   python -m benchmarks.hf_models: out of the box, then a HF_SEARCH_MINUTES search per model when > 0 (default 0:
 #   the out-of-box phase alone, ~5 min; HF_ARGS e.g. "--quick" ~2 min on an H100, or "--cases mistral-window" to search one
 #   model per device call).
@@ -38,6 +39,7 @@ for step in "$@"; do
     models*) python3 -m benchmarks.models ${MODEL_CASES:+--cases "$MODEL_CASES"} ${MODEL_ARGS:-} --out "$OUT" > "$OUT/$step.log" 2>&1; grep -v Warning "$OUT/$step.log" | tail -24 ;;
     hf) python3 -m benchmarks.hf_models --out "$OUT" --search-minutes "${HF_SEARCH_MINUTES:-0}" ${HF_ARGS:-} > "$OUT/hf.log" 2>&1
         grep -v Warning "$OUT/hf.log" | tail -40 ;;
+    decode) python3 -m benchmarks.probes.decode_breakdown ${DECODE_ARGS:-} > "$OUT/decode.log" 2>&1; tail -16 "$OUT/decode.log" ;;
     overhead) python3 -m benchmarks.launch_overhead --out "$OUT" ${OVERHEAD_ARGS:-} > "$OUT/overhead.log" 2>&1; tail -12 "$OUT/overhead.log" ;;
     variants) python3 -m benchmarks.variants --out "$OUT" ${VARIANT_ARGS:-} > "$OUT/variants.log" 2>&1; tail -12 "$OUT/variants.log" ;;
     variants=*) # A named A/B: variants=NAME runs variants.py with $VARIANT_ARGS_NAME ('-' in NAME read as '_').
