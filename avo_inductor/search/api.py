@@ -18,7 +18,7 @@ from . import runner
 from .database import LineageStep, RunInfo, SearchDatabase
 from .engine import SearchConfig, SearchEvent, SearchOutcome, measured_gpu
 from .errors import SearchNotFound, SearchRefused, require_database
-from .types import Evaluator
+from .types import Candidate, EvalResult, Evaluator
 
 __all__ = ["Lineage", "NothingToDo", "RunResult", "RunStatus", "SearchNotFound", "SearchRefused", "SpecResult",
            "lineage", "resume", "run", "status"]
@@ -138,15 +138,17 @@ def _source(options: dict[str, Any]) -> str:
     return "specs" if options.get("specs") else "pending"
 
 
-def _spec_results(db: SearchDatabase, info: RunInfo, outcome: SearchOutcome | None = None) -> tuple[SpecResult, ...]:
-    """Per spec of the run, in its config order: the best passing candidate of this run and its promotion."""
+def _spec_results(db: SearchDatabase, info: RunInfo, outcome: SearchOutcome | None = None,
+                  evaluated: Sequence[tuple[Candidate, EvalResult]] | None = None) -> tuple[SpecResult, ...]:
+    """Per spec of the run, in its config order: the best passing candidate of this run and its promotion
+    (``evaluated``: the run's results when the caller has read them already)."""
     specs = SearchConfig.from_dict(info.config["search"]).specs if "search" in info.config else ()
     labels: dict[str, str] = info.config.get("labels", {})
     best: dict[str, tuple[str, float]] = {}
     if outcome is not None:
         best = dict(outcome.best)
     else:
-        for cand, res in db.evaluated(info.id):
+        for cand, res in db.evaluated(info.id) if evaluated is None else evaluated:
             key = cand.spec.cache_key()
             if res.ok and (key not in best or res.score > best[key][1]):
                 best[key] = (cand.id, res.score)
@@ -253,11 +255,14 @@ def resume(run_id: str = "latest", *, db: str | Path | None = None, slice_minute
 def status(db: str | Path | None = None) -> list[RunStatus]:
     """Every run in the database (default ``<AVO_CACHE_DIR>/search.db``), oldest first."""
     with SearchDatabase(_existing_db(db)) as database:
-        return [RunStatus(r.id, r.status, _source(r.config.get("options", {})), r.started, r.finished, r.generation,
-                          r.evaluated, r.failed, r.pending, r.budget_spent_s, r.dollars, r.tokens,
-                          _spec_results(database, r),
-                          measured_gpu(r.config, (res for _, res in database.evaluated(r.id))))
-                for r in database.runs()]
+        out = []
+        for r in database.runs():
+            evaluated = database.evaluated(r.id)  # read once: the best per spec and the GPU both come from it
+            out.append(RunStatus(r.id, r.status, _source(r.config.get("options", {})), r.started, r.finished,
+                                 r.generation, r.evaluated, r.failed, r.pending, r.budget_spent_s, r.dollars, r.tokens,
+                                 _spec_results(database, r, evaluated=evaluated),
+                                 measured_gpu(r.config, (res for _, res in evaluated))))
+        return out
 
 
 def lineage(ref: str, db: str | Path | None = None) -> Lineage:

@@ -119,26 +119,27 @@ def _rng(*parts: Any) -> random.Random:
     return random.Random(int(stable_hash([str(p) for p in parts])[:16], 16))
 
 
+def _gpu_slug(key: Any) -> str | None:
+    """The slug of a hardware key stored as a dict (a run's config, a result's extra); None for anything else."""
+    try:
+        return HardwareKey.from_dict(key).slug if isinstance(key, dict) else None
+    except (KeyError, TypeError, ValueError):  # not a key this build can read: it says nothing of the GPU
+        return None
+
+
 def _reported_gpu(result: EvalResult) -> str | None:
     """The slug of the device a result was measured on, as the evaluator reports it (None when it does not)."""
-    reported = result.extra.get("hardware") if isinstance(result.extra, dict) else None
-    try:
-        return HardwareKey.from_dict(reported).slug if isinstance(reported, dict) else None
-    except (KeyError, TypeError, ValueError):  # not a key this build can read: the result says nothing of its GPU
-        return None
+    return _gpu_slug(result.extra.get("hardware")) if isinstance(result.extra, dict) else None
+
+
+def _first_reported_gpu(results: Iterable[EvalResult]) -> str | None:
+    return next(filter(None, map(_reported_gpu, results)), None)
 
 
 def measured_gpu(config: dict[str, Any], results: Iterable[EvalResult]) -> str | None:
     """The slug of the GPU a run is measured on, for reports: what its results say, else the key the run recorded
     when it started (None for a run from before GPUs were recorded that has no timed result)."""
-    reported = next(filter(None, map(_reported_gpu, results)), None)
-    recorded = config.get("hardware")
-    if reported is None and isinstance(recorded, dict):
-        try:
-            return HardwareKey.from_dict(recorded).slug
-        except (KeyError, TypeError, ValueError):
-            return None
-    return reported
+    return _first_reported_gpu(results) or _gpu_slug(config.get("hardware"))
 
 
 class SearchEngine:
@@ -199,7 +200,7 @@ class SearchEngine:
         self._slice_end = None if slice_s is None else self._segment_start + slice_s
         self._spend = self._operator_spend()
         evaluated = self.db.evaluated(run_id)
-        self._measured_on = next(filter(None, (_reported_gpu(res) for _, res in evaluated)), None)
+        self._measured_on = _first_reported_gpu(res for _, res in evaluated)
         migrations = self.db.migrations(run_id)
         for spec in self.config.specs:
             key = spec.cache_key()
@@ -224,12 +225,9 @@ class SearchEngine:
         """Refuse to resume on another kind of GPU: the run's population, its screening speedups and the slice's
         promotion choices compare timings, and timings taken on an H100 and an H200 (lent machines give either)
         are never comparable. A run from before the GPU was recorded carries no key and is resumed as before."""
-        recorded = self.db.get_run(run_id).config.get("hardware")
-        if recorded is None:
-            return
-        started_on = HardwareKey.from_dict(recorded)
-        if started_on.slug != self.hardware.slug:
-            raise SearchRefused(f"run {run_id} was measured on {started_on.slug}, this is {self.hardware.slug}: "
+        started_on = _gpu_slug(self.db.get_run(run_id).config.get("hardware"))
+        if started_on is not None and started_on != self.hardware.slug:
+            raise SearchRefused(f"run {run_id} was measured on {started_on}, this is {self.hardware.slug}: "
                                 f"its timings are not comparable across GPUs; start a new run here (run --campaign "
                                 f"...) instead of resuming it")
 
