@@ -23,7 +23,7 @@ Direction = Literal["fwd", "bwd", "both"]
 # flash_v1 backward it keeps; "ignored" has no effect there; "refused" must keep its default (render refuses).
 Ws90Role = Literal["same", "bwd", "ignored", "refused"]
 # Per-spec pruning rules of search/operators.spec_space (logic there, one name per knob here).
-PRUNE_RULES = ("q_tile", "q_tile_bwd", "kv_tile", "decode_splits", "causal", "alibi", "gqa", "hopper")
+PRUNE_RULES = ("q_tile", "q_tile_bwd", "kv_tile", "decode_splits", "decode", "causal", "alibi", "gqa", "hopper")
 
 _TILES = (16, 32, 64, 128, 256)
 _WARPS = (1, 2, 4, 8, 16)
@@ -109,6 +109,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("kv_splits", (1, 2, 4, 8, 16, 32, 64), 1,
          "split the keys across programs (decode, q_len <= 16), reduced by a second kernel",
          accepted=tuple(1 << i for i in range(11)), launch_key="kv_splits", prune="decode_splits", ws90="refused"),
+    Knob("split_combine", _BOOL, False, "with kv_splits > 1, the last split program of each query tile to finish "
+         "combines the tile's partials (an atomic ticket per tile, counters zeroed by the launcher), so the call is "
+         "one launch instead of a forward and a reduce kernel; no effect without kv_splits > 1",
+         constant="SPLIT_COMBINE", launch_key="split_combine", prune="decode", ws90="refused"),
     Knob("pack_gqa", _BOOL, False, "the GROUP q heads sharing a kv head share one program, packed into its query "
          "tile rows (row r = position r // GROUP, head-in-group r % GROUP), so each K/V block is read once per group "
          "(FlashAttention-3's PackGQA; decode's win)", constant="PACK_GQA", launch_key="pack_gqa", prune="gqa",

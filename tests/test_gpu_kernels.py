@@ -17,7 +17,7 @@ import torch
 from avo_inductor.kernels import launch
 from avo_inductor.kernels.baseline import baseline_record
 from avo_inductor.kernels.loader import load_record
-from avo_inductor.kernels.op import attention, register_kernel
+from avo_inductor.kernels.op import attention, get_kernel, register_kernel
 from avo_inductor.kernels.reference import attention_reference, make_inputs, reference_grads, tolerance
 from avo_inductor.check.verify import verify_record
 from avo_inductor.kernels.render import default_genome
@@ -60,6 +60,13 @@ GRID = [
     (8, 8, 1024, 1024, 128, 128, False, None, "none", {"overlap_qk": True}),
     (8, 2, 1000, 1000, 64, 64, True, None, "none", {"overlap_qk": True}),
     (32, 8, 1, 4100, 128, 128, False, None, "padding", {"kv_splits": 16}),
+    # split_combine: the last split program of each tile combines (one launch): packed decode, padded splits past
+    # the last key, unpacked persistent with several query rows, causal ALiBi
+    (32, 8, 1, 8192, 128, 128, False, None, "none", {"split_combine": True}),
+    (32, 8, 1, 4100, 128, 128, False, None, "padding", {"kv_splits": 16, "split_combine": True}),
+    (8, 8, 5, 1000, 64, 64, True, None, "none", {"kv_splits": 4, "pack_gqa": False, "persistent": True,
+                                                 "split_combine": True}),
+    (8, 2, 3, 1000, 72, 72, True, None, "alibi", {"kv_splits": 8, "split_combine": True}),
     # flash_ws90 (Gluon, sm_90): ragged lengths, GQA, Nq < Nk and Nq > Nk causal (rows with no key), 1-row queries,
     # 64-key tiles with 4 stages; the backward is flash_v1's on the ws90 forward's LSE
     (8, 8, 1000, 1000, 128, 128, True, None, "none", {"template": "flash_ws90"}),
@@ -128,6 +135,33 @@ def test_gpu_verify_baseline_and_compiled_op(knobs):
     gatol, grtol = tolerance("bfloat16", grad=True)
     for g, r in zip((q.grad, k.grad, v.grad), reference_grads(inp.q, inp.k, inp.v, do, causal=True)):
         torch.testing.assert_close(g.double(), r, atol=gatol, rtol=grtol)
+
+
+def test_gpu_split_combine_compiled_and_replayed():
+    """split_combine decode inlined by Inductor (its tickets a zero-filled buffer of the compiled graph) and replayed
+    from a CUDA graph: every call and replay starts from zeroed tickets, so each stays exact."""
+    spec = AttentionSpec(2, 32, 8, 1, 8192, 128, dtype="bfloat16")
+    genome = default_genome(spec, HardwareKey.current()).replace(split_combine=True)
+    assert genome.kv_splits > 1
+    kid = register_kernel(baseline_record(spec, genome=genome))
+    inp = make_inputs(spec, "cuda")
+    atol, rtol = tolerance("bfloat16")
+    ref = attention_reference(inp.q, inp.k, inp.v)
+    fn = torch.compile(lambda q, k, v: attention(q, k, v, kernel_id=kid), backend="inductor")
+    for _ in range(3):
+        torch.testing.assert_close(fn(inp.q, inp.k, inp.v).double(), ref, atol=atol, rtol=rtol)
+    kernel = get_kernel(kid)
+    call = lambda: launch.forward(kernel.functions, kernel.launch, inp.q, inp.k, inp.v, None, scale=None,  # noqa: E731
+                                  causal=False, window=0, mask_kind="none")[0]
+    call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    for _ in range(3):
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

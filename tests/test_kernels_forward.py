@@ -73,6 +73,14 @@ CASES = [
     (4, 4, 1, 1024, 40, 40, "float16", False, None, "none", {"overlap_qk": True, "kv_splits": 4}),
     (2, 2, 48, 64, 64, 64, "bfloat16", False, None, "none", {"overlap_qk": True, "use_tma": True}),
     (2, 2, 17, 113, 24, 24, "float16", False, None, "bias", {"overlap_qk": True}),
+    # split_combine: the last split program of each tile combines the partials (no reduce kernel): plain, causal
+    # with rows past every key, persistent (tickets inside the tile walk), a window, splits past the last key
+    (4, 4, 1, 70, 32, 32, "bfloat16", False, None, "none", {"kv_splits": 4, "split_combine": True}),
+    (2, 1, 5, 37, 48, 48, "float16", True, None, "bool", {"kv_splits": 2, "persistent": True, "pack_gqa": False,
+                                                          "split_combine": True}),
+    (4, 4, 1, 1000, 40, 24, "float32", False, 300, "alibi", {"kv_splits": 16, "block_n": 32, "pack_gqa": False,
+                                                              "split_combine": True}),
+    (2, 2, 17, 17, 111, 111, "float16", True, None, "padding", {"kv_splits": 8, "split_combine": True}),
 ]
 
 
@@ -103,6 +111,12 @@ PACKED_CASES = [
     (4, 2, 8, 64, 32, 32, "float16", False, None, "none", {"even_fast_path": True}),  # rows 16: EVEN_M, nq 8 is not
     (8, 2, 16, 48, 16, 16, "bfloat16", True, None, "none", {"even_fast_path": True, "block_m": 64}),
     (4, 1, 17, 113, 40, 40, "float16", True, None, "bool", {"use_tma": True, "heavy_first": True}),
+    # split_combine on packed tiles: a decode group, rows past N_Q * GROUP, persistent, causal with empty rows
+    (4, 1, 1, 1000, 72, 72, "bfloat16", False, None, "none", {"kv_splits": 8, "block_n": 64, "split_combine": True}),
+    (6, 2, 3, 113, 40, 40, "float32", True, None, "alibi", {"kv_splits": 4, "split_combine": True}),
+    (4, 1, 17, 1000, 40, 24, "bfloat16", False, None, "bias", {"kv_splits": 4, "persistent": True, "block_n": 64,
+                                                                  "split_combine": True}),
+    (4, 2, 3, 1, 40, 40, "float32", True, None, "none", {"kv_splits": 2, "split_combine": True}),
 ]
 
 
@@ -203,6 +217,39 @@ def test_packed_launch_grids(monkeypatch):
         _check_forward(spec, knobs)
         assert grids[0] == ("attn_fwd", fwd), knobs
         assert grids[1:] == ([("attn_fwd_reduce", red)] if red else []), knobs
+
+
+def test_split_combine_is_one_launch_with_fresh_tickets(monkeypatch):
+    """split_combine: one launch of attn_fwd_split_combine over the split grid, no reduce kernel; its tickets come
+    zeroed on every call (an eager plan reused from the plan cache too), so repeated calls stay exact; without
+    kv_splits > 1 the knob changes nothing."""
+    launches = []
+    real = launch._launch
+
+    def recording(fn, grid, **kw):
+        launches.append((fn.__name__, grid, kw.get("TICKETS")))
+        tickets = kw.get("TICKETS")
+        if tickets is not None:
+            assert tickets.dtype == torch.int32 and not tickets.any()  # zero before the launch
+        real(fn, grid, **kw)
+        if tickets is not None:  # every split of every tile took its ticket
+            assert torch.equal(tickets, torch.full_like(tickets, kw["SPLITS"]))
+
+    monkeypatch.setattr(launch, "_launch", recording)
+    spec = AttentionSpec(2, 8, 2, 3, 40, 16, dtype="float32")  # group 4: 12 packed rows per kv head
+    kernel = load(spec, pack_gqa=True, kv_splits=2, split_combine=True, block_m=16)
+    inp = fresh(spec)
+    ref = attention_reference(inp.q, inp.k, inp.v, mask=inp.mask, **call_args(spec))
+    launch.PLANS.clear()
+    for _ in range(3):
+        out, _ = launch.forward(kernel.functions, kernel.launch, inp.q, inp.k, inp.v, inp.mask, **call_args(spec))
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    assert [(name, grid) for name, grid, _ in launches] == [("attn_fwd_split_combine", (2, 4))] * 3
+    assert launches[0][2].shape == (1 * 2 * 2,)  # one row tile per (batch, kv head)
+    assert kernel.functions.split_combine is not None
+    launches.clear()
+    _check_forward(spec, {"pack_gqa": True, "split_combine": True})
+    assert [name for name, _, _ in launches] == ["attn_fwd"]
 
 
 def test_launch_config_pack_gqa_key():

@@ -19,6 +19,11 @@ Forward ``{entry}`` (all arguments by keyword, in this order):
   and ``{entry}_reduce``(OP, LSEP, O, LSE, stride_o{b,h,m,d}, BATCH, H_Q, N_Q, V_HEAD_DIM, BLOCK_M, BLOCK_DV,
   SPLITS) combines it, grid (cdiv(Nq, BLOCK_M), B * Hq); the reduce's BLOCK_M is its own row tile
   (REDUCE_BLOCK_M), not the forward's.
+  With launch["split_combine"] true (and SPLITS > 1) no reduce runs: ``{entry}_split_combine`` takes the forward's
+  arguments (O, LSE the partial buffers above) followed by OF, LSEF (the output and its lse), TICKETS (a zeroed
+  int32 buffer, one counter per forward row tile of each batch * head of the grid's second axis, tile index
+  head_index * cdiv(rows, BLOCK_M) + row tile) and stride_f{b,h,m,d} of OF, with the forward's grid: the last
+  program of a tile to take its ticket combines that tile's partials.
 Grid rules (launch["grid"]): "fwd" (cdiv(Nq, BLOCK_M), B * Hq) with kv_splits 1; "splitkv"
   (cdiv(Nq, BLOCK_M) * SPLITS, B * Hq); "persistent" (min(tiles, SM count),), tiles walked in-kernel.
 Packed GQA (launch["pack_gqa"] true; the source must pack too, flash_v1 renders PACK_GQA = True): the forward's
@@ -110,6 +115,7 @@ class KernelFunctions:
 
     fwd: TritonKernel
     reduce: TritonKernel | None = None
+    split_combine: TritonKernel | None = None
     bwd_preprocess: TritonKernel | None = None
     bwd_dkdv: TritonKernel | None = None
     bwd_dq: TritonKernel | None = None
@@ -308,12 +314,21 @@ def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, An
     even = cfg.even_fast_path
     buffers: dict[str, tuple[tuple[Any, ...], torch.dtype]] = {}
     o_role, l_role = "out", "lse"
+    zeroed: tuple[str, ...] = ()
     if splits > 1:
         buffers = {"o_buf": ((b, hq * splits, nq, dv), torch.float32), "l_buf": ((b, hq * splits, nq), torch.float32)}
         o_role, l_role = "o_buf", "l_buf"
     # Packed GQA: tiles over the Nq * GROUP (position, head-in-group) rows of each (batch, kv head).
     rows, heads = (nq * sc["GROUP"], hkv) if cfg.pack_gqa else (nq, hq)
     num_m = _cdiv(rows, cfg.block_m)
+    fused = splits > 1 and cfg.split_combine
+    if fused:
+        if fns.split_combine is None:
+            raise RuntimeError("split_combine needs the source's '{entry}_split_combine' kernel")
+        # Zeroed every call, never kept between calls: a counter shared by two launches in flight on two streams
+        # (or two CUDA-graph replays) would hand one of them the last ticket before its partials are stored.
+        buffers["tickets"] = ((num_m * b * heads,), torch.int32)
+        zeroed = ("tickets",)
     if cfg.grid == "persistent":
         n_prog = (torch.cuda.get_device_properties(q.device).multi_processor_count
                   if q.device.type == "cuda" else _CPU_PROGRAMS)
@@ -321,13 +336,19 @@ def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, An
     else:
         grid = (num_m * splits, b * heads)
     o_strides = _contiguous_strides(buffers["o_buf"][0]) if splits > 1 else out_strides
-    launches = [PlannedLaunch(fns.fwd, grid, dict(
+    fwd_static = dict(
         **_strides("q", q), **_strides("k", k, "bhnd"), **_strides("v", v, "bhnd"), **_strides("o", o_strides),
         **_strides("m", m_strides, "bhmn"), **sc, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, MASK_KIND=code,
         EVEN_M=even and _known_multiple(rows, cfg.block_m), EVEN_N=even and _known_multiple(nk, cfg.block_n),
-        SPLITS=splits, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
-        dict(Q="q", K="k", V="v", O=o_role, LSE=l_role, MASK="mask"))]
-    if splits > 1:
+        SPLITS=splits, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    fwd_roles = dict(Q="q", K="k", V="v", O=o_role, LSE=l_role, MASK="mask")
+    if fused:
+        assert fns.split_combine is not None
+        launches = [PlannedLaunch(fns.split_combine, grid, {**fwd_static, **_strides("f", out_strides)},
+                                  {**fwd_roles, "OF": "out", "LSEF": "lse", "TICKETS": "tickets"})]
+    else:
+        launches = [PlannedLaunch(fns.fwd, grid, fwd_static, fwd_roles)]
+    if splits > 1 and not fused:
         if fns.reduce is None:
             raise RuntimeError("kv_splits > 1 needs the source's '{entry}_reduce' kernel")
         rb = REDUCE_BLOCK_M
@@ -337,7 +358,7 @@ def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, An
             BLOCK_DV=sc["BLOCK_DV"], SPLITS=splits, num_warps=1, num_stages=1),
             dict(OP="o_buf", LSEP="l_buf", O="out", LSE="lse")))
     return ForwardPlan(out_shape, lse_shape, buffers, copies, False, {}, tuple(launches), via=_launch,
-                       copy=_for_descriptors, allocator=_scratch if cfg.tma else None)
+                       copy=_for_descriptors, allocator=_scratch if cfg.tma else None, zeroed=zeroed)
 
 
 def _contiguous_strides(shape: tuple[Any, ...]) -> tuple[Any, ...]:

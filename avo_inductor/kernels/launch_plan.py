@@ -104,6 +104,7 @@ class ForwardPlan:
     descriptor: Callable[[torch.Tensor, DescriptorSpec], Any] | None = None
     allocator: Callable[..., Any] | None = None  # Triton's global-scratch allocator, set before every launch
     unit_stride_out: bool = False  # the kernel needs O with a unit last stride (a caller's other out gets a copy)
+    zeroed: tuple[str, ...] = ()  # buffers allocated zero-filled on every call (split_combine's tickets)
     owner: Any = None  # what the plan key names by id (kernel functions, launch config): kept alive with the plan
     _templates: dict[str, Any] = field(default_factory=dict, repr=False)  # descriptors of the first run
 
@@ -120,7 +121,8 @@ class ForwardPlan:
             target = torch.empty(out.shape, dtype=out.dtype, device=out.device)
         tensors["out"], tensors["lse"] = target, lse
         for role, (shape, dtype) in self.buffers.items():
-            tensors[role] = torch.empty(shape, dtype=dtype, device=q.device)
+            make = torch.zeros if role in self.zeroed else torch.empty
+            tensors[role] = make(shape, dtype=dtype, device=q.device)
         for role, spec in self.descriptors.items():
             template = self._templates.get(role)
             if template is None:

@@ -52,7 +52,7 @@ def required_functions(entry_point: str, bwd_entry_point: str | None, launch: Ma
     """Every @triton.jit name the launcher will call for this entry point / launch config."""
     names = [entry_point]
     if int(launch.get("kv_splits", 1)) > 1:
-        names.append(f"{entry_point}_reduce")
+        names.append(f"{entry_point}_split_combine" if launch.get("split_combine") else f"{entry_point}_reduce")
     if bwd_entry_point:
         names += [f"{bwd_entry_point}_preprocess", f"{bwd_entry_point}_dkdv", f"{bwd_entry_point}_dq"]
     return tuple(names)
@@ -195,9 +195,12 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
     cfg = LaunchConfig.from_dict(launch)
     module = _import(_write_source(source, actual), actual)
     reduce_name = f"{entry_point}_reduce"
+    fused = cfg.kv_splits > 1 and cfg.split_combine
     fns = KernelFunctions(
         fwd=_function(module, entry_point),
-        reduce=_function(module, reduce_name) if reduce_name in module.__dict__ or cfg.kv_splits > 1 else None,
+        reduce=_function(module, reduce_name) if reduce_name in module.__dict__ or (cfg.kv_splits > 1 and not fused)
+        else None,
+        split_combine=_function(module, f"{entry_point}_split_combine") if fused else None,
         bwd_preprocess=_function(module, f"{bwd_entry_point}_preprocess") if bwd_entry_point else None,
         bwd_dkdv=_function(module, f"{bwd_entry_point}_dkdv") if bwd_entry_point else None,
         bwd_dq=_function(module, f"{bwd_entry_point}_dq") if bwd_entry_point else None,

@@ -21,9 +21,10 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
     """The values of a knob under pruning rule ``rule`` (artifact.PRUNE_RULES) for ``spec``; None drops the knob
     (frozen at its default). Why each cut: a tile larger than next_pow2(length) only computes masked-out padding
     (the forward's rows are q_len * GQA group when pack_gqa can pack them); kv_splits is the decode (q_len <= 16)
-    split-K and must leave every split at least one key tile; causal-only knobs are no-ops without a causal mask or
-    window; pack_gqa needs q heads sharing a kv head; the alibi knobs change ALiBi kernels only; TMA and warp
-    specialization need Hopper (sm90+) and do not exist in the CPU interpreter."""
+    split-K and must leave every split at least one key tile, and split_combine acts on decode's splits only;
+    causal-only knobs are no-ops without a causal mask or window; pack_gqa needs q heads sharing a kv head; the
+    alibi knobs change ALiBi kernels only; TMA and warp specialization need Hopper (sm90+) and do not exist in the
+    CPU interpreter."""
     gqa = spec.q_heads != spec.kv_heads
     if rule == "q_tile":
         limit = next_power_of_two(spec.q_len * spec.gqa_group if gqa else spec.q_len)
@@ -34,6 +35,8 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
         return tuple(v for v in values if v <= next_power_of_two(spec.kv_len))
     if rule == "decode_splits":
         return tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
+    if rule == "decode":
+        return values if spec.is_decode else (False,)
     if rule == "causal":
         return values if spec.causal or spec.window else None
     if rule == "alibi":

@@ -101,6 +101,8 @@ def configs() -> list[Config]:
         out.append(Config(f"decode/d{d}/none/split-nopack", dec, knobs=(("pack_gqa", False),),
                           kernels=("attn_fwd", "attn_fwd_reduce")))
         out.append(Config(f"decode/d{d}/none/pack-nosplit", dec, knobs=(("kv_splits", 1),)))
+        out.append(Config(f"decode/d{d}/none/pack-split-combine", dec, knobs=(("split_combine", True),),
+                          kernels=("attn_fwd_split_combine",)))
         out.append(Config(f"fwd/d{d}/none/full/gqa", _spec(d, hq=8, hkv=2)))
         # Backward source knobs.
         bwd_knobs: list[tuple[tuple[str, Any], ...]] = [
@@ -223,6 +225,13 @@ def _fwd_args(spec: AttentionSpec, g: Any) -> dict[str, Any]:
                 num_stages=g.num_stages)
 
 
+def _split_combine_args(spec: AttentionSpec, g: Any) -> dict[str, Any]:
+    """attn_fwd_split_combine's arguments: the forward's, then the output, its lse, the tickets and OF's strides."""
+    dv = spec.v_head_dim or spec.head_dim
+    return dict(**_fwd_args(spec, g), OF=_buf(_DTYPES[spec.dtype]), LSEF=_buf(torch.float32),
+                TICKETS=_buf(torch.int32), **_strides("f", _contig((spec.batch, spec.q_heads, spec.q_len, dv))))
+
+
 def _reduce_args(spec: AttentionSpec, g: Any) -> dict[str, Any]:
     dt = _DTYPES[spec.dtype]
     dv = spec.v_head_dim or spec.head_dim
@@ -340,6 +349,8 @@ def digest_config(cfg: Config) -> dict[str, str]:
                     ptx = _compile_ws90(fn, cfg.spec, g, cfg.bias_tma)
                 elif kernel == "attn_fwd":
                     ptx = _compile_triton(fn, _fwd_args(cfg.spec, g))
+                elif kernel == "attn_fwd_split_combine":
+                    ptx = _compile_triton(fn, _split_combine_args(cfg.spec, g))
                 elif kernel == "attn_fwd_reduce":
                     ptx = _compile_triton(fn, _reduce_args(cfg.spec, g))
                 else:

@@ -17,6 +17,9 @@ ALIBI_MMA: ALiBi blocks wholly on one side of a tile's diagonal take their per-k
 (_fwd_inner_alibi_mma), so their softmax is the unmasked one plus per-row work.
 ALIBI_BOUND: ALiBi tiles skip the keys too far from every row's diagonal to weigh anything (_alibi_span): MASK holds
 the slopes followed by each (batch, kv head)'s largest key norm (launch["alibi_bound"]).
+SPLIT_COMBINE (split-K only): the entry attn_fwd_split_combine runs the same programs and then the last split program
+of each query tile to finish (an atomic ticket per tile, the launcher zeroes the counters) combines the tile's partials
+into O, so a decode call is one launch instead of a forward and a reduce (_combine_when_last).
 """
 import triton
 import triton.language as tl
@@ -36,6 +39,7 @@ BWD_DQ_TMA = tl.constexpr(False)
 OVERLAP_QK = tl.constexpr(False)
 ALIBI_MMA = tl.constexpr(False)
 ALIBI_BOUND = tl.constexpr(False)
+SPLIT_COMBINE = tl.constexpr(False)
 # GENOME-CONSTANTS-END
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -571,17 +575,13 @@ def _fwd_tile(Q, K, V, O, LSE, MASK, strides, pid_m, split, off_b, off_h, H_Q, G
 
 
 @triton.jit
-def attn_fwd(Q, K, V, O, LSE, MASK,
-             stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-             stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
-             stride_mb, stride_mh, stride_mm, stride_mn,
-             BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
-             HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-             MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
-    strides = (stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
-               stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
-               stride_mb, stride_mh, stride_mm, stride_mn)
+def _fwd_programs(Q, K, V, O, LSE, MASK, strides, BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window, final,
+                  HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                  MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr,
+                  COMBINE: tl.constexpr):
+    """This program's tiles (one, or a grid-stride walk when PERSISTENT). COMBINE: after each tile, the last split
+    program of it combines the partials into ``final`` (OF, LSEF, TICKETS, 4 strides of OF)."""
     if PACK_GQA:
         # Tiles of N_Q * GROUP packed rows per (batch, kv head): the grid's second axis is B * H_KV.
         H_T = H_Q // GROUP
@@ -604,6 +604,10 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
                       sm_scale, window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
                       BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW,
                       MASK_KIND=MASK_KIND, EVEN_M=EVEN_M, EVEN_N=EVEN_N, SPLITS=SPLITS)
+            if COMBINE:
+                _combine_when_last(O, LSE, final, bh * tl.cdiv(ROWS, BLOCK_M) + pid_m, pid_m, bh // H_T, bh % H_T,
+                                   H_Q, GROUP, N_Q, V_HEAD_DIM=V_HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_DV=BLOCK_DV,
+                                   SPLITS=SPLITS)
     else:
         pid0 = tl.program_id(0)
         bh = tl.program_id(1)
@@ -614,45 +618,128 @@ def attn_fwd(Q, K, V, O, LSE, MASK,
                   sm_scale, window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
                   BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW, MASK_KIND=MASK_KIND,
                   EVEN_M=EVEN_M, EVEN_N=EVEN_N, SPLITS=SPLITS)
+        if COMBINE:
+            _combine_when_last(O, LSE, final, bh * tl.cdiv(ROWS, BLOCK_M) + pid_m, pid_m, bh // H_T, bh % H_T, H_Q,
+                               GROUP, N_Q, V_HEAD_DIM=V_HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_DV=BLOCK_DV, SPLITS=SPLITS)
+
+
+@triton.jit
+def attn_fwd(Q, K, V, O, LSE, MASK,
+             stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+             stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+             stride_mb, stride_mh, stride_mm, stride_mn,
+             BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+             HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
+    strides = (stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+               stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+               stride_mb, stride_mh, stride_mm, stride_mn)
+    _fwd_programs(Q, K, V, O, LSE, MASK, strides, BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window, None,
+                  HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV, BLOCK_M=BLOCK_M,
+                  BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW, MASK_KIND=MASK_KIND, EVEN_M=EVEN_M,
+                  EVEN_N=EVEN_N, SPLITS=SPLITS, COMBINE=False)
+
+
+@triton.jit
+def attn_fwd_split_combine(Q, K, V, O, LSE, MASK,
+                           stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+                           stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+                           stride_mb, stride_mh, stride_mm, stride_mn,
+                           BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window,
+                           OF, LSEF, TICKETS, stride_fb, stride_fh, stride_fm, stride_fd,
+                           HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                           BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, MASK_KIND: tl.constexpr,
+                           EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, SPLITS: tl.constexpr):
+    """The split-K forward in one launch: attn_fwd's programs (O, LSE: the split partial buffers), then per query
+    tile the last split program to finish combines its partials into OF (the output) and LSEF."""
+    tl.static_assert(SPLITS > 1)
+    strides = (stride_qb, stride_qh, stride_qm, stride_qd, stride_kb, stride_kh, stride_kn, stride_kd,
+               stride_vb, stride_vh, stride_vn, stride_vd, stride_ob, stride_oh, stride_om, stride_od,
+               stride_mb, stride_mh, stride_mm, stride_mn)
+    final = (OF, LSEF, TICKETS, stride_fb, stride_fh, stride_fm, stride_fd)
+    _fwd_programs(Q, K, V, O, LSE, MASK, strides, BATCH, H_Q, GROUP, N_Q, N_KV, sm_scale, window, final,
+                  HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV, BLOCK_M=BLOCK_M,
+                  BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW, MASK_KIND=MASK_KIND, EVEN_M=EVEN_M,
+                  EVEN_N=EVEN_N, SPLITS=SPLITS, COMBINE=True)
+
+
+@triton.jit
+def _combine_when_last(OP, LSEP, final, tile, pid_m, off_b, off_h, H_Q, GROUP, N_Q, V_HEAD_DIM: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr):
+    """Take this tile's ticket after its partial is stored; the program drawing the last one (every other split of
+    the tile has stored and released its partial) combines the SPLITS partials of the tile's rows into the output.
+    The barrier makes every warp's partial stores precede the ticket, whose release (one thread, GPU scope) then
+    covers them, as CUDA's grid sync does; the winner's acquire orders its reads after every other release."""
+    OF, LSEF, TICKETS, stride_fb, stride_fh, stride_fm, stride_fd = final
+    tl.debug_barrier()
+    ticket = tl.atomic_add(TICKETS + tile, 1, sem="acq_rel", scope="gpu")
+    if ticket == SPLITS - 1:
+        offs_m, head_m = _tile_rows(pid_m, off_h, GROUP, BLOCK_M)
+        row_ok = offs_m < N_Q
+        _combine_rows(OP, LSEP, OF, LSEF, off_b * H_Q + head_m, offs_m, row_ok, stride_fb, stride_fh, stride_fm,
+                      stride_fd, H_Q, N_Q, V_HEAD_DIM=V_HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_DV=BLOCK_DV, SPLITS=SPLITS)
+
+
+@triton.jit
+def _tile_rows(pid_m, off_h, GROUP, BLOCK_M: tl.constexpr):
+    """(query position, q head) of each row of tile ``pid_m`` of head ``off_h`` (the kv head when PACK_GQA)."""
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if PACK_GQA:
+        return offs_r // GROUP, off_h * GROUP + offs_r % GROUP
+    return offs_r, off_h + offs_r * 0
+
+
+@triton.jit
+def _combine_rows(OP, LSEP, O, LSE, bh, offs_m, row_ok, stride_ob, stride_oh, stride_om, stride_od, H_Q, N_Q,
+                  V_HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr):
+    """Combine SPLITS partial (normalised output, lse) pairs of rows (bh = batch * H_Q + q head, position):
+    o = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max). Partials are contiguous fp32 (B, H_Q * SPLITS, N_Q,
+    V_HEAD_DIM), read past L1 (.cg): other programs wrote them during this launch."""
+    offs_dv = tl.arange(0, BLOCK_DV)
+    bh = bh.to(tl.int64)
+    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        m = tl.maximum(m, tl.load(LSEP + (bh * SPLITS + s) * N_Q + offs_m, mask=row_ok, other=float("-inf"),
+                                  cache_modifier=".cg"))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    den = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        w = tl.exp(tl.load(LSEP + (bh * SPLITS + s) * N_Q + offs_m, mask=row_ok, other=float("-inf"),
+                           cache_modifier=".cg") - m_safe)
+        part = tl.load(OP + ((bh * SPLITS + s) * N_Q + offs_m)[:, None] * V_HEAD_DIM + offs_dv[None, :],
+                       mask=row_ok[:, None] & (offs_dv[None, :] < V_HEAD_DIM), other=0.0, cache_modifier=".cg")
+        den += w
+        acc += w[:, None] * part
+    empty = den == 0.0
+    acc = acc / tl.where(empty, 1.0, den)[:, None]
+    lse = tl.where(empty, float("inf"), m_safe + tl.log(den))
+    off_b = bh // H_Q
+    off_h = bh % H_Q
+    o_ptrs = O + (off_b * stride_ob + off_h * stride_oh + offs_m * stride_om)[:, None] + offs_dv[None, :] * stride_od
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < V_HEAD_DIM))
+    tl.store(LSE + bh * N_Q + offs_m, lse, mask=row_ok)
 # EVOLVE-BLOCK-END
 
 
 @triton.jit
 def attn_fwd_reduce(OP, LSEP, O, LSE, stride_ob, stride_oh, stride_om, stride_od, BATCH, H_Q, N_Q,
                     V_HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr, SPLITS: tl.constexpr):
-    """Combine SPLITS partial (normalised output, lse) pairs: o = sum_s w_s o_s / sum_s w_s, w_s = exp(lse_s - max).
+    """Combine SPLITS partial (normalised output, lse) pairs (_combine_rows), the second kernel of a split-K call.
 
     Unpacked: grid (cdiv(N_Q, BLOCK_M), BATCH * H_Q), one (batch, q head) per program. PACK_GQA: grid
     (cdiv(BATCH * H_Q * N_Q, BLOCK_M), 1), the rows of every (batch, q head, position) packed densely, so decode's
     one query per head fills the tile instead of one lane of it."""
-    offs_dv = tl.arange(0, BLOCK_DV)
     if PACK_GQA:
         offs_t = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_t < BATCH * H_Q * N_Q
         bh = offs_t // N_Q  # (BM,) batch * H_Q + q head of each row
         offs_m = offs_t % N_Q
     else:
-        pid_m = tl.program_id(0)
-        bh = tl.program_id(1).to(tl.int64)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = offs_m < N_Q
-    off_b = bh // H_Q
-    off_h = bh % H_Q
-    m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for s in tl.static_range(SPLITS):
-        m = tl.maximum(m, tl.load(LSEP + (bh * SPLITS + s) * N_Q + offs_m, mask=row_ok, other=float("-inf")))
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    den = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for s in tl.static_range(SPLITS):
-        w = tl.exp(tl.load(LSEP + (bh * SPLITS + s) * N_Q + offs_m, mask=row_ok, other=float("-inf")) - m_safe)
-        part = tl.load(OP + ((bh * SPLITS + s) * N_Q + offs_m)[:, None] * V_HEAD_DIM + offs_dv[None, :],
-                       mask=row_ok[:, None] & (offs_dv[None, :] < V_HEAD_DIM), other=0.0)
-        den += w
-        acc += w[:, None] * part
-    empty = den == 0.0
-    acc = acc / tl.where(empty, 1.0, den)[:, None]
-    lse = tl.where(empty, float("inf"), m_safe + tl.log(den))
-    o_ptrs = O + (off_b * stride_ob + off_h * stride_oh + offs_m * stride_om)[:, None] + offs_dv[None, :] * stride_od
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < V_HEAD_DIM))
-    tl.store(LSE + bh * N_Q + offs_m, lse, mask=row_ok)
+        bh = tl.program_id(1).to(tl.int64) + offs_m * 0
+    _combine_rows(OP, LSEP, O, LSE, bh, offs_m, row_ok, stride_ob, stride_oh, stride_om, stride_od, H_Q, N_Q,
+                  V_HEAD_DIM=V_HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_DV=BLOCK_DV, SPLITS=SPLITS)
