@@ -14,7 +14,7 @@ from escape_corpus import BASE, CORPUS, ENTRY
 from avo_inductor.kernels import grammar_text, grammar_vocab
 from avo_inductor.kernels.genome import GENOME_SPACE
 from avo_inductor.kernels.grammar import Violation, assert_allowed, check_source
-from avo_inductor.kernels.loader import load_source
+from avo_inductor.kernels.loader import load_source, required_functions, static_violations
 from avo_inductor.kernels.render import default_genome, render
 from avo_inductor.spec import AttentionSpec, HardwareKey, MaskKind
 
@@ -93,6 +93,9 @@ def test_default_genomes_render_to_accepted_source(spec: AttentionSpec, hardware
     assert check_source(rk.source, (rk.entry_point,) + ENTRIES[1:]) == []
     if spec.q_len == 1 and hardware is H100:
         assert _launch(rk)["kv_splits"] > 1 and check_source(rk.source, ("attn_fwd_reduce",)) == []
+        fused = render(genome.replace(split_combine=True), spec)
+        assert required_functions(fused.entry_point, None, _launch(fused)) == ("attn_fwd", "attn_fwd_split_combine")
+        assert static_violations(fused.source, fused.entry_point, fused.bwd_entry_point, _launch(fused)) == []
 
 
 def _variants(spec: AttentionSpec, hardware: HardwareKey):

@@ -38,6 +38,9 @@ def test_mutation_stays_valid_over_many_seeds(spec: AttentionSpec) -> None:
 def test_spec_space_filters() -> None:
     assert spec_space(DECODE)["kv_splits"] == GENOME_SPACE["kv_splits"]
     assert spec_space(PREFILL)["kv_splits"] == (1,)
+    assert spec_space(DECODE)["split_combine"] == (False, True)  # decode's splits only
+    assert spec_space(PREFILL)["split_combine"] == (False,)
+    assert "split_combine" not in spec_space(DECODE, template="flash_ws90")
     assert spec_space(AttentionSpec(1, 2, 2, 20, 20, 16))["block_m"] == (16, 32)
     assert "causal_split" not in spec_space(AttentionSpec(1, 2, 2, 64, 64, 16))
     assert spec_space(PREFILL, H100)["use_tma"] == (False, True)
