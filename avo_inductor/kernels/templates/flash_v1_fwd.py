@@ -600,27 +600,38 @@ def _fwd_programs(Q, K, V, O, LSE, MASK, strides, BATCH, H_Q, GROUP, N_Q, N_KV, 
             # Reversed within each (batch, head), never across heads: neighbouring programs keep sharing K/V in L2.
             if IS_CAUSAL and HEAVY_FIRST:
                 pid_m = tl.cdiv(ROWS, BLOCK_M) - 1 - pid_m
-            _fwd_tile(Q, K, V, O, LSE, MASK, strides, pid_m, r % SPLITS, bh // H_T, bh % H_T, H_Q, GROUP, N_Q, N_KV,
-                      sm_scale, window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
-                      BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW,
-                      MASK_KIND=MASK_KIND, EVEN_M=EVEN_M, EVEN_N=EVEN_N, SPLITS=SPLITS)
-            if COMBINE:
-                _combine_when_last(O, LSE, final, bh * tl.cdiv(ROWS, BLOCK_M) + pid_m, pid_m, bh // H_T, bh % H_T,
-                                   H_Q, GROUP, N_Q, V_HEAD_DIM=V_HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_DV=BLOCK_DV,
-                                   SPLITS=SPLITS)
+            _program_tile(Q, K, V, O, LSE, MASK, strides, final, pid_m, r % SPLITS, bh, H_T, ROWS, H_Q, GROUP, N_Q,
+                          N_KV, sm_scale, window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D,
+                          BLOCK_DV=BLOCK_DV, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL,
+                          HAS_WINDOW=HAS_WINDOW, MASK_KIND=MASK_KIND, EVEN_M=EVEN_M, EVEN_N=EVEN_N, SPLITS=SPLITS,
+                          COMBINE=COMBINE)
     else:
         pid0 = tl.program_id(0)
         bh = tl.program_id(1)
         pid_m = pid0 // SPLITS
         if IS_CAUSAL and HEAVY_FIRST:
             pid_m = tl.cdiv(ROWS, BLOCK_M) - 1 - pid_m
-        _fwd_tile(Q, K, V, O, LSE, MASK, strides, pid_m, pid0 % SPLITS, bh // H_T, bh % H_T, H_Q, GROUP, N_Q, N_KV,
-                  sm_scale, window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV,
-                  BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW, MASK_KIND=MASK_KIND,
-                  EVEN_M=EVEN_M, EVEN_N=EVEN_N, SPLITS=SPLITS)
-        if COMBINE:
-            _combine_when_last(O, LSE, final, bh * tl.cdiv(ROWS, BLOCK_M) + pid_m, pid_m, bh // H_T, bh % H_T, H_Q,
-                               GROUP, N_Q, V_HEAD_DIM=V_HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_DV=BLOCK_DV, SPLITS=SPLITS)
+        _program_tile(Q, K, V, O, LSE, MASK, strides, final, pid_m, pid0 % SPLITS, bh, H_T, ROWS, H_Q, GROUP, N_Q,
+                      N_KV, sm_scale, window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D,
+                      BLOCK_DV=BLOCK_DV, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW,
+                      MASK_KIND=MASK_KIND, EVEN_M=EVEN_M, EVEN_N=EVEN_N, SPLITS=SPLITS, COMBINE=COMBINE)
+
+
+@triton.jit
+def _program_tile(Q, K, V, O, LSE, MASK, strides, final, pid_m, split, bh, H_T, ROWS, H_Q, GROUP, N_Q, N_KV,
+                  sm_scale, window, HEAD_DIM: tl.constexpr, V_HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                  HAS_WINDOW: tl.constexpr, MASK_KIND: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+                  SPLITS: tl.constexpr, COMBINE: tl.constexpr):
+    """Split ``split`` of row tile ``pid_m`` of grid head ``bh`` (batch * H_T + head), then with COMBINE its
+    ticket (the tile's counter: bh * cdiv(ROWS, BLOCK_M) + pid_m)."""
+    _fwd_tile(Q, K, V, O, LSE, MASK, strides, pid_m, split, bh // H_T, bh % H_T, H_Q, GROUP, N_Q, N_KV, sm_scale,
+              window, HEAD_DIM=HEAD_DIM, V_HEAD_DIM=V_HEAD_DIM, BLOCK_D=BLOCK_D, BLOCK_DV=BLOCK_DV, BLOCK_M=BLOCK_M,
+              BLOCK_N=BLOCK_N, IS_CAUSAL=IS_CAUSAL, HAS_WINDOW=HAS_WINDOW, MASK_KIND=MASK_KIND, EVEN_M=EVEN_M,
+              EVEN_N=EVEN_N, SPLITS=SPLITS)
+    if COMBINE:
+        _combine_when_last(O, LSE, final, bh * tl.cdiv(ROWS, BLOCK_M) + pid_m, pid_m, bh // H_T, bh % H_T, H_Q,
+                           GROUP, N_Q, V_HEAD_DIM=V_HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_DV=BLOCK_DV, SPLITS=SPLITS)
 
 
 @triton.jit
