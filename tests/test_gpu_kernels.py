@@ -164,6 +164,29 @@ def test_gpu_split_combine_compiled_and_replayed():
         torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
 
 
+def test_gpu_split_combine_on_two_streams_at_once():
+    """Two split_combine calls of one launch plan in flight together on two streams: each has its own zeroed
+    tickets, so neither combines the other's partials early."""
+    spec = AttentionSpec(1, 32, 8, 1, 32768, 128, dtype="bfloat16")
+    genome = default_genome(spec, HardwareKey.current()).replace(split_combine=True)
+    kernel = load_record(baseline_record(spec, genome=genome))
+    inputs = [make_inputs(spec, "cuda", seed=seed) for seed in (1, 2)]
+    refs = [attention_reference(x.q, x.k, x.v) for x in inputs]
+    streams = [torch.cuda.Stream() for _ in inputs]
+    atol, rtol = tolerance("bfloat16")
+    torch.cuda.synchronize()
+    outs: list[list[torch.Tensor]] = [[], []]
+    for _ in range(20):
+        for i, (x, stream) in enumerate(zip(inputs, streams)):
+            with torch.cuda.stream(stream):
+                outs[i].append(launch.forward(kernel.functions, kernel.launch, x.q, x.k, x.v, None, scale=None,
+                                              causal=False, window=0, mask_kind="none")[0])
+    torch.cuda.synchronize()
+    for ref, got in zip(refs, outs):
+        for out in got:
+            torch.testing.assert_close(out.double(), ref, atol=atol, rtol=rtol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_ws90_reads_strided_inputs_and_writes_every_element(dtype):
     """(B, N, H, D) tensors viewed as (B, H, N, D) (what models pass) go straight to 4-d TMA descriptors; a K/V
