@@ -120,6 +120,14 @@ PACKED_CASES = [
 ]
 
 
+def _case_id(case) -> str:
+    """A readable test id (``-k split_combine`` selects those cases): lengths, mask, the knobs set."""
+    hq, hkv, nq, nk, d, dv, dtype, causal, window, mask, knobs = case
+    return "-".join([f"{hq}x{hkv}", f"{nq}x{nk}", f"d{d}" if d == dv else f"d{d}v{dv}", dtype,
+                     "causal" if causal else "full", *([f"window{window}"] if window else []), mask,
+                     *(f"{k}={v}" for k, v in knobs.items())])
+
+
 def _check_forward(spec, knobs):
     kernel = load(spec, **knobs)
     inp = fresh(spec)
@@ -139,14 +147,15 @@ def _check_forward(spec, knobs):
     return kernel, inp, lse
 
 
-@pytest.mark.parametrize("hq,hkv,nq,nk,d,dv,dtype,causal,window,mask,knobs", CASES)
+@pytest.mark.parametrize("hq,hkv,nq,nk,d,dv,dtype,causal,window,mask,knobs", CASES, ids=map(_case_id, CASES))
 def test_forward_matches_reference(hq, hkv, nq, nk, d, dv, dtype, causal, window, mask, knobs):
     spec = AttentionSpec(2 if nq < 64 else 1, hq, hkv, nq, nk, d, v_head_dim=dv, dtype=dtype, causal=causal,
                          window=window, mask=mask)
     _check_forward(spec, knobs)
 
 
-@pytest.mark.parametrize("hq,hkv,nq,nk,d,dv,dtype,causal,window,mask,knobs", PACKED_CASES)
+@pytest.mark.parametrize("hq,hkv,nq,nk,d,dv,dtype,causal,window,mask,knobs", PACKED_CASES,
+                         ids=map(_case_id, PACKED_CASES))
 def test_packed_gqa_forward_matches_reference(hq, hkv, nq, nk, d, dv, dtype, causal, window, mask, knobs):
     spec = AttentionSpec(2 if nq * nk < 4096 else 1, hq, hkv, nq, nk, d, v_head_dim=dv, dtype=dtype, causal=causal,
                          window=window, mask=mask)
@@ -250,6 +259,44 @@ def test_split_combine_is_one_launch_with_fresh_tickets(monkeypatch):
     launches.clear()
     _check_forward(spec, {"pack_gqa": True, "split_combine": True})
     assert [name for name, _, _ in launches] == ["attn_fwd"]
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+@pytest.mark.parametrize("b,hq,hkv,nq,nk,causal,mask,knobs", [
+    (2, 8, 2, 1, 300, False, "none", {"pack_gqa": True, "kv_splits": 4}),
+    (2, 8, 2, 5, 300, True, "none", {"pack_gqa": True, "kv_splits": 4, "heavy_first": True}),
+    (2, 4, 4, 40, 300, True, "none", {"pack_gqa": False, "kv_splits": 4, "heavy_first": True}),
+    (2, 4, 2, 40, 300, True, "bool", {"pack_gqa": False, "kv_splits": 8, "persistent": True}),
+    (2, 8, 2, 9, 200, False, "alibi", {"pack_gqa": True, "kv_splits": 2, "persistent": True}),
+])
+def test_split_combine_whichever_program_finishes_last(monkeypatch, order, b, hq, hkv, nq, nk, causal, mask, knobs):
+    """The interpreter runs programs in grid order, so the last split of a tile always drew the last ticket; here
+    the programs run reversed or shuffled (every one once), as a GPU may finish them, and the tile's combine must
+    still wait for all its partials."""
+    import random
+
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    set_dim, set_idx = builder.set_grid_dim, builder.set_grid_idx
+    state: dict[str, list] = {}
+
+    def grid_dim(x, y, z):
+        points = [(i, j, k) for i in range(x) for j in range(y) for k in range(z)]
+        if order == "reversed":
+            points.reverse()
+        else:
+            random.Random(x * 1000 + y).shuffle(points)
+        state["points"], state["dims"] = points, [y * z, z]
+        set_dim(x, y, z)
+
+    def grid_idx(x, y, z):  # the loop's n-th program runs as the permutation's n-th point
+        set_idx(*state["points"][x * state["dims"][0] + y * state["dims"][1] + z])
+
+    monkeypatch.setattr(builder, "set_grid_dim", grid_dim)
+    monkeypatch.setattr(builder, "set_grid_idx", grid_idx)
+    spec = AttentionSpec(b, hq, hkv, nq, nk, 32, dtype="float32", causal=causal, mask=mask)
+    _check_forward(spec, {"split_combine": True, "block_m": 16, **knobs})
 
 
 def test_launch_config_pack_gqa_key():

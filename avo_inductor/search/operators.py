@@ -35,8 +35,8 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
         return tuple(v for v in values if v <= next_power_of_two(spec.kv_len))
     if rule == "decode_splits":
         return tuple(v for v in values if v <= max(1, spec.kv_len // 16)) if spec.is_decode else (1,)
-    if rule == "decode":
-        return values if spec.is_decode else (False,)
+    if rule == "decode":  # where kv_splits can exceed 1 (the decode_splits rule)
+        return values if spec.is_decode and spec.kv_len // 16 >= 2 else (False,)
     if rule == "causal":
         return values if spec.causal or spec.window else None
     if rule == "alibi":

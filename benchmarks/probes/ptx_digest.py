@@ -148,7 +148,9 @@ def record_configs(folder: Path) -> list[Config]:
             continue
         genome = dict(record.genome)
         template = str(genome.pop("template", "flash_v1"))
-        kernels = ("attn_fwd", "attn_fwd_reduce") if int(genome.get("kv_splits", 1)) > 1 else ("attn_fwd",)
+        kernels: tuple[str, ...] = ("attn_fwd",)
+        if int(genome.get("kv_splits", 1)) > 1:  # the kernels the launcher runs for it (launch._plan_forward)
+            kernels = ("attn_fwd_split_combine",) if genome.get("split_combine") else ("attn_fwd", "attn_fwd_reduce")
         if record.spec.needs_grad:
             kernels += ("attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq")
         if template == "flash_ws90":
