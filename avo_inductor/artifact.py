@@ -107,7 +107,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("lazy_rescale", _BOOL, False, "rescale the accumulator only when the running max grows past a threshold",
          constant="LAZY_RESCALE", ws90="refused"),
     Knob("kv_splits", (1, 2, 4, 8, 16, 32, 64), 1,
-         "split the keys across programs (decode, q_len <= 16), reduced by a second kernel",
+         "split the keys across programs (decode, q_len <= 16), combined by a second kernel "
+         "(or, with split_combine, in the same launch)",
          accepted=tuple(1 << i for i in range(11)), launch_key="kv_splits", prune="decode_splits", ws90="refused"),
     Knob("split_combine", _BOOL, False, "with kv_splits > 1, the last split program of each query tile to finish "
          "combines the tile's partials (an atomic ticket per tile, counters zeroed by the launcher), so the call is "
