@@ -321,9 +321,9 @@ def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, An
     # Packed GQA: tiles over the Nq * GROUP (position, head-in-group) rows of each (batch, kv head).
     rows, heads = (nq * sc["GROUP"], hkv) if cfg.pack_gqa else (nq, hq)
     num_m = _cdiv(rows, cfg.block_m)
-    fused = splits > 1 and cfg.split_combine
-    if fused:
-        if fns.split_combine is None:
+    combine = fns.split_combine if splits > 1 and cfg.split_combine else None  # the one-launch form's entry
+    if splits > 1 and cfg.split_combine:
+        if combine is None:
             raise RuntimeError("split_combine needs the source's '{entry}_split_combine' kernel")
         # Zeroed every call, never kept between calls: a counter shared by two launches in flight on two streams
         # (or two CUDA-graph replays) would hand one of them the last ticket before its partials are stored.
@@ -342,13 +342,12 @@ def _plan_forward(fns: KernelFunctions, cfg: LaunchConfig, tensors: dict[str, An
         EVEN_M=even and _known_multiple(rows, cfg.block_m), EVEN_N=even and _known_multiple(nk, cfg.block_n),
         SPLITS=splits, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     fwd_roles = dict(Q="q", K="k", V="v", O=o_role, LSE=l_role, MASK="mask")
-    if fused:
-        assert fns.split_combine is not None
-        launches = [PlannedLaunch(fns.split_combine, grid, {**fwd_static, **_strides("f", out_strides)},
+    if combine is not None:
+        launches = [PlannedLaunch(combine, grid, {**fwd_static, **_strides("f", out_strides)},
                                   {**fwd_roles, "OF": "out", "LSEF": "lse", "TICKETS": "tickets"})]
     else:
         launches = [PlannedLaunch(fns.fwd, grid, fwd_static, fwd_roles)]
-    if splits > 1 and not fused:
+    if splits > 1 and combine is None:
         if fns.reduce is None:
             raise RuntimeError("kv_splits > 1 needs the source's '{entry}_reduce' kernel")
         rb = REDUCE_BLOCK_M
