@@ -2,9 +2,9 @@
 read as the cheapest exact kind: causal or causal/window flags plus a (B, Nk) padding keep-mask, for eager (additive
 0 / finfo.min mask) and sdpa (bool mask) attention alike; the avo op (baseline kernel, interpreter) matches eager.
 
-A pad token's own query row can see no key (left padding; or right padding under a window, as here): eager gives it
-a uniform average, the kernels 0 (reference.py's rule), so the outputs are compared at the real tokens, which never
-read a pad token's row (it is masked as a key in every later layer)."""
+A pad token's own query row can see no key (left padding; or right padding under a window, as here): eager's
+finfo.min mask gives it a uniform average, and the rewritten site adds that after the kernel (``empty_rows.py``), so
+eager outputs are compared at every position; sdpa's bool mask gives it 0 (SDPA's rule), compared at real tokens."""
 from __future__ import annotations
 
 import pytest
@@ -39,20 +39,23 @@ def _qwen2(impl: str) -> torch.nn.Module:
 # checked at compile time, so the and-ed keep-mask stays a bool tensor (exact; the kernels have no document-id mask).
 CASES = {
     ("llama", "eager", "padded"): (None, None),
+    ("llama", "eager", "left"): (None, None),  # batched generation's padding: pad rows see no key
+    ("llama", "sdpa", "left"): (None, None),
     ("llama", "sdpa", "padded"): (None, None),
     ("mistral", "sdpa", "padded"): (WINDOW, WINDOW),
     ("mistral", "eager", "plain"): (WINDOW, WINDOW),
     ("qwen2", "eager", "padded"): (WINDOW, None),
     ("llama", "sdpa", "packed"): (None, None),
 }
-KINDS = {"padded": (MaskKind.PADDING, True), "plain": (MaskKind.NONE, True), "packed": (MaskKind.BOOL, False)}
+KINDS = {"padded": (MaskKind.PADDING, True), "left": (MaskKind.PADDING, True), "plain": (MaskKind.NONE, True),
+         "packed": (MaskKind.BOOL, False)}
 FACTORIES = {"llama": _llama, "mistral": _mistral, "qwen2": _qwen2}
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=lambda c: "-".join(map(str, c)))
 def test_masking_utils_become_flags_and_padding(case: tuple[str, str, str]) -> None:
     name, impl, batch = case
-    padded = batch == "padded"
+    padded = batch in ("padded", "left")
     torch.manual_seed(0)
     model = FACTORIES[name](impl).eval()
     ids = torch.randint(0, 100, (B, N), generator=torch.Generator().manual_seed(5))
@@ -62,6 +65,8 @@ def test_masking_utils_become_flags_and_padding(case: tuple[str, str, str]) -> N
     if padded:
         pad = torch.ones(B, N, dtype=torch.long)
         pad[1, 11:] = 0
+        if batch == "left":
+            pad[1] = pad[1].flip(0)
         kwargs["attention_mask"] = pad
     compiled, seen = compile_with(model, rewrite=avo_rewrite)
     with torch.no_grad():
@@ -73,7 +78,9 @@ def test_masking_utils_become_flags_and_padding(case: tuple[str, str, str]) -> N
         want = {"q_heads": 4, "kv_heads": 2, "q_len": N, "kv_len": N, "scale": None, "causal": causal,
                 "window": window, "mask": kind}
         assert {key: getattr(match.spec, key) for key in want} == want
-    real = pad.bool() if padded else torch.ones(B, N, dtype=torch.bool)
+    # eager masks fill with finfo.min: a pad token's row that sees no key is eager's mean of v there too
+    real = pad.bool() if padded and impl == "sdpa" else torch.ones(B, N, dtype=torch.bool)
+    assert all(m.empty_rows_mean == (impl == "eager" and padded) for m in seen.matches)
     torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
 
 

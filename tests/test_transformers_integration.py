@@ -232,6 +232,44 @@ def test_masks_that_do_not_split(seeded: torch.Generator) -> None:
     assert "top-left" in plan_mask(None, is_causal=True, batch=B, q_len=5, kv_len=9).reason
 
 
+@pytest.mark.parametrize(("fill", "kind", "mean"), [
+    (torch.finfo(torch.float32).min, MaskKind.PADDING, True),  # transformers' eager masks
+    (float("-inf"), MaskKind.PADDING, False),
+    (-1e4, MaskKind.BIAS, False),  # a mild fill: eager's fully masked row is a softmax of the scores, a bias
+    ("mixed", MaskKind.BIAS, False),  # -inf and finfo.min in one mask: the bias path takes both
+], ids=["finfo-min", "-inf", "mild", "mixed"])
+def test_additive_mask_fill_decides_rows_without_keys(fill: float | str, kind: MaskKind, mean: bool) -> None:
+    """Left padding under a causal mask leaves pad rows with no key: an additive mask says what eager gives them."""
+    keep = _hf_mask(17, 17, causal_mask_function, [17, 11], left=True)
+    assert keep is not None
+    if fill == "mixed":
+        additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+        additive[..., 0] = torch.where(keep[..., 0], 0.0, torch.finfo(torch.float32).min)
+    else:
+        additive = torch.zeros(keep.shape).masked_fill(~keep, float(fill))
+    plan = plan_mask(additive, is_causal=False, batch=B, q_len=17, kv_len=17)
+    assert (plan.kind, plan.empty_rows_mean) == (kind, mean)
+
+
+def test_finfo_min_mask_rows_without_keys_are_eager_mean(seeded: torch.Generator) -> None:
+    """An additive finfo.min mask with left padding, on a stored kernel: every position, pad rows included, is
+    eager's (those rows: the mean of v, where the kernel alone gives 0)."""
+    spec = AttentionSpec(B, 4, 2, N, N, 16, dtype="float32", causal=True, mask="padding")
+    shared_store(get_settings()).put(baseline_record(spec, CPU))
+    keep = _hf_mask(N, N, causal_mask_function, [N, 11], left=True)
+    assert keep is not None
+    additive = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
+    q = torch.randn(B, 4, N, 16, generator=seeded)
+    k, v = (torch.randn(B, 2, N, 16, generator=seeded) for _ in range(2))
+    out, _ = avo_tf.avo_attention_forward(torch.nn.Module(), q, k, v, additive)
+    (site,) = avo_tf.decisions()
+    assert site.action == "avo"
+    kk, vv = (x.double().repeat_interleave(2, dim=1) for x in (k, v))
+    ref = torch.softmax(q.double() @ kk.transpose(-1, -2) / 4.0 + additive.double(), dim=-1) @ vv
+    assert not keep.any(dim=-1).all(), "pad rows that see no key"
+    torch.testing.assert_close(out, ref.transpose(1, 2).float(), atol=2e-5, rtol=2e-5)
+
+
 def test_a_class_record_serves_as_in_a_compile_and_the_shape_is_queued(seeded: torch.Generator) -> None:
     """No exact record, a neighbour of the class tuned at 64: the call runs its kernel after verification at the
     call's shape, the decision says ``hit (class, tuned at ...)`` and the exact shape is queued for tuning, as a

@@ -14,6 +14,7 @@ tensor. Policy (documented for ``explain()``):
 from __future__ import annotations
 
 import enum
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,10 @@ from .fx_utils import env_hints, example, is_inplace, is_symbolic, tensor_meta
 # 1 GiB covers a bool mask up to 32k x 32k and a float32 one up to 16k x 16k, a one-off cost per compile.
 MAX_EVAL_BYTES = 1 << 30
 NEG_THRESHOLD = -1e4  # fill values at or below this mask a key (-inf, finfo.min, -1e9, -10000.0 all do)
+# An additive fill at or below this swamps every score it is added to (s + fill == fill in float32 for |s| < 3e22),
+# so a row whose every key carries it is a uniform softmax in eager. fp16's finfo.min (-65504) swamps fp16 scores
+# below 16 in magnitude: see swamps_scores.
+SWAMPING_FILL = -1e30
 PERTURB = 5  # second evaluation point: every size symbol + 5
 
 
@@ -47,12 +52,15 @@ class MaskTerm:
 
     ``heads``: the term was added to (B*H, Nq, Nk) scores that are later viewed as (B, H, Nq, Nk) (BLOOM's
     baddbmm input); :func:`in_site_frame` brings its values to the 4-D frame, the rewrite does the same in-graph.
+    ``fill``: for KEEP / DROP terms, the score a masked key gets (-inf, or a finite value such as finfo.min, which
+    gives a row whose every key is masked eager's uniform softmax: the mean of v; see ``empty_rows.py``).
     """
 
     node: fx.Node
     kind: TermKind
     factor: float = 1.0
     heads: int | None = None
+    fill: float = float("-inf")
 
 
 def in_site_frame(value: torch.Tensor, heads: int | None) -> torch.Tensor:
@@ -291,21 +299,35 @@ def _and_operands(node: fx.Node) -> list[fx.Node] | None:
     return [a for a in node.args if isinstance(a, fx.Node)]
 
 
-def keep_source(gm: fx.GraphModule, term: MaskTerm) -> fx.Node | None:
-    """The bool keep-mask a term stands for: a KEEP term itself, or ``c`` of a BIAS ``where(c, zero, fill)``
-    (transformers' eager mask from masking_utils) whose ``zero`` is 0 and ``fill`` at most NEG_THRESHOLD; each a
-    number, or a small shape-only tensor (``torch.zeros(())``, ``torch.tensor(0.0)``, ``torch.full((), -inf)``, a
-    lifted constant) whose values are checked by evaluating it. None otherwise."""
+def swamps_scores(fill: float, dtype: torch.dtype | None) -> bool:
+    """Whether an additive ``fill`` (finite) absorbs the scores it is added to, so that a row whose every key
+    carries it is a uniform softmax in eager: at or below SWAMPING_FILL, or at or below half the most negative
+    value of the bias dtype (fp16's finfo.min, whose fp16 sum with a score under 16 rounds back to itself)."""
+    floor = torch.finfo(dtype).min / 2 if dtype is not None and dtype.is_floating_point else SWAMPING_FILL
+    return fill <= max(SWAMPING_FILL, floor)
+
+
+def keep_source(gm: fx.GraphModule, term: MaskTerm) -> tuple[fx.Node, float] | None:
+    """The bool keep-mask a term stands for and the fill of its masked keys: a KEEP term itself, or ``c`` of a
+    BIAS ``where(c, zero, fill)`` (transformers' eager mask from masking_utils) whose ``zero`` is 0 and ``fill``
+    -inf or a value that swamps the scores (:func:`swamps_scores`: finfo.min); each a number, or a small
+    shape-only tensor (``torch.zeros(())``, ``torch.tensor(0.0)``, ``torch.full((), -inf)``, a lifted constant)
+    whose values are checked by evaluating it. None otherwise: a milder fill (-1e4 added to float32 scores) leaves
+    a row whose every key it masks a softmax of the scores themselves in eager, which only the bias reproduces."""
     if term.kind is TermKind.KEEP:
-        return term.node
+        return term.node, term.fill
     node = term.node
     if term.kind is TermKind.BIAS and node.op == "call_function" and node.target is torch.where \
             and len(node.args) == 3 and isinstance(node.args[0], fx.Node):
         cond, zero, fill = node.args
         if isinstance(cond, fx.Node) and getattr(example(cond), "dtype", None) == torch.bool \
                 and _constant_all(gm, zero, lambda t: t == 0) \
-                and _constant_all(gm, fill, lambda t: t <= NEG_THRESHOLD):
-            return cond
+                and (fills := _constant_values(gm, fill)) is not None and bool((fills <= NEG_THRESHOLD).all()):
+            highest = float(fills.max())
+            if math.isinf(highest):
+                return cond, highest
+            if swamps_scores(highest, getattr(example(node), "dtype", None)):
+                return cond, highest
     return None
 
 
@@ -313,29 +335,42 @@ _SMALL_CONSTANT = 64  # elements: a where() operand standing for one number, bro
 
 
 def _constant_all(gm: fx.GraphModule, value: Any, test: Any) -> bool:
-    """Whether ``value`` (a number, or a shape-only node evaluating to a tensor of at most _SMALL_CONSTANT
-    elements) passes ``test`` (a tensor -> bool tensor) everywhere. Nothing else is read as a constant."""
+    """Whether ``value`` (see :func:`_constant_values`) passes ``test`` (a tensor -> bool tensor) everywhere."""
+    got = _constant_values(gm, value)
+    return got is not None and bool(test(got).all())
+
+
+def _constant_values(gm: fx.GraphModule, value: Any) -> torch.Tensor | None:
+    """The float64 values of ``value``: a number, or a shape-only node evaluating to a tensor of 1 to
+    _SMALL_CONSTANT elements. None for anything else: nothing else is read as a constant."""
     if isinstance(value, bool):
-        return False
+        return None
     if isinstance(value, (int, float)):
-        return bool(test(torch.tensor(float(value), dtype=torch.float64)))
+        return torch.tensor(float(value), dtype=torch.float64)
     if not isinstance(value, fx.Node):
-        return False
+        return None
     if _is_zeros(value):
-        return bool(test(torch.zeros((), dtype=torch.float64)))
+        return torch.zeros((), dtype=torch.float64)
     meta = tensor_meta(value)
     if meta is None or is_symbolic(meta.numel()) or int(meta.numel()) > _SMALL_CONSTANT or not is_shape_only(value):
-        return False
+        return None
     try:
         with unset_fake_temporarily(), torch.no_grad():
             got = torch.as_tensor(Evaluator(gm, {})(value)).detach().cpu().double()
     except Exception:  # not evaluable here: not a constant we can vouch for
-        return False
-    return bool(got.numel() > 0 and test(got).all())
+        return None
+    return got if got.numel() > 0 else None
 
 
 def _is_zeros(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in (torch.zeros, torch.zeros_like)
+
+
+def masking_fill(gm: fx.GraphModule, term: MaskTerm) -> float:
+    """The score a mask term gives a masked key: its own ``fill`` for KEEP / DROP, the fill of a BIAS
+    ``where(c, 0, fill)`` (:func:`keep_source`), else -inf (a constant bias of other forms is read as -inf)."""
+    source = keep_source(gm, term)
+    return source[1] if source is not None else float("-inf")
 
 
 def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any
@@ -347,9 +382,10 @@ def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any
     None when the term is not such a conjunction, has no data-dependent factor, or its shape-only part is not
     causal / window / all (then the term stays a tensor as it is).
     """
-    root = keep_source(gm, term)
-    if root is None:
+    source = keep_source(gm, term)
+    if source is None:
         return None
+    root, fill = source
     leaves: list[fx.Node] = []
     work = [root]
     while work:
@@ -383,4 +419,4 @@ def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any
     pattern, window = results.pop()
     if pattern is Pattern.GENERIC:
         return None
-    return pattern, window, [MaskTerm(leaf, TermKind.KEEP, heads=term.heads) for leaf in data]
+    return pattern, window, [MaskTerm(leaf, TermKind.KEEP, heads=term.heads, fill=fill) for leaf in data]

@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 from torch import fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..spec import DTYPES, AttentionSpec, MaskKind
 from .fx_utils import arg, example, hint, is_symbolic, module_path, shape_of, single_user, sym_expr, tensor_meta
-from .masks import MaskTerm, Pattern, TermKind, classify_term, factor_keep_term
+from .masks import MaskTerm, Pattern, TermKind, classify_term, factor_keep_term, masking_fill
 from .alibi import AlibiFit, fit_alibi, fit_cache
 from .patterns import (
     Unsupported, is_matmul, is_qk, is_sdpa, is_softmax, merge_step, peel_key, peel_repeat, peel_scale, prob_step,
@@ -45,6 +46,9 @@ class AttentionMatch:
     ``mask`` is the graph node holding the Hq slopes (any shape) and the kernel's slopes are
     ``alibi_scale * mask.reshape(-1)``; ``mask_terms`` keep the bias as written (the SDPA rewrite adds it as is).
     ``note``: why a bias with per-head slopes was not read as ALiBi (for explain()).
+    ``empty_rows_mean``: every mask gives masked keys a finite score (finfo.min, as transformers' eager masks do), so
+    eager gives a query row whose every key is masked the mean of v, where the kernels and SDPA give 0: the rewrite
+    then adds ``empty_rows.mean_where_no_key`` after the call.
     """
 
     output: fx.Node
@@ -66,6 +70,7 @@ class AttentionMatch:
     rank3: bool = False
     alibi_scale: float = 1.0
     note: str = ""
+    empty_rows_mean: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,8 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
             node, kind, sign = step.term
             if not isinstance(node, fx.Node):
                 raise Unsupported("mask is not a tensor")
-            terms.append(MaskTerm(node, kind, scale * sign if kind is TermKind.BIAS else 1.0, heads=split))
+            terms.append(MaskTerm(node, kind, scale * sign if kind is TermKind.BIAS else 1.0, heads=split,
+                                  fill=step.fill))
         if step.split_heads is not None:
             if split is not None:
                 raise Unsupported("scores split into heads twice")
@@ -283,11 +289,15 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
                           f"({q_meta.dtype}, {_dtype(k)}, {_dtype(v)}, {_dtype(output)})")
 
     causal, window, generic = sdpa_causal, None, []
+    fills = [float("-inf")] if sdpa_causal else []  # the score each mask gives a masked key
     for term in terms:
         pat, w = classify_term(gm, term, dims["q_len"], dims["kv_len"])
         if pat is Pattern.GENERIC and (factored := factor_keep_term(gm, term, dims["q_len"], dims["kv_len"])):
             pat, w, data_factors = factored  # causal/window & padding: flags + the padding tensor
             generic.extend(data_factors)
+            fills.extend(t.fill for t in data_factors)
+        elif pat in (Pattern.CAUSAL, Pattern.WINDOW):
+            fills.append(masking_fill(gm, term))
         if pat is Pattern.ALL:
             continue
         if pat is Pattern.CAUSAL:
@@ -296,6 +306,8 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
             causal, window = True, min(w, window or w)
         else:
             generic.append(term)
+            if term.kind is not TermKind.BIAS:
+                fills.append(term.fill)
     equal_lens = sym_expr(dims["q_len"]) == sym_expr(dims["kv_len"])
     if sdpa_causal and not equal_lens:
         raise Unsupported("is_causal=True with q_len != kv_len: SDPA aligns it top-left, the avo kernel bottom-right")
@@ -330,7 +342,17 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
         dropout_p=dropout_p, spec=spec, module_path=module_path(output), pattern=pattern, nodes=nodes,
         mask_terms=tuple(generic), k_is_transposed=transposed_k, rank3=rank3,
         alibi_scale=alibi.factor if alibi is not None else 1.0, note=note,
+        empty_rows_mean=bool(fills) and all(math.isfinite(f) for f in fills)
+        and _may_have_empty_rows(generic, causal, dims["q_len"], dims["kv_len"]),
     )
+
+
+def _may_have_empty_rows(generic: list[MaskTerm], causal: bool, q_len: Any, kv_len: Any) -> bool:
+    """Whether some query row can have every key masked: a keep-mask tensor is read (padding), or a bottom-right
+    aligned causal / window mask meets more queries than keys (its first Nq - Nk rows see no key)."""
+    if any(t.kind is not TermKind.BIAS for t in generic):
+        return True
+    return causal and not statically_known_true(q_len <= kv_len)
 
 
 def _alibi(gm: fx.GraphModule, generic: list[MaskTerm], dims: dict[str, Any], causal: bool,

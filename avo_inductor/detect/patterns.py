@@ -97,11 +97,19 @@ class ScoreStep:
     term: tuple[fx.node.Argument, TermKind, float] | None = None
     # H when this op splits (B*H, Nq, Nk) scores into (B, H, Nq, Nk): terms before it live in the merged frame
     split_heads: int | None = None
+    # the score a masked_fill / where term gives a masked key (MaskTerm.fill)
+    fill: float = float("-inf")
 
 
 def _masks_out(value: object) -> bool:
     number = constant_number(value)
     return number is not None and ((math.isinf(number) and number < 0) or number <= NEG_THRESHOLD)
+
+
+def _fill(value: object) -> float:
+    number = constant_number(value)
+    assert number is not None  # _masks_out accepted it
+    return number
 
 
 def reaches_qk(node: object, depth: int = 16) -> bool:
@@ -156,13 +164,14 @@ def score_step(node: fx.Node) -> ScoreStep | None:
         if not _masks_out(value):
             raise Unsupported(f"masked_fill with value {value!r} (only -inf or <= {NEG_THRESHOLD:g} masks a key)")
         src = input_node(node)
-        return None if src is None else ScoreStep(src, term=(arg(node, 1, "mask"), TermKind.DROP, 1.0))
+        return None if src is None else ScoreStep(src, term=(arg(node, 1, "mask"), TermKind.DROP, 1.0),
+                                                  fill=_fill(value))
     if is_op(node, *WHERE) and len(args) == 3:
         cond, a, b = args
         if isinstance(a, fx.Node) and reaches_qk(a) and _masks_out(b):
-            return ScoreStep(a, term=(cond, TermKind.KEEP, 1.0))
+            return ScoreStep(a, term=(cond, TermKind.KEEP, 1.0), fill=_fill(b))
         if isinstance(b, fx.Node) and reaches_qk(b) and _masks_out(a):
-            return ScoreStep(b, term=(cond, TermKind.DROP, 1.0))
+            return ScoreStep(b, term=(cond, TermKind.DROP, 1.0), fill=_fill(a))
         raise Unsupported(f"torch.where on the scores with a non-masking value ({node.format_node()})")
     return None
 

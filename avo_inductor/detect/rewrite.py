@@ -16,6 +16,7 @@ from torch import fx
 from torch._subclasses.fake_tensor import FakeTensor
 
 from ..spec import MaskKind
+from .empty_rows import mean_where_no_key
 from .fx_utils import erase_dead, is_symbolic, require_tensor_meta, sym_expr
 from .masks import TermKind
 from .match import AttentionMatch
@@ -101,17 +102,16 @@ def kernel_bias_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in KERNEL_BIAS_DTYPES else torch.float32
 
 
-def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None, *,
-                 bias_in_q_dtype: bool = True) -> fx.Node | None:
-    """Combine the site's generic mask terms (and an optional extra keep-mask) into one SDPA-style mask.
+def _term_masks(b: _Builder, match: AttentionMatch, *, bias_in_q_dtype: bool = True
+                ) -> tuple[fx.Node | None, fx.Node | None]:
+    """The site's generic mask terms as one keep-mask (the and of its bool terms) and one bias (their sum).
 
     Bool terms become keep-masks (masked_fill's mask is inverted: SDPA keeps True); bias terms are scaled by the
     scales applied after them and cast to q's dtype (SDPA's fused kernels want it), or with ``bias_in_q_dtype``
-    False keep their precision (:func:`kernel_bias_dtype`, the avo op); bool and bias together give
-    ``where(keep, bias, -inf)``.
+    False keep their precision (:func:`kernel_bias_dtype`, the avo op).
     """
     dtype = require_tensor_meta(match.q).dtype
-    keeps: list[fx.Node] = [extra_keep] if extra_keep is not None else []
+    keeps: list[fx.Node] = []
     biases: list[fx.Node] = []
     for term in match.mask_terms:
         node = _site_frame(b, term.node, term.heads)
@@ -131,11 +131,23 @@ def _tensor_mask(b: _Builder, match: AttentionMatch, extra_keep: fx.Node | None,
             if term.kind is TermKind.DROP:
                 node = b("call_function", torch.logical_not, node)
             keeps.append(node)
-    keep = _fold(b, operator.and_, keeps)
-    bias = _fold(b, operator.add, biases)
+    return _fold(b, operator.and_, keeps), _fold(b, operator.add, biases)
+
+
+def _tensor_mask(b: _Builder, keep: fx.Node | None, bias: fx.Node | None) -> fx.Node | None:
+    """One SDPA-style mask: the keep-mask, the bias, or both as ``where(keep, bias, -inf)``."""
     if keep is not None and bias is not None:
         return b("call_function", torch.where, keep, bias, float("-inf"))
     return keep if keep is not None else bias
+
+
+def _eager_empty_rows(b: _Builder, match: AttentionMatch, out: fx.Node, v: fx.Node, keep: fx.Node | None
+                      ) -> fx.Node:
+    """``out`` with rows that see no key given eager's mean of v when the site's masks have a finite fill
+    (``match.empty_rows_mean``; see ``empty_rows.py``), else ``out`` as it is."""
+    if not match.empty_rows_mean:
+        return out
+    return b("call_function", mean_where_no_key, out, v, keep, bool(match.causal), int(match.window or 0))
 
 
 def _unit_key_stride(node: fx.Node) -> bool:
@@ -206,13 +218,14 @@ def rewrite_to_sdpa(gm: fx.GraphModule, match: AttentionMatch) -> fx.Node:
     same_len = sym_expr(require_tensor_meta(q).shape[-2]) == sym_expr(require_tensor_meta(k).shape[-2])
     is_causal = match.causal and match.window is None and not match.mask_terms and same_len
     band = _band(b, q, k, match.window) if match.causal and not is_causal else None
-    mask = _tensor_mask(b, match, band)
+    keep, bias = _term_masks(b, match)
+    mask = _tensor_mask(b, _fold(b, operator.and_, [n for n in (band, keep) if n is not None]), bias)
     kwargs: dict[str, Any] = {"attn_mask": mask, "dropout_p": match.dropout_p, "is_causal": is_causal,
                               "scale": match.scale}
     if match.spec.kv_heads != match.spec.q_heads:
         kwargs["enable_gqa"] = True
     out = b("call_function", F.scaled_dot_product_attention, q, k, v, **kwargs)
-    return _finish(gm, match, b, out)
+    return _finish(gm, match, b, _eager_empty_rows(b, match, out, v, keep))
 
 
 def rewrite_to_avo(gm: fx.GraphModule, match: AttentionMatch, kernel_id: str) -> fx.Node:
@@ -227,12 +240,14 @@ def rewrite_to_avo(gm: fx.GraphModule, match: AttentionMatch, kernel_id: str) ->
         raise ValueError(f"avo.attention has no dropout; site {match.module_path!r} has dropout_p={match.dropout_p}")
     b = _Builder(gm, match.output)
     q, k, v = _operands(b, match)
+    keep: fx.Node | None = None
     if match.mask_kind is MaskKind.ALIBI:
         mask: fx.Node | None = _alibi_slopes(b, match)
     else:
-        mask = _tensor_mask(b, match, None, bias_in_q_dtype=False)  # the kernels read a bias in its own precision
+        keep, bias = _term_masks(b, match, bias_in_q_dtype=False)  # the kernels read a bias in its own precision
+        mask = _tensor_mask(b, keep, bias)
     if mask is not None and match.mask_kind is MaskKind.PADDING:
         mask = b("call_method", "flatten", mask, 1)
     out = b("call_function", torch.ops.avo.attention.default, q, k, v, mask, kernel_id, float(match.scale),
             bool(match.causal), int(match.window or 0), match.mask_kind.value)
-    return _finish(gm, match, b, out)
+    return _finish(gm, match, b, _eager_empty_rows(b, match, out, v, keep))

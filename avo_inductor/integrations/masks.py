@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from ..detect.masks import Pattern, TermKind, _keep_of
+from ..detect.masks import Pattern, TermKind, _keep_of, swamps_scores
 from ..spec import MaskKind
 
 
@@ -29,6 +29,8 @@ class MaskPlan:
 
     ``tensor``: (B, Nk) bool for PADDING, the keep-mask for BOOL, the additive mask for BIAS, else None.
     ``reason`` non-empty: the mask cannot run on an avo kernel exactly (the call falls back to SDPA).
+    ``empty_rows_mean``: an additive mask whose masked keys carry finfo.min: a row that sees no key is eager's
+    mean of v (``detect/empty_rows.py``), where the kernels give 0.
     """
 
     causal: bool = False
@@ -36,6 +38,13 @@ class MaskPlan:
     kind: MaskKind = MaskKind.NONE
     tensor: torch.Tensor | None = None
     reason: str = ""
+    empty_rows_mean: bool = False
+
+    def keep_4d(self) -> torch.Tensor | None:
+        """The keep tensor as it broadcasts against (B, H, Nq, Nk) scores (None for no tensor, or a bias)."""
+        if self.kind is MaskKind.PADDING and self.tensor is not None:
+            return self.tensor[:, None, None, :]
+        return self.tensor if self.kind is MaskKind.BOOL else None
 
 
 NO_MASK = MaskPlan()
@@ -80,15 +89,22 @@ def plan_mask(mask: torch.Tensor | None, *, is_causal: bool, batch: int, q_len: 
     if mask.dim() != 4 or tuple(mask.shape[-2:]) != (q_len, kv_len) or mask.shape[0] not in (1, batch):
         return MaskPlan(reason=f"mask of shape {tuple(mask.shape)} for q_len {q_len}, kv_len {kv_len}")
     if mask.dtype == torch.bool:
-        keep = mask
-    elif mask.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        found = _keep_of(mask, TermKind.BIAS)
-        if found is None:
-            return MaskPlan(kind=MaskKind.BIAS, tensor=mask)
-        keep = found
-    else:
+        return _plan_keep(mask, batch)
+    if mask.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return MaskPlan(reason=f"mask dtype {mask.dtype}")
-    return _plan_keep(keep, batch)
+    keep = _keep_of(mask, TermKind.BIAS)
+    if keep is None:
+        return MaskPlan(kind=MaskKind.BIAS, tensor=mask)
+    if bool(keep.all()):
+        return _plan_keep(keep, batch)
+    fills = mask.masked_select(~keep)
+    if bool(torch.isinf(fills).all()):
+        return _plan_keep(keep, batch)
+    if bool(torch.isfinite(fills).all()) and swamps_scores(float(fills.max()), mask.dtype):
+        return replace(_plan_keep(keep, batch), empty_rows_mean=True)
+    # a milder fill (its fully masked rows are a softmax of the scores in eager) or -inf and finite fills mixed:
+    # the kernels' bias path reproduces both
+    return MaskPlan(kind=MaskKind.BIAS, tensor=mask)
 
 
 def _plan_keep(keep: torch.Tensor, batch: int) -> MaskPlan:

@@ -25,6 +25,7 @@ from ..backend import report as rep
 from ..backend.api import KernelNotFound, kernel_for
 from ..backend.explain import ExplainReport
 from ..backend.graph_pass import AvoMissError, shared_store, start_background_search
+from ..detect.empty_rows import mean_where_no_key
 from ..settings import Settings, get_settings, triton_interpreting
 from ..spec import DTYPES, AttentionSpec, HardwareKey
 from .masks import MaskPlan, MaskPlanCache, plan_mask
@@ -132,6 +133,8 @@ def avo_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
     kernel_id, plan, scale, q, k, v = call
     out = torch.ops.avo.attention(q, k, v, plan.tensor, kernel_id, scale, plan.causal, plan.window or 0,
                                   plan.kind.value)
+    if plan.empty_rows_mean:
+        out = mean_where_no_key(out, v, plan.keep_4d(), plan.causal, plan.window or 0)
     return out.transpose(1, 2).contiguous(), None
 
 
