@@ -112,3 +112,41 @@ def test_class_hit_is_checked_in_the_background_and_then_served() -> None:
     with torch.no_grad():
         torch.compile(model, backend="avo")(x)
     assert counters["avo"]["class_verified"] == 1
+
+
+class _EagerMaskAttention(torch.nn.Module):
+    """transformers' eager attention under a left-padded batch: where(causal & padding, 0, finfo.min) added."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        n = q.shape[-2]
+        i = torch.arange(n, device=q.device)
+        keep = (i[None, :] <= i[:, None])[None, None] & pad[:, None, None, :].bool()
+        bias = torch.where(keep, torch.zeros((), device=q.device, dtype=q.dtype), torch.finfo(q.dtype).min)
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + bias
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["miss", "hit"])
+def test_rows_without_keys_match_eager_under_inductor(stored: bool) -> None:
+    """Left-padded rows see no key: eager's finfo.min mask gives them the mean of v, and so must the compiled site
+    (Inductor, bf16, on SDPA at a miss and the avo kernel at a hit), at every position."""
+    from avo_inductor.cache.store import KernelStore
+    from avo_inductor.kernels.baseline import baseline_record
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    q = torch.randn(2, 8, 113, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(2, 2, 113, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    pad = torch.ones(2, 113, dtype=torch.long, device="cuda")
+    pad[1, :40] = 0
+    model = _EagerMaskAttention()
+    with torch.no_grad():
+        (site,) = avo_inductor.explain(model, q, k, v, pad, quiet=True)
+        if stored:
+            KernelStore.from_settings().put(baseline_record(site.spec))
+        torch._dynamo.reset()
+        out = torch.compile(model, backend="avo")(q, k, v, pad)
+        ref = model(q.float(), k.float(), v.float(), pad).to(torch.bfloat16)
+        (site,) = avo_inductor.explain(model, q, k, v, pad, quiet=True)
+    assert site.action == ("avo" if stored else "sdpa"), site
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
