@@ -144,3 +144,95 @@ def test_left_padded_rows_match_eager_forward_and_backward(rewrite: str, fill: s
         compiled(*dv_only, pad).backward(full)
         model(*dv_ref, pad).backward(full)
         torch.testing.assert_close(dv_only[2].grad, dv_ref[2].grad, atol=1e-4, rtol=1e-4)
+
+
+MIN = torch.finfo(torch.float32).min
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+
+
+def _causal(n: int) -> torch.Tensor:
+    i = torch.arange(n)
+    return (i[None, :] <= i[:, None])[None, None]
+
+
+class _Flagged(torch.nn.Module):
+    """A causal site whose batch entries are switched off whole: a keep (B, 1, 1, 1) broadcast over the keys."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x = torch.where(_causal(q.shape[-2]), _scores(q, k), MIN)
+        return torch.softmax(x.masked_fill(~pad[:, :1, None, None].bool(), MIN), -1) @ v
+
+
+class _DifferentFills(torch.nn.Module):
+    """finfo.min above the diagonal, -1e9 at the padding: eager averages over the padded keys alone."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        x = torch.where(_causal(q.shape[-2]), _scores(q, k), MIN)
+        return torch.softmax(x.masked_fill(~pad[:, None, None, :].bool(), -1e9), -1) @ v
+
+
+class _StackedFills(torch.nn.Module):
+    """Two additive finfo.min masks: where both mask a key their sum is -inf."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        causal = _causal(q.shape[-2])
+        x = torch.where(causal, _scores(q, k), MIN) + torch.where(causal & pad[:, None, None, :].bool(), 0.0, MIN)
+        return torch.softmax(x, -1) @ v
+
+
+class _MildFillAndBias(torch.nn.Module):
+    """masked_fill(-1e4) then a bias: eager's row without keys is a softmax of the bias, not uniform."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        bias = torch.arange(q.shape[-2], dtype=q.dtype) * 0.7
+        x = _scores(q, k).masked_fill(~(_causal(q.shape[-2]) & pad[:, None, None, :].bool()), -1e4)
+        return torch.softmax(x + bias, -1) @ v
+
+
+class _HalfBiasOnFloatScores(torch.nn.Module):
+    """fp16's finfo.min added to float32 scores does not swamp them: eager's row without keys is softmax(s)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        keep = _causal(q.shape[-2]) & pad[:, None, None, :].bool()
+        bias = torch.where(keep, torch.zeros((), dtype=torch.float16), torch.finfo(torch.float16).min)
+        return torch.softmax(_scores(q, k) + bias, -1) @ v
+
+
+class _NanoGPT(torch.nn.Module):
+    """nanoGPT's tril buffer and a padding mask, both masked_fill(finfo.min): eager gives the mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("tril", torch.tril(torch.ones(1, 1, 64, 64)))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        n = q.shape[-2]
+        x = _scores(q, k).masked_fill(self.tril[:, :, :n, :n] == 0, MIN)
+        return torch.softmax(x.masked_fill(~pad[:, None, None, :].bool(), MIN), -1) @ v
+
+
+@pytest.mark.parametrize(("model", "mean"), [
+    (_Flagged, True), (_NanoGPT, True),
+    (_DifferentFills, False), (_StackedFills, False), (_MildFillAndBias, False), (_HalfBiasOnFloatScores, False),
+], ids=lambda x: getattr(x, "__name__", str(x)))
+def test_mean_only_where_eager_gives_the_mean(model: type[torch.nn.Module], mean: bool) -> None:
+    """The mean is added only where every masked key of such a row sits at one finite score in eager; elsewhere
+    those rows keep the kernels' 0 (eager's value there is no mean), and rows with keys match eager either way."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 2, 17, 8, generator=g) for _ in range(3))
+    pad = torch.ones(2, 17, dtype=torch.long)
+    pad[1, :6] = 0
+    if model is _Flagged:
+        pad[1] = 0
+    m = model()
+    compiled, seen = compile_with(m, rewrite=rewrite_to_sdpa)
+    with torch.no_grad():
+        out, ref = compiled(q, k, v, pad), m(q, k, v, pad)
+    (match,) = seen.matches
+    assert match.empty_rows_mean is mean
+    seen_keys = (_causal(17) & pad[:, None, None, :].bool()).any(dim=-1, keepdim=True).expand_as(ref)
+    rows = torch.ones_like(seen_keys) if mean else seen_keys
+    torch.testing.assert_close(out[rows], ref[rows], atol=1e-5, rtol=1e-5)

@@ -232,15 +232,18 @@ def test_masks_that_do_not_split(seeded: torch.Generator) -> None:
     assert "top-left" in plan_mask(None, is_causal=True, batch=B, q_len=5, kv_len=9).reason
 
 
-@pytest.mark.parametrize(("fill", "kind", "mean"), [
-    (torch.finfo(torch.float32).min, MaskKind.PADDING, True),  # transformers' eager masks
-    (float("-inf"), MaskKind.PADDING, False),
-    (-1e4, MaskKind.BIAS, False),  # a mild fill: eager's fully masked row is a softmax of the scores, a bias
-    ("mixed", MaskKind.BIAS, False),  # -inf and finfo.min in one mask: the bias path takes both
-], ids=["finfo-min", "-inf", "mild", "mixed"])
-def test_additive_mask_fill_decides_rows_without_keys(fill: float | str, kind: MaskKind, mean: bool) -> None:
-    """Left padding under a causal mask leaves pad rows with no key: an additive mask says what eager gives them."""
-    keep = _hf_mask(17, 17, causal_mask_function, [17, 11], left=True)
+@pytest.mark.parametrize(("fill", "left", "kind", "mean"), [
+    (torch.finfo(torch.float32).min, True, MaskKind.PADDING, True),  # transformers' eager masks
+    (torch.finfo(torch.float32).min, False, MaskKind.PADDING, False),  # right padding: every row sees a key
+    (float("-inf"), True, MaskKind.PADDING, False),
+    (-1e4, True, MaskKind.BIAS, False),  # a mild fill: eager's fully masked row is a softmax of the scores, a bias
+    ("mixed", True, MaskKind.BIAS, False),  # -inf and finfo.min in one mask: the bias path takes both
+], ids=["finfo-min", "finfo-min-right-pad", "-inf", "mild", "mixed"])
+def test_additive_mask_fill_decides_rows_without_keys(fill: float | str, left: bool, kind: MaskKind,
+                                                      mean: bool) -> None:
+    """Left padding under a causal mask leaves pad rows with no key: an additive mask says what eager gives them
+    (and a mask with no such row adds nothing after the kernel)."""
+    keep = _hf_mask(17, 17, causal_mask_function, [17, 11], left=left)
     assert keep is not None
     if fill == "mixed":
         additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))

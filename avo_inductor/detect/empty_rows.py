@@ -38,6 +38,7 @@ def rows_without_keys(keep: torch.Tensor | None, q_len: int, kv_len: int, causal
     if keep.shape[-2] != 1:  # a keep-mask with its own query rows: count in full
         cols = torch.arange(kv_len, device=device)
         return ~(keep & (cols >= lo[:, None]) & (cols < hi[:, None])).any(dim=-1)
+    keep = keep.expand(*keep.shape[:-1], kv_len)  # a keep broadcast over the keys (one flag per batch entry)
     seen = F.pad(keep.to(torch.int32).cumsum(dim=-1), (1, 0))  # (..., 1, Nk + 1): allowed keys before each j
     counts = seen.index_select(-1, hi) - seen.index_select(-1, lo)  # (..., 1, Nq)
     return (counts == 0).squeeze(-2)
@@ -50,7 +51,7 @@ def mean_where_no_key(out: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | N
     empty = rows_without_keys(keep, out.shape[-2], v.shape[-2], causal, window, out.device)
     if empty is None:
         return out
-    mean = v.float().mean(dim=-2)
+    mean = v.mean(dim=-2, dtype=torch.float32)
     if out.shape[-3] != v.shape[-3]:
         mean = mean.repeat_interleave(out.shape[-3] // v.shape[-3], dim=-2)
     return torch.where(empty.unsqueeze(-1), mean.to(out.dtype).unsqueeze(-2), out)

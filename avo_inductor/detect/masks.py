@@ -307,13 +307,15 @@ def swamps_scores(fill: float, dtype: torch.dtype | None) -> bool:
     return fill <= max(SWAMPING_FILL, floor)
 
 
-def keep_source(gm: fx.GraphModule, term: MaskTerm) -> tuple[fx.Node, float] | None:
+def keep_source(gm: fx.GraphModule, term: MaskTerm, score_dtype: torch.dtype | None = None
+                ) -> tuple[fx.Node, float] | None:
     """The bool keep-mask a term stands for and the fill of its masked keys: a KEEP term itself, or ``c`` of a
     BIAS ``where(c, zero, fill)`` (transformers' eager mask from masking_utils) whose ``zero`` is 0 and ``fill``
     -inf or a value that swamps the scores (:func:`swamps_scores`: finfo.min); each a number, or a small
     shape-only tensor (``torch.zeros(())``, ``torch.tensor(0.0)``, ``torch.full((), -inf)``, a lifted constant)
     whose values are checked by evaluating it. None otherwise: a milder fill (-1e4 added to float32 scores) leaves
-    a row whose every key it masks a softmax of the scores themselves in eager, which only the bias reproduces."""
+    a row whose every key it masks a softmax of the scores themselves in eager, which only the bias reproduces.
+    ``score_dtype``: the dtype of the scores the bias is added to (the sum's dtype decides what swamps)."""
     if term.kind is TermKind.KEEP:
         return term.node, term.fill
     node = term.node
@@ -326,7 +328,9 @@ def keep_source(gm: fx.GraphModule, term: MaskTerm) -> tuple[fx.Node, float] | N
             highest = float(fills.max())
             if math.isinf(highest):
                 return cond, highest
-            if swamps_scores(highest, getattr(example(node), "dtype", None)):
+            bias_dtype = getattr(example(node), "dtype", None)
+            sum_dtype = torch.promote_types(bias_dtype, score_dtype) if bias_dtype and score_dtype else bias_dtype
+            if swamps_scores(highest, sum_dtype):
                 return cond, highest
     return None
 
@@ -366,15 +370,17 @@ def _is_zeros(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in (torch.zeros, torch.zeros_like)
 
 
-def masking_fill(gm: fx.GraphModule, term: MaskTerm) -> float:
+def masking_fill(gm: fx.GraphModule, term: MaskTerm, score_dtype: torch.dtype | None = None) -> float:
     """The score a mask term gives a masked key: its own ``fill`` for KEEP / DROP, the fill of a BIAS
     ``where(c, 0, fill)`` (:func:`keep_source`), else -inf (a constant bias of other forms is read as -inf)."""
-    source = keep_source(gm, term)
+    if term.kind is not TermKind.BIAS:
+        return term.fill
+    source = keep_source(gm, term, score_dtype)
     return source[1] if source is not None else float("-inf")
 
 
-def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any
-                     ) -> tuple[Pattern, int | None, list[MaskTerm]] | None:
+def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any,
+                     score_dtype: torch.dtype | None = None) -> tuple[Pattern, int | None, list[MaskTerm]] | None:
     """Split a keep-mask built as ``a & b & ...`` (transformers' masking_utils: causal, sliding window and padding
     functions and-ed, then expanded) into its shape-only part, classified as one pattern, and the tensor factors
     the kernel must read (padding (B, 1, 1, Nk) gathered from the user's attention_mask), as KEEP terms.
@@ -382,7 +388,7 @@ def factor_keep_term(gm: fx.GraphModule, term: MaskTerm, q_len: Any, kv_len: Any
     None when the term is not such a conjunction, has no data-dependent factor, or its shape-only part is not
     causal / window / all (then the term stays a tensor as it is).
     """
-    source = keep_source(gm, term)
+    source = keep_source(gm, term, score_dtype)
     if source is None:
         return None
     root, fill = source

@@ -26,7 +26,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..spec import DTYPES, AttentionSpec, MaskKind
 from .fx_utils import arg, example, hint, is_symbolic, module_path, shape_of, single_user, sym_expr, tensor_meta
-from .masks import MaskTerm, Pattern, TermKind, classify_term, factor_keep_term, masking_fill
+from .masks import MaskTerm, Pattern, TermKind, classify_term, factor_keep_term, masking_fill, swamps_scores
 from .alibi import AlibiFit, fit_alibi, fit_cache
 from .patterns import (
     Unsupported, is_matmul, is_qk, is_sdpa, is_softmax, merge_step, peel_key, peel_repeat, peel_scale, prob_step,
@@ -289,15 +289,18 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
                           f"({q_meta.dtype}, {_dtype(k)}, {_dtype(v)}, {_dtype(output)})")
 
     causal, window, generic = sdpa_causal, None, []
-    fills = [float("-inf")] if sdpa_causal else []  # the score each mask gives a masked key
+    # per masking term: the score it gives a masked key, and whether it is added (a where-bias) or replaces
+    fills: list[tuple[float, bool]] = [(float("-inf"), False)] if sdpa_causal else []
     for term in terms:
         pat, w = classify_term(gm, term, dims["q_len"], dims["kv_len"])
-        if pat is Pattern.GENERIC and (factored := factor_keep_term(gm, term, dims["q_len"], dims["kv_len"])):
+        factored = factor_keep_term(gm, term, dims["q_len"], dims["kv_len"], q_meta.dtype) \
+            if pat is Pattern.GENERIC else None
+        if factored is not None:
             pat, w, data_factors = factored  # causal/window & padding: flags + the padding tensor
             generic.extend(data_factors)
-            fills.extend(t.fill for t in data_factors)
+            fills.append((data_factors[0].fill, term.kind is TermKind.BIAS))
         elif pat in (Pattern.CAUSAL, Pattern.WINDOW):
-            fills.append(masking_fill(gm, term))
+            fills.append((masking_fill(gm, term, q_meta.dtype), term.kind is TermKind.BIAS))
         if pat is Pattern.ALL:
             continue
         if pat is Pattern.CAUSAL:
@@ -307,7 +310,7 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
         else:
             generic.append(term)
             if term.kind is not TermKind.BIAS:
-                fills.append(term.fill)
+                fills.append((term.fill, False))
     equal_lens = sym_expr(dims["q_len"]) == sym_expr(dims["kv_len"])
     if sdpa_causal and not equal_lens:
         raise Unsupported("is_causal=True with q_len != kv_len: SDPA aligns it top-left, the avo kernel bottom-right")
@@ -342,14 +345,27 @@ def _build(gm: fx.GraphModule, output: fx.Node, pattern: str, q: fx.Node, k: fx.
         dropout_p=dropout_p, spec=spec, module_path=module_path(output), pattern=pattern, nodes=nodes,
         mask_terms=tuple(generic), k_is_transposed=transposed_k, rank3=rank3,
         alibi_scale=alibi.factor if alibi is not None else 1.0, note=note,
-        empty_rows_mean=bool(fills) and all(math.isfinite(f) for f in fills)
-        and _may_have_empty_rows(generic, causal, dims["q_len"], dims["kv_len"]),
+        empty_rows_mean=_empty_rows_mean(fills, generic, causal, dims["q_len"], dims["kv_len"], q_meta.dtype),
     )
 
 
-def _may_have_empty_rows(generic: list[MaskTerm], causal: bool, q_len: Any, kv_len: Any) -> bool:
-    """Whether some query row can have every key masked: a keep-mask tensor is read (padding), or a bottom-right
-    aligned causal / window mask meets more queries than keys (its first Nq - Nk rows see no key)."""
+def _empty_rows_mean(fills: list[tuple[float, bool]], generic: list[MaskTerm], causal: bool, q_len: Any,
+                     kv_len: Any, score_dtype: torch.dtype) -> bool:
+    """Whether eager gives a row whose every key is masked the mean of v over every key (AttentionMatch).
+
+    That needs every masked key of the row at one and the same finite score: one fill shared by every masking
+    term (differing fills leave eager uniform over the keys at the highest one), no two finite fills added up
+    (finfo.min + finfo.min is -inf), and a bias the fill swamps (finfo.min + bias is finfo.min; a milder fill
+    plus a bias is a softmax of the bias). And some row must be able to see no key: a keep-mask tensor is read
+    (padding), or a bottom-right aligned causal / window mask meets more queries than keys."""
+    values = {fill for fill, _ in fills}
+    if len(values) != 1 or not math.isfinite(fill := values.pop()):
+        return False
+    additive = sum(added for _, added in fills)
+    if additive and len(fills) > 1:
+        return False
+    if any(t.kind is TermKind.BIAS for t in generic) and not swamps_scores(fill, score_dtype):
+        return False
     if any(t.kind is not TermKind.BIAS for t in generic):
         return True
     return causal and not statically_known_true(q_len <= kv_len)

@@ -101,7 +101,8 @@ def plan_mask(mask: torch.Tensor | None, *, is_causal: bool, batch: int, q_len: 
     if bool(torch.isinf(fills).all()):
         return _plan_keep(keep, batch)
     if bool(torch.isfinite(fills).all()) and swamps_scores(float(fills.max()), mask.dtype):
-        return replace(_plan_keep(keep, batch), empty_rows_mean=True)
+        # decided once per mask (the plan is cached): no row without keys, nothing to add after the kernel
+        return replace(_plan_keep(keep, batch), empty_rows_mean=bool((~keep.any(dim=-1)).any()))
     # a milder fill (its fully masked rows are a softmax of the scores in eager) or -inf and finite fills mixed:
     # the kernels' bias path reproduces both
     return MaskPlan(kind=MaskKind.BIAS, tensor=mask)
