@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _inflight: dict[str, Future[bool]] = {}  # verdict key -> its check (two sites of one shape share one)
+# kernel id -> what its last failed check reported (graph_pass.ensure_verified writes it), for the user's warning
+problems: dict[str, str] = {}
 _executor: ThreadPoolExecutor | None = None
 
 
@@ -98,7 +100,7 @@ def failed(checks: Sequence[DeferredCheck]) -> list[tuple[DeferredCheck, str]]:
     for check in checks:
         try:
             ok = check.future.result()
-            why = "" if ok else "failed verification at this shape"
+            why = "" if ok else f"failed verification at this shape: {problems.get(check.kernel_id, '?')}"
         except Exception as exc:  # an internal error in the check is no verdict, and no licence to run the kernel
             ok, why = False, f"the check raised {type(exc).__name__}: {exc}"
         if not ok:
