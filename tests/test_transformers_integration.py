@@ -254,6 +254,17 @@ def test_additive_mask_fill_decides_rows_without_keys(fill: float | str, left: b
     assert (plan.kind, plan.empty_rows_mean) == (kind, mean)
 
 
+def test_a_half_mask_on_float_scores_does_not_swamp_them() -> None:
+    """fp16's finfo.min added to float32 scores leaves eager's row without keys a softmax of the scores: a bias."""
+    keep = _hf_mask(17, 17, causal_mask_function, [17, 11], left=True)
+    assert keep is not None
+    additive = torch.zeros(keep.shape, dtype=torch.float16).masked_fill(~keep, torch.finfo(torch.float16).min)
+    on_half = plan_mask(additive, is_causal=False, batch=B, q_len=17, kv_len=17, score_dtype=torch.float16)
+    on_float = plan_mask(additive, is_causal=False, batch=B, q_len=17, kv_len=17, score_dtype=torch.float32)
+    assert (on_half.kind, on_half.empty_rows_mean) == (MaskKind.PADDING, True)
+    assert (on_float.kind, on_float.empty_rows_mean) == (MaskKind.BIAS, False)
+
+
 def test_finfo_min_mask_rows_without_keys_are_eager_mean(seeded: torch.Generator) -> None:
     """An additive finfo.min mask with left padding, on a stored kernel: every position, pad rows included, is
     eager's (those rows: the mean of v, where the kernel alone gives 0)."""

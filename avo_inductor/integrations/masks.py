@@ -73,10 +73,12 @@ def _band(nq: int, nk: int, window: int | None, device: torch.device) -> torch.T
     return keep & (j > i - window) if window is not None else keep
 
 
-def plan_mask(mask: torch.Tensor | None, *, is_causal: bool, batch: int, q_len: int, kv_len: int) -> MaskPlan:
+def plan_mask(mask: torch.Tensor | None, *, is_causal: bool, batch: int, q_len: int, kv_len: int,
+              score_dtype: torch.dtype | None = None) -> MaskPlan:
     """The avo flags for SDPA's ``(attn_mask=mask, is_causal=is_causal)`` on q (B, H, Nq, D), k (B, H, Nk, D).
 
-    ``is_causal`` is SDPA's (top-left aligned): it equals the avo causal flag only when Nq == Nk.
+    ``is_causal`` is SDPA's (top-left aligned): it equals the avo causal flag only when Nq == Nk. ``score_dtype``:
+    q's dtype, which with an additive mask's decides whether its finite fill swamps the scores (eager's sum).
     """
     if mask is None:
         if not is_causal:
@@ -100,7 +102,8 @@ def plan_mask(mask: torch.Tensor | None, *, is_causal: bool, batch: int, q_len: 
     fills = mask.masked_select(~keep)
     if bool(torch.isinf(fills).all()):
         return _plan_keep(keep, batch)
-    if bool(torch.isfinite(fills).all()) and swamps_scores(float(fills.max()), mask.dtype):
+    sum_dtype = torch.promote_types(mask.dtype, score_dtype) if score_dtype is not None else mask.dtype
+    if bool(torch.isfinite(fills).all()) and swamps_scores(float(fills.max()), sum_dtype):
         # decided once per mask (the plan is cached): no row without keys, nothing to add after the kernel
         return replace(_plan_keep(keep, batch), empty_rows_mean=bool((~keep.any(dim=-1)).any()))
     # a milder fill (its fully masked rows are a softmax of the scores in eager) or -inf and finite fills mixed:

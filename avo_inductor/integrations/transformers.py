@@ -153,8 +153,9 @@ def _prepare(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, va
         plan = plan_mask(None, is_causal=causal, batch=batch, q_len=q_len, kv_len=kv_len)
     else:
         m = mask
-        plan = _mask_plans.get(m, (batch, q_len, kv_len),
-                               lambda: plan_mask(m, is_causal=False, batch=batch, q_len=q_len, kv_len=kv_len))
+        plan = _mask_plans.get(m, (batch, q_len, kv_len, query.dtype),
+                               lambda: plan_mask(m, is_causal=False, batch=batch, q_len=q_len, kv_len=kv_len,
+                                                 score_dtype=query.dtype))
     if plan.reason:
         _note_unavailable(module, f"mask: {plan.reason}", settings)
         return None
