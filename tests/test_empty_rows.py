@@ -236,3 +236,16 @@ def test_mean_only_where_eager_gives_the_mean(model: type[torch.nn.Module], mean
     seen_keys = (_causal(17) & pad[:, None, None, :].bool()).any(dim=-1, keepdim=True).expand_as(ref)
     rows = torch.ones_like(seen_keys) if mean else seen_keys
     torch.testing.assert_close(out[rows], ref[rows], atol=1e-5, rtol=1e-5)
+
+
+def test_explain_says_where_the_mean_is_added(seeded: torch.Generator) -> None:
+    """explain() names the extra step at an eager-masked site (a miss: SDPA, then the mean)."""
+    import avo_inductor
+
+    q, k, v = (torch.randn(2, 2, 17, 8, generator=seeded) for _ in range(3))
+    pad = torch.ones(2, 17, dtype=torch.long)
+    pad[1, :6] = 0
+    (site,) = avo_inductor.explain(_EagerAttention("min"), q, k, v, pad, quiet=True)
+    assert "eager's mean of v" in site.reason, site
+    (plain,) = avo_inductor.explain(_EagerAttention("-inf"), q, k, v, pad, quiet=True)
+    assert "mean of v" not in plain.reason

@@ -282,8 +282,11 @@ def run_avo_pass(gm: fx.GraphModule, settings: Settings, store: Any | None = Non
                        f"{type(exc).__name__}: {exc}")
             site = SiteReport(module_path=match.module_path, pattern=match.pattern, action=rep.ERROR,
                               spec=match.spec, reason=f"{type(exc).__name__}: {exc}")
-        if match.note:  # why a bias with per-head slopes was not read as ALiBi (detect/alibi.py)
-            site = dataclasses.replace(site, reason="; ".join(r for r in (site.reason, match.note) if r))
+        notes = [match.note]  # why a bias with per-head slopes was not read as ALiBi (detect/alibi.py)
+        if match.empty_rows_mean and site.action in (rep.AVO, rep.SDPA):
+            notes.append("rows without keys get eager's mean of v (finite mask fill)")
+        if any(notes):
+            site = dataclasses.replace(site, reason="; ".join(r for r in (site.reason, *notes) if r))
         changed |= site.action in (rep.AVO, rep.SDPA)
         sites.append(site)
     if changed:
