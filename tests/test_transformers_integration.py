@@ -238,15 +238,17 @@ def test_masks_that_do_not_split(seeded: torch.Generator) -> None:
     (float("-inf"), True, MaskKind.PADDING, False),
     (-1e4, True, MaskKind.BIAS, False),  # a mild fill: eager's fully masked row is a softmax of the scores, a bias
     ("mixed", True, MaskKind.BIAS, False),  # -inf and finfo.min in one mask: the bias path takes both
-], ids=["finfo-min", "finfo-min-right-pad", "-inf", "mild", "mixed"])
+    ("differing", True, MaskKind.BIAS, False),  # finfo.min and -1e35: eager averages over the -1e35 keys alone
+    (-1e4, False, MaskKind.PADDING, False),  # a mild fill, but no row without keys: flags and padding are exact
+], ids=["finfo-min", "finfo-min-right-pad", "-inf", "mild", "mixed", "differing", "mild-right-pad"])
 def test_additive_mask_fill_decides_rows_without_keys(fill: float | str, left: bool, kind: MaskKind,
                                                       mean: bool) -> None:
     """Left padding under a causal mask leaves pad rows with no key: an additive mask says what eager gives them
     (and a mask with no such row adds nothing after the kernel)."""
     keep = _hf_mask(17, 17, causal_mask_function, [17, 11], left=left)
     assert keep is not None
-    if fill == "mixed":
-        additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    if fill in ("mixed", "differing"):
+        additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf") if fill == "mixed" else -1e35)
         additive[..., 0] = torch.where(keep[..., 0], 0.0, torch.finfo(torch.float32).min)
     else:
         additive = torch.zeros(keep.shape).masked_fill(~keep, float(fill))

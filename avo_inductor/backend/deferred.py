@@ -34,8 +34,13 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _inflight: dict[str, Future[bool]] = {}  # verdict key -> its check (two sites of one shape share one)
-# kernel id -> what its last failed check reported (graph_pass.ensure_verified writes it), for the user's warning
-problems: dict[str, str] = {}
+# (kernel id, site) -> what its failed check reported (graph_pass.ensure_verified writes it before its verdict
+# resolves), for the user's warning; one kernel id can serve several shapes, so the site is part of the key
+problems: dict[tuple[str, str], str] = {}
+
+
+def problem_key(kernel_id: str, site: AttentionSpec) -> tuple[str, str]:
+    return kernel_id, site.cache_key()
 _executor: ThreadPoolExecutor | None = None
 
 
@@ -100,7 +105,8 @@ def failed(checks: Sequence[DeferredCheck]) -> list[tuple[DeferredCheck, str]]:
     for check in checks:
         try:
             ok = check.future.result()
-            why = "" if ok else f"failed verification at this shape: {problems.get(check.kernel_id, '?')}"
+            why = "" if ok else \
+                f"failed verification at this shape: {problems.get(problem_key(check.kernel_id, check.site), '?')}"
         except Exception as exc:  # an internal error in the check is no verdict, and no licence to run the kernel
             ok, why = False, f"the check raised {type(exc).__name__}: {exc}"
         if not ok:

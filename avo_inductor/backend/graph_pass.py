@@ -104,13 +104,14 @@ def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | No
         return True
     from ..check.verify import verify_record
 
-    if getattr(hit, "serves", None) is not None:
+    if (serves := getattr(hit, "serves", None)) is not None:
         as_is = store.verified_as_is(hit.record, hit.layer)
-        report = verify_record(hit.record, device=device, at=hit.serves, own_lengths_only=as_is)
+        report = verify_record(hit.record, device=device, at=serves, own_lengths_only=as_is)
         store.mark_class_verdict(hit, report.ok, "; ".join(report.problems)[:500],
                                  persist=not getattr(report, "environmental", False))
         if not report.ok:
-            deferred.problems[hit.record.kernel_id] = "; ".join(report.problems)[:300]
+            deferred.problems[deferred.problem_key(hit.record.kernel_id, serves)] = \
+                "; ".join(report.problems)[:300]
         _count("class_verified" if report.ok else "class_rejected")
         return bool(report.ok)
     if hit.record.sha256 in _failed_verification:
@@ -121,7 +122,8 @@ def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | No
     else:
         _failed_verification.add(hit.record.sha256)
         store.discard_read_through(hit.key, hit.record.sha256)
-        deferred.problems[hit.record.kernel_id] = "; ".join(report.problems)[:300]
+        deferred.problems[deferred.problem_key(hit.record.kernel_id, hit.record.spec)] = \
+            "; ".join(report.problems)[:300]
     return bool(report.ok)
 
 
@@ -181,9 +183,9 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
     while background is None and hit is not None and not ensure_verified(store, hit, device):
         what = f"verification at {spec.to_text()} (class record tuned at {hit.record.spec.to_text()})" \
             if hit.is_class else f"re-verification on {SoftwareKey.current()}"
+        why = deferred.problems.get(deferred.problem_key(hit.record.kernel_id, hit.serves or hit.record.spec), "?")
         _warn_once(f"reverify:{hit.record.kernel_id}:{spec.cache_key() if hit.is_class else ''}",
-                   f"avo: kernel {hit.record.kernel_id} failed {what} "
-                   f"({deferred.problems.get(hit.record.kernel_id, '?')}); using the fallback")
+                   f"avo: kernel {hit.record.kernel_id} failed {what} ({why}); using the fallback")
         hit = lookup_record(store, spec, hardware) if hit.is_class else None  # a class hit: the next neighbour
     if hit is not None:
         record = hit.record

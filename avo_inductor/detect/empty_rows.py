@@ -1,6 +1,7 @@
 """Query rows whose every key is masked: eager's answer where the mask's fill is finite.
 
-The avo kernels and SDPA give such a row 0 (``reference.py``'s rule; eager softmax over -inf gives NaN). A mask that
+Under flags, keep-masks or -inf, the avo kernels and SDPA give such a row 0 (``reference.py``'s rule; eager softmax
+over -inf gives NaN; an additive finfo.min bias is another matter: the kernels' bias floor). A mask that
 gives masked keys a finite score instead (transformers' eager masks, ``where(keep, 0, finfo.min)`` added to the
 scores, or ``masked_fill(~keep, finfo.min)``) makes that row a softmax over equal scores in eager: the uniform
 average, the mean of v over every key. Such rows sit at padded positions (left padding under a causal mask, or a

@@ -61,6 +61,7 @@ class MaskTerm:
     factor: float = 1.0
     heads: int | None = None
     fill: float = float("-inf")
+    sum_dtype: torch.dtype | None = None  # BIAS: the dtype of the add that brings it to the scores, when known
 
 
 def in_site_frame(value: torch.Tensor, heads: int | None) -> torch.Tensor:
@@ -315,7 +316,9 @@ def keep_source(gm: fx.GraphModule, term: MaskTerm, score_dtype: torch.dtype | N
     shape-only tensor (``torch.zeros(())``, ``torch.tensor(0.0)``, ``torch.full((), -inf)``, a lifted constant)
     whose values are checked by evaluating it. None otherwise: a milder fill (-1e4 added to float32 scores) leaves
     a row whose every key it masks a softmax of the scores themselves in eager, which only the bias reproduces.
-    ``score_dtype``: the dtype of the scores the bias is added to (the sum's dtype decides what swamps)."""
+    ``score_dtype``: the dtype of the scores the bias is added to (the sum's dtype decides what swamps; the term's
+    own ``sum_dtype`` wins where the matcher saw the add). The fill is read as the where stores it (finfo(fp32).min
+    in an fp16 where is -inf)."""
     if term.kind is TermKind.KEEP:
         return term.node, term.fill
     node = term.node
@@ -325,11 +328,14 @@ def keep_source(gm: fx.GraphModule, term: MaskTerm, score_dtype: torch.dtype | N
         if isinstance(cond, fx.Node) and getattr(example(cond), "dtype", None) == torch.bool \
                 and _constant_all(gm, zero, lambda t: t == 0) \
                 and (fills := _constant_values(gm, fill)) is not None and bool((fills <= NEG_THRESHOLD).all()):
+            bias_dtype = getattr(example(node), "dtype", None)
+            if bias_dtype is not None and bias_dtype.is_floating_point:
+                fills = fills.to(bias_dtype).double()  # as stored: a fill the dtype cannot hold is -inf
             highest = float(fills.max())
             if math.isinf(highest):
                 return cond, highest
-            bias_dtype = getattr(example(node), "dtype", None)
-            sum_dtype = torch.promote_types(bias_dtype, score_dtype) if bias_dtype and score_dtype else bias_dtype
+            sum_dtype = term.sum_dtype or (torch.promote_types(bias_dtype, score_dtype) if bias_dtype and score_dtype
+                                           else bias_dtype)
             if swamps_scores(highest, sum_dtype):
                 return cond, highest
     return None

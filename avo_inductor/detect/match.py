@@ -199,7 +199,7 @@ def _match_handwritten(gm: fx.GraphModule, softmax: fx.Node) -> AttentionMatch:
             if not isinstance(node, fx.Node):
                 raise Unsupported("mask is not a tensor")
             terms.append(MaskTerm(node, kind, scale * sign if kind is TermKind.BIAS else 1.0, heads=split,
-                                  fill=step.fill))
+                                  fill=step.fill, sum_dtype=_dtype(scores) if kind is TermKind.BIAS else None))
         if step.split_heads is not None:
             if split is not None:
                 raise Unsupported("scores split into heads twice")

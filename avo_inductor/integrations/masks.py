@@ -97,17 +97,19 @@ def plan_mask(mask: torch.Tensor | None, *, is_causal: bool, batch: int, q_len: 
     keep = _keep_of(mask, TermKind.BIAS)
     if keep is None:
         return MaskPlan(kind=MaskKind.BIAS, tensor=mask)
-    if bool(keep.all()):
+    # Decided once per mask (the plan is cached). Rows that see a key are exact whatever the fill; a row that sees
+    # none is eager's: 0 under -inf (eager NaN), the mean of v under one fill that swamps the scores, and otherwise
+    # (a milder fill: a softmax of the scores; -inf and finite fills, or differing ones, mixed) what the bias path
+    # reproduces.
+    if not bool((~keep.any(dim=-1)).any()):
         return _plan_keep(keep, batch)
     fills = mask.masked_select(~keep)
     if bool(torch.isinf(fills).all()):
         return _plan_keep(keep, batch)
     sum_dtype = torch.promote_types(mask.dtype, score_dtype) if score_dtype is not None else mask.dtype
-    if bool(torch.isfinite(fills).all()) and swamps_scores(float(fills.max()), sum_dtype):
-        # decided once per mask (the plan is cached): no row without keys, nothing to add after the kernel
-        return replace(_plan_keep(keep, batch), empty_rows_mean=bool((~keep.any(dim=-1)).any()))
-    # a milder fill (its fully masked rows are a softmax of the scores in eager) or -inf and finite fills mixed:
-    # the kernels' bias path reproduces both
+    if bool(torch.isfinite(fills).all()) and bool(fills.min() == fills.max()) \
+            and swamps_scores(float(fills.max()), sum_dtype):
+        return replace(_plan_keep(keep, batch), empty_rows_mean=True)
     return MaskPlan(kind=MaskKind.BIAS, tensor=mask)
 
 
