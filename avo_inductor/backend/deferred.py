@@ -36,11 +36,17 @@ _lock = threading.Lock()
 _inflight: dict[str, Future[bool]] = {}  # verdict key -> its check (two sites of one shape share one)
 # (kernel id, site) -> what its failed check reported (graph_pass.ensure_verified writes it before its verdict
 # resolves), for the user's warning; one kernel id can serve several shapes, so the site is part of the key
-problems: dict[tuple[str, str], str] = {}
+_problems: dict[tuple[str, str], str] = {}
 
 
-def problem_key(kernel_id: str, site: AttentionSpec) -> tuple[str, str]:
-    return kernel_id, site.cache_key()
+def remember_problems(kernel_id: str, site: AttentionSpec, problems: Sequence[str]) -> None:
+    """Keep what a failed check of ``kernel_id`` at ``site`` reported, for :func:`problems_of`."""
+    _problems[kernel_id, site.cache_key()] = "; ".join(problems)[:300]
+
+
+def problems_of(kernel_id: str, site: AttentionSpec) -> str:
+    """What the last failed check of ``kernel_id`` at ``site`` reported ("?" if none was kept)."""
+    return _problems.get((kernel_id, site.cache_key()), "?")
 _executor: ThreadPoolExecutor | None = None
 
 
@@ -105,8 +111,7 @@ def failed(checks: Sequence[DeferredCheck]) -> list[tuple[DeferredCheck, str]]:
     for check in checks:
         try:
             ok = check.future.result()
-            why = "" if ok else \
-                f"failed verification at this shape: {problems.get(problem_key(check.kernel_id, check.site), '?')}"
+            why = "" if ok else f"failed verification at this shape: {problems_of(check.kernel_id, check.site)}"
         except Exception as exc:  # an internal error in the check is no verdict, and no licence to run the kernel
             ok, why = False, f"the check raised {type(exc).__name__}: {exc}"
         if not ok:

@@ -110,8 +110,7 @@ def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | No
         store.mark_class_verdict(hit, report.ok, "; ".join(report.problems)[:500],
                                  persist=not getattr(report, "environmental", False))
         if not report.ok:
-            deferred.problems[deferred.problem_key(hit.record.kernel_id, serves)] = \
-                "; ".join(report.problems)[:300]
+            deferred.remember_problems(hit.record.kernel_id, serves, report.problems)
         _count("class_verified" if report.ok else "class_rejected")
         return bool(report.ok)
     if hit.record.sha256 in _failed_verification:
@@ -122,8 +121,7 @@ def ensure_verified(store: KernelStore, hit: StoreHit, device: torch.device | No
     else:
         _failed_verification.add(hit.record.sha256)
         store.discard_read_through(hit.key, hit.record.sha256)
-        deferred.problems[deferred.problem_key(hit.record.kernel_id, hit.record.spec)] = \
-            "; ".join(report.problems)[:300]
+        deferred.remember_problems(hit.record.kernel_id, hit.record.spec, report.problems)
     return bool(report.ok)
 
 
@@ -183,7 +181,7 @@ def _handle_site(gm: fx.GraphModule, match: Any, store: Any, settings: Settings,
     while background is None and hit is not None and not ensure_verified(store, hit, device):
         what = f"verification at {spec.to_text()} (class record tuned at {hit.record.spec.to_text()})" \
             if hit.is_class else f"re-verification on {SoftwareKey.current()}"
-        why = deferred.problems.get(deferred.problem_key(hit.record.kernel_id, hit.serves or hit.record.spec), "?")
+        why = deferred.problems_of(hit.record.kernel_id, hit.serves or hit.record.spec)
         _warn_once(f"reverify:{hit.record.kernel_id}:{spec.cache_key() if hit.is_class else ''}",
                    f"avo: kernel {hit.record.kernel_id} failed {what} ({why}); using the fallback")
         hit = lookup_record(store, spec, hardware) if hit.is_class else None  # a class hit: the next neighbour
