@@ -23,7 +23,8 @@ Direction = Literal["fwd", "bwd", "both"]
 # flash_v1 backward it keeps; "ignored" has no effect there; "refused" must keep its default (render refuses).
 Ws90Role = Literal["same", "bwd", "ignored", "refused"]
 # Per-spec pruning rules of search/operators.spec_space (logic there, one name per knob here).
-PRUNE_RULES = ("q_tile", "q_tile_bwd", "kv_tile", "decode_splits", "decode", "causal", "alibi", "gqa", "hopper")
+PRUNE_RULES = ("q_tile", "q_tile_bwd", "kv_tile", "decode_splits", "decode", "causal", "alibi", "gqa", "hopper",
+               "fused_bwd")
 
 _TILES = (16, 32, 64, 128, 256)
 _WARPS = (1, 2, 4, 8, 16)
@@ -152,6 +153,10 @@ KNOBS: tuple[Knob, ...] = (
          "copy engine through a tensor descriptor (FlashAttention-3's dQ accumulation) instead of one atomic per "
          "element; no effect without bwd_dq_atomic", constant="BWD_DQ_TMA", launch_key="bwd_dq_tma",
          direction="bwd", prune="hopper"),
+    Knob("bwd_ws90", _BOOL, False, "the backward is flash_ws90's one fused Gluon kernel for sm_90 (FlashAttention-3's "
+         "shape: S and dP once per block pair, 5 tile matmuls instead of 7, dq added by TMA bulk reduce-adds); "
+         "16-bit q/k/v, head dim 64 or 128, no mask but causal; the bwd_* tile knobs then do not act",
+         launch_key="bwd_ws90", direction="bwd", prune="fused_bwd"),
 )
 
 

@@ -84,6 +84,15 @@ GRID = [
     (8, 2, 1000, 1000, 128, 128, True, None, "none", {"template": "flash_ws90", "persistent": True}),
     (8, 1, 1000, 113, 128, 128, True, None, "none", {"template": "flash_ws90", "persistent": True}),
     (4, 4, 777, 777, 64, 64, False, None, "bias", {"template": "flash_ws90", "persistent": True, "num_stages": 3}),
+    # the fused Gluon backward (bwd_ws90) behind either forward: ragged lengths, GQA 4 and 8, Nq < Nk and Nq > Nk
+    # causal (rows with no key), one query row, d64 and d128
+    (8, 8, 1000, 1000, 128, 128, True, None, "none", {"bwd_ws90": True}),
+    (8, 2, 113, 1000, 128, 128, True, None, "none", {"bwd_ws90": True}),
+    (8, 1, 1000, 113, 64, 64, True, None, "none", {"bwd_ws90": True}),
+    (4, 4, 17, 17, 64, 64, False, None, "none", {"bwd_ws90": True}),
+    (4, 2, 1, 777, 128, 128, False, None, "none", {"template": "flash_ws90", "bwd_ws90": True}),
+    (8, 2, 1000, 1000, 128, 128, True, None, "none", {"template": "flash_ws90", "bwd_ws90": True}),
+    (4, 4, 1024, 1024, 64, 64, False, None, "none", {"template": "flash_ws90", "bwd_ws90": True}),
 ]
 
 

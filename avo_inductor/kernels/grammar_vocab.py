@@ -57,8 +57,9 @@ NAMESPACES: dict[tuple[str, ...], frozenset[str]] = {
     ("mbarrier",): frozenset({"MBarrierLayout", "allocate_mbarrier", "arrive", "expect", "init", "invalidate",
                               "wait"}),
     # async_copy_global_to_shared is Triton 3.6's name of async_load (render._gluon_dialect renames it).
+    # async_atomic_add is Triton 3.9's TMA bulk reduce-add; kernels/gluon_compat.py gives 3.6 the same name.
     ("tma",): frozenset({"async_copy_global_to_shared", "async_load", "async_copy_shared_to_global",
-                         "async_store", "store_wait"}),
+                         "async_store", "store_wait", "async_atomic_add"}),
 }
 # Attributes of values (tensors, pointers, descriptors, shared-memory buffers, dtypes): pure accessors only.
 VALUE_ATTRIBUTES = frozenset({

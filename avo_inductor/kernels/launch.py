@@ -119,6 +119,7 @@ class KernelFunctions:
     bwd_preprocess: TritonKernel | None = None
     bwd_dkdv: TritonKernel | None = None
     bwd_dq: TritonKernel | None = None
+    bwd_ws90: TritonKernel | None = None  # the fused Gluon backward (launch["bwd_ws90"])
 
     @property
     def has_backward(self) -> bool:
@@ -491,6 +492,9 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
     _launch(preprocess_fn, (_cdiv(nq, bm), b * hq), O=o, DO=do, DELTA=delta, **_strides("o", o),
             **_strides("do", do), H_Q=hq, N_Q=nq, V_HEAD_DIM=sc["V_HEAD_DIM"], BLOCK_M=bm, BLOCK_DV=sc["BLOCK_DV"],
             num_warps=4, num_stages=1)
+    if cfg.bwd_ws90 and fns.bwd_ws90 is not None and _fused_bwd_serves(q, k, v, mask_kind, sc):
+        _backward_ws90(fns.bwd_ws90, do, q, k, v, lse, delta, dq, dk, dv, sc)
+        return dq, dk, dv
     m, m_strides, code = mask_operand(q, mask, mask_kind, nk)
     even = cfg.even_fast_path
     args = dict(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, MASK=m, DQ=dq, DK=dk, DV=dv,
@@ -518,3 +522,56 @@ def backward(fns: KernelFunctions, cfg: LaunchConfig, do: torch.Tensor, q: torch
     dq_m, dq_n = (bn, bm) if cfg.bwd_dq_swap else (bm, bn)
     _launch(dq_fn, (_cdiv(nq, dq_m), b * hq), **args, **tiles(dq_m, dq_n))
     return dq, dk, dv
+
+
+# The fused Gluon backward's tiles (templates/flash_ws90_bwd.py): 64-row query tiles, two math warpgroups of 64 keys.
+WS90_BWD_BLOCK_M = 64
+WS90_BWD_BLOCK_N = 64
+WS90_BWD_STAGES = 2
+
+
+def _fused_bwd_serves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_kind: str, sc: dict[str, Any]) -> bool:
+    """Whether this call is one the fused Gluon backward implements (render admits only such specs; a record's
+    shape class can still hand the launcher a call outside them, which then takes the Triton backward)."""
+    d = q.shape[3]
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and k.dtype == q.dtype and v.dtype == q.dtype
+            and d in (64, 128) and k.shape[3] == d and v.shape[3] == d and mask_kind == "none"
+            and not sc["HAS_WINDOW"])
+
+
+def _backward_ws90(fn: TritonKernel, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   lse: torch.Tensor, delta: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+                   sc: dict[str, Any]) -> None:
+    """Launch the fused backward: descriptors over 16-byte-aligned q/k/v/dO (copies where a stride is not), dq
+    accumulated in a zeroed contiguous fp32 buffer by TMA reduce-adds and cast into ``dq``; dk/dv written with unit
+    last stride (a caller's buffer without one gets a contiguous one copied in)."""
+    d = q.shape[3]
+    half = d // 2
+    q, k, v, do = (_for_descriptors(t, full_rank=True) for t in (q, k, v, do))
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    dk_out = dk if dk.stride(3) == 1 else torch.empty_like(dk, memory_format=torch.contiguous_format)
+    dv_out = dv if dv.stride(3) == 1 else torch.empty_like(dv, memory_format=torch.contiguous_format)
+    bm, bn = WS90_BWD_BLOCK_M, WS90_BWD_BLOCK_N
+
+    def desc(t: torch.Tensor, rows: int) -> Any:
+        return _ws90_descriptor(t, DescriptorSpec("", (1, 1, rows, half), _ws90_layout((1, 1, rows, half), t.dtype)))
+
+    grid = (_cdiv(sc["N_KV"], 2 * bn) * sc["BATCH"] * (sc["H_Q"] // sc["GROUP"]),)
+    fn[grid](desc(q, bm), desc(k, 2 * bn), desc(v, 2 * bn), desc(do, bm),
+             _ws90_descriptor(dq_acc, DescriptorSpec("", (1, 1, bm, half), _fp32_unswizzled())), lse, delta,
+             dk_out, dv_out, *dk_out.stride()[:3], *dv_out.stride()[:3], sc["BATCH"], sc["H_Q"], sc["GROUP"],
+             sc["N_Q"], sc["N_KV"], sc["sm_scale"] * math.log2(math.e), sc["sm_scale"], BLOCK_M=bm, BLOCK_N=bn,
+             HEAD_D=d, STAGES=WS90_BWD_STAGES, IS_CAUSAL=sc["IS_CAUSAL"], num_warps=4)
+    dq.copy_(dq_acc)
+    if dk_out is not dk:
+        dk.copy_(dk_out)
+    if dv_out is not dv:
+        dv.copy_(dv_out)
+
+
+@functools.cache
+def _fp32_unswizzled() -> Any:
+    """The fused backward's dq tile layout: 64 fp32 columns are 256 bytes, wider than any TMA swizzle span."""
+    from triton.experimental.gluon import language as gl
+
+    return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=4)

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..artifact import KernelRecord, KernelSource, LaunchConfig
 from ..spec import kernel_id
+from . import gluon_compat
 from .grammar import Violation, check_source
 from .launch import KernelFunctions
 from .tiers import kernel_for_record, tiered
@@ -55,6 +56,8 @@ def required_functions(entry_point: str, bwd_entry_point: str | None, launch: Ma
         names.append(f"{entry_point}_split_combine" if launch.get("split_combine") else f"{entry_point}_reduce")
     if bwd_entry_point:
         names += [f"{bwd_entry_point}_preprocess", f"{bwd_entry_point}_dkdv", f"{bwd_entry_point}_dq"]
+        if launch.get("bwd_ws90"):
+            names.append(f"{bwd_entry_point}_ws90")
     return tuple(names)
 
 
@@ -193,6 +196,7 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
         listed = "; ".join(str(p) for p in problems[:10])
         raise ValueError(f"kernel source rejected by the static allowlist ({len(problems)} problem(s)): {listed}")
     cfg = LaunchConfig.from_dict(launch)
+    gluon_compat.install()  # the Gluon spellings templates use exist before the module is compiled
     module = _import(_write_source(source, actual), actual)
     reduce_name = f"{entry_point}_reduce"
     fused = cfg.kv_splits > 1 and cfg.split_combine
@@ -204,6 +208,7 @@ def load_source(source: str, entry_point: str, bwd_entry_point: str | None, laun
         bwd_preprocess=_function(module, f"{bwd_entry_point}_preprocess") if bwd_entry_point else None,
         bwd_dkdv=_function(module, f"{bwd_entry_point}_dkdv") if bwd_entry_point else None,
         bwd_dq=_function(module, f"{bwd_entry_point}_dq") if bwd_entry_point else None,
+        bwd_ws90=_function(module, f"{bwd_entry_point}_ws90") if bwd_entry_point and cfg.bwd_ws90 else None,
     )
     loaded = LoadedKernel(kid, actual, entry_point, bwd_entry_point, cfg, fns, Path(module.__file__ or ""))
     with _LOCK:

@@ -134,6 +134,18 @@ def _fwd_functional(mode, func, types, args, kwargs):
     return _decompose_fwd(mode, func, types, args, kwargs)
 
 
+_decompose_bwd = getattr(attention_backward, "_torch_dispatch_fns", {}).get(FunctionalTensorMode, _keep_opaque)
+
+
+def _bwd_functional(mode, func, types, args, kwargs):
+    """Decompose the backward into its Triton launches (Inductor inlines them) unless the kernel's backward is the
+    fused Gluon one (bwd_ws90), which stays an opaque op Inductor calls as an extern kernel."""
+    kernel_id = kwargs["kernel_id"] if "kernel_id" in kwargs else args[7]
+    if get_kernel(kernel_id).launch.bwd_ws90:
+        return _keep_opaque(mode, func, types, args, kwargs)
+    return _decompose_bwd(mode, func, types, args, kwargs)
+
+
 if triton_interpreting():
     # Under TRITON_INTERPRET=1, wrap_triton hands back the InterpretedFunction untraceable (torch 2.11-2.13),
     # so the triton_op's functional decomposition would run the interpreter on functional/fake tensors. Keep
@@ -143,6 +155,7 @@ if triton_interpreting():
     attention_backward.register_torch_dispatch(FunctionalTensorMode, _keep_opaque)
 else:
     attention_fwd.register_torch_dispatch(FunctionalTensorMode, _fwd_functional)
+    attention_backward.register_torch_dispatch(FunctionalTensorMode, _bwd_functional)
 
 _LIB = torch.library.Library("avo", "FRAGMENT")
 _LIB.define(f"attention(Tensor q, Tensor k, Tensor v, Tensor? mask, {_ARGS}) -> Tensor")

@@ -29,6 +29,9 @@ WS90_BLOCK_M = 64
 WS90_BLOCK_N = (64, 128)
 WS90_HEAD_DIMS = (64, 128)
 WS90_MASKS = (MaskKind.NONE, MaskKind.BIAS, MaskKind.ALIBI)
+# The fused Gluon backward (templates/flash_ws90_bwd.py, knob bwd_ws90): either family appends it to its module.
+WS90_BWD_FILE = "flash_ws90_bwd.py"
+WS90_BWD_ENTRY = "attn_bwd_ws90"
 _SMEM_LIMIT = 227 * 1024  # shared memory one block may use on sm_90
 _SMEM_SCRATCH = 16 * 1024  # the compiler's own (layout conversions): 16.5 KB over the tiles in ptxas reports
 MAX_HEAD_DIM = 256
@@ -52,6 +55,8 @@ def template_digest(template: str) -> str:
                 "flash_v1_bwd.py")
         else:
             text = _template_text(f"{template}_fwd.py") + _template_text(f"{template}_bwd.py")
+        if template in TEMPLATES:  # either family renders the fused Gluon backward (bwd_ws90)
+            text += _template_text(WS90_BWD_FILE)
     except (FileNotFoundError, OSError):
         text = f"<missing template {template}>"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -118,12 +123,27 @@ def _check_ws90(genome: KernelGenome, spec: AttentionSpec) -> None:
         raise ValueError("flash_ws90 cannot render: " + "; ".join(problems))
 
 
+def fused_bwd_problem(spec: AttentionSpec) -> str | None:
+    """Why the fused Gluon backward (bwd_ws90) cannot serve ``spec``, or None: it implements 16-bit q/k/v with equal
+    head dims of 64 or 128 (two column halves per tile), no mask but causal, no window, no dropout."""
+    problems = []
+    if spec.dtype not in ("float16", "bfloat16"):
+        problems.append(f"dtype {spec.dtype} (16-bit only)")
+    if spec.mask is not MaskKind.NONE or spec.window:
+        problems.append(f"mask {spec.mask.value}{' + window' if spec.window else ''} (none; causal or not)")
+    if spec.head_dim not in WS90_HEAD_DIMS or (spec.v_head_dim or spec.head_dim) != spec.head_dim:
+        problems.append(f"head dims {spec.head_dim}/{spec.v_head_dim} (equal, one of {WS90_HEAD_DIMS})")
+    return "; ".join(problems) or None
+
+
 def check_renderable(genome: KernelGenome, spec: AttentionSpec) -> None:
     """Raise ValueError naming the first knob or spec field the genome's template cannot honour."""
     if genome.template not in TEMPLATES:
         raise ValueError(f"unknown kernel template {genome.template!r}; available: {TEMPLATES}")
     if genome.template == "flash_ws90":
         _check_ws90(genome, spec)
+    if genome.bwd_ws90 and (problem := fused_bwd_problem(spec)) is not None:
+        raise ValueError(f"bwd_ws90 (the fused Gluon backward) cannot render: {problem}")
     rows_unaligned = spec.head_dim % 8 or (spec.v_head_dim or 0) % 8
     if genome.use_tma and (spec.dtype not in ("float16", "bfloat16") or rows_unaligned):
         raise ValueError(f"use_tma needs 16-bit q/k/v with head dims divisible by 8 (16-byte rows); got {spec.dtype}, "
@@ -156,6 +176,9 @@ def render(genome: KernelGenome, spec: AttentionSpec) -> KernelSource:
         grid = "splitkv"
     else:
         grid = "fwd"
+    if genome.bwd_ws90:  # its Gluon imports stay (a repeated import is harmless; flash_v1's module has none)
+        fused = _strip_docstring_and_imports(_gluon_dialect(_template_text(WS90_BWD_FILE)))
+        source = f"{source.rstrip()}\n\n\n# ---- Hopper fused backward ({WS90_BWD_FILE}) ----\n{fused}"
     entry = WS90_ENTRY if genome.template == "flash_ws90" else FWD_ENTRY
     return KernelSource(source=source, entry_point=entry, bwd_entry_point=BWD_ENTRY,
                         launch=LaunchConfig.from_dict(launch_dict(values, grid)))

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..kernels.genome import KNOBS, KernelGenome, Knob
-from ..kernels.render import template_digest
+from ..kernels.render import fused_bwd_problem, template_digest
 from ..spec import AttentionSpec, HardwareKey, MaskKind, next_power_of_two, stable_hash
 from .types import Candidate, EvalResult
 
@@ -24,7 +24,7 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
     split-K and must leave every split at least one key tile, and split_combine acts on decode's splits only;
     causal-only knobs are no-ops without a causal mask or window; pack_gqa needs q heads sharing a kv head; the
     alibi knobs change ALiBi kernels only; TMA and warp specialization need Hopper (sm90+) and do not exist in the
-    CPU interpreter."""
+    CPU interpreter; the fused Gluon backward runs on sm_90 for the specs render.fused_bwd_problem admits."""
     gqa = spec.q_heads != spec.kv_heads
     if rule == "q_tile":
         limit = next_power_of_two(spec.q_len * spec.gqa_group if gqa else spec.q_len)
@@ -46,6 +46,9 @@ def _prune(rule: str | None, values: tuple[Any, ...], spec: AttentionSpec,
     if rule == "hopper":
         hopper = hardware is not None and hardware.vendor == "nvidia" and hardware.capability >= (9, 0)
         return values if hopper else (False,)
+    if rule == "fused_bwd":  # flash_ws90's Gluon backward: sm_90 exactly (wgmma), the specs it renders
+        sm90 = hardware is not None and hardware.vendor == "nvidia" and hardware.capability == (9, 0)
+        return values if sm90 and fused_bwd_problem(spec) is None else (False,)
     if rule is None:
         return values
     raise ValueError(f"unknown pruning rule {rule!r}")
