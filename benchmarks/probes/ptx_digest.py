@@ -126,6 +126,12 @@ def configs() -> list[Config]:
                                       (("persistent", persistent),), ("attn_fwd_ws90",), tma))
         out.append(Config(f"ws90/d{d}/none/causal/heavy_first=0", _spec(d, causal=True, n=1024), "flash_ws90",
                           (("heavy_first", False),), ("attn_fwd_ws90",)))
+        # The fused Gluon backward (bwd_ws90), GQA, behind either forward family.
+        for template in ("flash_v1", "flash_ws90"):
+            for causal in (False, True):
+                out.append(Config(f"ws90bwd/d{d}/{template}/{'causal' if causal else 'full'}",
+                                  _spec(d, causal=causal, hq=8, hkv=2), template, (("bwd_ws90", True),),
+                                  ("attn_bwd_ws90",)))
     for dtype in ("float32", "float16"):
         for mask, causal in (("none", False), ("bias", True), ("alibi", False)):
             tag = f"{dtype}/d64/{mask}/{'causal' if causal else 'full'}"
@@ -270,6 +276,9 @@ def _bwd_args(spec: AttentionSpec, g: Any, kernel: str) -> dict[str, Any]:
 
 
 def _load(source: str, tmp: Path) -> Any:
+    from avo_inductor.kernels import gluon_compat
+
+    gluon_compat.install()  # as the loader does: the Gluon spellings the templates use
     sha = hashlib.sha256(source.encode()).hexdigest()
     path = tmp / f"probe_kernel_{sha[:16]}.py"
     path.write_text(source, encoding="utf-8")
@@ -335,6 +344,40 @@ def _compile_ws90(fn: Any, spec: AttentionSpec, g: Any, bias_tma: bool) -> str:
     return compiled.asm["ptx"]
 
 
+def compile_ws90_bwd(fn: Any, spec: AttentionSpec) -> Any:
+    """The fused Gluon backward (bwd_ws90) compiled for sm_90a, its descriptors typed as launch._backward_ws90
+    builds them (also tests/_ws90_bwd_compile.py's compiler)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    from avo_inductor.kernels import launch
+
+    d, half = spec.head_dim, spec.head_dim // 2
+    t = torch.empty(1, 2, 256, d, dtype=_DTYPES[spec.dtype])
+    acc = torch.empty(1, 2, 256, d, dtype=torch.float32)
+    bm, bn = launch.WS90_BWD_BLOCK_M, launch.WS90_BWD_BLOCK_N
+
+    def descriptor(x: torch.Tensor, rows: int, layout: Any = None) -> str:
+        block = (1, 1, rows, half)
+        desc = launch.DescriptorSpec("", block, layout or launch._ws90_layout(block, x.dtype))
+        return mangle_type(launch._ws90_descriptor(x, desc))
+
+    pointer = "*bf16" if spec.dtype == "bfloat16" else "*fp16"
+    signature: dict[str, str] = dict(
+        Q_DESC=descriptor(t, bm), K_DESC=descriptor(t, 2 * bn), V_DESC=descriptor(t, 2 * bn),
+        DO_DESC=descriptor(t, bm), DQ_DESC=descriptor(acc, bm, launch._fp32_unswizzled()), LSE="*fp32",
+        DELTA="*fp32", DK=pointer, DV=pointer, **{f"stride_d{x}{y}": "i32" for x in "kv" for y in "bhn"},
+        BATCH="i32", H_Q="i32", GROUP="i32", N_Q="i32", N_KV="i32", qk_scale="fp32", sm_scale="fp32")
+    constants = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_D=d, STAGES=launch.WS90_BWD_STAGES, IS_CAUSAL=spec.causal,
+                     num_warps=4)
+    signature.update({name: "constexpr" for name in constants})
+    signature = {name: signature[name] for name in fn.arg_names}
+    source = GluonASTSource(fn, signature, {(fn.arg_names.index(n),): v for n, v in constants.items()})
+    return triton.compile(source, target=GPUTarget(*TARGET), options={"num_warps": 4})
+
+
 def digest_config(cfg: Config) -> dict[str, str]:
     """{kernel: sha256 of its PTX} for one configuration ("error: ..." where it does not compile)."""
     g = default_genome(cfg.spec, H100, cfg.template)
@@ -349,6 +392,8 @@ def digest_config(cfg: Config) -> dict[str, str]:
             try:
                 if kernel == "attn_fwd_ws90":
                     ptx = _compile_ws90(fn, cfg.spec, g, cfg.bias_tma)
+                elif kernel == "attn_bwd_ws90":
+                    ptx = compile_ws90_bwd(fn, cfg.spec).asm["ptx"]
                 elif kernel == "attn_fwd":
                     ptx = _compile_triton(fn, _fwd_args(cfg.spec, g))
                 elif kernel == "attn_fwd_split_combine":
