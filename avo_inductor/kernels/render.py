@@ -31,7 +31,6 @@ WS90_HEAD_DIMS = (64, 128)
 WS90_MASKS = (MaskKind.NONE, MaskKind.BIAS, MaskKind.ALIBI)
 # The fused Gluon backward (templates/flash_ws90_bwd.py, knob bwd_ws90): either family appends it to its module.
 WS90_BWD_FILE = "flash_ws90_bwd.py"
-WS90_BWD_ENTRY = "attn_bwd_ws90"
 _SMEM_LIMIT = 227 * 1024  # shared memory one block may use on sm_90
 _SMEM_SCRATCH = 16 * 1024  # the compiler's own (layout conversions): 16.5 KB over the tiles in ptxas reports
 MAX_HEAD_DIM = 256

@@ -2,17 +2,18 @@
 
 Each program owns 2 * BLOCK_N keys of one (batch, kv head) and walks every query tile that can see them (each q
 head of the GQA group in turn), so S and dP are computed once per block pair: 5 tile matmuls instead of flash_v1's
-7. Three partitions:
-  * a one-warp loader: the program's K and V (once), then each query tile's Q and dO into a STAGES-deep ring
-    (ready/empty barriers per slot; a slot is released when both math warpgroups' dK/dV matmuls on it are done);
-  * two math warpgroups of BLOCK_N keys each. Per query tile: S^T = K Q^T and dP^T = V dO^T (async, S first),
-    P^T = exp2(S^T * scale - LSE), dS^T = P^T (dP^T - delta); dV += P^T dO and dK += dS^T Q from registers; dS^T
-    goes to shared memory, where both warpgroups' halves make the tile's whole dS, and warpgroup w computes
-    dQ[:, half w] = dS K[:, half w] over all 2 * BLOCK_N keys and adds it to the fp32 dQ accumulator with one TMA
-    bulk reduce-add (cp.reduce.async.bulk.tensor, FlashAttention-3's dQ path: no second pass over K/V, no
-    per-element atomics).
+7. Two partitions, both math warpgroups of BLOCK_N keys each (no loader warp: with one, Triton compiles the whole
+kernel for 384 threads, 168 registers a thread, and this loop spills there; at 256 threads the cap is 255).
+Warpgroup 0 also issues the TMA copies: the program's K and V once, then each step's Q and dO into a STAGES-deep ring
+STAGES - 1 steps ahead (ready/empty barriers per slot; a slot is released when both warpgroups' dK/dV matmuls on
+it are done).
+Per query tile, each warpgroup: S^T = K Q^T and dP^T = V dO^T (async, S first), P^T = exp2(S^T * scale - LSE),
+dS^T = P^T (dP^T - delta); dV += P^T dO and dK += dS^T Q from registers; dS^T goes to shared memory, where both
+warpgroups' halves make the tile's whole dS, and warpgroup w computes dQ[:, half w] = dS K[:, half w] over all
+2 * BLOCK_N keys and adds it to the fp32 dQ accumulator with one TMA bulk reduce-add (cp.reduce.async.bulk.tensor,
+FlashAttention-3's dQ path: no second pass over K/V, no per-element atomics).
 The head dim is handled as two column halves of HEAD_D / 2 (64 at d128, 32 at d64) in every shared-memory tile, so
-the two warpgroups split dQ's columns without slicing a swizzled tile, and each accumulator is a 64-column tile.
+the two warpgroups split dQ's columns without slicing a swizzled tile.
 Masks: none or causal (bottom-right aligned); key blocks and query tiles that reach past the diagonal or the lengths
 are masked only where they do. GQA: kv head h serves q heads h * GROUP ..; dK/dV sum the group in registers.
 LSE (natural log, +inf for rows without keys) and DELTA = rowsum(dO * O) are (B * H_Q, N_Q) fp32, as flash_v1's
@@ -31,8 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warp
 
 BWD_WARPGROUPS = gl.constexpr(2)  # math warpgroups per program, BLOCK_N keys each
 BWD_HALVES = gl.constexpr(2)  # column halves of the head dim in every shared-memory tile
-BWD_MATH_REGS = gl.constexpr(240)
-BWD_LOADER_REGS = gl.constexpr(24)
+BWD_MATH_REGS = gl.constexpr(240)  # the worker partition's setmaxnreg (the launch allows 256 at 256 threads)
 
 
 @gluon.jit
