@@ -133,3 +133,18 @@ def test_fused_backward_compiles_for_sm90_without_a_gpu(template, head_dim, caus
     assert report["reduce_add"] and report["tma"] and report["reqntid"] and report["cubin_bytes"] > 0
     assert report["wgmma"] >= 2 * 5  # five matmuls per warpgroup, each one or more wgmma instructions
     assert 100_000 <= report["shared"] <= 227 * 1024
+
+
+def test_fused_bwd_probe_cases_are_ones_the_kernel_renders():
+    """The GPU probe's numerics cases and training specs are all specs bwd_ws90 renders (a probe case it refused
+    would test the Triton backward instead)."""
+    from avo_inductor.spec import parse_spec_text
+    from benchmarks.probes import fused_bwd
+
+    for hq, hkv, nq, nk, d, causal, dtype in fused_bwd.CHECK_CASES:
+        spec = AttentionSpec(2, hq, hkv, nq, nk, d, dtype=dtype, causal=causal, needs_grad=True)
+        render(default_genome(spec, H100).replace(bwd_ws90=True), spec)
+    lengths = {c[2] for c in fused_bwd.CHECK_CASES} | {c[3] for c in fused_bwd.CHECK_CASES}
+    assert {1, 17, 113, 1000} <= lengths and {64, 128} == {c[4] for c in fused_bwd.CHECK_CASES}
+    for text in fused_bwd.TRAIN_SPECS.split(";"):
+        assert fused_bwd_problem(parse_spec_text(text, needs_grad=True)) is None
