@@ -546,22 +546,17 @@ def _backward_ws90(fn: TritonKernel, do: torch.Tensor, q: torch.Tensor, k: torch
     accumulated in a zeroed contiguous fp32 buffer by TMA reduce-adds and cast into ``dq``; dk/dv written with unit
     last stride (a caller's buffer without one gets a contiguous one copied in)."""
     d = q.shape[3]
-    half = d // 2
     q, k, v, do = (_for_descriptors(t, full_rank=True) for t in (q, k, v, do))
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dk_out = dk if dk.stride(3) == 1 else torch.empty_like(dk, memory_format=torch.contiguous_format)
     dv_out = dv if dv.stride(3) == 1 else torch.empty_like(dv, memory_format=torch.contiguous_format)
     bm, bn = WS90_BWD_BLOCK_M, WS90_BWD_BLOCK_N
-
-    def desc(t: torch.Tensor, rows: int) -> Any:
-        return _ws90_descriptor(t, DescriptorSpec("", (1, 1, rows, half), _ws90_layout((1, 1, rows, half), t.dtype)))
-
     grid = (_cdiv(sc["N_KV"], 2 * bn) * sc["BATCH"] * (sc["H_Q"] // sc["GROUP"]),)
-    fn[grid](desc(q, bm), desc(k, 2 * bn), desc(v, 2 * bn), desc(do, bm),
-             _ws90_descriptor(dq_acc, DescriptorSpec("", (1, 1, bm, half), _fp32_unswizzled())), lse, delta,
-             dk_out, dv_out, *dk_out.stride()[:3], *dv_out.stride()[:3], sc["BATCH"], sc["H_Q"], sc["GROUP"],
-             sc["N_Q"], sc["N_KV"], sc["sm_scale"] * math.log2(math.e), sc["sm_scale"], BLOCK_M=bm, BLOCK_N=bn,
-             HEAD_D=d, STAGES=WS90_BWD_STAGES, IS_CAUSAL=sc["IS_CAUSAL"], num_warps=4)
+    tiles = ((q, bm), (k, 2 * bn), (v, 2 * bn), (do, bm), (dq_acc, bm))
+    fn[grid](*(ws90_bwd_descriptor(t, rows) for t, rows in tiles), lse, delta, dk_out, dv_out,
+             *dk_out.stride()[:3], *dv_out.stride()[:3], sc["BATCH"], sc["H_Q"], sc["GROUP"], sc["N_Q"], sc["N_KV"],
+             sc["sm_scale"] * math.log2(math.e), sc["sm_scale"], BLOCK_M=bm, BLOCK_N=bn, HEAD_D=d,
+             STAGES=WS90_BWD_STAGES, IS_CAUSAL=sc["IS_CAUSAL"], num_warps=4)
     dq.copy_(dq_acc)
     if dk_out is not dk:
         dk.copy_(dk_out)
@@ -569,9 +564,17 @@ def _backward_ws90(fn: TritonKernel, do: torch.Tensor, q: torch.Tensor, k: torch
         dv.copy_(dv_out)
 
 
+def ws90_bwd_descriptor(t: torch.Tensor, rows: int) -> Any:
+    """A fused-backward descriptor over 4-d ``t``: tiles of ``rows`` x half the head dim, 16-bit operands in their
+    default swizzle, the fp32 dq accumulator unswizzled (64 fp32 columns are 256 bytes, wider than any TMA swizzle
+    span). The launch and benchmarks/probes/ptx_digest.py (which types the kernel's signature with it) share it."""
+    block = (1, 1, rows, t.shape[3] // 2)
+    return _ws90_descriptor(t, DescriptorSpec("", block, _fp32_unswizzled() if t.dtype == torch.float32
+                                              else _ws90_layout(block, t.dtype)))
+
+
 @functools.cache
 def _fp32_unswizzled() -> Any:
-    """The fused backward's dq tile layout: 64 fp32 columns are 256 bytes, wider than any TMA swizzle span."""
     from triton.experimental.gluon import language as gl
 
     return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=4)

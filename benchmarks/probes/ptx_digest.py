@@ -354,20 +354,18 @@ def compile_ws90_bwd(fn: Any, spec: AttentionSpec) -> Any:
 
     from avo_inductor.kernels import launch
 
-    d, half = spec.head_dim, spec.head_dim // 2
+    d = spec.head_dim
     t = torch.empty(1, 2, 256, d, dtype=_DTYPES[spec.dtype])
     acc = torch.empty(1, 2, 256, d, dtype=torch.float32)
     bm, bn = launch.WS90_BWD_BLOCK_M, launch.WS90_BWD_BLOCK_N
 
-    def descriptor(x: torch.Tensor, rows: int, layout: Any = None) -> str:
-        block = (1, 1, rows, half)
-        desc = launch.DescriptorSpec("", block, layout or launch._ws90_layout(block, x.dtype))
-        return mangle_type(launch._ws90_descriptor(x, desc))
+    def descriptor(x: torch.Tensor, rows: int) -> str:
+        return mangle_type(launch.ws90_bwd_descriptor(x, rows))
 
     pointer = "*bf16" if spec.dtype == "bfloat16" else "*fp16"
     signature: dict[str, str] = dict(
         Q_DESC=descriptor(t, bm), K_DESC=descriptor(t, 2 * bn), V_DESC=descriptor(t, 2 * bn),
-        DO_DESC=descriptor(t, bm), DQ_DESC=descriptor(acc, bm, launch._fp32_unswizzled()), LSE="*fp32",
+        DO_DESC=descriptor(t, bm), DQ_DESC=descriptor(acc, bm), LSE="*fp32",
         DELTA="*fp32", DK=pointer, DV=pointer, **{f"stride_d{x}{y}": "i32" for x in "kv" for y in "bhn"},
         BATCH="i32", H_Q="i32", GROUP="i32", N_Q="i32", N_KV="i32", qk_scale="fp32", sm_scale="fp32")
     constants = dict(BLOCK_M=bm, BLOCK_N=bn, HEAD_D=d, STAGES=launch.WS90_BWD_STAGES, IS_CAUSAL=spec.causal,
